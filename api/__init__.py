@@ -1,0 +1,1 @@
+"""Api layer: built by later issues."""

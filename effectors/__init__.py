@@ -1,0 +1,1 @@
+"""Effectors layer: built by later issues."""

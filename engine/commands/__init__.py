@@ -1,0 +1,24 @@
+"""Typed commands and their handlers; importing this package registers them all."""
+
+from engine.commands import compute, fabric, network, storage  # noqa: F401  (registration)
+from engine.commands.base import (
+    HANDLERS,
+    AggregateVersion,
+    Command,
+    CommandContext,
+    CommandResult,
+    Outcome,
+    dispatch,
+    handles,
+)
+
+__all__ = [
+    "HANDLERS",
+    "AggregateVersion",
+    "Command",
+    "CommandContext",
+    "CommandResult",
+    "Outcome",
+    "dispatch",
+    "handles",
+]

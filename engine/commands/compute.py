@@ -1,0 +1,1 @@
+"""Commands on compute aggregates (being written)."""

@@ -1,0 +1,1 @@
+"""Commands on network aggregates (being written)."""

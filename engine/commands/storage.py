@@ -1,0 +1,1 @@
+"""Commands on storage aggregates (being written)."""

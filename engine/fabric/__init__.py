@@ -1,0 +1,1 @@
+"""Operator-owned fabric: zones, pods, clusters, hosts, storage, physical networks."""

@@ -1,0 +1,1 @@
+"""Orchestrated (tenant) resources: VMs, volumes, networks and what hangs off them."""

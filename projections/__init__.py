@@ -1,0 +1,1 @@
+"""Projections layer: built by later issues."""

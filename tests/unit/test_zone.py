@@ -1,0 +1,48 @@
+import pytest
+
+from engine.commands.fabric import CreateZone, DisableZone, EnableZone
+from engine.commands.base import dispatch
+from engine.errors import InvalidTransition, Validation
+from engine.fabric.zone import Zone
+from engine.unit_of_work import InMemoryUnitOfWork
+
+
+def test_zone_disable_and_enable():
+    zone = Zone.create("zone-1")
+    zone.disable()
+    assert zone.state == "Disabled"
+    zone.enable()
+    assert zone.state == "Enabled"
+    assert [type(e).__name__ for e in zone.collect_events()] == ["Created", "Disabled", "Enabled"]
+
+
+def test_zone_refuses_enable_when_enabled_without_event():
+    zone = Zone.create("zone-1")
+    zone.collect_events()
+    with pytest.raises(InvalidTransition):
+        zone.enable()
+    assert zone.collect_events() == []
+
+
+def test_zone_refuses_disable_twice():
+    zone = Zone.create("zone-1")
+    zone.disable()
+    zone.collect_events()
+    with pytest.raises(InvalidTransition):
+        zone.disable()
+    assert zone.collect_events() == []
+
+
+def test_zone_name_required():
+    with pytest.raises(Validation) as info:
+        Zone.create("  ")
+    assert info.value.field == "name"
+
+
+def test_zone_commands_through_handlers():
+    uow = InMemoryUnitOfWork()
+    created = dispatch(uow, CreateZone(name="z"))
+    dispatch(uow, DisableZone(zone_id=created.aggregate_id))
+    dispatch(uow, EnableZone(zone_id=created.aggregate_id))
+    assert uow.get(Zone, created.aggregate_id).state == "Enabled"
+    assert len(uow.commit()) == 3
