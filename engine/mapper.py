@@ -1,0 +1,126 @@
+"""Maps domain events to stored events and back with msgspec.
+
+Each event class gets a msgspec Struct mirror of its fields (built once from the
+class's type hints), so a stored event is decoded and validated against its type
+in one pass. The aggregate id and version live in their own columns and are not
+repeated in the JSON. Events whose class declares class_version > 1 are stored
+with that version; older payloads are upcast on read by the class's
+upcast_vN_vN+1 static methods, never rewritten.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import typing
+from functools import lru_cache
+from typing import Any
+from uuid import UUID
+
+import msgspec
+from eventsourcing.domain import DomainEventProtocol
+from eventsourcing.persistence import (
+    JSONTranscoder,
+    Mapper,
+    MapperDeserialisationError,
+    StoredEvent,
+)
+from eventsourcing.utils import get_topic, resolve_topic
+
+_ID_FIELDS = frozenset({"originator_id", "originator_version"})
+
+
+class EventCodec(msgspec.Struct, frozen=True):
+    mirror: type[msgspec.Struct]
+    fields: tuple[str, ...]
+    class_version: int
+    decoder: msgspec.json.Decoder[Any]
+
+
+def _defaults(cls: type[Any]) -> dict[str, Any]:
+    found: dict[str, Any] = {}
+    if dataclasses.is_dataclass(cls):
+        for f in dataclasses.fields(cls):
+            if f.default is not dataclasses.MISSING:
+                found[f.name] = f.default
+            elif f.default_factory is not dataclasses.MISSING:
+                found[f.name] = msgspec.field(default_factory=f.default_factory)
+    return found
+
+
+@lru_cache(maxsize=None)
+def codec_for(cls: type[Any]) -> EventCodec:
+    hints = typing.get_type_hints(cls)
+    defaults = _defaults(cls)
+    ordered = [n for n in hints if n not in _ID_FIELDS and not n.startswith("_")]
+    if dataclasses.is_dataclass(cls):
+        ordered = [f.name for f in dataclasses.fields(cls) if f.name not in _ID_FIELDS]
+    spec: list[tuple[str, Any] | tuple[str, Any, Any]] = []
+    for name in ordered:
+        if name in defaults:
+            spec.append((name, hints[name], defaults[name]))
+        else:
+            spec.append((name, hints[name]))
+    mirror = msgspec.defstruct(
+        cls.__qualname__.replace(".", "_"), spec, kw_only=True, module=cls.__module__
+    )
+    return EventCodec(
+        mirror=mirror,
+        fields=tuple(ordered),
+        class_version=getattr(cls, "class_version", 1),
+        decoder=msgspec.json.Decoder(mirror),
+    )
+
+
+_encoder = msgspec.json.Encoder()
+_untyped = msgspec.json.Decoder()
+
+
+class MsgspecMapper(Mapper[UUID]):
+    def __init__(self) -> None:
+        super().__init__(transcoder=JSONTranscoder())
+
+    def to_stored_event(self, domain_event: DomainEventProtocol[UUID]) -> StoredEvent:
+        cls = type(domain_event)
+        codec = codec_for(cls)
+        state = {name: getattr(domain_event, name) for name in codec.fields}
+        if codec.class_version > 1:
+            state["class_version"] = codec.class_version
+        return StoredEvent(
+            originator_id=domain_event.originator_id,
+            originator_version=domain_event.originator_version,
+            topic=get_topic(cls),
+            state=_encoder.encode(state),
+        )
+
+    def to_domain_event(self, stored_event: StoredEvent) -> DomainEventProtocol[UUID]:
+        cls = resolve_topic(stored_event.topic)
+        codec = codec_for(cls)
+        try:
+            if codec.class_version == 1:
+                decoded = codec.decoder.decode(stored_event.state)
+            else:
+                raw: dict[str, Any] = _untyped.decode(stored_event.state)
+                version = raw.pop("class_version", 1)
+                while version < codec.class_version:
+                    getattr(cls, f"upcast_v{version}_v{version + 1}")(raw)
+                    version += 1
+                decoded = msgspec.convert(raw, codec.mirror)
+        except (msgspec.DecodeError, msgspec.ValidationError) as e:
+            raise MapperDeserialisationError(
+                f"cannot decode event {stored_event.topic} of {stored_event.originator_id} "
+                f"v{stored_event.originator_version}: {e}"
+            ) from e
+        state = {name: getattr(decoded, name) for name in codec.fields}
+        originator_id = stored_event.originator_id
+        state["originator_id"] = (
+            originator_id if isinstance(originator_id, UUID) else UUID(originator_id)
+        )
+        state["originator_version"] = stored_event.originator_version
+        domain_event = object.__new__(cls)
+        object.__setattr__(domain_event, "__dict__", state)
+        return typing.cast(DomainEventProtocol[UUID], domain_event)
+
+
+def event_schema(cls: type[Any]) -> dict[str, Any]:
+    """JSON Schema of an event's payload (used by schemas/ generation)."""
+    return msgspec.json.schema(codec_for(cls).mirror)

@@ -1,0 +1,73 @@
+"""All configuration in one typed object, read from CLOUD_ENGINE_* variables.
+
+Documented in docs/operations.md; a bad value stops the program with a message
+naming the variable, never a traceback.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Annotated, Literal
+
+import msgspec
+import platformdirs
+
+PREFIX = "CLOUD_ENGINE_"
+
+
+class SettingsError(ValueError):
+    """A configuration value is invalid."""
+
+
+class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    # External PostgreSQL (postgresql://user:pass@host:port/db). Empty: embedded server.
+    database_url: str | None = None
+    # Where the embedded PostgreSQL keeps its data (and later, other local state).
+    data_dir: Path = Path(platformdirs.user_data_dir("cloud-engine"))
+    # PostgreSQL schema holding the event store tables.
+    database_schema: str = "public"
+    db_pool_size: Annotated[int, msgspec.Meta(ge=1, le=200)] = 4
+    # Group commit: at most this many concurrent commands share one transaction.
+    command_batch_max: Annotated[int, msgspec.Meta(ge=1, le=10000)] = 256
+    # Bounded retries of optimistic-concurrency conflicts before answering Conflict.
+    command_max_retries: Annotated[int, msgspec.Meta(ge=0, le=100)] = 8
+    # Aggregates kept in memory by the command service (0 disables the cache).
+    aggregate_cache_size: Annotated[int, msgspec.Meta(ge=0)] = 100_000
+    log_format: Literal["json", "console"] = "json"
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+
+    @property
+    def pgdata(self) -> Path:
+        return self.data_dir / "pgdata"
+
+
+def load_settings(environ: Mapping[str, str] | None = None, **overrides: object) -> Settings:
+    """Build Settings from the environment (CLOUD_ENGINE_DATABASE_URL, ...)."""
+    env = os.environ if environ is None else environ
+    raw: dict[str, object] = {}
+    for name in Settings.__struct_fields__:
+        value = env.get(PREFIX + name.upper())
+        if value is not None and value != "":
+            raw[name] = value
+    raw.update({k: v for k, v in overrides.items() if v is not None})
+    try:
+        return msgspec.convert(raw, Settings, strict=False, dec_hook=_dec_hook)
+    except msgspec.ValidationError as e:
+        raise SettingsError(_explain(str(e))) from None
+
+
+def _dec_hook(tp: type, value: object) -> object:
+    if tp is Path and isinstance(value, str):
+        return Path(value).expanduser()
+    raise NotImplementedError
+
+
+def _explain(message: str) -> str:
+    # msgspec says "... - at `$.db_pool_size`"; name the environment variable.
+    if "`$." in message:
+        head, _, path = message.partition(" - at `$.")
+        field = path.rstrip("`").split(".")[0].split("[")[0]
+        return f"{PREFIX}{field.upper()}: {head}"
+    return message

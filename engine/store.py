@@ -1,0 +1,195 @@
+"""The event store: the eventsourcing library's PostgreSQL persistence.
+
+One eventsourcing Application provides the recorder (table cloudengine_events,
+optimistic concurrency on (originator_id, originator_version), gap-free global
+positions) and our msgspec mapper. The recorder subclass adds the idempotency
+table, written in the same transaction as the events it answers for.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any, cast
+from uuid import UUID
+
+import msgspec
+from eventsourcing.application import Application
+from eventsourcing.domain import DomainEventProtocol
+from eventsourcing.persistence import Mapper, StoredEvent
+from eventsourcing.postgres import PostgresApplicationRecorder, PostgresDatastore
+from eventsourcing.utils import get_topic
+from psycopg import Cursor
+from psycopg.rows import DictRow
+from psycopg.sql import SQL, Identifier
+
+from engine.aggregate import Aggregate
+from engine.database import DatabaseTarget
+from engine.mapper import MsgspecMapper
+
+
+class IdempotencyRecord(msgspec.Struct, frozen=True):
+    scope: str
+    key: str
+    command_hash: bytes
+    result: bytes
+
+
+# Builds the idempotency rows once the events' global positions are known, so a
+# replayed result carries the same position as the first one.
+IdempotencyBuilder = Callable[[Sequence[int]], Sequence[IdempotencyRecord]]
+
+
+class CloudEngineRecorder(PostgresApplicationRecorder):
+    def __init__(self, datastore: PostgresDatastore, *, events_table_name: str) -> None:
+        super().__init__(datastore, events_table_name=events_table_name)
+        schema = Identifier(self.datastore.schema)
+        table = Identifier(events_table_name.removesuffix("_events") + "_idempotency")
+        self.sql_create_statements.append(
+            SQL(
+                "CREATE TABLE IF NOT EXISTS {schema}.{table} ("
+                " scope text NOT NULL, key text NOT NULL,"
+                " command_hash bytea NOT NULL, result bytea NOT NULL,"
+                " created_at timestamptz NOT NULL DEFAULT now(),"
+                " PRIMARY KEY (scope, key))"
+            ).format(schema=schema, table=table)
+        )
+        self._insert_key = SQL(
+            "INSERT INTO {schema}.{table} (scope, key, command_hash, result) VALUES (%s, %s, %s, %s)"
+        ).format(schema=schema, table=table)
+        self._select_keys = SQL(
+            "SELECT scope, key, command_hash, result FROM {schema}.{table}"
+            " WHERE (scope, key) IN (SELECT * FROM unnest(%s::text[], %s::text[]))"
+        ).format(schema=schema, table=table)
+        self._select_many = SQL(
+            "SELECT originator_id, originator_version, topic, state FROM {schema}.{table}"
+            " WHERE originator_id = ANY(%s) ORDER BY originator_id, originator_version"
+        ).format(schema=schema, table=Identifier(events_table_name))
+
+    def _insert_events(
+        self,
+        curs: Cursor[DictRow],
+        stored_events: Sequence[StoredEvent],
+        **kwargs: Any,
+    ) -> None:
+        builder: IdempotencyBuilder | None = kwargs.get("idempotency")
+        if builder is not None and not stored_events:
+            self._insert_idempotency(curs, builder(()))
+        super()._insert_events(curs, stored_events, **kwargs)
+
+    def _fetch_ids_after_insert_events(
+        self,
+        curs: Cursor[DictRow],
+        stored_events: Sequence[StoredEvent],
+        **kwargs: Any,
+    ) -> Sequence[int] | None:
+        ids = super()._fetch_ids_after_insert_events(curs, stored_events, **kwargs)
+        builder: IdempotencyBuilder | None = kwargs.get("idempotency")
+        if builder is not None:
+            self._insert_idempotency(curs, builder(ids or ()))
+        return ids
+
+    def _insert_idempotency(
+        self, curs: Cursor[DictRow], records: Sequence[IdempotencyRecord]
+    ) -> None:
+        if records:
+            curs.executemany(
+                self._insert_key,
+                [(r.scope, r.key, r.command_hash, r.result) for r in records],
+            )
+
+    def select_idempotency(self, keys: Sequence[tuple[str, str]]) -> list[IdempotencyRecord]:
+        if not keys:
+            return []
+        with self.datastore.get_connection() as conn, conn.cursor() as curs:
+            curs.execute(self._select_keys, ([k[0] for k in keys], [k[1] for k in keys]))
+            return [
+                IdempotencyRecord(
+                    r["scope"], r["key"], bytes(r["command_hash"]), bytes(r["result"])
+                )
+                for r in curs.fetchall()
+            ]
+
+    def select_events_of(self, ids: Sequence[UUID]) -> list[StoredEvent]:
+        """Every event of several aggregates in one round trip."""
+        with self.datastore.get_connection() as conn, conn.cursor() as curs:
+            curs.execute(self._select_many, (list(ids),), prepare=True)
+            return [
+                StoredEvent(
+                    originator_id=r["originator_id"],
+                    originator_version=r["originator_version"],
+                    topic=r["topic"],
+                    state=bytes(r["state"]),
+                )
+                for r in curs.fetchall()
+            ]
+
+
+class _StoreApplication(Application[UUID]):
+    name = "CloudEngine"
+
+    def construct_mapper(self) -> Mapper[UUID]:
+        return MsgspecMapper()
+
+
+def store_environment(target: DatabaseTarget, pool_size: int) -> dict[str, str]:
+    return {
+        "PERSISTENCE_MODULE": "eventsourcing.postgres",
+        "POSTGRES_DBNAME": target.dbname,
+        "POSTGRES_HOST": target.host,
+        "POSTGRES_PORT": str(target.port),
+        "POSTGRES_USER": target.user,
+        "POSTGRES_PASSWORD": target.password,
+        "POSTGRES_SCHEMA": target.schema,
+        "POSTGRES_POOL_SIZE": str(pool_size),
+        "POSTGRES_MAX_OVERFLOW": "4",
+        "APPLICATION_RECORDER_TOPIC": get_topic(CloudEngineRecorder),
+        "CREATE_TABLE": "y",
+    }
+
+
+class EventStore:
+    """Load aggregates and append events; the only door to the log."""
+
+    def __init__(self, target: DatabaseTarget, *, pool_size: int = 4) -> None:
+        self.target = target
+        self.application = _StoreApplication(env=store_environment(target, pool_size))
+        self.recorder = cast(CloudEngineRecorder, self.application.recorder)
+        self.mapper = self.application.mapper
+
+    def close(self) -> None:
+        self.application.close()
+
+    def events_of(self, aggregate_id: UUID) -> list[DomainEventProtocol[UUID]]:
+        return list(self.application.events.get(aggregate_id))
+
+    def load(self, aggregate_id: UUID) -> Aggregate | None:
+        return self.load_many([aggregate_id]).get(aggregate_id)
+
+    def load_many(self, ids: Iterable[UUID]) -> dict[UUID, Aggregate]:
+        wanted = list(dict.fromkeys(ids))
+        if not wanted:
+            return {}
+        loaded: dict[UUID, Aggregate] = {}
+        for stored in self.recorder.select_events_of(wanted):
+            event = self.mapper.to_domain_event(stored)
+            current = loaded.get(event.originator_id)
+            loaded[event.originator_id] = cast(Aggregate, event.mutate(current))  # type: ignore[attr-defined]
+        return loaded
+
+    def append(
+        self,
+        events: Sequence[DomainEventProtocol[UUID]],
+        idempotency: IdempotencyBuilder | None = None,
+    ) -> list[int]:
+        """Store events atomically; return their global positions in order.
+
+        Raises eventsourcing's IntegrityError when any (aggregate, version) is
+        already taken (an optimistic-concurrency conflict) or an idempotency
+        key was recorded meanwhile; nothing is stored then.
+        """
+        stored = [self.mapper.to_stored_event(e) for e in events]
+        ids = self.recorder.insert_events(stored, idempotency=idempotency)
+        return list(ids or [])
+
+    def max_position(self) -> int:
+        return self.recorder.max_notification_id() or 0
