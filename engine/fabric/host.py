@@ -1,0 +1,271 @@
+"""Host: a KVM hypervisor whose vCPUs and RAM are reserved for virtual machines.
+
+Reservations are recorded on the host itself, so two placements racing for the
+last free vCPU conflict on the host's version instead of both succeeding.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Iterable, Mapping
+from decimal import Decimal
+from types import MappingProxyType
+from typing import Literal
+from uuid import UUID
+
+import msgspec
+from eventsourcing.domain import event
+
+from engine.aggregate import Aggregate, require, require_name
+from engine.errors import CapacityExceeded, Conflict
+
+HostState = Literal["Enabled", "Disabled", "Maintenance", "Down"]
+
+# The libvirt test driver ("test:///default") is accepted so effectors can be
+# exercised without a hypervisor.
+_LIBVIRT_URI = re.compile(r"^(qemu|test)(\+[a-z0-9]+)?://\S*$")
+
+
+class Reservation(msgspec.Struct, frozen=True):
+    cpus: int
+    ram_mb: int
+
+
+def overcommitted(amount: int, factor: float) -> Decimal:
+    # Decimal, not float: 100 * 1.15 is 114.99999999999999 in binary floating
+    # point, which would refuse the 115th vCPU.
+    return Decimal(amount) * Decimal(repr(factor))
+
+
+def require_overcommit(factor: float, field: str) -> None:
+    require(
+        math.isfinite(factor) and factor >= 1.0,
+        f"{field} must be a finite number of at least 1.0",
+        field=field,
+    )
+
+
+def normalise_tags(tags: Iterable[str], field: str = "tags") -> tuple[str, ...]:
+    """Tags are a set; a sorted tuple keeps events deterministic and encodable."""
+    cleaned = tuple(sorted({tag.strip() for tag in tags}))
+    for tag in cleaned:
+        require(bool(tag), f"{field} must not contain empty tags", field=field)
+        require(len(tag) <= 64, f"{field} must be at most 64 characters each", field=field)
+    return cleaned
+
+
+class Host(Aggregate):
+    entity = "host"
+
+    @event("Created")
+    def __init__(
+        self,
+        zone_id: UUID,
+        pod_id: UUID,
+        cluster_id: UUID,
+        name: str,
+        cpu_cores: int,
+        cpu_mhz: int | None,
+        ram_mb: int,
+        cpu_overcommit: float,
+        ram_overcommit: float,
+        tags: tuple[str, ...],
+        libvirt_uri: str,
+    ) -> None:
+        self.zone_id = zone_id
+        self.pod_id = pod_id
+        self.cluster_id = cluster_id
+        self.name = name
+        self.cpu_cores = cpu_cores
+        self.cpu_mhz = cpu_mhz
+        self.ram_mb = ram_mb
+        self.cpu_overcommit = cpu_overcommit
+        self.ram_overcommit = ram_overcommit
+        self.tags = tags
+        self.libvirt_uri = libvirt_uri
+        self.state: HostState = "Enabled"
+        self._reservations: dict[UUID, Reservation] = {}
+
+    @classmethod
+    def create(
+        cls,
+        *,
+        zone_id: UUID,
+        pod_id: UUID,
+        cluster_id: UUID,
+        name: str,
+        cpu_cores: int,
+        ram_mb: int,
+        libvirt_uri: str,
+        cpu_mhz: int | None = None,
+        cpu_overcommit: float = 1.0,
+        ram_overcommit: float = 1.0,
+        tags: Iterable[str] = (),
+        id: UUID | None = None,
+    ) -> Host:
+        require_name(name)
+        require(cpu_cores >= 1, "cpu_cores must be at least 1", field="cpu_cores")
+        require(cpu_mhz is None or cpu_mhz >= 1, "cpu_mhz must be at least 1", field="cpu_mhz")
+        require(ram_mb >= 1, "ram_mb must be at least 1", field="ram_mb")
+        require_overcommit(cpu_overcommit, "cpu_overcommit")
+        require_overcommit(ram_overcommit, "ram_overcommit")
+        require(
+            bool(_LIBVIRT_URI.match(libvirt_uri)),
+            "libvirt_uri must be a qemu URI such as qemu+ssh://host/system",
+            field="libvirt_uri",
+        )
+        host: Host = cls._new(
+            id=id,
+            zone_id=zone_id,
+            pod_id=pod_id,
+            cluster_id=cluster_id,
+            name=name,
+            cpu_cores=cpu_cores,
+            cpu_mhz=cpu_mhz,
+            ram_mb=ram_mb,
+            cpu_overcommit=float(cpu_overcommit),
+            ram_overcommit=float(ram_overcommit),
+            tags=normalise_tags(tags),
+            libvirt_uri=libvirt_uri,
+        )
+        return host
+
+    # Capacity ----------------------------------------------------------------
+
+    @property
+    def reservations(self) -> Mapping[UUID, Reservation]:
+        return MappingProxyType(self._reservations)
+
+    @property
+    def cpus_used(self) -> int:
+        return sum(r.cpus for r in self._reservations.values())
+
+    @property
+    def ram_used_mb(self) -> int:
+        return sum(r.ram_mb for r in self._reservations.values())
+
+    @property
+    def cpus_total(self) -> float:
+        return float(overcommitted(self.cpu_cores, self.cpu_overcommit))
+
+    @property
+    def ram_total_mb(self) -> int:
+        return int(overcommitted(self.ram_mb, self.ram_overcommit))
+
+    @property
+    def cpus_free(self) -> float:
+        return float(overcommitted(self.cpu_cores, self.cpu_overcommit) - self.cpus_used)
+
+    @property
+    def ram_free_mb(self) -> int:
+        return self.ram_total_mb - self.ram_used_mb
+
+    def reserve(self, vm_id: UUID, cpus: int, ram_mb: int) -> None:
+        require(cpus >= 1, "cpus must be at least 1", field="cpus")
+        require(ram_mb >= 1, "ram_mb must be at least 1", field="ram_mb")
+        self.require_state(["Enabled"], "reserve capacity on")
+        if vm_id in self._reservations:
+            raise Conflict(f"vm {vm_id} already holds a reservation on host {self.id}")
+        if self.cpus_used + cpus > overcommitted(self.cpu_cores, self.cpu_overcommit):
+            raise CapacityExceeded(
+                f"host {self.id} has {self.cpus_free:g} vCPUs free, {cpus} requested",
+                field="cpus",
+            )
+        if self.ram_used_mb + ram_mb > self.ram_total_mb:
+            raise CapacityExceeded(
+                f"host {self.id} has {self.ram_free_mb} MiB RAM free, {ram_mb} requested",
+                field="ram_mb",
+            )
+        self._capacity_reserved(vm_id=vm_id, cpus=cpus, ram_mb=ram_mb)
+
+    def release(self, vm_id: UUID) -> None:
+        # Allowed in every state: a VM on a host that went down must still be
+        # able to give its capacity back.
+        if vm_id not in self._reservations:
+            raise Conflict(f"vm {vm_id} holds no reservation on host {self.id}")
+        self._capacity_released(vm_id=vm_id)
+
+    def update_overcommit(self, cpu_overcommit: float, ram_overcommit: float) -> None:
+        require_overcommit(cpu_overcommit, "cpu_overcommit")
+        require_overcommit(ram_overcommit, "ram_overcommit")
+        if self.cpus_used > overcommitted(self.cpu_cores, cpu_overcommit):
+            raise CapacityExceeded(
+                f"host {self.id} has {self.cpus_used} vCPUs reserved, more than "
+                f"{cpu_overcommit:g} x {self.cpu_cores} cores",
+                field="cpu_overcommit",
+            )
+        if self.ram_used_mb > int(overcommitted(self.ram_mb, ram_overcommit)):
+            raise CapacityExceeded(
+                f"host {self.id} has {self.ram_used_mb} MiB RAM reserved, more than "
+                f"{ram_overcommit:g} x {self.ram_mb} MiB",
+                field="ram_overcommit",
+            )
+        self._overcommit_updated(
+            cpu_overcommit=float(cpu_overcommit), ram_overcommit=float(ram_overcommit)
+        )
+
+    @event("CapacityReserved")
+    def _capacity_reserved(self, vm_id: UUID, cpus: int, ram_mb: int) -> None:
+        self._reservations[vm_id] = Reservation(cpus=cpus, ram_mb=ram_mb)
+
+    @event("CapacityReleased")
+    def _capacity_released(self, vm_id: UUID) -> None:
+        del self._reservations[vm_id]
+
+    @event("OvercommitUpdated")
+    def _overcommit_updated(self, cpu_overcommit: float, ram_overcommit: float) -> None:
+        self.cpu_overcommit = cpu_overcommit
+        self.ram_overcommit = ram_overcommit
+
+    # Lifecycle ---------------------------------------------------------------
+
+    def enable(self) -> None:
+        self.require_state(["Disabled"], "enable")
+        self._enabled()
+
+    def disable(self) -> None:
+        self.require_state(["Enabled"], "disable")
+        self._disabled()
+
+    def enter_maintenance(self) -> None:
+        # Existing reservations stay: moving the VMs away is the orchestrator's
+        # job; maintenance only stops new placements.
+        self.require_state(["Enabled", "Disabled"], "enter maintenance on")
+        self._maintenance_entered()
+
+    def exit_maintenance(self) -> None:
+        self.require_state(["Maintenance"], "exit maintenance on")
+        self._maintenance_exited()
+
+    def declare_down(self) -> None:
+        self.require_state(["Enabled", "Disabled", "Maintenance"], "declare down")
+        self._declared_down()
+
+    def declare_up(self) -> None:
+        self.require_state(["Down"], "declare up")
+        self._declared_up()
+
+    @event("Enabled")
+    def _enabled(self) -> None:
+        self.state = "Enabled"
+
+    @event("Disabled")
+    def _disabled(self) -> None:
+        self.state = "Disabled"
+
+    @event("MaintenanceEntered")
+    def _maintenance_entered(self) -> None:
+        self.state = "Maintenance"
+
+    @event("MaintenanceExited")
+    def _maintenance_exited(self) -> None:
+        self.state = "Enabled"
+
+    @event("DeclaredDown")
+    def _declared_down(self) -> None:
+        self.state = "Down"
+
+    @event("DeclaredUp")
+    def _declared_up(self) -> None:
+        self.state = "Enabled"

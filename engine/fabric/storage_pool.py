@@ -1,0 +1,179 @@
+"""StoragePool: primary storage for volumes, shared by a cluster or a whole zone.
+
+Like a host, the pool records each volume's reservation itself, so concurrent
+placements cannot both take the last free bytes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from types import MappingProxyType
+from typing import Literal, get_args
+from urllib.parse import urlsplit
+from uuid import UUID
+
+from eventsourcing.domain import event
+
+from engine.aggregate import Aggregate, require, require_name
+from engine.errors import CapacityExceeded, Conflict
+from engine.fabric.host import normalise_tags, overcommitted, require_overcommit
+
+StoragePoolState = Literal["Enabled", "Disabled", "Maintenance"]
+StorageScope = Literal["cluster", "zone"]
+
+
+def require_pool_url(url: str) -> None:
+    parts = urlsplit(url)
+    is_path = url.startswith("/")
+    is_url = bool(parts.scheme) and url.startswith(f"{parts.scheme}://")
+    file_ok = parts.scheme != "file" or parts.path.startswith("/")
+    require(
+        (is_path or is_url) and file_ok and not any(c.isspace() for c in url),
+        "url must be an absolute path or a URL such as file:///var/lib/cloud-engine/pool1",
+        field="url",
+    )
+
+
+class StoragePool(Aggregate):
+    entity = "storage pool"
+
+    @event("Created")
+    def __init__(
+        self,
+        zone_id: UUID,
+        cluster_id: UUID | None,
+        name: str,
+        scope: StorageScope,
+        capacity_bytes: int,
+        url: str,
+        tags: tuple[str, ...],
+        overcommit: float,
+    ) -> None:
+        self.zone_id = zone_id
+        self.cluster_id = cluster_id
+        self.name = name
+        self.scope: StorageScope = scope
+        self.capacity_bytes = capacity_bytes
+        self.url = url
+        self.tags = tags
+        self.overcommit = overcommit
+        self.state: StoragePoolState = "Enabled"
+        self._reservations: dict[UUID, int] = {}
+
+    @classmethod
+    def create(
+        cls,
+        *,
+        zone_id: UUID,
+        name: str,
+        scope: StorageScope,
+        capacity_bytes: int,
+        url: str,
+        cluster_id: UUID | None = None,
+        tags: Iterable[str] = (),
+        overcommit: float = 1.0,
+        id: UUID | None = None,
+    ) -> StoragePool:
+        require_name(name)
+        require(scope in get_args(StorageScope), "scope must be cluster or zone", field="scope")
+        if scope == "cluster":
+            needs = cluster_id is not None
+            require(needs, "a cluster-scoped pool needs a cluster_id", field="cluster_id")
+        else:
+            forbidden = cluster_id is not None
+            require(not forbidden, "a zone-scoped pool takes no cluster_id", field="cluster_id")
+        require(capacity_bytes >= 1, "capacity_bytes must be at least 1", field="capacity_bytes")
+        require_pool_url(url)
+        require_overcommit(overcommit, "overcommit")
+        pool: StoragePool = cls._new(
+            id=id,
+            zone_id=zone_id,
+            cluster_id=cluster_id,
+            name=name,
+            scope=scope,
+            capacity_bytes=capacity_bytes,
+            url=url,
+            tags=normalise_tags(tags),
+            overcommit=float(overcommit),
+        )
+        return pool
+
+    # Capacity ----------------------------------------------------------------
+
+    @property
+    def reservations(self) -> Mapping[UUID, int]:
+        """Reserved bytes by volume id."""
+        return MappingProxyType(self._reservations)
+
+    @property
+    def used_bytes(self) -> int:
+        return sum(self._reservations.values())
+
+    @property
+    def total_bytes(self) -> int:
+        return int(overcommitted(self.capacity_bytes, self.overcommit))
+
+    @property
+    def free_bytes(self) -> int:
+        return self.total_bytes - self.used_bytes
+
+    def reserve(self, volume_id: UUID, size_bytes: int) -> None:
+        require(size_bytes >= 1, "size_bytes must be at least 1", field="size_bytes")
+        self.require_state(["Enabled"], "reserve storage on")
+        if volume_id in self._reservations:
+            raise Conflict(f"volume {volume_id} already holds a reservation on pool {self.id}")
+        if self.used_bytes + size_bytes > self.total_bytes:
+            raise CapacityExceeded(
+                f"storage pool {self.id} has {self.free_bytes} bytes free, {size_bytes} requested",
+                field="size_bytes",
+            )
+        self._storage_reserved(volume_id=volume_id, size_bytes=size_bytes)
+
+    def release(self, volume_id: UUID) -> None:
+        # Allowed in every state, so volumes can be deleted from a pool that is
+        # disabled or in maintenance.
+        if volume_id not in self._reservations:
+            raise Conflict(f"volume {volume_id} holds no reservation on pool {self.id}")
+        self._storage_released(volume_id=volume_id)
+
+    @event("StorageReserved")
+    def _storage_reserved(self, volume_id: UUID, size_bytes: int) -> None:
+        self._reservations[volume_id] = size_bytes
+
+    @event("StorageReleased")
+    def _storage_released(self, volume_id: UUID) -> None:
+        del self._reservations[volume_id]
+
+    # Lifecycle ---------------------------------------------------------------
+
+    def enable(self) -> None:
+        self.require_state(["Disabled"], "enable")
+        self._enabled()
+
+    def disable(self) -> None:
+        self.require_state(["Enabled"], "disable")
+        self._disabled()
+
+    def enter_maintenance(self) -> None:
+        self.require_state(["Enabled", "Disabled"], "enter maintenance on")
+        self._maintenance_entered()
+
+    def exit_maintenance(self) -> None:
+        self.require_state(["Maintenance"], "exit maintenance on")
+        self._maintenance_exited()
+
+    @event("Enabled")
+    def _enabled(self) -> None:
+        self.state = "Enabled"
+
+    @event("Disabled")
+    def _disabled(self) -> None:
+        self.state = "Disabled"
+
+    @event("MaintenanceEntered")
+    def _maintenance_entered(self) -> None:
+        self.state = "Maintenance"
+
+    @event("MaintenanceExited")
+    def _maintenance_exited(self) -> None:
+        self.state = "Enabled"
