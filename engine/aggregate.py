@@ -42,14 +42,14 @@ class Aggregate(_LibraryAggregate):
         cls,
         event_class: type[CanInitAggregate[UUID]],
         *,
-        id: UUID | None = None,  # noqa: A002 - the library's keyword
+        id: UUID | None = None,
         **kwargs: Any,
     ) -> Any:
         kwargs["meta"] = current_meta()
         return super()._create(event_class, id=id, **kwargs)
 
     @classmethod
-    def _new(cls, id: UUID | None = None, **kwargs: Any) -> Any:  # noqa: A002
+    def _new(cls, id: UUID | None = None, **kwargs: Any) -> Any:
         """Construct through the "Created" event, with a caller-chosen id if given
         (the library's constructor only accepts an id via _create)."""
         if id is None:

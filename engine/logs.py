@@ -16,9 +16,7 @@ import structlog
 _LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING}
 
 
-def configure_logging(
-    log_format: Literal["json", "console"] = "json", level: str = "info"
-) -> None:
+def configure_logging(log_format: Literal["json", "console"] = "json", level: str = "info") -> None:
     numeric = _LEVELS.get(level, logging.ERROR)
     renderer: structlog.typing.Processor = (
         structlog.processors.JSONRenderer()

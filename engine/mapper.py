@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import dataclasses
 import typing
-from functools import lru_cache
 from typing import Any
 from uuid import UUID
 
@@ -47,8 +46,17 @@ def _defaults(cls: type[Any]) -> dict[str, Any]:
     return found
 
 
-@lru_cache(maxsize=None)
+_codecs: dict[type[Any], EventCodec] = {}
+
+
 def codec_for(cls: type[Any]) -> EventCodec:
+    codec = _codecs.get(cls)
+    if codec is None:
+        codec = _codecs[cls] = _build_codec(cls)
+    return codec
+
+
+def _build_codec(cls: type[Any]) -> EventCodec:
     hints = typing.get_type_hints(cls)
     defaults = _defaults(cls)
     ordered = [n for n in hints if n not in _ID_FIELDS and not n.startswith("_")]
@@ -123,4 +131,5 @@ class MsgspecMapper(Mapper[UUID]):
 
 def event_schema(cls: type[Any]) -> dict[str, Any]:
     """JSON Schema of an event's payload (used by schemas/ generation)."""
-    return msgspec.json.schema(codec_for(cls).mirror)
+    codec: EventCodec = codec_for(cls)
+    return msgspec.json.schema(codec.mirror)

@@ -28,6 +28,7 @@ import msgspec
 import structlog
 from eventsourcing.persistence import IntegrityError
 
+from engine.aggregate import Aggregate
 from engine.commands import Command, CommandContext, CommandResult, dispatch
 from engine.commands.base import AggregateVersion, Outcome
 from engine.errors import Conflict, DomainError
@@ -72,7 +73,10 @@ class _Executed:
     __slots__ = ("collected", "outcome", "submission")
 
     def __init__(
-        self, submission: _Submission, outcome: Outcome, collected: list[tuple[object, list[object]]]
+        self,
+        submission: _Submission,
+        outcome: Outcome,
+        collected: list[tuple[Aggregate, list[object]]],
     ) -> None:
         self.submission = submission
         self.outcome = outcome
@@ -100,7 +104,9 @@ class CommandService:
         self._thread.start()
 
     # Public API -----------------------------------------------------------
-    def submit(self, command: Command, context: CommandContext | None = None) -> Future[CommandResult]:
+    def submit(
+        self, command: Command, context: CommandContext | None = None
+    ) -> Future[CommandResult]:
         if self._closed:
             raise RuntimeError("command service is closed")
         submission = _Submission(command, context or CommandContext())
@@ -142,7 +148,7 @@ class CommandService:
                 batch.append(item)
             try:
                 self._process(batch)
-            except BaseException as error:  # noqa: BLE001 - must reach every caller
+            except BaseException as error:
                 log.error("command batch failed", error=str(error), size=len(batch))
                 for s in batch:
                     if not s.future.done():
@@ -214,7 +220,7 @@ class CommandService:
     def _execute(self, submission: _Submission, ws: WorkingSet) -> _Executed:
         with bound_meta(submission.meta):
             outcome = dispatch(ws, submission.command)
-        return _Executed(submission, outcome, list(ws.collect()))  # type: ignore[arg-type]
+        return _Executed(submission, outcome, ws.collect())
 
     def _run_batch(self, todo: list[_Submission]) -> bool:
         ws = WorkingSet(self.store, self._cache, check_new=False)
@@ -228,7 +234,7 @@ class CommandService:
                     ws.evict_all()
                     return False
                 refused.append((s, error))
-            except Exception:  # noqa: BLE001 - reported by the one-by-one path
+            except Exception:
                 ws.evict_all()
                 return False
         try:
@@ -240,15 +246,15 @@ class CommandService:
             ws.evict_all()
             raise
         ws.commit_to_cache()
-        for s, error in refused:
-            s.future.set_exception(error)
+        for s, refusal in refused:
+            s.future.set_exception(refusal)
         return True
 
     def _run_single(self, submission: _Submission) -> None:
         for attempt in range(self.max_retries + 1):
             if attempt:
                 self.stats["retries"] += 1
-                time.sleep(random.uniform(0, 0.002 * 2 ** min(attempt, 6)))  # noqa: S311
+                time.sleep(random.uniform(0, 0.002 * 2 ** min(attempt, 6)))
                 if submission.key is not None:
                     self._known_keys([submission.key])
                     if submission.key in self._keys:
@@ -293,7 +299,9 @@ class CommandService:
                 key = item.submission.key
                 if key is not None:
                     records.append(
-                        IdempotencyRecord(key[0], key[1], item.submission.hash, _encoder.encode(result))
+                        IdempotencyRecord(
+                            key[0], key[1], item.submission.hash, _encoder.encode(result)
+                        )
                     )
             return records
 
@@ -333,8 +341,7 @@ def _result_of(item: _Executed, position: int | None) -> CommandResult:
         aggregate_id=item.outcome.aggregate_id,
         value=item.outcome.value,
         versions=tuple(
-            AggregateVersion(a.id, type(a).__name__, a.version)  # type: ignore[attr-defined]
-            for a, _events in item.collected
+            AggregateVersion(a.id, type(a).__name__, a.version) for a, _events in item.collected
         ),
         position=position,
     )

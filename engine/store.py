@@ -54,7 +54,8 @@ class CloudEngineRecorder(PostgresApplicationRecorder):
             ).format(schema=schema, table=table)
         )
         self._insert_key = SQL(
-            "INSERT INTO {schema}.{table} (scope, key, command_hash, result) VALUES (%s, %s, %s, %s)"
+            "INSERT INTO {schema}.{table} (scope, key, command_hash, result)"
+            " VALUES (%s, %s, %s, %s)"
         ).format(schema=schema, table=table)
         self._select_keys = SQL(
             "SELECT scope, key, command_hash, result FROM {schema}.{table}"

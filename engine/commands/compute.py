@@ -1,1 +1,236 @@
-"""Commands on compute aggregates (being written)."""
+"""Commands on compute aggregates: virtual machines.
+
+Creation handlers check the aggregates a new VM refers to (zone, template);
+hosts, pools and networks belong to other modules and are checked by the
+flows that choose them.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, TypeVar
+from uuid import UUID
+
+import msgspec
+
+from engine.aggregate import Aggregate, require
+from engine.commands.base import Command, Outcome, handles
+from engine.errors import Conflict, NotFound
+from engine.fabric.zone import Zone
+from engine.unit_of_work import UnitOfWork
+from engine.virtual.template import Template
+from engine.virtual.vm import VirtualMachine, VmSpec
+
+A = TypeVar("A", bound=Aggregate)
+
+Name = Annotated[str, msgspec.Meta(min_length=1, max_length=255)]
+Reason = Annotated[str, msgspec.Meta(min_length=1)]
+
+GIB = 1 << 30
+
+
+def require_new_id(uow: UnitOfWork, aggregate_id: UUID | None) -> None:
+    """Refuse a caller-chosen id that is taken, rather than overwrite or fail late."""
+    if aggregate_id is not None and uow.find(Aggregate, aggregate_id) is not None:
+        raise Conflict(f"id {aggregate_id} is already in use", field="id")
+
+
+def load_ref(uow: UnitOfWork, cls: type[A], aggregate_id: UUID, field: str) -> A:
+    """Load an aggregate a command refers to, naming the command field if absent."""
+    found = uow.find(cls, aggregate_id)
+    if found is None:
+        raise NotFound(f"{cls.entity} {aggregate_id} not found", field=field)
+    return found
+
+
+def require_enabled_zone(uow: UnitOfWork, zone_id: UUID) -> Zone:
+    zone = load_ref(uow, Zone, zone_id, "zone_id")
+    zone.require_state(["Enabled"], "create resources in")
+    return zone
+
+
+class CreateVm(Command, frozen=True, kw_only=True):
+    id: UUID | None = None
+    account: Name
+    name: Name
+    zone_id: UUID
+    template_id: UUID
+    spec: VmSpec
+    network_ids: tuple[UUID, ...] = ()
+    affinity_group: Name | None = None
+
+
+class PlaceVm(Command, frozen=True, kw_only=True):
+    vm_id: UUID
+    host_id: UUID
+    pool_id: UUID
+
+
+class RequestVmStart(Command, frozen=True, kw_only=True):
+    vm_id: UUID
+    host_id: UUID
+
+
+class MarkVmRunning(Command, frozen=True, kw_only=True):
+    vm_id: UUID
+
+
+class RequestVmStop(Command, frozen=True, kw_only=True):
+    vm_id: UUID
+    forced: bool = False
+
+
+class MarkVmStopped(Command, frozen=True, kw_only=True):
+    vm_id: UUID
+
+
+class RebootVm(Command, frozen=True, kw_only=True):
+    vm_id: UUID
+
+
+class RequestVmMigration(Command, frozen=True, kw_only=True):
+    vm_id: UUID
+    target_host_id: UUID
+
+
+class CompleteVmMigration(Command, frozen=True, kw_only=True):
+    vm_id: UUID
+
+
+class FailVmMigration(Command, frozen=True, kw_only=True):
+    vm_id: UUID
+    reason: Reason
+
+
+class DestroyVm(Command, frozen=True, kw_only=True):
+    vm_id: UUID
+
+
+class RecoverVm(Command, frozen=True, kw_only=True):
+    vm_id: UUID
+
+
+class RequestVmExpunge(Command, frozen=True, kw_only=True):
+    vm_id: UUID
+
+
+class MarkVmExpunged(Command, frozen=True, kw_only=True):
+    vm_id: UUID
+
+
+class FailVm(Command, frozen=True, kw_only=True):
+    vm_id: UUID
+    reason: Reason
+
+
+@handles(CreateVm)
+def create_vm(uow: UnitOfWork, cmd: CreateVm) -> Outcome:
+    require_new_id(uow, cmd.id)
+    require_enabled_zone(uow, cmd.zone_id)
+    template = load_ref(uow, Template, cmd.template_id, "template_id")
+    template.require_state(["Ready"], "deploy from")
+    require(template.zone_id == cmd.zone_id, "template is in another zone", field="template_id")
+    require(
+        cmd.spec.root_disk_gb * GIB >= template.size_bytes,
+        f"root disk is smaller than the template ({template.size_bytes} bytes)",
+        field="spec.root_disk_gb",
+    )
+    vm = VirtualMachine.create(
+        cmd.account,
+        cmd.name,
+        cmd.zone_id,
+        cmd.template_id,
+        cmd.spec,
+        cmd.network_ids,
+        cmd.affinity_group,
+        id=cmd.id,
+    )
+    uow.add(vm)
+    return Outcome(aggregate_id=vm.id)
+
+
+def _vm(uow: UnitOfWork, vm_id: UUID) -> VirtualMachine:
+    return uow.get(VirtualMachine, vm_id)
+
+
+@handles(PlaceVm)
+def place_vm(uow: UnitOfWork, cmd: PlaceVm) -> Outcome:
+    _vm(uow, cmd.vm_id).place(cmd.host_id, cmd.pool_id)
+    return Outcome(aggregate_id=cmd.vm_id)
+
+
+@handles(RequestVmStart)
+def request_vm_start(uow: UnitOfWork, cmd: RequestVmStart) -> Outcome:
+    _vm(uow, cmd.vm_id).start_requested(cmd.host_id)
+    return Outcome(aggregate_id=cmd.vm_id)
+
+
+@handles(MarkVmRunning)
+def mark_vm_running(uow: UnitOfWork, cmd: MarkVmRunning) -> Outcome:
+    _vm(uow, cmd.vm_id).mark_running()
+    return Outcome(aggregate_id=cmd.vm_id)
+
+
+@handles(RequestVmStop)
+def request_vm_stop(uow: UnitOfWork, cmd: RequestVmStop) -> Outcome:
+    _vm(uow, cmd.vm_id).stop_requested(cmd.forced)
+    return Outcome(aggregate_id=cmd.vm_id)
+
+
+@handles(MarkVmStopped)
+def mark_vm_stopped(uow: UnitOfWork, cmd: MarkVmStopped) -> Outcome:
+    _vm(uow, cmd.vm_id).mark_stopped()
+    return Outcome(aggregate_id=cmd.vm_id)
+
+
+@handles(RebootVm)
+def reboot_vm(uow: UnitOfWork, cmd: RebootVm) -> Outcome:
+    _vm(uow, cmd.vm_id).reboot()
+    return Outcome(aggregate_id=cmd.vm_id)
+
+
+@handles(RequestVmMigration)
+def request_vm_migration(uow: UnitOfWork, cmd: RequestVmMigration) -> Outcome:
+    _vm(uow, cmd.vm_id).migrate_requested(cmd.target_host_id)
+    return Outcome(aggregate_id=cmd.vm_id)
+
+
+@handles(CompleteVmMigration)
+def complete_vm_migration(uow: UnitOfWork, cmd: CompleteVmMigration) -> Outcome:
+    _vm(uow, cmd.vm_id).migration_completed()
+    return Outcome(aggregate_id=cmd.vm_id)
+
+
+@handles(FailVmMigration)
+def fail_vm_migration(uow: UnitOfWork, cmd: FailVmMigration) -> Outcome:
+    _vm(uow, cmd.vm_id).migration_failed(cmd.reason)
+    return Outcome(aggregate_id=cmd.vm_id)
+
+
+@handles(DestroyVm)
+def destroy_vm(uow: UnitOfWork, cmd: DestroyVm) -> Outcome:
+    _vm(uow, cmd.vm_id).destroy()
+    return Outcome(aggregate_id=cmd.vm_id)
+
+
+@handles(RecoverVm)
+def recover_vm(uow: UnitOfWork, cmd: RecoverVm) -> Outcome:
+    _vm(uow, cmd.vm_id).recover()
+    return Outcome(aggregate_id=cmd.vm_id)
+
+
+@handles(RequestVmExpunge)
+def request_vm_expunge(uow: UnitOfWork, cmd: RequestVmExpunge) -> Outcome:
+    _vm(uow, cmd.vm_id).expunge_requested()
+    return Outcome(aggregate_id=cmd.vm_id)
+
+
+@handles(MarkVmExpunged)
+def mark_vm_expunged(uow: UnitOfWork, cmd: MarkVmExpunged) -> Outcome:
+    _vm(uow, cmd.vm_id).expunged()
+    return Outcome(aggregate_id=cmd.vm_id)
+
+
+@handles(FailVm)
+def fail_vm(uow: UnitOfWork, cmd: FailVm) -> Outcome:
+    _vm(uow, cmd.vm_id).fail(cmd.reason)
+    return Outcome(aggregate_id=cmd.vm_id)

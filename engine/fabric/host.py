@@ -6,53 +6,39 @@ last free vCPU conflict on the host's version instead of both succeeding.
 
 from __future__ import annotations
 
-import math
 import re
 from collections.abc import Iterable, Mapping
-from decimal import Decimal
 from types import MappingProxyType
 from typing import Literal
 from uuid import UUID
 
-import msgspec
 from eventsourcing.domain import event
 
 from engine.aggregate import Aggregate, require, require_name
 from engine.errors import CapacityExceeded, Conflict
+from engine.fabric.capacity import (
+    Reservation,
+    normalise_tags,
+    overcommitted,
+    require_overcommit,
+)
+
+# The capacity helpers moved to engine.fabric.capacity; they stay importable
+# from here.
+__all__ = [
+    "Host",
+    "HostState",
+    "Reservation",
+    "normalise_tags",
+    "overcommitted",
+    "require_overcommit",
+]
 
 HostState = Literal["Enabled", "Disabled", "Maintenance", "Down"]
 
 # The libvirt test driver ("test:///default") is accepted so effectors can be
 # exercised without a hypervisor.
 _LIBVIRT_URI = re.compile(r"^(qemu|test)(\+[a-z0-9]+)?://\S*$")
-
-
-class Reservation(msgspec.Struct, frozen=True):
-    cpus: int
-    ram_mb: int
-
-
-def overcommitted(amount: int, factor: float) -> Decimal:
-    # Decimal, not float: 100 * 1.15 is 114.99999999999999 in binary floating
-    # point, which would refuse the 115th vCPU.
-    return Decimal(amount) * Decimal(repr(factor))
-
-
-def require_overcommit(factor: float, field: str) -> None:
-    require(
-        math.isfinite(factor) and factor >= 1.0,
-        f"{field} must be a finite number of at least 1.0",
-        field=field,
-    )
-
-
-def normalise_tags(tags: Iterable[str], field: str = "tags") -> tuple[str, ...]:
-    """Tags are a set; a sorted tuple keeps events deterministic and encodable."""
-    cleaned = tuple(sorted({tag.strip() for tag in tags}))
-    for tag in cleaned:
-        require(bool(tag), f"{field} must not contain empty tags", field=field)
-        require(len(tag) <= 64, f"{field} must be at most 64 characters each", field=field)
-    return cleaned
 
 
 class Host(Aggregate):

@@ -16,7 +16,7 @@ from eventsourcing.domain import event
 
 from engine.aggregate import Aggregate, require, require_name
 from engine.errors import CapacityExceeded, Conflict
-from engine.fabric.host import normalise_tags, overcommitted, require_overcommit
+from engine.fabric.capacity import normalise_tags, overcommitted, require_overcommit
 
 StoragePoolState = Literal["Enabled", "Disabled", "Maintenance"]
 StorageScope = Literal["cluster", "zone"]

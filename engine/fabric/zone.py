@@ -43,7 +43,7 @@ class Zone(Aggregate):
         name: str,
         description: str = "",
         network_type: NetworkType = "Advanced",
-        id: UUID | None = None,  # noqa: A002 - the library's keyword for a chosen id
+        id: UUID | None = None,
     ) -> Zone:
         require_name(name)
         require(
@@ -51,9 +51,7 @@ class Zone(Aggregate):
             "network_type must be Advanced or Basic",
             field="network_type",
         )
-        zone: Zone = cls._new(
-            id=id, name=name, description=description, network_type=network_type
-        )
+        zone: Zone = cls._new(id=id, name=name, description=description, network_type=network_type)
         return zone
 
     def enable(self) -> None:

@@ -1,7 +1,7 @@
 import pytest
 
-from engine.commands.fabric import CreateZone, DisableZone, EnableZone
 from engine.commands.base import dispatch
+from engine.commands.fabric import CreateZone, DisableZone, EnableZone
 from engine.errors import InvalidTransition, Validation
 from engine.fabric.zone import Zone
 from engine.unit_of_work import InMemoryUnitOfWork

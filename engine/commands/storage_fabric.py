@@ -1,0 +1,159 @@
+"""Commands on primary storage pools and image stores.
+
+Both are created in an existing zone (NotFound otherwise); a pool that names a
+cluster needs that cluster to exist and be in the same zone (Validation
+otherwise). Volumes reserve bytes on the pool itself; see
+engine.fabric.storage_pool. Not to be confused with engine.commands.storage,
+which handles volumes, templates and snapshots.
+"""
+
+from __future__ import annotations
+
+from uuid import UUID
+
+from engine.aggregate import require
+from engine.commands.base import Command, Outcome, handles
+from engine.commands.constraints import Name, Overcommit, Positive, Tag
+from engine.fabric.cluster import Cluster
+from engine.fabric.image_store import ImageStore, ImageStoreProtocol
+from engine.fabric.storage_pool import StoragePool, StorageScope
+from engine.fabric.zone import Zone
+from engine.unit_of_work import UnitOfWork
+
+
+class CreateStoragePool(Command, frozen=True, kw_only=True):
+    zone_id: UUID
+    name: Name
+    scope: StorageScope
+    capacity_bytes: Positive
+    url: str
+    cluster_id: UUID | None = None
+    tags: tuple[Tag, ...] = ()
+    overcommit: Overcommit = 1.0
+    id: UUID | None = None
+
+
+class EnableStoragePool(Command, frozen=True, kw_only=True):
+    pool_id: UUID
+
+
+class DisableStoragePool(Command, frozen=True, kw_only=True):
+    pool_id: UUID
+
+
+class EnterStoragePoolMaintenance(Command, frozen=True, kw_only=True):
+    pool_id: UUID
+
+
+class ExitStoragePoolMaintenance(Command, frozen=True, kw_only=True):
+    pool_id: UUID
+
+
+class ReserveStorage(Command, frozen=True, kw_only=True):
+    pool_id: UUID
+    volume_id: UUID
+    size_bytes: Positive
+
+
+class ReleaseStorage(Command, frozen=True, kw_only=True):
+    pool_id: UUID
+    volume_id: UUID
+
+
+class CreateImageStore(Command, frozen=True, kw_only=True):
+    zone_id: UUID
+    name: Name
+    url: str
+    protocol: ImageStoreProtocol
+    id: UUID | None = None
+
+
+class EnableImageStore(Command, frozen=True, kw_only=True):
+    image_store_id: UUID
+
+
+class DisableImageStore(Command, frozen=True, kw_only=True):
+    image_store_id: UUID
+
+
+@handles(CreateStoragePool)
+def create_storage_pool(uow: UnitOfWork, cmd: CreateStoragePool) -> Outcome:
+    uow.get(Zone, cmd.zone_id)
+    if cmd.cluster_id is not None:
+        cluster = uow.get(Cluster, cmd.cluster_id)
+        require(
+            cluster.zone_id == cmd.zone_id,
+            f"cluster {cluster.id} is not in zone {cmd.zone_id}",
+            field="cluster_id",
+        )
+    pool = StoragePool.create(
+        zone_id=cmd.zone_id,
+        cluster_id=cmd.cluster_id,
+        name=cmd.name,
+        scope=cmd.scope,
+        capacity_bytes=cmd.capacity_bytes,
+        url=cmd.url,
+        tags=cmd.tags,
+        overcommit=cmd.overcommit,
+        id=cmd.id,
+    )
+    uow.add(pool)
+    return Outcome(aggregate_id=pool.id)
+
+
+@handles(EnableStoragePool)
+def enable_storage_pool(uow: UnitOfWork, cmd: EnableStoragePool) -> Outcome:
+    uow.get(StoragePool, cmd.pool_id).enable()
+    return Outcome(aggregate_id=cmd.pool_id)
+
+
+@handles(DisableStoragePool)
+def disable_storage_pool(uow: UnitOfWork, cmd: DisableStoragePool) -> Outcome:
+    uow.get(StoragePool, cmd.pool_id).disable()
+    return Outcome(aggregate_id=cmd.pool_id)
+
+
+@handles(EnterStoragePoolMaintenance)
+def enter_storage_pool_maintenance(uow: UnitOfWork, cmd: EnterStoragePoolMaintenance) -> Outcome:
+    uow.get(StoragePool, cmd.pool_id).enter_maintenance()
+    return Outcome(aggregate_id=cmd.pool_id)
+
+
+@handles(ExitStoragePoolMaintenance)
+def exit_storage_pool_maintenance(uow: UnitOfWork, cmd: ExitStoragePoolMaintenance) -> Outcome:
+    uow.get(StoragePool, cmd.pool_id).exit_maintenance()
+    return Outcome(aggregate_id=cmd.pool_id)
+
+
+@handles(ReserveStorage)
+def reserve_storage(uow: UnitOfWork, cmd: ReserveStorage) -> Outcome:
+    uow.get(StoragePool, cmd.pool_id).reserve(cmd.volume_id, cmd.size_bytes)
+    return Outcome(aggregate_id=cmd.pool_id)
+
+
+@handles(ReleaseStorage)
+def release_storage(uow: UnitOfWork, cmd: ReleaseStorage) -> Outcome:
+    uow.get(StoragePool, cmd.pool_id).release(cmd.volume_id)
+    return Outcome(aggregate_id=cmd.pool_id)
+
+
+@handles(CreateImageStore)
+def create_image_store(uow: UnitOfWork, cmd: CreateImageStore) -> Outcome:
+    uow.get(Zone, cmd.zone_id)
+    store = ImageStore.create(
+        zone_id=cmd.zone_id, name=cmd.name, url=cmd.url, protocol=cmd.protocol, id=cmd.id
+    )
+    uow.add(store)
+    return Outcome(aggregate_id=store.id)
+
+
+@handles(EnableImageStore)
+def enable_image_store(uow: UnitOfWork, cmd: EnableImageStore) -> Outcome:
+    uow.get(ImageStore, cmd.image_store_id).enable()
+    return Outcome(aggregate_id=cmd.image_store_id)
+
+
+@handles(DisableImageStore)
+def disable_image_store(uow: UnitOfWork, cmd: DisableImageStore) -> Outcome:
+    uow.get(ImageStore, cmd.image_store_id).disable()
+    return Outcome(aggregate_id=cmd.image_store_id)

@@ -1,0 +1,315 @@
+"""VirtualMachine: a tenant VM and its CloudStack-style power lifecycle.
+
+host_id is set exactly while the VM holds a host: once placed (still Allocated)
+and in Starting, Running, Stopping and Migrating. Every way out of those states
+moves it to last_host_id, so capacity accounting can rely on host_id alone.
+
+Error has no direct reset. The way out is destroy() and then recover() (to
+Stopped) or expunge_requested(): bringing a broken VM back is an explicit,
+audited two-step operator decision rather than a silent state flip.
+
+Refusals that depend on the lifecycle, including the sub-states "placed" and
+"unplaced" of Allocated, raise InvalidTransition; malformed values raise
+Validation.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from types import MappingProxyType
+from typing import Annotated, Final, Literal, get_args
+from uuid import UUID
+
+import msgspec
+from eventsourcing.domain import event
+
+from engine.aggregate import Aggregate, require, require_name
+from engine.errors import InvalidTransition, Validation
+
+VmState = Literal[
+    "Allocated",
+    "Starting",
+    "Running",
+    "Stopping",
+    "Stopped",
+    "Migrating",
+    "Destroyed",
+    "Expunging",
+    "Expunged",
+    "Error",
+]
+VM_STATES: Final[tuple[VmState, ...]] = get_args(VmState)
+
+# Source states each command accepts. place additionally needs an unplaced VM
+# and start_requested from Allocated a placed one.
+VM_TRANSITIONS: Final[Mapping[str, tuple[VmState, ...]]] = MappingProxyType(
+    {
+        "place": ("Allocated",),
+        "start_requested": ("Allocated", "Stopped"),
+        "mark_running": ("Starting",),
+        "stop_requested": ("Running",),
+        "mark_stopped": ("Stopping",),
+        "reboot": ("Running",),
+        "migrate_requested": ("Running",),
+        "migration_completed": ("Migrating",),
+        "migration_failed": ("Migrating",),
+        "destroy": ("Allocated", "Stopped", "Running", "Error"),
+        "recover": ("Destroyed",),
+        "expunge_requested": ("Destroyed",),
+        "expunged": ("Expunging",),
+        "fail": ("Allocated", "Starting", "Stopping", "Migrating"),
+    }
+)
+
+
+class VmSpec(msgspec.Struct, frozen=True, kw_only=True):
+    """The compute offering a VM was deployed with.
+
+    The Meta constraints guard decoding (API input); VirtualMachine.create checks
+    the same limits again because constructing a Struct does not.
+    """
+
+    cpus: Annotated[int, msgspec.Meta(ge=1)]
+    ram_mb: Annotated[int, msgspec.Meta(ge=64)]
+    root_disk_gb: Annotated[int, msgspec.Meta(ge=1)]
+    tags: tuple[str, ...] = ()
+
+
+def validate_spec(spec: VmSpec) -> None:
+    require(spec.cpus >= 1, "cpus must be at least 1", field="spec.cpus")
+    require(spec.ram_mb >= 64, "ram_mb must be at least 64", field="spec.ram_mb")
+    require(spec.root_disk_gb >= 1, "root_disk_gb must be at least 1", field="spec.root_disk_gb")
+    for tag in spec.tags:
+        require_name(tag, "spec.tags")
+
+
+def require_reason(reason: str) -> None:
+    require(bool(reason.strip()), "reason must not be empty", field="reason")
+
+
+class VirtualMachine(Aggregate):
+    entity = "vm"
+
+    @event("Created")
+    def __init__(
+        self,
+        account: str,
+        name: str,
+        zone_id: UUID,
+        template_id: UUID,
+        spec: VmSpec,
+        network_ids: tuple[UUID, ...],
+        affinity_group: str | None,
+    ) -> None:
+        self.account = account
+        self.name = name
+        self.zone_id = zone_id
+        self.template_id = template_id
+        self.spec = spec
+        self.network_ids = network_ids
+        self.affinity_group = affinity_group
+        self.state: VmState = "Allocated"
+        self.host_id: UUID | None = None
+        self.pool_id: UUID | None = None
+        self.last_host_id: UUID | None = None
+        self.migration_target_id: UUID | None = None
+        self.forced_stop = False
+        self.last_error: str | None = None
+
+    @classmethod
+    def create(
+        cls,
+        account: str,
+        name: str,
+        zone_id: UUID,
+        template_id: UUID,
+        spec: VmSpec,
+        network_ids: tuple[UUID, ...] = (),
+        affinity_group: str | None = None,
+        *,
+        id: UUID | None = None,  # the library's keyword
+    ) -> VirtualMachine:
+        require_name(account, "account")
+        require_name(name)
+        validate_spec(spec)
+        require(
+            len(set(network_ids)) == len(network_ids),
+            "network_ids must not repeat",
+            field="network_ids",
+        )
+        if affinity_group is not None:
+            require_name(affinity_group, "affinity_group")
+        # Calling cls(...) would refuse id=: the metaclass only forwards it when
+        # __init__ names it, so go through _create with the Created event.
+        vm: VirtualMachine = cls._create(
+            cls.Created,
+            id=id,
+            account=account,
+            name=name,
+            zone_id=zone_id,
+            template_id=template_id,
+            spec=spec,
+            network_ids=tuple(network_ids),
+            affinity_group=affinity_group,
+        )
+        return vm
+
+    @property
+    def placed(self) -> bool:
+        return self.state == "Allocated" and self.host_id is not None
+
+    def _require(self, action: str) -> None:
+        self.require_state(VM_TRANSITIONS[action], action)
+
+    def _refuse(self, action: str) -> InvalidTransition:
+        return InvalidTransition(f"{self.entity} {self.id}", self.state, action)
+
+    def place(self, host_id: UUID, pool_id: UUID) -> None:
+        self._require("place")
+        if self.placed:
+            raise self._refuse("place")
+        self._placed(host_id, pool_id)
+
+    def start_requested(self, host_id: UUID) -> None:
+        self._require("start_requested")
+        if self.state == "Allocated":
+            if not self.placed:
+                raise self._refuse("start_requested")
+            if host_id != self.host_id:
+                raise Validation(
+                    f"vm {self.id} was placed on host {self.host_id}, not {host_id}",
+                    field="host_id",
+                )
+        self._start_requested(host_id)
+
+    def mark_running(self) -> None:
+        self._require("mark_running")
+        self._started()
+
+    def stop_requested(self, forced: bool = False) -> None:
+        self._require("stop_requested")
+        self._stop_requested(forced)
+
+    def mark_stopped(self) -> None:
+        self._require("mark_stopped")
+        self._stopped()
+
+    def reboot(self) -> None:
+        self._require("reboot")
+        self._rebooted()
+
+    def migrate_requested(self, target_host_id: UUID) -> None:
+        self._require("migrate_requested")
+        if target_host_id == self.host_id:
+            raise Validation(
+                f"vm {self.id} already runs on host {target_host_id}", field="target_host_id"
+            )
+        self._migration_requested(target_host_id)
+
+    def migration_completed(self) -> None:
+        self._require("migration_completed")
+        if self.migration_target_id is None:  # unreachable: Migrating always has one
+            raise self._refuse("migration_completed")
+        self._migration_completed(self.migration_target_id)
+
+    def migration_failed(self, reason: str) -> None:
+        self._require("migration_failed")
+        require_reason(reason)
+        self._migration_failed(reason)
+
+    def destroy(self) -> None:
+        self._require("destroy")
+        self._destroyed()
+
+    def recover(self) -> None:
+        self._require("recover")
+        self._recovered()
+
+    def expunge_requested(self) -> None:
+        self._require("expunge_requested")
+        self._expunge_requested()
+
+    def expunged(self) -> None:
+        self._require("expunged")
+        self._expunged()
+
+    def fail(self, reason: str) -> None:
+        self._require("fail")
+        require_reason(reason)
+        self._failed(reason)
+
+    def _release_host(self) -> None:
+        if self.host_id is not None:
+            self.last_host_id = self.host_id
+        self.host_id = None
+        self.migration_target_id = None
+
+    @event("Placed")
+    def _placed(self, host_id: UUID, pool_id: UUID) -> None:
+        self.host_id = host_id
+        self.pool_id = pool_id
+
+    @event("StartRequested")
+    def _start_requested(self, host_id: UUID) -> None:
+        self.state = "Starting"
+        self.host_id = host_id
+        self.forced_stop = False
+
+    @event("Started")
+    def _started(self) -> None:
+        self.state = "Running"
+
+    @event("StopRequested")
+    def _stop_requested(self, forced: bool) -> None:
+        self.state = "Stopping"
+        self.forced_stop = forced
+
+    @event("Stopped")
+    def _stopped(self) -> None:
+        self.state = "Stopped"
+        self._release_host()
+
+    @event("Rebooted")
+    def _rebooted(self) -> None:
+        self.state = "Running"
+
+    @event("MigrationRequested")
+    def _migration_requested(self, target_host_id: UUID) -> None:
+        self.state = "Migrating"
+        self.migration_target_id = target_host_id
+
+    @event("MigrationCompleted")
+    def _migration_completed(self, host_id: UUID) -> None:
+        self.state = "Running"
+        self.last_host_id = self.host_id
+        self.host_id = host_id
+        self.migration_target_id = None
+
+    @event("MigrationFailed")
+    def _migration_failed(self, reason: str) -> None:
+        self.state = "Running"
+        self.migration_target_id = None
+        self.last_error = reason
+
+    @event("Destroyed")
+    def _destroyed(self) -> None:
+        self.state = "Destroyed"
+        self._release_host()
+
+    @event("Recovered")
+    def _recovered(self) -> None:
+        self.state = "Stopped"
+
+    @event("ExpungeRequested")
+    def _expunge_requested(self) -> None:
+        self.state = "Expunging"
+
+    @event("Expunged")
+    def _expunged(self) -> None:
+        self.state = "Expunged"
+
+    @event("Failed")
+    def _failed(self, reason: str) -> None:
+        self.state = "Error"
+        self.last_error = reason
+        self._release_host()

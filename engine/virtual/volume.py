@@ -1,0 +1,249 @@
+"""Volume: a virtual disk on a primary storage pool, attached to at most one VM.
+
+Rules that are not plain source-state checks:
+
+* A root volume attaches as device 0, a data volume as device 1 or higher.
+* Detaching a root volume is refused with Validation (field "kind"): being the
+  root disk is a fixed property of the volume, not a lifecycle state. The only
+  exception is a VM being expunged, whose handler passes vm_expunging=True so
+  the root disk can be destroyed with it.
+* A failed resize leaves the volume in Error but keeps its attachment, since the
+  disk is still wired to the VM; it must be detached before it is destroyed.
+* A revert (requested in Ready, detached) is a sub-state of Ready: until
+  reverted() or fail() nothing else may touch the disk.
+
+All of these sub-state refusals raise InvalidTransition like plain state ones.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from types import MappingProxyType
+from typing import Final, Literal, get_args
+from uuid import UUID
+
+from eventsourcing.domain import event
+
+from engine.aggregate import Aggregate, require, require_name
+from engine.errors import InvalidTransition, Validation
+from engine.virtual.vm import require_reason
+
+VolumeState = Literal[
+    "Allocated", "Creating", "Ready", "Attached", "Resizing", "Destroyed", "Error"
+]
+VOLUME_STATES: Final[tuple[VolumeState, ...]] = get_args(VolumeState)
+VolumeKind = Literal["root", "data"]
+ResumeState = Literal["Ready", "Attached"]
+
+# Source states each command accepts; the sub-state rules above narrow them.
+VOLUME_TRANSITIONS: Final[Mapping[str, tuple[VolumeState, ...]]] = MappingProxyType(
+    {
+        "create_requested": ("Allocated",),
+        "created": ("Creating",),
+        "attach": ("Ready",),
+        "detach": ("Attached", "Error"),  # Error only while still attached
+        "resize_requested": ("Ready", "Attached"),
+        "resized": ("Resizing",),
+        "revert_requested": ("Ready",),
+        "reverted": ("Ready",),  # only while a revert is pending
+        "destroy": ("Allocated", "Ready", "Error"),  # Error only once detached
+        "fail": ("Creating", "Resizing", "Ready"),  # Ready only while reverting
+    }
+)
+
+# While a revert is pending only these may run.
+_DURING_REVERT: Final = frozenset({"reverted", "fail"})
+
+
+class Volume(Aggregate):
+    entity = "volume"
+
+    @event("Created")
+    def __init__(
+        self,
+        account: str,
+        name: str,
+        zone_id: UUID,
+        size_bytes: int,
+        kind: VolumeKind,
+        template_id: UUID | None,
+    ) -> None:
+        self.account = account
+        self.name = name
+        self.zone_id = zone_id
+        self.size_bytes = size_bytes
+        self.kind: VolumeKind = kind
+        self.template_id = template_id
+        self.state: VolumeState = "Allocated"
+        self.pool_id: UUID | None = None
+        self.vm_id: UUID | None = None
+        self.device_id: int | None = None
+        self.resize_to: int | None = None
+        self.resume_state: ResumeState | None = None
+        self.reverting_to: UUID | None = None
+        self.last_error: str | None = None
+
+    @classmethod
+    def create(
+        cls,
+        account: str,
+        name: str,
+        zone_id: UUID,
+        size_bytes: int,
+        kind: VolumeKind,
+        template_id: UUID | None = None,
+        *,
+        id: UUID | None = None,  # the library's keyword
+    ) -> Volume:
+        require_name(account, "account")
+        require_name(name)
+        require(size_bytes > 0, "size_bytes must be positive", field="size_bytes")
+        require(kind in get_args(VolumeKind), "kind must be root or data", field="kind")
+        # cls(...) would refuse id=, see VirtualMachine.create.
+        volume: Volume = cls._create(
+            cls.Created,
+            id=id,
+            account=account,
+            name=name,
+            zone_id=zone_id,
+            size_bytes=size_bytes,
+            kind=kind,
+            template_id=template_id,
+        )
+        return volume
+
+    @property
+    def attached(self) -> bool:
+        return self.vm_id is not None
+
+    def _require(self, action: str) -> None:
+        self.require_state(VOLUME_TRANSITIONS[action], action)
+        if self.reverting_to is not None and action not in _DURING_REVERT:
+            raise self._refuse(action)
+
+    def _refuse(self, action: str) -> InvalidTransition:
+        return InvalidTransition(f"{self.entity} {self.id}", self.state, action)
+
+    def require_snapshot_source(self) -> None:
+        """Refuse a snapshot unless the disk is settled (not being created, resized
+        or reverted); emits nothing, the Snapshot aggregate records the snapshot."""
+        self.require_state(("Ready", "Attached"), "snapshot")
+        if self.reverting_to is not None:
+            raise self._refuse("snapshot")
+
+    def create_requested(self, pool_id: UUID) -> None:
+        self._require("create_requested")
+        self._creation_requested(pool_id)
+
+    def created(self) -> None:
+        self._require("created")
+        self._creation_completed()
+
+    def attach(self, vm_id: UUID, device_id: int) -> None:
+        self._require("attach")
+        if self.kind == "root":
+            require(device_id == 0, "a root volume attaches as device 0", field="device_id")
+        else:
+            require(device_id >= 1, "a data volume attaches as device 1 or up", field="device_id")
+        self._attached(vm_id, device_id)
+
+    def detach(self, *, vm_expunging: bool = False) -> None:
+        self._require("detach")
+        if self.vm_id is None:
+            raise self._refuse("detach")
+        if self.kind == "root" and not vm_expunging:
+            raise Validation("a root volume cannot be detached from its vm", field="kind")
+        self._detached(self.vm_id)
+
+    def resize_requested(self, new_size_bytes: int) -> None:
+        self._require("resize_requested")
+        require(
+            new_size_bytes > self.size_bytes,
+            f"volumes only grow: {new_size_bytes} is not above {self.size_bytes}",
+            field="new_size_bytes",
+        )
+        self._resize_requested(new_size_bytes)
+
+    def resized(self) -> None:
+        self._require("resized")
+        if self.resize_to is None:  # unreachable: Resizing always has a target
+            raise self._refuse("resized")
+        self._resized(self.resize_to)
+
+    def revert_requested(self, snapshot_id: UUID) -> None:
+        self._require("revert_requested")
+        self._revert_requested(snapshot_id)
+
+    def reverted(self) -> None:
+        self._require("reverted")
+        if self.reverting_to is None:
+            raise self._refuse("reverted")
+        self._reverted(self.reverting_to)
+
+    def destroy(self) -> None:
+        self._require("destroy")
+        if self.attached:
+            raise self._refuse("destroy")
+        self._destroyed()
+
+    def fail(self, reason: str) -> None:
+        self._require("fail")
+        if self.state == "Ready" and self.reverting_to is None:
+            raise self._refuse("fail")
+        require_reason(reason)
+        self._failed(reason)
+
+    @event("CreationRequested")
+    def _creation_requested(self, pool_id: UUID) -> None:
+        self.state = "Creating"
+        self.pool_id = pool_id
+
+    @event("CreationCompleted")
+    def _creation_completed(self) -> None:
+        self.state = "Ready"
+
+    @event("Attached")
+    def _attached(self, vm_id: UUID, device_id: int) -> None:
+        self.state = "Attached"
+        self.vm_id = vm_id
+        self.device_id = device_id
+
+    @event("Detached")
+    def _detached(self, vm_id: UUID) -> None:
+        if self.state == "Attached":
+            self.state = "Ready"
+        self.vm_id = None
+        self.device_id = None
+
+    @event("ResizeRequested")
+    def _resize_requested(self, new_size_bytes: int) -> None:
+        self.resume_state = "Attached" if self.state == "Attached" else "Ready"
+        self.state = "Resizing"
+        self.resize_to = new_size_bytes
+
+    @event("Resized")
+    def _resized(self, size_bytes: int) -> None:
+        self.state = self.resume_state or "Ready"
+        self.size_bytes = size_bytes
+        self.resize_to = None
+        self.resume_state = None
+
+    @event("RevertRequested")
+    def _revert_requested(self, snapshot_id: UUID) -> None:
+        self.reverting_to = snapshot_id
+
+    @event("Reverted")
+    def _reverted(self, snapshot_id: UUID) -> None:
+        self.reverting_to = None
+
+    @event("Destroyed")
+    def _destroyed(self) -> None:
+        self.state = "Destroyed"
+
+    @event("Failed")
+    def _failed(self, reason: str) -> None:
+        self.state = "Error"
+        self.last_error = reason
+        self.resize_to = None
+        self.resume_state = None
+        self.reverting_to = None

@@ -1,0 +1,239 @@
+"""Random command sequences on a VirtualMachine, checked against a reference model.
+
+The model below has its own transition table and rules; it must not import
+VM_TRANSITIONS, otherwise a mistake in the table would be checked against itself.
+"""
+
+import functools
+import typing
+from uuid import uuid4
+
+import msgspec
+from hypothesis import HealthCheck, settings
+from hypothesis import strategies as st
+from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
+
+from engine.errors import InvalidTransition, Validation
+from engine.virtual.vm import VirtualMachine, VmSpec
+
+HOSTS = [uuid4() for _ in range(3)]
+POOL = uuid4()
+hosts = st.sampled_from(HOSTS)
+reasons = st.sampled_from(["boom", "link down", "", "  "])
+
+MODEL_STATES = {
+    "Allocated",
+    "Starting",
+    "Running",
+    "Stopping",
+    "Stopped",
+    "Migrating",
+    "Destroyed",
+    "Expunging",
+    "Expunged",
+    "Error",
+}
+MODEL_SOURCES = {
+    "place": {"Allocated"},
+    "start_requested": {"Allocated", "Stopped"},
+    "mark_running": {"Starting"},
+    "stop_requested": {"Running"},
+    "mark_stopped": {"Stopping"},
+    "reboot": {"Running"},
+    "migrate_requested": {"Running"},
+    "migration_completed": {"Migrating"},
+    "migration_failed": {"Migrating"},
+    "destroy": {"Allocated", "Stopped", "Running", "Error"},
+    "recover": {"Destroyed"},
+    "expunge_requested": {"Destroyed"},
+    "expunged": {"Expunging"},
+    "fail": {"Allocated", "Starting", "Stopping", "Migrating"},
+}
+DESTRUCTIVE = {"destroy", "fail", "expunge_requested"}
+HOLDS_HOST = {"Starting", "Running", "Stopping", "Migrating"}
+
+
+class VmModel:
+    def __init__(self):
+        self.state = "Allocated"
+        self.host = None
+        self.last_host = None
+        self.target = None
+
+    def refusal(self, action, arg):
+        """The error the command must raise, or None when it must succeed."""
+        if self.state not in MODEL_SOURCES[action]:
+            return InvalidTransition
+        if action == "place" and self.host is not None:
+            return InvalidTransition
+        if action == "start_requested" and self.state == "Allocated":
+            if self.host is None:
+                return InvalidTransition
+            if arg != self.host:
+                return Validation
+        if action == "migrate_requested" and arg == self.host:
+            return Validation
+        if action in ("fail", "migration_failed") and not arg.strip():
+            return Validation
+        return None
+
+    def release(self):
+        if self.host is not None:
+            self.last_host = self.host
+        self.host = None
+        self.target = None
+
+    def apply(self, action, arg):
+        if action == "place":
+            self.host = arg
+        elif action == "start_requested":
+            self.state, self.host = "Starting", arg
+        elif action in ("mark_running", "reboot"):
+            self.state = "Running"
+        elif action == "stop_requested":
+            self.state = "Stopping"
+        elif action == "mark_stopped":
+            self.state = "Stopped"
+            self.release()
+        elif action == "migrate_requested":
+            self.state, self.target = "Migrating", arg
+        elif action == "migration_completed":
+            self.state, self.last_host, self.host, self.target = (
+                "Running",
+                self.host,
+                self.target,
+                None,
+            )
+        elif action == "migration_failed":
+            self.state, self.target = "Running", None
+        elif action == "destroy":
+            self.state = "Destroyed"
+            self.release()
+        elif action == "recover":
+            self.state = "Stopped"
+        elif action == "expunge_requested":
+            self.state = "Expunging"
+        elif action == "expunged":
+            self.state = "Expunged"
+        elif action == "fail":
+            self.state = "Error"
+            self.release()
+
+
+@functools.cache
+def payload_type(event_class):
+    hints = typing.get_type_hints(event_class)
+    fields = [(n, t) for n, t in hints.items() if n not in ("originator_id", "originator_id_type")]
+    return msgspec.defstruct(f"{event_class.__name__}Payload", fields)
+
+
+def assert_payload_round_trips(event):
+    """Every event attribute must survive msgspec JSON with its declared type."""
+    kind = payload_type(type(event))
+    data = {name: getattr(event, name) for name in kind.__struct_fields__}
+    decoded = msgspec.json.decode(msgspec.json.encode(data), type=kind)
+    assert msgspec.structs.asdict(decoded) == data
+
+
+class VmMachine(RuleBasedStateMachine):
+    def __init__(self):
+        super().__init__()
+        spec = VmSpec(cpus=1, ram_mb=512, root_disk_gb=10, tags=("ssd",))
+        self.vm = VirtualMachine.create("acme", "web", uuid4(), uuid4(), spec, (uuid4(),))
+        self.model = VmModel()
+        self.events = list(self.vm.collect_events())
+
+    def run(self, action, arg, call):
+        expected = self.model.refusal(action, arg)
+        before = dict(vars(self.vm))
+        if expected is None:
+            call()
+            self.model.apply(action, arg)
+            new = self.vm.collect_events()
+            assert len(new) == 1
+            self.events.extend(new)
+        else:
+            try:
+                call()
+            except expected:
+                pass
+            else:
+                raise AssertionError(f"{action} in {self.model.state} should raise {expected}")
+            assert self.vm.collect_events() == []
+            assert dict(vars(self.vm)) == before
+        assert self.vm.state == self.model.state
+        assert (self.vm.host_id, self.vm.last_host_id, self.vm.migration_target_id) == (
+            self.model.host,
+            self.model.last_host,
+            self.model.target,
+        )
+
+    def argument(self, action, valid):
+        """A strategy for the action's argument; valid ones mostly get accepted."""
+        if action == "place":
+            return hosts
+        if action == "start_requested":
+            placed = self.model.state == "Allocated" and self.model.host is not None
+            return st.just(self.model.host) if valid and placed else hosts
+        if action == "stop_requested":
+            return st.booleans()
+        if action == "migrate_requested":
+            return hosts.filter(lambda h: h != self.model.host) if valid else hosts
+        if action in ("fail", "migration_failed"):
+            return st.sampled_from(["boom", "link down"]) if valid else reasons
+        return st.none()
+
+    @rule(data=st.data())
+    def step(self, data):
+        # Mostly pick an action the model accepts, or the walk rarely gets past
+        # the first refusals; the rest probe refusals in every state reached.
+        valid = data.draw(st.sampled_from([True, True, True, False]), label="valid")
+        # Destructive moves weigh less so walks reach migrations and restarts.
+        actions = [
+            a
+            for a, sources in sorted(MODEL_SOURCES.items())
+            if self.model.state in sources
+            for _ in range(1 if a in DESTRUCTIVE else 3)
+        ]
+        if not (valid and actions):  # Expunged accepts nothing
+            valid, actions = False, sorted(MODEL_SOURCES)
+        action = data.draw(st.sampled_from(actions), label="action")
+        arg = data.draw(self.argument(action, valid), label="arg")
+        method = getattr(self.vm, action)
+        if action == "place":
+            self.run(action, arg, lambda: method(arg, POOL))
+        else:
+            self.run(action, arg, lambda: method(arg) if arg is not None else method())
+
+    @invariant()
+    def state_is_declared(self):
+        assert self.vm.state in MODEL_STATES
+
+    @invariant()
+    def version_counts_events(self):
+        assert self.vm.version == len(self.events)
+
+    @invariant()
+    def host_held_only_where_expected(self):
+        holds = self.vm.state in HOLDS_HOST or (self.vm.state == "Allocated" and self.vm.placed)
+        assert (self.vm.host_id is not None) == holds
+
+    @invariant()
+    def replay_reproduces_the_aggregate(self):
+        replayed = None
+        for e in self.events:
+            replayed = e.mutate(replayed)
+        assert vars(replayed) == vars(self.vm)
+
+    def teardown(self):
+        for e in self.events:
+            assert_payload_round_trips(e)
+
+
+VmMachine.TestCase.settings = settings(
+    max_examples=100,
+    stateful_step_count=30,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow],
+)
+test_vm_state_machine = VmMachine.TestCase
