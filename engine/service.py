@@ -22,6 +22,7 @@ import time
 import uuid
 from collections import OrderedDict
 from collections.abc import Sequence
+from typing import Literal
 from concurrent.futures import Future
 
 import msgspec
@@ -37,6 +38,9 @@ from engine.store import EventStore, IdempotencyRecord
 from engine.working_set import AggregateCache, WorkingSet
 
 log = structlog.get_logger("engine.service")
+
+BATCH_ATTEMPTS = 3
+BatchOutcome = Literal["committed", "conflict", "poisoned"]
 
 _encoder = msgspec.json.Encoder()
 _result_decoder = msgspec.json.Decoder(CommandResult)
@@ -160,10 +164,19 @@ class CommandService:
             return
         self.stats["batches"] += 1
         self.stats["commands"] += len(todo)
-        if len(todo) > 1 and self._run_batch(todo):
-            return
         if len(todo) > 1:
-            self.stats["conflicts"] += 1
+            # A conflict usually means our cached copy of a hot aggregate was
+            # stale; the touched aggregates were evicted, so one more try of the
+            # whole batch on fresh state normally commits.
+            for attempt in range(BATCH_ATTEMPTS):
+                if attempt:
+                    self.stats["conflicts"] += 1
+                    time.sleep(random.uniform(0, 0.002 * attempt))  # noqa: S311
+                outcome = self._run_batch(todo)
+                if outcome == "committed":
+                    return
+                if outcome == "poisoned":
+                    break
             log.info("batch did not commit, running its commands one by one", size=len(todo))
         for submission in todo:
             self._run_single(submission)
@@ -222,7 +235,7 @@ class CommandService:
             outcome = dispatch(ws, submission.command)
         return _Executed(submission, outcome, ws.collect())
 
-    def _run_batch(self, todo: list[_Submission]) -> bool:
+    def _run_batch(self, todo: list[_Submission]) -> BatchOutcome:
         ws = WorkingSet(self.store, self._cache, check_new=False)
         executed: list[_Executed] = []
         refused: list[tuple[_Submission, DomainError]] = []
@@ -231,24 +244,26 @@ class CommandService:
                 executed.append(self._execute(s, ws))
             except DomainError as error:
                 if ws.pending_count():
+                    # Refused after emitting: only the one-by-one path can
+                    # isolate it without losing the others' events.
                     ws.evict_all()
-                    return False
+                    return "poisoned"
                 refused.append((s, error))
             except Exception:
                 ws.evict_all()
-                return False
+                return "poisoned"
         try:
             self._commit(executed)
         except IntegrityError:
             ws.evict_all()
-            return False
+            return "conflict"
         except BaseException:
             ws.evict_all()
             raise
         ws.commit_to_cache()
         for s, refusal in refused:
             s.future.set_exception(refusal)
-        return True
+        return "committed"
 
     def _run_single(self, submission: _Submission) -> None:
         for attempt in range(self.max_retries + 1):

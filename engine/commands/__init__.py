@@ -1,6 +1,6 @@
 """Typed commands and their handlers; importing this package registers them all."""
 
-from engine.commands import compute, fabric, network, storage  # noqa: F401  (registration)
+from engine.commands import compute, fabric, network, network_tags, storage  # noqa: F401
 from engine.commands.base import (
     HANDLERS,
     AggregateVersion,
