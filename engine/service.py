@@ -22,8 +22,8 @@ import time
 import uuid
 from collections import OrderedDict
 from collections.abc import Sequence
-from typing import Literal
 from concurrent.futures import Future
+from typing import Literal
 
 import msgspec
 import structlog
@@ -171,7 +171,7 @@ class CommandService:
             for attempt in range(BATCH_ATTEMPTS):
                 if attempt:
                     self.stats["conflicts"] += 1
-                    time.sleep(random.uniform(0, 0.002 * attempt))  # noqa: S311
+                    time.sleep(random.uniform(0, 0.002 * attempt))
                 outcome = self._run_batch(todo)
                 if outcome == "committed":
                     return

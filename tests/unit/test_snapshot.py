@@ -86,7 +86,9 @@ def test_create_records_values_and_given_id():
     assert snapshot.state == "Creating"
 
 
-@pytest.mark.parametrize(("name", "kind", "field"), [(" ", "internal", "name"), ("s", "full", "kind")])
+@pytest.mark.parametrize(
+    ("name", "kind", "field"), [(" ", "internal", "name"), ("s", "full", "kind")]
+)
 def test_create_validates(name, kind, field):
     with pytest.raises(Validation) as info:
         Snapshot.create(uuid4(), name, kind)

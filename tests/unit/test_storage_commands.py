@@ -265,7 +265,9 @@ def test_create_snapshot_checks_the_volume(uow, zone):
         dispatch(uow, CreateSnapshot(volume_id=volume_id, name="s"))
     given = uuid4()
     volume = ready_volume(uow, zone)
-    assert dispatch(uow, CreateSnapshot(id=given, volume_id=volume.id, name="s")).aggregate_id == given
+    assert (
+        dispatch(uow, CreateSnapshot(id=given, volume_id=volume.id, name="s")).aggregate_id == given
+    )
 
 
 def test_failed_snapshot(uow, zone):

@@ -102,7 +102,12 @@ ALLOWED = {
     "revert_requested": {"Ready": "Ready"},
     "reverted": {"Reverting": "Ready"},
     "destroy": {"Allocated": "Destroyed", "Ready": "Destroyed", "Error": "Destroyed"},
-    "fail": {"Creating": "Error", "Resizing": "Error", "ResizingAttached": "Error", "Reverting": "Error"},
+    "fail": {
+        "Creating": "Error",
+        "Resizing": "Error",
+        "ResizingAttached": "Error",
+        "Reverting": "Error",
+    },
 }
 EVENT = {
     "create_requested": "CreationRequested",
@@ -217,7 +222,9 @@ def test_resize_only_grows(new_size):
     assert error.field == "new_size_bytes"
 
 
-@pytest.mark.parametrize(("source", "resume"), [("Resizing", "Ready"), ("ResizingAttached", "Attached")])
+@pytest.mark.parametrize(
+    ("source", "resume"), [("Resizing", "Ready"), ("ResizingAttached", "Attached")]
+)
 def test_resize_returns_to_where_it_started(source, resume):
     volume = volume_in(source)
     assert (volume.resize_to, volume.resume_state) == (20 * GIB, resume)
@@ -262,7 +269,9 @@ def test_snapshot_source_allowed(source):
     volume_in(source).require_snapshot_source()
 
 
-@pytest.mark.parametrize("source", ["Allocated", "Creating", "Resizing", "Reverting", "Error", "Destroyed"])
+@pytest.mark.parametrize(
+    "source", ["Allocated", "Creating", "Resizing", "Reverting", "Error", "Destroyed"]
+)
 def test_snapshot_source_refused(source):
     volume = volume_in(source)
     error = assert_refused(volume, InvalidTransition, volume.require_snapshot_source)

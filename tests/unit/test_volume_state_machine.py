@@ -137,7 +137,9 @@ class VolumeMachine(RuleBasedStateMachine):
             return st.just(POOL)
         if action == "attach":
             root = self.model.kind == "root"
-            devices = st.just(0) if valid and root else st.integers(1, 3) if valid else st.integers(0, 3)
+            devices = (
+                st.just(0) if valid and root else st.integers(1, 3) if valid else st.integers(0, 3)
+            )
             return st.tuples(st.sampled_from(VMS), devices)
         if action == "detach":
             return st.just(True) if valid else st.booleans()
