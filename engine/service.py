@@ -21,9 +21,10 @@ import threading
 import time
 import uuid
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from concurrent.futures import Future
 from typing import Literal
+from uuid import UUID
 
 import msgspec
 import structlog
@@ -237,6 +238,7 @@ class CommandService:
 
     def _run_batch(self, todo: list[_Submission]) -> BatchOutcome:
         ws = WorkingSet(self.store, self._cache, check_new=False)
+        ws.prefetch(i for s in todo for i in referenced_ids(s.command))
         executed: list[_Executed] = []
         refused: list[tuple[_Submission, DomainError]] = []
         for s in todo:
@@ -348,6 +350,16 @@ class _FollowerCallback:
             # The first one was refused, so nothing is recorded under the key:
             # the follower runs on its own.
             self.service._queue.put(self.follower)
+
+
+def referenced_ids(command: Command) -> Iterator[UUID]:
+    """Every aggregate id a command names, for one prefetch per batch."""
+    for name in command.__struct_fields__:
+        value = getattr(command, name)
+        if isinstance(value, UUID):
+            yield value
+        elif isinstance(value, tuple):
+            yield from (v for v in value if isinstance(v, UUID))
 
 
 def _result_of(item: _Executed, position: int | None) -> CommandResult:

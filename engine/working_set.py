@@ -8,6 +8,7 @@ attempt reloads committed state from the store.
 from __future__ import annotations
 
 from collections import OrderedDict
+from collections.abc import Iterable
 from typing import TypeVar
 from uuid import UUID
 
@@ -68,6 +69,25 @@ class WorkingSet:
             else:
                 self.aggregates[aggregate_id] = aggregate
         return aggregate
+
+    def prefetch(self, ids: Iterable[UUID]) -> None:
+        """Load, in one round trip, every aggregate a batch may look up that is
+        not cached; ids that do not exist are remembered as missing, so checks
+        for caller-chosen new ids cost nothing more."""
+        wanted = [
+            i
+            for i in dict.fromkeys(ids)
+            if i not in self.aggregates and i not in self._missing and self._cache.get(i) is None
+        ]
+        if not wanted:
+            return
+        found = self._store.load_many(wanted)
+        for aggregate_id in wanted:
+            aggregate = found.get(aggregate_id)
+            if aggregate is None:
+                self._missing.add(aggregate_id)
+            else:
+                self.aggregates[aggregate_id] = aggregate
 
     def get(self, cls: type[A], aggregate_id: UUID) -> A:
         return checked(cls, self._lookup(aggregate_id), aggregate_id)
