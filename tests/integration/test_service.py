@@ -144,3 +144,20 @@ def msgspec_equal_but_replayed(first, again) -> bool:
     import msgspec
 
     return msgspec.structs.replace(again, replayed=False) == first
+
+
+def test_conflict_after_bounded_retries(store, pg_target):
+    other_store = EventStore(pg_target)
+    stale, writer = CommandService(store, max_retries=0), CommandService(other_store)
+    try:
+        zone_id = stale.execute(CreateZone(name="z")).aggregate_id
+        writer.execute(DisableZone(zone_id=zone_id))
+        before = store.max_position()
+        with pytest.raises(Conflict) as info:
+            stale.execute(DisableZone(zone_id=zone_id))
+        assert "retries" in str(info.value)
+        assert store.max_position() == before
+    finally:
+        stale.close()
+        writer.close()
+        other_store.close()
