@@ -6,86 +6,38 @@ and commits all the commands that arrived meanwhile in one transaction (group
 commit), which is where the throughput over one-save-per-command comes from.
 
 If a batch cannot commit (another process changed an aggregate it touched, or
-an idempotency key was recorded meanwhile), nothing of it is stored and each of
-its commands is run again on its own, reloading state, with bounded retries; so
-one conflicting command never fails the others and never duplicates anything.
+an idempotency key was recorded meanwhile), nothing of it is stored; it is run
+again on reloaded state, and if it still conflicts each of its commands runs on
+its own with bounded, jittered retries. One conflicting command never fails the
+others and nothing is stored twice.
 """
 
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import queue
 import random
 import threading
 import time
-import uuid
-from collections import OrderedDict
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from concurrent.futures import Future
 from typing import Literal
-from uuid import UUID
 
-import msgspec
 import structlog
 from eventsourcing.persistence import IntegrityError
 
-from engine.aggregate import Aggregate
 from engine.commands import Command, CommandContext, CommandResult, dispatch
-from engine.commands.base import AggregateVersion, Outcome
 from engine.errors import Conflict, DomainError
-from engine.metadata import EventMeta, bound_meta
+from engine.idempotency import IdempotencyKeys
+from engine.metadata import bound_meta
 from engine.store import EventStore, IdempotencyRecord
+from engine.submission import Executed, Submission, referenced_ids
 from engine.working_set import AggregateCache, WorkingSet
 
 log = structlog.get_logger("engine.service")
 
 BATCH_ATTEMPTS = 3
 BatchOutcome = Literal["committed", "conflict", "poisoned"]
-
-_encoder = msgspec.json.Encoder()
-_result_decoder = msgspec.json.Decoder(CommandResult)
-
-
-class _Submission:
-    __slots__ = ("command", "context", "future", "hash", "meta")
-
-    def __init__(self, command: Command, context: CommandContext) -> None:
-        self.command = command
-        self.context = context
-        self.future: Future[CommandResult] = Future()
-        self.hash = b""
-        if context.idempotency_key is not None:
-            digest = hashlib.sha256(type(command).__name__.encode())
-            digest.update(_encoder.encode(command))
-            self.hash = digest.digest()
-        request_id = context.request_id or uuid.uuid4().hex
-        self.meta = EventMeta(
-            actor=context.actor,
-            request_id=request_id,
-            correlation_id=context.correlation_id or request_id,
-            causation_id=context.causation_id,
-        )
-
-    @property
-    def key(self) -> tuple[str, str] | None:
-        if self.context.idempotency_key is None:
-            return None
-        return (self.context.actor, self.context.idempotency_key)
-
-
-class _Executed:
-    __slots__ = ("collected", "outcome", "submission")
-
-    def __init__(
-        self,
-        submission: _Submission,
-        outcome: Outcome,
-        collected: list[tuple[Aggregate, list[object]]],
-    ) -> None:
-        self.submission = submission
-        self.outcome = outcome
-        self.collected = collected
 
 
 class CommandService:
@@ -101,8 +53,8 @@ class CommandService:
         self.batch_max = batch_max
         self.max_retries = max_retries
         self._cache = AggregateCache(cache_size)
-        self._keys: OrderedDict[tuple[str, str], IdempotencyRecord] = OrderedDict()
-        self._queue: queue.SimpleQueue[_Submission | None] = queue.SimpleQueue()
+        self._keys = IdempotencyKeys(store.recorder)
+        self._queue: queue.SimpleQueue[Submission | None] = queue.SimpleQueue()
         self._thread = threading.Thread(target=self._run, name="command-writer", daemon=True)
         self._closed = False
         self.stats = {"batches": 0, "commands": 0, "conflicts": 0, "retries": 0}
@@ -114,7 +66,7 @@ class CommandService:
     ) -> Future[CommandResult]:
         if self._closed:
             raise RuntimeError("command service is closed")
-        submission = _Submission(command, context or CommandContext())
+        submission = Submission(command, context or CommandContext())
         self._queue.put(submission)
         return submission.future
 
@@ -151,16 +103,28 @@ class CommandService:
                     stopping = True
                     break
                 batch.append(item)
+            self._process_safely(batch)
+        # Submissions that arrived with or after the stop (e.g. a follower
+        # re-queued by its leader's callback) are still answered.
+        while True:
             try:
-                self._process(batch)
-            except BaseException as error:
-                log.error("command batch failed", error=str(error), size=len(batch))
-                for s in batch:
-                    if not s.future.done():
-                        s.future.set_exception(error)
+                item = self._queue.get_nowait()
+            except queue.Empty:
+                return
+            if item is not None:
+                self._process_safely([item])
 
-    def _process(self, batch: list[_Submission]) -> None:
-        todo = self._settle_idempotent(batch)
+    def _process_safely(self, batch: list[Submission]) -> None:
+        try:
+            self._process(batch)
+        except BaseException as error:  # every caller must hear about it
+            log.error("command batch failed", error=str(error), size=len(batch))
+            for s in batch:
+                if not s.future.done():
+                    s.future.set_exception(error)
+
+    def _process(self, batch: list[Submission]) -> None:
+        todo = self._keys.settle(batch, self._queue.put)
         if not todo:
             return
         self.stats["batches"] += 1
@@ -182,65 +146,17 @@ class CommandService:
         for submission in todo:
             self._run_single(submission)
 
-    # Idempotency ------------------------------------------------------------
-    def _known_keys(self, keys: Sequence[tuple[str, str]]) -> None:
-        missing = [k for k in keys if k not in self._keys]
-        for record in self.store.recorder.select_idempotency(missing):
-            self._remember(record)
-
-    def _remember(self, record: IdempotencyRecord) -> None:
-        self._keys[(record.scope, record.key)] = record
-        if len(self._keys) > 100_000:
-            self._keys.popitem(last=False)
-
-    def _replay(self, submission: _Submission, record: IdempotencyRecord) -> None:
-        if record.command_hash != submission.hash:
-            submission.future.set_exception(
-                Conflict(
-                    f"Idempotency-Key {submission.context.idempotency_key!r} was already used "
-                    "with a different command",
-                    field="Idempotency-Key",
-                )
-            )
-            return
-        first = _result_decoder.decode(record.result)
-        submission.future.set_result(msgspec.structs.replace(first, replayed=True))
-
-    def _settle_idempotent(self, batch: list[_Submission]) -> list[_Submission]:
-        keys = [s.key for s in batch if s.key is not None]
-        if not keys:
-            return batch
-        self._known_keys(keys)
-        todo: list[_Submission] = []
-        leaders: dict[tuple[str, str], _Submission] = {}
-        for s in batch:
-            key = s.key
-            if key is None:
-                todo.append(s)
-            elif key in self._keys:
-                self._replay(s, self._keys[key])
-            elif key in leaders:
-                # Same key twice in one batch: the second waits for the first.
-                leaders[key].future.add_done_callback(self._follower(s))
-            else:
-                leaders[key] = s
-                todo.append(s)
-        return todo
-
-    def _follower(self, follower: _Submission) -> _FollowerCallback:
-        return _FollowerCallback(self, follower)
-
     # Execution ----------------------------------------------------------------
-    def _execute(self, submission: _Submission, ws: WorkingSet) -> _Executed:
+    def _execute(self, submission: Submission, ws: WorkingSet) -> Executed:
         with bound_meta(submission.meta):
             outcome = dispatch(ws, submission.command)
-        return _Executed(submission, outcome, ws.collect())
+        return Executed(submission, outcome, ws.collect())
 
-    def _run_batch(self, todo: list[_Submission]) -> BatchOutcome:
+    def _run_batch(self, todo: list[Submission]) -> BatchOutcome:
         ws = WorkingSet(self.store, self._cache, check_new=False)
         ws.prefetch(i for s in todo for i in referenced_ids(s.command))
-        executed: list[_Executed] = []
-        refused: list[tuple[_Submission, DomainError]] = []
+        executed: list[Executed] = []
+        refused: list[tuple[Submission, DomainError]] = []
         for s in todo:
             try:
                 executed.append(self._execute(s, ws))
@@ -267,15 +183,14 @@ class CommandService:
             s.future.set_exception(refusal)
         return "committed"
 
-    def _run_single(self, submission: _Submission) -> None:
+    def _run_single(self, submission: Submission) -> None:
         for attempt in range(self.max_retries + 1):
             if attempt:
                 self.stats["retries"] += 1
                 time.sleep(random.uniform(0, 0.002 * 2 ** min(attempt, 6)))
                 if submission.key is not None:
-                    self._known_keys([submission.key])
-                    if submission.key in self._keys:
-                        self._replay(submission, self._keys[submission.key])
+                    self._keys.load([submission.key])
+                    if self._keys.answer(submission):
                         return
             ws = WorkingSet(self.store, self._cache, check_new=attempt > 0)
             try:
@@ -297,7 +212,7 @@ class CommandService:
             )
         )
 
-    def _commit(self, executed: list[_Executed]) -> None:
+    def _commit(self, executed: list[Executed]) -> None:
         events: list[object] = []
         bounds: list[tuple[int, int]] = []
         for item in executed:
@@ -311,15 +226,10 @@ class CommandService:
             results.clear()
             records: list[IdempotencyRecord] = []
             for item, (start, end) in zip(executed, bounds, strict=True):
-                result = _result_of(item, positions[end - 1] if end > start and positions else None)
+                result = item.result(positions[end - 1] if end > start and positions else None)
                 results.append(result)
-                key = item.submission.key
-                if key is not None:
-                    records.append(
-                        IdempotencyRecord(
-                            key[0], key[1], item.submission.hash, _encoder.encode(result)
-                        )
-                    )
+                if item.submission.key is not None:
+                    records.append(self._keys.record_for(item.submission, result))
             return records
 
         keyed = any(item.submission.key is not None for item in executed)
@@ -327,48 +237,6 @@ class CommandService:
         if not keyed:
             build(positions)
         for item, result in zip(executed, results, strict=True):
-            key = item.submission.key
-            if key is not None:
-                self._remember(
-                    IdempotencyRecord(key[0], key[1], item.submission.hash, _encoder.encode(result))
-                )
+            if item.submission.key is not None:
+                self._keys.remember(self._keys.record_for(item.submission, result))
             item.submission.future.set_result(result)
-
-
-class _FollowerCallback:
-    def __init__(self, service: CommandService, follower: _Submission) -> None:
-        self.service = service
-        self.follower = follower
-
-    def __call__(self, leader: Future[CommandResult]) -> None:
-        key = self.follower.key
-        assert key is not None
-        record = self.service._keys.get(key)
-        if record is not None:
-            self.service._replay(self.follower, record)
-        else:
-            # The first one was refused, so nothing is recorded under the key:
-            # the follower runs on its own.
-            self.service._queue.put(self.follower)
-
-
-def referenced_ids(command: Command) -> Iterator[UUID]:
-    """Every aggregate id a command names, for one prefetch per batch."""
-    for name in command.__struct_fields__:
-        value = getattr(command, name)
-        if isinstance(value, UUID):
-            yield value
-        elif isinstance(value, tuple):
-            yield from (v for v in value if isinstance(v, UUID))
-
-
-def _result_of(item: _Executed, position: int | None) -> CommandResult:
-    return CommandResult(
-        command=type(item.submission.command).__name__,
-        aggregate_id=item.outcome.aggregate_id,
-        value=item.outcome.value,
-        versions=tuple(
-            AggregateVersion(a.id, type(a).__name__, a.version) for a, _events in item.collected
-        ),
-        position=position,
-    )

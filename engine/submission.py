@@ -1,0 +1,83 @@
+"""One command on its way through the command service."""
+
+from __future__ import annotations
+
+import hashlib
+import uuid
+from collections.abc import Iterator
+from concurrent.futures import Future
+from uuid import UUID
+
+import msgspec
+
+from engine.aggregate import Aggregate
+from engine.commands import Command, CommandContext, CommandResult
+from engine.commands.base import AggregateVersion, Outcome
+from engine.metadata import EventMeta
+
+_encoder = msgspec.json.Encoder()
+
+
+class Submission:
+    __slots__ = ("command", "context", "future", "hash", "meta")
+
+    def __init__(self, command: Command, context: CommandContext) -> None:
+        self.command = command
+        self.context = context
+        self.future: Future[CommandResult] = Future()
+        self.hash = b""
+        if context.idempotency_key is not None:
+            digest = hashlib.sha256(type(command).__name__.encode())
+            digest.update(_encoder.encode(command))
+            self.hash = digest.digest()
+        request_id = context.request_id or uuid.uuid4().hex
+        self.meta = EventMeta(
+            actor=context.actor,
+            request_id=request_id,
+            correlation_id=context.correlation_id or request_id,
+            causation_id=context.causation_id,
+        )
+
+    @property
+    def key(self) -> tuple[str, str] | None:
+        """Idempotency keys are scoped per actor."""
+        if self.context.idempotency_key is None:
+            return None
+        return (self.context.actor, self.context.idempotency_key)
+
+
+class Executed:
+    """A command whose handler ran; its events are not stored yet."""
+
+    __slots__ = ("collected", "outcome", "submission")
+
+    def __init__(
+        self,
+        submission: Submission,
+        outcome: Outcome,
+        collected: list[tuple[Aggregate, list[object]]],
+    ) -> None:
+        self.submission = submission
+        self.outcome = outcome
+        self.collected = collected
+
+    def result(self, position: int | None) -> CommandResult:
+        return CommandResult(
+            command=type(self.submission.command).__name__,
+            aggregate_id=self.outcome.aggregate_id,
+            value=self.outcome.value,
+            versions=tuple(
+                AggregateVersion(a.id, type(a).__name__, a.version) for a, _ in self.collected
+            ),
+            position=position,
+        )
+
+
+def referenced_ids(command: Command) -> Iterator[UUID]:
+    """Every aggregate id a command names, for one prefetch per batch."""
+    for name in command.__struct_fields__:
+        value = getattr(command, name)
+        if isinstance(value, UUID):
+            yield value
+        elif isinstance(value, tuple):
+            yield from (v for v in value if isinstance(v, UUID))
