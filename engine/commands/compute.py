@@ -7,45 +7,22 @@ flows that choose them.
 
 from __future__ import annotations
 
-from typing import Annotated, TypeVar
+from typing import Annotated
 from uuid import UUID
 
 import msgspec
 
-from engine.aggregate import Aggregate, require
+from engine.aggregate import require
 from engine.commands.base import Command, Outcome, handles
-from engine.errors import Conflict, NotFound
-from engine.fabric.zone import Zone
+from engine.commands.lookups import load_ref, require_enabled_zone, require_new_id
 from engine.unit_of_work import UnitOfWork
 from engine.virtual.template import Template
 from engine.virtual.vm import VirtualMachine, VmSpec
-
-A = TypeVar("A", bound=Aggregate)
 
 Name = Annotated[str, msgspec.Meta(min_length=1, max_length=255)]
 Reason = Annotated[str, msgspec.Meta(min_length=1)]
 
 GIB = 1 << 30
-
-
-def require_new_id(uow: UnitOfWork, aggregate_id: UUID | None) -> None:
-    """Refuse a caller-chosen id that is taken, rather than overwrite or fail late."""
-    if aggregate_id is not None and uow.find(Aggregate, aggregate_id) is not None:
-        raise Conflict(f"id {aggregate_id} is already in use", field="id")
-
-
-def load_ref(uow: UnitOfWork, cls: type[A], aggregate_id: UUID, field: str) -> A:
-    """Load an aggregate a command refers to, naming the command field if absent."""
-    found = uow.find(cls, aggregate_id)
-    if found is None:
-        raise NotFound(f"{cls.entity} {aggregate_id} not found", field=field)
-    return found
-
-
-def require_enabled_zone(uow: UnitOfWork, zone_id: UUID) -> Zone:
-    zone = load_ref(uow, Zone, zone_id, "zone_id")
-    zone.require_state(["Enabled"], "create resources in")
-    return zone
 
 
 class CreateVm(Command, frozen=True, kw_only=True):

@@ -11,8 +11,8 @@ from uuid import UUID, uuid4
 
 import msgspec
 
-from engine.aggregate import Aggregate
 from engine.commands.base import Command, Outcome, handles
+from engine.commands.lookups import require_new_id
 from engine.errors import Conflict, Validation
 from engine.fabric.zone import Zone
 from engine.unit_of_work import UnitOfWork
@@ -29,13 +29,6 @@ Port = Annotated[int, msgspec.Meta(ge=1, le=65535)]
 DeviceId = Annotated[int, msgspec.Meta(ge=0, le=MAX_DEVICE_ID)]
 Mac = Annotated[str, msgspec.Meta(pattern=r"^[0-9a-fA-F]{2}(:[0-9a-fA-F]{2}){5}$")]
 Reason = Annotated[str, msgspec.Meta(min_length=1, max_length=2000)]
-
-
-def _require_new(uow: UnitOfWork, aggregate_id: UUID) -> None:
-    # Only for caller-chosen ids, and only where another aggregate changes
-    # before the new one is added: a duplicate must not half-apply.
-    if uow.find(Aggregate, aggregate_id) is not None:
-        raise Conflict(f"an aggregate with id {aggregate_id} already exists", field="id")
 
 
 # Networks -----------------------------------------------------------------------
@@ -137,8 +130,9 @@ class ReleaseIp(Command, frozen=True, kw_only=True):
 @handles(AllocateIp)
 def allocate_ip(uow: UnitOfWork, cmd: AllocateIp) -> Outcome:
     network = uow.get(Network, cmd.network_id)
-    if cmd.ip_id is not None:
-        _require_new(uow, cmd.ip_id)
+    # A chosen id already in use is refused before the network hands out an
+    # address for it, so the command does not half-apply.
+    require_new_id(uow, cmd.ip_id)
     ip_id = uuid4() if cmd.ip_id is None else cmd.ip_id
     address = network.allocate_ip(ip_id, cmd.owner_id, cmd.address)
     uow.add(
@@ -185,8 +179,8 @@ class ReleaseNic(Command, frozen=True, kw_only=True):
 def create_nic(uow: UnitOfWork, cmd: CreateNic) -> Outcome:
     network = uow.get(Network, cmd.network_id)
     network.require_state(["Allocated", "Implemented"], "add a NIC to")
-    if cmd.id is not None:
-        _require_new(uow, cmd.id)
+    # Likewise refused before the IpAddress is associated with the new NIC.
+    require_new_id(uow, cmd.id)
     ip = None if cmd.ip_id is None else uow.get(IpAddress, cmd.ip_id)
     if ip is not None:
         if ip.network_id != network.id:

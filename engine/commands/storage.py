@@ -14,7 +14,8 @@ import msgspec
 
 from engine.aggregate import require
 from engine.commands.base import Command, Outcome, handles
-from engine.commands.compute import Name, Reason, load_ref, require_enabled_zone, require_new_id
+from engine.commands.compute import Name, Reason
+from engine.commands.lookups import load_ref, require_enabled_zone, require_new_id
 from engine.fabric.zone import Zone
 from engine.unit_of_work import UnitOfWork
 from engine.virtual.snapshot import REVERTIBLE, Snapshot, SnapshotKind

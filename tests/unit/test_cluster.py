@@ -1,31 +1,16 @@
-import copy
 from uuid import uuid4
 
 import pytest
 
 from engine.errors import InvalidTransition, Validation
 from engine.fabric.cluster import Cluster
+from tests.unit.support import assert_disable_then_enable, assert_refused, event_names
 
 
 def make_cluster(**overrides):
     values = {"zone_id": uuid4(), "pod_id": uuid4(), "name": "cluster-1"}
     values.update(overrides)
     return Cluster.create(**values)
-
-
-def assert_refused(aggregate, error, action):
-    """The command raises error, records nothing and leaves the state as it was."""
-    aggregate.collect_events()
-    before = copy.deepcopy(vars(aggregate))
-    with pytest.raises(error) as info:
-        action()
-    assert aggregate.collect_events() == []
-    assert vars(aggregate) == before
-    return info.value
-
-
-def event_names(aggregate):
-    return [type(e).__name__ for e in aggregate.collect_events()]
 
 
 def test_create_defaults_to_kvm():
@@ -47,12 +32,7 @@ def test_create_refuses_invalid_values(overrides, field):
 
 
 def test_disable_and_enable():
-    cluster = make_cluster()
-    cluster.disable()
-    assert cluster.state == "Disabled"
-    cluster.enable()
-    assert cluster.state == "Enabled"
-    assert event_names(cluster) == ["Created", "Disabled", "Enabled"]
+    assert_disable_then_enable(make_cluster())
 
 
 def test_enable_refused_when_enabled():

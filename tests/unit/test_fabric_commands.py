@@ -50,6 +50,7 @@ from engine.fabric.storage_pool import StoragePool
 from engine.fabric.zone import Zone
 from engine.mapper import MsgspecMapper
 from engine.unit_of_work import InMemoryUnitOfWork
+from tests.unit.support import assert_command_refused
 
 
 class Fabric:
@@ -114,17 +115,6 @@ def fab():
     fab = Fabric()
     fab.uow.commit()
     return fab
-
-
-def assert_refused(fab, error, command):
-    """The handler raises error and leaves nothing to commit."""
-    fab.uow.commit()
-    known = set(fab.uow.aggregates)
-    with pytest.raises(error) as info:
-        fab.run(command)
-    assert set(fab.uow.aggregates) == known
-    assert fab.uow.commit() == []
-    return info.value
 
 
 def test_every_fabric_command_has_a_handler():
@@ -199,14 +189,14 @@ def test_creation_commands_use_a_given_id(fab):
 def test_creation_refused_when_parent_is_missing(fab, make, missing):
     # An id of another aggregate type does not count as the parent either.
     parent_id = uuid4() if missing == "unknown" else fab.store_id
-    assert_refused(fab, NotFound, make(fab, parent_id))
+    assert_command_refused(fab.uow, NotFound, make(fab, parent_id))
 
 
 def test_cluster_refused_for_a_pod_of_another_zone(fab):
     other_zone = fab.run(CreateZone(name="zone-2")).aggregate_id
     fab.uow.commit()
     command = CreateCluster(zone_id=other_zone, pod_id=fab.pod_id, name="c")
-    assert assert_refused(fab, Validation, command).field == "pod_id"
+    assert assert_command_refused(fab.uow, Validation, command).field == "pod_id"
 
 
 @pytest.mark.parametrize("wrong", ["pod_id", "zone_id"])
@@ -217,7 +207,7 @@ def test_host_refused_for_a_cluster_elsewhere(fab, wrong):
     ).aggregate_id
     fab.uow.commit()
     command = fab.register_host(**{wrong: other_pod if wrong == "pod_id" else other_zone})
-    assert assert_refused(fab, Validation, command).field == "cluster_id"
+    assert assert_command_refused(fab.uow, Validation, command).field == "cluster_id"
 
 
 def test_pool_refused_for_a_cluster_of_another_zone(fab):
@@ -231,11 +221,14 @@ def test_pool_refused_for_a_cluster_of_another_zone(fab):
         capacity_bytes=1,
         url="/p",
     )
-    assert assert_refused(fab, Validation, command).field == "cluster_id"
+    assert assert_command_refused(fab.uow, Validation, command).field == "cluster_id"
 
 
 def test_aggregate_validation_still_applies_to_undecoded_commands(fab):
-    assert assert_refused(fab, Validation, fab.register_host(cpu_cores=0)).field == "cpu_cores"
+    assert (
+        assert_command_refused(fab.uow, Validation, fab.register_host(cpu_cores=0)).field
+        == "cpu_cores"
+    )
 
 
 # Transitions ------------------------------------------------------------------------
@@ -280,7 +273,7 @@ def test_transition_commands(fab, commands, cls, attr, state):
 
 
 def test_transition_command_for_unknown_aggregate(fab):
-    assert_refused(fab, NotFound, DisableHost(host_id=fab.pod_id))
+    assert_command_refused(fab.uow, NotFound, DisableHost(host_id=fab.pod_id))
 
 
 # Capacity and tags ------------------------------------------------------------------
@@ -292,9 +285,9 @@ def test_host_capacity_commands(fab):
     host = fab.get(Host, fab.host_id)
     assert (host.cpus_free, host.ram_free_mb) == (0.0, 0)
     command = ReserveHostCapacity(host_id=fab.host_id, vm_id=uuid4(), cpus=1, ram_mb=1)
-    assert_refused(fab, CapacityExceeded, command)
-    assert_refused(
-        fab,
+    assert_command_refused(fab.uow, CapacityExceeded, command)
+    assert_command_refused(
+        fab.uow,
         CapacityExceeded,
         UpdateHostOvercommit(host_id=fab.host_id, cpu_overcommit=1.0, ram_overcommit=1.0),
     )
@@ -302,7 +295,7 @@ def test_host_capacity_commands(fab):
     assert host.cpus_free == 4.0
     fab.run(ReleaseHostCapacity(host_id=fab.host_id, vm_id=vm))
     assert host.cpus_used == 0
-    assert_refused(fab, Conflict, ReleaseHostCapacity(host_id=fab.host_id, vm_id=vm))
+    assert_command_refused(fab.uow, Conflict, ReleaseHostCapacity(host_id=fab.host_id, vm_id=vm))
 
 
 def test_storage_commands(fab):
@@ -311,10 +304,10 @@ def test_storage_commands(fab):
     assert outcome.aggregate_id == fab.pool_id
     assert fab.get(StoragePool, fab.pool_id).free_bytes == 0
     command = ReserveStorage(pool_id=fab.pool_id, volume_id=uuid4(), size_bytes=1)
-    assert_refused(fab, CapacityExceeded, command)
+    assert_command_refused(fab.uow, CapacityExceeded, command)
     fab.run(ReleaseStorage(pool_id=fab.pool_id, volume_id=volume))
     assert fab.get(StoragePool, fab.pool_id).free_bytes == 1000
-    assert_refused(fab, Conflict, ReleaseStorage(pool_id=fab.pool_id, volume_id=volume))
+    assert_command_refused(fab.uow, Conflict, ReleaseStorage(pool_id=fab.pool_id, volume_id=volume))
 
 
 def test_tag_commands_return_the_tag(fab):
@@ -324,14 +317,14 @@ def test_tag_commands_return_the_tag(fab):
     ]
     assert [o.value for o in outcomes] == [10, 11]
     assert {o.aggregate_id for o in outcomes} == {fab.network_id}
-    assert_refused(
-        fab, CapacityExceeded, AllocateTag(physical_network_id=fab.network_id, owner_id=uuid4())
+    assert_command_refused(
+        fab.uow, CapacityExceeded, AllocateTag(physical_network_id=fab.network_id, owner_id=uuid4())
     )
     release = ReleaseTag(physical_network_id=fab.network_id, tag=10, owner_id=owners[0])
     assert fab.run(release).value is None
     reused = fab.run(AllocateTag(physical_network_id=fab.network_id, owner_id=uuid4()))
     assert reused.value == 10
-    assert_refused(fab, Conflict, release)
+    assert_command_refused(fab.uow, Conflict, release)
 
 
 # Wire format ------------------------------------------------------------------------

@@ -1,5 +1,3 @@
-import copy
-import itertools
 import math
 from uuid import uuid4
 
@@ -7,6 +5,14 @@ import pytest
 
 from engine.errors import CapacityExceeded, Conflict, InvalidTransition, Validation
 from engine.fabric.host import Host, Reservation
+from tests.unit.support import (
+    assert_refused,
+    assert_transition,
+    event_names,
+    replayed,
+    run_steps,
+    transition_cases,
+)
 
 
 def make_host(**overrides):
@@ -21,28 +27,6 @@ def make_host(**overrides):
     }
     values.update(overrides)
     return Host.create(**values)
-
-
-def assert_refused(aggregate, error, action):
-    """The command raises error, records nothing and leaves the state as it was."""
-    aggregate.collect_events()
-    before = copy.deepcopy(vars(aggregate))
-    with pytest.raises(error) as info:
-        action()
-    assert aggregate.collect_events() == []
-    assert vars(aggregate) == before
-    return info.value
-
-
-def event_names(aggregate):
-    return [type(e).__name__ for e in aggregate.collect_events()]
-
-
-def replayed(events):
-    aggregate = None
-    for e in events:
-        aggregate = e.mutate(aggregate)
-    return aggregate
 
 
 # Creation ------------------------------------------------------------------------
@@ -110,14 +94,12 @@ TRANSITIONS = {
     "declare_down": ({"Enabled", "Disabled", "Maintenance"}, "Down", "DeclaredDown"),
     "declare_up": ({"Down"}, "Enabled", "DeclaredUp"),
 }
-ALLOWED = [(s, a) for s, a in itertools.product(REACH, TRANSITIONS) if s in TRANSITIONS[a][0]]
-REFUSED = [(s, a) for s, a in itertools.product(REACH, TRANSITIONS) if s not in TRANSITIONS[a][0]]
+ALLOWED, REFUSED = transition_cases(REACH, TRANSITIONS)
 
 
 def host_in(state):
     host = make_host()
-    for step in REACH[state]:
-        getattr(host, step)()
+    run_steps(host, REACH[state])
     assert host.state == state
     host.collect_events()
     return host
@@ -125,11 +107,7 @@ def host_in(state):
 
 @pytest.mark.parametrize(("state", "action"), ALLOWED)
 def test_allowed_transition(state, action):
-    host = host_in(state)
-    getattr(host, action)()
-    _, target, event_name = TRANSITIONS[action]
-    assert host.state == target
-    assert event_names(host) == [event_name]
+    assert_transition(host_in(state), action, TRANSITIONS)
 
 
 @pytest.mark.parametrize(("state", "action"), REFUSED)
@@ -239,8 +217,7 @@ def test_release_allowed_in_every_state(state):
     host = make_host()
     vm = uuid4()
     host.reserve(vm, 1, 100)
-    for step in REACH[state]:
-        getattr(host, step)()
+    run_steps(host, REACH[state])
     host.collect_events()
     host.release(vm)
     assert host.cpus_used == 0

@@ -1,10 +1,10 @@
-import copy
 from uuid import uuid4
 
 import pytest
 
 from engine.errors import InvalidTransition, Validation
 from engine.fabric.image_store import ImageStore
+from tests.unit.support import assert_disable_then_enable, assert_refused, event_names
 
 
 def make_store(**overrides):
@@ -16,21 +16,6 @@ def make_store(**overrides):
     }
     values.update(overrides)
     return ImageStore.create(**values)
-
-
-def assert_refused(aggregate, error, action):
-    """The command raises error, records nothing and leaves the state as it was."""
-    aggregate.collect_events()
-    before = copy.deepcopy(vars(aggregate))
-    with pytest.raises(error) as info:
-        action()
-    assert aggregate.collect_events() == []
-    assert vars(aggregate) == before
-    return info.value
-
-
-def event_names(aggregate):
-    return [type(e).__name__ for e in aggregate.collect_events()]
 
 
 def test_create_records_location():
@@ -79,12 +64,7 @@ def test_create_refuses_invalid_values(overrides, field):
 
 
 def test_disable_and_enable():
-    store = make_store()
-    store.disable()
-    assert store.state == "Disabled"
-    store.enable()
-    assert store.state == "Enabled"
-    assert event_names(store) == ["Created", "Disabled", "Enabled"]
+    assert_disable_then_enable(make_store())
 
 
 def test_enable_refused_when_enabled():

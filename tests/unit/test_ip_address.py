@@ -1,31 +1,16 @@
-import copy
 from uuid import uuid4
 
 import pytest
 
 from engine.errors import InvalidTransition, Validation
 from engine.virtual.ip_address import IpAddress
+from tests.unit.support import assert_refused, event_names
 
 
 def make(**kwargs):
     ip = IpAddress.create(network_id=uuid4(), address="10.0.0.2", **kwargs)
     ip.collect_events()
     return ip
-
-
-def refused(aggregate, error, action):
-    """Run a command that must be refused: typed error, no event, no change."""
-    aggregate.collect_events()
-    before = copy.deepcopy(aggregate.__dict__)
-    with pytest.raises(error) as info:
-        action()
-    assert aggregate.collect_events() == []
-    assert aggregate.__dict__ == before
-    return info.value
-
-
-def names(aggregate):
-    return [type(e).__name__ for e in aggregate.collect_events()]
 
 
 def test_create():
@@ -38,7 +23,7 @@ def test_create():
         owner_id,
     )
     assert (ip.state, ip.nic_id) == ("Allocated", None)
-    assert names(ip) == ["Created"]
+    assert event_names(ip) == ["Created"]
 
 
 @pytest.mark.parametrize("address", ["", "10.0.0", "10.0.0.256", "fd00::1"])
@@ -57,29 +42,29 @@ def test_associate_disassociate_release():
     assert (ip.state, ip.nic_id) == ("Allocated", None)
     ip.release()
     assert ip.state == "Released"
-    assert names(ip) == ["Associated", "Disassociated", "Released"]
+    assert event_names(ip) == ["Associated", "Disassociated", "Released"]
 
 
 def test_associate_twice_refused():
     ip = make()
     ip.associate(uuid4())
-    refused(ip, InvalidTransition, lambda: ip.associate(uuid4()))
+    assert_refused(ip, InvalidTransition, lambda: ip.associate(uuid4()))
 
 
 def test_disassociate_unassociated_refused():
     ip = make()
-    refused(ip, InvalidTransition, ip.disassociate)
+    assert_refused(ip, InvalidTransition, ip.disassociate)
 
 
 def test_release_associated_refused():
     ip = make()
     ip.associate(uuid4())
-    refused(ip, InvalidTransition, ip.release)
-    refused(ip, InvalidTransition, ip.require_releasable)
+    assert_refused(ip, InvalidTransition, ip.release)
+    assert_refused(ip, InvalidTransition, ip.require_releasable)
 
 
 def test_nothing_allowed_after_release():
     ip = make()
     ip.release()
     for action in (ip.release, ip.disassociate, lambda: ip.associate(uuid4())):
-        refused(ip, InvalidTransition, action)
+        assert_refused(ip, InvalidTransition, action)

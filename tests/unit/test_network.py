@@ -1,4 +1,3 @@
-import copy
 import time
 from uuid import uuid4
 
@@ -7,6 +6,7 @@ import pytest
 from engine.errors import CapacityExceeded, Conflict, InvalidTransition, Validation
 from engine.mapper import MsgspecMapper
 from engine.virtual.network import Network
+from tests.unit.support import assert_refused, event_names, replayed
 
 
 def make(cidr="10.0.0.0/24", isolation="VLAN", **kwargs):
@@ -21,29 +21,6 @@ def make(cidr="10.0.0.0/24", isolation="VLAN", **kwargs):
     )
     network.collect_events()
     return network
-
-
-def refused(aggregate, error, action):
-    """Run a command that must be refused: typed error, no event, no change."""
-    aggregate.collect_events()
-    before = copy.deepcopy(aggregate.__dict__)
-    with pytest.raises(error) as info:
-        action()
-    assert aggregate.collect_events() == []
-    assert aggregate.__dict__ == before
-    return info.value
-
-
-def names(aggregate):
-    return [type(e).__name__ for e in aggregate.collect_events()]
-
-
-def replayed(events):
-    mapper = MsgspecMapper()
-    aggregate = None
-    for e in events:
-        aggregate = mapper.to_domain_event(mapper.to_stored_event(e)).mutate(aggregate)
-    return aggregate
 
 
 # Creation ---------------------------------------------------------------------------
@@ -61,7 +38,7 @@ def test_create_defaults():
     assert network.zone_id == zone_id
     assert network.free_count == 253
     assert dict(network.allocated) == {}
-    assert names(network) == ["Created"]
+    assert event_names(network) == ["Created"]
 
 
 def test_create_with_chosen_id_and_gateway():
@@ -129,7 +106,7 @@ def test_assign_tag_implements():
     network = make()
     network.assign_tag(100)
     assert (network.state, network.tag) == ("Implemented", 100)
-    assert names(network) == ["TagAssigned"]
+    assert event_names(network) == ["TagAssigned"]
 
 
 def test_vxlan_accepts_large_tags():
@@ -141,43 +118,43 @@ def test_vxlan_accepts_large_tags():
 @pytest.mark.parametrize(("isolation", "tag"), [("VLAN", 0), ("VLAN", 4095), ("VXLAN", 2**24)])
 def test_assign_tag_out_of_range_refused(isolation, tag):
     network = make(isolation=isolation)
-    assert refused(network, Validation, lambda: network.assign_tag(tag)).field == "tag"
+    assert assert_refused(network, Validation, lambda: network.assign_tag(tag)).field == "tag"
 
 
 def test_assign_tag_refused_without_isolation():
     network = make(isolation="none")
-    refused(network, Conflict, lambda: network.assign_tag(10))
+    assert_refused(network, Conflict, lambda: network.assign_tag(10))
 
 
 def test_assign_tag_refused_when_implemented():
     network = make()
     network.assign_tag(10)
-    refused(network, InvalidTransition, lambda: network.assign_tag(11))
+    assert_refused(network, InvalidTransition, lambda: network.assign_tag(11))
 
 
 def test_assign_tag_refused_when_tag_kept_through_shutdown():
     network = make()
     network.assign_tag(10)
     network.shutdown()
-    refused(network, Conflict, lambda: network.assign_tag(11))
+    assert_refused(network, Conflict, lambda: network.assign_tag(11))
 
 
 def test_implement_without_isolation():
     network = make(isolation="none")
     network.implement()
     assert network.state == "Implemented"
-    assert names(network) == ["Implemented"]
+    assert event_names(network) == ["Implemented"]
 
 
 def test_implement_refused_for_vlan_without_tag():
     network = make()
-    refused(network, Conflict, network.implement)
+    assert_refused(network, Conflict, network.implement)
 
 
 def test_implement_refused_when_implemented():
     network = make(isolation="none")
     network.implement()
-    refused(network, InvalidTransition, network.implement)
+    assert_refused(network, InvalidTransition, network.implement)
 
 
 def test_shutdown_and_reimplement_keeping_tag():
@@ -187,7 +164,7 @@ def test_shutdown_and_reimplement_keeping_tag():
     assert (network.state, network.tag) == ("Shutdown", 7)
     network.implement()
     assert (network.state, network.tag) == ("Implemented", 7)
-    assert names(network) == ["TagAssigned", "Shutdown", "Implemented"]
+    assert event_names(network) == ["TagAssigned", "Shutdown", "Implemented"]
 
 
 @pytest.mark.parametrize("steps", [[], ["shutdown"]])
@@ -196,7 +173,7 @@ def test_shutdown_refused_unless_implemented(steps):
     if steps:
         network.implement()
         network.shutdown()
-    refused(network, InvalidTransition, network.shutdown)
+    assert_refused(network, InvalidTransition, network.shutdown)
 
 
 def test_release_tag_then_reassign():
@@ -207,27 +184,27 @@ def test_release_tag_then_reassign():
     assert network.tag is None
     network.assign_tag(8)
     assert (network.state, network.tag) == ("Implemented", 8)
-    assert names(network) == ["TagAssigned", "Shutdown", "TagReleased", "TagAssigned"]
+    assert event_names(network) == ["TagAssigned", "Shutdown", "TagReleased", "TagAssigned"]
 
 
 def test_release_tag_refused_while_implemented():
     network = make()
     network.assign_tag(7)
-    refused(network, InvalidTransition, network.release_tag)
+    assert_refused(network, InvalidTransition, network.release_tag)
 
 
 def test_release_tag_refused_without_tag():
     network = make(isolation="none")
     network.implement()
     network.shutdown()
-    refused(network, Conflict, network.release_tag)
+    assert_refused(network, Conflict, network.release_tag)
 
 
 def test_destroy_from_allocated():
     network = make()
     network.destroy()
     assert network.state == "Destroyed"
-    assert names(network) == ["Destroyed"]
+    assert event_names(network) == ["Destroyed"]
 
 
 def test_destroy_after_shutdown_once_ips_and_tag_are_released():
@@ -235,9 +212,9 @@ def test_destroy_after_shutdown_once_ips_and_tag_are_released():
     network.assign_tag(7)
     address = network.allocate_ip(uuid4(), None)
     network.shutdown()
-    refused(network, Conflict, network.destroy)
+    assert_refused(network, Conflict, network.destroy)
     network.release_ip(address)
-    refused(network, Conflict, network.destroy)  # still holds its tag
+    assert_refused(network, Conflict, network.destroy)  # still holds its tag
     network.release_tag()
     network.destroy()
     assert network.state == "Destroyed"
@@ -246,7 +223,7 @@ def test_destroy_after_shutdown_once_ips_and_tag_are_released():
 def test_destroy_refused_while_implemented():
     network = make(isolation="none")
     network.implement()
-    refused(network, InvalidTransition, network.destroy)
+    assert_refused(network, InvalidTransition, network.destroy)
 
 
 def test_nothing_allowed_after_destroy():
@@ -261,7 +238,7 @@ def test_nothing_allowed_after_destroy():
         lambda: network.allocate_ip(uuid4(), None),
         lambda: network.release_ip("10.0.0.2"),
     ):
-        refused(network, InvalidTransition, action)
+        assert_refused(network, InvalidTransition, action)
 
 
 # Address allocation -------------------------------------------------------------------
@@ -283,7 +260,7 @@ def test_gateway_in_the_middle_is_skipped():
     network = make(cidr="10.0.0.0/29", gateway="10.0.0.3")
     got = [network.allocate_ip(uuid4(), None) for _ in range(5)]
     assert got == ["10.0.0.1", "10.0.0.2", "10.0.0.4", "10.0.0.5", "10.0.0.6"]
-    refused(network, CapacityExceeded, lambda: network.allocate_ip(uuid4(), None))
+    assert_refused(network, CapacityExceeded, lambda: network.allocate_ip(uuid4(), None))
 
 
 def test_requested_address():
@@ -306,7 +283,9 @@ def test_requested_lowest_free_moves_the_next_choice_on():
 def test_requested_address_outside_or_reserved_refused(requested):
     network = make()
     assert (
-        refused(network, Validation, lambda: network.allocate_ip(uuid4(), None, requested)).field
+        assert_refused(
+            network, Validation, lambda: network.allocate_ip(uuid4(), None, requested)
+        ).field
         == "address"
     )
 
@@ -314,7 +293,7 @@ def test_requested_address_outside_or_reserved_refused(requested):
 def test_requested_address_taken_refused():
     network = make()
     network.allocate_ip(uuid4(), None, "10.0.0.9")
-    refused(network, Conflict, lambda: network.allocate_ip(uuid4(), None, "10.0.0.9"))
+    assert_refused(network, Conflict, lambda: network.allocate_ip(uuid4(), None, "10.0.0.9"))
 
 
 def test_exhaustion_on_a_slash_30():
@@ -322,8 +301,8 @@ def test_exhaustion_on_a_slash_30():
     assert network.free_count == 1
     assert network.allocate_ip(uuid4(), None) == "192.168.1.2"
     assert network.free_count == 0
-    refused(network, CapacityExceeded, lambda: network.allocate_ip(uuid4(), None))
-    refused(network, Conflict, lambda: network.allocate_ip(uuid4(), None, "192.168.1.2"))
+    assert_refused(network, CapacityExceeded, lambda: network.allocate_ip(uuid4(), None))
+    assert_refused(network, Conflict, lambda: network.allocate_ip(uuid4(), None, "192.168.1.2"))
 
 
 def test_release_then_reuse_of_lowest():
@@ -355,13 +334,13 @@ def test_release_event_names_the_ip():
 def test_release_unallocated_refused():
     network = make()
     network.allocate_ip(uuid4(), None)
-    refused(network, Conflict, lambda: network.release_ip("10.0.0.3"))
-    refused(network, Conflict, lambda: network.release_ip("10.0.0.1"))
+    assert_refused(network, Conflict, lambda: network.release_ip("10.0.0.3"))
+    assert_refused(network, Conflict, lambda: network.release_ip("10.0.0.1"))
 
 
 def test_release_malformed_refused():
     network = make()
-    refused(network, Validation, lambda: network.release_ip("nope"))
+    assert_refused(network, Validation, lambda: network.release_ip("nope"))
 
 
 def test_allocation_refused_after_shutdown_but_release_allowed():
@@ -369,7 +348,7 @@ def test_allocation_refused_after_shutdown_but_release_allowed():
     network.assign_tag(3)
     network.allocate_ip(uuid4(), None)
     network.shutdown()
-    refused(network, InvalidTransition, lambda: network.allocate_ip(uuid4(), None))
+    assert_refused(network, InvalidTransition, lambda: network.allocate_ip(uuid4(), None))
     network.release_ip("10.0.0.2")
     assert network.free_count == 253
 
@@ -395,7 +374,7 @@ def test_replay_rebuilds_the_pool():
     network.allocate_ip(uuid4(), uuid4(), "10.0.0.9")
     network.release_ip("10.0.0.3")
     network.assign_tag(12)
-    copy_ = replayed(network.collect_events())
+    copy_ = replayed(network.collect_events(), MsgspecMapper())
     assert dict(copy_.allocated) == dict(network.allocated)
     assert (copy_.state, copy_.tag, copy_.free_count) == ("Implemented", 12, network.free_count)
     assert copy_.allocate_ip(uuid4(), None) == network.allocate_ip(uuid4(), None) == "10.0.0.3"

@@ -30,6 +30,7 @@ from engine.virtual.ip_address import IpAddress
 from engine.virtual.network import Network
 from engine.virtual.network_rule import NetworkRule
 from engine.virtual.nic import Nic, mac_for
+from tests.unit.support import assert_command_refused
 
 
 @pytest.fixture
@@ -60,14 +61,6 @@ def event_names(uow):
     return sorted(f"{type(e).__qualname__}" for e in uow.commit())
 
 
-def refused(uow, error, command):
-    uow.commit()
-    with pytest.raises(error) as info:
-        dispatch(uow, command)
-    assert uow.commit() == []
-    return info.value
-
-
 # Networks --------------------------------------------------------------------------
 
 
@@ -91,7 +84,7 @@ def test_create_network(uow):
 
 
 def test_create_network_needs_the_zone(uow):
-    refused(
+    assert_command_refused(
         uow,
         NotFound,
         CreateNetwork(
@@ -101,7 +94,7 @@ def test_create_network_needs_the_zone(uow):
 
 
 def test_create_network_validation_adds_nothing(uow):
-    error = refused(
+    error = assert_command_refused(
         uow,
         Validation,
         CreateNetwork(
@@ -134,11 +127,11 @@ def test_implement_network_without_isolation(uow):
 
 def test_network_commands_refused(uow):
     network_id = create_network(uow)
-    refused(uow, Conflict, ImplementNetwork(network_id=network_id))
-    refused(uow, InvalidTransition, ShutdownNetwork(network_id=network_id))
-    refused(uow, InvalidTransition, ReleaseNetworkTag(network_id=network_id))
-    refused(uow, NotFound, DestroyNetwork(network_id=uuid4()))
-    refused(uow, NotFound, DestroyNetwork(network_id=uow.zone_id))  # another type
+    assert_command_refused(uow, Conflict, ImplementNetwork(network_id=network_id))
+    assert_command_refused(uow, InvalidTransition, ShutdownNetwork(network_id=network_id))
+    assert_command_refused(uow, InvalidTransition, ReleaseNetworkTag(network_id=network_id))
+    assert_command_refused(uow, NotFound, DestroyNetwork(network_id=uuid4()))
+    assert_command_refused(uow, NotFound, DestroyNetwork(network_id=uow.zone_id))  # another type
 
 
 def test_tag_constraint_applies_when_decoding():
@@ -189,12 +182,12 @@ def test_allocate_ip_refusals_leave_nothing(uow):
     network_id = create_network(uow, cidr="10.0.0.0/30")
     taken = dispatch(uow, AllocateIp(network_id=network_id)).aggregate_id
     count = len(uow.aggregates)
-    refused(uow, Conflict, AllocateIp(network_id=network_id, address="10.0.0.2"))
-    refused(uow, Validation, AllocateIp(network_id=network_id, address="10.0.0.3"))
-    refused(uow, NotFound, AllocateIp(network_id=uuid4()))
+    assert_command_refused(uow, Conflict, AllocateIp(network_id=network_id, address="10.0.0.2"))
+    assert_command_refused(uow, Validation, AllocateIp(network_id=network_id, address="10.0.0.3"))
+    assert_command_refused(uow, NotFound, AllocateIp(network_id=uuid4()))
     # A chosen id that is already used must not allocate an address for it.
-    refused(uow, Conflict, AllocateIp(network_id=network_id, ip_id=taken))
-    refused(uow, Conflict, AllocateIp(network_id=network_id, ip_id=network_id))
+    assert_command_refused(uow, Conflict, AllocateIp(network_id=network_id, ip_id=taken))
+    assert_command_refused(uow, Conflict, AllocateIp(network_id=network_id, ip_id=network_id))
     assert len(uow.aggregates) == count
 
 
@@ -203,7 +196,7 @@ def test_allocate_ip_exhaustion(uow):
 
     network_id = create_network(uow, cidr="10.0.0.0/30")
     dispatch(uow, AllocateIp(network_id=network_id))
-    refused(uow, CapacityExceeded, AllocateIp(network_id=network_id))
+    assert_command_refused(uow, CapacityExceeded, AllocateIp(network_id=network_id))
 
 
 def test_release_ip_on_both_aggregates(uow):
@@ -214,8 +207,8 @@ def test_release_ip_on_both_aggregates(uow):
     assert uow.get(IpAddress, ip_id).state == "Released"
     assert "10.0.0.2" not in uow.get(Network, network_id).allocated
     assert event_names(uow) == ["IpAddress.Released", "Network.IpReleased"]
-    refused(uow, InvalidTransition, ReleaseIp(ip_id=ip_id))
-    refused(uow, NotFound, ReleaseIp(ip_id=uuid4()))
+    assert_command_refused(uow, InvalidTransition, ReleaseIp(ip_id=ip_id))
+    assert_command_refused(uow, NotFound, ReleaseIp(ip_id=uuid4()))
     # The address is free again.
     assert dispatch(uow, AllocateIp(network_id=network_id)).value == "10.0.0.2"
 
@@ -224,7 +217,7 @@ def test_release_associated_ip_refused_on_both(uow):
     network_id = create_network(uow)
     ip_id = dispatch(uow, AllocateIp(network_id=network_id)).aggregate_id
     dispatch(uow, CreateNic(vm_id=uuid4(), network_id=network_id, device_id=0, ip_id=ip_id))
-    refused(uow, InvalidTransition, ReleaseIp(ip_id=ip_id))
+    assert_command_refused(uow, InvalidTransition, ReleaseIp(ip_id=ip_id))
     assert "10.0.0.2" in uow.get(Network, network_id).allocated
 
 
@@ -246,7 +239,7 @@ def test_nic_with_ip_lifecycle(uow):
     assert (ip.state, ip.nic_id) == ("Associated", nic_id)
     assert event_names(uow) == ["IpAddress.Associated", "Nic.Created"]
     dispatch(uow, PlugNic(nic_id=nic_id))
-    refused(uow, InvalidTransition, ReleaseNic(nic_id=nic_id))
+    assert_command_refused(uow, InvalidTransition, ReleaseNic(nic_id=nic_id))
     assert ip.state == "Associated"
     dispatch(uow, UnplugNic(nic_id=nic_id))
     dispatch(uow, ReleaseNic(nic_id=nic_id))
@@ -275,13 +268,13 @@ def test_create_nic_refusals_change_nothing(uow):
     def nic(**kwargs):
         return CreateNic(**{"vm_id": uuid4(), "network_id": network_id, "device_id": 1, **kwargs})
 
-    refused(uow, InvalidTransition, nic(ip_id=ip_id))  # already associated
-    assert refused(uow, Validation, nic(ip_id=foreign_ip)).field == "ip_id"
+    assert_command_refused(uow, InvalidTransition, nic(ip_id=ip_id))  # already associated
+    assert assert_command_refused(uow, Validation, nic(ip_id=foreign_ip)).field == "ip_id"
     assert uow.get(IpAddress, foreign_ip).state == "Allocated"
-    refused(uow, NotFound, nic(ip_id=uuid4()))
-    refused(uow, NotFound, nic(network_id=uuid4()))
-    assert refused(uow, Validation, nic(mac="01:00:5e:00:00:01")).field == "mac"
-    refused(uow, Conflict, nic(id=ip_id))
+    assert_command_refused(uow, NotFound, nic(ip_id=uuid4()))
+    assert_command_refused(uow, NotFound, nic(network_id=uuid4()))
+    assert assert_command_refused(uow, Validation, nic(mac="01:00:5e:00:00:01")).field == "mac"
+    assert_command_refused(uow, Conflict, nic(id=ip_id))
     assert len(uow.aggregates) == count
 
 
@@ -289,7 +282,9 @@ def test_create_nic_refused_on_shut_down_network(uow):
     network_id = create_network(uow)
     dispatch(uow, AssignNetworkTag(network_id=network_id, tag=5))
     dispatch(uow, ShutdownNetwork(network_id=network_id))
-    refused(uow, InvalidTransition, CreateNic(vm_id=uuid4(), network_id=network_id, device_id=0))
+    assert_command_refused(
+        uow, InvalidTransition, CreateNic(vm_id=uuid4(), network_id=network_id, device_id=0)
+    )
 
 
 def test_nic_transitions_refused(uow):
@@ -297,10 +292,10 @@ def test_nic_transitions_refused(uow):
     nic_id = dispatch(
         uow, CreateNic(vm_id=uuid4(), network_id=network_id, device_id=0)
     ).aggregate_id
-    refused(uow, InvalidTransition, UnplugNic(nic_id=nic_id))
+    assert_command_refused(uow, InvalidTransition, UnplugNic(nic_id=nic_id))
     dispatch(uow, PlugNic(nic_id=nic_id))
-    refused(uow, InvalidTransition, PlugNic(nic_id=nic_id))
-    refused(uow, NotFound, PlugNic(nic_id=uuid4()))
+    assert_command_refused(uow, InvalidTransition, PlugNic(nic_id=nic_id))
+    assert_command_refused(uow, NotFound, PlugNic(nic_id=uuid4()))
 
 
 # Rules ---------------------------------------------------------------------------------
@@ -326,7 +321,7 @@ def test_rule_lifecycle(uow):
     dispatch(uow, RevokeNetworkRule(rule_id=rule_id))
     dispatch(uow, MarkNetworkRuleRevoked(rule_id=rule_id))
     assert rule.state == "Revoked"
-    refused(uow, InvalidTransition, FailNetworkRule(rule_id=rule_id, reason="late"))
+    assert_command_refused(uow, InvalidTransition, FailNetworkRule(rule_id=rule_id, reason="late"))
 
 
 def test_rule_failure(uow):
@@ -339,7 +334,7 @@ def test_rule_failure(uow):
     ).aggregate_id
     dispatch(uow, FailNetworkRule(rule_id=rule_id, reason="router down"))
     assert uow.get(NetworkRule, rule_id).error == "router down"
-    refused(uow, InvalidTransition, ActivateNetworkRule(rule_id=rule_id))
+    assert_command_refused(uow, InvalidTransition, ActivateNetworkRule(rule_id=rule_id))
 
 
 def test_create_rule_refusals(uow):
@@ -359,13 +354,15 @@ def test_create_rule_refusals(uow):
             }
         )
 
-    assert refused(uow, Validation, nat(private_ip="10.1.0.10")).field == "private_ip"
-    refused(uow, NotFound, nat())
-    assert refused(uow, Conflict, nat(public_ip_id=released)).field == "public_ip_id"
-    refused(uow, NotFound, nat(network_id=uuid4()))
-    assert refused(uow, Validation, nat(private_ip=None)).field == "private_ip"
+    assert (
+        assert_command_refused(uow, Validation, nat(private_ip="10.1.0.10")).field == "private_ip"
+    )
+    assert_command_refused(uow, NotFound, nat())
+    assert assert_command_refused(uow, Conflict, nat(public_ip_id=released)).field == "public_ip_id"
+    assert_command_refused(uow, NotFound, nat(network_id=uuid4()))
+    assert assert_command_refused(uow, Validation, nat(private_ip=None)).field == "private_ip"
     dispatch(uow, DestroyNetwork(network_id=network_id))
-    refused(
+    assert_command_refused(
         uow,
         InvalidTransition,
         CreateNetworkRule(network_id=network_id, kind="firewall", source_cidr="0.0.0.0/0"),

@@ -1,10 +1,10 @@
-import copy
 from uuid import uuid4
 
 import pytest
 
 from engine.errors import InvalidTransition, Validation
 from engine.virtual.network_rule import NetworkRule
+from tests.unit.support import assert_refused, event_names
 
 
 def firewall(**kwargs):
@@ -49,21 +49,6 @@ def fresh(rule):
     return rule
 
 
-def refused(aggregate, error, action):
-    """Run a command that must be refused: typed error, no event, no change."""
-    aggregate.collect_events()
-    before = copy.deepcopy(aggregate.__dict__)
-    with pytest.raises(error) as info:
-        action()
-    assert aggregate.collect_events() == []
-    assert aggregate.__dict__ == before
-    return info.value
-
-
-def names(aggregate):
-    return [type(e).__name__ for e in aggregate.collect_events()]
-
-
 # Creation -------------------------------------------------------------------------------
 
 
@@ -72,7 +57,7 @@ def test_firewall():
     assert (rule.kind, rule.protocol, rule.source_cidr) == ("firewall", "tcp", "192.168.0.0/16")
     assert (rule.start_port, rule.end_port) == (22, 22)  # a single port is start = end
     assert rule.state == "Adding"
-    assert names(rule) == ["Created"]
+    assert event_names(rule) == ["Created"]
 
 
 def test_firewall_icmp_and_all_take_no_ports():
@@ -149,7 +134,7 @@ def test_add_activate_revoke():
     assert rule.state == "Revoking"
     rule.mark_revoked()
     assert rule.state == "Revoked"
-    assert names(rule) == ["Activated", "Revoking", "Revoked"]
+    assert event_names(rule) == ["Activated", "Revoking", "Revoked"]
 
 
 def test_failure_while_adding_then_revoke():
@@ -158,7 +143,7 @@ def test_failure_while_adding_then_revoke():
     assert (rule.state, rule.error) == ("Error", "router unreachable")
     rule.revoke()
     rule.mark_revoked()
-    assert names(rule) == ["Failed", "Revoking", "Revoked"]
+    assert event_names(rule) == ["Failed", "Revoking", "Revoked"]
 
 
 def test_failure_while_revoking():
@@ -177,7 +162,7 @@ def test_revoke_while_adding():
 
 def test_fail_needs_a_reason():
     rule = fresh(firewall())
-    assert refused(rule, Validation, lambda: rule.fail("  ")).field == "reason"
+    assert assert_refused(rule, Validation, lambda: rule.fail("  ")).field == "reason"
 
 
 @pytest.mark.parametrize(
@@ -206,4 +191,4 @@ def test_refused_transitions(steps, action):
 
     for step in steps:
         call(step)
-    refused(rule, InvalidTransition, lambda: call(action))
+    assert_refused(rule, InvalidTransition, lambda: call(action))

@@ -1,10 +1,8 @@
 """Network lifecycle and IP allocation against a small independent reference model."""
 
-import copy
 import ipaddress
 from uuid import uuid4
 
-import pytest
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, rule
@@ -12,6 +10,7 @@ from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, ru
 from engine.errors import CapacityExceeded, Conflict, InvalidTransition, Validation
 from engine.mapper import MsgspecMapper
 from engine.virtual.network import Network
+from tests.unit.support import assert_refused, replayed
 
 
 class NetworkMachine(RuleBasedStateMachine):
@@ -60,11 +59,7 @@ class NetworkMachine(RuleBasedStateMachine):
             result = action()
             self.events.extend(self.network.collect_events())
             return result
-        before = copy.deepcopy(self.network.__dict__)
-        with pytest.raises(expected_error):
-            action()
-        assert self.network.collect_events() == []
-        assert self.network.__dict__ == before
+        assert_refused(self.network, expected_error, action)
         return None
 
     # Rules ---------------------------------------------------------------------------
@@ -171,10 +166,7 @@ class NetworkMachine(RuleBasedStateMachine):
 
     @rule()
     def replay_matches(self):
-        mapper = MsgspecMapper()
-        rebuilt = None
-        for e in self.events:
-            rebuilt = mapper.to_domain_event(mapper.to_stored_event(e)).mutate(rebuilt)
+        rebuilt = replayed(self.events, MsgspecMapper())
         assert dict(rebuilt.allocated) == dict(self.network.allocated)
         assert (rebuilt.state, rebuilt.tag, rebuilt.free_count) == (
             self.network.state,

@@ -1,10 +1,10 @@
-import copy
 from uuid import UUID, uuid4
 
 import pytest
 
 from engine.errors import InvalidTransition, Validation
 from engine.virtual.nic import Nic, mac_for, require_mac
+from tests.unit.support import assert_refused, event_names
 
 
 def make(**kwargs):
@@ -13,28 +13,13 @@ def make(**kwargs):
     return nic
 
 
-def refused(aggregate, error, action):
-    """Run a command that must be refused: typed error, no event, no change."""
-    aggregate.collect_events()
-    before = copy.deepcopy(aggregate.__dict__)
-    with pytest.raises(error) as info:
-        action()
-    assert aggregate.collect_events() == []
-    assert aggregate.__dict__ == before
-    return info.value
-
-
-def names(aggregate):
-    return [type(e).__name__ for e in aggregate.collect_events()]
-
-
 def test_create_derives_mac_from_id():
     chosen = UUID("12345678-1234-4234-8234-0123456789ab")
     nic = Nic.create(vm_id=uuid4(), network_id=uuid4(), device_id=2, id=chosen)
     assert nic.id == chosen
     assert nic.mac == "02:23:45:67:89:ab"
     assert (nic.state, nic.device_id, nic.ip_id, nic.address) == ("Allocated", 2, None, None)
-    assert names(nic) == ["Created"]
+    assert event_names(nic) == ["Created"]
 
 
 def test_generated_macs_are_locally_administered_unicast():
@@ -105,7 +90,7 @@ def test_lifecycle():
     nic.unplug()
     nic.release()
     assert nic.state == "Released"
-    assert names(nic) == ["Plugged", "Unplugged", "Plugged", "Unplugged", "Released"]
+    assert event_names(nic) == ["Plugged", "Unplugged", "Plugged", "Unplugged", "Released"]
 
 
 def test_release_straight_from_allocated():
@@ -116,26 +101,26 @@ def test_release_straight_from_allocated():
 
 def test_unplug_refused_unless_plugged():
     nic = make()
-    refused(nic, InvalidTransition, nic.unplug)
+    assert_refused(nic, InvalidTransition, nic.unplug)
     nic.plug()
     nic.unplug()
-    refused(nic, InvalidTransition, nic.unplug)
+    assert_refused(nic, InvalidTransition, nic.unplug)
 
 
 def test_plug_twice_refused():
     nic = make()
     nic.plug()
-    refused(nic, InvalidTransition, nic.plug)
+    assert_refused(nic, InvalidTransition, nic.plug)
 
 
 def test_release_plugged_refused():
     nic = make()
     nic.plug()
-    refused(nic, InvalidTransition, nic.release)
+    assert_refused(nic, InvalidTransition, nic.release)
 
 
 def test_nothing_allowed_after_release():
     nic = make()
     nic.release()
     for action in (nic.plug, nic.unplug, nic.release):
-        refused(nic, InvalidTransition, action)
+        assert_refused(nic, InvalidTransition, action)

@@ -1,4 +1,3 @@
-import copy
 import time
 from uuid import uuid4
 
@@ -6,6 +5,7 @@ import pytest
 
 from engine.errors import CapacityExceeded, Conflict, InvalidTransition, Validation
 from engine.fabric.physical_network import PhysicalNetwork, TagRange
+from tests.unit.support import assert_disable_then_enable, assert_refused, event_names, replayed
 
 SMALL_RANGE = TagRange(100, 104)
 
@@ -14,21 +14,6 @@ def make_network(isolation="VLAN", tag_range=SMALL_RANGE, **overrides):
     return PhysicalNetwork.create(
         zone_id=uuid4(), name="guest", isolation=isolation, tag_range=tag_range, **overrides
     )
-
-
-def assert_refused(aggregate, error, action):
-    """The command raises error, records nothing and leaves the state as it was."""
-    aggregate.collect_events()
-    before = copy.deepcopy(vars(aggregate))
-    with pytest.raises(error) as info:
-        action()
-    assert aggregate.collect_events() == []
-    assert vars(aggregate) == before
-    return info.value
-
-
-def event_names(aggregate):
-    return [type(e).__name__ for e in aggregate.collect_events()]
 
 
 # Creation ------------------------------------------------------------------------
@@ -89,12 +74,7 @@ def test_create_refuses_invalid_values(overrides, field):
 
 
 def test_disable_and_enable():
-    network = make_network()
-    network.disable()
-    assert network.state == "Disabled"
-    network.enable()
-    assert network.state == "Enabled"
-    assert event_names(network) == ["Created", "Disabled", "Enabled"]
+    assert_disable_then_enable(make_network())
 
 
 def test_enable_refused_when_enabled():
@@ -215,9 +195,7 @@ def test_replaying_events_rebuilds_the_same_allocation():
         network.allocate_tag(owner)
     network.release_tag(100, owners[0])
     network.release_tag(103, owners[3])
-    rebuilt = None
-    for e in network.collect_events():
-        rebuilt = e.mutate(rebuilt)
+    rebuilt = replayed(network.collect_events())
     assert vars(rebuilt) == vars(network)
     assert rebuilt.allocate_tag(uuid4()) == 100
     assert rebuilt.allocate_tag(uuid4()) == 103

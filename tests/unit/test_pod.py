@@ -1,31 +1,16 @@
-import copy
 from uuid import uuid4
 
 import pytest
 
 from engine.errors import InvalidTransition, Validation
 from engine.fabric.pod import Pod
+from tests.unit.support import assert_disable_then_enable, assert_refused, event_names
 
 
 def make_pod(**overrides):
     values = {"zone_id": uuid4(), "name": "pod-1", "gateway": "10.1.0.1", "cidr": "10.1.0.0/24"}
     values.update(overrides)
     return Pod.create(**values)
-
-
-def assert_refused(aggregate, error, action):
-    """The command raises error, records nothing and leaves the state as it was."""
-    aggregate.collect_events()
-    before = copy.deepcopy(vars(aggregate))
-    with pytest.raises(error) as info:
-        action()
-    assert aggregate.collect_events() == []
-    assert vars(aggregate) == before
-    return info.value
-
-
-def event_names(aggregate):
-    return [type(e).__name__ for e in aggregate.collect_events()]
 
 
 def test_create_records_management_network():
@@ -66,12 +51,7 @@ def test_create_refuses_invalid_values(overrides, field):
 
 
 def test_disable_and_enable():
-    pod = make_pod()
-    pod.disable()
-    assert pod.state == "Disabled"
-    pod.enable()
-    assert pod.state == "Enabled"
-    assert event_names(pod) == ["Created", "Disabled", "Enabled"]
+    assert_disable_then_enable(make_pod())
 
 
 def test_enable_refused_when_enabled():

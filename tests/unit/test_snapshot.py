@@ -1,21 +1,10 @@
-import copy
 from uuid import uuid4
 
 import pytest
 
 from engine.errors import InvalidTransition, Validation
 from engine.virtual.snapshot import SNAPSHOT_STATES, Snapshot
-
-
-def assert_refused(aggregate, error, action):
-    aggregate.collect_events()
-    before = copy.deepcopy(vars(aggregate))
-    with pytest.raises(error) as info:
-        action()
-    assert aggregate.collect_events() == []
-    assert vars(aggregate) == before
-    return info.value
-
+from tests.unit.support import allowed_moves, assert_refused, event_names, refused_cases
 
 PATHS = {
     "Creating": [],
@@ -59,20 +48,15 @@ def test_paths_cover_every_declared_state():
         assert snapshot_in(state).state == state
 
 
-@pytest.mark.parametrize(
-    ("action", "source", "target"),
-    [(a, s, t) for a, moves in ALLOWED.items() for s, t in moves.items()],
-)
+@pytest.mark.parametrize(("action", "source", "target"), allowed_moves(ALLOWED))
 def test_allowed_transition_emits_one_event(action, source, target):
     snapshot = snapshot_in(source)
     ACTIONS[action](snapshot)
     assert snapshot.state == target
-    assert [type(e).__name__ for e in snapshot.collect_events()] == [EVENT[action]]
+    assert event_names(snapshot) == [EVENT[action]]
 
 
-@pytest.mark.parametrize(
-    ("action", "source"), [(a, s) for a in ALLOWED for s in PATHS if s not in ALLOWED[a]]
-)
+@pytest.mark.parametrize(("action", "source"), refused_cases(ALLOWED, PATHS))
 def test_refused_transition_records_nothing(action, source):
     snapshot = snapshot_in(source)
     error = assert_refused(snapshot, InvalidTransition, lambda: ACTIONS[action](snapshot))

@@ -1,5 +1,3 @@
-import copy
-import itertools
 import math
 from uuid import uuid4
 
@@ -7,6 +5,14 @@ import pytest
 
 from engine.errors import CapacityExceeded, Conflict, InvalidTransition, Validation
 from engine.fabric.storage_pool import StoragePool
+from tests.unit.support import (
+    assert_refused,
+    assert_transition,
+    event_names,
+    replayed,
+    run_steps,
+    transition_cases,
+)
 
 GIB = 1024**3
 
@@ -21,21 +27,6 @@ def make_pool(**overrides):
     }
     values.update(overrides)
     return StoragePool.create(**values)
-
-
-def assert_refused(aggregate, error, action):
-    """The command raises error, records nothing and leaves the state as it was."""
-    aggregate.collect_events()
-    before = copy.deepcopy(vars(aggregate))
-    with pytest.raises(error) as info:
-        action()
-    assert aggregate.collect_events() == []
-    assert vars(aggregate) == before
-    return info.value
-
-
-def event_names(aggregate):
-    return [type(e).__name__ for e in aggregate.collect_events()]
 
 
 # Creation ------------------------------------------------------------------------
@@ -96,25 +87,19 @@ TRANSITIONS = {
     "enter_maintenance": ({"Enabled", "Disabled"}, "Maintenance", "MaintenanceEntered"),
     "exit_maintenance": ({"Maintenance"}, "Enabled", "MaintenanceExited"),
 }
-ALLOWED = [(s, a) for s, a in itertools.product(REACH, TRANSITIONS) if s in TRANSITIONS[a][0]]
-REFUSED = [(s, a) for s, a in itertools.product(REACH, TRANSITIONS) if s not in TRANSITIONS[a][0]]
+ALLOWED, REFUSED = transition_cases(REACH, TRANSITIONS)
 
 
 def pool_in(state, **overrides):
     pool = make_pool(**overrides)
-    for step in REACH[state]:
-        getattr(pool, step)()
+    run_steps(pool, REACH[state])
     pool.collect_events()
     return pool
 
 
 @pytest.mark.parametrize(("state", "action"), ALLOWED)
 def test_allowed_transition(state, action):
-    pool = pool_in(state)
-    getattr(pool, action)()
-    _, target, event_name = TRANSITIONS[action]
-    assert pool.state == target
-    assert event_names(pool) == [event_name]
+    assert_transition(pool_in(state), action, TRANSITIONS)
 
 
 @pytest.mark.parametrize(("state", "action"), REFUSED)
@@ -191,8 +176,7 @@ def test_release_allowed_in_every_state(state):
     pool = make_pool()
     vol = uuid4()
     pool.reserve(vol, 1)
-    for step in REACH[state]:
-        getattr(pool, step)()
+    run_steps(pool, REACH[state])
     pool.collect_events()
     pool.release(vol)
     assert event_names(pool) == ["StorageReleased"]
@@ -216,7 +200,4 @@ def test_replaying_events_rebuilds_the_same_pool():
     pool.reserve(vol_b, 20)
     pool.release(vol_b)
     pool.enter_maintenance()
-    rebuilt = None
-    for e in pool.collect_events():
-        rebuilt = e.mutate(rebuilt)
-    assert vars(rebuilt) == vars(pool)
+    assert vars(replayed(pool.collect_events())) == vars(pool)

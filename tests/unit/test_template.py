@@ -1,10 +1,10 @@
-import copy
 from uuid import uuid4
 
 import pytest
 
 from engine.errors import InvalidTransition, Validation
 from engine.virtual.template import TEMPLATE_STATES, Template
+from tests.unit.support import allowed_moves, assert_refused, event_names, refused_cases
 
 
 def make_template(**overrides):
@@ -19,16 +19,6 @@ def make_template(**overrides):
     }
     values.update(overrides)
     return Template.create(**values)
-
-
-def assert_refused(aggregate, error, action):
-    aggregate.collect_events()
-    before = copy.deepcopy(vars(aggregate))
-    with pytest.raises(error) as info:
-        action()
-    assert aggregate.collect_events() == []
-    assert vars(aggregate) == before
-    return info.value
 
 
 PATHS = {
@@ -76,20 +66,15 @@ def test_paths_cover_every_declared_state():
         assert template_in(state).state == state
 
 
-@pytest.mark.parametrize(
-    ("action", "source", "target"),
-    [(a, s, t) for a, moves in ALLOWED.items() for s, t in moves.items()],
-)
+@pytest.mark.parametrize(("action", "source", "target"), allowed_moves(ALLOWED))
 def test_allowed_transition_emits_one_event(action, source, target):
     template = template_in(source)
     ACTIONS[action](template)
     assert template.state == target
-    assert [type(e).__name__ for e in template.collect_events()] == [EVENT[action]]
+    assert event_names(template) == [EVENT[action]]
 
 
-@pytest.mark.parametrize(
-    ("action", "source"), [(a, s) for a in ALLOWED for s in PATHS if s not in ALLOWED[a]]
-)
+@pytest.mark.parametrize(("action", "source"), refused_cases(ALLOWED, PATHS))
 def test_refused_transition_records_nothing(action, source):
     template = template_in(source)
     error = assert_refused(template, InvalidTransition, lambda: ACTIONS[action](template))

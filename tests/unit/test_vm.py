@@ -1,4 +1,3 @@
-import copy
 from uuid import uuid4
 
 import pytest
@@ -6,6 +5,14 @@ import pytest
 from engine.errors import InvalidTransition, Validation
 from engine.metadata import EventMeta, bound_meta
 from engine.virtual.vm import VM_STATES, VirtualMachine, VmSpec
+from tests.unit.support import (
+    allowed_cases,
+    assert_refused,
+    drive,
+    event_names,
+    refused_cases,
+    replayed,
+)
 
 HOST_A = uuid4()
 HOST_B = uuid4()
@@ -27,24 +34,6 @@ def make_vm(**overrides):
     return VirtualMachine.create(**values)
 
 
-def assert_refused(aggregate, error, action):
-    """The command raises error, records nothing and leaves the state as it was."""
-    aggregate.collect_events()
-    before = copy.deepcopy(vars(aggregate))
-    with pytest.raises(error) as info:
-        action()
-    assert aggregate.collect_events() == []
-    assert vars(aggregate) == before
-    return info.value
-
-
-def replayed(events):
-    aggregate = None
-    for e in events:
-        aggregate = e.mutate(aggregate)
-    return aggregate
-
-
 # How to reach each state; "Placed" is Allocated with a placement recorded.
 PATHS = {
     "Allocated": [],
@@ -61,17 +50,9 @@ PATHS = {
 }
 
 
-def drive(vm, state):
-    for step in PATHS[state]:
-        if isinstance(step, str):
-            drive(vm, step)
-        else:
-            step(vm)
-
-
 def vm_in(state):
     vm = make_vm()
-    drive(vm, state)
+    drive(vm, PATHS, state)
     vm.collect_events()
     return vm
 
@@ -126,8 +107,8 @@ OUTCOME = {
     "expunged": ("Expunged", "Expunged"),
     "fail": ("Error", "Failed"),
 }
-ALLOWED_CASES = [(a, s) for a, states in ALLOWED.items() for s in sorted(states)]
-REFUSED_CASES = [(a, s) for a in ALLOWED for s in PATHS if s not in ALLOWED[a]]
+ALLOWED_CASES = allowed_cases(ALLOWED)
+REFUSED_CASES = refused_cases(ALLOWED, PATHS)
 
 
 def test_paths_cover_every_declared_state():
@@ -142,8 +123,7 @@ def test_allowed_transition_emits_one_event(action, source):
     ACTIONS[action](vm)
     target, event_name = OUTCOME[action]
     assert vm.state == target
-    events = vm.collect_events()
-    assert [type(e).__name__ for e in events] == [event_name]
+    assert event_names(vm) == [event_name]
 
 
 @pytest.mark.parametrize(("action", "source"), REFUSED_CASES)
@@ -288,7 +268,7 @@ def test_error_recovers_only_through_destroy_and_recover():
 
 def test_replay_reproduces_the_aggregate():
     vm = make_vm()
-    drive(vm, "Migrating")
+    drive(vm, PATHS, "Migrating")
     vm.migration_completed()
     vm.reboot()
     copy_ = replayed(vm.collect_events())

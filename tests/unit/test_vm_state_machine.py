@@ -4,17 +4,15 @@ The model below has its own transition table and rules; it must not import
 VM_TRANSITIONS, otherwise a mistake in the table would be checked against itself.
 """
 
-import functools
-import typing
 from uuid import uuid4
 
-import msgspec
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
 
 from engine.errors import InvalidTransition, Validation
 from engine.virtual.vm import VirtualMachine, VmSpec
+from tests.unit.support import assert_payload_round_trips, check_step, draw_action, replayed
 
 HOSTS = [uuid4() for _ in range(3)]
 POOL = uuid4()
@@ -120,21 +118,6 @@ class VmModel:
             self.release()
 
 
-@functools.cache
-def payload_type(event_class):
-    hints = typing.get_type_hints(event_class)
-    fields = [(n, t) for n, t in hints.items() if n not in ("originator_id", "originator_id_type")]
-    return msgspec.defstruct(f"{event_class.__name__}Payload", fields)
-
-
-def assert_payload_round_trips(event):
-    """Every event attribute must survive msgspec JSON with its declared type."""
-    kind = payload_type(type(event))
-    data = {name: getattr(event, name) for name in kind.__struct_fields__}
-    decoded = msgspec.json.decode(msgspec.json.encode(data), type=kind)
-    assert msgspec.structs.asdict(decoded) == data
-
-
 class VmMachine(RuleBasedStateMachine):
     def __init__(self):
         super().__init__()
@@ -145,22 +128,9 @@ class VmMachine(RuleBasedStateMachine):
 
     def run(self, action, arg, call):
         expected = self.model.refusal(action, arg)
-        before = dict(vars(self.vm))
+        check_step(self.vm, expected, call, self.events)
         if expected is None:
-            call()
             self.model.apply(action, arg)
-            new = self.vm.collect_events()
-            assert len(new) == 1
-            self.events.extend(new)
-        else:
-            try:
-                call()
-            except expected:
-                pass
-            else:
-                raise AssertionError(f"{action} in {self.model.state} should raise {expected}")
-            assert self.vm.collect_events() == []
-            assert dict(vars(self.vm)) == before
         assert self.vm.state == self.model.state
         assert (self.vm.host_id, self.vm.last_host_id, self.vm.migration_target_id) == (
             self.model.host,
@@ -185,19 +155,9 @@ class VmMachine(RuleBasedStateMachine):
 
     @rule(data=st.data())
     def step(self, data):
-        # Mostly pick an action the model accepts, or the walk rarely gets past
-        # the first refusals; the rest probe refusals in every state reached.
-        valid = data.draw(st.sampled_from([True, True, True, False]), label="valid")
-        # Destructive moves weigh less so walks reach migrations and restarts.
-        actions = [
-            a
-            for a, sources in sorted(MODEL_SOURCES.items())
-            if self.model.state in sources
-            for _ in range(1 if a in DESTRUCTIVE else 3)
-        ]
-        if not (valid and actions):  # Expunged accepts nothing
-            valid, actions = False, sorted(MODEL_SOURCES)
-        action = data.draw(st.sampled_from(actions), label="action")
+        # Destructive moves weigh less so walks reach migrations and restarts;
+        # Expunged accepts nothing.
+        valid, action = draw_action(data, self.model.state, MODEL_SOURCES, DESTRUCTIVE)
         arg = data.draw(self.argument(action, valid), label="arg")
         method = getattr(self.vm, action)
         if action == "place":
@@ -220,10 +180,7 @@ class VmMachine(RuleBasedStateMachine):
 
     @invariant()
     def replay_reproduces_the_aggregate(self):
-        replayed = None
-        for e in self.events:
-            replayed = e.mutate(replayed)
-        assert vars(replayed) == vars(self.vm)
+        assert vars(replayed(self.events)) == vars(self.vm)
 
     def teardown(self):
         for e in self.events:

@@ -1,10 +1,17 @@
-import copy
 from uuid import uuid4
 
 import pytest
 
 from engine.errors import InvalidTransition, Validation
 from engine.virtual.volume import VOLUME_STATES, Volume
+from tests.unit.support import (
+    allowed_moves,
+    assert_refused,
+    drive,
+    event_names,
+    refused_cases,
+    replayed,
+)
 
 GIB = 1 << 30
 POOL = uuid4()
@@ -23,24 +30,6 @@ def make_volume(**overrides):
     }
     values.update(overrides)
     return Volume.create(**values)
-
-
-def assert_refused(aggregate, error, action):
-    """The command raises error, records nothing and leaves the state as it was."""
-    aggregate.collect_events()
-    before = copy.deepcopy(vars(aggregate))
-    with pytest.raises(error) as info:
-        action()
-    assert aggregate.collect_events() == []
-    assert vars(aggregate) == before
-    return info.value
-
-
-def replayed(events):
-    aggregate = None
-    for e in events:
-        aggregate = e.mutate(aggregate)
-    return aggregate
 
 
 # How to reach each (sub-)state of a data volume.
@@ -63,17 +52,9 @@ STATE_OF = {
 }
 
 
-def drive(volume, state):
-    for step in PATHS[state]:
-        if isinstance(step, str):
-            drive(volume, step)
-        else:
-            step(volume)
-
-
 def volume_in(state, **overrides):
     volume = make_volume(**overrides)
-    drive(volume, state)
+    drive(volume, PATHS, state)
     volume.collect_events()
     return volume
 
@@ -121,8 +102,8 @@ EVENT = {
     "destroy": "Destroyed",
     "fail": "Failed",
 }
-ALLOWED_CASES = [(a, s, t) for a, moves in ALLOWED.items() for s, t in sorted(moves.items())]
-REFUSED_CASES = [(a, s) for a in ALLOWED for s in PATHS if s not in ALLOWED[a]]
+ALLOWED_CASES = allowed_moves(ALLOWED)
+REFUSED_CASES = refused_cases(ALLOWED, PATHS)
 
 
 def test_paths_cover_every_declared_state():
@@ -136,7 +117,7 @@ def test_allowed_transition_emits_one_event(action, source, target):
     volume = volume_in(source)
     ACTIONS[action](volume)
     assert volume.state == target
-    assert [type(e).__name__ for e in volume.collect_events()] == [EVENT[action]]
+    assert event_names(volume) == [EVENT[action]]
 
 
 @pytest.mark.parametrize(("action", "source"), REFUSED_CASES)
@@ -280,7 +261,7 @@ def test_snapshot_source_refused(source):
 
 def test_replay_reproduces_the_aggregate():
     volume = make_volume()
-    drive(volume, "ResizingAttached")
+    drive(volume, PATHS, "ResizingAttached")
     volume.resized()
     volume.detach()
     volume.revert_requested(SNAP)

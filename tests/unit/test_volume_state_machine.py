@@ -5,17 +5,15 @@ VOLUME_TRANSITIONS, otherwise a mistake in the table would be checked against
 itself.
 """
 
-import functools
-import typing
 from uuid import uuid4
 
-import msgspec
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, rule
 
 from engine.errors import InvalidTransition, Validation
 from engine.virtual.volume import Volume
+from tests.unit.support import assert_payload_round_trips, check_step, draw_action, replayed
 
 GIB = 1 << 30
 POOL = uuid4()
@@ -109,21 +107,6 @@ class VolumeModel:
         return (self.state, self.size, self.vm, self.device, self.resize_to, self.resume)
 
 
-@functools.cache
-def payload_type(event_class):
-    hints = typing.get_type_hints(event_class)
-    fields = [(n, t) for n, t in hints.items() if n not in ("originator_id", "originator_id_type")]
-    return msgspec.defstruct(f"{event_class.__name__}Payload", fields)
-
-
-def assert_payload_round_trips(event):
-    """Every event attribute must survive msgspec JSON with its declared type."""
-    kind = payload_type(type(event))
-    data = {name: getattr(event, name) for name in kind.__struct_fields__}
-    decoded = msgspec.json.decode(msgspec.json.encode(data), type=kind)
-    assert msgspec.structs.asdict(decoded) == data
-
-
 class VolumeMachine(RuleBasedStateMachine):
     @initialize(kind=st.sampled_from(["root", "data"]), size_gib=st.integers(1, 4))
     def create(self, kind, size_gib):
@@ -165,37 +148,14 @@ class VolumeMachine(RuleBasedStateMachine):
 
     @rule(data=st.data())
     def step(self, data):
-        # Mostly pick an action the model accepts, or the walk rarely gets past
-        # the first refusals; destructive moves weigh less to reach deep states.
-        valid = data.draw(st.sampled_from([True, True, True, False]), label="valid")
-        actions = [
-            a
-            for a, sources in sorted(MODEL_SOURCES.items())
-            if self.model.state in sources
-            for _ in range(1 if a in DESTRUCTIVE else 3)
-        ]
-        if not (valid and actions):  # Destroyed accepts nothing
-            valid, actions = False, sorted(MODEL_SOURCES)
-        action = data.draw(st.sampled_from(actions), label="action")
+        # Destroyed accepts nothing.
+        valid, action = draw_action(data, self.model.state, MODEL_SOURCES, DESTRUCTIVE)
         arg = data.draw(self.argument(action, valid), label="arg")
 
         expected = self.model.refusal(action, arg)
-        before = dict(vars(self.volume))
+        check_step(self.volume, expected, lambda: self.call(action, arg), self.events)
         if expected is None:
-            self.call(action, arg)
             self.model.apply(action, arg)
-            new = self.volume.collect_events()
-            assert len(new) == 1
-            self.events.extend(new)
-        else:
-            try:
-                self.call(action, arg)
-            except expected:
-                pass
-            else:
-                raise AssertionError(f"{action} in {self.model.state} should raise {expected}")
-            assert self.volume.collect_events() == []
-            assert dict(vars(self.volume)) == before
         v = self.volume
         assert (v.state, v.size_bytes, v.vm_id, v.device_id, v.resize_to, v.resume_state) == (
             self.model.observed()
@@ -221,10 +181,7 @@ class VolumeMachine(RuleBasedStateMachine):
 
     @invariant()
     def replay_reproduces_the_aggregate(self):
-        replayed = None
-        for e in self.events:
-            replayed = e.mutate(replayed)
-        assert vars(replayed) == vars(self.volume)
+        assert vars(replayed(self.events)) == vars(self.volume)
 
     def teardown(self):
         for e in getattr(self, "events", ()):

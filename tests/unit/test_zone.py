@@ -5,32 +5,22 @@ from engine.commands.fabric import CreateZone, DisableZone, EnableZone
 from engine.errors import InvalidTransition, Validation
 from engine.fabric.zone import Zone
 from engine.unit_of_work import InMemoryUnitOfWork
+from tests.unit.support import assert_disable_then_enable, assert_refused
 
 
 def test_zone_disable_and_enable():
-    zone = Zone.create("zone-1")
-    zone.disable()
-    assert zone.state == "Disabled"
-    zone.enable()
-    assert zone.state == "Enabled"
-    assert [type(e).__name__ for e in zone.collect_events()] == ["Created", "Disabled", "Enabled"]
+    assert_disable_then_enable(Zone.create("zone-1"))
 
 
 def test_zone_refuses_enable_when_enabled_without_event():
     zone = Zone.create("zone-1")
-    zone.collect_events()
-    with pytest.raises(InvalidTransition):
-        zone.enable()
-    assert zone.collect_events() == []
+    assert_refused(zone, InvalidTransition, zone.enable)
 
 
 def test_zone_refuses_disable_twice():
     zone = Zone.create("zone-1")
     zone.disable()
-    zone.collect_events()
-    with pytest.raises(InvalidTransition):
-        zone.disable()
-    assert zone.collect_events() == []
+    assert_refused(zone, InvalidTransition, zone.disable)
 
 
 def test_zone_name_required():
