@@ -35,6 +35,14 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     command_max_retries: Annotated[int, msgspec.Meta(ge=0, le=100)] = 8
     # Aggregates kept in memory by the command service (0 disables the cache).
     aggregate_cache_size: Annotated[int, msgspec.Meta(ge=0)] = 100_000
+    # Kafka bootstrap servers (host:port,...). Empty: the embedded dev broker.
+    kafka_bootstrap: str | None = None
+    topic_prefix: Annotated[str, msgspec.Meta(pattern=r"^[a-zA-Z0-9_-]{1,100}$")] = "cloudengine"
+    topic_partitions: Annotated[int, msgspec.Meta(ge=1, le=1000)] = 8
+    # CloudEvents "source" attribute of every published event.
+    event_source: Annotated[str, msgspec.Meta(min_length=1)] = "/cloudengine"
+    # Most events the relay reads and publishes per round.
+    relay_batch_size: Annotated[int, msgspec.Meta(ge=1, le=100_000)] = 5000
     log_format: Literal["json", "console"] = "json"
     log_level: Literal["debug", "info", "warning", "error"] = "info"
 

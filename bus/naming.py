@@ -1,0 +1,64 @@
+"""Public names of everything on the bus: topics, CloudEvents types, schemas.
+
+These strings are the contract with integrators; they derive from the public
+aggregate names in engine.catalog and each event class's version.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import msgspec
+from eventsourcing.utils import get_topic
+
+from engine.catalog import AGGREGATES, event_classes
+
+TYPE_PREFIX = "io.cloudengine"
+SPEC_VERSION = "1.0"
+
+
+class EventType(msgspec.Struct, frozen=True):
+    aggregate: str  # "vm"
+    name: str  # "started"
+    version: int  # the event class's class_version
+    cls: type[Any]
+
+    @property
+    def ce_type(self) -> str:
+        return f"{TYPE_PREFIX}.{self.aggregate}.{self.name}.v{self.version}"
+
+    @property
+    def schema_path(self) -> str:
+        """Where the JSON Schema of this event's data is published."""
+        return f"schemas/events/{self.ce_type}.json"
+
+
+def topic_for(prefix: str, aggregate: str) -> str:
+    return f"{prefix}.{aggregate}.events"
+
+
+def dead_letter_topic(prefix: str, group: str) -> str:
+    return f"{prefix}.dlq.{group}"
+
+
+def all_event_types() -> list[EventType]:
+    types: list[EventType] = []
+    for aggregate, cls in AGGREGATES.items():
+        for name, event_cls in event_classes(cls).items():
+            version = int(getattr(event_cls, "class_version", 1))
+            types.append(EventType(aggregate, name, version, event_cls))
+    return types
+
+
+_by_stored_topic: dict[str, EventType] = {}
+
+
+def event_type_of(stored_topic: str) -> EventType:
+    """The public type of a stored event, from the store's topic column."""
+    if not _by_stored_topic:
+        for event_type in all_event_types():
+            _by_stored_topic[get_topic(event_type.cls)] = event_type
+    try:
+        return _by_stored_topic[stored_topic]
+    except KeyError:
+        raise LookupError(f"stored event topic {stored_topic!r} has no public type") from None

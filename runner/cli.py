@@ -1,0 +1,121 @@
+"""The `cloud-engine` command."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+from collections.abc import Sequence
+
+import structlog
+from eventsourcing.persistence import PersistenceError
+
+from bus.broker import BrokerError
+from bus.process import run_until_signalled
+from bus.relay import Relay
+from engine.errors import DomainError
+from engine.logs import configure_logging
+from engine.service import CommandService
+from engine.settings import Settings, SettingsError, load_settings
+from engine.store import EventStore
+from runner.components import relay_config, start_infrastructure
+from runner.demo import describe, ensure_demo_fabric
+
+log = structlog.get_logger("runner.cli")
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="cloud-engine",
+        description="Event-sourced orchestration engine for private clouds.",
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    up = sub.add_parser(
+        "up",
+        help="run everything on embedded defaults (database, broker, relay) with a demo fabric",
+    )
+    up.add_argument("--data-dir", help="overrides CLOUD_ENGINE_DATA_DIR")
+    sub.add_parser(
+        "relay",
+        help="publish stored events to Kafka (needs CLOUD_ENGINE_KAFKA_BOOTSTRAP)",
+    )
+    return parser
+
+
+def up(settings: Settings) -> int:
+    infra = start_infrastructure(settings)
+    try:
+        store = EventStore(infra.target, pool_size=settings.db_pool_size)
+        service = CommandService(
+            store,
+            batch_max=settings.command_batch_max,
+            max_retries=settings.command_max_retries,
+            cache_size=settings.aggregate_cache_size,
+        )
+        try:
+            fabric = ensure_demo_fabric(service)
+            print(f"event store: {infra.target.describe()}")
+            if infra.embedded_db is not None:
+                print(f"embedded PostgreSQL data: {settings.pgdata}")
+            kind = "embedded dev broker" if infra.dev_broker else "Kafka"
+            print(f"{kind}: {infra.bootstrap} (topics {settings.topic_prefix}.<type>.events)")
+            print("demo fabric:")
+            for line in describe(store, fabric):
+                print(f"  {line}")
+            print(f"events stored: {store.max_position()}")
+            print("running; Ctrl-C stops everything", flush=True)
+            relay = Relay(infra.target, relay_config(settings, infra.bootstrap))
+            asyncio.run(run_until_signalled(relay.run))
+        finally:
+            service.close()
+            store.close()
+    finally:
+        infra.stop()
+    print("stopped", flush=True)
+    return 0
+
+
+def relay(settings: Settings) -> int:
+    if not settings.kafka_bootstrap:
+        raise SettingsError(
+            "CLOUD_ENGINE_KAFKA_BOOTSTRAP: the relay needs a broker (host:port); "
+            "`cloud-engine up` runs one for development"
+        )
+    infra = start_infrastructure(settings, broker=False)
+    try:
+        component = Relay(infra.target, relay_config(settings, infra.bootstrap))
+        asyncio.run(run_until_signalled(component.run))
+    finally:
+        infra.stop()
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    if args.command is None:
+        _parser().print_help()
+        return 0
+    try:
+        settings = load_settings(data_dir=getattr(args, "data_dir", None))
+        configure_logging(settings.log_format, settings.log_level)
+        if args.command == "up":
+            return up(settings)
+        if args.command == "relay":
+            return relay(settings)
+    except SettingsError as e:
+        print(f"cloud-engine: configuration error: {e}", file=sys.stderr)
+        return 2
+    except DomainError as e:
+        print(f"cloud-engine: refused: {e}", file=sys.stderr)
+        return 1
+    except PersistenceError as e:
+        print(f"cloud-engine: database error: {e}", file=sys.stderr)
+        return 1
+    except BrokerError as e:
+        print(f"cloud-engine: broker error: {e}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

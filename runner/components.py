@@ -1,0 +1,57 @@
+"""Starting the shared infrastructure: the event store and the broker.
+
+Embedded defaults when nothing is configured (an embedded PostgreSQL, the
+Tansu dev broker); external servers when CLOUD_ENGINE_DATABASE_URL or
+CLOUD_ENGINE_KAFKA_BOOTSTRAP name them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from bus.broker import DevBroker
+from bus.relay import RelayConfig
+from engine.database import DatabaseTarget, EmbeddedPostgres, resolve_database
+from engine.settings import Settings
+
+
+@dataclass
+class Infrastructure:
+    target: DatabaseTarget
+    bootstrap: str
+    embedded_db: EmbeddedPostgres | None = None
+    dev_broker: DevBroker | None = None
+    stopped: list[str] = field(default_factory=list)
+
+    def stop(self) -> None:
+        if self.dev_broker is not None:
+            self.dev_broker.stop()
+            self.stopped.append("broker")
+        if self.embedded_db is not None:
+            self.embedded_db.stop()
+            self.stopped.append("database")
+
+
+def start_infrastructure(settings: Settings, *, broker: bool = True) -> Infrastructure:
+    target, embedded = resolve_database(settings)
+    infra = Infrastructure(
+        target=target, bootstrap=settings.kafka_bootstrap or "", embedded_db=embedded
+    )
+    if broker and not settings.kafka_bootstrap:
+        try:
+            infra.dev_broker = DevBroker(log_file=settings.data_dir / "dev-broker.log")
+            infra.bootstrap = infra.dev_broker.start()
+        except BaseException:
+            infra.stop()
+            raise
+    return infra
+
+
+def relay_config(settings: Settings, bootstrap: str) -> RelayConfig:
+    return RelayConfig(
+        bootstrap=bootstrap,
+        topic_prefix=settings.topic_prefix,
+        partitions=settings.topic_partitions,
+        source=settings.event_source,
+        batch_size=settings.relay_batch_size,
+    )
