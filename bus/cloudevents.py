@@ -99,7 +99,7 @@ def headers_for(
         ("ce_type", event_type.ce_type.encode()),
         ("ce_time", time.isoformat().encode()),
         ("ce_subject", aggregate_id.encode()),
-        ("ce_dataschema", event_type.schema_path.encode()),
+        ("ce_dataschema", event_type.schema_uri.encode()),
         ("ce_position", str(position).encode()),
         ("ce_aggregateversion", str(version).encode()),
         ("ce_correlationid", meta.correlation_id.encode()),

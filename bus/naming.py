@@ -29,8 +29,14 @@ class EventType(msgspec.Struct, frozen=True):
 
     @property
     def schema_path(self) -> str:
-        """Where the JSON Schema of this event's data is published."""
+        """Where the JSON Schema of this event's data is kept in this repository."""
         return f"schemas/events/{self.ce_type}.json"
+
+    @property
+    def schema_uri(self) -> str:
+        """The ce_dataschema attribute: an absolute URI naming that schema
+        (CloudEvents requires a URI; the schema's "$id" is the same)."""
+        return f"urn:cloudengine:schema:{self.ce_type}"
 
 
 def topic_for(prefix: str, aggregate: str) -> str:

@@ -18,7 +18,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-from collections import OrderedDict, defaultdict
+from collections import defaultdict, deque
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -27,13 +27,10 @@ import structlog
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import KafkaError, TopicAlreadyExistsError
-from aiokafka.partitioner import murmur2
-from eventsourcing.persistence import StoredEvent
 
-from bus.cloudevents import encode_data, headers_for, public_fields
-from bus.naming import EventType, all_event_types, event_type_of, topic_for
+from bus.naming import all_event_types, topic_for
+from bus.outgoing import OutgoingCodec, partition_for
 from engine.database import DatabaseTarget
-from engine.mapper import MsgspecMapper
 
 log = structlog.get_logger("bus.relay")
 
@@ -64,6 +61,17 @@ class RelayStats:
     last_round_events: list[int] = field(default_factory=list)
 
 
+MAX_ROUNDS_IN_FLIGHT = 4
+
+
+@dataclass
+class _Round:
+    position: int  # the last event's global position
+    count: int
+    futures: list[asyncio.Future[Any]]
+    partitions: list[TopicPartition]
+
+
 class BrokerLost(Exception):
     """The broker has less than it acknowledged before: republish everything."""
 
@@ -84,10 +92,8 @@ class Relay:
         self.config = config
         self.stats = RelayStats()
         self._schema = target.schema
-        self._mapper = MsgspecMapper()
-        self._fields: dict[str, tuple[str, ...]] = {}
+        self._codec = OutgoingCodec(config.topic_prefix, config.source)
         self._partitions: dict[str, int] = {}
-        self._partition_of: OrderedDict[tuple[str, str], int] = OrderedDict()
         self._acked: dict[str, int] = {}  # "topic:partition" -> next offset
         self._wake = asyncio.Event()
 
@@ -118,14 +124,19 @@ class Relay:
         return int(row["position"])
 
     async def _save_position(self, conn: asyncpg.Connection, position: int) -> None:
-        await conn.execute(
-            f"INSERT INTO {self._positions} (name, position, offsets) VALUES ($1, $2, $3::jsonb)"
-            " ON CONFLICT (name) DO UPDATE SET position = EXCLUDED.position,"
-            " offsets = EXCLUDED.offsets, updated_at = now()",
-            self.config.name,
-            position,
-            json.dumps(self._acked),
-        )
+        # No need to wait for the WAL flush: a position lost in a crash only
+        # means republishing a few acknowledged events, which consumers dedupe.
+        async with conn.transaction():
+            await conn.execute("SET LOCAL synchronous_commit TO OFF")
+            await conn.execute(
+                f"INSERT INTO {self._positions} (name, position, offsets)"
+                " VALUES ($1, $2, $3::jsonb)"
+                " ON CONFLICT (name) DO UPDATE SET position = EXCLUDED.position,"
+                " offsets = EXCLUDED.offsets, updated_at = now()",
+                self.config.name,
+                position,
+                json.dumps(self._acked),
+            )
 
     async def _fetch(self, conn: asyncpg.Connection, after: int) -> list[asyncpg.Record]:
         return list(
@@ -166,17 +177,6 @@ class Relay:
             count = self._partitions[topic] = len(partitions)
         return count
 
-    def _partition(self, topic: str, key: str, count: int) -> int:
-        # Kafka's default (murmur2) partitioner, so other producers agree.
-        cache_key = (topic, key)
-        partition = self._partition_of.get(cache_key)
-        if partition is None:
-            partition = (murmur2(key.encode()) & 0x7FFFFFFF) % count
-            self._partition_of[cache_key] = partition
-            if len(self._partition_of) > 200_000:
-                self._partition_of.popitem(last=False)
-        return partition
-
     async def _check_broker(self, probe: AIOKafkaConsumer) -> None:
         if not self._acked:
             return
@@ -194,72 +194,71 @@ class Relay:
                 raise BrokerLost(f"{tp.topic}[{tp.partition}] ends at {ends.get(tp)} < {expected}")
 
     # Publishing ---------------------------------------------------------------
-    def _message(self, row: asyncpg.Record) -> tuple[str, str, bytes, list[tuple[str, bytes]]]:
-        stored_topic: str = row["topic"]
-        event_type: EventType = event_type_of(stored_topic)
-        fields = self._fields.get(stored_topic)
-        if fields is None:
-            fields = self._fields[stored_topic] = public_fields(event_type)
-        aggregate_id = str(row["originator_id"])
-        version = int(row["originator_version"])
-        event: Any = self._mapper.to_domain_event(
-            StoredEvent(row["originator_id"], version, stored_topic, bytes(row["state"]))
-        )
-        headers = headers_for(
-            event_type=event_type,
-            source=self.config.source,
-            aggregate_id=aggregate_id,
-            version=version,
-            position=int(row["notification_id"]),
-            time=event.timestamp,
-            meta=event.meta,
-        )
-        topic = topic_for(self.config.topic_prefix, event_type.aggregate)
-        return topic, aggregate_id, encode_data(event, fields), headers
+    async def _enqueue(self, producer: AIOKafkaProducer, rows: list[asyncpg.Record]) -> _Round:
+        """Hand one round of events to the producer without waiting for acks.
 
-    async def _publish(
-        self, producer: AIOKafkaProducer, probe: AIOKafkaConsumer, rows: list[asyncpg.Record]
-    ) -> None:
+        aiokafka keeps at most one request in flight per partition and sends a
+        partition's batches in the order they were queued, so queuing the next
+        round before this one is acknowledged cannot reorder an aggregate.
+        """
         per_partition: dict[tuple[str, int], list[Any]] = defaultdict(list)
+        counts: dict[str, int] = {}
+        codec = self._codec
         for row in rows:
-            topic, key, value, headers = self._message(row)
-            count = await self._partition_count(producer, topic)
-            per_partition[(topic, self._partition(topic, key, count))].append(
-                (key.encode(), value, headers)
+            record = codec.record(
+                row["notification_id"],
+                row["originator_id"],
+                row["originator_version"],
+                row["topic"],
+                row["state"],
             )
-        await asyncio.gather(
-            *(self._send_partition(producer, tp, msgs) for tp, msgs in per_partition.items())
+            count = counts.get(record.topic)
+            if count is None:
+                count = counts[record.topic] = await self._partition_count(producer, record.topic)
+            per_partition[(record.topic, partition_for(record.key, count))].append(record)
+        futures: list[asyncio.Future[Any]] = []
+        for (topic, partition), records in per_partition.items():
+            i = 0
+            while i < len(records):
+                batch = producer.create_batch()
+                start = i
+                while i < len(records):
+                    r = records[i]
+                    if (
+                        batch.append(key=r.key, value=r.value, timestamp=None, headers=r.headers)
+                        is None
+                    ):
+                        break
+                    i += 1
+                if i == start:
+                    raise ValueError(f"event too large for one Kafka record on {topic}")
+                futures.append(await producer.send_batch(batch, topic, partition=partition))
+        return _Round(
+            position=int(rows[-1]["notification_id"]),
+            count=len(rows),
+            futures=futures,
+            partitions=[TopicPartition(t, p) for t, p in per_partition],
         )
-        # What the broker now holds must never be less than what it held
-        # before; the end offsets are read back rather than computed from the
-        # produce responses, whose offsets brokers report differently.
-        tps = [TopicPartition(topic, partition) for topic, partition in per_partition]
-        ends = await probe.end_offsets(tps)
-        for tp in tps:
+
+    async def _settle(
+        self, conn: asyncpg.Connection, probe: AIOKafkaConsumer, round_: _Round
+    ) -> None:
+        """Wait for a round's acks, then (and only then) move the saved position."""
+        await asyncio.gather(*round_.futures)
+        # What the broker holds must never be less than what it held before;
+        # end offsets are read back rather than computed from produce
+        # responses, whose offsets brokers report differently.
+        ends = await probe.end_offsets(round_.partitions)
+        for tp in round_.partitions:
             name = f"{tp.topic}:{tp.partition}"
             end = int(ends[tp])
             if end < self._acked.get(name, 0):
                 raise BrokerLost(f"{name} ends at {end}, below {self._acked[name]} seen before")
             self._acked[name] = end
-
-    async def _send_partition(
-        self, producer: AIOKafkaProducer, tp: tuple[str, int], messages: list[Any]
-    ) -> None:
-        """Send one partition's messages in order, one batch in flight at a time."""
-        topic, partition = tp
-        i = 0
-        while i < len(messages):
-            batch = producer.create_batch()
-            start = i
-            while i < len(messages):
-                key, value, headers = messages[i]
-                if batch.append(key=key, value=value, timestamp=None, headers=headers) is None:
-                    break
-                i += 1
-            if i == start:
-                raise ValueError(f"event too large for one Kafka record on {topic}")
-            future = await producer.send_batch(batch, topic, partition=partition)
-            await future
+        await self._save_position(conn, round_.position)
+        self.stats.published += round_.count
+        self.stats.rounds += 1
+        self.stats.position = round_.position
 
     # Main loop ------------------------------------------------------------------
     async def run(self, stop: asyncio.Event) -> None:
@@ -301,8 +300,9 @@ class Relay:
         probe = AIOKafkaConsumer(bootstrap_servers=self.config.bootstrap)
         await producer.start()
         await probe.start()
+        inflight: deque[_Round] = deque()
         try:
-            position = await self._load_position(conn)
+            position = self.stats.position = await self._load_position(conn)
             await self._check_broker(probe)
             loop = asyncio.get_running_loop()
             next_check = loop.time() + self.config.broker_check_interval
@@ -311,18 +311,28 @@ class Relay:
                 self._wake.clear()
                 rows = await self._fetch(conn, position)
                 if rows:
-                    await self._publish(producer, probe, rows)
-                    position = int(rows[-1]["notification_id"])
-                    await self._save_position(conn, position)
-                    self.stats.published += len(rows)
-                    self.stats.rounds += 1
-                    self.stats.position = position
+                    inflight.append(await self._enqueue(producer, rows))
+                    position = inflight[-1].position
+                    while inflight and (
+                        len(inflight) > MAX_ROUNDS_IN_FLIGHT
+                        or all(f.done() for f in inflight[0].futures)
+                    ):
+                        await self._settle(conn, probe, inflight.popleft())
                     if len(rows) == self.config.batch_size:
                         continue
+                # Idle: settle what the broker acknowledged, but wake for new
+                # events rather than waiting on acks of the rounds still out.
+                while inflight and all(f.done() for f in inflight[0].futures):
+                    await self._settle(conn, probe, inflight.popleft())
+                if inflight:
+                    await _wait_any(stop, self._wake, 1.0, inflight[0].futures)
+                    continue
                 if loop.time() >= next_check:
                     await self._check_broker(probe)
                     next_check = loop.time() + self.config.broker_check_interval
                 await _wait_any(stop, self._wake, self.config.poll_interval)
+            while inflight:
+                await self._settle(conn, probe, inflight.popleft())
         finally:
             await probe.stop()
             await producer.stop()
@@ -333,10 +343,16 @@ async def _sleep_or_stop(stop: asyncio.Event, seconds: float) -> None:
         await asyncio.wait_for(stop.wait(), seconds)
 
 
-async def _wait_any(stop: asyncio.Event, wake: asyncio.Event, timeout: float) -> None:
+async def _wait_any(
+    stop: asyncio.Event,
+    wake: asyncio.Event,
+    timeout: float,
+    acks: list[asyncio.Future[Any]] | None = None,
+) -> None:
     waiters = [asyncio.ensure_future(stop.wait()), asyncio.ensure_future(wake.wait())]
+    watched: list[asyncio.Future[Any]] = [*waiters, *(acks or [])]
     try:
-        await asyncio.wait(waiters, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+        await asyncio.wait(watched, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
     finally:
         for w in waiters:
             w.cancel()

@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 import warnings
 from typing import Any
-from urllib.parse import unquote, urlsplit
+from urllib.parse import parse_qsl, quote, unquote, urlsplit
 
 import msgspec
 import psycopg
@@ -38,6 +38,15 @@ class DatabaseTarget(msgspec.Struct, frozen=True, kw_only=True):
             dbname=self.dbname,
         )
 
+    def url(self) -> str:
+        """A URL that parse_database_url reads back into this target."""
+        auth = quote(self.user, safe="")
+        if self.password:
+            auth += ":" + quote(self.password, safe="")
+        if self.host.startswith("/"):
+            return f"postgresql://{auth}@localhost:{self.port}/{self.dbname}?host={self.host}"
+        return f"postgresql://{auth}@{self.host}:{self.port}/{self.dbname}"
+
     def describe(self) -> str:
         """Safe to log: no password."""
         return f"postgresql://{self.user}@{self.host}:{self.port}/{self.dbname}"
@@ -50,14 +59,17 @@ def parse_database_url(url: str, schema: str = "public") -> DatabaseTarget:
             "CLOUD_ENGINE_DATABASE_URL: expected postgresql://user:password@host:port/dbname"
         )
     dbname = unquote(parts.path.lstrip("/"))
-    if not parts.hostname or not dbname:
+    # libpq style ?host=/run/postgresql names a Unix socket directory.
+    query = dict(parse_qsl(parts.query))
+    host = query.get("host") or parts.hostname
+    if not host or not dbname:
         raise SettingsError("CLOUD_ENGINE_DATABASE_URL: host and database name are required")
     try:
         port = parts.port or 5432
     except ValueError:
         raise SettingsError("CLOUD_ENGINE_DATABASE_URL: port is not a number") from None
     return DatabaseTarget(
-        host=parts.hostname,
+        host=host,
         port=port,
         user=unquote(parts.username or "postgres"),
         password=unquote(parts.password or ""),

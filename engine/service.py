@@ -37,6 +37,7 @@ from engine.working_set import AggregateCache, WorkingSet
 log = structlog.get_logger("engine.service")
 
 BATCH_ATTEMPTS = 3
+EVENTS_PER_BATCH = 1000
 BatchOutcome = Literal["committed", "conflict", "poisoned"]
 
 
@@ -125,8 +126,12 @@ class CommandService:
 
     def _process(self, batch: list[Submission]) -> None:
         todo = self._keys.settle(batch, self._queue.put)
-        if not todo:
-            return
+        while todo:
+            self._later: list[Submission] = []
+            self._process_group(todo)
+            todo = self._later
+
+    def _process_group(self, todo: list[Submission]) -> None:
         self.stats["batches"] += 1
         self.stats["commands"] += len(todo)
         if len(todo) > 1:
@@ -157,9 +162,18 @@ class CommandService:
         ws.prefetch(i for s in todo for i in referenced_ids(s.command))
         executed: list[Executed] = []
         refused: list[tuple[Submission, DomainError]] = []
-        for s in todo:
+        events = 0
+        for index, s in enumerate(todo):
+            if events >= EVENTS_PER_BATCH:
+                # Keep transactions small (see store.MAX_EVENTS_PER_TRANSACTION):
+                # the rest runs as the next batch, after this one commits.
+                leftover = todo[index:]
+                del todo[index:]
+                self._later.extend(leftover)
+                break
             try:
                 executed.append(self._execute(s, ws))
+                events += sum(len(e) for _a, e in executed[-1].collected)
             except DomainError as error:
                 if ws.pending_count():
                     # Refused after emitting: only the one-by-one path can

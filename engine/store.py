@@ -26,6 +26,11 @@ from engine.aggregate import Aggregate
 from engine.database import DatabaseTarget
 from engine.mapper import MsgspecMapper
 
+# The library's recorder sends all events of a transaction as one array
+# parameter in psycopg pipeline mode; around a megabyte (~4,000 small events)
+# that exchange deadlocks on this stack, so transactions stay well below it.
+MAX_EVENTS_PER_TRANSACTION = 2000
+
 
 class IdempotencyRecord(msgspec.Struct, frozen=True):
     scope: str
@@ -188,6 +193,10 @@ class EventStore:
         already taken (an optimistic-concurrency conflict) or an idempotency
         key was recorded meanwhile; nothing is stored then.
         """
+        if len(events) > MAX_EVENTS_PER_TRANSACTION:
+            raise ValueError(
+                f"{len(events)} events in one transaction; at most {MAX_EVENTS_PER_TRANSACTION}"
+            )
         stored = [self.mapper.to_stored_event(e) for e in events]
         ids = self.recorder.insert_events(stored, idempotency=idempotency)
         return list(ids or [])

@@ -83,6 +83,9 @@ def relay(settings: Settings) -> int:
         )
     infra = start_infrastructure(settings, broker=False)
     try:
+        # The relay reads the event store's table: make sure it exists, as on
+        # a fresh database the relay may start before anything wrote to it.
+        EventStore(infra.target, pool_size=1).close()
         component = Relay(infra.target, relay_config(settings, infra.bootstrap))
         asyncio.run(run_until_signalled(component.run))
     finally:

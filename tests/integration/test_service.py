@@ -161,3 +161,24 @@ def test_conflict_after_bounded_retries(store, pg_target):
         stale.close()
         writer.close()
         other_store.close()
+
+
+def test_large_batches_are_split_into_small_transactions(store):
+    big = CommandService(store, batch_max=5000)
+    try:
+        futures = [big.submit(CreateZone(name=f"z{i}")) for i in range(3000)]
+        positions = [f.result(60).position for f in futures]
+        assert len(set(positions)) == 3000
+        assert store.max_position() == 3000
+        assert big.stats["batches"] >= 3  # at most ~1,000 events per transaction
+    finally:
+        big.close()
+
+
+def test_store_refuses_an_oversized_transaction_instead_of_hanging(store):
+    events = []
+    for i in range(2001):
+        events += Zone.create(f"z{i}").collect_events()
+    with pytest.raises(ValueError, match="at most"):
+        store.append(events)
+    assert store.max_position() == 0

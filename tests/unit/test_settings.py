@@ -62,3 +62,9 @@ def test_database_url_is_parsed():
 def test_bad_database_url_is_a_settings_error(url):
     with pytest.raises(SettingsError):
         parse_database_url(url)
+
+
+def test_unix_socket_url_round_trips():
+    target = parse_database_url("postgresql://postgres@localhost:5432/cloudengine?host=/tmp/pg")
+    assert target.host == "/tmp/pg"
+    assert parse_database_url(target.url()) == target
