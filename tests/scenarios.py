@@ -1,0 +1,395 @@
+"""A scenario that runs every command at least once, and so records every event type.
+
+run_every_command() drives the commands through any `do(command)` that returns
+something with .aggregate_id and .value (an Outcome from dispatch, or a
+CommandResult from the command service), so the same scenario runs
+
+- in memory (in_memory_scenario(): dispatch on an InMemoryUnitOfWork), for the
+  schema tests in tests/unit/test_schemas.py, and
+- on a real store (through_service(): CommandService.execute), for the bus
+  contract tests in tests/integration/test_bus_contract.py.
+
+Extend it when a command or event type is added; both test modules check that
+it still covers every command and every event type.
+"""
+
+from __future__ import annotations
+
+import functools
+import typing
+from collections.abc import Callable
+from uuid import UUID, uuid4
+
+from engine.commands import CommandContext, dispatch
+from engine.commands.compute import (
+    CompleteVmMigration,
+    CreateVm,
+    DestroyVm,
+    FailVm,
+    FailVmMigration,
+    MarkVmExpunged,
+    MarkVmRunning,
+    MarkVmStopped,
+    PlaceVm,
+    RebootVm,
+    RecoverVm,
+    RequestVmExpunge,
+    RequestVmMigration,
+    RequestVmStart,
+    RequestVmStop,
+)
+from engine.commands.hosts import (
+    DeclareHostDown,
+    DeclareHostUp,
+    DisableHost,
+    EnableHost,
+    EnterHostMaintenance,
+    ExitHostMaintenance,
+    RegisterHost,
+    ReleaseHostCapacity,
+    ReserveHostCapacity,
+    UpdateHostOvercommit,
+)
+from engine.commands.network import (
+    ActivateNetworkRule,
+    AllocateIp,
+    AssignNetworkTag,
+    CreateNetwork,
+    CreateNetworkRule,
+    CreateNic,
+    DestroyNetwork,
+    FailNetworkRule,
+    ImplementNetwork,
+    MarkNetworkRuleRevoked,
+    PlugNic,
+    ReleaseIp,
+    ReleaseNetworkTag,
+    ReleaseNic,
+    RevokeNetworkRule,
+    ShutdownNetwork,
+    UnplugNic,
+)
+from engine.commands.network_tags import AllocateNetworkTag, ReturnNetworkTag
+from engine.commands.physical_networks import (
+    AllocateTag,
+    CreatePhysicalNetwork,
+    DisablePhysicalNetwork,
+    EnablePhysicalNetwork,
+    ReleaseTag,
+)
+from engine.commands.storage import (
+    AttachVolume,
+    CreateSnapshot,
+    CreateVolume,
+    DeactivateTemplate,
+    DestroySnapshot,
+    DestroyVolume,
+    DetachVolume,
+    FailSnapshot,
+    FailTemplate,
+    FailVolume,
+    MarkSnapshotBackedUp,
+    MarkSnapshotCreated,
+    MarkTemplateDownloaded,
+    MarkVolumeCreated,
+    MarkVolumeResized,
+    MarkVolumeReverted,
+    ReactivateTemplate,
+    RegisterTemplate,
+    RequestTemplateDownload,
+    RequestVolumeCreation,
+    RequestVolumeResize,
+    RequestVolumeRevert,
+)
+from engine.commands.storage_fabric import (
+    CreateImageStore,
+    CreateStoragePool,
+    DisableImageStore,
+    DisableStoragePool,
+    EnableImageStore,
+    EnableStoragePool,
+    EnterStoragePoolMaintenance,
+    ExitStoragePoolMaintenance,
+    ReleaseStorage,
+    ReserveStorage,
+)
+from engine.commands.zones import (
+    CreateCluster,
+    CreatePod,
+    CreateZone,
+    DisableCluster,
+    DisablePod,
+    DisableZone,
+    EnableCluster,
+    EnablePod,
+    EnableZone,
+)
+from engine.fabric.physical_network import TagRange
+from engine.metadata import EventMeta, bound_meta
+from engine.service import CommandService
+from engine.unit_of_work import InMemoryUnitOfWork
+from engine.virtual.vm import VmSpec
+
+GIB = 1 << 30
+
+# Who the scenario's events are recorded for (EventMeta in memory, CommandContext
+# through the service): the same values either way.
+ACTOR = "alice"
+REQUEST_ID = "req-1"
+CORRELATION_ID = "cor-1"
+
+
+class Done(typing.Protocol):
+    """What `do(command)` returns: an Outcome or a CommandResult."""
+
+    @property
+    def aggregate_id(self) -> UUID: ...
+
+    @property
+    def value(self) -> str | int | None: ...
+
+
+class Scenario(typing.NamedTuple):
+    commands: list
+    events: list
+
+
+def run_every_command(do: Callable[[typing.Any], Done]) -> None:
+    """Every command once or more, in an order the state machines accept."""
+    zone = do(CreateZone(name="zone-1", description="first zone")).aggregate_id
+    do(DisableZone(zone_id=zone))
+    do(EnableZone(zone_id=zone))
+    pod = do(
+        CreatePod(zone_id=zone, name="pod-1", gateway="10.0.0.1", cidr="10.0.0.0/24")
+    ).aggregate_id
+    do(DisablePod(pod_id=pod))
+    do(EnablePod(pod_id=pod))
+    cluster = do(CreateCluster(zone_id=zone, pod_id=pod, name="cluster-1")).aggregate_id
+    do(DisableCluster(cluster_id=cluster))
+    do(EnableCluster(cluster_id=cluster))
+
+    host = do(
+        RegisterHost(
+            zone_id=zone,
+            pod_id=pod,
+            cluster_id=cluster,
+            name="host-1",
+            cpu_cores=16,
+            cpu_mhz=2400,
+            ram_mb=65536,
+            libvirt_uri="qemu+tcp://10.0.0.11/system",
+            tags=("ssd",),
+        )
+    ).aggregate_id
+    other_host = do(
+        RegisterHost(
+            zone_id=zone,
+            pod_id=pod,
+            cluster_id=cluster,
+            name="host-2",
+            cpu_cores=16,
+            ram_mb=65536,
+            libvirt_uri="qemu+tcp://10.0.0.12/system",
+        )
+    ).aggregate_id
+    do(DisableHost(host_id=host))
+    do(EnableHost(host_id=host))
+    do(EnterHostMaintenance(host_id=host))
+    do(ExitHostMaintenance(host_id=host))
+    do(DeclareHostDown(host_id=host))
+    do(DeclareHostUp(host_id=host))
+    do(UpdateHostOvercommit(host_id=host, cpu_overcommit=2.0, ram_overcommit=1.5))
+
+    pool = do(
+        CreateStoragePool(
+            zone_id=zone,
+            cluster_id=cluster,
+            name="pool-1",
+            scope="cluster",
+            capacity_bytes=1 << 40,
+            url="nfs://10.0.0.5/export",
+            tags=("ssd",),
+        )
+    ).aggregate_id
+    do(DisableStoragePool(pool_id=pool))
+    do(EnableStoragePool(pool_id=pool))
+    do(EnterStoragePoolMaintenance(pool_id=pool))
+    do(ExitStoragePoolMaintenance(pool_id=pool))
+    store = do(
+        CreateImageStore(zone_id=zone, name="images", url="nfs://10.0.0.6/images", protocol="nfs")
+    ).aggregate_id
+    do(DisableImageStore(image_store_id=store))
+    do(EnableImageStore(image_store_id=store))
+
+    physical = do(
+        CreatePhysicalNetwork(
+            zone_id=zone, name="physnet-1", isolation="VLAN", tag_range=TagRange(100, 199)
+        )
+    ).aggregate_id
+    do(DisablePhysicalNetwork(physical_network_id=physical))
+    do(EnablePhysicalNetwork(physical_network_id=physical))
+    owner = uuid4()
+    tag = do(AllocateTag(physical_network_id=physical, owner_id=owner)).value
+    do(ReleaseTag(physical_network_id=physical, tag=tag, owner_id=owner))
+
+    template = do(
+        RegisterTemplate(
+            name="ubuntu-24.04",
+            zone_id=zone,
+            url="https://images.example/ubuntu.qcow2",
+            format="qcow2",
+            size_bytes=2 * GIB,
+            os_type="Ubuntu",
+            checksum="sha256:0123",
+        )
+    ).aggregate_id
+    do(RequestTemplateDownload(template_id=template))
+    do(FailTemplate(template_id=template, reason="mirror unreachable"))
+    do(RequestTemplateDownload(template_id=template))
+    do(MarkTemplateDownloaded(template_id=template))
+    do(DeactivateTemplate(template_id=template))
+    do(ReactivateTemplate(template_id=template))
+
+    network = do(
+        CreateNetwork(
+            account="acme",
+            name="net-1",
+            zone_id=zone,
+            cidr="10.1.0.0/24",
+            gateway="10.1.0.1",
+            physical_network_id=physical,
+        )
+    ).aggregate_id
+    do(AllocateNetworkTag(network_id=network))  # an isolated network: now Implemented
+
+    vm = do(
+        CreateVm(
+            account="acme",
+            name="web-1",
+            zone_id=zone,
+            template_id=template,
+            spec=VmSpec(cpus=2, ram_mb=2048, root_disk_gb=20),
+            network_ids=(network,),
+        )
+    ).aggregate_id
+    do(ReserveHostCapacity(host_id=host, vm_id=vm, cpus=2, ram_mb=2048))
+    do(ReserveStorage(pool_id=pool, volume_id=vm, size_bytes=20 * GIB))
+
+    ip = do(AllocateIp(network_id=network, owner_id=vm)).aggregate_id
+    nic = do(CreateNic(vm_id=vm, network_id=network, device_id=0, ip_id=ip)).aggregate_id
+    do(PlugNic(nic_id=nic))
+    do(UnplugNic(nic_id=nic))
+    do(ReleaseNic(nic_id=nic))
+    do(ReleaseIp(ip_id=ip))
+
+    rule = do(
+        CreateNetworkRule(
+            network_id=network,
+            kind="firewall",
+            protocol="tcp",
+            source_cidr="0.0.0.0/0",
+            start_port=22,
+            end_port=22,
+        )
+    ).aggregate_id
+    do(ActivateNetworkRule(rule_id=rule))
+    do(RevokeNetworkRule(rule_id=rule))
+    do(FailNetworkRule(rule_id=rule, reason="agent timeout"))
+    do(RevokeNetworkRule(rule_id=rule))
+    do(MarkNetworkRuleRevoked(rule_id=rule))
+
+    volume = do(
+        CreateVolume(account="acme", name="data-1", zone_id=zone, size_bytes=10 * GIB)
+    ).aggregate_id
+    do(RequestVolumeCreation(volume_id=volume, pool_id=pool))
+    do(MarkVolumeCreated(volume_id=volume))
+    do(RequestVolumeResize(volume_id=volume, new_size_bytes=20 * GIB))
+    do(MarkVolumeResized(volume_id=volume))
+    snapshot = do(CreateSnapshot(volume_id=volume, name="snap-1", kind="external")).aggregate_id
+    do(MarkSnapshotCreated(snapshot_id=snapshot))
+    do(MarkSnapshotBackedUp(snapshot_id=snapshot))
+    do(RequestVolumeRevert(volume_id=volume, snapshot_id=snapshot))
+    do(MarkVolumeReverted(volume_id=volume))
+    failed_snapshot = do(CreateSnapshot(volume_id=volume, name="snap-2")).aggregate_id
+    do(FailSnapshot(snapshot_id=failed_snapshot, reason="disk full"))
+    do(DestroySnapshot(snapshot_id=failed_snapshot))
+    do(AttachVolume(volume_id=volume, vm_id=vm, device_id=1))
+    do(DetachVolume(volume_id=volume))
+    broken = do(
+        CreateVolume(account="acme", name="data-2", zone_id=zone, size_bytes=GIB)
+    ).aggregate_id
+    do(RequestVolumeCreation(volume_id=broken, pool_id=pool))
+    do(FailVolume(volume_id=broken, reason="pool offline"))
+    do(DestroyVolume(volume_id=broken))
+
+    for command in [
+        PlaceVm(vm_id=vm, host_id=host, pool_id=pool),
+        RequestVmStart(vm_id=vm, host_id=host),
+        MarkVmRunning(vm_id=vm),
+        RebootVm(vm_id=vm),
+        RequestVmMigration(vm_id=vm, target_host_id=other_host),
+        FailVmMigration(vm_id=vm, reason="link down"),
+        RequestVmMigration(vm_id=vm, target_host_id=other_host),
+        CompleteVmMigration(vm_id=vm),
+        RequestVmStop(vm_id=vm, forced=True),
+        MarkVmStopped(vm_id=vm),
+        DestroyVm(vm_id=vm),
+        RecoverVm(vm_id=vm),
+        RequestVmStart(vm_id=vm, host_id=host),
+        FailVm(vm_id=vm, reason="qemu crashed"),
+        DestroyVm(vm_id=vm),
+        RequestVmExpunge(vm_id=vm),
+        MarkVmExpunged(vm_id=vm),
+    ]:
+        do(command)
+    do(ReleaseHostCapacity(host_id=host, vm_id=vm))
+    do(ReleaseStorage(pool_id=pool, volume_id=vm))
+
+    # Tags by hand, and a tag handed back to the physical network.
+    manual = do(
+        CreateNetwork(
+            account="acme",
+            name="net-2",
+            zone_id=zone,
+            cidr="10.2.0.0/24",
+            physical_network_id=physical,
+        )
+    ).aggregate_id
+    do(AssignNetworkTag(network_id=manual, tag=300))
+    do(ShutdownNetwork(network_id=manual))
+    do(ImplementNetwork(network_id=manual))  # back up with the tag it kept
+    do(ShutdownNetwork(network_id=manual))
+    do(ReleaseNetworkTag(network_id=manual))
+    do(DestroyNetwork(network_id=manual))
+    do(ShutdownNetwork(network_id=network))
+    do(ReturnNetworkTag(network_id=network))
+
+
+@functools.cache
+def in_memory_scenario() -> Scenario:
+    """The scenario through each command's handler on an InMemoryUnitOfWork."""
+    uow = InMemoryUnitOfWork()
+    commands = []
+
+    def do(command):
+        commands.append(command)
+        return dispatch(uow, command)
+
+    meta = EventMeta(actor=ACTOR, request_id=REQUEST_ID, correlation_id=CORRELATION_ID)
+    with bound_meta(meta):
+        run_every_command(do)
+    return Scenario(commands=commands, events=uow.commit())
+
+
+def through_service(service: CommandService, timeout: float = 30.0) -> list:
+    """The scenario through a real CommandService, one command at a time (each
+    waits for the previous one to commit). Returns the commands it ran."""
+    context = CommandContext(actor=ACTOR, request_id=REQUEST_ID, correlation_id=CORRELATION_ID)
+    commands = []
+
+    def do(command):
+        commands.append(command)
+        return service.execute(command, context, timeout=timeout)
+
+    run_every_command(do)
+    return commands
