@@ -22,6 +22,7 @@ from psycopg import Cursor
 from psycopg.rows import DictRow
 from psycopg.sql import SQL, Identifier
 
+from engine import integrity
 from engine.aggregate import Aggregate
 from engine.database import DatabaseTarget
 from engine.mapper import MsgspecMapper
@@ -161,6 +162,8 @@ class EventStore:
         self.application = _StoreApplication(env=store_environment(target, pool_size))
         self.recorder = cast(CloudEngineRecorder, self.application.recorder)
         self.mapper = self.application.mapper
+        with self.recorder.datastore.get_connection() as conn:
+            integrity.install(conn, target.schema, self.recorder.events_table_name)
 
     def close(self) -> None:
         self.application.close()

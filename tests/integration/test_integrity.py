@@ -1,0 +1,101 @@
+"""The log is tamper-evident: rows edited, deleted, inserted or reordered
+through SQL are named by verify."""
+
+from __future__ import annotations
+
+import pytest
+from psycopg.sql import SQL, Identifier
+
+from engine import integrity
+from engine.commands.fabric import CreateZone, DisableZone, EnableZone
+from engine.service import CommandService
+from engine.store import EventStore
+
+pytestmark = pytest.mark.postgres
+
+TABLE = "cloudengine_events"
+
+
+@pytest.fixture
+def logged(service: CommandService, store: EventStore) -> list:
+    zones = [service.execute(CreateZone(name=f"z{i}")).aggregate_id for i in range(5)]
+    for zone in zones:
+        service.execute(DisableZone(zone_id=zone))
+        service.execute(EnableZone(zone_id=zone))
+    return zones  # 15 events: positions 1-5 created, then disable/enable pairs
+
+
+def run_sql(store: EventStore, statement: str, *args: object) -> None:
+    query = SQL(statement).format(t=Identifier(store.target.schema, TABLE))
+    with store.recorder.datastore.get_connection() as conn:
+        conn.execute(query, args)
+
+
+def verify(store: EventStore) -> integrity.Report:
+    with store.recorder.datastore.get_connection() as conn:
+        return integrity.verify(conn, store.target.schema, TABLE)
+
+
+def positions(report: integrity.Report) -> list[int]:
+    return sorted({f.position for f in report.findings})
+
+
+def test_untouched_log_verifies(store, logged):
+    report = verify(store)
+    assert report.ok
+    assert report.checked == 15
+
+
+def test_edited_event_is_named(store, logged):
+    run_sql(
+        store,
+        "UPDATE {t} SET state = convert_to(replace(convert_from(state, 'UTF8'),"
+        " '\"z3\"', '\"evil\"'), 'UTF8') WHERE notification_id = 4",
+    )
+    report = verify(store)
+    assert positions(report) == [4]
+    assert "edited" in report.findings[0].problem
+
+
+def test_deleted_event_is_named(store, logged):
+    run_sql(store, "DELETE FROM {t} WHERE notification_id = 6")  # zone 0, version 2
+    report = verify(store)
+    # The chain breaks at the next event, which is also zone 0's version 3.
+    assert positions(report) == [7]
+    assert {f.problem.split(":")[0] for f in report.findings} == {
+        "global chain broken before this event",
+        "version 3 follows version 1",
+    }
+
+
+def test_reordered_events_are_named(store, logged):
+    run_sql(store, "UPDATE {t} SET notification_id = -1 WHERE notification_id = 9")
+    run_sql(store, "UPDATE {t} SET notification_id = 9 WHERE notification_id = 10")
+    run_sql(store, "UPDATE {t} SET notification_id = 10 WHERE notification_id = -1")
+    assert {9, 10} <= set(positions(verify(store)))
+
+
+def test_inserted_event_is_named(store, service, logged):
+    # A forged row slipped in with a position of its own choosing...
+    run_sql(
+        store,
+        "INSERT INTO {t} (originator_id, originator_version, topic, state, notification_id)"
+        " SELECT originator_id, 4, topic, state, 100 FROM {t} WHERE notification_id = 11",
+    )
+    # ...then a legitimate write.
+    service.execute(DisableZone(zone_id=logged[0]))
+    report = verify(store)
+    assert {16, 100} <= set(positions(report))
+
+
+def test_rows_written_around_the_trigger_are_named(store, logged):
+    run_sql(store, "ALTER TABLE {t} DISABLE TRIGGER ALL")
+    try:
+        run_sql(
+            store,
+            "INSERT INTO {t} (originator_id, originator_version, topic, state)"
+            " SELECT originator_id, 4, topic, state FROM {t} WHERE notification_id = 11",
+        )
+    finally:
+        run_sql(store, "ALTER TABLE {t} ENABLE TRIGGER ALL")
+    assert positions(verify(store)) == [16]
