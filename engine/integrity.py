@@ -149,3 +149,53 @@ def _rows(conn: Connection[DictRow], schema: str, table: str, page: int) -> Iter
             return
         yield from rows
         after = int(rows[-1]["notification_id"])
+
+
+class Head(msgspec.Struct, frozen=True):
+    """The newest event's position and chain hash: keep it to check later
+    that the log up to there was not rewritten."""
+
+    position: int
+    chain_hash: str
+
+    def __str__(self) -> str:
+        return f"{self.position}:{self.chain_hash}"
+
+    @classmethod
+    def parse(cls, text: str) -> Head:
+        position, _, digest = text.partition(":")
+        if not position.isdigit() or len(digest) != 64:
+            raise ValueError(f"a head looks like <position>:<64 hex digits>, not {text!r}")
+        return cls(int(position), digest.lower())
+
+
+def head(conn: Connection[DictRow], schema: str, table: str) -> Head | None:
+    row = conn.execute(
+        SQL(
+            "SELECT notification_id, chain_hash FROM {s}.{t} ORDER BY notification_id DESC LIMIT 1"
+        ).format(s=Identifier(schema), t=Identifier(table))
+    ).fetchone()
+    if row is None:
+        return None
+    return Head(int(row["notification_id"]), bytes(row["chain_hash"] or b"").hex())
+
+
+def check_head(conn: Connection[DictRow], schema: str, table: str, kept: Head) -> Finding | None:
+    """A finding if the log no longer holds the kept head at its position."""
+    row = conn.execute(
+        SQL(
+            "SELECT originator_id, originator_version, chain_hash FROM {s}.{t}"
+            " WHERE notification_id = %s"
+        ).format(s=Identifier(schema), t=Identifier(table)),
+        (kept.position,),
+    ).fetchone()
+    if row is None:
+        return Finding(kept.position, "", 0, "the kept head's event is gone")
+    if bytes(row["chain_hash"] or b"").hex() != kept.chain_hash:
+        return Finding(
+            kept.position,
+            str(row["originator_id"]),
+            int(row["originator_version"]),
+            "chain hash differs from the kept head: the log up to here was rewritten",
+        )
+    return None

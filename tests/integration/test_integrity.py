@@ -99,3 +99,36 @@ def test_rows_written_around_the_trigger_are_named(store, logged):
     finally:
         run_sql(store, "ALTER TABLE {t} ENABLE TRIGGER ALL")
     assert positions(verify(store)) == [16]
+
+
+def test_a_kept_head_catches_a_consistent_rewrite(store, logged):
+    with store.recorder.datastore.get_connection() as conn:
+        kept = integrity.head(conn, store.target.schema, TABLE)
+    assert kept is not None
+    assert kept.position == 15
+    assert integrity.Head.parse(str(kept)) == kept
+    # Rewrite the last event and recompute its hashes as a careful tamperer would.
+    run_sql(store, "ALTER TABLE {t} DISABLE TRIGGER ALL")
+    try:
+        run_sql(store, "DELETE FROM {t} WHERE notification_id = 15")
+    finally:
+        run_sql(store, "ALTER TABLE {t} ENABLE TRIGGER ALL")
+    run_sql(
+        store,
+        "INSERT INTO {t} (originator_id, originator_version, topic, state, notification_id)"
+        " SELECT (SELECT originator_id FROM {t} WHERE notification_id = 14), 3, topic,"
+        " convert_to(replace(convert_from(state, 'UTF8'), 'system', 'mallory'), 'UTF8'), 15"
+        " FROM {t} WHERE notification_id = 13",
+    )
+    # The trigger gave the forged row valid hashes: the chain alone is fine...
+    assert verify(store).ok
+    # ...but the kept head no longer matches.
+    with store.recorder.datastore.get_connection() as conn:
+        finding = integrity.check_head(conn, store.target.schema, TABLE, kept)
+    assert finding is not None
+    assert "rewritten" in finding.problem or "gone" in finding.problem
+
+
+def test_head_text_is_validated():
+    with pytest.raises(ValueError, match="position"):
+        integrity.Head.parse("not-a-head")
