@@ -132,3 +132,45 @@ def test_a_kept_head_catches_a_consistent_rewrite(store, logged):
 def test_head_text_is_validated():
     with pytest.raises(ValueError, match="position"):
         integrity.Head.parse("not-a-head")
+
+
+def _cli(store: EventStore, *args: str):
+    import os
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CLOUD_ENGINE_")}
+    env.update(
+        CLOUD_ENGINE_DATABASE_URL=store.target.url(),
+        CLOUD_ENGINE_DATABASE_SCHEMA=store.target.schema,
+        CLOUD_ENGINE_LOG_LEVEL="warning",
+    )
+    return subprocess.run(
+        [sys.executable, "-m", "runner.cli", "audit", *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+
+def test_audit_verify_command_names_tampered_events(store, logged):
+    head = _cli(store, "head")
+    assert head.returncode == 0, head.stderr
+    kept = head.stdout.strip()
+    assert kept.startswith("15:")
+
+    clean = _cli(store, "verify", "--head", kept)
+    assert clean.returncode == 0, clean.stderr
+    assert "checked 15 events: intact" in clean.stderr
+
+    run_sql(store, "DELETE FROM {t} WHERE notification_id = 6")
+    broken = _cli(store, "verify", "--json")
+    assert broken.returncode == 1
+    assert '"position":7' in broken.stdout
+    assert "problem(s) found" in broken.stderr
+
+    bad = _cli(store, "verify", "--head", "nonsense")
+    assert bad.returncode == 2
+    assert "Traceback" not in bad.stderr
