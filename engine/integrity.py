@@ -58,6 +58,16 @@ def trigger_sql(schema: str, table: str) -> list[SQL | object]:
 
 
 def install(conn: Connection[DictRow], schema: str, table: str) -> None:
+    # ALTER TABLE takes an exclusive lock even when nothing changes, so a
+    # process starting beside busy writers only runs it when the trigger is new.
+    present = conn.execute(
+        "SELECT 1 FROM pg_trigger t JOIN pg_class c ON c.oid = t.tgrelid"
+        " JOIN pg_namespace n ON n.oid = c.relnamespace"
+        " WHERE n.nspname = %s AND c.relname = %s AND t.tgname = %s",
+        (schema, table, f"{table}_hash"),
+    ).fetchone()
+    if present is not None:
+        return
     with conn.transaction():
         for statement in trigger_sql(schema, table):
             conn.execute(statement)  # type: ignore[arg-type]
