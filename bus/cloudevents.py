@@ -58,20 +58,24 @@ def public_fields(event_type: EventType) -> tuple[str, ...]:
     return tuple(f for f in codec_for(event_type.cls).fields if f not in _PRIVATE_FIELDS)
 
 
-def data_struct(event_type: EventType) -> type[msgspec.Struct]:
-    """A Struct describing exactly the published data of one event type."""
+def data_struct(
+    event_type: EventType, *, overrides: dict[str, Any] | None = None, suffix: str = ""
+) -> type[msgspec.Struct]:
+    """A Struct describing exactly the published data of one event type
+    (overrides replace a field's type, e.g. to keep a timestamp as text)."""
     mirror = codec_for(event_type.cls).mirror
     spec: list[Any] = []
     for info in msgspec.structs.fields(mirror):
         if info.name in _PRIVATE_FIELDS:
             continue
+        kind = (overrides or {}).get(info.name, info.type)
         if info.required:
-            spec.append((info.name, info.type))
+            spec.append((info.name, kind))
         elif info.default_factory is not msgspec.NODEFAULT:
-            spec.append((info.name, info.type, msgspec.field(default_factory=info.default_factory)))
+            spec.append((info.name, kind, msgspec.field(default_factory=info.default_factory)))
         else:
-            spec.append((info.name, info.type, info.default))
-    name = f"{event_type.aggregate}_{event_type.name}_v{event_type.version}"
+            spec.append((info.name, kind, info.default))
+    name = f"{event_type.aggregate}_{event_type.name}_v{event_type.version}{suffix}"
     return msgspec.defstruct(name, spec, kw_only=True, forbid_unknown_fields=False)
 
 
