@@ -22,9 +22,9 @@ import msgspec
 
 from engine import integrity
 from engine.errors import NotFound, Validation
-from engine.history import HistoryEntry, export, history, state_at, state_view
 from engine.settings import Settings
 from engine.store import EventStore
+from projections.history import HistoryEntry, export, history, state_at, state_view
 from runner.components import start_infrastructure
 
 COMMANDS = frozenset({"history", "state", "audit"})

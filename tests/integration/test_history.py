@@ -26,7 +26,7 @@ from engine.commands.hosts import (
 )
 from engine.errors import NotFound, Validation
 from engine.fabric.host import Host, Reservation
-from engine.history import (
+from projections.history import (
     HistoryEntry,
     entries_between,
     export,
