@@ -1,0 +1,179 @@
+"""Read models: one table per aggregate type, derived from events.
+
+Rows are computed by the domain's own aggregates: an event is applied to the
+aggregate rebuilt from the row's snapshot, so a read model can never disagree
+with what the engine decided. Each row records the aggregate version it
+reflects (an event at or below it is a duplicate and skipped), and the
+projection's position is written in the same transaction as its rows, so a
+crash can neither lose nor double-apply an event.
+
+Columns: id, version, position (global position of the last event applied),
+state, name, account, zone_id, created_on, modified_on, data (the public
+state as JSON: attributes and derived properties such as a host's free
+capacity) and snapshot (the aggregate, to apply the next event to).
+"""
+
+from __future__ import annotations
+
+import pickle
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any
+from uuid import UUID
+
+import asyncpg
+
+from engine.aggregate import Aggregate
+from engine.catalog import AGGREGATES, PUBLIC_NAMES
+from projections.history import state_view
+
+POSITIONS = "rm_positions"
+
+
+def table_name(aggregate_type: str, suffix: str = "") -> str:
+    return f"rm_{aggregate_type}{suffix}"
+
+
+def create_table_sql(schema: str, table: str) -> str:
+    return (
+        f'CREATE TABLE IF NOT EXISTS "{schema}".{table} ('
+        " id uuid PRIMARY KEY, version bigint NOT NULL, position bigint NOT NULL,"
+        " state text, name text, account text, zone_id uuid,"
+        " created_on timestamptz NOT NULL, modified_on timestamptz NOT NULL,"
+        " data jsonb NOT NULL, snapshot bytea NOT NULL)"
+    )
+
+
+async def prepare(conn: asyncpg.Connection, schema: str) -> None:
+    await conn.execute(
+        f'CREATE TABLE IF NOT EXISTS "{schema}".{POSITIONS} ('
+        " projection text PRIMARY KEY, position bigint NOT NULL,"
+        " updated_at timestamptz NOT NULL DEFAULT now())"
+    )
+    for aggregate_type in AGGREGATES:
+        await conn.execute(create_table_sql(schema, table_name(aggregate_type)))
+
+
+@dataclass
+class Row:
+    aggregate: Aggregate
+    position: int
+
+    def values(self) -> tuple[Any, ...]:
+        a = self.aggregate
+        view = state_view(a)
+        zone = getattr(a, "zone_id", None)
+        return (
+            a.id,
+            a.version,
+            self.position,
+            _text(getattr(a, "state", None)),
+            _text(getattr(a, "name", None)),
+            _text(getattr(a, "account", None)),
+            zone if isinstance(zone, UUID) else None,
+            view.created_on,
+            view.modified_on,
+            bytes(view.attributes).decode(),
+            pickle.dumps(a, protocol=pickle.HIGHEST_PROTOCOL),
+        )
+
+
+def _text(value: object) -> str | None:
+    return None if value is None else str(value)
+
+
+Positioned = tuple[int, Any]  # (global position, domain event)
+
+
+class Applier:
+    """Applies events to the rows of one schema's read models."""
+
+    def __init__(self, schema: str, projection: str = "aggregates", suffix: str = "") -> None:
+        self.schema = schema
+        self.projection = projection
+        self.suffix = suffix
+
+    def _table(self, aggregate_type: str) -> str:
+        return f'"{self.schema}".{table_name(aggregate_type, self.suffix)}'
+
+    async def position(self, conn: asyncpg.Connection) -> int:
+        value = await conn.fetchval(
+            f'SELECT position FROM "{self.schema}".{POSITIONS} WHERE projection = $1',
+            self.projection,
+        )
+        return int(value or 0)
+
+    async def apply(self, conn: asyncpg.Connection, events: Sequence[Positioned]) -> int:
+        """Apply events (in position order) in the caller's transaction;
+        return how many were new. The position moves to the last one."""
+        if not events:
+            return 0
+        ids: dict[str, set[UUID]] = {}
+        for _, event in events:
+            ids.setdefault(_type_of_event(event), set()).add(event.originator_id)
+        current: dict[UUID, Row] = {}
+        for aggregate_type, wanted in ids.items():
+            rows = await conn.fetch(
+                f"SELECT id, position, snapshot FROM {self._table(aggregate_type)}"
+                " WHERE id = ANY($1::uuid[]) FOR UPDATE",
+                list(wanted),
+            )
+            for r in rows:
+                current[r["id"]] = Row(pickle.loads(r["snapshot"]), int(r["position"]))
+        changed: dict[UUID, Row] = {}
+        applied = 0
+        for position, event in events:
+            row = current.get(event.originator_id)
+            if row is not None and event.originator_version <= row.aggregate.version:
+                continue  # already reflected: a redelivery or a replay overlap
+            aggregate = event.mutate(None if row is None else row.aggregate)
+            row = current[event.originator_id] = Row(aggregate, position)
+            changed[event.originator_id] = row
+            applied += 1
+        for aggregate_type in ids:
+            batch = [
+                r.values() for r in changed.values() if _type_of(r.aggregate) == aggregate_type
+            ]
+            if batch:
+                await _upsert(conn, self._table(aggregate_type), batch)
+        await conn.execute(
+            f'INSERT INTO "{self.schema}".{POSITIONS} (projection, position) VALUES ($1, $2)'
+            " ON CONFLICT (projection) DO UPDATE SET position ="
+            f' GREATEST("{self.schema}".{POSITIONS}.position, EXCLUDED.position),'
+            " updated_at = now()",
+            self.projection,
+            events[-1][0],
+        )
+        return applied
+
+
+async def _upsert(conn: asyncpg.Connection, table: str, rows: Iterable[tuple[Any, ...]]) -> None:
+    await conn.executemany(
+        f"INSERT INTO {table} (id, version, position, state, name, account, zone_id,"
+        " created_on, modified_on, data, snapshot)"
+        " VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10::jsonb, $11)"
+        " ON CONFLICT (id) DO UPDATE SET version = EXCLUDED.version,"
+        " position = EXCLUDED.position, state = EXCLUDED.state, name = EXCLUDED.name,"
+        " account = EXCLUDED.account, zone_id = EXCLUDED.zone_id,"
+        " modified_on = EXCLUDED.modified_on, data = EXCLUDED.data,"
+        " snapshot = EXCLUDED.snapshot",
+        list(rows),
+    )
+
+
+def _type_of(aggregate: Aggregate) -> str:
+    return PUBLIC_NAMES[type(aggregate)]
+
+
+_EVENT_TYPES: dict[type[Any], str] = {}
+
+
+def _type_of_event(event: Any) -> str:
+    cls = type(event)
+    name = _EVENT_TYPES.get(cls)
+    if name is None:
+        owner = cls.__qualname__.split(".")[0]
+        name = _EVENT_TYPES[cls] = next(
+            public for klass, public in PUBLIC_NAMES.items() if klass.__name__ == owner
+        )
+    return name
