@@ -18,7 +18,7 @@ from engine.logs import configure_logging
 from engine.service import CommandService
 from engine.settings import Settings, SettingsError, load_settings
 from engine.store import EventStore
-from runner import audit_cli
+from runner import audit_cli, projections_cli
 from runner.components import relay_config, start_infrastructure
 from runner.demo import describe, ensure_demo_fabric
 
@@ -41,6 +41,7 @@ def _parser() -> argparse.ArgumentParser:
         help="publish stored events to Kafka (needs CLOUD_ENGINE_KAFKA_BOOTSTRAP)",
     )
     audit_cli.register(sub)
+    projections_cli.register(sub)
     return parser
 
 
@@ -109,6 +110,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return relay(settings)
         if args.command in audit_cli.COMMANDS:
             return audit_cli.run(args, settings)
+        if args.command in ("replay", "projections"):
+            return projections_cli.run(args, settings)
     except SettingsError as e:
         print(f"cloud-engine: configuration error: {e}", file=sys.stderr)
         return 2

@@ -84,3 +84,58 @@ async def test_rebuild_equals_live_and_redelivery_changes_nothing(
         assert '"cpus_free"' in host["data"]
     finally:
         await conn.close()
+
+
+def test_replay_and_status_commands(pg_target: DatabaseTarget, service: CommandService, store):
+    import os
+    import subprocess
+    import sys
+
+    through_service(service)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CLOUD_ENGINE_")}
+    env.update(
+        CLOUD_ENGINE_DATABASE_URL=pg_target.url(),
+        CLOUD_ENGINE_DATABASE_SCHEMA=pg_target.schema,
+        CLOUD_ENGINE_LOG_LEVEL="warning",
+    )
+
+    def cli(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "runner.cli", *args],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
+        )
+
+    replay = cli("replay", "all", "--to-position", "10")
+    assert replay.returncode == 0, replay.stderr
+    assert "rebuilt from 10 events up to position 10" in replay.stdout
+    status = cli("projections", "status")
+    assert status.returncode == 0, status.stderr
+    lag = store.max_position() - 10
+    assert f"position         10  lag {lag}" in status.stdout
+    full = cli("replay", "aggregates")
+    assert full.returncode == 0, full.stderr
+    assert "lag 0" in cli("projections", "status").stdout
+    bad = cli("replay", "nonsense")
+    assert bad.returncode == 2
+    assert "Traceback" not in bad.stderr
+
+
+async def test_wait_for_position_is_bounded(pg_target: DatabaseTarget, store: EventStore):
+    from projections.status import NotYet, wait_for_position
+
+    conn = await _connect(pg_target)
+    try:
+        await readmodel.prepare(conn, pg_target.schema)
+        with pytest.raises(NotYet, match="not yet at 5"):
+            await wait_for_position(conn, pg_target.schema, 5, timeout=0.1)
+        await conn.execute(
+            f'INSERT INTO "{pg_target.schema}".rm_positions (projection, position)'
+            " VALUES ('aggregates', 7)"
+        )
+        assert await wait_for_position(conn, pg_target.schema, 5, timeout=0.1) == 7
+    finally:
+        await conn.close()

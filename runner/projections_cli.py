@@ -1,0 +1,79 @@
+"""`cloud-engine replay` and `cloud-engine projections status`."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+from typing import Any
+
+from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
+
+from bus.relay_log import connect
+from engine.settings import Settings
+from projections import readmodel
+from projections.replay import Progress as ReplayProgress
+from projections.replay import Rebuild
+from projections.status import statuses
+from runner.components import start_infrastructure
+
+PROJECTIONS = ("aggregates",)
+
+
+def register(sub: Any) -> None:
+    replay = sub.add_parser("replay", help="rebuild a projection from the event store")
+    replay.add_argument("projection", choices=[*PROJECTIONS, "all"])
+    replay.add_argument("--to-position", type=int, metavar="N", help="stop at this position")
+    projections = sub.add_parser("projections", help="read models")
+    actions = projections.add_subparsers(dest="projections_command", required=True)
+    actions.add_parser("status", help="each projection's position and lag")
+    for parser in (replay, projections):
+        parser.add_argument("--data-dir", help="overrides CLOUD_ENGINE_DATA_DIR")
+
+
+def run(args: argparse.Namespace, settings: Settings) -> int:
+    if getattr(args, "to_position", None) is not None and args.to_position < 0:
+        print("cloud-engine: invalid: --to-position must be >= 0", file=sys.stderr)
+        return 2
+    infra = start_infrastructure(settings, broker=False)
+    try:
+        return asyncio.run(_run(args, infra.target))
+    finally:
+        infra.stop()
+
+
+async def _run(args: argparse.Namespace, target: Any) -> int:
+    from engine.store import EventStore
+
+    EventStore(target, pool_size=1).close()  # the store's tables exist
+    conn = await connect(target)
+    try:
+        await readmodel.prepare(conn, target.schema)
+        if args.command == "replay":
+            return await _replay(conn, target.schema, args.to_position)
+        for s in await statuses(conn, target.schema):
+            print(f"{s.projection:<16} position {s.position:>10}  lag {s.lag}")
+        return 0
+    finally:
+        await conn.close()
+
+
+async def _replay(conn: Any, schema: str, to_position: int | None) -> int:
+    columns = (
+        TextColumn("rebuilding"),
+        BarColumn(),
+        TextColumn("{task.completed:,.0f} events"),
+        TextColumn("{task.fields[rate]:,.0f} events/s"),
+        TimeRemainingColumn(),
+    )
+    with Progress(*columns, transient=False) as bar:
+        task = bar.add_task("replay", total=None, rate=0.0)
+
+        def hook(progress: ReplayProgress) -> None:
+            bar.update(
+                task, completed=progress.events, total=progress.target, rate=progress.per_second
+            )
+
+        result = await Rebuild(schema).run(conn, to_position=to_position, hook=hook)
+    print(f"rebuilt from {result.events} events up to position {result.position}")
+    return 0
