@@ -133,17 +133,25 @@ class EventConsumer:
                 batches = await consumer.getmany(
                     timeout_ms=200, max_records=self.config.max_records
                 )
-                for tp, records in batches.items():
-                    for record in records:
-                        await self._process(record, producer)
-                        self._done[tp] = record.offset + 1
                 if batches:
+                    await self._handle(batches, producer)
                     await self._commit(consumer)
         finally:
             await self._commit(consumer)
             await consumer.stop()
             await producer.stop()
             log.info("consumer stopped", group=self.config.group_id, **vars(self.stats))
+
+    async def _handle(
+        self,
+        batches: dict[TopicPartition, list[ConsumerRecord[bytes, bytes]]],
+        producer: AIOKafkaProducer,
+    ) -> None:
+        """Handle what one poll returned, one event at a time."""
+        for tp, records in batches.items():
+            for record in records:
+                await self._process(record, producer)
+                self._done[tp] = record.offset + 1
 
     async def _commit(self, consumer: AIOKafkaConsumer) -> None:
         if not self._done:

@@ -1,0 +1,85 @@
+"""The projection worker: events from Kafka into the read models.
+
+One consumer group per projection; each poll's events are applied in one
+transaction (rows and position together). The transaction first locks the
+projection's position row, as a replay's swap does, so the two never wait on
+each other in opposite orders.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+import asyncpg
+import structlog
+
+from bus.batch_consumer import BatchEventConsumer
+from bus.cloudevents import CloudEvent
+from bus.consumer import ConsumerConfig
+from bus.incoming import domain_event
+from bus.naming import all_event_types, topic_for
+from engine.database import DatabaseTarget
+from projections import readmodel
+
+log = structlog.get_logger("projections.worker")
+
+
+def consumer_config(bootstrap: str, prefix: str, projection: str = "aggregates") -> ConsumerConfig:
+    topics = sorted({topic_for(prefix, t.aggregate) for t in all_event_types()})
+    return ConsumerConfig(
+        bootstrap=bootstrap,
+        group_id=f"{prefix}.projection.{projection}",
+        topics=topics,
+        topic_prefix=prefix,
+        max_records=2000,
+    )
+
+
+class ProjectionWorker:
+    def __init__(
+        self, target: DatabaseTarget, config: ConsumerConfig, projection: str = "aggregates"
+    ) -> None:
+        self.target = target
+        self.config = config
+        self.projection = projection
+        self.applier = readmodel.Applier(target.schema, projection)
+        self.consumer: BatchEventConsumer | None = None
+
+    async def run(self, stop: asyncio.Event) -> None:
+        pool = await asyncpg.create_pool(
+            host=self.target.host,
+            port=self.target.port,
+            user=self.target.user,
+            password=self.target.password or None,
+            database=self.target.dbname,
+            min_size=1,
+            max_size=2,
+        )
+        try:
+            async with pool.acquire() as conn:
+                await readmodel.prepare(conn, self.target.schema)  # type: ignore[arg-type]
+                await conn.execute(
+                    f'INSERT INTO "{self.target.schema}".{readmodel.POSITIONS}'
+                    " (projection, position) VALUES ($1, 0) ON CONFLICT DO NOTHING",
+                    self.projection,
+                )
+
+            async def handle(events: list[CloudEvent]) -> None:
+                positioned = [(e.position, domain_event(e)) for e in events]
+                async with pool.acquire() as conn, conn.transaction():
+                    await conn.fetchval(
+                        f'SELECT position FROM "{self.target.schema}".{readmodel.POSITIONS}'
+                        " WHERE projection = $1 FOR UPDATE",
+                        self.projection,
+                    )
+                    await self.applier.apply(conn, positioned)  # type: ignore[arg-type]
+
+            self.consumer = BatchEventConsumer(self.config, handle)
+            task = asyncio.create_task(self.consumer.run())
+            stopped = asyncio.create_task(stop.wait())
+            await asyncio.wait([task, stopped], return_when=asyncio.FIRST_COMPLETED)
+            self.consumer.stop()
+            stopped.cancel()
+            await task
+        finally:
+            await pool.close()
