@@ -18,6 +18,7 @@ from engine.logs import configure_logging
 from engine.service import CommandService
 from engine.settings import Settings, SettingsError, load_settings
 from engine.store import EventStore
+from projections.worker import ProjectionWorker, consumer_config
 from runner import audit_cli, projections_cli
 from runner.components import relay_config, start_infrastructure
 from runner.demo import describe, ensure_demo_fabric
@@ -68,7 +69,14 @@ def up(settings: Settings) -> int:
             print(f"events stored: {store.max_position()}")
             print("running; Ctrl-C stops everything", flush=True)
             relay = Relay(infra.target, relay_config(settings, infra.bootstrap))
-            asyncio.run(run_until_signalled(relay.run))
+            worker = ProjectionWorker(
+                infra.target, consumer_config(infra.bootstrap, settings.topic_prefix)
+            )
+
+            async def components(stop: asyncio.Event) -> None:
+                await asyncio.gather(relay.run(stop), worker.run(stop))
+
+            asyncio.run(run_until_signalled(components))
         finally:
             service.close()
             store.close()

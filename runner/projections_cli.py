@@ -9,12 +9,15 @@ from typing import Any
 
 from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 
+from bus.process import run_until_signalled
 from bus.relay_log import connect
 from engine.settings import Settings
+from engine.store import EventStore
 from projections import readmodel
 from projections.replay import Progress as ReplayProgress
 from projections.replay import Rebuild
 from projections.status import statuses
+from projections.worker import ProjectionWorker, consumer_config
 from runner.components import start_infrastructure
 
 PROJECTIONS = ("aggregates",)
@@ -27,6 +30,9 @@ def register(sub: Any) -> None:
     projections = sub.add_parser("projections", help="read models")
     actions = projections.add_subparsers(dest="projections_command", required=True)
     actions.add_parser("status", help="each projection's position and lag")
+    actions.add_parser(
+        "run", help="the projection worker: Kafka into the read models (needs the bootstrap)"
+    )
     for parser in (replay, projections):
         parser.add_argument("--data-dir", help="overrides CLOUD_ENGINE_DATA_DIR")
 
@@ -35,16 +41,29 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
     if getattr(args, "to_position", None) is not None and args.to_position < 0:
         print("cloud-engine: invalid: --to-position must be >= 0", file=sys.stderr)
         return 2
+    running = args.command == "projections" and args.projections_command == "run"
+    if running and not settings.kafka_bootstrap:
+        print(
+            "cloud-engine: configuration error: CLOUD_ENGINE_KAFKA_BOOTSTRAP: the projection"
+            " worker needs a broker (host:port); `cloud-engine up` runs one for development",
+            file=sys.stderr,
+        )
+        return 2
     infra = start_infrastructure(settings, broker=False)
     try:
+        if running:
+            EventStore(infra.target, pool_size=1).close()
+            worker = ProjectionWorker(
+                infra.target, consumer_config(infra.bootstrap, settings.topic_prefix)
+            )
+            asyncio.run(run_until_signalled(worker.run))
+            return 0
         return asyncio.run(_run(args, infra.target))
     finally:
         infra.stop()
 
 
 async def _run(args: argparse.Namespace, target: Any) -> int:
-    from engine.store import EventStore
-
     EventStore(target, pool_size=1).close()  # the store's tables exist
     conn = await connect(target)
     try:

@@ -88,6 +88,25 @@ async def _consume_all(bootstrap: str, topic: str, expected: int) -> list:
     return events
 
 
+async def _wait_hosts_projected(pgdata) -> int:
+    import asyncpg
+
+    conn = await asyncpg.connect(host=str(pgdata), user="postgres", database="cloudengine")
+    try:
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            try:
+                count = await conn.fetchval("SELECT count(*) FROM rm_host")
+            except asyncpg.UndefinedTableError:
+                count = 0
+            if count == 2:
+                return int(count)
+            await asyncio.sleep(0.2)
+        return int(count)
+    finally:
+        await conn.close()
+
+
 def test_up_runs_everything_and_resumes_with_data_kept(tmp_path):
     first = Running(tmp_path)
     fabric = [x for x in first.lines if x.startswith("  ")]
@@ -98,6 +117,8 @@ def test_up_runs_everything_and_resumes_with_data_kept(tmp_path):
     # The relay inside `up` publishes the demo's events to the dev broker.
     events = asyncio.run(_consume_all(first.bootstrap, "cloudengine.host.events", 2))
     assert {e.type for e in events} == {"io.cloudengine.host.created.v1"}
+    # The projection worker inside `up` fills the read models.
+    assert asyncio.run(_wait_hosts_projected(first.log_path.parent / "pgdata")) == 2
     code, err = first.stop()
     assert code == 0, err
     assert first.lines[-1] == "stopped"
