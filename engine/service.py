@@ -36,7 +36,6 @@ from engine.working_set import AggregateCache, WorkingSet
 
 log = structlog.get_logger("engine.service")
 
-BATCH_ATTEMPTS = 3
 EVENTS_PER_BATCH = 1000
 BatchOutcome = Literal["committed", "conflict", "poisoned"]
 
@@ -135,13 +134,15 @@ class CommandService:
         self.stats["batches"] += 1
         self.stats["commands"] += len(todo)
         if len(todo) > 1:
-            # A conflict usually means our cached copy of a hot aggregate was
-            # stale; the touched aggregates were evicted, so one more try of the
-            # whole batch on fresh state normally commits.
-            for attempt in range(BATCH_ATTEMPTS):
+            # A conflict means another process changed an aggregate the batch
+            # touched; those were evicted, so the batch runs again on fresh
+            # state. Retrying whole batches with jittered, growing backoff lets
+            # contending writers desynchronise; going one by one too early makes
+            # a hot aggregate a commit-per-command race they keep losing.
+            for attempt in range(self.max_retries + 1):
                 if attempt:
                     self.stats["conflicts"] += 1
-                    time.sleep(random.uniform(0, 0.002 * attempt))
+                    time.sleep(random.uniform(0, 0.001 * 2 ** min(attempt, 7)))
                 outcome = self._run_batch(todo)
                 if outcome == "committed":
                     return
