@@ -121,8 +121,8 @@ class EventConsumer:
         producer = AIOKafkaProducer(
             bootstrap_servers=self.config.bootstrap, acks="all", enable_idempotence=False
         )
-        await consumer.start()
-        await producer.start()
+        await asyncio.wait_for(consumer.start(), 30)
+        await asyncio.wait_for(producer.start(), 30)
         log.info("consumer started", group=self.config.group_id, topics=self.config.topics)
         # Offsets of records fully handled, committed explicitly: getmany()
         # moves the position past a whole batch before any record is handled,
@@ -137,9 +137,12 @@ class EventConsumer:
                     await self._handle(batches, producer)
                     await self._commit(consumer)
         finally:
-            await self._commit(consumer)
-            await consumer.stop()
-            await producer.stop()
+            # Bounded: a broker that went away must not keep a stop waiting.
+            for step in (self._commit(consumer), consumer.stop(), producer.stop()):
+                try:
+                    await asyncio.wait_for(step, 10)
+                except (TimeoutError, KafkaError, OSError) as e:
+                    log.warning("shutdown step did not finish cleanly", error=repr(e))
             log.info("consumer stopped", group=self.config.group_id, **vars(self.stats))
 
     async def _handle(

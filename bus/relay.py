@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections import defaultdict
+from collections.abc import Awaitable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -246,7 +247,7 @@ class Relay:
             await listener.add_listener(CHANNEL, lambda *_: self._wake.set())
             while not stop.is_set():
                 try:
-                    await self._session(conn, stop)
+                    await _until_stopped(self._session(conn, stop), stop)
                 except BrokerLost as e:
                     log.warning("broker lost events, republishing from the start", reason=str(e))
                     self.stats.republishes += 1
@@ -267,7 +268,7 @@ class Relay:
                     await asyncio.wait_for(c.close(), 5)
 
     async def _session(self, conn: asyncpg.Connection, stop: asyncio.Event) -> None:
-        await self._ensure_topics()
+        await asyncio.wait_for(self._ensure_topics(), BROKER_TIMEOUT)
         producer = AIOKafkaProducer(
             bootstrap_servers=self.config.bootstrap,
             acks="all",
@@ -279,8 +280,8 @@ class Relay:
         )
         probe = AIOKafkaConsumer(bootstrap_servers=self.config.bootstrap, metadata_max_age_ms=1000)
         acker_conn = await connect(self.target)
-        await producer.start()
-        await probe.start()
+        await asyncio.wait_for(producer.start(), BROKER_TIMEOUT)
+        await asyncio.wait_for(probe.start(), BROKER_TIMEOUT)
         # Rounds go to the acker in order; the queue's bound is how many rounds
         # may be in flight. The reader never waits on acks or position writes.
         rounds: asyncio.Queue[_Round | None] = asyncio.Queue(maxsize=MAX_ROUNDS_IN_FLIGHT)
@@ -295,16 +296,19 @@ class Relay:
                     acker.result()  # the acker failed: end the session with its error
                 # Cleared before reading, so a NOTIFY during the round wakes the next.
                 self._wake.clear()
-                rows = await self._fetch(conn, position)
-                if rows:
-                    round_ = await self._enqueue(producer, rows)
-                    position = round_.position
-                    await _put_unless_failed(rounds, round_, acker)
                 if loop.time() >= next_check:
-                    # Also while rounds are in flight: a replaced broker can
-                    # leave them retrying instead of failing.
+                    # Before publishing, and also while rounds are in flight: a
+                    # replaced broker leaves sends waiting for topics it lacks
+                    # instead of failing them.
                     await self._check_broker(probe)
                     next_check = loop.time() + self.config.broker_check_interval
+                rows = await self._fetch(conn, position)
+                if rows:
+                    round_ = await asyncio.wait_for(
+                        self._enqueue(producer, rows), BROKER_TIMEOUT * 2
+                    )
+                    position = round_.position
+                    await _put_unless_failed(rounds, round_, acker)
                 if len(rows) == self.config.batch_size:
                     continue
                 await _wait_any(stop, self._wake, self.config.poll_interval, [acker])
@@ -315,9 +319,11 @@ class Relay:
                 acker.cancel()
                 with contextlib.suppress(asyncio.CancelledError, Exception):
                     await acker
-            await probe.stop()
-            await producer.stop()
-            await acker_conn.close()
+            # Bounded: aiokafka's stop waits to flush batches a lost broker
+            # may never take; they are republished from the saved position.
+            await _bounded(probe.stop())
+            await _bounded(producer.stop())
+            await _bounded(acker_conn.close())
 
     async def _acker(
         self,
@@ -350,6 +356,35 @@ async def _put_unless_failed(
         put.cancel()
         acker.result()  # raises the acker's error
         raise RuntimeError("acker stopped unexpectedly")
+
+
+async def _until_stopped(session: Awaitable[None], stop: asyncio.Event) -> None:
+    """Run a session; once stop is set, give it a grace period to settle the
+    rounds in flight, then cancel it (a broker that went away must not keep
+    the process from stopping)."""
+    task = asyncio.ensure_future(session)
+    stopper = asyncio.ensure_future(stop.wait())
+    try:
+        await asyncio.wait([task, stopper], return_when=asyncio.FIRST_COMPLETED)
+        if not task.done():
+            try:
+                await asyncio.wait_for(asyncio.shield(task), BROKER_TIMEOUT)
+            except TimeoutError:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+                log.warning("relay session cancelled at stop")
+                return
+        task.result()
+    finally:
+        stopper.cancel()
+
+
+async def _bounded(step: Awaitable[Any], seconds: float = BROKER_TIMEOUT) -> None:
+    try:
+        await asyncio.wait_for(step, seconds)
+    except (TimeoutError, KafkaError, OSError) as e:
+        log.warning("shutdown step did not finish cleanly", error=repr(e))
 
 
 async def _sleep_or_stop(stop: asyncio.Event, seconds: float) -> None:

@@ -66,7 +66,7 @@ async def collect(bootstrap: str, topic: str, count: int, timeout: float = 30) -
     consumer = AIOKafkaConsumer(
         topic, bootstrap_servers=bootstrap, auto_offset_reset="earliest", group_id=None
     )
-    await consumer.start()
+    await asyncio.wait_for(consumer.start(), 30)
     events: list[CloudEvent] = []
     try:
         deadline = time.monotonic() + timeout
