@@ -10,13 +10,12 @@ correlationid, causationid, requestid, actor.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from datetime import datetime
 from typing import Any
 from uuid import UUID
 
 import msgspec
 
-from bus.naming import SPEC_VERSION, EventType
+from bus.naming import EventType
 from engine.mapper import codec_for
 
 # Internal to the store: which Python class rebuilds the aggregate.
@@ -77,41 +76,6 @@ def data_struct(
             spec.append((info.name, kind, info.default))
     name = f"{event_type.aggregate}_{event_type.name}_v{event_type.version}{suffix}"
     return msgspec.defstruct(name, spec, kw_only=True, forbid_unknown_fields=False)
-
-
-_encoder = msgspec.json.Encoder()
-
-
-def encode_data(event: Any, fields: Sequence[str]) -> bytes:
-    return _encoder.encode({name: getattr(event, name) for name in fields})
-
-
-def headers_for(
-    *,
-    event_type: EventType,
-    source: str,
-    aggregate_id: str,
-    version: int,
-    position: int,
-    time: datetime,
-    meta: Any,
-) -> Headers:
-    return [
-        ("ce_specversion", SPEC_VERSION.encode()),
-        ("ce_id", f"{aggregate_id}:{version}".encode()),
-        ("ce_source", source.encode()),
-        ("ce_type", event_type.ce_type.encode()),
-        ("ce_time", time.isoformat().encode()),
-        ("ce_subject", aggregate_id.encode()),
-        ("ce_dataschema", event_type.schema_uri.encode()),
-        ("ce_position", str(position).encode()),
-        ("ce_aggregateversion", str(version).encode()),
-        ("ce_correlationid", meta.correlation_id.encode()),
-        ("ce_causationid", meta.causation_id.encode()),
-        ("ce_requestid", meta.request_id.encode()),
-        ("ce_actor", meta.actor.encode()),
-        ("content-type", b"application/json"),
-    ]
 
 
 def from_record(

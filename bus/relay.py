@@ -94,19 +94,6 @@ class Relay:
         self._acked: dict[str, int] = {}  # "topic:partition" -> next offset
         self._wake = asyncio.Event()
 
-    async def _prepare_db(self, conn: asyncpg.Connection) -> None:
-        await self._log.prepare(conn)
-
-    async def _load_position(self, conn: asyncpg.Connection) -> int:
-        position, self._acked = await self._log.load(conn)
-        return position
-
-    async def _save_position(self, conn: asyncpg.Connection, position: int) -> None:
-        await self._log.save(conn, position, self._acked)
-
-    async def _fetch(self, conn: asyncpg.Connection, after: int) -> list[asyncpg.Record]:
-        return await self._log.read(conn, after, self.config.batch_size)
-
     # Kafka ------------------------------------------------------------------
     async def _ensure_topics(self) -> None:
         admin = AIOKafkaAdminClient(bootstrap_servers=self.config.bootstrap)
@@ -151,11 +138,22 @@ class Relay:
             # A topic re-created with fewer partitions is a new topic.
             if tp.partition not in (probe.partitions_for_topic(tp.topic) or set()):
                 raise BrokerLost(f"{tp.topic} has no partition {tp.partition} any more")
-        ends = await asyncio.wait_for(probe.end_offsets(tps), BROKER_TIMEOUT)
-        for tp in tps:
-            expected = self._acked[f"{tp.topic}:{tp.partition}"]
-            if ends.get(tp, 0) < expected:
-                raise BrokerLost(f"{tp.topic}[{tp.partition}] ends at {ends.get(tp)} < {expected}")
+        await self._compare_ends(probe, tps, record=False)
+
+    async def _compare_ends(
+        self, probe: AIOKafkaConsumer, partitions: list[TopicPartition], *, record: bool
+    ) -> None:
+        """What the broker holds must never be less than what it held before.
+        End offsets are read back rather than computed from produce responses,
+        whose offsets brokers report differently."""
+        ends = await asyncio.wait_for(probe.end_offsets(partitions), BROKER_TIMEOUT)
+        for tp in partitions:
+            name = f"{tp.topic}:{tp.partition}"
+            end = int(ends.get(tp, 0))
+            if end < self._acked.get(name, 0):
+                raise BrokerLost(f"{name} ends at {end}, below {self._acked[name]} seen before")
+            if record:
+                self._acked[name] = end
 
     # Publishing ---------------------------------------------------------------
     async def _enqueue(self, producer: AIOKafkaProducer, rows: list[asyncpg.Record]) -> _Round:
@@ -213,18 +211,9 @@ class Relay:
         await asyncio.wait_for(
             asyncio.gather(*(f for r in rounds for f in r.futures)), BROKER_TIMEOUT * 2
         )
-        # What the broker holds must never be less than what it held before;
-        # end offsets are read back rather than computed from produce
-        # responses, whose offsets brokers report differently.
         partitions = list(dict.fromkeys(tp for r in rounds for tp in r.partitions))
-        ends = await asyncio.wait_for(probe.end_offsets(partitions), BROKER_TIMEOUT)
-        for tp in partitions:
-            name = f"{tp.topic}:{tp.partition}"
-            end = int(ends[tp])
-            if end < self._acked.get(name, 0):
-                raise BrokerLost(f"{name} ends at {end}, below {self._acked[name]} seen before")
-            self._acked[name] = end
-        await self._save_position(conn, rounds[-1].position)
+        await self._compare_ends(probe, partitions, record=True)
+        await self._log.save(conn, rounds[-1].position, self._acked)
         self.stats.published += sum(r.count for r in rounds)
         self.stats.rounds += len(rounds)
         self.stats.position = rounds[-1].position
@@ -243,7 +232,7 @@ class Relay:
         conn = await connect(self.target)
         listener = await connect(self.target)
         try:
-            await self._prepare_db(conn)
+            await self._log.prepare(conn)
             await listener.add_listener(CHANNEL, lambda *_: self._wake.set())
             while not stop.is_set():
                 try:
@@ -253,7 +242,7 @@ class Relay:
                     self.stats.republishes += 1
                     self._acked = {}
                     self._partitions.clear()
-                    await self._save_position(conn, 0)
+                    await self._log.save(conn, 0, self._acked)
                 except DATABASE_ERRORS:
                     raise
                 except (TimeoutError, KafkaError, OSError) as e:
@@ -287,7 +276,8 @@ class Relay:
         rounds: asyncio.Queue[_Round | None] = asyncio.Queue(maxsize=MAX_ROUNDS_IN_FLIGHT)
         acker = asyncio.create_task(self._acker(acker_conn, probe, rounds))
         try:
-            position = self.stats.position = await self._load_position(conn)
+            position, self._acked = await self._log.load(conn)
+            self.stats.position = position
             await self._check_broker(probe)
             loop = asyncio.get_running_loop()
             next_check = loop.time() + self.config.broker_check_interval
@@ -302,7 +292,7 @@ class Relay:
                     # instead of failing them.
                     await self._check_broker(probe)
                     next_check = loop.time() + self.config.broker_check_interval
-                rows = await self._fetch(conn, position)
+                rows = await self._log.read(conn, position, self.config.batch_size)
                 if rows:
                     round_ = await asyncio.wait_for(
                         self._enqueue(producer, rows), BROKER_TIMEOUT * 2

@@ -61,6 +61,12 @@ class RelayLog:
                 json.dumps(offsets),
             )
 
+    async def latest(self, conn: asyncpg.Connection) -> int:
+        """The newest global position (0 for an empty log)."""
+        return int(
+            await conn.fetchval(f"SELECT coalesce(max(notification_id), 0) FROM {self.events}")
+        )
+
     async def read(self, conn: asyncpg.Connection, after: int, limit: int) -> list[asyncpg.Record]:
         """Events after a global position, in order (positions follow commit order)."""
         return list(

@@ -35,17 +35,6 @@ class EventCodec(msgspec.Struct, frozen=True):
     decoder: msgspec.json.Decoder[Any]
 
 
-def _defaults(cls: type[Any]) -> dict[str, Any]:
-    found: dict[str, Any] = {}
-    if dataclasses.is_dataclass(cls):
-        for f in dataclasses.fields(cls):
-            if f.default is not dataclasses.MISSING:
-                found[f.name] = f.default
-            elif f.default_factory is not dataclasses.MISSING:
-                found[f.name] = msgspec.field(default_factory=f.default_factory)
-    return found
-
-
 _codecs: dict[type[Any], EventCodec] = {}
 
 
@@ -57,17 +46,21 @@ def codec_for(cls: type[Any]) -> EventCodec:
 
 
 def _build_codec(cls: type[Any]) -> EventCodec:
+    # The library makes every event class a dataclass; its fields, resolved
+    # type hints and defaults describe the payload.
     hints = typing.get_type_hints(cls)
-    defaults = _defaults(cls)
-    ordered = [n for n in hints if n not in _ID_FIELDS and not n.startswith("_")]
-    if dataclasses.is_dataclass(cls):
-        ordered = [f.name for f in dataclasses.fields(cls) if f.name not in _ID_FIELDS]
+    ordered: list[str] = []
     spec: list[tuple[str, Any] | tuple[str, Any, Any]] = []
-    for name in ordered:
-        if name in defaults:
-            spec.append((name, hints[name], defaults[name]))
+    for f in dataclasses.fields(cls):
+        if f.name in _ID_FIELDS:
+            continue
+        ordered.append(f.name)
+        if f.default is not dataclasses.MISSING:
+            spec.append((f.name, hints[f.name], f.default))
+        elif f.default_factory is not dataclasses.MISSING:
+            spec.append((f.name, hints[f.name], msgspec.field(default_factory=f.default_factory)))
         else:
-            spec.append((name, hints[name]))
+            spec.append((f.name, hints[f.name]))
     mirror = msgspec.defstruct(
         cls.__qualname__.replace(".", "_"), spec, kw_only=True, module=cls.__module__
     )

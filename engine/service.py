@@ -54,6 +54,8 @@ class CommandService:
         self.max_retries = max_retries
         self._cache = AggregateCache(cache_size)
         self._keys = IdempotencyKeys(store.recorder)
+        # Commands a batch left for the next transaction (see EVENTS_PER_BATCH).
+        self._later: list[Submission] = []
         self._queue: queue.SimpleQueue[Submission | None] = queue.SimpleQueue()
         self._thread = threading.Thread(target=self._run, name="command-writer", daemon=True)
         self._closed = False
@@ -126,7 +128,7 @@ class CommandService:
     def _process(self, batch: list[Submission]) -> None:
         todo = self._keys.settle(batch, self._queue.put)
         while todo:
-            self._later: list[Submission] = []
+            self._later = []
             self._process_group(todo)
             todo = self._later
 

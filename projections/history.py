@@ -23,13 +23,12 @@ from uuid import UUID
 
 import msgspec
 from eventsourcing.persistence import StoredEvent
-from eventsourcing.utils import resolve_topic
 from psycopg.sql import SQL, Composed, Identifier
 
 from bus.cloudevents import public_fields
-from bus.naming import EventType, event_type_of
+from bus.naming import event_type_of
 from engine.aggregate import Aggregate
-from engine.catalog import PUBLIC_NAMES, snake
+from engine.catalog import PUBLIC_NAMES
 from engine.errors import NotFound, Validation
 from engine.store import EventStore
 
@@ -145,33 +144,11 @@ def _utc(moment: datetime) -> datetime:
 
 # Entries ------------------------------------------------------------------
 
-_event_types: dict[str, EventType] = {}
-
-
-def _event_type(stored_topic: str) -> EventType:
-    found = _event_types.get(stored_topic)
-    if found is None:
-        try:
-            found = event_type_of(stored_topic)
-        except LookupError:
-            # An event class outside the catalog: name it after its classes.
-            cls = resolve_topic(stored_topic)
-            outer, _, inner = cls.__qualname__.rpartition(".")
-            found = EventType(
-                snake(outer.rpartition(".")[2] or "aggregate"),
-                snake(inner),
-                int(getattr(cls, "class_version", 1)),
-                cls,
-            )
-        _event_types[stored_topic] = found
-    return found
-
-
 _encoder = msgspec.json.Encoder()
 
 
 def _entry(store: EventStore, position: int, stored: StoredEvent) -> HistoryEntry:
-    event_type = _event_type(stored.topic)
+    event_type = event_type_of(stored.topic)
     event: Any = store.mapper.to_domain_event(stored)
     values = {name: getattr(event, name) for name in public_fields(event_type)}
     meta = event.meta
@@ -332,7 +309,7 @@ def state_view(aggregate: Aggregate) -> StateView:
     cls = type(aggregate)
     return StateView(
         id=aggregate.id,
-        type=PUBLIC_NAMES.get(cls, snake(cls.__name__)),
+        type=PUBLIC_NAMES[cls],
         version=aggregate.version,
         created_on=_utc(aggregate.created_on),
         modified_on=_utc(aggregate.modified_on),

@@ -22,12 +22,18 @@ from typing import Any
 from uuid import UUID
 
 import asyncpg
+from asyncpg.pool import PoolConnectionProxy
+from eventsourcing.utils import get_topic
 
+from bus.naming import event_type_of
 from engine.aggregate import Aggregate
 from engine.catalog import AGGREGATES, PUBLIC_NAMES
 from projections.history import state_view
 
 POSITIONS = "rm_positions"
+
+# A connection of its own or one borrowed from a pool.
+Conn = asyncpg.Connection | PoolConnectionProxy
 
 
 def table_name(aggregate_type: str, suffix: str = "") -> str:
@@ -44,7 +50,7 @@ def create_table_sql(schema: str, table: str) -> str:
     )
 
 
-async def prepare(conn: asyncpg.Connection, schema: str) -> None:
+async def prepare(conn: Conn, schema: str) -> None:
     await conn.execute(
         f'CREATE TABLE IF NOT EXISTS "{schema}".{POSITIONS} ('
         " projection text PRIMARY KEY, position bigint NOT NULL,"
@@ -96,14 +102,14 @@ class Applier:
     def _table(self, aggregate_type: str) -> str:
         return f'"{self.schema}".{table_name(aggregate_type, self.suffix)}'
 
-    async def position(self, conn: asyncpg.Connection) -> int:
+    async def position(self, conn: Conn) -> int:
         value = await conn.fetchval(
             f'SELECT position FROM "{self.schema}".{POSITIONS} WHERE projection = $1',
             self.projection,
         )
         return int(value or 0)
 
-    async def apply(self, conn: asyncpg.Connection, events: Sequence[Positioned]) -> int:
+    async def apply(self, conn: Conn, events: Sequence[Positioned]) -> int:
         """Apply events (in position order) in the caller's transaction;
         return how many were new. The position moves to the last one."""
         if not events:
@@ -147,7 +153,7 @@ class Applier:
         return applied
 
 
-async def _upsert(conn: asyncpg.Connection, table: str, rows: Iterable[tuple[Any, ...]]) -> None:
+async def _upsert(conn: Conn, table: str, rows: Iterable[tuple[Any, ...]]) -> None:
     await conn.executemany(
         f"INSERT INTO {table} (id, version, position, state, name, account, zone_id,"
         " created_on, modified_on, data, snapshot)"
@@ -165,15 +171,5 @@ def _type_of(aggregate: Aggregate) -> str:
     return PUBLIC_NAMES[type(aggregate)]
 
 
-_EVENT_TYPES: dict[type[Any], str] = {}
-
-
 def _type_of_event(event: Any) -> str:
-    cls = type(event)
-    name = _EVENT_TYPES.get(cls)
-    if name is None:
-        owner = cls.__qualname__.split(".")[0]
-        name = _EVENT_TYPES[cls] = next(
-            public for klass, public in PUBLIC_NAMES.items() if klass.__name__ == owner
-        )
-    return name
+    return event_type_of(get_topic(type(event))).aggregate

@@ -130,7 +130,7 @@ class Rebuild:
             )
             if to_position is None:
                 # Catch up with what was committed during the rebuild.
-                latest = await self._latest(conn)
+                latest = await self.log.latest(conn)
                 position = await self._read(conn, position, latest, progress, hook)
                 progress.target = latest
             await self._copy_rows(conn)
@@ -146,10 +146,6 @@ class Rebuild:
                 position,
             )
         return progress
-
-    async def _latest(self, conn: asyncpg.Connection) -> int:
-        sql = f"SELECT coalesce(max(notification_id), 0) FROM {self.log.events}"
-        return int(await conn.fetchval(sql))
 
     async def _copy_rows(self, conn: asyncpg.Connection) -> None:
         by_type: dict[str, list[tuple[Any, ...]]] = {name: [] for name in AGGREGATES}

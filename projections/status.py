@@ -20,11 +20,7 @@ class ProjectionStatus(msgspec.Struct, frozen=True):
 
 
 async def statuses(conn: asyncpg.Connection, schema: str) -> list[ProjectionStatus]:
-    latest = int(
-        await conn.fetchval(
-            f"SELECT coalesce(max(notification_id), 0) FROM {RelayLog(schema, '').events}"
-        )
-    )
+    latest = await RelayLog(schema, "status").latest(conn)
     rows = await conn.fetch(
         f'SELECT projection, position FROM "{schema}".{POSITIONS} ORDER BY projection'
     )

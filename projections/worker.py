@@ -57,7 +57,7 @@ class ProjectionWorker:
         )
         try:
             async with pool.acquire() as conn:
-                await readmodel.prepare(conn, self.target.schema)  # type: ignore[arg-type]
+                await readmodel.prepare(conn, self.target.schema)
                 await conn.execute(
                     f'INSERT INTO "{self.target.schema}".{readmodel.POSITIONS}'
                     " (projection, position) VALUES ($1, 0) ON CONFLICT DO NOTHING",
@@ -72,7 +72,7 @@ class ProjectionWorker:
                         " WHERE projection = $1 FOR UPDATE",
                         self.projection,
                     )
-                    await self.applier.apply(conn, positioned)  # type: ignore[arg-type]
+                    await self.applier.apply(conn, positioned)
 
             self.consumer = BatchEventConsumer(self.config, handle)
             task = asyncio.create_task(self.consumer.run())

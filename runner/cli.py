@@ -20,7 +20,7 @@ from engine.settings import Settings, SettingsError, load_settings
 from engine.store import EventStore
 from projections.worker import ProjectionWorker, consumer_config
 from runner import audit_cli, projections_cli
-from runner.components import relay_config, start_infrastructure
+from runner.components import ensure_event_store, relay_config, start_infrastructure
 from runner.demo import describe, ensure_demo_fabric
 
 log = structlog.get_logger("runner.cli")
@@ -94,9 +94,7 @@ def relay(settings: Settings) -> int:
         )
     infra = start_infrastructure(settings, broker=False)
     try:
-        # The relay reads the event store's table: make sure it exists, as on
-        # a fresh database the relay may start before anything wrote to it.
-        EventStore(infra.target, pool_size=1).close()
+        ensure_event_store(infra.target)
         component = Relay(infra.target, relay_config(settings, infra.bootstrap))
         asyncio.run(run_until_signalled(component.run))
     finally:

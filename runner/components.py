@@ -13,6 +13,7 @@ from bus.broker import DevBroker
 from bus.relay import RelayConfig
 from engine.database import DatabaseTarget, EmbeddedPostgres, resolve_database
 from engine.settings import Settings
+from engine.store import EventStore
 
 
 @dataclass
@@ -45,6 +46,12 @@ def start_infrastructure(settings: Settings, *, broker: bool = True) -> Infrastr
             infra.stop()
             raise
     return infra
+
+
+def ensure_event_store(target: DatabaseTarget) -> None:
+    """Create the event store's tables if missing: components that only read
+    the log (relay, replay, projections) may start on a fresh database."""
+    EventStore(target, pool_size=1).close()
 
 
 def relay_config(settings: Settings, bootstrap: str) -> RelayConfig:

@@ -12,13 +12,12 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 from bus.process import run_until_signalled
 from bus.relay_log import connect
 from engine.settings import Settings
-from engine.store import EventStore
 from projections import readmodel
 from projections.replay import Progress as ReplayProgress
 from projections.replay import Rebuild
 from projections.status import statuses
 from projections.worker import ProjectionWorker, consumer_config
-from runner.components import start_infrastructure
+from runner.components import ensure_event_store, start_infrastructure
 
 PROJECTIONS = ("aggregates",)
 
@@ -51,8 +50,8 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
         return 2
     infra = start_infrastructure(settings, broker=False)
     try:
+        ensure_event_store(infra.target)
         if running:
-            EventStore(infra.target, pool_size=1).close()
             worker = ProjectionWorker(
                 infra.target, consumer_config(infra.bootstrap, settings.topic_prefix)
             )
@@ -64,7 +63,6 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
 
 
 async def _run(args: argparse.Namespace, target: Any) -> int:
-    EventStore(target, pool_size=1).close()  # the store's tables exist
     conn = await connect(target)
     try:
         await readmodel.prepare(conn, target.schema)

@@ -19,11 +19,13 @@ from referencing import Registry, Resource
 from referencing.jsonschema import DRAFT202012
 
 from bus import schemas
-from bus.cloudevents import encode_data, headers_for, public_fields
+from bus.cloudevents import public_fields
 from bus.consumer import ConsumerConfig, EventConsumer, MemoryDeduplicator
 from bus.naming import all_event_types, dead_letter_topic, event_type_of, topic_for
+from bus.outgoing import OutgoingCodec, Record
 from engine.catalog import AGGREGATES
 from engine.commands import HANDLERS
+from engine.mapper import MsgspecMapper
 from tests.scenarios import in_memory_scenario
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -105,6 +107,14 @@ def test_generation_is_deterministic():
 # Events --------------------------------------------------------------------------------------
 
 
+def published(event) -> Record:
+    """The Kafka record the relay publishes for a domain event."""
+    stored = MsgspecMapper().to_stored_event(event)
+    return OutgoingCodec(PREFIX, "/cloudengine").record(
+        42, stored.originator_id, stored.originator_version, stored.topic, stored.state
+    )
+
+
 def test_scenario_records_every_event_type():
     missing = {t.ce_type for t in EVENT_TYPES} - set(samples_by_type())
     assert not missing, f"extend tests/scenarios.py so it records {sorted(missing)}"
@@ -122,7 +132,7 @@ def test_event_schema_accepts_the_published_data(event_type):
     samples = samples_by_type()[event_type.ce_type]
     assert samples, "no sample of this event type (see test_scenario_records_every_event_type)"
     for event in samples:
-        data = json.loads(encode_data(event, fields))
+        data = json.loads(published(event).value)
         errors = [e.message for e in check.iter_errors(data)]
         assert errors == [], f"{event_type.ce_type} data {data} breaks its schema: {errors}"
         assert data["meta"]["actor"] == "alice"
@@ -139,7 +149,7 @@ def test_event_schemas_mark_formats_and_stay_open():
     )
     check = validator(schema)
     event = samples_by_type()["io.cloudengine.vm.created.v1"][0]
-    data = json.loads(encode_data(event, public_fields(event_type_of(get_topic(type(event))))))
+    data = json.loads(published(event).value)
     assert check.is_valid({**data, "added_later": 1})
     assert not check.is_valid({**data, "timestamp": "yesterday"})
     assert not check.is_valid({**data, "timestamp": "2025-01-01T00:00:00"})  # no offset
@@ -241,7 +251,7 @@ def test_asyncapi_lists_every_event_type_once():
     assert max(listed.values()) == 1
 
 
-def test_asyncapi_headers_describe_what_headers_for_sends():
+def test_asyncapi_headers_describe_what_the_relay_sends():
     doc = asyncapi()
     registry = Registry().with_resource(
         "urn:asyncapi", Resource.from_contents(doc, default_specification=DRAFT202012)
@@ -253,16 +263,7 @@ def test_asyncapi_headers_describe_what_headers_for_sends():
             format_checker=FORMATS,
         )
         event = events[0]
-        event_type = event_type_of(get_topic(type(event)))
-        headers = headers_for(
-            event_type=event_type,
-            source="/cloudengine",
-            aggregate_id=str(event.originator_id),
-            version=event.originator_version,
-            position=42,
-            time=event.timestamp,
-            meta=event.meta,
-        )
+        headers = published(event).headers
         values = {name: value.decode() for name, value in headers}
         errors = [e.message for e in check.iter_errors(values)]
         assert errors == [], f"{ce_type} headers {values}: {errors}"
