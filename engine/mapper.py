@@ -73,6 +73,8 @@ def _build_codec(cls: type[Any]) -> EventCodec:
 
 
 _encoder = msgspec.json.Encoder()
+# Subscripted once: typing.cast(X[Y], ...) would build X[Y] on every call.
+_DomainEvent = DomainEventProtocol[UUID]
 _untyped = msgspec.json.Decoder()
 
 
@@ -94,13 +96,25 @@ class MsgspecMapper(Mapper[UUID]):
         )
 
     def to_domain_event(self, stored_event: StoredEvent) -> DomainEventProtocol[UUID]:
-        cls = resolve_topic(stored_event.topic)
+        return self.decode(
+            stored_event.originator_id,
+            stored_event.originator_version,
+            stored_event.topic,
+            stored_event.state,
+        )
+
+    def decode(
+        self, originator_id: UUID | str, originator_version: int, topic: str, state: bytes
+    ) -> DomainEventProtocol[UUID]:
+        """A domain event from a stored row's columns (no StoredEvent needed:
+        replays decode millions of rows)."""
+        cls = resolve_topic(topic)
         codec = codec_for(cls)
         try:
             if codec.class_version == 1:
-                decoded = codec.decoder.decode(stored_event.state)
+                decoded = codec.decoder.decode(state)
             else:
-                raw: dict[str, Any] = _untyped.decode(stored_event.state)
+                raw: dict[str, Any] = _untyped.decode(state)
                 version = raw.pop("class_version", 1)
                 while version < codec.class_version:
                     getattr(cls, f"upcast_v{version}_v{version + 1}")(raw)
@@ -108,18 +122,16 @@ class MsgspecMapper(Mapper[UUID]):
                 decoded = msgspec.convert(raw, codec.mirror)
         except (msgspec.DecodeError, msgspec.ValidationError) as e:
             raise MapperDeserialisationError(
-                f"cannot decode event {stored_event.topic} of {stored_event.originator_id} "
-                f"v{stored_event.originator_version}: {e}"
+                f"cannot decode event {topic} of {originator_id} v{originator_version}: {e}"
             ) from e
-        state = {name: getattr(decoded, name) for name in codec.fields}
-        originator_id = stored_event.originator_id
-        state["originator_id"] = (
+        fields = msgspec.structs.asdict(decoded)
+        fields["originator_id"] = (
             originator_id if isinstance(originator_id, UUID) else UUID(originator_id)
         )
-        state["originator_version"] = stored_event.originator_version
+        fields["originator_version"] = originator_version
         domain_event = object.__new__(cls)
-        object.__setattr__(domain_event, "__dict__", state)
-        return typing.cast(DomainEventProtocol[UUID], domain_event)
+        object.__setattr__(domain_event, "__dict__", fields)
+        return typing.cast(_DomainEvent, domain_event)
 
 
 def event_schema(cls: type[Any]) -> dict[str, Any]:

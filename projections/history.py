@@ -15,6 +15,7 @@ the bus (upcast to the event class's current version).
 
 from __future__ import annotations
 
+import functools
 import json
 from collections.abc import Iterator, Mapping, Sequence
 from datetime import UTC, datetime
@@ -269,7 +270,8 @@ def state_at(
     return _rebuild(events[:upto])
 
 
-def _properties(cls: type[Aggregate]) -> list[str]:
+@functools.cache
+def _properties(cls: type[Aggregate]) -> tuple[str, ...]:
     """Public read-only properties the aggregate's own classes declare
     (derived state such as a host's reservations or free capacity)."""
     names: list[str] = []
@@ -279,7 +281,7 @@ def _properties(cls: type[Aggregate]) -> list[str]:
         for name, value in vars(klass).items():
             if isinstance(value, property) and not name.startswith("_") and name not in names:
                 names.append(name)
-    return names
+    return tuple(names)
 
 
 def _to_plain(value: Any) -> Any:

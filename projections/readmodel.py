@@ -10,7 +10,11 @@ crash can neither lose nor double-apply an event.
 Columns: id, version, position (global position of the last event applied),
 state, name, account, zone_id, created_on, modified_on, data (the public
 state as JSON: attributes and derived properties such as a host's free
-capacity) and snapshot (the aggregate, to apply the next event to).
+capacity) and snapshot (the aggregate, to apply the next event to). A
+snapshot is a cache: a rebuild leaves it out for short histories (pickling
+costs more than folding a few events again), and the applier then refolds
+the aggregate from the log, up to the row's version, the first time it
+needs it.
 """
 
 from __future__ import annotations
@@ -26,8 +30,10 @@ from asyncpg.pool import PoolConnectionProxy
 from eventsourcing.utils import get_topic
 
 from bus.naming import event_type_of
+from bus.relay_log import EVENTS_TABLE
 from engine.aggregate import Aggregate
 from engine.catalog import AGGREGATES, PUBLIC_NAMES
+from engine.mapper import MsgspecMapper
 from projections.history import state_view
 
 POSITIONS = "rm_positions"
@@ -40,13 +46,16 @@ def table_name(aggregate_type: str, suffix: str = "") -> str:
     return f"rm_{aggregate_type}{suffix}"
 
 
-def create_table_sql(schema: str, table: str) -> str:
+def create_table_sql(schema: str, table: str, *, key: bool = True) -> str:
+    # A rebuild creates its shadow tables without the key and adds it after
+    # the bulk load (one index build instead of a million inserts into it).
     return (
         f'CREATE TABLE IF NOT EXISTS "{schema}".{table} ('
-        " id uuid PRIMARY KEY, version bigint NOT NULL, position bigint NOT NULL,"
+        f" id uuid{' PRIMARY KEY' if key else ''} NOT NULL,"
+        " version bigint NOT NULL, position bigint NOT NULL,"
         " state text, name text, account text, zone_id uuid,"
         " created_on timestamptz NOT NULL, modified_on timestamptz NOT NULL,"
-        " data jsonb NOT NULL, snapshot bytea NOT NULL)"
+        " data jsonb NOT NULL, snapshot bytea)"
     )
 
 
@@ -57,7 +66,10 @@ async def prepare(conn: Conn, schema: str) -> None:
         " updated_at timestamptz NOT NULL DEFAULT now())"
     )
     for aggregate_type in AGGREGATES:
-        await conn.execute(create_table_sql(schema, table_name(aggregate_type)))
+        table = table_name(aggregate_type)
+        await conn.execute(create_table_sql(schema, table))
+        # Tables made before snapshots became optional.
+        await conn.execute(f'ALTER TABLE "{schema}".{table} ALTER COLUMN snapshot DROP NOT NULL')
 
 
 @dataclass
@@ -65,7 +77,7 @@ class Row:
     aggregate: Aggregate
     position: int
 
-    def values(self) -> tuple[Any, ...]:
+    def values(self, snapshot: bool = True) -> tuple[Any, ...]:
         a = self.aggregate
         view = state_view(a)
         zone = getattr(a, "zone_id", None)
@@ -80,7 +92,7 @@ class Row:
             view.created_on,
             view.modified_on,
             bytes(view.attributes).decode(),
-            pickle.dumps(a, protocol=pickle.HIGHEST_PROTOCOL),
+            pickle.dumps(a, protocol=pickle.HIGHEST_PROTOCOL) if snapshot else None,
         )
 
 
@@ -98,6 +110,8 @@ class Applier:
         self.schema = schema
         self.projection = projection
         self.suffix = suffix
+        self.events = f'"{schema}".{EVENTS_TABLE}'
+        self.mapper = MsgspecMapper()
 
     def _table(self, aggregate_type: str) -> str:
         return f'"{self.schema}".{table_name(aggregate_type, self.suffix)}'
@@ -118,14 +132,20 @@ class Applier:
         for _, event in events:
             ids.setdefault(_type_of_event(event), set()).add(event.originator_id)
         current: dict[UUID, Row] = {}
+        unsnapshotted: dict[UUID, tuple[int, int]] = {}
         for aggregate_type, wanted in ids.items():
             rows = await conn.fetch(
-                f"SELECT id, position, snapshot FROM {self._table(aggregate_type)}"
+                f"SELECT id, version, position, snapshot FROM {self._table(aggregate_type)}"
                 " WHERE id = ANY($1::uuid[]) FOR UPDATE",
                 list(wanted),
             )
             for r in rows:
-                current[r["id"]] = Row(pickle.loads(r["snapshot"]), int(r["position"]))
+                if r["snapshot"] is None:
+                    unsnapshotted[r["id"]] = (int(r["version"]), int(r["position"]))
+                else:
+                    current[r["id"]] = Row(pickle.loads(r["snapshot"]), int(r["position"]))
+        if unsnapshotted:
+            current.update(await self._refold(conn, unsnapshotted))
         changed: dict[UUID, Row] = {}
         applied = 0
         for position, event in events:
@@ -151,6 +171,24 @@ class Applier:
             events[-1][0],
         )
         return applied
+
+    async def _refold(self, conn: Conn, rows: dict[UUID, tuple[int, int]]) -> dict[UUID, Row]:
+        """Aggregates of rows stored without a snapshot, folded from the log up
+        to the version each row reflects."""
+        records = await conn.fetch(
+            "SELECT originator_id, originator_version, topic, state"
+            f" FROM {self.events} WHERE originator_id = ANY($1::uuid[])"
+            " ORDER BY originator_id, originator_version",
+            list(rows),
+        )
+        aggregates: dict[UUID, Any] = {}
+        for r in records:
+            aggregate_id, version = r["originator_id"], int(r["originator_version"])
+            if version > rows[aggregate_id][0]:
+                continue
+            event: Any = self.mapper.decode(aggregate_id, version, r["topic"], r["state"])
+            aggregates[aggregate_id] = event.mutate(aggregates.get(aggregate_id))
+        return {i: Row(a, rows[i][1]) for i, a in aggregates.items()}
 
 
 async def _upsert(conn: Conn, table: str, rows: Iterable[tuple[Any, ...]]) -> None:

@@ -67,7 +67,7 @@ async def _run(args: argparse.Namespace, target: Any) -> int:
     try:
         await readmodel.prepare(conn, target.schema)
         if args.command == "replay":
-            return await _replay(conn, target.schema, args.to_position)
+            return await _replay(target, args.to_position)
         for s in await statuses(conn, target.schema):
             print(f"{s.projection:<16} position {s.position:>10}  lag {s.lag}")
         return 0
@@ -75,7 +75,7 @@ async def _run(args: argparse.Namespace, target: Any) -> int:
         await conn.close()
 
 
-async def _replay(conn: Any, schema: str, to_position: int | None) -> int:
+async def _replay(target: Any, to_position: int | None) -> int:
     columns = (
         TextColumn("rebuilding"),
         BarColumn(),
@@ -91,6 +91,6 @@ async def _replay(conn: Any, schema: str, to_position: int | None) -> int:
                 task, completed=progress.events, total=progress.target, rate=progress.per_second
             )
 
-        result = await Rebuild(schema).run(conn, to_position=to_position, hook=hook)
+        result = await Rebuild(target).run(to_position=to_position, hook=hook)
     print(f"rebuilt from {result.events} events up to position {result.position}")
     return 0

@@ -7,6 +7,7 @@ import asyncio
 import random
 import time
 import uuid
+from typing import NamedTuple
 
 import asyncpg
 import pytest
@@ -32,7 +33,13 @@ from tests.integration.test_projections import checksum
 pytestmark = pytest.mark.postgres
 
 
-def random_workload(service: CommandService, rng: random.Random, steps: int) -> None:
+class Fabric(NamedTuple):
+    zone: uuid.UUID
+    hosts: list[uuid.UUID]
+    network: uuid.UUID
+
+
+def setup_fabric(service: CommandService) -> Fabric:
     zone = service.execute(CreateZone(name="z")).aggregate_id
     pod = service.execute(
         CreatePod(zone_id=zone, name="p", gateway="10.0.0.1", cidr="10.0.0.0/24")
@@ -55,6 +62,12 @@ def random_workload(service: CommandService, rng: random.Random, steps: int) -> 
     network = service.execute(
         CreateNetwork(account="a", name="n", zone_id=zone, cidr="10.9.0.0/26", isolation="none")
     ).aggregate_id
+    return Fabric(zone, hosts, network)
+
+
+def random_workload(service: CommandService, rng: random.Random, steps: int) -> None:
+    fabric = setup_fabric(service)
+    hosts, network = fabric.hosts, fabric.network
     reservations: list[tuple[object, object]] = []
     ips: list[object] = []
     for _ in range(steps):
@@ -124,7 +137,7 @@ async def test_live_worker_equals_rebuild_after_random_workload(
         live = await checksum(conn, pg_target.schema)
         stop.set()
         await asyncio.gather(*tasks)
-        await Rebuild(pg_target.schema).run(conn)
+        await Rebuild(pg_target).run()
         assert await checksum(conn, pg_target.schema) == live
     finally:
         stop.set()

@@ -74,7 +74,7 @@ async def test_rebuild_equals_live_and_redelivery_changes_nothing(
         await apply_live(conn, pg_target.schema, page=50)
         assert await checksum(conn, pg_target.schema) == live
 
-        progress = await Rebuild(pg_target.schema).run(conn)
+        progress = await Rebuild(pg_target).run()
         assert progress.events == store.max_position()
         assert await checksum(conn, pg_target.schema) == live
         position = await readmodel.Applier(pg_target.schema).position(conn)
