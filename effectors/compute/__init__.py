@@ -1,0 +1,1 @@
+"""Compute driver: idempotent libvirt domain operations (define, start, stop, ...)."""

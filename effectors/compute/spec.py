@@ -1,0 +1,45 @@
+"""What the compute driver is asked to build, and what it observes on a host."""
+
+from __future__ import annotations
+
+from typing import Literal
+from uuid import UUID
+
+import msgspec
+
+PowerState = Literal["absent", "running", "paused", "shutoff", "crashed", "other"]
+
+
+class DiskSpec(msgspec.Struct, frozen=True, kw_only=True):
+    path: str
+    format: str = "qcow2"
+    target: str = "vda"
+    bus: str = "virtio"
+
+
+class NicSpec(msgspec.Struct, frozen=True, kw_only=True):
+    mac: str
+    network: str  # libvirt network name
+    vlan: int | None = None
+    model: str = "virtio"
+
+
+class DomainSpec(msgspec.Struct, frozen=True, kw_only=True):
+    uuid: UUID  # the VM id; libvirt's domain UUID is set to it
+    name: str
+    vcpus: int
+    memory_mb: int
+    disks: tuple[DiskSpec, ...] = ()
+    nics: tuple[NicSpec, ...] = ()
+
+
+class DomainState(msgspec.Struct, frozen=True, kw_only=True):
+    uuid: UUID
+    exists: bool
+    state: PowerState
+    name: str | None = None
+
+
+class Outcome(msgspec.Struct, frozen=True, kw_only=True):
+    changed: bool
+    state: DomainState

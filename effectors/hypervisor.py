@@ -1,0 +1,129 @@
+"""A libvirt connection that retries what is worth retrying.
+
+Every effector talks to a host through one Hypervisor. libvirt errors become
+HypervisorError carrying libvirt's code and message (never swallowed);
+transient ones (the connection dropped, the daemon restarting, a timed-out
+RPC) are retried with jittered exponential backoff after reconnecting.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import random
+import time
+from collections.abc import Callable
+from typing import TypeVar
+
+import libvirt
+import structlog
+
+log = structlog.get_logger("effectors.hypervisor")
+
+T = TypeVar("T")
+
+# libvirt error codes that say "try again", not "this cannot be done".
+TRANSIENT_CODES = frozenset(
+    {
+        libvirt.VIR_ERR_SYSTEM_ERROR,
+        libvirt.VIR_ERR_RPC,
+        libvirt.VIR_ERR_NO_CONNECT,
+        libvirt.VIR_ERR_INVALID_CONN,
+        libvirt.VIR_ERR_OPERATION_TIMEOUT,
+        libvirt.VIR_ERR_AGENT_UNRESPONSIVE,
+    }
+)
+
+
+class HypervisorError(Exception):
+    """A libvirt call failed; code and message are libvirt's own."""
+
+    def __init__(self, uri: str, action: str, code: int, message: str) -> None:
+        super().__init__(f"{action} on {uri}: {message} (libvirt error {code})")
+        self.uri = uri
+        self.action = action
+        self.code = code
+        self.message = message
+
+    @property
+    def transient(self) -> bool:
+        return self.code in TRANSIENT_CODES
+
+
+def _silence_default_handler() -> None:
+    # libvirt prints every error to stderr by default; ours are raised and
+    # logged as structured events instead.
+    libvirt.registerErrorHandler(lambda _ctx, _err: None, None)
+
+
+_silence_default_handler()
+
+
+class Hypervisor:
+    def __init__(
+        self,
+        uri: str,
+        *,
+        attempts: int = 5,
+        base_delay: float = 0.2,
+        max_delay: float = 5.0,
+    ) -> None:
+        self.uri = uri
+        self.attempts = max(1, attempts)
+        self.base_delay = base_delay
+        self.max_delay = max_delay
+        self._conn: libvirt.virConnect | None = None
+
+    @property
+    def conn(self) -> libvirt.virConnect:
+        if self._conn is None or not self._alive(self._conn):
+            self._conn = self._open()
+        return self._conn
+
+    def _alive(self, conn: libvirt.virConnect) -> bool:
+        try:
+            return bool(conn.isAlive())
+        except libvirt.libvirtError:
+            return False
+
+    def _open(self) -> libvirt.virConnect:
+        try:
+            return libvirt.open(self.uri)
+        except libvirt.libvirtError as e:
+            raise self.error("connect", e) from e
+
+    def error(self, action: str, e: libvirt.libvirtError) -> HypervisorError:
+        code = e.get_error_code()
+        return HypervisorError(self.uri, action, int(code or 0), e.get_error_message() or str(e))
+
+    def call(self, action: str, fn: Callable[[libvirt.virConnect], T]) -> T:
+        """fn(connection), retried on transient errors (reconnecting first);
+        any other libvirt error is raised as HypervisorError at once."""
+        for attempt in range(1, self.attempts + 1):
+            try:
+                return fn(self.conn)
+            except libvirt.libvirtError as e:
+                failure = self.error(action, e)
+            except HypervisorError as e:  # from reconnecting
+                failure = e
+            if not failure.transient or attempt == self.attempts:
+                raise failure
+            delay = min(self.max_delay, self.base_delay * 2 ** (attempt - 1))
+            delay *= random.uniform(0.5, 1.0)
+            log.warning(
+                "hypervisor_retry",
+                uri=self.uri,
+                action=action,
+                attempt=attempt,
+                code=failure.code,
+                error=failure.message,
+                delay_s=round(delay, 3),
+            )
+            self.close()
+            time.sleep(delay)
+        raise AssertionError("unreachable")
+
+    def close(self) -> None:
+        if self._conn is not None:
+            with contextlib.suppress(libvirt.libvirtError):
+                self._conn.close()
+            self._conn = None
