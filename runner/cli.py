@@ -13,13 +13,15 @@ from eventsourcing.persistence import PersistenceError
 from bus.broker import BrokerError
 from bus.process import run_until_signalled
 from bus.relay import Relay
+from effectors.service import EffectorService, effector_config
 from engine.errors import DomainError
 from engine.logs import configure_logging
 from engine.service import CommandService
 from engine.settings import Settings, SettingsError, load_settings
 from engine.store import EventStore
+from orchestration.recorder import ResultRecorder
 from projections.worker import ProjectionWorker, consumer_config
-from runner import audit_cli, projections_cli
+from runner import audit_cli, effector_cli, projections_cli
 from runner.components import ensure_event_store, relay_config, start_infrastructure
 from runner.demo import describe, ensure_demo_fabric
 
@@ -34,7 +36,8 @@ def _parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     up = sub.add_parser(
         "up",
-        help="run everything on embedded defaults (database, broker, relay) with a demo fabric",
+        help="run everything on embedded defaults (database, broker, relay, projections,"
+        " effector) with a demo fabric",
     )
     up.add_argument("--data-dir", help="overrides CLOUD_ENGINE_DATA_DIR")
     sub.add_parser(
@@ -43,6 +46,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     audit_cli.register(sub)
     projections_cli.register(sub)
+    effector_cli.register(sub)
     return parser
 
 
@@ -73,8 +77,15 @@ def up(settings: Settings) -> int:
                 infra.target, consumer_config(infra.bootstrap, settings.topic_prefix)
             )
 
+            effector = EffectorService(
+                infra.target, effector_config(infra.bootstrap, settings.topic_prefix)
+            )
+            recorder = ResultRecorder(service, infra.bootstrap, settings.topic_prefix)
+
             async def components(stop: asyncio.Event) -> None:
-                await asyncio.gather(relay.run(stop), worker.run(stop))
+                await asyncio.gather(
+                    relay.run(stop), worker.run(stop), effector.run(stop), recorder.run(stop)
+                )
 
             asyncio.run(run_until_signalled(components))
         finally:
@@ -118,6 +129,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return audit_cli.run(args, settings)
         if args.command in ("replay", "projections"):
             return projections_cli.run(args, settings)
+        if args.command in effector_cli.COMMANDS:
+            return effector_cli.run(args, settings)
     except SettingsError as e:
         print(f"cloud-engine: configuration error: {e}", file=sys.stderr)
         return 2

@@ -1,0 +1,147 @@
+"""The engine's view of what should exist, read from its read models.
+
+Effectors keep no database: a work item names an aggregate and the version
+that asked for the work, and everything else (a VM's size, host, disks and
+NICs; a volume's pool and size) is read from the read models, waiting (with
+a bound) until they reflect at least that version. The reconciler compares
+the same view with what the hypervisors run.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any, TypeVar
+from uuid import UUID
+
+import asyncpg
+import msgspec
+
+T = TypeVar("T", bound=msgspec.Struct)
+
+
+class NotProjectedYet(TimeoutError):
+    """The read model has not reached the version yet; retried by the
+    consumer base like any outage (TimeoutError)."""
+
+
+class VmSize(msgspec.Struct, frozen=True):
+    cpus: int
+    ram_mb: int
+    root_disk_gb: int
+
+
+class VmView(msgspec.Struct, frozen=True, kw_only=True):
+    id: UUID
+    version: int
+    name: str
+    zone_id: UUID
+    state: str
+    spec: VmSize
+    host_id: UUID | None = None
+    pool_id: UUID | None = None
+    migration_target_id: UUID | None = None
+
+
+class HostView(msgspec.Struct, frozen=True, kw_only=True):
+    id: UUID
+    version: int
+    name: str
+    zone_id: UUID
+    state: str
+    libvirt_uri: str
+
+
+class PoolView(msgspec.Struct, frozen=True, kw_only=True):
+    id: UUID
+    version: int
+    zone_id: UUID
+    state: str
+    url: str
+
+
+class VolumeView(msgspec.Struct, frozen=True, kw_only=True):
+    id: UUID
+    version: int
+    zone_id: UUID
+    state: str
+    size_bytes: int
+    pool_id: UUID | None = None
+    vm_id: UUID | None = None
+    device_id: int | None = None
+    resize_to: int | None = None
+
+
+class NicView(msgspec.Struct, frozen=True, kw_only=True):
+    id: UUID
+    version: int
+    vm_id: UUID
+    network_id: UUID
+    address: str
+    mac: str
+    device_id: int
+    state: str
+
+
+class NetworkView(msgspec.Struct, frozen=True, kw_only=True):
+    id: UUID
+    version: int
+    cidr: str
+    gateway: str
+    isolation: str
+    tag: int | None = None
+    state: str
+
+
+def _view(cls: type[T], row: asyncpg.Record) -> T:
+    fields: dict[str, Any] = msgspec.json.decode(row["data"])
+    fields["id"], fields["version"] = row["id"], row["version"]
+    return msgspec.convert(fields, cls)
+
+
+class ReadModels:
+    def __init__(
+        self, pool: asyncpg.Pool, schema: str, *, wait_s: float = 10.0, interval_s: float = 0.02
+    ) -> None:
+        self.pool = pool
+        self.schema = schema
+        self.wait_s = wait_s
+        self.interval_s = interval_s
+
+    def _table(self, aggregate_type: str) -> str:
+        return f'"{self.schema}".rm_{aggregate_type}'
+
+    async def get(
+        self, cls: type[T], aggregate_type: str, aggregate_id: UUID, at_least: int = 0
+    ) -> T | None:
+        """The row of one aggregate once it reflects version `at_least`."""
+        query = f"SELECT id, version, data FROM {self._table(aggregate_type)} WHERE id = $1"
+        deadline = time.monotonic() + self.wait_s
+        while True:
+            row = await self.pool.fetchrow(query, aggregate_id)
+            if row is not None and row["version"] >= at_least:
+                return _view(cls, row)
+            if at_least == 0 and row is None:
+                return None
+            if time.monotonic() >= deadline:
+                seen = None if row is None else row["version"]
+                raise NotProjectedYet(
+                    f"read model {aggregate_type} {aggregate_id} is at version {seen},"
+                    f" waiting for {at_least}"
+                )
+            await asyncio.sleep(self.interval_s)
+
+    async def where(self, cls: type[T], aggregate_type: str, field: str, value: UUID) -> list[T]:
+        """Rows whose data has `field` = value (e.g. the volumes of a VM)."""
+        rows = await self.pool.fetch(
+            f"SELECT id, version, data FROM {self._table(aggregate_type)}"
+            " WHERE data->>$1 = $2 ORDER BY id",
+            field,
+            str(value),
+        )
+        return [_view(cls, r) for r in rows]
+
+    async def hosts(self, zones: frozenset[UUID] | None) -> list[HostView]:
+        rows = await self.pool.fetch(f"SELECT id, version, data FROM {self._table('host')}")
+        hosts = [_view(HostView, r) for r in rows]
+        return [h for h in hosts if zones is None or h.zone_id in zones]

@@ -1,0 +1,249 @@
+"""Carries out one work item on a host through the drivers (blocking; the
+service runs it in a thread).
+
+Every step observes before it acts (the drivers are idempotent), so a work
+item delivered again, or resumed after the effector was killed half-way,
+does what is left and reports the same outcome. A failure becomes a failed
+result carrying libvirt's error; nothing is swallowed.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from urllib.parse import urlsplit
+from uuid import UUID
+
+import msgspec
+import structlog
+
+from effectors.compute.driver import ComputeDriver, DomainMissing, DomainNotRunning
+from effectors.compute.spec import DiskSpec, DomainSpec, NicSpec
+from effectors.desired import HostView, NetworkView, NicView, PoolView, VmView, VolumeView
+from effectors.hypervisor import Hypervisor, HypervisorError
+from effectors.network.driver import NetworkDriver, NetworkDriverError
+from effectors.network.spec import DhcpHost, NetworkSpec
+from effectors.results import EffectorResult
+from effectors.storage.pools import StorageError, ensure_pool
+from effectors.storage.spec import PoolSpec, VolumeSpec
+from effectors.storage.volumes import StorageDriver
+from effectors.work import WorkItem
+
+log = structlog.get_logger("effectors.executor")
+
+# Fault injection for the crash tests: "after-define:<seconds>" sleeps between
+# defining and starting a domain, so a test can kill the process there.
+FAULT_ENV = "CLOUD_ENGINE_EFFECTOR_FAULT"
+
+
+class Unsupported(Exception):
+    """The work cannot be done by this effector (e.g. a pool kind)."""
+
+
+class Names(msgspec.Struct, frozen=True):
+    """How engine resources are named on a host (a prefix keeps test and
+    production objects apart)."""
+
+    prefix: str = "ce-"
+
+    def domain(self, vm_id: UUID) -> str:
+        return f"{self.prefix}vm-{vm_id.hex[:12]}"
+
+    def pool(self, pool_id: UUID) -> str:
+        return f"{self.prefix}pool-{pool_id.hex[:12]}"
+
+    def volume(self, volume_id: UUID) -> str:
+        return f"{volume_id}.qcow2"
+
+    def network(self, network_id: UUID) -> str:
+        return f"{self.prefix}net-{network_id.hex[:12]}"
+
+    def bridge(self, network_id: UUID) -> str:
+        return f"cebr{network_id.hex[:10]}"  # kernel limit: 15 characters
+
+
+def pool_spec(names: Names, pool: PoolView) -> PoolSpec:
+    parts = urlsplit(pool.url)
+    if pool.url.startswith("/"):
+        path = pool.url
+    elif parts.scheme == "file":
+        path = parts.path
+    else:
+        raise Unsupported(f"storage pool {pool.id}: {parts.scheme}:// pools are not served yet")
+    return PoolSpec(name=names.pool(pool.id), kind="dir", path=path)
+
+
+def network_spec(names: Names, network: NetworkView) -> NetworkSpec:
+    if network.isolation == "vxlan":
+        # The underlay (local address and device) is host configuration the
+        # engine does not record yet.
+        raise Unsupported(f"network {network.id}: VXLAN underlay is not configured on this host")
+    return NetworkSpec(
+        name=names.network(network.id),
+        bridge=names.bridge(network.id),
+        cidr=network.cidr,
+        gateway=network.gateway,
+        isolation="vlan" if network.isolation == "vlan" else "none",
+        vlan=network.tag if network.isolation == "vlan" else None,
+    )
+
+
+class VmPlan(msgspec.Struct, frozen=True):
+    """Everything a VM's domain needs, read from the read models."""
+
+    vm: VmView
+    host: HostView
+    disks: tuple[tuple[VolumeView, PoolView], ...] = ()
+    nics: tuple[tuple[NicView, NetworkView], ...] = ()
+
+
+class Executor:
+    def __init__(
+        self, effector: str, *, names: Names | None = None, stop_timeout_s: float = 30.0
+    ) -> None:
+        self.effector = effector
+        self.names = names or Names()
+        self.stop_timeout_s = stop_timeout_s
+        self._hypervisors: dict[str, Hypervisor] = {}
+
+    def hypervisor(self, uri: str) -> Hypervisor:
+        hv = self._hypervisors.get(uri)
+        if hv is None:
+            hv = self._hypervisors[uri] = Hypervisor(uri)
+        return hv
+
+    def close(self) -> None:
+        for hv in self._hypervisors.values():
+            hv.close()
+
+    def _result(
+        self, item: WorkItem, host_id: UUID | None, observed: str | None, error: Exception | None
+    ) -> EffectorResult:
+        code = error.code if isinstance(error, HypervisorError) else None
+        return EffectorResult(
+            operation_id=item.operation_id,
+            kind=item.kind,
+            aggregate_id=item.aggregate_id,
+            version=item.version,
+            outcome="failed" if error is not None else "succeeded",
+            host_id=host_id,
+            observed=observed,
+            error=None if error is None else str(error),
+            error_code=code,
+            effector=self.effector,
+            correlation_id=item.correlation_id,
+        )
+
+    # VMs ----------------------------------------------------------------------
+
+    def run_vm(self, item: WorkItem, plan: VmPlan) -> EffectorResult:
+        compute = ComputeDriver(self.hypervisor(plan.host.libvirt_uri))
+        vm_id = plan.vm.id
+        try:
+            if item.kind == "vm.start":
+                self._realise_networks(plan)
+                self._ensure_volumes_exist(plan)
+                compute.define(self._domain_spec(plan))
+                self._fault("after-define")
+                state = compute.start(vm_id).state
+            elif item.kind == "vm.stop":
+                state = compute.stop(vm_id, timeout_s=self.stop_timeout_s, force=item.forced).state
+            elif item.kind == "vm.reboot":
+                state = compute.reboot(vm_id).state
+            elif item.kind == "vm.destroy":
+                state = compute.destroy(vm_id).state
+            elif item.kind == "vm.expunge":
+                state = compute.undefine(vm_id).state
+            else:
+                raise Unsupported(f"{item.kind} is not VM work")
+        except (
+            HypervisorError,
+            DomainMissing,
+            DomainNotRunning,
+            Unsupported,
+            StorageError,
+            NetworkDriverError,
+            ValueError,
+        ) as e:
+            log.warning("work_failed", kind=item.kind, vm_id=str(vm_id), error=str(e))
+            return self._result(item, plan.host.id, None, e)
+        return self._result(item, plan.host.id, state.state, None)
+
+    def _domain_spec(self, plan: VmPlan) -> DomainSpec:
+        disks = tuple(
+            DiskSpec(
+                path=str(Path(pool_spec(self.names, pool).path) / self.names.volume(volume.id)),
+                target=f"vd{chr(ord('a') + (volume.device_id or 0))}",
+            )
+            for volume, pool in plan.disks
+        )
+        nics = tuple(
+            NicSpec(mac=nic.mac, network=self.names.network(network.id))
+            for nic, network in plan.nics
+        )
+        return DomainSpec(
+            uuid=plan.vm.id,
+            name=self.names.domain(plan.vm.id),
+            vcpus=plan.vm.spec.cpus,
+            memory_mb=plan.vm.spec.ram_mb,
+            disks=disks,
+            nics=nics,
+        )
+
+    def _realise_networks(self, plan: VmPlan) -> None:
+        driver = NetworkDriver(self.hypervisor(plan.host.libvirt_uri))
+        for nic, network in plan.nics:
+            spec = network_spec(self.names, network)
+            driver.ensure(spec)
+            driver.add_dhcp_host(spec.name, DhcpHost(mac=nic.mac, ip=nic.address))
+
+    def _ensure_volumes_exist(self, plan: VmPlan) -> None:
+        storage = StorageDriver(self.hypervisor(plan.host.libvirt_uri))
+        for volume, pool in plan.disks:
+            spec = pool_spec(self.names, pool)
+            ensure_pool(storage.hv, spec)
+            if not storage.observe(spec.name, self.names.volume(volume.id)).exists:
+                raise StorageError(f"volume {volume.id} does not exist in pool {pool.id}")
+
+    # Volumes ------------------------------------------------------------------
+
+    def run_volume(
+        self, item: WorkItem, volume: VolumeView, pool: PoolView, host: HostView
+    ) -> EffectorResult:
+        storage = StorageDriver(self.hypervisor(host.libvirt_uri))
+        name = self.names.volume(volume.id)
+        try:
+            spec = pool_spec(self.names, pool)
+            ensure_pool(storage.hv, spec)
+            if item.kind == "volume.create":
+                outcome = storage.create(
+                    VolumeSpec(pool=spec.name, name=name, size_bytes=volume.size_bytes)
+                )
+            elif item.kind == "volume.resize":
+                size = volume.resize_to or volume.size_bytes
+                outcome = storage.resize(spec.name, name, size)
+            elif item.kind == "volume.delete":
+                outcome = storage.delete(spec.name, name)
+            else:
+                raise Unsupported(f"{item.kind} is not volume work")
+        except (HypervisorError, Unsupported, StorageError, ValueError) as e:
+            log.warning("work_failed", kind=item.kind, volume_id=str(volume.id), error=str(e))
+            return self._result(item, host.id, None, e)
+        observed = "present" if outcome.volume.exists else "absent"
+        return self._result(item, host.id, observed, None)
+
+    # --------------------------------------------------------------------------
+
+    def _fault(self, point: str) -> None:
+        fault = os.environ.get(FAULT_ENV, "")
+        if fault.startswith(f"{point}:"):
+            seconds = float(fault.split(":", 1)[1])
+            log.warning("fault_injected", point=point, sleep_s=seconds)
+            time.sleep(seconds)
+
+
+def first_enabled(hosts: Sequence[HostView]) -> HostView | None:
+    enabled = sorted((h for h in hosts if h.state == "Enabled"), key=lambda h: str(h.id))
+    return enabled[0] if enabled else None

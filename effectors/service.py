@@ -1,0 +1,196 @@
+"""The effector process: work from Kafka, results back to Kafka.
+
+It consumes the vm and volume topics through the consumer base (its own
+consumer group per zone set, offsets committed only after the result was
+acknowledged by the broker), turns each work event into a plan read from the
+read models, carries it out in a thread and publishes the result. An
+effector serves only the zones it is configured for (all zones when none is
+given): the effectors of one zone being down stops only that zone's work.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+from uuid import UUID
+
+import asyncpg
+import structlog
+from aiokafka import AIOKafkaProducer
+
+from bus.cloudevents import CloudEvent
+from bus.consumer import ConsumerConfig, EventConsumer, MemoryDeduplicator
+from bus.naming import topic_for
+from effectors.desired import (
+    HostView,
+    NetworkView,
+    NicView,
+    PoolView,
+    ReadModels,
+    VmView,
+    VolumeView,
+)
+from effectors.executor import Executor, Names, VmPlan, first_enabled
+from effectors.results import EffectorResult, encode, ensure_results_topic, results_topic
+from effectors.work import WorkItem, work_for
+from engine.database import DatabaseTarget
+
+log = structlog.get_logger("effectors.service")
+
+
+def effector_config(
+    bootstrap: str, prefix: str, zones: frozenset[UUID] | None = None
+) -> ConsumerConfig:
+    scope = "all" if not zones else "+".join(sorted(z.hex[:12] for z in zones))
+    return ConsumerConfig(
+        bootstrap=bootstrap,
+        group_id=f"{prefix}.effector.{scope}",
+        topics=[topic_for(prefix, "vm"), topic_for(prefix, "volume")],
+        topic_prefix=prefix,
+        max_records=50,
+    )
+
+
+class EffectorService:
+    def __init__(
+        self,
+        target: DatabaseTarget,
+        config: ConsumerConfig,
+        *,
+        zones: frozenset[UUID] | None = None,
+        names: Names | None = None,
+        name: str | None = None,
+        stop_timeout_s: float = 30.0,
+    ) -> None:
+        self.target = target
+        self.config = config
+        self.zones = zones or None
+        self.name = name or f"effector@{socket.gethostname()}"
+        self.executor = Executor(self.name, names=names, stop_timeout_s=stop_timeout_s)
+        self.results = results_topic(config.topic_prefix)
+        self.published: list[EffectorResult] = []  # this process's, for logs and tests
+        self._models: ReadModels | None = None
+        self._producer: AIOKafkaProducer | None = None
+        self.consumer: EventConsumer | None = None
+
+    async def run(self, stop: asyncio.Event) -> None:
+        pool = await asyncpg.create_pool(
+            host=self.target.host,
+            port=self.target.port,
+            user=self.target.user,
+            password=self.target.password or None,
+            database=self.target.dbname,
+            min_size=1,
+            max_size=2,
+        )
+        await ensure_results_topic(self.config.bootstrap, self.config.topic_prefix)
+        producer = AIOKafkaProducer(bootstrap_servers=self.config.bootstrap, acks="all")
+        await producer.start()
+        self._models = ReadModels(pool, self.target.schema)
+        self._producer = producer
+        self.consumer = EventConsumer(self.config, self.handle, MemoryDeduplicator())
+        consumer_task = asyncio.create_task(self.consumer.run())
+        try:
+            await asyncio.wait(
+                [consumer_task, asyncio.create_task(stop.wait())],
+                return_when=asyncio.FIRST_COMPLETED,
+            )
+            if consumer_task.done():
+                consumer_task.result()
+        finally:
+            if self.consumer is not None:
+                self.consumer.stop()
+            await asyncio.gather(consumer_task, return_exceptions=True)
+            await producer.stop()
+            await pool.close()
+            self.executor.close()
+
+    async def handle(self, event: CloudEvent, _: object) -> None:
+        item = work_for(event)
+        if item is None:
+            return
+        result = await self.execute(item)
+        if result is not None:
+            await self.publish(result)
+
+    async def execute(self, item: WorkItem) -> EffectorResult | None:
+        """The result of one work item, or None when it is another zone's."""
+        models = self._require_models()
+        if item.kind.startswith("vm."):
+            plan = await self._vm_plan(models, item)
+            if plan is None:
+                return None
+            return await asyncio.to_thread(self.executor.run_vm, item, plan)
+        volume = await models.get(VolumeView, "volume", item.aggregate_id, item.version)
+        if volume is None or not self._serves(volume.zone_id) or volume.pool_id is None:
+            return None
+        pool = await models.get(PoolView, "storage_pool", volume.pool_id)
+        host = await self._volume_host(models, volume)
+        if pool is None or host is None:
+            log.warning("volume_work_unplaceable", volume_id=str(volume.id))
+            return None
+        return await asyncio.to_thread(self.executor.run_volume, item, volume, pool, host)
+
+    async def publish(self, result: EffectorResult) -> None:
+        producer = self._producer
+        if producer is None:
+            raise RuntimeError("the effector is not running")
+        await producer.send_and_wait(
+            self.results, encode(result), key=str(result.aggregate_id).encode()
+        )
+        self.published.append(result)
+        log.info(
+            "result_published",
+            kind=result.kind,
+            aggregate_id=str(result.aggregate_id),
+            outcome=result.outcome,
+            observed=result.observed,
+            error=result.error,
+            correlation_id=result.correlation_id,
+        )
+
+    def _serves(self, zone_id: UUID) -> bool:
+        return self.zones is None or zone_id in self.zones
+
+    def _require_models(self) -> ReadModels:
+        if self._models is None:
+            raise RuntimeError("the effector is not running")
+        return self._models
+
+    async def _vm_plan(self, models: ReadModels, item: WorkItem) -> VmPlan | None:
+        vm = await models.get(VmView, "vm", item.aggregate_id, item.version)
+        if vm is None or not self._serves(vm.zone_id):
+            return None
+        host_id = vm.host_id
+        if host_id is None:
+            log.warning("vm_work_without_host", vm_id=str(vm.id), kind=item.kind)
+            return None
+        host = await models.get(HostView, "host", host_id)
+        if host is None:
+            return None
+        disks: list[tuple[VolumeView, PoolView]] = []
+        for volume in await models.where(VolumeView, "volume", "vm_id", vm.id):
+            if volume.pool_id is None or volume.state in ("Destroyed", "Error"):
+                continue
+            pool = await models.get(PoolView, "storage_pool", volume.pool_id)
+            if pool is not None:
+                disks.append((volume, pool))
+        disks.sort(key=lambda d: d[0].device_id or 0)
+        nics: list[tuple[NicView, NetworkView]] = []
+        for nic in await models.where(NicView, "nic", "vm_id", vm.id):
+            if nic.state == "Released":
+                continue
+            network = await models.get(NetworkView, "network", nic.network_id)
+            if network is not None:
+                nics.append((nic, network))
+        nics.sort(key=lambda n: n[0].device_id)
+        return VmPlan(vm=vm, host=host, disks=tuple(disks), nics=tuple(nics))
+
+    async def _volume_host(self, models: ReadModels, volume: VolumeView) -> HostView | None:
+        # A dir pool lives on a host: the attached VM's host if there is one,
+        # else the first enabled host of the volume's zone.
+        if volume.vm_id is not None:
+            vm = await models.get(VmView, "vm", volume.vm_id)
+            if vm is not None and vm.host_id is not None:
+                return await models.get(HostView, "host", vm.host_id)
+        return first_enabled(await models.hosts(frozenset({volume.zone_id})))

@@ -1,0 +1,60 @@
+"""Which command records which effector result."""
+
+from __future__ import annotations
+
+import uuid
+
+from effectors.results import EffectorResult
+from engine.commands.compute import FailVm, MarkVmExpunged, MarkVmRunning, MarkVmStopped
+from engine.commands.storage import FailVolume, MarkVolumeCreated, MarkVolumeResized
+from orchestration.recorder import command_for, context_for
+
+ID = uuid.uuid4()
+OP = uuid.uuid4()
+
+
+def result(kind: str, outcome: str = "succeeded", error: str | None = None) -> EffectorResult:
+    return EffectorResult(
+        operation_id=OP,
+        kind=kind,  # type: ignore[arg-type]
+        aggregate_id=ID,
+        version=3,
+        outcome=outcome,  # type: ignore[arg-type]
+        error=error,
+        effector="e1",
+        correlation_id="corr",
+    )
+
+
+def test_successes_become_the_matching_completion():
+    assert command_for(result("vm.start")) == MarkVmRunning(vm_id=ID)
+    assert command_for(result("vm.stop")) == MarkVmStopped(vm_id=ID)
+    assert command_for(result("vm.expunge")) == MarkVmExpunged(vm_id=ID)
+    assert command_for(result("volume.create")) == MarkVolumeCreated(volume_id=ID)
+    assert command_for(result("volume.resize")) == MarkVolumeResized(volume_id=ID)
+
+
+def test_failures_carry_the_error_as_reason():
+    failed = command_for(result("vm.start", "failed", "internal error: no space (libvirt 1)"))
+    assert failed == FailVm(vm_id=ID, reason="internal error: no space (libvirt 1)")
+    assert command_for(result("volume.create", "failed", "x" * 900)) == FailVolume(
+        volume_id=ID, reason="x" * 500
+    )
+    assert command_for(result("vm.start", "failed")) == FailVm(
+        vm_id=ID, reason="failed without a message"
+    )
+
+
+def test_nothing_to_record_for_done_reboots_and_drift():
+    assert command_for(result("vm.reboot")) is None
+    assert command_for(result("vm.destroy")) is None
+    assert command_for(result("drift.vm_state")) is None
+    assert command_for(result("volume.delete")) is None
+
+
+def test_a_result_delivered_twice_has_one_idempotency_key():
+    first, again = context_for(result("vm.start")), context_for(result("vm.start"))
+    assert first.idempotency_key == again.idempotency_key == f"effector:{OP}:succeeded"
+    assert first.actor == "effector:e1"
+    assert first.causation_id == str(OP)
+    assert first.correlation_id == "corr"
