@@ -1,4 +1,5 @@
-"""The effector process: work from Kafka, results back to Kafka.
+"""The effector process: work from Kafka, results back to Kafka, and the
+reconciler beside it (every interval and on libvirt lifecycle events).
 
 It consumes the vm and volume topics through the consumer base (its own
 consumer group per zone set, offsets committed only after the result was
@@ -31,6 +32,7 @@ from effectors.desired import (
     VolumeView,
 )
 from effectors.executor import Executor, Names, VmPlan, first_enabled
+from effectors.reconciler import Reconciler, start_libvirt_event_loop
 from effectors.results import EffectorResult, encode, ensure_results_topic, results_topic
 from effectors.work import WorkItem, work_for
 from engine.database import DatabaseTarget
@@ -61,8 +63,10 @@ class EffectorService:
         names: Names | None = None,
         name: str | None = None,
         stop_timeout_s: float = 30.0,
+        reconcile_interval_s: float = 30.0,
     ) -> None:
         self.target = target
+        self.reconcile_interval_s = reconcile_interval_s
         self.config = config
         self.zones = zones or None
         self.name = name or f"effector@{socket.gethostname()}"
@@ -74,6 +78,9 @@ class EffectorService:
         self.consumer: EventConsumer | None = None
 
     async def run(self, stop: asyncio.Event) -> None:
+        # Before any libvirt connection opens: only connections opened after
+        # it deliver lifecycle events (which wake the reconciler).
+        start_libvirt_event_loop()
         pool = await asyncpg.create_pool(
             host=self.target.host,
             port=self.target.port,
@@ -89,7 +96,19 @@ class EffectorService:
         self._models = ReadModels(pool, self.target.schema)
         self._producer = producer
         self.consumer = EventConsumer(self.config, self.handle, MemoryDeduplicator())
+        reconciler = Reconciler(
+            self._models,
+            self.publish,
+            zones=self.zones,
+            effector=self.name,
+            hypervisor_for=self.executor.hypervisor,
+            interval_s=self.reconcile_interval_s,
+            prefix=self.executor.names.prefix,
+            lifecycle_events=True,
+        )
         consumer_task = asyncio.create_task(self.consumer.run())
+        reconciler_stop = asyncio.Event()
+        reconciler_task = asyncio.create_task(reconciler.run(reconciler_stop))
         try:
             await asyncio.wait(
                 [consumer_task, asyncio.create_task(stop.wait())],
@@ -100,7 +119,8 @@ class EffectorService:
         finally:
             if self.consumer is not None:
                 self.consumer.stop()
-            await asyncio.gather(consumer_task, return_exceptions=True)
+            reconciler_stop.set()
+            await asyncio.gather(consumer_task, reconciler_task, return_exceptions=True)
             await producer.stop()
             await pool.close()
             self.executor.close()

@@ -168,7 +168,7 @@ class Applier:
             f' GREATEST("{self.schema}".{POSITIONS}.position, EXCLUDED.position),'
             " updated_at = now()",
             self.projection,
-            events[-1][0],
+            max(position for position, _ in events),
         )
         return applied
 

@@ -139,3 +139,24 @@ async def test_wait_for_position_is_bounded(pg_target: DatabaseTarget, store: Ev
         assert await wait_for_position(conn, pg_target.schema, 5, timeout=0.1) == 7
     finally:
         await conn.close()
+
+
+async def test_wait_for_versions_waits_for_the_commands_own_rows(
+    pg_target: DatabaseTarget, service: CommandService, store: EventStore
+):
+    from engine.commands.fabric import CreateZone, DisableZone
+    from projections.status import NotYet, wait_for_versions
+
+    zone = service.execute(CreateZone(name="z1"))
+    disabled = service.execute(DisableZone(zone_id=zone.aggregate_id))
+    conn = await _connect(pg_target)
+    try:
+        await readmodel.prepare(conn, pg_target.schema)
+        with pytest.raises(NotYet, match="has not reached version 1"):
+            await wait_for_versions(conn, pg_target.schema, zone.versions, timeout=0.1)
+        await apply_live(conn, pg_target.schema, page=100)
+        await wait_for_versions(conn, pg_target.schema, disabled.versions, timeout=0.1)
+        row = await conn.fetchrow(f'SELECT state FROM "{pg_target.schema}".rm_zone')
+        assert row["state"] == "Disabled"
+    finally:
+        await conn.close()

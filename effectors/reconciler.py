@@ -1,0 +1,365 @@
+"""The reconciler: compares what the hypervisors run with what the engine
+recorded, and reports the differences as drift results.
+
+It never repairs anything itself. A drift travels to the engine like any
+effector result (kind "drift.*"), and the engine decides what to do: only the
+engine may change a resource's state, so a reconciler acting on its own would
+race the effectors carrying out the engine's work.
+
+Which VMs belong to a host: a VM holds host_id only while placed, Starting,
+Running, Stopping or Migrating; on the way out (stop, destroy) the engine
+moves it to last_host_id, but the effector keeps the domain defined there. So
+the VMs of a host are those with host_id, last_host_id or migration_target_id
+equal to it.
+
+Observation races: the hypervisor and the read models are read at different
+moments. Effectors act only once the read models reflect the requesting event,
+so the VMs are read before and after listing the domains, and a VM whose row
+changed in between is not judged this round (its domain was observed while
+work on it was in flight); the next round looks again.
+
+A drift reported again carries the same operation id (derived from host,
+aggregate, kind, observation and the VM version it was judged against), so the
+engine records it once; once the engine has recorded something about the VM
+(a new version), the same drift recurring later is a new report.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import threading
+import time
+import uuid
+from collections.abc import Awaitable, Callable, Iterable
+from datetime import UTC, datetime
+from typing import Any, Protocol, TypeVar
+from uuid import UUID
+
+import libvirt
+import msgspec
+import structlog
+
+from effectors.compute.driver import ComputeDriver
+from effectors.compute.spec import DomainState
+from effectors.desired import HostView, VmView, VolumeView
+from effectors.drift import (
+    DRIFT_IDS,
+    VOLUME_JUDGED,
+    Drift,
+    compare,
+    drift_operation_id,
+    volume_drift,
+)
+from effectors.hypervisor import Hypervisor, HypervisorError
+from effectors.results import EffectorResult
+from effectors.storage.pools import PoolMissing
+from effectors.storage.volumes import StorageDriver
+
+log = structlog.get_logger("effectors.reconciler")
+
+T = TypeVar("T", bound=msgspec.Struct)
+
+
+# Operation ids of drift reports live in a namespace of their own, apart from
+# the work items' (effectors.work), so the two can never collide.
+class ReadModelsLike(Protocol):
+    """What the reconciler reads (effectors.desired.ReadModels provides it)."""
+
+    async def hosts(self, zones: frozenset[UUID] | None) -> list[HostView]: ...
+
+    async def where(
+        self, cls: type[T], aggregate_type: str, field: str, value: UUID
+    ) -> list[T]: ...
+
+
+# -- libvirt lifecycle events ----------------------------------------------------
+
+_event_loop_lock = threading.Lock()
+_event_loop_started = False
+
+
+def start_libvirt_event_loop() -> None:
+    """Install libvirt's default event loop, process-wide and once, and run
+    it in a daemon thread. Only connections opened afterwards deliver domain
+    events, so call this before the first connection is opened."""
+    global _event_loop_started
+    with _event_loop_lock:
+        if _event_loop_started:
+            return
+        libvirt.virEventRegisterDefaultImpl()
+
+        def run() -> None:
+            while True:
+                # Blocks until the next event or timer; errors are libvirt's
+                # own and must not kill the thread that every event needs.
+                try:
+                    libvirt.virEventRunDefaultImpl()
+                except libvirt.libvirtError as e:
+                    log.warning("libvirt_event_loop_error", error=str(e))
+                    time.sleep(0.5)
+
+        threading.Thread(target=run, name="libvirt-events", daemon=True).start()
+        _event_loop_started = True
+
+
+# -- the reconciler ----------------------------------------------------------------
+
+
+class Reconciler:
+    def __init__(
+        self,
+        read_models: ReadModelsLike,
+        publish: Callable[[EffectorResult], Awaitable[None]],
+        *,
+        zones: frozenset[UUID] | None,
+        effector: str,
+        hypervisor_for: Callable[[str], Hypervisor],
+        interval_s: float = 30.0,
+        down_after: int = 3,
+        prefix: str = "ce-",
+        check_volumes: bool = True,
+        lifecycle_events: bool = False,
+        event_settle_s: float = 0.5,
+    ) -> None:
+        self.read_models = read_models
+        self.publish = publish
+        self.zones = zones
+        self.effector = effector
+        self.hypervisor_for = hypervisor_for
+        self.interval_s = interval_s
+        self.down_after = max(1, down_after)
+        self.prefix = prefix
+        self.check_volumes = check_volumes
+        self.lifecycle_events = lifecycle_events
+        self.event_settle_s = event_settle_s
+        # host id -> consecutive failed rounds, when the outage began, and
+        # whether it has been reported.
+        self._failures: dict[UUID, int] = {}
+        self._down_since: dict[UUID, str] = {}
+        self._reported_down: set[UUID] = set()
+        # host id -> the connection the lifecycle callback is registered on
+        # (a reconnect gives a new connection without it).
+        self._watched: dict[UUID, Any] = {}
+        self._wake: asyncio.Event | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    # -- one round ---------------------------------------------------------
+
+    async def reconcile_once(self) -> list[EffectorResult]:
+        """Compare every host of the zones once; publish and return the
+        results (drift and unreachable hosts)."""
+        results: list[EffectorResult] = []
+        for host in await self.read_models.hosts(self.zones):
+            try:
+                found = await self._reconcile_host(host)
+            except Exception:
+                # One host failing half-way (its connection dropping while
+                # volumes are observed) must not hide the others' drift.
+                log.exception("reconcile_host_failed", host_id=str(host.id))
+                continue
+            for result in found:
+                await self.publish(result)
+                if result.kind == "host.unreachable":
+                    # Once per outage, and only once it was published.
+                    self._reported_down.add(host.id)
+            results.extend(found)
+        if results:
+            log.info("reconcile_reported", results=len(results))
+        return results
+
+    async def _reconcile_host(self, host: HostView) -> list[EffectorResult]:
+        hypervisor = self.hypervisor_for(host.libvirt_uri)
+        before = await self._vms_of(host.id)
+        try:
+            domains = await asyncio.to_thread(self._list_domains, host.id, hypervisor)
+        except HypervisorError as e:
+            return self._host_failed(host, e)
+        self._host_answered(host)
+        after = await self._vms_of(host.id)
+        # A VM that changed while the domains were listed had work in flight.
+        unstable = {i for i in before.keys() | after.keys() if before.get(i) != after.get(i)}
+        stable = [vm for i, vm in after.items() if i not in unstable]
+        drifts = [d for d in compare(host.id, stable, domains) if d.aggregate_id not in unstable]
+        if self.check_volumes:
+            drifts.extend(await self.volume_drift(host, stable, hypervisor))
+        for drift in drifts:
+            log.warning(
+                "drift",
+                host_id=str(host.id),
+                kind=drift.kind,
+                aggregate_id=str(drift.aggregate_id),
+                observed=drift.observed,
+                expected=drift.expected,
+            )
+        return [self._result(host.id, d) for d in drifts]
+
+    async def _vms_of(self, host_id: UUID) -> dict[UUID, VmView]:
+        found: dict[UUID, VmView] = {}
+        for field in ("host_id", "last_host_id", "migration_target_id"):
+            for vm in await self.read_models.where(VmView, "vm", field, host_id):
+                found[vm.id] = vm
+        return found
+
+    def _list_domains(self, host_id: UUID, hypervisor: Hypervisor) -> list[DomainState]:
+        domains = ComputeDriver(hypervisor).list_domains()
+        if self.lifecycle_events:
+            self._watch(host_id, hypervisor)
+        return domains
+
+    def _result(self, host_id: UUID, drift: Drift) -> EffectorResult:
+        return EffectorResult(
+            operation_id=drift_operation_id(host_id, drift),
+            kind=drift.kind,
+            aggregate_id=drift.aggregate_id,
+            version=0,
+            outcome="succeeded",
+            host_id=host_id,
+            observed=drift.observed,
+            expected=drift.expected,
+            effector=self.effector,
+        )
+
+    # -- unreachable hosts ---------------------------------------------------
+
+    def _host_failed(self, host: HostView, error: HypervisorError) -> list[EffectorResult]:
+        failures = self._failures.get(host.id, 0) + 1
+        self._failures[host.id] = failures
+        # The outage's start makes its id: stable while it lasts, new for the
+        # next outage (the engine would drop a reused id as a duplicate).
+        since = self._down_since.setdefault(host.id, datetime.now(UTC).isoformat())
+        self._watched.pop(host.id, None)
+        log.warning(
+            "host_connection_failed",
+            host_id=str(host.id),
+            uri=host.libvirt_uri,
+            failures=failures,
+            code=error.code,
+            error=error.message,
+        )
+        if failures < self.down_after or host.id in self._reported_down:
+            return []
+        return [
+            EffectorResult(
+                operation_id=uuid.uuid5(DRIFT_IDS, f"{host.id}:host.unreachable:{since}"),
+                kind="host.unreachable",
+                aggregate_id=host.id,
+                version=0,
+                outcome="succeeded",
+                host_id=host.id,
+                observed=f"unreachable for {failures} rounds",
+                error=error.message,
+                error_code=error.code,
+                effector=self.effector,
+            )
+        ]
+
+    def _host_answered(self, host: HostView) -> None:
+        if self._failures.pop(host.id, 0):
+            log.info("host_connection_restored", host_id=str(host.id), uri=host.libvirt_uri)
+        self._down_since.pop(host.id, None)
+        self._reported_down.discard(host.id)
+
+    # -- volumes ---------------------------------------------------------------
+
+    async def volume_drift(
+        self, host: HostView, vms: list[VmView], hypervisor: Hypervisor
+    ) -> list[Drift]:
+        """Volumes attached to the host's VMs: the VM's host must reach its
+        disks whether the pool is shared or local, so that is where they are
+        checked. Detached volumes are not checked (which host should hold a
+        local pool's volume is not recorded)."""
+        drifts: list[Drift] = []
+        for vm in vms:
+            if vm.host_id not in (host.id, None):
+                continue
+            before = await self.read_models.where(VolumeView, "volume", "vm_id", vm.id)
+            judged = [v for v in before if v.state in VOLUME_JUDGED and v.pool_id is not None]
+            if not judged:
+                continue
+            observed = await asyncio.to_thread(self._observe_volumes, hypervisor, judged)
+            after = {
+                v.id: v for v in await self.read_models.where(VolumeView, "volume", "vm_id", vm.id)
+            }
+            for volume, seen in zip(judged, observed, strict=True):
+                if seen is None or after.get(volume.id) != volume:
+                    continue  # pool not on this host, or the volume changed meanwhile
+                drift = volume_drift(volume, seen)
+                if drift is not None:
+                    drifts.append(drift)
+        return drifts
+
+    def _observe_volumes(
+        self, hypervisor: Hypervisor, volumes: Iterable[VolumeView]
+    ) -> list[tuple[bool, int] | None]:
+        storage = StorageDriver(hypervisor)
+        seen: list[tuple[bool, int] | None] = []
+        for volume in volumes:
+            assert volume.pool_id is not None
+            pool = f"{self.prefix}pool-{volume.pool_id.hex[:12]}"
+            try:
+                state = storage.observe(pool, f"{volume.id}.qcow2")
+            except PoolMissing:
+                seen.append(None)
+                continue
+            seen.append((state.exists, state.capacity_bytes))
+        return seen
+
+    # -- the loop ----------------------------------------------------------------
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Reconcile every interval_s (sooner when a lifecycle event arrives)
+        until stop is set. A failing round is logged and the loop goes on."""
+        self._loop = asyncio.get_running_loop()
+        self._wake = asyncio.Event()
+        if self.lifecycle_events:
+            start_libvirt_event_loop()
+        while not stop.is_set():
+            self._wake.clear()
+            try:
+                await self.reconcile_once()
+            except Exception:
+                # The read models or the bus being down must not end the
+                # reconciler: the next round tries again.
+                log.exception("reconcile_failed")
+            stopping = asyncio.ensure_future(stop.wait())
+            woken = asyncio.ensure_future(self._wake.wait())
+            try:
+                await asyncio.wait(
+                    {stopping, woken}, timeout=self.interval_s, return_when=asyncio.FIRST_COMPLETED
+                )
+            finally:
+                for task in (stopping, woken):
+                    task.cancel()
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await task
+            if self._wake.is_set() and not stop.is_set():
+                # One stop or start emits several events (and so may many
+                # domains at once): let them settle into one round.
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(), self.event_settle_s)
+
+    def _watch(self, host_id: UUID, hypervisor: Hypervisor) -> None:
+        """Register the lifecycle callback on the host's current connection
+        (again after a reconnect). Runs in a worker thread."""
+        conn = hypervisor.conn
+        if self._watched.get(host_id) is conn:
+            return
+        try:
+            conn.domainEventRegisterAny(
+                None, libvirt.VIR_DOMAIN_EVENT_ID_LIFECYCLE, self._on_lifecycle, host_id
+            )
+        except libvirt.libvirtError as e:
+            # Events only speed reconciling up; the periodic round still runs.
+            log.warning("lifecycle_events_unavailable", host_id=str(host_id), error=str(e))
+            return
+        self._watched[host_id] = conn
+
+    def _on_lifecycle(self, _conn: Any, dom: Any, event: int, detail: int, host_id: Any) -> None:
+        # Called on libvirt's event thread: hand over to the asyncio loop.
+        loop, wake = self._loop, self._wake
+        if loop is not None and wake is not None and not loop.is_closed():
+            # The loop may close between the check and the call (shutdown).
+            with contextlib.suppress(RuntimeError):
+                loop.call_soon_threadsafe(wake.set)
+        log.debug("lifecycle_event", host_id=str(host_id), lifecycle=event, detail=detail)

@@ -1,0 +1,343 @@
+"""The whole effector path on real PostgreSQL, the dev broker and
+qemu:///system: commands -> store -> relay -> Kafka -> projection worker
+(read models) and EffectorService -> libvirt -> result on Kafka.
+
+The relay, the projection worker and the effector run in-process as asyncio
+tasks sharing one stop event; the crash test runs a first effector in a
+spawned child process and SIGKILLs it between define and start.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import multiprocessing
+import os
+import signal
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import NamedTuple
+
+import pytest
+from aiokafka import AIOKafkaConsumer
+
+from bus.cloudevents import CloudEvent, from_record
+from bus.consumer import ConsumerConfig
+from bus.naming import topic_for
+from bus.relay import Relay, RelayConfig
+from effectors.executor import FAULT_ENV, Names
+from effectors.hypervisor import Hypervisor
+from effectors.results import EffectorResult, decode, results_topic
+from effectors.service import EffectorService, effector_config
+from effectors.work import operation_id
+from engine.commands.compute import CreateVm, PlaceVm, RequestVmStart
+from engine.commands.fabric import CreateCluster, CreatePod, CreateZone, RegisterHost
+from engine.commands.storage import (
+    MarkTemplateDownloaded,
+    RegisterTemplate,
+    RequestTemplateDownload,
+)
+from engine.commands.storage_fabric import CreateStoragePool
+from engine.database import DatabaseTarget
+from engine.service import CommandService
+from engine.virtual.vm import VmSpec
+from projections.worker import ProjectionWorker, consumer_config
+
+pytestmark = [pytest.mark.postgres, pytest.mark.libvirt]
+
+MiB = 1024 * 1024
+WAIT_S = 45.0
+
+
+class Placed(NamedTuple):
+    zone: uuid.UUID
+    host: uuid.UUID
+    vm: uuid.UUID
+
+
+def place_vm(service: CommandService, libvirt_uri: str, pool_dir: Path) -> Placed:
+    """A zone, pod, cluster, host (on the test's libvirtd), dir pool and
+    template, and a 64 MiB VM placed on the host (no disks, no NICs)."""
+    zone = service.execute(CreateZone(name="z")).aggregate_id
+    pod = service.execute(
+        CreatePod(zone_id=zone, name="p", gateway="10.0.0.1", cidr="10.0.0.0/24")
+    ).aggregate_id
+    cluster = service.execute(CreateCluster(zone_id=zone, pod_id=pod, name="c")).aggregate_id
+    host = service.execute(
+        RegisterHost(
+            zone_id=zone,
+            pod_id=pod,
+            cluster_id=cluster,
+            name="h",
+            cpu_cores=4,
+            ram_mb=4096,
+            libvirt_uri=libvirt_uri,
+        )
+    ).aggregate_id
+    pool = service.execute(
+        CreateStoragePool(
+            zone_id=zone,
+            cluster_id=cluster,
+            name="primary",
+            scope="cluster",
+            capacity_bytes=1 << 30,
+            url=str(pool_dir / "primary"),
+        )
+    ).aggregate_id
+    template = service.execute(
+        RegisterTemplate(
+            name="tiny",
+            zone_id=zone,
+            url="https://images.example/tiny.qcow2",
+            format="qcow2",
+            size_bytes=MiB,
+            os_type="None",
+        )
+    ).aggregate_id
+    service.execute(RequestTemplateDownload(template_id=template))
+    service.execute(MarkTemplateDownloaded(template_id=template))
+    vm = service.execute(
+        CreateVm(
+            account="acme",
+            name="vm-1",
+            zone_id=zone,
+            template_id=template,
+            spec=VmSpec(cpus=1, ram_mb=64, root_disk_gb=1),
+        )
+    ).aggregate_id
+    service.execute(PlaceVm(vm_id=vm, host_id=host, pool_id=pool))
+    return Placed(zone, host, vm)
+
+
+class Pipeline:
+    """Relay + projection worker (+ effectors) as tasks of this event loop."""
+
+    def __init__(self, target: DatabaseTarget, broker: str, prefix: str) -> None:
+        self.target = target
+        self.broker = broker
+        self.prefix = prefix
+        self.stop = asyncio.Event()
+        self.tasks: list[asyncio.Task[None]] = []
+
+    def start_engine_side(self) -> None:
+        relay = Relay(
+            self.target, RelayConfig(bootstrap=self.broker, topic_prefix=self.prefix, partitions=2)
+        )
+        worker = ProjectionWorker(self.target, consumer_config(self.broker, self.prefix))
+        self.tasks += [
+            asyncio.create_task(relay.run(self.stop)),
+            asyncio.create_task(worker.run(self.stop)),
+        ]
+
+    def start_effector(self, names: Names) -> EffectorService:
+        effector = EffectorService(
+            self.target,
+            effector_config(self.broker, self.prefix),
+            names=names,
+            name="effector@test",
+            stop_timeout_s=5.0,
+        )
+        self.tasks.append(asyncio.create_task(effector.run(self.stop)))
+        return effector
+
+    def check(self) -> None:
+        for task in self.tasks:
+            if task.done() and task.exception() is not None:
+                raise AssertionError(f"a pipeline task failed: {task.exception()!r}")
+
+    async def close(self) -> None:
+        self.stop.set()
+        await asyncio.wait_for(asyncio.gather(*self.tasks, return_exceptions=True), 30)
+
+
+async def wait_for(
+    what: str, probe: Callable[[], Awaitable[bool] | bool], pipeline: Pipeline
+) -> None:
+    deadline = time.monotonic() + WAIT_S
+    while True:
+        pipeline.check()
+        done = probe()
+        if not isinstance(done, bool):
+            done = await done
+        if done:
+            return
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        await asyncio.sleep(0.1)
+
+
+def domains_with_uuid(hv: Hypervisor, vm_id: uuid.UUID) -> list:
+    return [d for d in hv.conn.listAllDomains(0) if d.UUIDString() == str(vm_id)]
+
+
+def is_running(hv: Hypervisor, vm_id: uuid.UUID) -> bool:
+    doms = domains_with_uuid(hv, vm_id)
+    return len(doms) == 1 and bool(doms[0].isActive())
+
+
+async def read_topic(
+    broker: str, topic: str, done: Callable[[list], bool], timeout_s: float = 20.0
+) -> list:
+    """Records of a topic from the beginning (no consumer group) until
+    done(records) holds."""
+    consumer = AIOKafkaConsumer(
+        topic,
+        bootstrap_servers=broker,
+        group_id=None,
+        enable_auto_commit=False,
+        auto_offset_reset="earliest",
+        metadata_max_age_ms=1000,
+    )
+    await consumer.start()
+    records: list = []
+    try:
+        deadline = time.monotonic() + timeout_s
+        while not done(records):
+            assert time.monotonic() < deadline, f"{topic}: only {len(records)} records"
+            batches = await consumer.getmany(timeout_ms=200)
+            for batch in batches.values():
+                records.extend(batch)
+    finally:
+        await consumer.stop()
+    return records
+
+
+def start_requested(records: list) -> CloudEvent | None:
+    for r in records:
+        event = from_record(r.headers, r.value, topic=r.topic, partition=r.partition)
+        if event.type.startswith("io.cloudengine.vm.start_requested."):
+            return event
+    return None
+
+
+def start_results(records: list, vm: uuid.UUID) -> list[EffectorResult]:
+    results = [decode(r.value) for r in records]
+    return [r for r in results if r.kind == "vm.start" and r.aggregate_id == vm]
+
+
+async def test_start_requested_runs_the_domain_and_publishes_one_operation(
+    pg_target, service, broker, topic_prefix, libvirt_uri, hypervisor, name_prefix, pool_dir
+):
+    pipeline = Pipeline(pg_target, broker, topic_prefix)
+    try:
+        pipeline.start_engine_side()
+        effector = pipeline.start_effector(Names(prefix=name_prefix))
+        placed = await asyncio.to_thread(place_vm, service, libvirt_uri, pool_dir)
+        outcome = await asyncio.to_thread(
+            service.execute, RequestVmStart(vm_id=placed.vm, host_id=placed.host)
+        )
+        assert outcome.aggregate_id == placed.vm
+
+        await wait_for(
+            "the vm.start result",
+            lambda: any(r.kind == "vm.start" for r in effector.published),
+            pipeline,
+        )
+        (first,) = effector.published
+        assert first.outcome == "succeeded", first.error
+        assert first.observed == "running"
+        assert first.aggregate_id == placed.vm
+        assert first.host_id == placed.host
+        assert first.effector == "effector@test"
+        assert is_running(hypervisor, placed.vm)
+        (dom,) = domains_with_uuid(hypervisor, placed.vm)
+        assert dom.name() == f"{name_prefix}vm-{placed.vm.hex[:12]}"
+
+        # Redelivery: the same event handled twice more is the same operation.
+        vm_records = await read_topic(
+            broker, topic_for(topic_prefix, "vm"), lambda rs: start_requested(rs) is not None
+        )
+        event = start_requested(vm_records)
+        assert event is not None
+        assert first.operation_id == operation_id(placed.vm, event.aggregate_version)
+        assert first.version == event.aggregate_version
+        for _ in range(2):
+            await effector.handle(event, None)
+
+        assert len(effector.published) == 3
+        assert {r.operation_id for r in effector.published} == {first.operation_id}
+        assert [r.outcome for r in effector.published] == ["succeeded"] * 3
+        assert len(domains_with_uuid(hypervisor, placed.vm)) == 1
+        assert is_running(hypervisor, placed.vm)
+
+        # ... and all three are on the results topic, keyed by the VM.
+        records = await read_topic(
+            broker,
+            results_topic(topic_prefix),
+            lambda rs: len(start_results(rs, placed.vm)) >= 3,
+        )
+        assert {r.key for r in records} == {str(placed.vm).encode()}
+        on_topic = start_results(records, placed.vm)
+        assert len(on_topic) == 3
+        assert {r.operation_id for r in on_topic} == {first.operation_id}
+        assert {r.outcome for r in on_topic} == {"succeeded"}
+    finally:
+        await pipeline.close()
+
+
+# -- SIGKILL between define and start ------------------------------------------
+
+
+def _child_effector(target: DatabaseTarget, config: ConsumerConfig, prefix: str) -> None:
+    """A spawned child: an effector whose executor sleeps between defining
+    and starting a domain (the parent kills it there)."""
+    os.environ[FAULT_ENV] = "after-define:60"
+    effector = EffectorService(
+        target, config, names=Names(prefix=prefix), name="effector@child", stop_timeout_s=5.0
+    )
+    asyncio.run(effector.run(asyncio.Event()))
+
+
+async def test_effector_killed_between_define_and_start_is_resumed_by_a_fresh_one(
+    pg_target, service, broker, topic_prefix, libvirt_uri, hypervisor, name_prefix, pool_dir
+):
+    config = effector_config(broker, topic_prefix)
+    pipeline = Pipeline(pg_target, broker, topic_prefix)
+    child = multiprocessing.get_context("spawn").Process(
+        target=_child_effector, args=(pg_target, config, name_prefix), daemon=True
+    )
+    try:
+        pipeline.start_engine_side()
+        child.start()
+        placed = await asyncio.to_thread(place_vm, service, libvirt_uri, pool_dir)
+        await asyncio.to_thread(
+            service.execute, RequestVmStart(vm_id=placed.vm, host_id=placed.host)
+        )
+
+        def defined_not_running() -> bool:
+            assert child.is_alive(), f"the child effector exited ({child.exitcode})"
+            doms = domains_with_uuid(hypervisor, placed.vm)
+            return len(doms) == 1 and not doms[0].isActive()
+
+        await wait_for("the child to define the domain", defined_not_running, pipeline)
+        os.kill(child.pid, signal.SIGKILL)
+        await asyncio.to_thread(child.join, 10)
+        assert child.exitcode == -signal.SIGKILL
+        assert not is_running(hypervisor, placed.vm)  # killed before start
+
+        # A fresh effector in the same consumer group gets the uncommitted work.
+        effector = pipeline.start_effector(Names(prefix=name_prefix))
+        assert effector.config.group_id == config.group_id
+        await wait_for(
+            "the fresh effector's vm.start result",
+            lambda: any(r.kind == "vm.start" for r in effector.published),
+            pipeline,
+        )
+        (result,) = [r for r in effector.published if r.kind == "vm.start"]
+        assert result.outcome == "succeeded", result.error
+        assert result.observed == "running"
+        assert is_running(hypervisor, placed.vm)
+        assert len(domains_with_uuid(hypervisor, placed.vm)) == 1
+
+        records = await read_topic(
+            broker, results_topic(topic_prefix), lambda rs: len(start_results(rs, placed.vm)) >= 1
+        )
+        (on_topic,) = start_results(records, placed.vm)  # the child published nothing
+        assert on_topic.outcome == "succeeded"
+        assert on_topic.operation_id == result.operation_id
+    finally:
+        if child.is_alive():
+            child.kill()
+        if child.pid is not None:
+            await asyncio.to_thread(child.join, 10)
+        await pipeline.close()

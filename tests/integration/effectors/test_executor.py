@@ -1,0 +1,173 @@
+"""The Executor on a real libvirtd (no Kafka): work items carried out against
+qemu:///system, repeated as a redelivery would, and failures reported as
+failed results (never raised)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import time
+import uuid
+from pathlib import Path
+
+import libvirt
+import pytest
+
+from effectors.desired import HostView, PoolView, VmSize, VmView, VolumeView
+from effectors.executor import Executor, Names, VmPlan
+from effectors.hypervisor import Hypervisor
+from effectors.work import WorkItem, WorkKind, operation_id
+
+pytestmark = [pytest.mark.postgres, pytest.mark.libvirt]
+
+MiB = 1024 * 1024
+ZONE = uuid.UUID(int=1)
+
+
+def work(kind: WorkKind, aggregate_id: uuid.UUID, version: int, *, forced: bool = False):
+    return WorkItem(
+        operation_id=operation_id(aggregate_id, version),
+        kind=kind,
+        aggregate_id=aggregate_id,
+        version=version,
+        position=version,
+        correlation_id="cor-exec",
+        forced=forced,
+    )
+
+
+def host_view(uri: str) -> HostView:
+    return HostView(
+        id=uuid.uuid4(), version=1, name="h", zone_id=ZONE, state="Enabled", libvirt_uri=uri
+    )
+
+
+def vm_plan(uri: str, *, ram_mb: int = 64) -> VmPlan:
+    vm = VmView(
+        id=uuid.uuid4(),
+        version=3,
+        name="vm",
+        zone_id=ZONE,
+        state="Starting",
+        spec=VmSize(cpus=1, ram_mb=ram_mb, root_disk_gb=1),
+    )
+    return VmPlan(vm=vm, host=host_view(uri))
+
+
+def domains_with_uuid(hv: Hypervisor, vm_id: uuid.UUID) -> list:
+    return [d for d in hv.conn.listAllDomains(0) if d.UUIDString() == str(vm_id)]
+
+
+@pytest.fixture
+def executor(hypervisor: Hypervisor, name_prefix: str):
+    # `hypervisor` removes whatever was left under name_prefix afterwards.
+    ex = Executor("effector@test", names=Names(prefix=name_prefix), stop_timeout_s=5.0)
+    try:
+        yield ex
+    finally:
+        ex.close()
+
+
+def test_vm_start_stop_expunge_are_idempotent(executor, hypervisor, libvirt_uri, name_prefix):
+    plan = vm_plan(libvirt_uri)
+    vm_id = plan.vm.id
+    start = work("vm.start", vm_id, 3)
+
+    results = [executor.run_vm(start, plan) for _ in range(3)]
+
+    assert [r.outcome for r in results] == ["succeeded"] * 3, [r.error for r in results]
+    assert [r.observed for r in results] == ["running"] * 3
+    assert {r.operation_id for r in results} == {start.operation_id}
+    assert all(r.host_id == plan.host.id and r.version == 3 for r in results)
+    assert all(r.kind == "vm.start" and r.correlation_id == "cor-exec" for r in results)
+    doms = domains_with_uuid(hypervisor, vm_id)
+    assert len(doms) == 1
+    assert doms[0].name() == f"{name_prefix}vm-{vm_id.hex[:12]}"
+    assert doms[0].isActive()
+    assert doms[0].state()[0] == libvirt.VIR_DOMAIN_RUNNING
+
+    stopped = executor.run_vm(work("vm.stop", vm_id, 4, forced=True), plan)
+    assert stopped.outcome == "succeeded", stopped.error
+    assert stopped.observed == "shutoff"
+    assert domains_with_uuid(hypervisor, vm_id)[0].state()[0] == libvirt.VIR_DOMAIN_SHUTOFF
+
+    expunge = work("vm.expunge", vm_id, 5)
+    gone = [executor.run_vm(expunge, plan) for _ in range(2)]
+    assert [r.outcome for r in gone] == ["succeeded"] * 2, [r.error for r in gone]
+    assert [r.observed for r in gone] == ["absent"] * 2
+    assert domains_with_uuid(hypervisor, vm_id) == []
+
+
+def qemu_info(path: Path) -> dict:
+    out = subprocess.run(
+        ["qemu-img", "info", "--output=json", "-U", str(path)],
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout
+    return json.loads(out)
+
+
+def test_volume_create_is_idempotent_and_delete_removes_the_file(
+    executor, hypervisor, libvirt_uri, pool_dir
+):
+    host = host_view(libvirt_uri)
+    pool = PoolView(
+        id=uuid.uuid4(), version=1, zone_id=ZONE, state="Enabled", url=str(pool_dir / "p1")
+    )
+    volume = VolumeView(
+        id=uuid.uuid4(),
+        version=2,
+        zone_id=ZONE,
+        state="Creating",
+        size_bytes=32 * MiB,
+        pool_id=pool.id,
+    )
+    create = work("volume.create", volume.id, 2)
+
+    results = [executor.run_volume(create, volume, pool, host) for _ in range(3)]
+
+    assert [r.outcome for r in results] == ["succeeded"] * 3, [r.error for r in results]
+    assert [r.observed for r in results] == ["present"] * 3
+    files = list((pool_dir / "p1").iterdir())
+    assert [f.name for f in files] == [f"{volume.id}.qcow2"]
+    info = qemu_info(files[0])
+    assert info["format"] == "qcow2"
+    assert info["virtual-size"] == 32 * MiB
+
+    deleted = executor.run_volume(work("volume.delete", volume.id, 3), volume, pool, host)
+    assert deleted.outcome == "succeeded", deleted.error
+    assert deleted.observed == "absent"
+    assert not files[0].exists()
+
+
+def test_unreachable_host_gives_a_failed_result_with_libvirts_error(executor):
+    plan = vm_plan("qemu+tcp://127.0.0.1:1/system")
+    item = work("vm.start", plan.vm.id, 3)
+
+    began = time.monotonic()
+    result = executor.run_vm(item, plan)
+    elapsed = time.monotonic() - began
+
+    assert result.outcome == "failed"
+    assert result.observed is None
+    assert result.error is not None
+    assert "127.0.0.1:1" in result.error and "Connection refused" in result.error
+    assert result.error_code == libvirt.VIR_ERR_SYSTEM_ERROR
+    assert f"(libvirt error {result.error_code})" in result.error
+    assert result.operation_id == item.operation_id
+    # Connection refused is retried (with backoff) a bounded number of times.
+    assert elapsed < 15, elapsed
+
+
+def test_impossible_domain_gives_a_failed_result(executor, hypervisor, libvirt_uri):
+    # 64 TiB of guest memory: libvirt/QEMU refuses to start it.
+    plan = vm_plan(libvirt_uri, ram_mb=64 * 1024 * 1024)
+    result = executor.run_vm(work("vm.start", plan.vm.id, 3), plan)
+
+    assert result.outcome == "failed"
+    assert result.error and "memory" in result.error, result.error
+    assert result.error_code is not None
+    assert f"(libvirt error {result.error_code})" in result.error
+    doms = domains_with_uuid(hypervisor, plan.vm.id)
+    assert all(not d.isActive() for d in doms)

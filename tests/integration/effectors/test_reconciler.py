@@ -1,0 +1,273 @@
+"""Reconciler against the real qemu:///system: domains changed behind the
+engine's back are reported as drift. The engine's side is a small in-memory
+stand-in for the read models (the real ReadModels is tested with PostgreSQL
+elsewhere); every libvirt object is named with the test's prefix."""
+
+import asyncio
+import uuid
+from typing import Any
+from uuid import UUID
+
+import pytest
+
+from effectors.compute.driver import ComputeDriver
+from effectors.compute.spec import DomainSpec
+from effectors.desired import HostView, VmSize, VmView, VolumeView
+from effectors.hypervisor import Hypervisor
+from effectors.reconciler import Reconciler, start_libvirt_event_loop
+from effectors.results import EffectorResult
+from effectors.storage.pools import ensure_pool
+from effectors.storage.spec import PoolSpec, VolumeSpec
+from effectors.storage.volumes import StorageDriver
+
+pytestmark = pytest.mark.libvirt
+
+ZONE = uuid.uuid4()
+MiB = 1024 * 1024
+
+
+class FakeReadModels:
+    """hosts() and where() over views held in memory."""
+
+    def __init__(self, hosts: list[HostView]) -> None:
+        self._hosts = hosts
+        self.views: dict[str, list[Any]] = {"vm": [], "volume": []}
+
+    async def hosts(self, zones):
+        return [h for h in self._hosts if zones is None or h.zone_id in zones]
+
+    async def where(self, cls, aggregate_type, field, value):
+        return [
+            v
+            for v in self.views.get(aggregate_type, [])
+            if isinstance(v, cls) and getattr(v, field, None) == value
+        ]
+
+
+def host_view(uri: str) -> HostView:
+    return HostView(
+        id=uuid.uuid4(), version=1, name="h1", zone_id=ZONE, state="Up", libvirt_uri=uri
+    )
+
+
+def vm_view(vm_id: UUID, host: HostView, state: str = "Running") -> VmView:
+    return VmView(
+        id=vm_id,
+        version=5,
+        name="web",
+        zone_id=ZONE,
+        state=state,
+        spec=VmSize(cpus=1, ram_mb=64, root_disk_gb=1),
+        host_id=host.id,
+    )
+
+
+class Published(list[EffectorResult]):
+    async def __call__(self, result: EffectorResult) -> None:
+        self.append(result)
+
+
+def reconciler(read_models, published, hypervisor_for, **kw) -> Reconciler:
+    return Reconciler(
+        read_models,
+        published,
+        zones=frozenset({ZONE}),
+        effector="effector-test",
+        hypervisor_for=hypervisor_for,
+        **kw,
+    )
+
+
+def running_domain(hypervisor: Hypervisor, name_prefix: str) -> UUID:
+    vm_id = uuid.uuid4()
+    driver = ComputeDriver(hypervisor, poll_interval_s=0.05)
+    spec = DomainSpec(uuid=vm_id, name=f"{name_prefix}vm-{vm_id.hex[:12]}", vcpus=1, memory_mb=64)
+    driver.define(spec)
+    driver.start(vm_id)
+    return vm_id
+
+
+def about(results: list[EffectorResult], aggregate_id: UUID) -> list[EffectorResult]:
+    # The libvirtd is shared: other tests' domains show up as unknown here.
+    return [r for r in results if r.aggregate_id == aggregate_id]
+
+
+async def test_a_domain_destroyed_behind_the_engines_back_is_vm_state_drift(
+    hypervisor, libvirt_uri, name_prefix
+):
+    host = host_view(libvirt_uri)
+    fake = FakeReadModels([host])
+    vm_id = running_domain(hypervisor, name_prefix)
+    fake.views["vm"].append(vm_view(vm_id, host))
+    published = Published()
+    rec = reconciler(fake, published, lambda uri: hypervisor, prefix=name_prefix)
+
+    assert about(await rec.reconcile_once(), vm_id) == []
+
+    hypervisor.conn.lookupByUUID(vm_id.bytes).destroy()
+    results = about(await rec.reconcile_once(), vm_id)
+    assert len(results) == 1
+    drift = results[0]
+    assert drift.kind == "drift.vm_state"
+    assert (drift.observed, drift.expected) == ("shutoff", "running")
+    assert (drift.outcome, drift.host_id, drift.effector) == ("succeeded", host.id, "effector-test")
+    assert drift in published
+
+    # Reported again next round: the same operation, recorded once by the engine.
+    (again,) = about(await rec.reconcile_once(), vm_id)
+    assert again.operation_id == drift.operation_id
+
+
+async def test_a_domain_the_engine_does_not_know_is_reported_with_its_name(
+    hypervisor, libvirt_uri, name_prefix
+):
+    host = host_view(libvirt_uri)
+    stray = running_domain(hypervisor, name_prefix)
+    published = Published()
+    rec = reconciler(FakeReadModels([host]), published, lambda uri: hypervisor)
+
+    (drift,) = about(await rec.reconcile_once(), stray)
+    assert drift.kind == "drift.unknown_domain"
+    assert drift.observed == f"running name={name_prefix}vm-{stray.hex[:12]}"
+    assert drift.host_id == host.id
+    assert about(published, stray) == [drift]
+
+
+async def test_a_stopped_vm_keeps_its_domain_on_its_last_host_without_drift(
+    hypervisor, libvirt_uri, name_prefix
+):
+    host = host_view(libvirt_uri)
+    fake = FakeReadModels([host])
+    vm_id = running_domain(hypervisor, name_prefix)
+    ComputeDriver(hypervisor).destroy(vm_id)
+    # Stopped: the engine moved host_id to last_host_id; the definition stays.
+    stopped = vm_view(vm_id, host, "Stopped")
+    fake.views["vm"].append(VmViewWithLastHost(**_fields(stopped), last_host_id=host.id))
+    rec = reconciler(fake, Published(), lambda uri: hypervisor)
+    assert about(await rec.reconcile_once(), vm_id) == []
+
+    ComputeDriver(hypervisor).start(vm_id)
+    (drift,) = about(await rec.reconcile_once(), vm_id)
+    assert (drift.kind, drift.observed, drift.expected) == ("drift.vm_state", "running", "shutoff")
+
+
+class VmViewWithLastHost(VmView, frozen=True, kw_only=True):
+    # The read model's data carries last_host_id; VmView does not expose it.
+    last_host_id: UUID | None = None
+
+
+def _fields(view: VmView) -> dict[str, Any]:
+    out = {f: getattr(view, f) for f in view.__struct_fields__}
+    out["host_id"] = None
+    return out
+
+
+async def test_an_unreachable_host_is_reported_after_down_after_rounds_once():
+    host = host_view("qemu+tcp://127.0.0.1:1/system")
+    published = Published()
+    unreachable = Hypervisor(host.libvirt_uri, attempts=1)
+    rec = reconciler(FakeReadModels([host]), published, lambda uri: unreachable, down_after=2)
+
+    assert await rec.reconcile_once() == []
+    (down,) = await rec.reconcile_once()
+    assert (down.kind, down.aggregate_id, down.host_id) == ("host.unreachable", host.id, host.id)
+    assert down.outcome == "succeeded"
+    assert down.error and down.error_code
+    assert published == [down]
+    # Once per outage.
+    assert await rec.reconcile_once() == []
+
+
+async def test_a_host_that_answers_again_resets_the_count(hypervisor, libvirt_uri):
+    host = host_view("qemu+tcp://127.0.0.1:1/system")
+    bad = Hypervisor(host.libvirt_uri, attempts=1)
+    current = {"hv": bad}
+    rec = reconciler(FakeReadModels([host]), Published(), lambda uri: current["hv"], down_after=2)
+
+    assert await rec.reconcile_once() == []
+    current["hv"] = hypervisor  # answers: the failure count starts over
+    await rec.reconcile_once()
+    current["hv"] = bad
+    assert await rec.reconcile_once() == []
+    (down,) = await rec.reconcile_once()
+    assert down.kind == "host.unreachable"
+
+
+async def test_attached_volumes_missing_or_of_another_size_are_volume_drift(
+    hypervisor, libvirt_uri, name_prefix, pool_dir
+):
+    host = host_view(libvirt_uri)
+    fake = FakeReadModels([host])
+    vm_id = running_domain(hypervisor, name_prefix)
+    fake.views["vm"].append(vm_view(vm_id, host))
+    pool_id = uuid.uuid4()
+    pool = f"{name_prefix}pool-{pool_id.hex[:12]}"
+    ensure_pool(hypervisor, PoolSpec(name=pool, path=str(pool_dir)))
+    right, wrong, missing = uuid.uuid4(), uuid.uuid4(), uuid.uuid4()
+    storage = StorageDriver(hypervisor)
+    storage.create(VolumeSpec(pool=pool, name=f"{right}.qcow2", size_bytes=16 * MiB))
+    storage.create(VolumeSpec(pool=pool, name=f"{wrong}.qcow2", size_bytes=16 * MiB))
+    for vol_id, size in ((right, 16 * MiB), (wrong, 32 * MiB), (missing, 16 * MiB)):
+        fake.views["volume"].append(
+            VolumeView(
+                id=vol_id,
+                version=3,
+                zone_id=ZONE,
+                state="Attached",
+                size_bytes=size,
+                pool_id=pool_id,
+                vm_id=vm_id,
+            )
+        )
+    rec = reconciler(fake, Published(), lambda uri: hypervisor, prefix=name_prefix)
+
+    results = await rec.reconcile_once()
+    assert about(results, right) == []
+    (wrong_size,) = about(results, wrong)
+    assert (wrong_size.kind, wrong_size.observed, wrong_size.expected) == (
+        "drift.volume",
+        f"capacity={16 * MiB}",
+        f"capacity={32 * MiB}",
+    )
+    (gone,) = about(results, missing)
+    assert (gone.kind, gone.observed) == ("drift.volume", "missing")
+
+
+async def test_a_lifecycle_event_wakes_the_loop_before_the_interval(
+    libvirt_uri, name_prefix, hypervisor
+):
+    # Events reach only connections opened after the event loop is installed.
+    start_libvirt_event_loop()
+    watched = Hypervisor(libvirt_uri)
+    try:
+        host = host_view(libvirt_uri)
+        fake = FakeReadModels([host])
+        vm_id = running_domain(watched, name_prefix)
+        fake.views["vm"].append(vm_view(vm_id, host))
+        published = Published()
+        rec = reconciler(
+            fake, published, lambda uri: watched, interval_s=120.0, lifecycle_events=True
+        )
+        stop = asyncio.Event()
+        loop = asyncio.create_task(rec.run(stop))
+        try:
+            # The first round runs at once and registers the callback.
+            for _ in range(100):
+                if rec._watched:
+                    break
+                await asyncio.sleep(0.05)
+            assert about(published, vm_id) == []
+            await asyncio.to_thread(lambda: hypervisor.conn.lookupByUUID(vm_id.bytes).destroy())
+            async with asyncio.timeout(15):
+                while not about(published, vm_id):
+                    await asyncio.sleep(0.05)
+            # Each event wakes a round; rounds report the same operation.
+            drifts = about(published, vm_id)
+            assert {(d.kind, d.observed, d.operation_id) for d in drifts} == {
+                ("drift.vm_state", "shutoff", drifts[0].operation_id)
+            }
+        finally:
+            stop.set()
+            await asyncio.wait_for(loop, 10)
+    finally:
+        watched.close()
