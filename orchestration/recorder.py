@@ -18,7 +18,14 @@ from aiokafka import AIOKafkaConsumer
 
 from effectors.results import EffectorResult, decode, ensure_results_topic, results_topic
 from engine.commands.base import Command, CommandContext
-from engine.commands.compute import FailVm, MarkVmExpunged, MarkVmRunning, MarkVmStopped
+from engine.commands.compute import (
+    FailVm,
+    MarkVmExpunged,
+    MarkVmRunning,
+    MarkVmStopped,
+    RecordVmDrift,
+)
+from engine.commands.hosts import DeclareHostDown
 from engine.commands.storage import FailVolume, MarkVolumeCreated, MarkVolumeResized
 from engine.errors import DomainError
 from engine.service import CommandService
@@ -30,10 +37,11 @@ REASON_MAX = 500
 
 def command_for(result: EffectorResult) -> Command | None:
     """The command that records a result, or None when there is nothing to
-    record (a reboot done, a domain powered off, drift: logged only)."""
+    record (a reboot done, a domain powered off; unknown domains and volume
+    drift are only logged until their aggregates have events for them)."""
     target = result.aggregate_id
     reason = (result.error or "failed without a message")[:REASON_MAX]
-    if result.outcome == "succeeded":
+    if result.outcome == "succeeded" and not result.kind.startswith(("drift.", "host.")):
         return {
             "vm.start": MarkVmRunning(vm_id=target),
             "vm.stop": MarkVmStopped(vm_id=target),
@@ -41,6 +49,14 @@ def command_for(result: EffectorResult) -> Command | None:
             "volume.create": MarkVolumeCreated(volume_id=target),
             "volume.resize": MarkVolumeResized(volume_id=target),
         }.get(result.kind)
+    if result.kind == "drift.vm_state":
+        return RecordVmDrift(
+            vm_id=target,
+            observed=(result.observed or "unknown")[:200],
+            expected=(result.expected or "unknown")[:200],
+        )
+    if result.kind == "host.unreachable":
+        return DeclareHostDown(host_id=target)
     if result.kind in ("vm.start", "vm.stop"):
         return FailVm(vm_id=target, reason=reason)
     if result.kind in ("volume.create", "volume.resize"):

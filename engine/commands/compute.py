@@ -94,6 +94,12 @@ class MarkVmExpunged(Command, frozen=True, kw_only=True):
     vm_id: UUID
 
 
+class RecordVmDrift(Command, frozen=True, kw_only=True):
+    vm_id: UUID
+    observed: Annotated[str, msgspec.Meta(min_length=1, max_length=200)]
+    expected: Annotated[str, msgspec.Meta(min_length=1, max_length=200)]
+
+
 class FailVm(Command, frozen=True, kw_only=True):
     vm_id: UUID
     reason: Reason
@@ -204,6 +210,12 @@ def request_vm_expunge(uow: UnitOfWork, cmd: RequestVmExpunge) -> Outcome:
 @handles(MarkVmExpunged)
 def mark_vm_expunged(uow: UnitOfWork, cmd: MarkVmExpunged) -> Outcome:
     _vm(uow, cmd.vm_id).expunged()
+    return Outcome(aggregate_id=cmd.vm_id)
+
+
+@handles(RecordVmDrift)
+def record_vm_drift(uow: UnitOfWork, cmd: RecordVmDrift) -> Outcome:
+    _vm(uow, cmd.vm_id).observe_drift(cmd.observed, cmd.expected)
     return Outcome(aggregate_id=cmd.vm_id)
 
 

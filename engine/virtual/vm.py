@@ -238,6 +238,14 @@ class VirtualMachine(Aggregate):
         require_reason(reason)
         self._failed(reason)
 
+    def observe_drift(self, observed: str, expected: str) -> None:
+        """Record that the hypervisor runs something else than the engine
+        recorded (allowed in every state: drift is a fact, not a request).
+        The state is left alone: what to do about it is for HA to decide."""
+        require(bool(observed.strip()), "observed must not be empty", field="observed")
+        require(bool(expected.strip()), "expected must not be empty", field="expected")
+        self._drift_observed(observed=observed, expected=expected)
+
     def _release_host(self) -> None:
         if self.host_id is not None:
             self.last_host_id = self.host_id
@@ -307,6 +315,10 @@ class VirtualMachine(Aggregate):
     @event("Expunged")
     def _expunged(self) -> None:
         self.state = "Expunged"
+
+    @event("DriftObserved")
+    def _drift_observed(self, observed: str, expected: str) -> None:
+        self.last_error = f"the hypervisor shows {observed}; the engine recorded {expected}"
 
     @event("Failed")
     def _failed(self, reason: str) -> None:

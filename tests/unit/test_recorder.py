@@ -4,8 +4,17 @@ from __future__ import annotations
 
 import uuid
 
+import msgspec
+
 from effectors.results import EffectorResult
-from engine.commands.compute import FailVm, MarkVmExpunged, MarkVmRunning, MarkVmStopped
+from engine.commands.compute import (
+    FailVm,
+    MarkVmExpunged,
+    MarkVmRunning,
+    MarkVmStopped,
+    RecordVmDrift,
+)
+from engine.commands.hosts import DeclareHostDown
 from engine.commands.storage import FailVolume, MarkVolumeCreated, MarkVolumeResized
 from orchestration.recorder import command_for, context_for
 
@@ -48,7 +57,7 @@ def test_failures_carry_the_error_as_reason():
 def test_nothing_to_record_for_done_reboots_and_drift():
     assert command_for(result("vm.reboot")) is None
     assert command_for(result("vm.destroy")) is None
-    assert command_for(result("drift.vm_state")) is None
+    assert command_for(result("drift.unknown_domain")) is None
     assert command_for(result("volume.delete")) is None
 
 
@@ -58,3 +67,11 @@ def test_a_result_delivered_twice_has_one_idempotency_key():
     assert first.actor == "effector:e1"
     assert first.causation_id == str(OP)
     assert first.correlation_id == "corr"
+
+
+def test_drift_and_unreachable_hosts_are_recorded():
+    drift = msgspec.structs.replace(
+        result("drift.vm_state"), observed="shutoff", expected="running"
+    )
+    assert command_for(drift) == RecordVmDrift(vm_id=ID, observed="shutoff", expected="running")
+    assert command_for(result("host.unreachable")) == DeclareHostDown(host_id=ID)

@@ -282,3 +282,12 @@ def test_events_carry_bound_metadata():
         vm.place(HOST_A, POOL)
     [event] = vm.collect_events()
     assert event.meta == meta
+
+
+def test_drift_is_recorded_in_any_state_and_leaves_the_state_alone():
+    vm = vm_in("Running")
+    vm.observe_drift("shutoff", "running")
+    assert vm.state == "Running"
+    assert vm.last_error == "the hypervisor shows shutoff; the engine recorded running"
+    with pytest.raises(Validation):
+        vm.observe_drift(" ", "running")
