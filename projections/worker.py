@@ -9,6 +9,7 @@ each other in opposite orders.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 
 import asyncpg
 import structlog
@@ -44,6 +45,8 @@ class ProjectionWorker:
         self.projection = projection
         self.applier = readmodel.Applier(target.schema, projection)
         self.consumer: BatchEventConsumer | None = None
+        # Told of each batch once its transaction committed (metrics, benches).
+        self.on_applied: Callable[[list[CloudEvent]], None] | None = None
 
     async def run(self, stop: asyncio.Event) -> None:
         pool = await asyncpg.create_pool(
@@ -73,6 +76,8 @@ class ProjectionWorker:
                         self.projection,
                     )
                     await self.applier.apply(conn, positioned)
+                if self.on_applied is not None:
+                    self.on_applied(events)
 
             self.consumer = BatchEventConsumer(self.config, handle)
             task = asyncio.create_task(self.consumer.run())
