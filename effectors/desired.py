@@ -70,6 +70,14 @@ class VolumeView(msgspec.Struct, frozen=True, kw_only=True):
     vm_id: UUID | None = None
     device_id: int | None = None
     resize_to: int | None = None
+    reverting_to: UUID | None = None
+
+
+class SnapshotView(msgspec.Struct, frozen=True, kw_only=True):
+    id: UUID
+    version: int
+    volume_id: UUID
+    state: str
 
 
 class NicView(msgspec.Struct, frozen=True, kw_only=True):

@@ -57,6 +57,9 @@ class Names(msgspec.Struct, frozen=True):
     def volume(self, volume_id: UUID) -> str:
         return f"{volume_id}.qcow2"
 
+    def snapshot(self, snapshot_id: UUID) -> str:
+        return f"ce-{snapshot_id}"  # qemu-img also matches ids: never all digits
+
     def network(self, network_id: UUID) -> str:
         return f"{self.prefix}net-{network_id.hex[:12]}"
 
@@ -210,8 +213,14 @@ class Executor:
     # Volumes ------------------------------------------------------------------
 
     def run_volume(
-        self, item: WorkItem, volume: VolumeView, pool: PoolView, host: HostView
+        self,
+        item: WorkItem,
+        volume: VolumeView,
+        pool: PoolView,
+        host: HostView,
+        snapshot_id: UUID | None = None,
     ) -> EffectorResult:
+        """Volume work, and a snapshot's creation (on the snapshot's volume)."""
         storage = StorageDriver(self.hypervisor(host.libvirt_uri))
         name = self.names.volume(volume.id)
         try:
@@ -226,6 +235,14 @@ class Executor:
                 outcome = storage.resize(spec.name, name, size)
             elif item.kind == "volume.delete":
                 outcome = storage.delete(spec.name, name)
+            elif item.kind == "volume.revert":
+                if volume.reverting_to is None:
+                    raise Unsupported(f"volume {volume.id} is not being reverted")
+                outcome = storage.revert(spec.name, name, self.names.snapshot(volume.reverting_to))
+            elif item.kind == "snapshot.create":
+                if snapshot_id is None:
+                    raise Unsupported("snapshot work without a snapshot")
+                outcome = storage.snapshot(spec.name, name, self.names.snapshot(snapshot_id))
             else:
                 raise Unsupported(f"{item.kind} is not volume work")
         except (HypervisorError, Unsupported, StorageError, ValueError) as e:

@@ -27,6 +27,8 @@ ResultKind = Literal[
     "volume.create",
     "volume.resize",
     "volume.delete",
+    "volume.revert",
+    "snapshot.create",
     "drift.vm_state",  # a VM not in the state the engine recorded
     "drift.unknown_domain",  # a domain on a host that the engine does not know
     "drift.volume",  # a volume missing or of the wrong size

@@ -28,6 +28,7 @@ from effectors.desired import (
     NicView,
     PoolView,
     ReadModels,
+    SnapshotView,
     VmView,
     VolumeView,
 )
@@ -47,7 +48,7 @@ def effector_config(
     return ConsumerConfig(
         bootstrap=bootstrap,
         group_id=f"{prefix}.effector.{scope}",
-        topics=[topic_for(prefix, "vm"), topic_for(prefix, "volume")],
+        topics=[topic_for(prefix, t) for t in ("vm", "volume", "snapshot")],
         topic_prefix=prefix,
         max_records=50,
     )
@@ -141,7 +142,14 @@ class EffectorService:
             if plan is None:
                 return None
             return await asyncio.to_thread(self.executor.run_vm, item, plan)
-        volume = await models.get(VolumeView, "volume", item.aggregate_id, item.version)
+        snapshot_id = None
+        volume_id, at_least = item.aggregate_id, item.version
+        if item.kind.startswith("snapshot."):
+            snapshot = await models.get(SnapshotView, "snapshot", item.aggregate_id, item.version)
+            if snapshot is None:
+                return None
+            snapshot_id, volume_id, at_least = snapshot.id, snapshot.volume_id, 0
+        volume = await models.get(VolumeView, "volume", volume_id, at_least)
         if volume is None or not self._serves(volume.zone_id) or volume.pool_id is None:
             return None
         pool = await models.get(PoolView, "storage_pool", volume.pool_id)
@@ -149,7 +157,9 @@ class EffectorService:
         if pool is None or host is None:
             log.warning("volume_work_unplaceable", volume_id=str(volume.id))
             return None
-        return await asyncio.to_thread(self.executor.run_volume, item, volume, pool, host)
+        return await asyncio.to_thread(
+            self.executor.run_volume, item, volume, pool, host, snapshot_id
+        )
 
     async def publish(self, result: EffectorResult) -> None:
         producer = self._producer

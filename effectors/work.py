@@ -27,6 +27,8 @@ WorkKind = Literal[
     "volume.create",
     "volume.resize",
     "volume.delete",
+    "volume.revert",
+    "snapshot.create",
 ]
 
 # (aggregate, event name) -> the work it asks for.
@@ -39,6 +41,8 @@ WORK_EVENTS: dict[tuple[str, str], WorkKind] = {
     ("volume", "creation_requested"): "volume.create",
     ("volume", "resize_requested"): "volume.resize",
     ("volume", "destroyed"): "volume.delete",
+    ("volume", "revert_requested"): "volume.revert",
+    ("snapshot", "created"): "snapshot.create",
 }
 
 _OPERATIONS = UUID("6f1d3c52-8b1e-4f5e-9a57-0c6d1f2b7e11")

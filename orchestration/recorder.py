@@ -26,7 +26,14 @@ from engine.commands.compute import (
     RecordVmDrift,
 )
 from engine.commands.hosts import DeclareHostDown
-from engine.commands.storage import FailVolume, MarkVolumeCreated, MarkVolumeResized
+from engine.commands.storage import (
+    FailSnapshot,
+    FailVolume,
+    MarkSnapshotCreated,
+    MarkVolumeCreated,
+    MarkVolumeResized,
+    MarkVolumeReverted,
+)
 from engine.errors import DomainError
 from engine.service import CommandService
 
@@ -48,6 +55,8 @@ def command_for(result: EffectorResult) -> Command | None:
             "vm.expunge": MarkVmExpunged(vm_id=target),
             "volume.create": MarkVolumeCreated(volume_id=target),
             "volume.resize": MarkVolumeResized(volume_id=target),
+            "volume.revert": MarkVolumeReverted(volume_id=target),
+            "snapshot.create": MarkSnapshotCreated(snapshot_id=target),
         }.get(result.kind)
     if result.kind == "drift.vm_state":
         return RecordVmDrift(
@@ -59,8 +68,10 @@ def command_for(result: EffectorResult) -> Command | None:
         return DeclareHostDown(host_id=target)
     if result.kind in ("vm.start", "vm.stop"):
         return FailVm(vm_id=target, reason=reason)
-    if result.kind in ("volume.create", "volume.resize"):
+    if result.kind in ("volume.create", "volume.resize", "volume.revert"):
         return FailVolume(volume_id=target, reason=reason)
+    if result.kind == "snapshot.create":
+        return FailSnapshot(snapshot_id=target, reason=reason)
     return None
 
 

@@ -15,7 +15,14 @@ from engine.commands.compute import (
     RecordVmDrift,
 )
 from engine.commands.hosts import DeclareHostDown
-from engine.commands.storage import FailVolume, MarkVolumeCreated, MarkVolumeResized
+from engine.commands.storage import (
+    FailSnapshot,
+    FailVolume,
+    MarkSnapshotCreated,
+    MarkVolumeCreated,
+    MarkVolumeResized,
+    MarkVolumeReverted,
+)
 from orchestration.recorder import command_for, context_for
 
 ID = uuid.uuid4()
@@ -41,6 +48,11 @@ def test_successes_become_the_matching_completion():
     assert command_for(result("vm.expunge")) == MarkVmExpunged(vm_id=ID)
     assert command_for(result("volume.create")) == MarkVolumeCreated(volume_id=ID)
     assert command_for(result("volume.resize")) == MarkVolumeResized(volume_id=ID)
+    assert command_for(result("volume.revert")) == MarkVolumeReverted(volume_id=ID)
+    assert command_for(result("snapshot.create")) == MarkSnapshotCreated(snapshot_id=ID)
+    assert command_for(result("snapshot.create", "failed", "locked")) == FailSnapshot(
+        snapshot_id=ID, reason="locked"
+    )
 
 
 def test_failures_carry_the_error_as_reason():

@@ -11,6 +11,7 @@ import uuid
 from pathlib import Path
 
 import libvirt
+import msgspec
 import pytest
 
 from effectors.desired import HostView, PoolView, VmSize, VmView, VolumeView
@@ -171,3 +172,46 @@ def test_impossible_domain_gives_a_failed_result(executor, hypervisor, libvirt_u
     assert f"(libvirt error {result.error_code})" in result.error
     doms = domains_with_uuid(hypervisor, plan.vm.id)
     assert all(not d.isActive() for d in doms)
+
+
+def qemu_io(path: Path, command: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        ["qemu-io", "-f", "qcow2", "-c", command, str(path)], capture_output=True, text=True
+    )
+
+
+def test_snapshot_then_revert_restores_the_data(executor, hypervisor, libvirt_uri, pool_dir):
+    host = host_view(libvirt_uri)
+    pool = PoolView(
+        id=uuid.uuid4(), version=1, zone_id=ZONE, state="Enabled", url=str(pool_dir / "p2")
+    )
+    volume = VolumeView(
+        id=uuid.uuid4(),
+        version=2,
+        zone_id=ZONE,
+        state="Creating",
+        size_bytes=16 * MiB,
+        pool_id=pool.id,
+    )
+    assert executor.run_volume(work("volume.create", volume.id, 2), volume, pool, host).outcome == (
+        "succeeded"
+    )
+    path = pool_dir / "p2" / f"{volume.id}.qcow2"
+    assert qemu_io(path, "write -P 0xab 0 64k").returncode == 0
+
+    snapshot_id = uuid.uuid4()
+    take = work("snapshot.create", snapshot_id, 1)
+    taken = [executor.run_volume(take, volume, pool, host, snapshot_id) for _ in range(2)]
+    assert [r.outcome for r in taken] == ["succeeded"] * 2, [r.error for r in taken]
+    assert taken[0].aggregate_id == snapshot_id
+
+    assert qemu_io(path, "write -P 0xcd 0 64k").returncode == 0
+    reverting = msgspec.structs.replace(volume, version=5, reverting_to=snapshot_id)
+    reverted = executor.run_volume(work("volume.revert", volume.id, 5), reverting, pool, host)
+    assert reverted.outcome == "succeeded", reverted.error
+    check = qemu_io(path, "read -P 0xab 0 64k")
+    assert check.returncode == 0 and "Pattern verification failed" not in check.stdout
+
+    unknown = msgspec.structs.replace(volume, version=6, reverting_to=uuid.uuid4())
+    failed = executor.run_volume(work("volume.revert", volume.id, 6), unknown, pool, host)
+    assert failed.outcome == "failed" and failed.error
