@@ -25,12 +25,12 @@ from typing import Any
 import asyncpg
 import structlog
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
-from aiokafka.admin import AIOKafkaAdminClient, NewTopic
-from aiokafka.errors import KafkaError, TopicAlreadyExistsError
+from aiokafka.errors import KafkaError
 
 from bus.naming import all_event_types, topic_for
 from bus.outgoing import OutgoingCodec, partition_for
 from bus.relay_log import CHANNEL, RelayLog, connect
+from bus.topics import ensure_topics
 from engine.database import DatabaseTarget
 
 log = structlog.get_logger("bus.relay")
@@ -96,24 +96,11 @@ class Relay:
 
     # Kafka ------------------------------------------------------------------
     async def _ensure_topics(self) -> None:
-        admin = AIOKafkaAdminClient(bootstrap_servers=self.config.bootstrap)
-        await admin.start()
-        try:
-            existing = set(await admin.list_topics())
-            wanted = sorted(
-                {topic_for(self.config.topic_prefix, t.aggregate) for t in all_event_types()}
-            )
-            missing = [
-                NewTopic(t, num_partitions=self.config.partitions, replication_factor=1)
-                for t in wanted
-                if t not in existing
-            ]
-            if missing:
-                with contextlib.suppress(TopicAlreadyExistsError):
-                    await admin.create_topics(missing)
-                log.info("created topics", topics=[t.name for t in missing])
-        finally:
-            await admin.close()
+        await ensure_topics(
+            self.config.bootstrap,
+            (topic_for(self.config.topic_prefix, t.aggregate) for t in all_event_types()),
+            self.config.partitions,
+        )
 
     async def _partition_count(self, producer: AIOKafkaProducer, topic: str) -> int:
         count = self._partitions.get(topic)

@@ -22,10 +22,15 @@ async def connect(target: DatabaseTarget) -> asyncpg.Connection:
     )
 
 
+def events_table(schema: str) -> str:
+    """The event store's table, schema-qualified for SQL."""
+    return f'"{schema}".{EVENTS_TABLE}'
+
+
 class RelayLog:
     def __init__(self, schema: str, name: str) -> None:
         self.name = name
-        self.events = f'"{schema}".{EVENTS_TABLE}'
+        self.events = events_table(schema)
         self.positions = f'"{schema}".cloudengine_relay'
 
     async def prepare(self, conn: asyncpg.Connection) -> None:

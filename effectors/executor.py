@@ -23,6 +23,7 @@ from effectors.compute.driver import ComputeDriver, DomainMissing, DomainNotRunn
 from effectors.compute.spec import DiskSpec, DomainSpec, NicSpec
 from effectors.desired import HostView, NetworkView, NicView, PoolView, VmView, VolumeView
 from effectors.hypervisor import Hypervisor, HypervisorError
+from effectors.naming import Names
 from effectors.network.driver import NetworkDriver, NetworkDriverError
 from effectors.network.spec import DhcpHost, NetworkSpec
 from effectors.results import EffectorResult
@@ -40,31 +41,6 @@ FAULT_ENV = "CLOUD_ENGINE_EFFECTOR_FAULT"
 
 class Unsupported(Exception):
     """The work cannot be done by this effector (e.g. a pool kind)."""
-
-
-class Names(msgspec.Struct, frozen=True):
-    """How engine resources are named on a host (a prefix keeps test and
-    production objects apart)."""
-
-    prefix: str = "ce-"
-
-    def domain(self, vm_id: UUID) -> str:
-        return f"{self.prefix}vm-{vm_id.hex[:12]}"
-
-    def pool(self, pool_id: UUID) -> str:
-        return f"{self.prefix}pool-{pool_id.hex[:12]}"
-
-    def volume(self, volume_id: UUID) -> str:
-        return f"{volume_id}.qcow2"
-
-    def snapshot(self, snapshot_id: UUID) -> str:
-        return f"ce-{snapshot_id}"  # qemu-img also matches ids: never all digits
-
-    def network(self, network_id: UUID) -> str:
-        return f"{self.prefix}net-{network_id.hex[:12]}"
-
-    def bridge(self, network_id: UUID) -> str:
-        return f"cebr{network_id.hex[:10]}"  # kernel limit: 15 characters
 
 
 def pool_spec(names: Names, pool: PoolView) -> PoolSpec:

@@ -52,6 +52,7 @@ from effectors.drift import (
     volume_drift,
 )
 from effectors.hypervisor import Hypervisor, HypervisorError
+from effectors.naming import Names
 from effectors.results import EffectorResult
 from effectors.storage.pools import PoolMissing
 from effectors.storage.volumes import StorageDriver
@@ -117,7 +118,7 @@ class Reconciler:
         hypervisor_for: Callable[[str], Hypervisor],
         interval_s: float = 30.0,
         down_after: int = 3,
-        prefix: str = "ce-",
+        names: Names | None = None,
         check_volumes: bool = True,
         lifecycle_events: bool = False,
         event_settle_s: float = 0.5,
@@ -129,7 +130,7 @@ class Reconciler:
         self.hypervisor_for = hypervisor_for
         self.interval_s = interval_s
         self.down_after = max(1, down_after)
-        self.prefix = prefix
+        self.names = names or Names()
         self.check_volumes = check_volumes
         self.lifecycle_events = lifecycle_events
         self.event_settle_s = event_settle_s
@@ -296,9 +297,10 @@ class Reconciler:
         seen: list[tuple[bool, int] | None] = []
         for volume in volumes:
             assert volume.pool_id is not None
-            pool = f"{self.prefix}pool-{volume.pool_id.hex[:12]}"
             try:
-                state = storage.observe(pool, f"{volume.id}.qcow2")
+                state = storage.observe(
+                    self.names.pool(volume.pool_id), self.names.volume(volume.id)
+                )
             except PoolMissing:
                 seen.append(None)
                 continue

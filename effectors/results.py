@@ -9,13 +9,12 @@ reconciler travels the same way, with kind "drift.*".
 
 from __future__ import annotations
 
-import contextlib
 from typing import Literal
 from uuid import UUID
 
 import msgspec
-from aiokafka.admin import AIOKafkaAdminClient, NewTopic
-from aiokafka.errors import TopicAlreadyExistsError
+
+from bus.topics import ensure_topics
 
 Outcome = Literal["succeeded", "failed"]
 ResultKind = Literal[
@@ -68,16 +67,4 @@ def decode(raw: bytes) -> EffectorResult:
 
 
 async def ensure_results_topic(bootstrap: str, prefix: str, partitions: int = 4) -> None:
-    """Create the results topic if the broker lacks it (brokers need not
-    auto-create topics)."""
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
-    await admin.start()
-    try:
-        topic = results_topic(prefix)
-        if topic not in set(await admin.list_topics()):
-            with contextlib.suppress(TopicAlreadyExistsError):
-                await admin.create_topics(
-                    [NewTopic(topic, num_partitions=partitions, replication_factor=1)]
-                )
-    finally:
-        await admin.close()
+    await ensure_topics(bootstrap, [results_topic(prefix)], partitions)

@@ -32,7 +32,8 @@ from effectors.desired import (
     VmView,
     VolumeView,
 )
-from effectors.executor import Executor, Names, VmPlan, first_enabled
+from effectors.executor import Executor, VmPlan, first_enabled
+from effectors.naming import Names
 from effectors.reconciler import Reconciler, start_libvirt_event_loop
 from effectors.results import EffectorResult, encode, ensure_results_topic, results_topic
 from effectors.work import WorkItem, work_for
@@ -104,7 +105,7 @@ class EffectorService:
             effector=self.name,
             hypervisor_for=self.executor.hypervisor,
             interval_s=self.reconcile_interval_s,
-            prefix=self.executor.names.prefix,
+            names=self.executor.names,
             lifecycle_events=True,
         )
         consumer_task = asyncio.create_task(self.consumer.run())

@@ -48,6 +48,8 @@ AGGREGATES: dict[str, type[Aggregate]] = {
 }
 
 PUBLIC_NAMES: dict[type[Aggregate], str] = {cls: name for name, cls in AGGREGATES.items()}
+# By class name, as command results name them (AggregateVersion.type).
+PUBLIC_BY_CLASS_NAME: dict[str, str] = {cls.__name__: name for name, cls in AGGREGATES.items()}
 
 
 def snake(name: str) -> str:

@@ -12,6 +12,8 @@ Offsets are committed only after the command was stored.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
+from uuid import UUID
 
 import structlog
 from aiokafka import AIOKafkaConsumer
@@ -42,22 +44,32 @@ log = structlog.get_logger("orchestration.recorder")
 REASON_MAX = 500
 
 
+# What a succeeded work item completes, by result kind.
+_DONE: dict[str, Callable[[UUID], Command]] = {
+    "vm.start": lambda i: MarkVmRunning(vm_id=i),
+    "vm.stop": lambda i: MarkVmStopped(vm_id=i),
+    "vm.expunge": lambda i: MarkVmExpunged(vm_id=i),
+    "volume.create": lambda i: MarkVolumeCreated(volume_id=i),
+    "volume.resize": lambda i: MarkVolumeResized(volume_id=i),
+    "volume.revert": lambda i: MarkVolumeReverted(volume_id=i),
+    "snapshot.create": lambda i: MarkSnapshotCreated(snapshot_id=i),
+}
+# What a failed one records, with libvirt's error as the reason.
+_FAILED: dict[str, Callable[[UUID, str], Command]] = {
+    "vm.start": lambda i, r: FailVm(vm_id=i, reason=r),
+    "vm.stop": lambda i, r: FailVm(vm_id=i, reason=r),
+    "volume.create": lambda i, r: FailVolume(volume_id=i, reason=r),
+    "volume.resize": lambda i, r: FailVolume(volume_id=i, reason=r),
+    "volume.revert": lambda i, r: FailVolume(volume_id=i, reason=r),
+    "snapshot.create": lambda i, r: FailSnapshot(snapshot_id=i, reason=r),
+}
+
+
 def command_for(result: EffectorResult) -> Command | None:
     """The command that records a result, or None when there is nothing to
     record (a reboot done, a domain powered off; unknown domains and volume
     drift are only logged until their aggregates have events for them)."""
     target = result.aggregate_id
-    reason = (result.error or "failed without a message")[:REASON_MAX]
-    if result.outcome == "succeeded" and not result.kind.startswith(("drift.", "host.")):
-        return {
-            "vm.start": MarkVmRunning(vm_id=target),
-            "vm.stop": MarkVmStopped(vm_id=target),
-            "vm.expunge": MarkVmExpunged(vm_id=target),
-            "volume.create": MarkVolumeCreated(volume_id=target),
-            "volume.resize": MarkVolumeResized(volume_id=target),
-            "volume.revert": MarkVolumeReverted(volume_id=target),
-            "snapshot.create": MarkSnapshotCreated(snapshot_id=target),
-        }.get(result.kind)
     if result.kind == "drift.vm_state":
         return RecordVmDrift(
             vm_id=target,
@@ -66,13 +78,12 @@ def command_for(result: EffectorResult) -> Command | None:
         )
     if result.kind == "host.unreachable":
         return DeclareHostDown(host_id=target)
-    if result.kind in ("vm.start", "vm.stop"):
-        return FailVm(vm_id=target, reason=reason)
-    if result.kind in ("volume.create", "volume.resize", "volume.revert"):
-        return FailVolume(volume_id=target, reason=reason)
-    if result.kind == "snapshot.create":
-        return FailSnapshot(snapshot_id=target, reason=reason)
-    return None
+    if result.outcome == "succeeded":
+        done = _DONE.get(result.kind)
+        return None if done is None else done(target)
+    failed = _FAILED.get(result.kind)
+    reason = (result.error or "failed without a message")[:REASON_MAX]
+    return None if failed is None else failed(target, reason)
 
 
 def context_for(result: EffectorResult) -> CommandContext:

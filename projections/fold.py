@@ -26,11 +26,11 @@ from uuid import UUID
 
 import asyncpg
 
-from bus.relay_log import RelayLog, connect
+from bus.relay_log import connect, events_table
 from engine.catalog import AGGREGATES, PUBLIC_NAMES
 from engine.database import DatabaseTarget
 from engine.mapper import MsgspecMapper
-from projections.readmodel import Row, table_name
+from projections.readmodel import COLUMNS, Row, table_name
 
 PAGE = 5_000  # events per cursor fetch
 COPY_ROWS = 5_000  # rows per COPY round
@@ -38,19 +38,6 @@ COPY_ROWS = 5_000  # rows per COPY round
 # ones are refolded from the log by the applier when it next needs them
 # (pickling costs more than folding a few events again).
 SNAPSHOT_FROM_VERSION = 32
-COLUMNS = (
-    "id",
-    "version",
-    "position",
-    "state",
-    "name",
-    "account",
-    "zone_id",
-    "created_on",
-    "modified_on",
-    "data",
-    "snapshot",
-)
 LOWEST = UUID(int=0)
 HIGHEST = UUID(int=(1 << 128) - 1)
 
@@ -129,12 +116,13 @@ async def fold_range(
     try:
         shadows = ShadowWriter(writer, target.schema)
         decode: Callable[..., Any] = MsgspecMapper().decode
-        events = RelayLog(target.schema, "replay").events
         aggregate: Any = None
         current: UUID | None = None
         position = 0
         async with reader.transaction(isolation="repeatable_read", readonly=True):
-            cursor = await reader.cursor(_ORDERED.format(events=events), until, low, high)
+            cursor = await reader.cursor(
+                _ORDERED.format(events=events_table(target.schema)), until, low, high
+            )
             while rows := await cursor.fetch(PAGE):
                 with no_cyclic_gc():
                     for originator_id, version, topic, state, notification_id in rows:

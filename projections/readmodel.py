@@ -30,13 +30,26 @@ from asyncpg.pool import PoolConnectionProxy
 from eventsourcing.utils import get_topic
 
 from bus.naming import event_type_of
-from bus.relay_log import EVENTS_TABLE
+from bus.relay_log import events_table
 from engine.aggregate import Aggregate
 from engine.catalog import AGGREGATES, PUBLIC_NAMES
 from engine.mapper import MsgspecMapper
 from projections.history import state_view
 
 POSITIONS = "rm_positions"
+COLUMNS = (
+    "id",
+    "version",
+    "position",
+    "state",
+    "name",
+    "account",
+    "zone_id",
+    "created_on",
+    "modified_on",
+    "data",
+    "snapshot",
+)
 
 # A connection of its own or one borrowed from a pool.
 Conn = asyncpg.Connection | PoolConnectionProxy
@@ -66,10 +79,17 @@ async def prepare(conn: Conn, schema: str) -> None:
         " updated_at timestamptz NOT NULL DEFAULT now())"
     )
     for aggregate_type in AGGREGATES:
-        table = table_name(aggregate_type)
-        await conn.execute(create_table_sql(schema, table))
-        # Tables made before snapshots became optional.
-        await conn.execute(f'ALTER TABLE "{schema}".{table} ALTER COLUMN snapshot DROP NOT NULL')
+        await conn.execute(create_table_sql(schema, table_name(aggregate_type)))
+    # Tables made before snapshots became optional (altered only when needed:
+    # ALTER TABLE locks the table even when it changes nothing).
+    for row in await conn.fetch(
+        "SELECT table_name FROM information_schema.columns WHERE table_schema = $1"
+        " AND column_name = 'snapshot' AND is_nullable = 'NO' AND table_name LIKE 'rm\\_%'",
+        schema,
+    ):
+        await conn.execute(
+            f'ALTER TABLE "{schema}".{row["table_name"]} ALTER COLUMN snapshot DROP NOT NULL'
+        )
 
 
 @dataclass
@@ -110,7 +130,7 @@ class Applier:
         self.schema = schema
         self.projection = projection
         self.suffix = suffix
-        self.events = f'"{schema}".{EVENTS_TABLE}'
+        self.events = events_table(schema)
         self.mapper = MsgspecMapper()
 
     def _table(self, aggregate_type: str) -> str:
@@ -191,18 +211,19 @@ class Applier:
         return {i: Row(a, rows[i][1]) for i, a in aggregates.items()}
 
 
+# Every column but the key and the creation time changes with an event.
+_UPSERT = (
+    "INSERT INTO {table} ("
+    + ", ".join(COLUMNS)
+    + ") VALUES ("
+    + ", ".join(f"${i}::jsonb" if c == "data" else f"${i}" for i, c in enumerate(COLUMNS, 1))
+    + ") ON CONFLICT (id) DO UPDATE SET "
+    + ", ".join(f"{c} = EXCLUDED.{c}" for c in COLUMNS if c not in ("id", "created_on"))
+)
+
+
 async def _upsert(conn: Conn, table: str, rows: Iterable[tuple[Any, ...]]) -> None:
-    await conn.executemany(
-        f"INSERT INTO {table} (id, version, position, state, name, account, zone_id,"
-        " created_on, modified_on, data, snapshot)"
-        " VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10::jsonb, $11)"
-        " ON CONFLICT (id) DO UPDATE SET version = EXCLUDED.version,"
-        " position = EXCLUDED.position, state = EXCLUDED.state, name = EXCLUDED.name,"
-        " account = EXCLUDED.account, zone_id = EXCLUDED.zone_id,"
-        " modified_on = EXCLUDED.modified_on, data = EXCLUDED.data,"
-        " snapshot = EXCLUDED.snapshot",
-        list(rows),
-    )
+    await conn.executemany(_UPSERT.format(table=table), list(rows))
 
 
 def _type_of(aggregate: Aggregate) -> str:

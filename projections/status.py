@@ -11,7 +11,7 @@ import asyncpg
 import msgspec
 
 from bus.relay_log import RelayLog
-from engine.catalog import AGGREGATES
+from engine.catalog import PUBLIC_BY_CLASS_NAME
 from engine.commands.base import AggregateVersion
 from projections.readmodel import POSITIONS, table_name
 
@@ -62,9 +62,6 @@ async def wait_for_position(
         await asyncio.sleep(interval)
 
 
-_PUBLIC_BY_CLASS = {cls.__name__: name for name, cls in AGGREGATES.items()}
-
-
 async def wait_for_versions(
     conn: asyncpg.Connection,
     schema: str,
@@ -86,7 +83,7 @@ async def wait_for_versions(
     while pending:
         behind = []
         for v in pending:
-            table = f'"{schema}".{table_name(_PUBLIC_BY_CLASS[v.type])}'
+            table = f'"{schema}".{table_name(PUBLIC_BY_CLASS_NAME[v.type])}'
             seen = await conn.fetchval(f"SELECT version FROM {table} WHERE id = $1", v.id)
             if seen is None or int(seen) < v.version:
                 behind.append(v)

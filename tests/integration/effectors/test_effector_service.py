@@ -26,8 +26,9 @@ from bus.cloudevents import CloudEvent, from_record
 from bus.consumer import ConsumerConfig
 from bus.naming import topic_for
 from bus.relay import Relay, RelayConfig
-from effectors.executor import FAULT_ENV, Names
+from effectors.executor import FAULT_ENV
 from effectors.hypervisor import Hypervisor
+from effectors.naming import Names
 from effectors.results import EffectorResult, decode, results_topic
 from effectors.service import EffectorService, effector_config
 from effectors.work import operation_id

@@ -15,8 +15,9 @@ import msgspec
 import pytest
 
 from effectors.desired import HostView, PoolView, VmSize, VmView, VolumeView
-from effectors.executor import Executor, Names, VmPlan
+from effectors.executor import Executor, VmPlan
 from effectors.hypervisor import Hypervisor
+from effectors.naming import Names
 from effectors.work import WorkItem, WorkKind, operation_id
 
 pytestmark = [pytest.mark.postgres, pytest.mark.libvirt]

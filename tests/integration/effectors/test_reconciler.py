@@ -14,6 +14,7 @@ from effectors.compute.driver import ComputeDriver
 from effectors.compute.spec import DomainSpec
 from effectors.desired import HostView, VmSize, VmView, VolumeView
 from effectors.hypervisor import Hypervisor
+from effectors.naming import Names
 from effectors.reconciler import Reconciler, start_libvirt_event_loop
 from effectors.results import EffectorResult
 from effectors.storage.pools import ensure_pool
@@ -100,7 +101,7 @@ async def test_a_domain_destroyed_behind_the_engines_back_is_vm_state_drift(
     vm_id = running_domain(hypervisor, name_prefix)
     fake.views["vm"].append(vm_view(vm_id, host))
     published = Published()
-    rec = reconciler(fake, published, lambda uri: hypervisor, prefix=name_prefix)
+    rec = reconciler(fake, published, lambda uri: hypervisor, names=Names(prefix=name_prefix))
 
     assert about(await rec.reconcile_once(), vm_id) == []
 
@@ -219,7 +220,7 @@ async def test_attached_volumes_missing_or_of_another_size_are_volume_drift(
                 vm_id=vm_id,
             )
         )
-    rec = reconciler(fake, Published(), lambda uri: hypervisor, prefix=name_prefix)
+    rec = reconciler(fake, Published(), lambda uri: hypervisor, names=Names(prefix=name_prefix))
 
     results = await rec.reconcile_once()
     assert about(results, right) == []
