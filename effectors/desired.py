@@ -71,6 +71,26 @@ class VolumeView(msgspec.Struct, frozen=True, kw_only=True):
     device_id: int | None = None
     resize_to: int | None = None
     reverting_to: UUID | None = None
+    template_id: UUID | None = None
+
+
+class TemplateView(msgspec.Struct, frozen=True, kw_only=True):
+    id: UUID
+    version: int
+    zone_id: UUID
+    state: str
+    url: str
+    format: str
+    checksum: str | None = None
+
+
+class ImageStoreView(msgspec.Struct, frozen=True, kw_only=True):
+    id: UUID
+    version: int
+    zone_id: UUID
+    state: str
+    url: str
+    protocol: str
 
 
 class SnapshotView(msgspec.Struct, frozen=True, kw_only=True):

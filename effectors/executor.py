@@ -21,7 +21,16 @@ import structlog
 
 from effectors.compute.driver import ComputeDriver, DomainMissing, DomainNotRunning
 from effectors.compute.spec import DiskSpec, DomainSpec, NicSpec
-from effectors.desired import HostView, NetworkView, NicView, PoolView, VmView, VolumeView
+from effectors.desired import (
+    HostView,
+    ImageStoreView,
+    NetworkView,
+    NicView,
+    PoolView,
+    TemplateView,
+    VmView,
+    VolumeView,
+)
 from effectors.hypervisor import Hypervisor, HypervisorError
 from effectors.naming import Names
 from effectors.network.driver import NetworkDriver, NetworkDriverError
@@ -29,6 +38,7 @@ from effectors.network.spec import DhcpHost, NetworkSpec
 from effectors.results import EffectorResult
 from effectors.storage.pools import StorageError, ensure_pool
 from effectors.storage.spec import PoolSpec, VolumeSpec
+from effectors.storage.templates import TemplateImage, fetch, image_path, store_dir
 from effectors.storage.volumes import StorageDriver
 from effectors.work import WorkItem
 
@@ -76,6 +86,22 @@ class VmPlan(msgspec.Struct, frozen=True):
     host: HostView
     disks: tuple[tuple[VolumeView, PoolView], ...] = ()
     nics: tuple[tuple[NicView, NetworkView], ...] = ()
+
+
+class TemplateSource(msgspec.Struct, frozen=True):
+    """A template and the image store it is fetched into."""
+
+    template: TemplateView
+    store: ImageStoreView | None
+
+    def fetch(self) -> TemplateImage:
+        t, store = self.template, self.store
+        if store is None:
+            raise Unsupported(f"zone {t.zone_id} has no enabled image store for template {t.id}")
+        if store.protocol != "file":
+            raise Unsupported(f"image store {store.id}: {store.protocol} stores are not served yet")
+        dest = image_path(store_dir(store.url), t.id, t.format)
+        return fetch(t.url, dest, fmt=t.format, checksum=t.checksum)
 
 
 class Executor:
@@ -195,6 +221,7 @@ class Executor:
         pool: PoolView,
         host: HostView,
         snapshot_id: UUID | None = None,
+        template: TemplateSource | None = None,
     ) -> EffectorResult:
         """Volume work, and a snapshot's creation (on the snapshot's volume)."""
         storage = StorageDriver(self.hypervisor(host.libvirt_uri))
@@ -203,8 +230,18 @@ class Executor:
             spec = pool_spec(self.names, pool)
             ensure_pool(storage.hv, spec)
             if item.kind == "volume.create":
+                backing = None
+                if volume.template_id is not None:
+                    if template is None or template.template.id != volume.template_id:
+                        raise Unsupported(f"volume {volume.id}: its template is not known")
+                    backing = self._base_image(storage, spec.name, template, volume)
                 outcome = storage.create(
-                    VolumeSpec(pool=spec.name, name=name, size_bytes=volume.size_bytes)
+                    VolumeSpec(
+                        pool=spec.name,
+                        name=name,
+                        size_bytes=volume.size_bytes,
+                        template_path=backing,
+                    )
                 )
             elif item.kind == "volume.resize":
                 size = volume.resize_to or volume.size_bytes
@@ -226,6 +263,44 @@ class Executor:
             return self._result(item, host.id, None, e)
         observed = "present" if outcome.volume.exists else "absent"
         return self._result(item, host.id, observed, None)
+
+    def _base_image(
+        self, storage: StorageDriver, pool: str, source: TemplateSource, volume: VolumeView
+    ) -> str:
+        """The template's base image in the pool (copied there on first use),
+        which the volume backs onto."""
+        image = source.fetch()
+        if volume.size_bytes < image.virtual_size:
+            # The engine's recorded size must stay the disk's real size.
+            raise Unsupported(
+                f"volume {volume.id} of {volume.size_bytes} bytes is smaller than its"
+                f" template's virtual size of {image.virtual_size} bytes"
+            )
+        base = storage.create(
+            VolumeSpec(
+                pool=pool,
+                name=self.names.template(source.template.id),
+                size_bytes=image.virtual_size,
+                template_path=image.path,
+                clone="full",
+            )
+        )
+        if base.volume.path is None:
+            raise StorageError(f"base image of template {source.template.id} has no path")
+        return base.volume.path
+
+    def run_template(self, item: WorkItem, source: TemplateSource) -> EffectorResult:
+        """Fetch a template into its image store."""
+        try:
+            if item.kind != "template.download":
+                raise Unsupported(f"{item.kind} is not template work")
+            image = source.fetch()
+        except (Unsupported, StorageError, ValueError) as e:
+            log.warning(
+                "work_failed", kind=item.kind, template_id=str(item.aggregate_id), error=str(e)
+            )
+            return self._result(item, None, None, e)
+        return self._result(item, None, "fetched" if image.fetched else "present", None)
 
     # --------------------------------------------------------------------------
 

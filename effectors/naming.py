@@ -20,6 +20,10 @@ class Names(msgspec.Struct, frozen=True):
     def volume(self, volume_id: UUID) -> str:
         return f"{volume_id}.qcow2"
 
+    def template(self, template_id: UUID) -> str:
+        # The template's base image in a primary pool; volumes back onto it.
+        return f"tpl-{template_id}.qcow2"
+
     def snapshot(self, snapshot_id: UUID) -> str:
         return f"ce-{snapshot_id}"  # qemu-img also matches ids: never all digits
 

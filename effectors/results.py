@@ -28,6 +28,7 @@ ResultKind = Literal[
     "volume.delete",
     "volume.revert",
     "snapshot.create",
+    "template.download",
     "drift.vm_state",  # a VM not in the state the engine recorded
     "drift.unknown_domain",  # a domain on a host that the engine does not know
     "drift.volume",  # a volume missing or of the wrong size

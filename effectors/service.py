@@ -24,15 +24,17 @@ from bus.consumer import ConsumerConfig, EventConsumer, MemoryDeduplicator
 from bus.naming import topic_for
 from effectors.desired import (
     HostView,
+    ImageStoreView,
     NetworkView,
     NicView,
     PoolView,
     ReadModels,
     SnapshotView,
+    TemplateView,
     VmView,
     VolumeView,
 )
-from effectors.executor import Executor, VmPlan, first_enabled
+from effectors.executor import Executor, TemplateSource, VmPlan, first_enabled
 from effectors.naming import Names
 from effectors.reconciler import Reconciler, start_libvirt_event_loop
 from effectors.results import EffectorResult, encode, ensure_results_topic, results_topic
@@ -49,7 +51,7 @@ def effector_config(
     return ConsumerConfig(
         bootstrap=bootstrap,
         group_id=f"{prefix}.effector.{scope}",
-        topics=[topic_for(prefix, t) for t in ("vm", "volume", "snapshot")],
+        topics=[topic_for(prefix, t) for t in ("vm", "volume", "snapshot", "template")],
         topic_prefix=prefix,
         max_records=50,
     )
@@ -143,6 +145,11 @@ class EffectorService:
             if plan is None:
                 return None
             return await asyncio.to_thread(self.executor.run_vm, item, plan)
+        if item.kind == "template.download":
+            source = await self._template_source(models, item.aggregate_id, item.version)
+            if source is None:
+                return None
+            return await asyncio.to_thread(self.executor.run_template, item, source)
         snapshot_id = None
         volume_id, at_least = item.aggregate_id, item.version
         if item.kind.startswith("snapshot."):
@@ -158,8 +165,11 @@ class EffectorService:
         if pool is None or host is None:
             log.warning("volume_work_unplaceable", volume_id=str(volume.id))
             return None
+        template = None
+        if item.kind == "volume.create" and volume.template_id is not None:
+            template = await self._template_source(models, volume.template_id, 0)
         return await asyncio.to_thread(
-            self.executor.run_volume, item, volume, pool, host, snapshot_id
+            self.executor.run_volume, item, volume, pool, host, snapshot_id, template
         )
 
     async def publish(self, result: EffectorResult) -> None:
@@ -216,6 +226,19 @@ class EffectorService:
                 nics.append((nic, network))
         nics.sort(key=lambda n: n[0].device_id)
         return VmPlan(vm=vm, host=host, disks=tuple(disks), nics=tuple(nics))
+
+    async def _template_source(
+        self, models: ReadModels, template_id: UUID, at_least: int
+    ) -> TemplateSource | None:
+        """A template and its zone's image store: the first enabled one by id,
+        so every effector of the zone picks the same store."""
+        template = await models.get(TemplateView, "template", template_id, at_least)
+        if template is None or not self._serves(template.zone_id):
+            return None
+        stores = await models.where(ImageStoreView, "image_store", "zone_id", template.zone_id)
+        enabled = [s for s in stores if s.state == "Enabled"]
+        # No store: the executor reports that as the work's failure.
+        return TemplateSource(template=template, store=enabled[0] if enabled else None)
 
     async def _volume_host(self, models: ReadModels, volume: VolumeView) -> HostView | None:
         # A dir pool lives on a host: the attached VM's host if there is one,

@@ -29,6 +29,7 @@ WorkKind = Literal[
     "volume.delete",
     "volume.revert",
     "snapshot.create",
+    "template.download",
 ]
 
 # (aggregate, event name) -> the work it asks for.
@@ -43,6 +44,7 @@ WORK_EVENTS: dict[tuple[str, str], WorkKind] = {
     ("volume", "destroyed"): "volume.delete",
     ("volume", "revert_requested"): "volume.revert",
     ("snapshot", "created"): "snapshot.create",
+    ("template", "download_requested"): "template.download",
 }
 
 _OPERATIONS = UUID("6f1d3c52-8b1e-4f5e-9a57-0c6d1f2b7e11")

@@ -30,8 +30,10 @@ from engine.commands.compute import (
 from engine.commands.hosts import DeclareHostDown
 from engine.commands.storage import (
     FailSnapshot,
+    FailTemplate,
     FailVolume,
     MarkSnapshotCreated,
+    MarkTemplateDownloaded,
     MarkVolumeCreated,
     MarkVolumeResized,
     MarkVolumeReverted,
@@ -53,6 +55,7 @@ _DONE: dict[str, Callable[[UUID], Command]] = {
     "volume.resize": lambda i: MarkVolumeResized(volume_id=i),
     "volume.revert": lambda i: MarkVolumeReverted(volume_id=i),
     "snapshot.create": lambda i: MarkSnapshotCreated(snapshot_id=i),
+    "template.download": lambda i: MarkTemplateDownloaded(template_id=i),
 }
 # What a failed one records, with libvirt's error as the reason.
 _FAILED: dict[str, Callable[[UUID, str], Command]] = {
@@ -62,6 +65,7 @@ _FAILED: dict[str, Callable[[UUID, str], Command]] = {
     "volume.resize": lambda i, r: FailVolume(volume_id=i, reason=r),
     "volume.revert": lambda i, r: FailVolume(volume_id=i, reason=r),
     "snapshot.create": lambda i, r: FailSnapshot(snapshot_id=i, reason=r),
+    "template.download": lambda i, r: FailTemplate(template_id=i, reason=r),
 }
 
 

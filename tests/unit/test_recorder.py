@@ -17,8 +17,10 @@ from engine.commands.compute import (
 from engine.commands.hosts import DeclareHostDown
 from engine.commands.storage import (
     FailSnapshot,
+    FailTemplate,
     FailVolume,
     MarkSnapshotCreated,
+    MarkTemplateDownloaded,
     MarkVolumeCreated,
     MarkVolumeResized,
     MarkVolumeReverted,
@@ -52,6 +54,10 @@ def test_successes_become_the_matching_completion():
     assert command_for(result("snapshot.create")) == MarkSnapshotCreated(snapshot_id=ID)
     assert command_for(result("snapshot.create", "failed", "locked")) == FailSnapshot(
         snapshot_id=ID, reason="locked"
+    )
+    assert command_for(result("template.download")) == MarkTemplateDownloaded(template_id=ID)
+    assert command_for(result("template.download", "failed", "HTTP 404")) == FailTemplate(
+        template_id=ID, reason="HTTP 404"
     )
 
 

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import libvirt
 import pytest
+from template_server import Served, serve
 
 from effectors.hypervisor import Hypervisor
 
@@ -45,6 +46,15 @@ def hypervisor(libvirt_uri: str, name_prefix: str) -> Iterator[Hypervisor]:
     finally:
         clean_up(libvirt_uri, name_prefix)
         hv.close()
+
+
+@pytest.fixture
+def served(tmp_path: Path) -> Iterator[Served]:
+    """An HTTP server on loopback serving tmp_path/www (template images)."""
+    root = tmp_path / "www"
+    root.mkdir()
+    with serve(root) as s:
+        yield s
 
 
 @pytest.fixture

@@ -38,6 +38,7 @@ def event(ce_type: str, version: int = 4, data: bytes = b"{}") -> CloudEvent:
         ("io.cloudengine.volume.resize_requested.v1", "volume.resize"),
         ("io.cloudengine.volume.revert_requested.v1", "volume.revert"),
         ("io.cloudengine.volume.destroyed.v1", "volume.delete"),
+        ("io.cloudengine.template.download_requested.v1", "template.download"),
         ("io.cloudengine.snapshot.created.v1", "snapshot.create"),
     ],
 )

@@ -1,0 +1,155 @@
+"""Templates on disk: fetched from their http(s) URL into the zone's image
+store (secondary storage), then copied once into each primary pool a volume
+made from them lands on (the pool's base image), which the volumes back onto.
+
+Fetching is safe to repeat and to interrupt: the image is streamed into a
+`.partial` file, its checksum and format checked, and only then renamed into
+place; an image already in place with the right checksum is not fetched
+again. A template is refused when its bytes do not match the declared
+checksum or format, or when a qcow2 template names a backing file (that
+would let an image read any file on the host).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import urllib.error
+import urllib.request
+from pathlib import Path
+from urllib.parse import urlsplit
+from uuid import UUID
+
+import msgspec
+import structlog
+
+from effectors.storage import qemu_img
+from effectors.storage.pools import StorageError
+
+log = structlog.get_logger("effectors.storage.templates")
+
+CHUNK = 1024 * 1024
+TIMEOUT_S = 60.0
+# Bare hex digests are told apart by length, as CloudStack does.
+_BY_LENGTH = {32: "md5", 40: "sha1", 64: "sha256", 128: "sha512"}
+
+
+class TemplateError(StorageError):
+    """A template that cannot be fetched or used; the message says why."""
+
+
+class TemplateImage(msgspec.Struct, frozen=True, kw_only=True):
+    path: str
+    format: str
+    virtual_size: int
+    fetched: bool  # False when it was already in place
+
+
+def store_dir(url: str) -> Path:
+    """The directory of a file image store (a path, or a file:// URL)."""
+    if url.startswith("/"):
+        return Path(url)
+    parts = urlsplit(url)
+    if parts.scheme == "file" and parts.path.startswith("/"):
+        return Path(parts.path)
+    raise TemplateError(f"image store {url}: only file stores are served by this effector")
+
+
+def image_path(store: Path, template_id: UUID, fmt: str) -> Path:
+    return store / "template" / f"{template_id}.{fmt}"
+
+
+def parse_checksum(checksum: str) -> tuple[str, str]:
+    """(algorithm, hex digest) from "sha256:<hex>", "{SHA-256}<hex>" or bare hex."""
+    text = checksum.strip()
+    algorithm: str | None = None
+    if text.startswith("{") and "}" in text:
+        algorithm, text = text[1:].split("}", 1)
+    elif ":" in text:
+        algorithm, text = text.split(":", 1)
+    digest = text.strip().lower()
+    if algorithm is None:
+        algorithm = _BY_LENGTH.get(len(digest))
+    algorithm = (algorithm or "").lower().replace("-", "")
+    if algorithm not in ("md5", "sha1", "sha256", "sha512"):
+        raise TemplateError(f"checksum {checksum!r}: unknown algorithm")
+    try:
+        bytes.fromhex(digest)
+    except ValueError:
+        raise TemplateError(f"checksum {checksum!r}: not a hex digest") from None
+    return algorithm, digest
+
+
+def _digest(path: Path, algorithm: str) -> str:
+    h = hashlib.new(algorithm)
+    with path.open("rb") as f:
+        while chunk := f.read(CHUNK):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _check_image(path: Path, fmt: str, checksum: str | None) -> qemu_img.ImageInfo:
+    if checksum is not None:
+        algorithm, want = parse_checksum(checksum)
+        got = _digest(path, algorithm)
+        if got != want:
+            raise TemplateError(f"checksum mismatch: {algorithm} is {got}, expected {want}")
+    info = qemu_img.info(str(path))
+    if info.format != fmt:
+        raise TemplateError(f"image is {info.format}, the template says {fmt}")
+    if info.full_backing_filename is not None:
+        raise TemplateError("a template image must not have a backing file")
+    return info
+
+
+def _download(url: str, dest: Path, timeout_s: float) -> None:
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https"):
+        raise TemplateError(f"{url}: only http(s) URLs are fetched")
+    try:
+        with urllib.request.urlopen(url, timeout=timeout_s) as response, dest.open("wb") as f:
+            while chunk := response.read(CHUNK):
+                f.write(chunk)
+    except urllib.error.HTTPError as e:
+        raise TemplateError(f"{url}: HTTP {e.code} {e.reason}") from e
+    except (urllib.error.URLError, OSError, TimeoutError) as e:
+        reason = getattr(e, "reason", e)
+        raise TemplateError(f"{url}: {reason}") from e
+
+
+def fetch(
+    url: str,
+    dest: Path,
+    *,
+    fmt: str,
+    checksum: str | None,
+    timeout_s: float = TIMEOUT_S,
+) -> TemplateImage:
+    """The template's image at dest, downloaded unless already there and sound."""
+    if dest.exists():
+        try:
+            info = _check_image(dest, fmt, checksum)
+            return TemplateImage(
+                path=str(dest), format=fmt, virtual_size=info.virtual_size, fetched=False
+            )
+        except (TemplateError, qemu_img.QemuImgError) as e:
+            log.warning("template_image_replaced", path=str(dest), reason=str(e))
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    partial = dest.with_name(dest.name + ".partial")
+    try:
+        _download(url, partial, timeout_s)
+        info = _check_image(partial, fmt, checksum)
+        os.replace(partial, dest)
+    except BaseException:
+        partial.unlink(missing_ok=True)
+        raise
+    log.info("template_fetched", url=url, path=str(dest), size=dest.stat().st_size)
+    return TemplateImage(path=str(dest), format=fmt, virtual_size=info.virtual_size, fetched=True)
+
+
+def stored(dest: Path, fmt: str) -> TemplateImage:
+    """The image of a template already fetched into the store."""
+    if not dest.exists():
+        raise TemplateError(f"template image {dest} is missing from the image store")
+    info = _check_image(dest, fmt, None)
+    return TemplateImage(path=str(dest), format=fmt, virtual_size=info.virtual_size, fetched=False)
