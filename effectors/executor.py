@@ -34,7 +34,7 @@ from effectors.desired import (
 from effectors.hypervisor import Hypervisor, HypervisorError
 from effectors.naming import Names
 from effectors.network.driver import NetworkDriver, NetworkDriverError
-from effectors.network.spec import DhcpHost, NetworkSpec
+from effectors.network.spec import DhcpHost, NetworkSpec, VxlanSpec
 from effectors.results import EffectorResult
 from effectors.storage.pools import StorageError, ensure_pool
 from effectors.storage.spec import PoolSpec, VolumeSpec
@@ -64,19 +64,41 @@ def pool_spec(names: Names, pool: PoolView) -> PoolSpec:
     return PoolSpec(name=names.pool(pool.id), kind="dir", path=path)
 
 
-def network_spec(names: Names, network: NetworkView) -> NetworkSpec:
-    if network.isolation == "vxlan":
-        # The underlay (local address and device) is host configuration the
-        # engine does not record yet.
-        raise Unsupported(f"network {network.id}: VXLAN underlay is not configured on this host")
-    return NetworkSpec(
+class Uplink(msgspec.Struct, frozen=True, kw_only=True):
+    """How this effector's hosts reach each other for isolated networks: the
+    underlay device and address, and the other hosts' VTEP addresses (VXLAN
+    flood list). Without one, VLAN and VXLAN networks are realised as
+    host-local isolated bridges (VMs on one host only)."""
+
+    device: str
+    local_ip: str
+    peers: tuple[str, ...] = ()
+
+
+def network_spec(names: Names, network: NetworkView, uplink: Uplink | None = None) -> NetworkSpec:
+    isolation = network.isolation.lower()  # the engine says VLAN / VXLAN / none
+    if isolation not in ("none", "vlan", "vxlan"):
+        raise Unsupported(f"network {network.id}: unknown isolation {network.isolation}")
+    base = NetworkSpec(
         name=names.network(network.id),
         bridge=names.bridge(network.id),
         cidr=network.cidr,
         gateway=network.gateway,
-        isolation="vlan" if network.isolation == "vlan" else "none",
-        vlan=network.tag if network.isolation == "vlan" else None,
     )
+    if isolation == "none" or uplink is None:
+        return base
+    if network.tag is None:
+        raise Unsupported(f"{network.isolation} network {network.id} has no tag yet")
+    if isolation == "vlan":
+        return msgspec.structs.replace(base, isolation="vlan", vlan=network.tag)
+    vxlan = VxlanSpec(
+        vni=network.tag,
+        local_ip=uplink.local_ip,
+        underlay_dev=uplink.device,
+        remote_ips=tuple(p for p in uplink.peers if p != uplink.local_ip),
+    )
+    # 50 bytes of VXLAN headers come out of the underlay's 1500.
+    return msgspec.structs.replace(base, isolation="vxlan", vxlan=vxlan, mtu=1450)
 
 
 class VmPlan(msgspec.Struct, frozen=True):
@@ -106,9 +128,15 @@ class TemplateSource(msgspec.Struct, frozen=True):
 
 class Executor:
     def __init__(
-        self, effector: str, *, names: Names | None = None, stop_timeout_s: float = 30.0
+        self,
+        effector: str,
+        *,
+        names: Names | None = None,
+        stop_timeout_s: float = 30.0,
+        uplink: Uplink | None = None,
     ) -> None:
         self.effector = effector
+        self.uplink = uplink
         self.names = names or Names()
         self.stop_timeout_s = stop_timeout_s
         self._hypervisors: dict[str, Hypervisor] = {}
@@ -200,7 +228,7 @@ class Executor:
     def _realise_networks(self, plan: VmPlan) -> None:
         driver = NetworkDriver(self.hypervisor(plan.host.libvirt_uri))
         for nic, network in plan.nics:
-            spec = network_spec(self.names, network)
+            spec = network_spec(self.names, network, self.uplink)
             driver.ensure(spec)
             driver.add_dhcp_host(spec.name, DhcpHost(mac=nic.mac, ip=nic.address))
 

@@ -34,7 +34,7 @@ from effectors.desired import (
     VmView,
     VolumeView,
 )
-from effectors.executor import Executor, TemplateSource, VmPlan, first_enabled
+from effectors.executor import Executor, TemplateSource, Uplink, VmPlan, first_enabled
 from effectors.naming import Names
 from effectors.reconciler import Reconciler, start_libvirt_event_loop
 from effectors.results import EffectorResult, encode, ensure_results_topic, results_topic
@@ -68,13 +68,16 @@ class EffectorService:
         name: str | None = None,
         stop_timeout_s: float = 30.0,
         reconcile_interval_s: float = 30.0,
+        uplink: Uplink | None = None,
     ) -> None:
         self.target = target
         self.reconcile_interval_s = reconcile_interval_s
         self.config = config
         self.zones = zones or None
         self.name = name or f"effector@{socket.gethostname()}"
-        self.executor = Executor(self.name, names=names, stop_timeout_s=stop_timeout_s)
+        self.executor = Executor(
+            self.name, names=names, stop_timeout_s=stop_timeout_s, uplink=uplink
+        )
         self.results = results_topic(config.topic_prefix)
         self.published: list[EffectorResult] = []  # this process's, for logs and tests
         self._models: ReadModels | None = None

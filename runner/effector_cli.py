@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import ipaddress
 import uuid
 from typing import Any
 
 from bus.process import run_until_signalled
+from effectors.executor import Uplink
 from effectors.service import EffectorService, effector_config
 from engine.settings import Settings, SettingsError
 from runner.components import ensure_event_store, start_infrastructure
@@ -27,6 +29,20 @@ def register(sub: Any) -> None:
         metavar="ZONE_ID",
         help="serve this zone (repeatable); all zones when not given",
     )
+    parser.add_argument(
+        "--uplink-device",
+        metavar="DEV",
+        help="the hosts' underlay device for VLAN/VXLAN networks; without it they are"
+        " host-local bridges",
+    )
+    parser.add_argument("--uplink-ip", metavar="IP", help="this host's address on the underlay")
+    parser.add_argument(
+        "--vxlan-peer",
+        action="append",
+        default=[],
+        metavar="IP",
+        help="another host's underlay address (repeatable): the VXLAN flood list",
+    )
 
 
 def zones_of(values: list[str]) -> frozenset[uuid.UUID] | None:
@@ -37,6 +53,21 @@ def zones_of(values: list[str]) -> frozenset[uuid.UUID] | None:
     return zones or None
 
 
+def uplink_of(args: argparse.Namespace) -> Uplink | None:
+    if args.uplink_device is None and args.uplink_ip is None:
+        if args.vxlan_peer:
+            raise SettingsError("--vxlan-peer needs --uplink-device and --uplink-ip")
+        return None
+    if args.uplink_device is None or args.uplink_ip is None:
+        raise SettingsError("--uplink-device and --uplink-ip go together")
+    try:
+        for ip in (args.uplink_ip, *args.vxlan_peer):
+            ipaddress.IPv4Address(ip)
+    except ValueError as e:
+        raise SettingsError(f"uplink addresses must be IPv4: {e}") from None
+    return Uplink(device=args.uplink_device, local_ip=args.uplink_ip, peers=tuple(args.vxlan_peer))
+
+
 def run(args: argparse.Namespace, settings: Settings) -> int:
     if not settings.kafka_bootstrap:
         raise SettingsError(
@@ -44,6 +75,7 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
             "`cloud-engine up` runs one for development"
         )
     zones = zones_of(args.zone)
+    uplink = uplink_of(args)
     infra = start_infrastructure(settings, broker=False)
     try:
         ensure_event_store(infra.target)
@@ -51,6 +83,7 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
             infra.target,
             effector_config(infra.bootstrap, settings.topic_prefix, zones),
             zones=zones,
+            uplink=uplink,
         )
         asyncio.run(run_until_signalled(effector.run))
     finally:
