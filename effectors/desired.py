@@ -41,6 +41,7 @@ class VmView(msgspec.Struct, frozen=True, kw_only=True):
     host_id: UUID | None = None
     pool_id: UUID | None = None
     migration_target_id: UUID | None = None
+    last_host_id: UUID | None = None  # where a stopped or destroyed VM ran
 
 
 class HostView(msgspec.Struct, frozen=True, kw_only=True):
@@ -72,6 +73,7 @@ class VolumeView(msgspec.Struct, frozen=True, kw_only=True):
     resize_to: int | None = None
     reverting_to: UUID | None = None
     template_id: UUID | None = None
+    host_id: UUID | None = None  # the host asked to create it
 
 
 class TemplateView(msgspec.Struct, frozen=True, kw_only=True):

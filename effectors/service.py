@@ -205,7 +205,8 @@ class EffectorService:
         vm = await models.get(VmView, "vm", item.aggregate_id, item.version)
         if vm is None or not self._serves(vm.zone_id):
             return None
-        host_id = vm.host_id
+        # A destroyed or expunging VM has left its host; its domain is still there.
+        host_id = vm.host_id or vm.last_host_id
         if host_id is None:
             log.warning("vm_work_without_host", vm_id=str(vm.id), kind=item.kind)
             return None
@@ -245,9 +246,12 @@ class EffectorService:
 
     async def _volume_host(self, models: ReadModels, volume: VolumeView) -> HostView | None:
         # A dir pool lives on a host: the attached VM's host if there is one,
-        # else the first enabled host of the volume's zone.
+        # else the host named when its creation was asked, else the first
+        # enabled host of the volume's zone.
         if volume.vm_id is not None:
             vm = await models.get(VmView, "vm", volume.vm_id)
             if vm is not None and vm.host_id is not None:
                 return await models.get(HostView, "host", vm.host_id)
+        if volume.host_id is not None:
+            return await models.get(HostView, "host", volume.host_id)
         return first_enabled(await models.hosts(frozenset({volume.zone_id})))

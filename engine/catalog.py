@@ -20,6 +20,8 @@ from engine.fabric.physical_network import PhysicalNetwork
 from engine.fabric.pod import Pod
 from engine.fabric.storage_pool import StoragePool
 from engine.fabric.zone import Zone
+from engine.operations.guard import ResourceGuard
+from engine.operations.operation import Operation
 from engine.virtual.ip_address import IpAddress
 from engine.virtual.network import Network
 from engine.virtual.network_rule import NetworkRule
@@ -45,6 +47,8 @@ AGGREGATES: dict[str, type[Aggregate]] = {
     "nic": Nic,
     "ip_address": IpAddress,
     "network_rule": NetworkRule,
+    "operation": Operation,
+    "resource_guard": ResourceGuard,
 }
 
 PUBLIC_NAMES: dict[type[Aggregate], str] = {cls: name for name, cls in AGGREGATES.items()}

@@ -22,7 +22,9 @@ from effectors.results import EffectorResult, decode, ensure_results_topic, resu
 from engine.commands.base import Command, CommandContext
 from engine.commands.compute import (
     FailVm,
+    FailVmReboot,
     MarkVmExpunged,
+    MarkVmRebooted,
     MarkVmRunning,
     MarkVmStopped,
     RecordVmDrift,
@@ -51,6 +53,7 @@ _DONE: dict[str, Callable[[UUID], Command]] = {
     "vm.start": lambda i: MarkVmRunning(vm_id=i),
     "vm.stop": lambda i: MarkVmStopped(vm_id=i),
     "vm.expunge": lambda i: MarkVmExpunged(vm_id=i),
+    "vm.reboot": lambda i: MarkVmRebooted(vm_id=i),
     "volume.create": lambda i: MarkVolumeCreated(volume_id=i),
     "volume.resize": lambda i: MarkVolumeResized(volume_id=i),
     "volume.revert": lambda i: MarkVolumeReverted(volume_id=i),
@@ -61,6 +64,7 @@ _DONE: dict[str, Callable[[UUID], Command]] = {
 _FAILED: dict[str, Callable[[UUID, str], Command]] = {
     "vm.start": lambda i, r: FailVm(vm_id=i, reason=r),
     "vm.stop": lambda i, r: FailVm(vm_id=i, reason=r),
+    "vm.reboot": lambda i, r: FailVmReboot(vm_id=i, reason=r),
     "volume.create": lambda i, r: FailVolume(volume_id=i, reason=r),
     "volume.resize": lambda i, r: FailVolume(volume_id=i, reason=r),
     "volume.revert": lambda i, r: FailVolume(volume_id=i, reason=r),
@@ -71,7 +75,7 @@ _FAILED: dict[str, Callable[[UUID, str], Command]] = {
 
 def command_for(result: EffectorResult) -> Command | None:
     """The command that records a result, or None when there is nothing to
-    record (a reboot done, a domain powered off; unknown domains and volume
+    record (a domain destroyed; unknown domains and volume
     drift are only logged until their aggregates have events for them)."""
     target = result.aggregate_id
     if result.kind == "drift.vm_state":

@@ -20,6 +20,8 @@ import typing
 from collections.abc import Callable
 from uuid import UUID, uuid4
 
+import msgspec
+
 from engine.commands import CommandContext, dispatch
 from engine.commands.compute import (
     CompleteVmMigration,
@@ -27,7 +29,9 @@ from engine.commands.compute import (
     DestroyVm,
     FailVm,
     FailVmMigration,
+    FailVmReboot,
     MarkVmExpunged,
+    MarkVmRebooted,
     MarkVmRunning,
     MarkVmStopped,
     PlaceVm,
@@ -71,6 +75,13 @@ from engine.commands.network import (
     UnplugNic,
 )
 from engine.commands.network_tags import AllocateNetworkTag, ReturnNetworkTag
+from engine.commands.operations import (
+    AdvanceOperation,
+    DeployVm,
+    FailOperation,
+    PlaceOperation,
+    VmOperation,
+)
 from engine.commands.physical_networks import (
     AllocateTag,
     CreatePhysicalNetwork,
@@ -127,6 +138,7 @@ from engine.commands.zones import (
 )
 from engine.fabric.physical_network import TagRange
 from engine.metadata import EventMeta, bound_meta
+from engine.operations import deploy as deploy_ops
 from engine.service import CommandService
 from engine.unit_of_work import InMemoryUnitOfWork
 from engine.virtual.vm import VmSpec
@@ -328,6 +340,9 @@ def run_every_command(do: Callable[[typing.Any], Done]) -> None:
         RequestVmStart(vm_id=vm, host_id=host),
         MarkVmRunning(vm_id=vm),
         RebootVm(vm_id=vm),
+        MarkVmRebooted(vm_id=vm),
+        RebootVm(vm_id=vm),
+        FailVmReboot(vm_id=vm, reason="guest hung"),
         RecordVmDrift(vm_id=vm, observed="shutoff", expected="running"),
         RequestVmMigration(vm_id=vm, target_host_id=other_host),
         FailVmMigration(vm_id=vm, reason="link down"),
@@ -346,6 +361,30 @@ def run_every_command(do: Callable[[typing.Any], Done]) -> None:
         do(command)
     do(ReleaseHostCapacity(host_id=host, vm_id=vm))
     do(ReleaseStorage(pool_id=pool, volume_id=vm))
+
+    # Operations: a deploy that succeeds, stop, a start refused by the planner,
+    # and a deploy whose volume fails (compensated).
+    spec = VmSpec(cpus=1, ram_mb=512, root_disk_gb=20)
+    deploy = DeployVm(account="acme", name="op-1", zone_id=zone, template_id=template, spec=spec)
+    done = do(deploy)
+    op, deployed = done.aggregate_id, UUID(str(done.value))
+    do(PlaceOperation(operation_id=op, host_id=host, pool_ids=(pool,)))
+    do(MarkVolumeCreated(volume_id=deploy_ops.volume_id(op, 0)))
+    do(AdvanceOperation(operation_id=op))
+    do(MarkVmRunning(vm_id=deployed))
+    do(AdvanceOperation(operation_id=op))
+    stop = do(VmOperation(kind="vm.stop", vm_id=deployed)).aggregate_id
+    do(MarkVmStopped(vm_id=deployed))
+    do(AdvanceOperation(operation_id=stop))
+    start = do(VmOperation(kind="vm.start", vm_id=deployed)).aggregate_id
+    do(FailOperation(operation_id=start, reason="no host fits"))
+    failing = do(msgspec.structs.replace(deploy, name="op-2"))
+    op = failing.aggregate_id
+    do(PlaceOperation(operation_id=op, host_id=host, pool_ids=(pool,)))
+    do(FailVolume(volume_id=deploy_ops.volume_id(op, 0), reason="pool offline"))
+    do(AdvanceOperation(operation_id=op))
+    do(MarkVmExpunged(vm_id=UUID(str(failing.value))))
+    do(AdvanceOperation(operation_id=op))
 
     # Tags by hand, and a tag handed back to the physical network.
     manual = do(

@@ -1,6 +1,13 @@
 """Typed commands and their handlers; importing this package registers them all."""
 
-from engine.commands import compute, fabric, network, network_tags, storage  # noqa: F401
+from engine.commands import (  # noqa: F401
+    compute,
+    fabric,
+    network,
+    network_tags,
+    operations,
+    storage,
+)
 from engine.commands.base import (
     HANDLERS,
     AggregateVersion,

@@ -105,6 +105,15 @@ class FailVm(Command, frozen=True, kw_only=True):
     reason: Reason
 
 
+class MarkVmRebooted(Command, frozen=True, kw_only=True):
+    vm_id: UUID
+
+
+class FailVmReboot(Command, frozen=True, kw_only=True):
+    vm_id: UUID
+    reason: Reason
+
+
 @handles(CreateVm)
 def create_vm(uow: UnitOfWork, cmd: CreateVm) -> Outcome:
     require_new_id(uow, cmd.id)
@@ -222,4 +231,16 @@ def record_vm_drift(uow: UnitOfWork, cmd: RecordVmDrift) -> Outcome:
 @handles(FailVm)
 def fail_vm(uow: UnitOfWork, cmd: FailVm) -> Outcome:
     _vm(uow, cmd.vm_id).fail(cmd.reason)
+    return Outcome(aggregate_id=cmd.vm_id)
+
+
+@handles(MarkVmRebooted)
+def mark_vm_rebooted(uow: UnitOfWork, cmd: MarkVmRebooted) -> Outcome:
+    _vm(uow, cmd.vm_id).reboot_completed()
+    return Outcome(aggregate_id=cmd.vm_id)
+
+
+@handles(FailVmReboot)
+def fail_vm_reboot(uow: UnitOfWork, cmd: FailVmReboot) -> Outcome:
+    _vm(uow, cmd.vm_id).reboot_failed(cmd.reason)
     return Outcome(aggregate_id=cmd.vm_id)

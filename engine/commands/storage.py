@@ -45,6 +45,7 @@ class CreateVolume(Command, frozen=True, kw_only=True):
 class RequestVolumeCreation(Command, frozen=True, kw_only=True):
     volume_id: UUID
     pool_id: UUID
+    host_id: UUID | None = None
 
 
 class MarkVolumeCreated(Command, frozen=True, kw_only=True):
@@ -166,7 +167,7 @@ def create_volume(uow: UnitOfWork, cmd: CreateVolume) -> Outcome:
 
 @handles(RequestVolumeCreation)
 def request_volume_creation(uow: UnitOfWork, cmd: RequestVolumeCreation) -> Outcome:
-    uow.get(Volume, cmd.volume_id).create_requested(cmd.pool_id)
+    uow.get(Volume, cmd.volume_id).create_requested(cmd.pool_id, cmd.host_id)
     return Outcome(aggregate_id=cmd.volume_id)
 
 

@@ -115,6 +115,8 @@ class VirtualMachine(Aggregate):
         self.migration_target_id: UUID | None = None
         self.forced_stop = False
         self.last_error: str | None = None
+        self.reboot_pending = False
+        self.reboot_error: str | None = None
 
     @classmethod
     def create(
@@ -198,6 +200,16 @@ class VirtualMachine(Aggregate):
         self._require("reboot")
         self._rebooted()
 
+    def reboot_completed(self) -> None:
+        """The hypervisor rebooted it (recorded from the effector's result)."""
+        if self.reboot_pending:
+            self._reboot_completed()
+
+    def reboot_failed(self, reason: str) -> None:
+        require_reason(reason)
+        if self.reboot_pending:
+            self._reboot_failed(reason)
+
     def migrate_requested(self, target_host_id: UUID) -> None:
         self._require("migrate_requested")
         if target_host_id == self.host_id:
@@ -280,6 +292,18 @@ class VirtualMachine(Aggregate):
     @event("Rebooted")
     def _rebooted(self) -> None:
         self.state = "Running"
+        self.reboot_pending = True
+        self.reboot_error = None
+
+    @event("RebootCompleted")
+    def _reboot_completed(self) -> None:
+        self.reboot_pending = False
+
+    @event("RebootFailed")
+    def _reboot_failed(self, reason: str) -> None:
+        self.reboot_pending = False
+        self.reboot_error = reason
+        self.last_error = reason
 
     @event("MigrationRequested")
     def _migration_requested(self, target_host_id: UUID) -> None:

@@ -76,6 +76,7 @@ class Volume(Aggregate):
         self.template_id = template_id
         self.state: VolumeState = "Allocated"
         self.pool_id: UUID | None = None
+        self.host_id: UUID | None = None
         self.vm_id: UUID | None = None
         self.device_id: int | None = None
         self.resize_to: int | None = None
@@ -131,9 +132,11 @@ class Volume(Aggregate):
         if self.reverting_to is not None:
             raise self._refuse("snapshot")
 
-    def create_requested(self, pool_id: UUID) -> None:
+    def create_requested(self, pool_id: UUID, host_id: UUID | None = None) -> None:
+        """host_id names the host that creates it (a local pool's host, the
+        VM's); without one the effector picks an enabled host of the zone."""
         self._require("create_requested")
-        self._creation_requested(pool_id)
+        self._creation_requested(pool_id, host_id)
 
     def created(self) -> None:
         self._require("created")
@@ -194,9 +197,10 @@ class Volume(Aggregate):
         self._failed(reason)
 
     @event("CreationRequested")
-    def _creation_requested(self, pool_id: UUID) -> None:
+    def _creation_requested(self, pool_id: UUID, host_id: UUID | None = None) -> None:
         self.state = "Creating"
         self.pool_id = pool_id
+        self.host_id = host_id
 
     @event("CreationCompleted")
     def _creation_completed(self) -> None:

@@ -9,7 +9,9 @@ import msgspec
 from effectors.results import EffectorResult
 from engine.commands.compute import (
     FailVm,
+    FailVmReboot,
     MarkVmExpunged,
+    MarkVmRebooted,
     MarkVmRunning,
     MarkVmStopped,
     RecordVmDrift,
@@ -72,8 +74,14 @@ def test_failures_carry_the_error_as_reason():
     )
 
 
-def test_nothing_to_record_for_done_reboots_and_drift():
-    assert command_for(result("vm.reboot")) is None
+def test_reboots_are_recorded_done_or_failed():
+    assert command_for(result("vm.reboot")) == MarkVmRebooted(vm_id=ID)
+    assert command_for(result("vm.reboot", "failed", "no domain")) == FailVmReboot(
+        vm_id=ID, reason="no domain"
+    )
+
+
+def test_nothing_to_record_for_destroys_unknown_domains_and_deletes():
     assert command_for(result("vm.destroy")) is None
     assert command_for(result("drift.unknown_domain")) is None
     assert command_for(result("volume.delete")) is None

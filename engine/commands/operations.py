@@ -1,0 +1,185 @@
+"""Commands that start, drive and end Operations (engine/operations).
+
+DeployVm and VmOperation are what clients send: each creates an Operation,
+takes the VM's guard (a second conflicting operation is refused with 409)
+and does the first action, all in one transaction. PlaceOperation,
+AdvanceOperation and FailOperation are what the engine process sends while
+it drives operations; each is idempotent against the operation's recorded
+state, so sending one twice, or from two engines at once, does a step once.
+Every outcome names the operation (aggregate_id) and the VM (value).
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+from uuid import UUID, uuid4
+
+import msgspec
+
+from engine.commands.base import Command, Outcome, handles
+from engine.commands.compute import GIB, CreateVm, create_vm
+from engine.commands.constraints import Name
+from engine.errors import Conflict, Validation
+from engine.operations import deploy, guard, lifecycle
+from engine.operations.operation import Operation, OperationParams
+from engine.unit_of_work import UnitOfWork
+from engine.virtual.vm import VirtualMachine, VmSpec
+from engine.virtual.volume import Volume
+
+Reason = Annotated[str, msgspec.Meta(min_length=1, max_length=2000)]
+DiskGb = Annotated[int, msgspec.Meta(ge=1, le=65536)]
+Strategy = Literal["first-fit", "dispersing"]
+VmOperationKind = Literal[
+    "vm.start", "vm.stop", "vm.reboot", "vm.destroy", "vm.recover", "vm.expunge"
+]
+
+
+class DeployVm(Command, frozen=True, kw_only=True):
+    account: Name
+    name: Name
+    zone_id: UUID
+    template_id: UUID
+    spec: VmSpec
+    network_ids: tuple[UUID, ...] = ()
+    data_disks_gb: Annotated[tuple[DiskGb, ...], msgspec.Meta(max_length=15)] = ()
+    affinity_group: Name | None = None
+    host_id: UUID | None = None  # deploy on this host (still checked by the planner)
+    strategy: Strategy = "first-fit"
+    vm_id: UUID | None = None
+
+
+class VmOperation(Command, frozen=True, kw_only=True):
+    kind: VmOperationKind
+    vm_id: UUID
+    forced: bool = False  # vm.stop: power off instead of a guest shutdown
+    host_id: UUID | None = None  # vm.start: on this host
+    operation_id: UUID | None = None
+
+
+class PlaceOperation(Command, frozen=True, kw_only=True):
+    operation_id: UUID
+    host_id: UUID
+    pool_ids: tuple[UUID, ...] = ()
+
+
+class AdvanceOperation(Command, frozen=True, kw_only=True):
+    operation_id: UUID
+
+
+class FailOperation(Command, frozen=True, kw_only=True):
+    operation_id: UUID
+    reason: Reason
+
+
+@handles(DeployVm)
+def deploy_vm(uow: UnitOfWork, cmd: DeployVm) -> Outcome:
+    vm_id = cmd.vm_id or uuid4()
+    create_vm(
+        uow,
+        CreateVm(
+            id=vm_id,
+            account=cmd.account,
+            name=cmd.name,
+            zone_id=cmd.zone_id,
+            template_id=cmd.template_id,
+            spec=cmd.spec,
+            network_ids=cmd.network_ids,
+            affinity_group=cmd.affinity_group,
+        ),
+    )
+    op_id = deploy.operation_id(vm_id)
+    sizes = (cmd.spec.root_disk_gb, *cmd.data_disks_gb)
+    volume_ids = tuple(deploy.volume_id(op_id, i) for i in range(len(sizes)))
+    for index, (gb, volume_id) in enumerate(zip(sizes, volume_ids, strict=True)):
+        root = index == 0
+        uow.add(
+            Volume.create(
+                cmd.account,
+                f"{cmd.name}-{'root' if root else f'data-{index}'}",
+                cmd.zone_id,
+                gb * GIB,
+                "root" if root else "data",
+                cmd.template_id if root else None,
+                id=volume_id,
+            )
+        )
+    params = OperationParams(host_id=cmd.host_id, strategy=cmd.strategy, volume_ids=volume_ids)
+    _start(uow, deploy.KIND, vm_id, cmd.account, deploy.STEPS, params, op_id)
+    return Outcome(aggregate_id=op_id, value=str(vm_id))
+
+
+@handles(VmOperation)
+def vm_operation(uow: UnitOfWork, cmd: VmOperation) -> Outcome:
+    vm = uow.get(VirtualMachine, cmd.vm_id)
+    params = OperationParams(forced=cmd.forced, host_id=cmd.host_id)
+    op = _start(
+        uow,
+        cmd.kind,
+        vm.id,
+        vm.account,
+        lifecycle.STEPS[cmd.kind],
+        params,
+        cmd.operation_id or uuid4(),
+    )
+    lifecycle.begin(uow, op, vm)
+    return Outcome(aggregate_id=op.id, value=str(vm.id))
+
+
+def _start(
+    uow: UnitOfWork,
+    kind: str,
+    vm_id: UUID,
+    account: str,
+    steps: tuple[str, ...],
+    params: OperationParams,
+    op_id: UUID,
+) -> Operation:
+    if uow.find(Operation, op_id) is not None:
+        raise Conflict(f"operation {op_id} already exists", field="operation_id")
+    op = Operation.create(
+        kind=kind,
+        resource_type="vm",
+        resource_id=vm_id,
+        account=account,
+        steps=steps,
+        params=params,
+        id=op_id,
+    )
+    uow.add(op)
+    guard.acquire(uow, vm_id, op.id, kind)
+    return op
+
+
+@handles(PlaceOperation)
+def place_operation(uow: UnitOfWork, cmd: PlaceOperation) -> Outcome:
+    op = uow.get(Operation, cmd.operation_id)
+    if op.kind == deploy.KIND:
+        deploy.place(uow, op, cmd.host_id, cmd.pool_ids)
+    elif op.kind == "vm.start":
+        lifecycle.place_start(uow, op, cmd.host_id)
+    else:
+        raise Validation(f"{op.kind} operations are not placed", field="operation_id")
+    return Outcome(aggregate_id=op.id, value=str(op.resource_id))
+
+
+@handles(AdvanceOperation)
+def advance_operation(uow: UnitOfWork, cmd: AdvanceOperation) -> Outcome:
+    op = uow.get(Operation, cmd.operation_id)
+    if op.kind == deploy.KIND:
+        deploy.advance(uow, op)
+    else:
+        lifecycle.advance(uow, op)
+    return Outcome(aggregate_id=op.id, value=op.status)
+
+
+@handles(FailOperation)
+def fail_operation(uow: UnitOfWork, cmd: FailOperation) -> Outcome:
+    op = uow.get(Operation, cmd.operation_id)
+    if op.kind == deploy.KIND:
+        deploy.fail(uow, op, cmd.reason)
+    elif not op.finished:
+        op.fail(cmd.reason, compensate=op.kind == "vm.start" and op.done("place"))
+        lifecycle.advance(uow, op)
+        if op.status == "failed":
+            guard.release(uow, op.resource_id, op.id)
+    return Outcome(aggregate_id=op.id, value=op.status)

@@ -1,0 +1,1 @@
+"""Operations: the engine's long-running work, its steps and guards."""

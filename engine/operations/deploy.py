@@ -1,0 +1,245 @@
+"""Deploy a VM: the steps, each one transaction, and their compensation.
+
+    begin      VM, its volumes (Allocated), the Operation and the VM's guard
+    place      host capacity reserved, each volume's pool reserved and its
+               creation requested on that host, a NIC and IP on each network
+               (the network implemented, with a tag, on first use), VM placed
+    provision  once every volume is Ready: volumes attached, start requested
+    start      once the VM runs: operation succeeded, guard released
+
+A step's effects and its record on the Operation commit together, so the
+operation never disagrees with the resources. Effectors answer in between
+(volume created, VM running); their results arrive as events that make the
+engine call advance() again, which is idempotent: it does what the current
+state calls for and nothing twice.
+
+When a step fails (a volume or the start fails, no host fits), compensate()
+undoes the earlier steps, again idempotently, waiting while effector work is
+in flight: capacity, pool space, NICs and IPs released, volumes destroyed
+(their files deleted by the effector), the VM failed with the reason and,
+when it was ever placed, destroyed and expunged (the effector removes any
+domain). A VM that was never placed ends in Error, nothing held.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Sequence
+from uuid import UUID
+
+from engine.aggregate import require
+from engine.errors import Conflict
+from engine.fabric.host import Host
+from engine.fabric.physical_network import PhysicalNetwork
+from engine.fabric.storage_pool import StoragePool
+from engine.operations import guard
+from engine.operations.operation import Operation
+from engine.unit_of_work import UnitOfWork
+from engine.virtual.ip_address import IpAddress
+from engine.virtual.network import Network
+from engine.virtual.nic import Nic
+from engine.virtual.vm import VirtualMachine
+from engine.virtual.volume import Volume
+
+KIND = "vm.deploy"
+STEPS = ("place", "provision", "start")
+_DEPLOYS = UUID("9b7e2c1a-5f3d-4e8a-b6c2-1d0f4a3e7b95")
+
+
+def operation_id(vm_id: UUID) -> UUID:
+    """A VM's deploy operation: derived, so expunge finds what it made."""
+    return uuid.uuid5(_DEPLOYS, str(vm_id))
+
+
+def nic_id(op_id: UUID, index: int) -> UUID:
+    return uuid.uuid5(op_id, f"nic:{index}")
+
+
+def ip_id(op_id: UUID, index: int) -> UUID:
+    return uuid.uuid5(op_id, f"ip:{index}")
+
+
+def volume_id(op_id: UUID, index: int) -> UUID:
+    return uuid.uuid5(op_id, f"volume:{index}")
+
+
+def volumes_of(uow: UnitOfWork, op: Operation) -> list[Volume]:
+    return [uow.get(Volume, v) for v in op.params.volume_ids]
+
+
+# place -----------------------------------------------------------------------
+
+
+def place(uow: UnitOfWork, op: Operation, host_id: UUID, pool_ids: Sequence[UUID]) -> bool:
+    """The place step with the planner's choice; False if it was done already."""
+    if op.current_step != "place" or op.status not in ("pending", "running"):
+        return False
+    vm = uow.get(VirtualMachine, op.resource_id)
+    volumes = volumes_of(uow, op)
+    require(len(pool_ids) == len(volumes), "one pool per volume", field="pool_ids")
+    host = uow.get(Host, host_id)
+    host.require_state(["Enabled"], "place a VM on")
+    require(host.zone_id == vm.zone_id, "host is in another zone", field="host_id")
+    host.reserve(vm.id, vm.spec.cpus, vm.spec.ram_mb)
+    for volume, pool_id in zip(volumes, pool_ids, strict=True):
+        pool = uow.get(StoragePool, pool_id)
+        pool.reserve(volume.id, volume.size_bytes)
+        volume.create_requested(pool_id, host_id)
+    for index, network_id in enumerate(vm.network_ids):
+        network = uow.get(Network, network_id)
+        _implement(uow, network)
+        ip = ip_id(op.id, index)
+        address = network.allocate_ip(ip, vm.id)
+        address_record = IpAddress.create(
+            network_id=network.id, address=address, owner_id=vm.id, id=ip
+        )
+        uow.add(address_record)
+        nic = Nic.create(
+            vm_id=vm.id,
+            network_id=network.id,
+            device_id=index,
+            ip_id=ip,
+            address=address,
+            id=nic_id(op.id, index),
+        )
+        uow.add(nic)
+        address_record.associate(nic.id)
+    vm.place(host_id, pool_ids[0])
+    op.complete_step("place")
+    return True
+
+
+def _implement(uow: UnitOfWork, network: Network) -> None:
+    """A network's first use gives it a tag (isolated kinds) and implements it."""
+    if network.state == "Implemented":
+        return
+    network.require_state(["Allocated", "Shutdown"], "deploy a VM on")
+    if network.isolation != "none" and network.tag is None:
+        if network.physical_network_id is None:  # refused at creation; kept for mypy
+            raise Conflict(f"network {network.id} has no physical network", field="network_ids")
+        physical = uow.get(PhysicalNetwork, network.physical_network_id)
+        network.assign_tag(physical.allocate_tag(network.id))  # implements it too
+    if network.state != "Implemented":
+        network.implement()
+
+
+# advance ---------------------------------------------------------------------
+
+
+def advance(uow: UnitOfWork, op: Operation) -> None:
+    if op.status == "compensating":
+        compensate(uow, op)
+        return
+    if op.finished or op.current_step == "place":
+        return  # placing needs the planner: the engine process calls place()
+    vm = uow.get(VirtualMachine, op.resource_id)
+    if op.current_step == "provision":
+        volumes = volumes_of(uow, op)
+        for volume in volumes:
+            if volume.state == "Error":
+                _fail(uow, op, f"volume {volume.id}: {volume.last_error or 'creation failed'}")
+                return
+        if any(v.state == "Creating" for v in volumes):
+            return
+        for device, volume in enumerate(volumes):
+            if volume.state == "Ready":
+                volume.attach(vm.id, device)
+        if vm.host_id is None:
+            _fail(uow, op, f"vm {vm.id} lost its host before it started")
+            return
+        vm.start_requested(vm.host_id)
+        op.complete_step("provision")
+    elif op.current_step == "start":
+        if vm.state == "Running":
+            op.complete_step("start")
+            guard.release(uow, vm.id, op.id)
+        elif vm.state == "Error":
+            _fail(uow, op, vm.last_error or "the VM failed to start")
+
+
+def fail(uow: UnitOfWork, op: Operation, reason: str) -> None:
+    """Fail the operation from outside (no host fits). Before placing nothing
+    is held: the operation ends failed and the VM in Error with the reason."""
+    if op.status not in ("pending", "running"):
+        return
+    if op.current_step != "place":
+        _fail(uow, op, reason)
+        return
+    op.fail(reason, compensate=False)
+    vm = uow.get(VirtualMachine, op.resource_id)
+    if vm.state == "Allocated":
+        vm.fail(reason)
+    for volume in volumes_of(uow, op):
+        if volume.state == "Allocated":
+            volume.destroy()
+    guard.release(uow, vm.id, op.id)
+
+
+def _fail(uow: UnitOfWork, op: Operation, reason: str) -> None:
+    op.fail(reason, compensate=True)
+    compensate(uow, op)
+
+
+# compensate ------------------------------------------------------------------
+
+
+def compensate(uow: UnitOfWork, op: Operation) -> None:
+    vm = uow.get(VirtualMachine, op.resource_id)
+    volumes = volumes_of(uow, op)
+    if vm.state in ("Starting", "Stopping", "Migrating", "Expunging"):
+        return  # an effector is at work; its result brings us back here
+    if any(v.state in ("Creating", "Resizing") for v in volumes):
+        return
+    reason = op.error or "deploy failed"
+    ever_placed = vm.host_id is not None or vm.last_host_id is not None
+    release_host(uow, vm)
+    release_network(uow, op.id, vm)
+    for volume in volumes:
+        if volume.vm_id is not None:
+            volume.detach(vm_expunging=True)
+        if volume.state in ("Allocated", "Ready", "Error"):
+            volume.destroy()
+        if volume.pool_id is not None:
+            pool = uow.get(StoragePool, volume.pool_id)
+            if volume.id in pool.reservations:
+                pool.release(volume.id)
+    if vm.state == "Allocated":
+        vm.fail(reason)
+    if not ever_placed:
+        _finish(uow, op, vm)  # no domain can exist: the VM stays in Error
+        return
+    if vm.state in ("Running", "Stopped", "Error"):
+        vm.destroy()
+    if vm.state == "Destroyed":
+        vm.expunge_requested()  # the effector removes the domain, if any
+        return
+    if vm.state == "Expunged":
+        _finish(uow, op, vm)
+
+
+def _finish(uow: UnitOfWork, op: Operation, vm: VirtualMachine) -> None:
+    op.compensated()
+    guard.release(uow, vm.id, op.id)
+
+
+def release_host(uow: UnitOfWork, vm: VirtualMachine) -> None:
+    for host_id in {vm.host_id, vm.last_host_id}:
+        if host_id is None:
+            continue
+        host = uow.get(Host, host_id)
+        if vm.id in host.reservations:
+            host.release(vm.id)
+
+
+def release_network(uow: UnitOfWork, op_id: UUID, vm: VirtualMachine) -> None:
+    for index in range(len(vm.network_ids)):
+        nic = uow.find(Nic, nic_id(op_id, index))
+        if nic is not None and nic.state in ("Allocated", "Unplugged"):
+            nic.release()
+        ip = uow.find(IpAddress, ip_id(op_id, index))
+        if ip is None or ip.state == "Released":
+            continue
+        if ip.state == "Associated":
+            ip.disassociate()
+        uow.get(Network, ip.network_id).release_ip(ip.address)
+        ip.release()

@@ -1,0 +1,263 @@
+"""Operations driven by hand on an in-memory unit of work: each step's
+effects, the guard, idempotent advancing, and compensation after failure."""
+
+from uuid import UUID
+
+import pytest
+
+from engine.commands.base import dispatch
+from engine.commands.fabric import CreateCluster, CreatePod, CreateZone, RegisterHost
+from engine.commands.network import CreateNetwork
+from engine.commands.operations import (
+    AdvanceOperation,
+    DeployVm,
+    FailOperation,
+    PlaceOperation,
+    VmOperation,
+)
+from engine.commands.physical_networks import CreatePhysicalNetwork
+from engine.commands.storage import (
+    MarkTemplateDownloaded,
+    RegisterTemplate,
+    RequestTemplateDownload,
+)
+from engine.commands.storage_fabric import CreateStoragePool
+from engine.errors import Conflict
+from engine.fabric.host import Host
+from engine.fabric.physical_network import TagRange
+from engine.fabric.storage_pool import StoragePool
+from engine.operations import deploy
+from engine.operations.guard import ResourceGuard, guard_id
+from engine.operations.operation import Operation
+from engine.unit_of_work import InMemoryUnitOfWork
+from engine.virtual.ip_address import IpAddress
+from engine.virtual.network import Network
+from engine.virtual.nic import Nic
+from engine.virtual.vm import VirtualMachine, VmSpec
+from engine.virtual.volume import Volume
+
+GIB = 1 << 30
+
+
+class World:
+    def __init__(self) -> None:
+        self.uow = InMemoryUnitOfWork()
+        run = self.run
+        self.zone = run(CreateZone(name="z"))
+        pod = run(CreatePod(zone_id=self.zone, name="p", gateway="10.0.0.1", cidr="10.0.0.0/24"))
+        cluster = run(CreateCluster(zone_id=self.zone, pod_id=pod, name="c"))
+        self.host = run(
+            RegisterHost(
+                zone_id=self.zone,
+                pod_id=pod,
+                cluster_id=cluster,
+                name="h",
+                cpu_cores=8,
+                ram_mb=16384,
+                libvirt_uri="test:///default",
+            )
+        )
+        self.pool = run(
+            CreateStoragePool(
+                zone_id=self.zone,
+                cluster_id=cluster,
+                name="primary",
+                scope="cluster",
+                capacity_bytes=100 * GIB,
+                url="/var/lib/pool",
+            )
+        )
+        physical = run(
+            CreatePhysicalNetwork(
+                zone_id=self.zone, name="phys", isolation="VXLAN", tag_range=TagRange(5000, 5010)
+            )
+        )
+        self.flat = run(
+            CreateNetwork(
+                account="acme", name="flat", zone_id=self.zone, cidr="10.1.0.0/24", isolation="none"
+            )
+        )
+        self.overlay = run(
+            CreateNetwork(
+                account="acme",
+                name="overlay",
+                zone_id=self.zone,
+                cidr="10.2.0.0/24",
+                isolation="VXLAN",
+                physical_network_id=physical,
+            )
+        )
+        self.template = run(
+            RegisterTemplate(
+                name="t",
+                zone_id=self.zone,
+                url="https://images.example/t.qcow2",
+                format="qcow2",
+                size_bytes=GIB,
+                os_type="Linux",
+            )
+        )
+        run(RequestTemplateDownload(template_id=self.template))
+        run(MarkTemplateDownloaded(template_id=self.template))
+
+    def run(self, command) -> UUID:
+        return dispatch(self.uow, command).aggregate_id
+
+    def get(self, cls, aggregate_id):
+        return self.uow.get(cls, aggregate_id)
+
+    def deploy(self, **overrides) -> tuple[UUID, UUID]:
+        values = {
+            "account": "acme",
+            "name": "web",
+            "zone_id": self.zone,
+            "template_id": self.template,
+            "spec": VmSpec(cpus=2, ram_mb=2048, root_disk_gb=10),
+            "network_ids": (self.flat, self.overlay),
+            "data_disks_gb": (5,),
+        }
+        values.update(overrides)
+        outcome = dispatch(self.uow, DeployVm(**values))
+        return outcome.aggregate_id, UUID(str(outcome.value))
+
+
+@pytest.fixture
+def world() -> World:
+    return World()
+
+
+def volumes(world: World, op_id: UUID) -> list[Volume]:
+    return [world.get(Volume, v) for v in world.get(Operation, op_id).params.volume_ids]
+
+
+def test_deploy_steps_reserve_provision_and_start(world: World) -> None:
+    op_id, vm_id = world.deploy()
+    op = world.get(Operation, op_id)
+    assert (op.kind, op.status, op.current_step) == ("vm.deploy", "pending", "place")
+    assert [v.state for v in volumes(world, op_id)] == ["Allocated", "Allocated"]
+    assert world.get(ResourceGuard, guard_id(vm_id)).operation_id == op_id
+
+    world.run(PlaceOperation(operation_id=op_id, host_id=world.host, pool_ids=(world.pool,) * 2))
+    host = world.get(Host, world.host)
+    assert host.reservations[vm_id].cpus == 2
+    pool = world.get(StoragePool, world.pool)
+    assert sorted(pool.reservations.values()) == [5 * GIB, 10 * GIB]
+    assert [v.state for v in volumes(world, op_id)] == ["Creating", "Creating"]
+    assert {v.host_id for v in volumes(world, op_id)} == {world.host}
+    overlay = world.get(Network, world.overlay)
+    assert overlay.state == "Implemented" and overlay.tag == 5000
+    nics = [world.get(Nic, deploy.nic_id(op_id, i)) for i in range(2)]
+    assert [n.network_id for n in nics] == [world.flat, world.overlay]
+    assert all(world.get(IpAddress, n.ip_id).state == "Associated" for n in nics)
+    assert op.current_step == "provision" and op.status == "running"
+
+    # Placing again (a redelivery, a second engine) changes nothing.
+    before = len(world.uow.commit())
+    world.run(PlaceOperation(operation_id=op_id, host_id=world.host, pool_ids=(world.pool,) * 2))
+    world.run(AdvanceOperation(operation_id=op_id))  # volumes still Creating: waits
+    assert world.uow.commit() == [] and before > 0
+
+    for volume in volumes(world, op_id):
+        volume.created()
+    world.run(AdvanceOperation(operation_id=op_id))
+    vm = world.get(VirtualMachine, vm_id)
+    assert vm.state == "Starting" and vm.host_id == world.host
+    assert [(v.state, v.device_id) for v in volumes(world, op_id)] == [
+        ("Attached", 0),
+        ("Attached", 1),
+    ]
+    world.run(AdvanceOperation(operation_id=op_id))
+    assert op.current_step == "start"
+
+    vm.mark_running()
+    world.run(AdvanceOperation(operation_id=op_id))
+    assert op.status == "succeeded" and op.finished_at is not None
+    assert world.get(ResourceGuard, guard_id(vm_id)).operation_id is None
+
+
+def test_a_second_operation_on_a_busy_vm_is_refused(world: World) -> None:
+    op_id, vm_id = world.deploy()
+    with pytest.raises(Conflict, match=f"operation {op_id} \\(vm.deploy\\) is still running"):
+        world.run(VmOperation(kind="vm.stop", vm_id=vm_id))
+
+
+def test_unplaceable_vm_fails_with_the_reason_and_holds_nothing(world: World) -> None:
+    op_id, vm_id = world.deploy()
+    world.run(FailOperation(operation_id=op_id, reason="no host fits: 1 host lacks cpu"))
+    op = world.get(Operation, op_id)
+    assert (op.status, op.error, op.failed_step) == (
+        "failed",
+        "no host fits: 1 host lacks cpu",
+        "place",
+    )
+    vm = world.get(VirtualMachine, vm_id)
+    assert vm.state == "Error" and vm.last_error == "no host fits: 1 host lacks cpu"
+    assert [v.state for v in volumes(world, op_id)] == ["Destroyed", "Destroyed"]
+    assert world.get(Host, world.host).reservations == {}
+    assert world.get(ResourceGuard, guard_id(vm_id)).operation_id is None
+
+
+def test_failed_volume_compensates_every_earlier_step(world: World) -> None:
+    op_id, vm_id = world.deploy()
+    world.run(PlaceOperation(operation_id=op_id, host_id=world.host, pool_ids=(world.pool,) * 2))
+    root, data = volumes(world, op_id)
+    root.created()
+    data.fail("qemu-img: no space left on device")
+    world.run(AdvanceOperation(operation_id=op_id))
+
+    op = world.get(Operation, op_id)
+    assert op.status == "compensating"
+    assert "no space left" in (op.error or "")
+    assert world.get(Host, world.host).reservations == {}
+    assert world.get(StoragePool, world.pool).reservations == {}
+    assert [v.state for v in volumes(world, op_id)] == ["Destroyed", "Destroyed"]
+    for i in range(2):
+        assert world.get(Nic, deploy.nic_id(op_id, i)).state == "Released"
+        assert world.get(IpAddress, deploy.ip_id(op_id, i)).state == "Released"
+    assert world.get(Network, world.flat).allocated == {}
+    vm = world.get(VirtualMachine, vm_id)
+    assert vm.state == "Expunging"  # the effector removes any domain
+
+    world.run(AdvanceOperation(operation_id=op_id))  # waits for the effector
+    assert op.status == "compensating"
+    vm.expunged()
+    world.run(AdvanceOperation(operation_id=op_id))
+    assert op.status == "compensated"
+    assert world.get(ResourceGuard, guard_id(vm_id)).operation_id is None
+
+
+def test_failed_start_compensates_and_lifecycle_runs_after_success(world: World) -> None:
+    op_id, vm_id = world.deploy(network_ids=(), data_disks_gb=())
+    world.run(PlaceOperation(operation_id=op_id, host_id=world.host, pool_ids=(world.pool,)))
+    volumes(world, op_id)[0].created()
+    world.run(AdvanceOperation(operation_id=op_id))
+    vm = world.get(VirtualMachine, vm_id)
+    vm.mark_running()
+    world.run(AdvanceOperation(operation_id=op_id))
+
+    stop = world.run(VmOperation(kind="vm.stop", vm_id=vm_id))
+    assert vm.state == "Stopping"
+    vm.mark_stopped()
+    world.run(AdvanceOperation(operation_id=stop))
+    assert world.get(Operation, stop).status == "succeeded"
+    assert world.get(Host, world.host).reservations == {}
+
+    start = world.run(VmOperation(kind="vm.start", vm_id=vm_id))
+    world.run(PlaceOperation(operation_id=start, host_id=world.host))
+    assert vm.state == "Starting" and vm_id in world.get(Host, world.host).reservations
+    vm.fail("internal error: qemu died")
+    world.run(AdvanceOperation(operation_id=start))
+    assert world.get(Operation, start).status == "compensated"
+    assert world.get(Host, world.host).reservations == {}
+
+    destroy = world.run(VmOperation(kind="vm.destroy", vm_id=vm_id))
+    assert world.get(Operation, destroy).status == "succeeded" and vm.state == "Destroyed"
+    recover = world.run(VmOperation(kind="vm.recover", vm_id=vm_id))
+    assert world.get(Operation, recover).status == "succeeded" and vm.state == "Stopped"
+    world.run(VmOperation(kind="vm.destroy", vm_id=vm_id))
+    expunge = world.run(VmOperation(kind="vm.expunge", vm_id=vm_id))
+    vm.expunged()
+    world.run(AdvanceOperation(operation_id=expunge))
+    assert world.get(Operation, expunge).status == "succeeded"
+    assert volumes(world, op_id)[0].state == "Destroyed"
+    assert world.get(StoragePool, world.pool).reservations == {}
