@@ -119,7 +119,7 @@ def _implement(uow: UnitOfWork, network: Network) -> None:
             raise Conflict(f"network {network.id} has no physical network", field="network_ids")
         physical = uow.get(PhysicalNetwork, network.physical_network_id)
         network.assign_tag(physical.allocate_tag(network.id))  # implements it too
-    if network.state != "Implemented":
+    else:
         network.implement()
 
 
