@@ -20,6 +20,7 @@ from engine.fabric.physical_network import PhysicalNetwork
 from engine.fabric.pod import Pod
 from engine.fabric.storage_pool import StoragePool
 from engine.fabric.zone import Zone
+from engine.operations.affinity import AffinityGroup
 from engine.operations.guard import ResourceGuard
 from engine.operations.operation import Operation
 from engine.virtual.ip_address import IpAddress
@@ -49,6 +50,7 @@ AGGREGATES: dict[str, type[Aggregate]] = {
     "network_rule": NetworkRule,
     "operation": Operation,
     "resource_guard": ResourceGuard,
+    "affinity_group": AffinityGroup,
 }
 
 PUBLIC_NAMES: dict[type[Aggregate], str] = {cls: name for name, cls in AGGREGATES.items()}

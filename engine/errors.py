@@ -40,6 +40,13 @@ class CapacityExceeded(DomainError):
     code = "capacity-exceeded"
 
 
+class PlacementRefused(DomainError):
+    """The chosen host breaks a placement rule (an affinity group's) that
+    another placement made true meanwhile; the engine plans again."""
+
+    code = "placement-refused"
+
+
 class NotFound(DomainError):
     """The named aggregate does not exist (or is of another type)."""
 

@@ -19,9 +19,8 @@ from engine.logs import configure_logging
 from engine.service import CommandService
 from engine.settings import Settings, SettingsError, load_settings
 from engine.store import EventStore
-from orchestration.recorder import ResultRecorder
 from projections.worker import ProjectionWorker, consumer_config
-from runner import audit_cli, effector_cli, projections_cli
+from runner import audit_cli, effector_cli, engine_cli, projections_cli
 from runner.components import ensure_event_store, relay_config, start_infrastructure
 from runner.demo import describe, ensure_demo_fabric
 
@@ -37,7 +36,7 @@ def _parser() -> argparse.ArgumentParser:
     up = sub.add_parser(
         "up",
         help="run everything on embedded defaults (database, broker, relay, projections,"
-        " effector) with a demo fabric",
+        " engine, effector) with a demo fabric",
     )
     up.add_argument("--data-dir", help="overrides CLOUD_ENGINE_DATA_DIR")
     sub.add_parser(
@@ -47,6 +46,7 @@ def _parser() -> argparse.ArgumentParser:
     audit_cli.register(sub)
     projections_cli.register(sub)
     effector_cli.register(sub)
+    engine_cli.register(sub)
     return parser
 
 
@@ -80,11 +80,16 @@ def up(settings: Settings) -> int:
             effector = EffectorService(
                 infra.target, effector_config(infra.bootstrap, settings.topic_prefix)
             )
-            recorder = ResultRecorder(service, infra.bootstrap, settings.topic_prefix)
+            engine = engine_cli.engine_components(
+                service, store, settings, infra.target, infra.bootstrap
+            )
 
             async def components(stop: asyncio.Event) -> None:
                 await asyncio.gather(
-                    relay.run(stop), worker.run(stop), effector.run(stop), recorder.run(stop)
+                    relay.run(stop),
+                    worker.run(stop),
+                    effector.run(stop),
+                    *(part.run(stop) for part in engine),
                 )
 
             asyncio.run(run_until_signalled(components))
@@ -131,6 +136,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return projections_cli.run(args, settings)
         if args.command in effector_cli.COMMANDS:
             return effector_cli.run(args, settings)
+        if args.command in engine_cli.COMMANDS:
+            return engine_cli.run(args, settings)
     except SettingsError as e:
         print(f"cloud-engine: configuration error: {e}", file=sys.stderr)
         return 2

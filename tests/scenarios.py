@@ -378,7 +378,7 @@ def run_every_command(do: Callable[[typing.Any], Done]) -> None:
     do(AdvanceOperation(operation_id=stop))
     start = do(VmOperation(kind="vm.start", vm_id=deployed)).aggregate_id
     do(FailOperation(operation_id=start, reason="no host fits"))
-    failing = do(msgspec.structs.replace(deploy, name="op-2"))
+    failing = do(msgspec.structs.replace(deploy, name="op-2", affinity_group="grp"))
     op = failing.aggregate_id
     do(PlaceOperation(operation_id=op, host_id=host, pool_ids=(pool,)))
     do(FailVolume(volume_id=deploy_ops.volume_id(op, 0), reason="pool offline"))

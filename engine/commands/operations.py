@@ -43,6 +43,10 @@ class DeployVm(Command, frozen=True, kw_only=True):
     network_ids: tuple[UUID, ...] = ()
     data_disks_gb: Annotated[tuple[DiskGb, ...], msgspec.Meta(max_length=15)] = ()
     affinity_group: Name | None = None
+    # How the group places its members: apart (anti-affinity) or together;
+    # strict refuses a host that breaks it, best-effort only prefers.
+    affinity: Literal["anti-affinity", "affinity"] = "anti-affinity"
+    affinity_strict: bool = True
     host_id: UUID | None = None  # deploy on this host (still checked by the planner)
     strategy: Strategy = "first-fit"
     vm_id: UUID | None = None
@@ -103,7 +107,13 @@ def deploy_vm(uow: UnitOfWork, cmd: DeployVm) -> Outcome:
                 id=volume_id,
             )
         )
-    params = OperationParams(host_id=cmd.host_id, strategy=cmd.strategy, volume_ids=volume_ids)
+    params = OperationParams(
+        host_id=cmd.host_id,
+        strategy=cmd.strategy,
+        volume_ids=volume_ids,
+        affinity=cmd.affinity if cmd.affinity_group else None,
+        affinity_strict=cmd.affinity_strict,
+    )
     _start(uow, deploy.KIND, vm_id, cmd.account, deploy.STEPS, params, op_id)
     return Outcome(aggregate_id=op_id, value=str(vm_id))
 

@@ -32,7 +32,7 @@ from engine.errors import Conflict
 from engine.fabric.host import Host
 from engine.fabric.physical_network import PhysicalNetwork
 from engine.fabric.storage_pool import StoragePool
-from engine.operations import guard
+from engine.operations import affinity, guard
 from engine.operations.operation import Operation
 from engine.unit_of_work import UnitOfWork
 from engine.virtual.ip_address import IpAddress
@@ -104,6 +104,16 @@ def place(uow: UnitOfWork, op: Operation, host_id: UUID, pool_ids: Sequence[UUID
         )
         uow.add(nic)
         address_record.associate(nic.id)
+    if vm.affinity_group is not None and op.params.affinity is not None:
+        affinity.admit(
+            uow,
+            vm.account,
+            vm.affinity_group,
+            op.params.affinity,
+            op.params.affinity_strict,
+            vm.id,
+            host_id,
+        )
     vm.place(host_id, pool_ids[0])
     op.complete_step("place")
     return True
@@ -191,6 +201,7 @@ def compensate(uow: UnitOfWork, op: Operation) -> None:
     if any(v.state in ("Creating", "Resizing") for v in volumes):
         return
     reason = op.error or "deploy failed"
+    affinity.leave(uow, vm.account, vm.affinity_group, vm.id)
     ever_placed = vm.host_id is not None or vm.last_host_id is not None
     release_host(uow, vm)
     release_network(uow, op.id, vm)

@@ -18,7 +18,7 @@ from uuid import UUID
 
 from engine.fabric.host import Host
 from engine.fabric.storage_pool import StoragePool
-from engine.operations import deploy, guard
+from engine.operations import affinity, deploy, guard
 from engine.operations.operation import Operation
 from engine.unit_of_work import UnitOfWork
 from engine.virtual.vm import VirtualMachine
@@ -64,6 +64,10 @@ def place_start(uow: UnitOfWork, op: Operation, host_id: UUID) -> bool:
     host = uow.get(Host, host_id)
     host.require_state(["Enabled"], "start a VM on")
     host.reserve(vm.id, vm.spec.cpus, vm.spec.ram_mb)
+    if vm.affinity_group is not None:
+        group = uow.find(affinity.AffinityGroup, affinity.group_id(vm.account, vm.affinity_group))
+        if group is not None:
+            group.admit(vm.id, host_id)
     vm.start_requested(host_id)
     op.complete_step("place")
     return True
@@ -107,6 +111,7 @@ def release_resources(uow: UnitOfWork, op: Operation, vm: VirtualMachine) -> Non
     """What the VM's deploy made: its volumes destroyed, NICs and IPs released."""
     deploy_op = deploy.operation_id(vm.id)
     deploy.release_host(uow, vm)
+    affinity.leave(uow, vm.account, vm.affinity_group, vm.id)
     deploy.release_network(uow, deploy_op, vm)
     for index in range(MAX_VOLUMES):
         volume = uow.find(Volume, deploy.volume_id(deploy_op, index))

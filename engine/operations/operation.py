@@ -44,6 +44,8 @@ class OperationParams(msgspec.Struct, frozen=True, kw_only=True):
     device_id: int | None = None
     strategy: str | None = None
     volume_ids: tuple[UUID, ...] = ()  # volumes the operation created
+    affinity: str | None = None  # "affinity" or "anti-affinity" for the VM's group
+    affinity_strict: bool = True
 
 
 class Step(msgspec.Struct, frozen=True, kw_only=True):

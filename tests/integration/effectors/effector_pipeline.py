@@ -17,6 +17,8 @@ from effectors.naming import Names
 from effectors.service import EffectorService, effector_config
 from engine.database import DatabaseTarget
 from engine.service import CommandService
+from engine.store import EventStore
+from orchestration.manager import OperationManager, manager_config
 from orchestration.recorder import ResultRecorder
 from projections.worker import ProjectionWorker, consumer_config
 
@@ -61,6 +63,19 @@ class Pipeline:
         recorder = ResultRecorder(service, self.broker, self.prefix)
         self.tasks.append(asyncio.create_task(recorder.run(self.stop)))
         return recorder
+
+    def start_manager(
+        self, service: CommandService, store: EventStore, *, sweep_interval_s: float = 2.0
+    ) -> OperationManager:
+        manager = OperationManager(
+            service,
+            store,
+            self.target,
+            manager_config(self.broker, self.prefix),
+            sweep_interval_s=sweep_interval_s,
+        )
+        self.tasks.append(asyncio.create_task(manager.run(self.stop)))
+        return manager
 
     def check(self) -> None:
         for task in self.tasks:

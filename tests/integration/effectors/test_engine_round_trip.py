@@ -13,26 +13,21 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from pathlib import Path
 
 import pytest
 from aiokafka import AIOKafkaProducer
 from effector_pipeline import Pipeline, domains_with_uuid, is_running, wait_for
-from template_server import Served, make_template_image
+from fabric_setup import Fabric
 
 from effectors.naming import Names
 from effectors.results import EffectorResult, encode, results_topic
 from engine.commands.compute import CreateVm, PlaceVm, RequestVmStart
-from engine.commands.fabric import CreateCluster, CreatePod, CreateZone, RegisterHost
 from engine.commands.storage import (
     AttachVolume,
     CreateVolume,
-    RegisterTemplate,
     RequestTemplateDownload,
     RequestVolumeCreation,
 )
-from engine.commands.storage_fabric import CreateImageStore, CreateStoragePool
-from engine.service import CommandService
 from engine.store import EventStore
 from engine.virtual.vm import VmSpec
 
@@ -49,54 +44,6 @@ def state_of(store: EventStore, aggregate_id: uuid.UUID) -> str:
 
 def event_names(store: EventStore, aggregate_id: uuid.UUID) -> list[str]:
     return [type(e).__qualname__.rsplit(".", 1)[-1] for e in store.events_of(aggregate_id)]
-
-
-class Fabric:
-    def __init__(self, service: CommandService, uri: str, tmp: Path, served: Served) -> None:
-        run = service.execute
-        self.zone = run(CreateZone(name="z")).aggregate_id
-        pod = run(
-            CreatePod(zone_id=self.zone, name="p", gateway="10.0.0.1", cidr="10.0.0.0/24")
-        ).aggregate_id
-        cluster = run(CreateCluster(zone_id=self.zone, pod_id=pod, name="c")).aggregate_id
-        self.host = run(
-            RegisterHost(
-                zone_id=self.zone,
-                pod_id=pod,
-                cluster_id=cluster,
-                name="h",
-                cpu_cores=4,
-                ram_mb=4096,
-                libvirt_uri=uri,
-            )
-        ).aggregate_id
-        self.pool = run(
-            CreateStoragePool(
-                zone_id=self.zone,
-                cluster_id=cluster,
-                name="primary",
-                scope="cluster",
-                capacity_bytes=8 * GiB,
-                url=str(tmp / "primary"),
-            )
-        ).aggregate_id
-        run(
-            CreateImageStore(
-                zone_id=self.zone, name="secondary", url=str(tmp / "secondary"), protocol="file"
-            )
-        )
-        _, digest = make_template_image(served.root, "tiny.qcow2")
-        self.template = run(
-            RegisterTemplate(
-                name="tiny",
-                zone_id=self.zone,
-                url=f"{served.base_url}/tiny.qcow2",
-                format="qcow2",
-                size_bytes=4 * 1024 * 1024,
-                os_type="None",
-                checksum=f"sha256:{digest}",
-            )
-        ).aggregate_id
 
 
 async def test_results_come_back_as_events(

@@ -1,0 +1,112 @@
+"""What the planner plans against, read from the read models.
+
+Hosts and pools come from rm_host / rm_storage_pool, so a plan can be stale:
+the place step reserves on the Host and StoragePool aggregates themselves,
+which refuse what no longer fits, and the manager then plans again on fresh
+rows. The snapshot is cached for a short time because building the index
+over thousands of hosts costs more than one plan.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from typing import Any
+from uuid import UUID
+
+import asyncpg
+import msgspec
+
+from engine.fabric.capacity import overcommitted
+from engine.planning.candidates import HostCandidate, PoolCandidate
+from engine.planning.planner import Planner
+
+
+class _HostRow(msgspec.Struct):
+    zone_id: UUID
+    pod_id: UUID
+    cluster_id: UUID
+    state: str
+    cpu_cores: int
+    cpu_overcommit: float
+    ram_total_mb: int
+    cpus_used: int
+    ram_used_mb: int
+    tags: list[str] = []
+
+
+class _PoolRow(msgspec.Struct):
+    zone_id: UUID
+    cluster_id: UUID | None
+    state: str
+    total_bytes: int
+    used_bytes: int
+    tags: list[str] = []
+
+
+_host = msgspec.json.Decoder(_HostRow)
+_pool = msgspec.json.Decoder(_PoolRow)
+
+
+def host_candidate(host_id: UUID, data: bytes | str) -> HostCandidate:
+    row = _host.decode(data)
+    return HostCandidate(
+        id=host_id,
+        zone_id=row.zone_id,
+        pod_id=row.pod_id,
+        cluster_id=row.cluster_id,
+        state=row.state,  # type: ignore[arg-type]
+        # As Host.reserve counts: whole vCPUs under the exact Decimal product.
+        cpu_total=math.floor(overcommitted(row.cpu_cores, row.cpu_overcommit)),
+        cpu_used=row.cpus_used,
+        ram_total_mb=row.ram_total_mb,
+        ram_used_mb=row.ram_used_mb,
+        tags=frozenset(row.tags),
+    )
+
+
+def pool_candidate(pool_id: UUID, data: bytes | str) -> PoolCandidate:
+    row = _pool.decode(data)
+    return PoolCandidate(
+        id=pool_id,
+        zone_id=row.zone_id,
+        cluster_id=row.cluster_id,
+        state=row.state,  # type: ignore[arg-type]
+        total_bytes=row.total_bytes,
+        used_bytes=row.used_bytes,
+        tags=frozenset(row.tags),
+    )
+
+
+class Candidates:
+    def __init__(self, pool: asyncpg.Pool, schema: str, *, ttl_s: float = 0.5) -> None:
+        self.pool = pool
+        self.schema = schema
+        self.ttl_s = ttl_s
+        self._planner: Planner | None = None
+        self._hosts: list[HostCandidate] = []
+        self._pools: list[PoolCandidate] = []
+        self._at = 0.0
+
+    def _table(self, name: str) -> str:
+        return f'"{self.schema}".rm_{name}'
+
+    async def _fetch(self, name: str) -> list[Any]:
+        try:
+            return list(await self.pool.fetch(f"SELECT id, data FROM {self._table(name)}"))
+        except asyncpg.UndefinedTableError:
+            return []  # nothing projected yet
+
+    async def planner(self, *, fresh: bool = False) -> Planner:
+        if fresh or self._planner is None or time.monotonic() - self._at > self.ttl_s:
+            self._hosts = [host_candidate(r["id"], r["data"]) for r in await self._fetch("host")]
+            self._pools = [
+                pool_candidate(r["id"], r["data"]) for r in await self._fetch("storage_pool")
+            ]
+            self._planner = Planner(self._hosts, self._pools)
+            self._at = time.monotonic()
+        return self._planner
+
+    def restricted(self, cluster_id: UUID) -> Planner:
+        """A planner over one cluster's hosts (a stopped VM's disks are there)."""
+        return Planner([h for h in self._hosts if h.cluster_id == cluster_id], self._pools)

@@ -1,0 +1,297 @@
+"""The engine's process manager: drives every Operation to its end.
+
+It consumes the operation, vm and volume topics through the consumer base.
+An operation's own Created event, and every event whose correlation id is an
+operation's id (the engine sends each step's command with that correlation
+id, the effectors copy it into their results, the recorder into the events
+it records), make it drive that operation: plan and place it when it waits
+for a host, else advance it. Both are commands idempotent against the
+operation's recorded state, so a redelivered event, a second engine on the
+same partitions after a rebalance, or the sweep doing the same a moment
+later changes nothing twice.
+
+The sweep (at start and every few seconds) drives every unfinished
+operation from the read model: an engine killed at any point resumes or
+compensates whatever it was doing, with nothing to fix by hand.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import weakref
+from collections import OrderedDict
+from uuid import UUID
+
+import asyncpg
+import msgspec
+import structlog
+
+from bus.cloudevents import CloudEvent
+from bus.consumer import ConsumerConfig, EventConsumer, MemoryDeduplicator
+from bus.naming import topic_for
+from engine.commands.base import Command, CommandContext
+from engine.commands.operations import AdvanceOperation, FailOperation, PlaceOperation
+from engine.database import DatabaseTarget
+from engine.errors import CapacityExceeded, DomainError, InvalidTransition, PlacementRefused
+from engine.fabric.storage_pool import StoragePool
+from engine.operations.affinity import AffinityGroup, group_id
+from engine.operations.operation import FINISHED, Operation
+from engine.planning.candidates import AffinityGroup as PlannerGroup
+from engine.planning.candidates import PlacementRequest, Refusal, Strategy, VolumeRequest
+from engine.service import CommandService
+from engine.store import EventStore
+from engine.virtual.vm import VirtualMachine
+from engine.virtual.volume import Volume
+from orchestration.candidates import Candidates
+
+log = structlog.get_logger("orchestration.manager")
+
+PLACE_ATTEMPTS = 4
+_KNOWN_MAX = 100_000
+
+
+def manager_config(bootstrap: str, prefix: str) -> ConsumerConfig:
+    return ConsumerConfig(
+        bootstrap=bootstrap,
+        group_id=f"{prefix}.engine.operations",
+        topics=[topic_for(prefix, t) for t in ("operation", "vm", "volume")],
+        topic_prefix=prefix,
+        max_records=200,
+    )
+
+
+class OperationManager:
+    def __init__(
+        self,
+        service: CommandService,
+        store: EventStore,
+        target: DatabaseTarget,
+        config: ConsumerConfig,
+        *,
+        sweep_interval_s: float = 5.0,
+    ) -> None:
+        self.service = service
+        self.store = store
+        self.target = target
+        self.config = config
+        self.sweep_interval_s = sweep_interval_s
+        self.consumer: EventConsumer | None = None
+        self._candidates: Candidates | None = None
+        self._db: asyncpg.Pool | None = None
+        # Ids seen to be (True) or not to be (False) operations.
+        self._known: OrderedDict[UUID, bool] = OrderedDict()
+        # Weak: a lock lives while some drive holds or waits for it.
+        self._locks: weakref.WeakValueDictionary[UUID, asyncio.Lock] = weakref.WeakValueDictionary()
+
+    async def run(self, stop: asyncio.Event) -> None:
+        t = self.target
+        self._db = await asyncpg.create_pool(
+            host=t.host,
+            port=t.port,
+            user=t.user,
+            password=t.password or None,
+            database=t.dbname,
+            min_size=1,
+            max_size=4,
+        )
+        self._candidates = Candidates(self._db, t.schema)
+        self.consumer = EventConsumer(self.config, self.handle, MemoryDeduplicator())
+        consumer_task = asyncio.create_task(self.consumer.run())
+        sweeper = asyncio.create_task(self._sweep_every(stop))
+        try:
+            await asyncio.wait(
+                [consumer_task, asyncio.create_task(stop.wait())],
+                return_when=asyncio.FIRST_COMPLETED,
+            )
+            if consumer_task.done():
+                consumer_task.result()
+        finally:
+            self.consumer.stop()
+            sweeper.cancel()
+            await asyncio.gather(consumer_task, sweeper, return_exceptions=True)
+            await self._db.close()
+
+    # Triggers ------------------------------------------------------------------
+
+    async def handle(self, event: CloudEvent, _: object) -> None:
+        op_id = await self._operation_of(event)
+        if op_id is not None:
+            await self.drive(op_id, cause=event.id)
+
+    async def _operation_of(self, event: CloudEvent) -> UUID | None:
+        parts = event.type.split(".")
+        if len(parts) == 5 and parts[2] == "operation":
+            return event.aggregate_id if parts[3] == "created" else None
+        try:
+            candidate = UUID(event.correlation_id)
+        except ValueError:
+            return None
+        known = self._known.get(candidate)
+        if known is None:
+            found = await asyncio.to_thread(self.store.load, candidate)
+            known = isinstance(found, Operation)
+            self._known[candidate] = known
+            if len(self._known) > _KNOWN_MAX:
+                self._known.popitem(last=False)
+        return candidate if known else None
+
+    async def sweep(self) -> int:
+        """Drive every unfinished operation once; returns how many."""
+        assert self._db is not None
+        try:
+            rows = await self._db.fetch(
+                f'SELECT id FROM "{self.target.schema}".rm_operation'
+                " WHERE NOT (state = ANY($1::text[])) ORDER BY created_on",
+                list(FINISHED),
+            )
+        except asyncpg.UndefinedTableError:
+            return 0
+        for row in rows:
+            await self.drive(row["id"], cause="sweep")
+        return len(rows)
+
+    async def _sweep_every(self, stop: asyncio.Event) -> None:
+        while not stop.is_set():
+            try:
+                swept = await self.sweep()
+                if swept:
+                    log.info("operations_swept", count=swept)
+            except (OSError, asyncpg.PostgresError) as e:
+                log.warning("sweep_failed", error=str(e))
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), self.sweep_interval_s)
+
+    # Driving -------------------------------------------------------------------
+
+    async def drive(self, op_id: UUID, *, cause: str = "") -> None:
+        # One drive per operation at a time in this process; other engines
+        # are kept apart by optimistic concurrency on the operation.
+        lock = self._locks.get(op_id)
+        if lock is None:
+            lock = self._locks[op_id] = asyncio.Lock()
+        async with lock:
+            await self._drive(op_id, cause)
+
+    async def _drive(self, op_id: UUID, cause: str) -> None:
+        op = await asyncio.to_thread(self.store.load, op_id)
+        if not isinstance(op, Operation) or op.finished:
+            return
+        context = CommandContext(actor="engine", correlation_id=str(op.id), causation_id=cause)
+        if op.current_step == "place" and op.status in ("pending", "running"):
+            await self._place(op, context)
+        else:
+            await self._send(AdvanceOperation(operation_id=op.id), context)
+
+    async def _send(self, command: Command, context: CommandContext) -> bool:
+        try:
+            await self.service.execute_async(command, context)
+            return True
+        except DomainError as e:
+            log.warning(
+                "operation_command_refused",
+                command=type(command).__name__,
+                correlation_id=context.correlation_id,
+                reason=str(e),
+            )
+            return False
+
+    async def _place(self, op: Operation, context: CommandContext) -> None:
+        candidates = self._candidates
+        assert candidates is not None
+        vm = await asyncio.to_thread(self.store.load, op.resource_id)
+        if not isinstance(vm, VirtualMachine):
+            await self._send(FailOperation(operation_id=op.id, reason="the VM is gone"), context)
+            return
+        requests, cluster = await self._requests(op, vm)
+        strategy: Strategy = "dispersing" if op.params.strategy == "dispersing" else "first-fit"
+        for attempt in range(PLACE_ATTEMPTS):
+            groups = await self._groups(op, vm)
+            planner = await candidates.planner(fresh=attempt > 0)
+            if cluster is not None:
+                planner = candidates.restricted(cluster)
+            for request in requests:
+                result = planner.plan(request, groups, strategy)
+                if not isinstance(result, Refusal):
+                    break
+            if isinstance(result, Refusal):
+                log.info("operation_unplaceable", operation_id=str(op.id), reason=result.message)
+                await self._send(FailOperation(operation_id=op.id, reason=result.message), context)
+                return
+            command = PlaceOperation(
+                operation_id=op.id, host_id=result.host_id, pool_ids=result.pool_ids
+            )
+            try:
+                await self.service.execute_async(command, context)
+                return
+            except (CapacityExceeded, InvalidTransition, PlacementRefused) as e:
+                # The read models were behind: plan again on fresh rows (the
+                # affinity group is read from the log, so it is fresh too).
+                log.info("placement_retried", operation_id=str(op.id), reason=str(e))
+            except DomainError as e:
+                await self._send(FailOperation(operation_id=op.id, reason=str(e)), context)
+                return
+        await self._send(
+            FailOperation(
+                operation_id=op.id,
+                reason=f"placement kept conflicting after {PLACE_ATTEMPTS} attempts",
+            ),
+            context,
+        )
+
+    async def _groups(self, op: Operation, vm: VirtualMachine) -> list[PlannerGroup]:
+        """The VM's affinity group, read from the log (not a read model): two
+        members placed at once must each see where the other went."""
+        if vm.affinity_group is None:
+            return []
+        group = await asyncio.to_thread(self.store.load, group_id(vm.account, vm.affinity_group))
+        kind: str | None = op.params.affinity
+        strict = op.params.affinity_strict
+        hosts: tuple[UUID, ...] = ()
+        if isinstance(group, AffinityGroup):
+            kind, strict = group.kind, group.strict
+            hosts = tuple(sorted(group.hosts_of_others(vm.id)))
+        if kind not in ("affinity", "anti-affinity"):
+            return []
+        return [
+            PlannerGroup(
+                name=vm.affinity_group,
+                kind=kind,  # type: ignore[arg-type]
+                strict=strict,
+                host_ids=hosts,
+            )
+        ]
+
+    async def _requests(
+        self, op: Operation, vm: VirtualMachine
+    ) -> tuple[list[PlacementRequest], UUID | None]:
+        """What to ask the planner, in order of preference, and the cluster a
+        started VM must stay in (its disks are there)."""
+        cluster: UUID | None = None
+        sizes: list[int] = []
+        for volume_id in op.params.volume_ids:
+            loaded = await asyncio.to_thread(self.store.load, volume_id)
+            if isinstance(loaded, Volume):
+                sizes.append(loaded.size_bytes)
+        if op.kind == "vm.start":
+            if vm.pool_id is not None:
+                pool = await asyncio.to_thread(self.store.load, vm.pool_id)
+                if isinstance(pool, StoragePool):
+                    cluster = pool.cluster_id
+            sizes = [1]  # the disks exist: only reachability counts
+        request = PlacementRequest(
+            vm_id=vm.id,
+            zone_id=vm.zone_id,
+            cpus=vm.spec.cpus,
+            ram_mb=vm.spec.ram_mb,
+            root_size_bytes=sizes[0] if sizes else vm.spec.root_disk_gb << 30,
+            data_volumes=tuple(VolumeRequest(size_bytes=s) for s in sizes[1:]),
+            host_tags=vm.spec.tags,
+            affinity_groups=(vm.affinity_group,) if vm.affinity_group else (),
+            required_host_id=op.params.host_id,
+        )
+        if op.kind == "vm.start" and op.params.host_id is None and vm.last_host_id:
+            # Where it ran before first (its caches, CloudStack's habit).
+            last = msgspec.structs.replace(request, required_host_id=vm.last_host_id)
+            return [last, request], cluster
+        return [request], cluster

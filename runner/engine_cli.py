@@ -1,0 +1,69 @@
+"""`cloud-engine engine`: the engine's consumers as their own process — the
+operation manager (plans, places, advances and compensates operations) and
+the recorder of effector results. Run several: Kafka's consumer groups share
+the partitions, and every step is idempotent against the log."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+from typing import Any
+
+from bus.process import run_until_signalled
+from engine.service import CommandService
+from engine.settings import Settings, SettingsError
+from engine.store import EventStore
+from orchestration.manager import OperationManager, manager_config
+from orchestration.recorder import ResultRecorder
+from runner.components import ensure_event_store, start_infrastructure
+
+COMMANDS = ("engine",)
+
+
+def register(sub: Any) -> None:
+    sub.add_parser(
+        "engine",
+        help="drive operations and record effector results (needs CLOUD_ENGINE_KAFKA_BOOTSTRAP)",
+    )
+
+
+def engine_components(
+    service: CommandService, store: EventStore, settings: Settings, target: Any, bootstrap: str
+) -> list[Any]:
+    """The engine's long-running parts, each with run(stop)."""
+    manager = OperationManager(
+        service, store, target, manager_config(bootstrap, settings.topic_prefix)
+    )
+    recorder = ResultRecorder(service, bootstrap, settings.topic_prefix)
+    return [manager, recorder]
+
+
+def run(_: argparse.Namespace, settings: Settings) -> int:
+    if not settings.kafka_bootstrap:
+        raise SettingsError(
+            "CLOUD_ENGINE_KAFKA_BOOTSTRAP: the engine needs a broker (host:port); "
+            "`cloud-engine up` runs one for development"
+        )
+    infra = start_infrastructure(settings, broker=False)
+    try:
+        ensure_event_store(infra.target)
+        store = EventStore(infra.target, pool_size=settings.db_pool_size)
+        service = CommandService(
+            store,
+            batch_max=settings.command_batch_max,
+            max_retries=settings.command_max_retries,
+            cache_size=settings.aggregate_cache_size,
+        )
+        try:
+            parts = engine_components(service, store, settings, infra.target, infra.bootstrap)
+
+            async def components(stop: asyncio.Event) -> None:
+                await asyncio.gather(*(p.run(stop) for p in parts))
+
+            asyncio.run(run_until_signalled(components))
+        finally:
+            service.close()
+            store.close()
+    finally:
+        infra.stop()
+    return 0
