@@ -1,0 +1,40 @@
+"""The DeploymentPlanner: pure host and storage placement for one VM at a time."""
+
+from engine.planning.candidates import (
+    STRATEGIES,
+    AffinityGroup,
+    AffinityKind,
+    Constraint,
+    Elimination,
+    HostCandidate,
+    Placement,
+    PlacementRequest,
+    PlanResult,
+    PoolCandidate,
+    Refusal,
+    Strategy,
+    VolumeRequest,
+    host_candidate,
+    pool_candidate,
+)
+from engine.planning.planner import Planner, plan
+
+__all__ = [
+    "STRATEGIES",
+    "AffinityGroup",
+    "AffinityKind",
+    "Constraint",
+    "Elimination",
+    "HostCandidate",
+    "Placement",
+    "PlacementRequest",
+    "PlanResult",
+    "Planner",
+    "PoolCandidate",
+    "Refusal",
+    "Strategy",
+    "VolumeRequest",
+    "host_candidate",
+    "plan",
+    "pool_candidate",
+]
