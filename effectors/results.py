@@ -15,25 +15,19 @@ from uuid import UUID
 import msgspec
 
 from bus.topics import ensure_topics
+from effectors.work import WorkKind
 
 Outcome = Literal["succeeded", "failed"]
-ResultKind = Literal[
-    "vm.start",
-    "vm.stop",
-    "vm.reboot",
-    "vm.destroy",
-    "vm.expunge",
-    "volume.create",
-    "volume.resize",
-    "volume.delete",
-    "volume.revert",
-    "snapshot.create",
-    "template.download",
-    "drift.vm_state",  # a VM not in the state the engine recorded
-    "drift.unknown_domain",  # a domain on a host that the engine does not know
-    "drift.volume",  # a volume missing or of the wrong size
-    "host.unreachable",  # the host's libvirt connection keeps failing
-]
+# A result answers a work item (effectors/work.py) or reports drift.
+ResultKind = (
+    WorkKind
+    | Literal[
+        "drift.vm_state",  # a VM not in the state the engine recorded
+        "drift.unknown_domain",  # a domain on a host that the engine does not know
+        "drift.volume",  # a volume missing or of the wrong size
+        "host.unreachable",  # the host's libvirt connection keeps failing
+    ]
+)
 
 
 class EffectorResult(msgspec.Struct, frozen=True, kw_only=True):

@@ -9,7 +9,6 @@ over thousands of hosts costs more than one plan.
 
 from __future__ import annotations
 
-import math
 import time
 from typing import Any
 from uuid import UUID
@@ -17,8 +16,7 @@ from uuid import UUID
 import asyncpg
 import msgspec
 
-from engine.fabric.capacity import overcommitted
-from engine.planning.candidates import HostCandidate, PoolCandidate
+from engine.planning.candidates import HostCandidate, PoolCandidate, reservable_cpus
 from engine.planning.planner import Planner
 
 
@@ -48,7 +46,7 @@ _host = msgspec.json.Decoder(_HostRow)
 _pool = msgspec.json.Decoder(_PoolRow)
 
 
-def host_candidate(host_id: UUID, data: bytes | str) -> HostCandidate:
+def host_from_row(host_id: UUID, data: bytes | str) -> HostCandidate:
     row = _host.decode(data)
     return HostCandidate(
         id=host_id,
@@ -56,8 +54,7 @@ def host_candidate(host_id: UUID, data: bytes | str) -> HostCandidate:
         pod_id=row.pod_id,
         cluster_id=row.cluster_id,
         state=row.state,  # type: ignore[arg-type]
-        # As Host.reserve counts: whole vCPUs under the exact Decimal product.
-        cpu_total=math.floor(overcommitted(row.cpu_cores, row.cpu_overcommit)),
+        cpu_total=reservable_cpus(row.cpu_cores, row.cpu_overcommit),
         cpu_used=row.cpus_used,
         ram_total_mb=row.ram_total_mb,
         ram_used_mb=row.ram_used_mb,
@@ -65,7 +62,7 @@ def host_candidate(host_id: UUID, data: bytes | str) -> HostCandidate:
     )
 
 
-def pool_candidate(pool_id: UUID, data: bytes | str) -> PoolCandidate:
+def pool_from_row(pool_id: UUID, data: bytes | str) -> PoolCandidate:
     row = _pool.decode(data)
     return PoolCandidate(
         id=pool_id,
@@ -99,9 +96,9 @@ class Candidates:
 
     async def planner(self, *, fresh: bool = False) -> Planner:
         if fresh or self._planner is None or time.monotonic() - self._at > self.ttl_s:
-            self._hosts = [host_candidate(r["id"], r["data"]) for r in await self._fetch("host")]
+            self._hosts = [host_from_row(r["id"], r["data"]) for r in await self._fetch("host")]
             self._pools = [
-                pool_candidate(r["id"], r["data"]) for r in await self._fetch("storage_pool")
+                pool_from_row(r["id"], r["data"]) for r in await self._fetch("storage_pool")
             ]
             self._planner = Planner(self._hosts, self._pools)
             self._at = time.monotonic()

@@ -199,11 +199,16 @@ class OperationManager:
     async def _place(self, op: Operation, context: CommandContext) -> None:
         candidates = self._candidates
         assert candidates is not None
-        vm = await asyncio.to_thread(self.store.load, op.resource_id)
+        # The VM and the volumes the operation made, in one read.
+        loaded = await asyncio.to_thread(
+            self.store.load_many, [op.resource_id, *op.params.volume_ids]
+        )
+        vm = loaded.get(op.resource_id)
         if not isinstance(vm, VirtualMachine):
             await self._send(FailOperation(operation_id=op.id, reason="the VM is gone"), context)
             return
-        requests, cluster = await self._requests(op, vm)
+        volumes = [v for v in loaded.values() if isinstance(v, Volume)]
+        requests, cluster = await self._requests(op, vm, volumes)
         strategy: Strategy = "dispersing" if op.params.strategy == "dispersing" else "first-fit"
         for attempt in range(PLACE_ATTEMPTS):
             groups = await self._groups(op, vm)
@@ -263,16 +268,14 @@ class OperationManager:
         ]
 
     async def _requests(
-        self, op: Operation, vm: VirtualMachine
+        self, op: Operation, vm: VirtualMachine, volumes: list[Volume]
     ) -> tuple[list[PlacementRequest], UUID | None]:
         """What to ask the planner, in order of preference, and the cluster a
         started VM must stay in (its disks are there)."""
         cluster: UUID | None = None
-        sizes: list[int] = []
-        for volume_id in op.params.volume_ids:
-            loaded = await asyncio.to_thread(self.store.load, volume_id)
-            if isinstance(loaded, Volume):
-                sizes.append(loaded.size_bytes)
+        by_id = {v.id: v.size_bytes for v in volumes}
+        # Root first: the order of Placement.pool_ids and of the place step.
+        sizes = [by_id[v] for v in op.params.volume_ids if v in by_id]
         if op.kind == "vm.start":
             if vm.pool_id is not None:
                 pool = await asyncio.to_thread(self.store.load, vm.pool_id)

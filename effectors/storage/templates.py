@@ -4,10 +4,10 @@ made from them lands on (the pool's base image), which the volumes back onto.
 
 Fetching is safe to repeat and to interrupt: the image is streamed into a
 `.partial` file, its checksum and format checked, and only then renamed into
-place; an image already in place with the right checksum is not fetched
-again. A template is refused when its bytes do not match the declared
-checksum or format, or when a qcow2 template names a backing file (that
-would let an image read any file on the host).
+place; an image already in place is not fetched again. A template is
+refused when its bytes do not match the declared checksum or format, or when
+a qcow2 template names a backing file (that would let an image read any file
+on the host).
 """
 
 from __future__ import annotations
@@ -127,8 +127,10 @@ def fetch(
 ) -> TemplateImage:
     """The template's image at dest, downloaded unless already there and sound."""
     if dest.exists():
+        # Only a verified image is renamed into place, so it is not hashed
+        # again (that would read the whole image for every volume made).
         try:
-            info = _check_image(dest, fmt, checksum)
+            info = _check_image(dest, fmt, None)
             return TemplateImage(
                 path=str(dest), format=fmt, virtual_size=info.virtual_size, fetched=False
             )
@@ -145,11 +147,3 @@ def fetch(
         raise
     log.info("template_fetched", url=url, path=str(dest), size=dest.stat().st_size)
     return TemplateImage(path=str(dest), format=fmt, virtual_size=info.virtual_size, fetched=True)
-
-
-def stored(dest: Path, fmt: str) -> TemplateImage:
-    """The image of a template already fetched into the store."""
-    if not dest.exists():
-        raise TemplateError(f"template image {dest} is missing from the image store")
-    info = _check_image(dest, fmt, None)
-    return TemplateImage(path=str(dest), format=fmt, virtual_size=info.virtual_size, fetched=False)

@@ -19,7 +19,8 @@ import msgspec
 from engine.commands.base import Command, Outcome, handles
 from engine.commands.compute import GIB, CreateVm, create_vm
 from engine.commands.constraints import Name
-from engine.errors import Conflict, Validation
+from engine.commands.lookups import require_new_id
+from engine.errors import Validation
 from engine.operations import deploy, guard, lifecycle
 from engine.operations.operation import Operation, OperationParams
 from engine.unit_of_work import UnitOfWork
@@ -144,8 +145,7 @@ def _start(
     params: OperationParams,
     op_id: UUID,
 ) -> Operation:
-    if uow.find(Operation, op_id) is not None:
-        raise Conflict(f"operation {op_id} already exists", field="operation_id")
+    require_new_id(uow, op_id)
     op = Operation.create(
         kind=kind,
         resource_type="vm",
@@ -187,9 +187,6 @@ def fail_operation(uow: UnitOfWork, cmd: FailOperation) -> Outcome:
     op = uow.get(Operation, cmd.operation_id)
     if op.kind == deploy.KIND:
         deploy.fail(uow, op, cmd.reason)
-    elif not op.finished:
-        op.fail(cmd.reason, compensate=op.kind == "vm.start" and op.done("place"))
-        lifecycle.advance(uow, op)
-        if op.status == "failed":
-            guard.release(uow, op.resource_id, op.id)
+    else:
+        lifecycle.fail(uow, op, cmd.reason)
     return Outcome(aggregate_id=op.id, value=op.status)

@@ -77,9 +77,7 @@ def admit(
     gid = group_id(account, name)
     group = uow.find(AffinityGroup, gid)
     if group is None:
-        group = AffinityGroup._create(
-            AffinityGroup.Created, id=gid, account=account, name=name, kind=kind, strict=strict
-        )
+        group = AffinityGroup._new(id=gid, account=account, name=name, kind=kind, strict=strict)
         uow.add(group)
     group.admit(vm_id, host_id)
 

@@ -206,14 +206,7 @@ def compensate(uow: UnitOfWork, op: Operation) -> None:
     release_host(uow, vm)
     release_network(uow, op.id, vm)
     for volume in volumes:
-        if volume.vm_id is not None:
-            volume.detach(vm_expunging=True)
-        if volume.state in ("Allocated", "Ready", "Error"):
-            volume.destroy()
-        if volume.pool_id is not None:
-            pool = uow.get(StoragePool, volume.pool_id)
-            if volume.id in pool.reservations:
-                pool.release(volume.id)
+        release_volume(uow, volume, vm.id)
     if vm.state == "Allocated":
         vm.fail(reason)
     if not ever_placed:
@@ -231,6 +224,20 @@ def compensate(uow: UnitOfWork, op: Operation) -> None:
 def _finish(uow: UnitOfWork, op: Operation, vm: VirtualMachine) -> None:
     op.compensated()
     guard.release(uow, vm.id, op.id)
+
+
+def release_volume(uow: UnitOfWork, volume: Volume, vm_id: UUID) -> None:
+    """Detached from the VM, destroyed (the effector deletes its file), its
+    pool space given back; each part only if not done already. A volume
+    attached to another VM meanwhile is left alone."""
+    if volume.vm_id == vm_id:
+        volume.detach(vm_expunging=True)
+    if volume.state in ("Allocated", "Ready", "Error"):
+        volume.destroy()
+    if volume.state == "Destroyed" and volume.pool_id is not None:
+        pool = uow.get(StoragePool, volume.pool_id)
+        if volume.id in pool.reservations:
+            pool.release(volume.id)
 
 
 def release_host(uow: UnitOfWork, vm: VirtualMachine) -> None:

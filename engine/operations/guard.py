@@ -69,7 +69,7 @@ def acquire(uow: UnitOfWork, resource_id: UUID, operation_id: UUID, kind: str) -
     gid = guard_id(resource_id)
     guard = uow.find(ResourceGuard, gid)
     if guard is None:
-        guard = ResourceGuard._create(ResourceGuard.Created, id=gid, resource_id=resource_id)
+        guard = ResourceGuard._new(id=gid, resource_id=resource_id)
         uow.add(guard)
     guard.acquire(operation_id, kind)
 

@@ -17,7 +17,6 @@ from __future__ import annotations
 from uuid import UUID
 
 from engine.fabric.host import Host
-from engine.fabric.storage_pool import StoragePool
 from engine.operations import affinity, deploy, guard
 from engine.operations.operation import Operation
 from engine.unit_of_work import UnitOfWork
@@ -107,6 +106,18 @@ def advance(uow: UnitOfWork, op: Operation) -> None:
         _done(uow, op, "expunge")
 
 
+def fail(uow: UnitOfWork, op: Operation, reason: str) -> None:
+    """Fail the operation from outside (no host fits a start); only a placed
+    start holds something to compensate."""
+    if op.finished:
+        return
+    if op.kind == "vm.start" and op.done("place"):
+        op.fail(reason, compensate=True)
+        advance(uow, op)
+    else:
+        _failed(uow, op, reason)
+
+
 def release_resources(uow: UnitOfWork, op: Operation, vm: VirtualMachine) -> None:
     """What the VM's deploy made: its volumes destroyed, NICs and IPs released."""
     deploy_op = deploy.operation_id(vm.id)
@@ -117,14 +128,7 @@ def release_resources(uow: UnitOfWork, op: Operation, vm: VirtualMachine) -> Non
         volume = uow.find(Volume, deploy.volume_id(deploy_op, index))
         if volume is None:
             break
-        if volume.vm_id == vm.id:
-            volume.detach(vm_expunging=True)
-        if volume.state in ("Allocated", "Ready", "Error"):
-            volume.destroy()
-        if volume.pool_id is not None:
-            pool = uow.get(StoragePool, volume.pool_id)
-            if volume.id in pool.reservations:
-                pool.release(volume.id)
+        deploy.release_volume(uow, volume, vm.id)
 
 
 def _done(uow: UnitOfWork, op: Operation, step: str) -> None:

@@ -100,8 +100,7 @@ class Operation(Aggregate):
         require_name(kind, "kind")
         require(bool(steps), "an operation needs at least one step", field="steps")
         require(len(set(steps)) == len(steps), "step names must not repeat", field="steps")
-        op: Operation = cls._create(
-            cls.Created,
+        op: Operation = cls._new(
             id=id,
             kind=kind,
             resource_type=resource_type,

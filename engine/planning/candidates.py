@@ -156,10 +156,15 @@ class Refusal(msgspec.Struct, frozen=True, kw_only=True, tag="refusal", tag_fiel
 PlanResult = Placement | Refusal
 
 
+def reservable_cpus(cores: int, overcommit: float) -> int:
+    """Whole vCPUs Host.reserve accepts. Not Host.cpus_total: that float can
+    round 3.9999999999999999 up to 4.0, while reserve compares against the
+    exact Decimal."""
+    return math.floor(overcommitted(cores, overcommit))
+
+
 def host_candidate(host: Host) -> HostCandidate:
-    # Not Host.cpus_total: that float can round 3.9999999999999999 up to 4.0,
-    # while reserve compares against the exact Decimal.
-    cpu_total = math.floor(overcommitted(host.cpu_cores, host.cpu_overcommit))
+    cpu_total = reservable_cpus(host.cpu_cores, host.cpu_overcommit)
     return HostCandidate(
         id=host.id,
         zone_id=host.zone_id,
