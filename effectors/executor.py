@@ -20,7 +20,7 @@ import msgspec
 import structlog
 
 from effectors.compute.driver import ComputeDriver, DomainMissing, DomainNotRunning
-from effectors.compute.spec import DiskSpec, DomainSpec, NicSpec
+from effectors.compute.spec import DiskSpec, DomainSpec, DomainState, NicSpec
 from effectors.desired import (
     HostView,
     ImageStoreView,
@@ -108,6 +108,7 @@ class VmPlan(msgspec.Struct, frozen=True):
     host: HostView
     disks: tuple[tuple[VolumeView, PoolView], ...] = ()
     nics: tuple[tuple[NicView, NetworkView], ...] = ()
+    destination: HostView | None = None  # vm.migrate: the target host
 
 
 class TemplateSource(msgspec.Struct, frozen=True):
@@ -189,6 +190,8 @@ class Executor:
                 state = compute.destroy(vm_id).state
             elif item.kind == "vm.expunge":
                 state = compute.undefine(vm_id).state
+            elif item.kind == "vm.migrate":
+                state = self._migrate(compute, plan)
             else:
                 raise Unsupported(f"{item.kind} is not VM work")
         except (
@@ -203,6 +206,21 @@ class Executor:
             log.warning("work_failed", kind=item.kind, vm_id=str(vm_id), error=str(e))
             return self._result(item, plan.host.id, None, e)
         return self._result(item, plan.host.id, state.state, None)
+
+    def _migrate(self, compute: ComputeDriver, plan: VmPlan) -> DomainState:
+        target = plan.destination
+        if target is None:
+            raise Unsupported(f"vm {plan.vm.id} has no migration target")
+        destination = msgspec.structs.replace(plan, host=target, destination=None)
+        self._realise_networks(destination)
+        if target.libvirt_uri == plan.host.libvirt_uri:
+            # Two engine hosts on one hypervisor (a lab or demo fabric): the
+            # domain already runs "there"; libvirt refuses a migration to itself.
+            observed = compute.observe(plan.vm.id)
+            if observed.state != "running":
+                raise DomainNotRunning(plan.vm.id, observed.state)
+            return observed
+        return compute.migrate(plan.vm.id, self.hypervisor(target.libvirt_uri)).state
 
     def _domain_spec(self, plan: VmPlan) -> DomainSpec:
         disks = tuple(

@@ -229,7 +229,12 @@ class EffectorService:
             if network is not None:
                 nics.append((nic, network))
         nics.sort(key=lambda n: n[0].device_id)
-        return VmPlan(vm=vm, host=host, disks=tuple(disks), nics=tuple(nics))
+        destination = None
+        if item.kind == "vm.migrate" and vm.migration_target_id is not None:
+            destination = await models.get(HostView, "host", vm.migration_target_id)
+        return VmPlan(
+            vm=vm, host=host, disks=tuple(disks), nics=tuple(nics), destination=destination
+        )
 
     async def _template_source(
         self, models: ReadModels, template_id: UUID, at_least: int

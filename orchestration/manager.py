@@ -1,18 +1,23 @@
 """The engine's process manager: drives every Operation to its end.
 
-It consumes the operation, vm and volume topics through the consumer base.
-An operation's own Created event, and every event whose correlation id is an
-operation's id (the engine sends each step's command with that correlation
-id, the effectors copy it into their results, the recorder into the events
-it records), make it drive that operation: plan and place it when it waits
-for a host, else advance it. Both are commands idempotent against the
+It consumes the operation, vm, volume and snapshot topics through the
+consumer base. An operation's own Created event, every event whose
+correlation id is an operation's id (the engine sends each step's command
+with that correlation id, the effectors copy it into their results, the
+recorder into the events it records), and any other event of a resource whose
+guard an operation holds (work a client's command asked for carries the
+client's correlation id) make it drive that operation: plan and place it
+when it waits for a host, else advance it. Both are commands idempotent against the
 operation's recorded state, so a redelivered event, a second engine on the
 same partitions after a rebalance, or the sweep doing the same a moment
 later changes nothing twice.
 
 The sweep (at start and every few seconds) drives every unfinished
 operation from the read model: an engine killed at any point resumes or
-compensates whatever it was doing, with nothing to fix by hand.
+compensates whatever it was doing, with nothing to fix by hand. A step that
+waits on the effectors longer than step_deadline_s is failed (and
+compensated) with that reason, so an effector that never answers leaves no
+operation running forever.
 """
 
 from __future__ import annotations
@@ -21,6 +26,7 @@ import asyncio
 import contextlib
 import weakref
 from collections import OrderedDict
+from datetime import UTC, datetime
 from uuid import UUID
 
 import asyncpg
@@ -35,7 +41,9 @@ from engine.commands.operations import AdvanceOperation, FailOperation, PlaceOpe
 from engine.database import DatabaseTarget
 from engine.errors import CapacityExceeded, DomainError, InvalidTransition, PlacementRefused
 from engine.fabric.storage_pool import StoragePool
+from engine.operations import lifecycle
 from engine.operations.affinity import AffinityGroup, group_id
+from engine.operations.guard import ResourceGuard, guard_id
 from engine.operations.operation import FINISHED, Operation
 from engine.planning.candidates import AffinityGroup as PlannerGroup
 from engine.planning.candidates import PlacementRequest, Refusal, Strategy, VolumeRequest
@@ -55,7 +63,7 @@ def manager_config(bootstrap: str, prefix: str) -> ConsumerConfig:
     return ConsumerConfig(
         bootstrap=bootstrap,
         group_id=f"{prefix}.engine.operations",
-        topics=[topic_for(prefix, t) for t in ("operation", "vm", "volume")],
+        topics=[topic_for(prefix, t) for t in ("operation", "vm", "volume", "snapshot")],
         topic_prefix=prefix,
         max_records=200,
     )
@@ -70,12 +78,14 @@ class OperationManager:
         config: ConsumerConfig,
         *,
         sweep_interval_s: float = 5.0,
+        step_deadline_s: float = 600.0,
     ) -> None:
         self.service = service
         self.store = store
         self.target = target
         self.config = config
         self.sweep_interval_s = sweep_interval_s
+        self.step_deadline_s = step_deadline_s
         self.consumer: EventConsumer | None = None
         self._candidates: Candidates | None = None
         self._db: asyncpg.Pool | None = None
@@ -124,17 +134,23 @@ class OperationManager:
         if len(parts) == 5 and parts[2] == "operation":
             return event.aggregate_id if parts[3] == "created" else None
         try:
-            candidate = UUID(event.correlation_id)
+            candidate: UUID | None = UUID(event.correlation_id)
         except ValueError:
+            candidate = None
+        if candidate is not None:
+            known = self._known.get(candidate)
+            if known is None:
+                found = await asyncio.to_thread(self.store.load, candidate)
+                known = isinstance(found, Operation)
+                self._known[candidate] = known
+                if len(self._known) > _KNOWN_MAX:
+                    self._known.popitem(last=False)
+            if known:
+                return candidate
+        if parts[2] not in ("vm", "volume", "snapshot"):
             return None
-        known = self._known.get(candidate)
-        if known is None:
-            found = await asyncio.to_thread(self.store.load, candidate)
-            known = isinstance(found, Operation)
-            self._known[candidate] = known
-            if len(self._known) > _KNOWN_MAX:
-                self._known.popitem(last=False)
-        return candidate if known else None
+        held = await asyncio.to_thread(self.store.load, guard_id(event.aggregate_id))
+        return held.operation_id if isinstance(held, ResourceGuard) else None
 
     async def sweep(self) -> int:
         """Drive every unfinished operation once; returns how many."""
@@ -178,10 +194,29 @@ class OperationManager:
         if not isinstance(op, Operation) or op.finished:
             return
         context = CommandContext(actor="engine", correlation_id=str(op.id), causation_id=cause)
-        if op.current_step == "place" and op.status in ("pending", "running"):
+        if self._overdue(op):
+            reason = (
+                f"step {op.current_step} of {op.kind} got no answer within"
+                f" {self.step_deadline_s:g} s"
+            )
+            log.warning("operation_step_timed_out", operation_id=str(op.id), reason=reason)
+            await self._send(
+                FailOperation(operation_id=op.id, reason=reason, timed_out=True), context
+            )
+        elif op.current_step == "place" and op.status in ("pending", "running"):
             await self._place(op, context)
         else:
             await self._send(AdvanceOperation(operation_id=op.id), context)
+
+    def _overdue(self, op: Operation) -> bool:
+        """A step that waits on the effectors for too long. Placing is the
+        engine's own (never overdue); an expunge only the effector can end."""
+        if op.status not in ("pending", "running") or op.current_step in (None, "place"):
+            return False
+        if op.kind in lifecycle.NO_DEADLINE:
+            return False
+        waited = (datetime.now(UTC) - op.waiting_since).total_seconds()
+        return waited > self.step_deadline_s
 
     async def _send(self, command: Command, context: CommandContext) -> bool:
         try:
@@ -276,7 +311,7 @@ class OperationManager:
         by_id = {v.id: v.size_bytes for v in volumes}
         # Root first: the order of Placement.pool_ids and of the place step.
         sizes = [by_id[v] for v in op.params.volume_ids if v in by_id]
-        if op.kind == "vm.start":
+        if op.kind in lifecycle.PLACED:
             if vm.pool_id is not None:
                 pool = await asyncio.to_thread(self.store.load, vm.pool_id)
                 if isinstance(pool, StoragePool):
@@ -292,6 +327,8 @@ class OperationManager:
             host_tags=vm.spec.tags,
             affinity_groups=(vm.affinity_group,) if vm.affinity_group else (),
             required_host_id=op.params.host_id,
+            # A migration goes elsewhere.
+            avoid_host_ids=(vm.host_id,) if op.kind == "vm.migrate" and vm.host_id else (),
         )
         if op.kind == "vm.start" and op.params.host_id is None and vm.last_host_id:
             # Where it ran before first (its caches, CloudStack's habit).

@@ -21,7 +21,9 @@ from aiokafka import AIOKafkaConsumer
 from effectors.results import EffectorResult, decode, ensure_results_topic, results_topic
 from engine.commands.base import Command, CommandContext
 from engine.commands.compute import (
+    CompleteVmMigration,
     FailVm,
+    FailVmMigration,
     FailVmReboot,
     MarkVmExpunged,
     MarkVmRebooted,
@@ -54,6 +56,7 @@ _DONE: dict[str, Callable[[UUID], Command]] = {
     "vm.stop": lambda i: MarkVmStopped(vm_id=i),
     "vm.expunge": lambda i: MarkVmExpunged(vm_id=i),
     "vm.reboot": lambda i: MarkVmRebooted(vm_id=i),
+    "vm.migrate": lambda i: CompleteVmMigration(vm_id=i),
     "volume.create": lambda i: MarkVolumeCreated(volume_id=i),
     "volume.resize": lambda i: MarkVolumeResized(volume_id=i),
     "volume.revert": lambda i: MarkVolumeReverted(volume_id=i),
@@ -65,6 +68,7 @@ _FAILED: dict[str, Callable[[UUID, str], Command]] = {
     "vm.start": lambda i, r: FailVm(vm_id=i, reason=r),
     "vm.stop": lambda i, r: FailVm(vm_id=i, reason=r),
     "vm.reboot": lambda i, r: FailVmReboot(vm_id=i, reason=r),
+    "vm.migrate": lambda i, r: FailVmMigration(vm_id=i, reason=r),
     "volume.create": lambda i, r: FailVolume(volume_id=i, reason=r),
     "volume.resize": lambda i, r: FailVolume(volume_id=i, reason=r),
     "volume.revert": lambda i, r: FailVolume(volume_id=i, reason=r),

@@ -81,6 +81,7 @@ from engine.commands.operations import (
     FailOperation,
     PlaceOperation,
     VmOperation,
+    VolumeOperation,
 )
 from engine.commands.physical_networks import (
     AllocateTag,
@@ -378,6 +379,16 @@ def run_every_command(do: Callable[[typing.Any], Done]) -> None:
     do(AdvanceOperation(operation_id=stop))
     start = do(VmOperation(kind="vm.start", vm_id=deployed)).aggregate_id
     do(FailOperation(operation_id=start, reason="no host fits"))
+    # A volume operation growing the pool reservation, and a start placed.
+    root = deploy_ops.volume_id(done.aggregate_id, 0)
+    grow = VolumeOperation(kind="volume.resize", volume_id=root, new_size_bytes=21 * GIB)
+    resize = do(grow).aggregate_id
+    do(MarkVolumeResized(volume_id=root))
+    do(AdvanceOperation(operation_id=resize))
+    start = do(VmOperation(kind="vm.start", vm_id=deployed)).aggregate_id
+    do(PlaceOperation(operation_id=start, host_id=host))
+    do(MarkVmRunning(vm_id=deployed))
+    do(AdvanceOperation(operation_id=start))
     failing = do(msgspec.structs.replace(deploy, name="op-2", affinity_group="grp"))
     op = failing.aggregate_id
     do(PlaceOperation(operation_id=op, host_id=host, pool_ids=(pool,)))

@@ -18,13 +18,13 @@ from engine.unit_of_work import UnitOfWork
 A = TypeVar("A", bound=Aggregate)
 
 
-def require_new_id(uow: UnitOfWork, aggregate_id: UUID | None) -> None:
+def require_new_id(uow: UnitOfWork, aggregate_id: UUID | None, *, field: str = "id") -> None:
     """Refuse a caller-chosen id that is taken, rather than overwrite or fail late.
 
     None (no id chosen: the aggregate will get a fresh one) always passes.
     """
     if aggregate_id is not None and uow.find(Aggregate, aggregate_id) is not None:
-        raise Conflict(f"id {aggregate_id} is already in use", field="id")
+        raise Conflict(f"id {aggregate_id} is already in use", field=field)
 
 
 def load_ref(uow: UnitOfWork, cls: type[A], aggregate_id: UUID, field: str) -> A:

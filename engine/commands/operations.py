@@ -19,11 +19,13 @@ import msgspec
 from engine.commands.base import Command, Outcome, handles
 from engine.commands.compute import GIB, CreateVm, create_vm
 from engine.commands.constraints import Name
-from engine.commands.lookups import require_new_id
+from engine.commands.lookups import load_ref, require_new_id
+from engine.commands.storage import Size
 from engine.errors import Validation
-from engine.operations import deploy, guard, lifecycle
+from engine.operations import deploy, guard, lifecycle, volumes
 from engine.operations.operation import Operation, OperationParams
 from engine.unit_of_work import UnitOfWork
+from engine.virtual.snapshot import SnapshotKind
 from engine.virtual.vm import VirtualMachine, VmSpec
 from engine.virtual.volume import Volume
 
@@ -31,7 +33,10 @@ Reason = Annotated[str, msgspec.Meta(min_length=1, max_length=2000)]
 DiskGb = Annotated[int, msgspec.Meta(ge=1, le=65536)]
 Strategy = Literal["first-fit", "dispersing"]
 VmOperationKind = Literal[
-    "vm.start", "vm.stop", "vm.reboot", "vm.destroy", "vm.recover", "vm.expunge"
+    "vm.start", "vm.stop", "vm.reboot", "vm.destroy", "vm.recover", "vm.expunge", "vm.migrate"
+]
+VolumeOperationKind = Literal[
+    "volume.attach", "volume.detach", "volume.resize", "volume.snapshot", "volume.revert"
 ]
 
 
@@ -57,7 +62,18 @@ class VmOperation(Command, frozen=True, kw_only=True):
     kind: VmOperationKind
     vm_id: UUID
     forced: bool = False  # vm.stop: power off instead of a guest shutdown
-    host_id: UUID | None = None  # vm.start: on this host
+    host_id: UUID | None = None  # vm.start, vm.migrate: on this host
+    operation_id: UUID | None = None
+
+
+class VolumeOperation(Command, frozen=True, kw_only=True):
+    kind: VolumeOperationKind
+    volume_id: UUID
+    vm_id: UUID | None = None  # volume.attach: to this VM
+    new_size_bytes: Size | None = None  # volume.resize
+    snapshot_id: UUID | None = None  # volume.revert: to this one; volume.snapshot: its id
+    snapshot_name: Name = "snapshot"  # volume.snapshot
+    snapshot_kind: SnapshotKind = "internal"  # volume.snapshot
     operation_id: UUID | None = None
 
 
@@ -74,6 +90,8 @@ class AdvanceOperation(Command, frozen=True, kw_only=True):
 class FailOperation(Command, frozen=True, kw_only=True):
     operation_id: UUID
     reason: Reason
+    # A step got no answer in time: what waits for an effector is failed too.
+    timed_out: bool = False
 
 
 @handles(DeployVm)
@@ -122,7 +140,11 @@ def deploy_vm(uow: UnitOfWork, cmd: DeployVm) -> Outcome:
 @handles(VmOperation)
 def vm_operation(uow: UnitOfWork, cmd: VmOperation) -> Outcome:
     vm = uow.get(VirtualMachine, cmd.vm_id)
-    params = OperationParams(forced=cmd.forced, host_id=cmd.host_id)
+    params = OperationParams(
+        forced=cmd.forced,
+        host_id=cmd.host_id,
+        source_host_id=vm.host_id if cmd.kind == "vm.migrate" else None,
+    )
     op = _start(
         uow,
         cmd.kind,
@@ -136,27 +158,69 @@ def vm_operation(uow: UnitOfWork, cmd: VmOperation) -> Outcome:
     return Outcome(aggregate_id=op.id, value=str(vm.id))
 
 
+@handles(VolumeOperation)
+def volume_operation(uow: UnitOfWork, cmd: VolumeOperation) -> Outcome:
+    volume = load_ref(uow, Volume, cmd.volume_id, "volume_id")
+    kind = cmd.kind
+    if kind == "volume.attach":
+        if cmd.vm_id is None:
+            raise Validation("volume.attach needs vm_id", field="vm_id")
+        load_ref(uow, VirtualMachine, cmd.vm_id, "vm_id")
+    if kind == "volume.resize" and cmd.new_size_bytes is None:
+        raise Validation("volume.resize needs new_size_bytes", field="new_size_bytes")
+    if kind == "volume.revert" and cmd.snapshot_id is None:
+        raise Validation("volume.revert needs snapshot_id", field="snapshot_id")
+    snapshot_id = cmd.snapshot_id
+    if kind == "volume.snapshot":
+        snapshot_id = snapshot_id or uuid4()
+        require_new_id(uow, snapshot_id, field="snapshot_id")
+    params = OperationParams(
+        vm_id=cmd.vm_id if kind == "volume.attach" else volume.vm_id,
+        size_bytes=cmd.new_size_bytes,
+        target_id=snapshot_id,
+    )
+    op = _start(
+        uow,
+        kind,
+        volume.id,
+        volume.account,
+        volumes.STEPS[kind],
+        params,
+        cmd.operation_id or uuid4(),
+        resource_type="volume",
+    )
+    if params.vm_id is not None:
+        guard.acquire(uow, params.vm_id, op.id, kind)
+    if kind == "volume.snapshot" and snapshot_id is not None:
+        # So the engine finds the operation from the snapshot's events.
+        guard.acquire(uow, snapshot_id, op.id, kind)
+    volumes.begin(uow, op, volume, cmd.snapshot_name, cmd.snapshot_kind)
+    return Outcome(aggregate_id=op.id, value=str(volume.id))
+
+
 def _start(
     uow: UnitOfWork,
     kind: str,
-    vm_id: UUID,
+    resource_id: UUID,
     account: str,
     steps: tuple[str, ...],
     params: OperationParams,
     op_id: UUID,
+    *,
+    resource_type: str = "vm",
 ) -> Operation:
     require_new_id(uow, op_id)
     op = Operation.create(
         kind=kind,
-        resource_type="vm",
-        resource_id=vm_id,
+        resource_type=resource_type,
+        resource_id=resource_id,
         account=account,
         steps=steps,
         params=params,
         id=op_id,
     )
     uow.add(op)
-    guard.acquire(uow, vm_id, op.id, kind)
+    guard.acquire(uow, resource_id, op.id, kind)
     return op
 
 
@@ -165,8 +229,8 @@ def place_operation(uow: UnitOfWork, cmd: PlaceOperation) -> Outcome:
     op = uow.get(Operation, cmd.operation_id)
     if op.kind == deploy.KIND:
         deploy.place(uow, op, cmd.host_id, cmd.pool_ids)
-    elif op.kind == "vm.start":
-        lifecycle.place_start(uow, op, cmd.host_id)
+    elif op.kind in lifecycle.PLACED:
+        lifecycle.place(uow, op, cmd.host_id)
     else:
         raise Validation(f"{op.kind} operations are not placed", field="operation_id")
     return Outcome(aggregate_id=op.id, value=str(op.resource_id))
@@ -177,6 +241,8 @@ def advance_operation(uow: UnitOfWork, cmd: AdvanceOperation) -> Outcome:
     op = uow.get(Operation, cmd.operation_id)
     if op.kind == deploy.KIND:
         deploy.advance(uow, op)
+    elif op.resource_type == "volume":
+        volumes.advance(uow, op)
     else:
         lifecycle.advance(uow, op)
     return Outcome(aggregate_id=op.id, value=op.status)
@@ -186,7 +252,9 @@ def advance_operation(uow: UnitOfWork, cmd: AdvanceOperation) -> Outcome:
 def fail_operation(uow: UnitOfWork, cmd: FailOperation) -> Outcome:
     op = uow.get(Operation, cmd.operation_id)
     if op.kind == deploy.KIND:
-        deploy.fail(uow, op, cmd.reason)
+        deploy.fail(uow, op, cmd.reason, timed_out=cmd.timed_out)
+    elif op.resource_type == "volume":
+        volumes.fail(uow, op, cmd.reason, timed_out=cmd.timed_out)
     else:
-        lifecycle.fail(uow, op, cmd.reason)
+        lifecycle.fail(uow, op, cmd.reason, timed_out=cmd.timed_out)
     return Outcome(aggregate_id=op.id, value=op.status)

@@ -187,6 +187,7 @@ def attach_volume(uow: UnitOfWork, cmd: AttachVolume) -> Outcome:
         ROOT_ATTACHABLE if volume.kind == "root" else DATA_ATTACHABLE, "attach a volume to"
     )
     volume.attach(cmd.vm_id, cmd.device_id)
+    vm.disk_attached(volume.id, cmd.device_id)
     return Outcome(aggregate_id=cmd.volume_id)
 
 
@@ -195,6 +196,8 @@ def detach_volume(uow: UnitOfWork, cmd: DetachVolume) -> Outcome:
     volume = uow.get(Volume, cmd.volume_id)
     vm = uow.find(VirtualMachine, volume.vm_id) if volume.vm_id is not None else None
     volume.detach(vm_expunging=vm is None or vm.state in VM_GONE)
+    if vm is not None:
+        vm.disk_detached(volume.id)
     return Outcome(aggregate_id=cmd.volume_id)
 
 

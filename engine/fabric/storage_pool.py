@@ -136,6 +136,27 @@ class StoragePool(Aggregate):
             raise Conflict(f"volume {volume_id} holds no reservation on pool {self.id}")
         self._storage_released(volume_id=volume_id)
 
+    def resize_reservation(self, volume_id: UUID, size_bytes: int) -> None:
+        """A volume grew (or its growth is given back): its reservation follows.
+        Allowed in every state like release, since the space is already held."""
+        held = self._reservations.get(volume_id)
+        if held is None:
+            raise Conflict(f"volume {volume_id} holds no reservation on pool {self.id}")
+        require(size_bytes >= 1, "size_bytes must be at least 1", field="size_bytes")
+        if size_bytes == held:
+            return
+        if size_bytes > held and self.used_bytes - held + size_bytes > self.total_bytes:
+            raise CapacityExceeded(
+                f"storage pool {self.id} has {self.free_bytes} bytes free,"
+                f" {size_bytes - held} more requested",
+                field="size_bytes",
+            )
+        self._reservation_resized(volume_id=volume_id, size_bytes=size_bytes)
+
+    @event("ReservationResized")
+    def _reservation_resized(self, volume_id: UUID, size_bytes: int) -> None:
+        self._reservations = {**self._reservations, volume_id: size_bytes}
+
     @event("StorageReserved")
     def _storage_reserved(self, volume_id: UUID, size_bytes: int) -> None:
         self._reservations[volume_id] = size_bytes

@@ -58,6 +58,12 @@ class AffinityGroup(Aggregate):
             )
         self._admitted(vm_id, host_id)
 
+    def restore(self, vm_id: UUID, host_id: UUID) -> None:
+        """Put a member back where it runs (a migration failed): no rule is
+        checked, it was admitted there before."""
+        if vm_id in self.members and self.members[vm_id] != host_id:
+            self._admitted(vm_id, host_id)
+
     def leave(self, vm_id: UUID) -> None:
         if vm_id in self.members:
             self._left(vm_id)

@@ -154,6 +154,7 @@ def advance(uow: UnitOfWork, op: Operation) -> None:
         for device, volume in enumerate(volumes):
             if volume.state == "Ready":
                 volume.attach(vm.id, device)
+                vm.disk_attached(volume.id, device)
         if vm.host_id is None:
             _fail(uow, op, f"vm {vm.id} lost its host before it started")
             return
@@ -167,12 +168,21 @@ def advance(uow: UnitOfWork, op: Operation) -> None:
             _fail(uow, op, vm.last_error or "the VM failed to start")
 
 
-def fail(uow: UnitOfWork, op: Operation, reason: str) -> None:
-    """Fail the operation from outside (no host fits). Before placing nothing
-    is held: the operation ends failed and the VM in Error with the reason."""
+def fail(uow: UnitOfWork, op: Operation, reason: str, *, timed_out: bool = False) -> None:
+    """Fail the operation from outside: no host fits, or a step got no answer
+    in time (then what waits for an effector is failed too, so compensation
+    does not wait for it either). Before placing nothing is held: the
+    operation ends failed and the VM in Error with the reason."""
     if op.status not in ("pending", "running"):
         return
     if op.current_step != "place":
+        if timed_out:
+            vm = uow.get(VirtualMachine, op.resource_id)
+            if vm.state == "Starting":
+                vm.fail(reason)
+            for volume in volumes_of(uow, op):
+                if volume.state == "Creating":
+                    volume.fail(reason)
         _fail(uow, op, reason)
         return
     op.fail(reason, compensate=False)
@@ -206,7 +216,7 @@ def compensate(uow: UnitOfWork, op: Operation) -> None:
     release_host(uow, vm)
     release_network(uow, op.id, vm)
     for volume in volumes:
-        release_volume(uow, volume, vm.id)
+        release_volume(uow, volume, vm)
     if vm.state == "Allocated":
         vm.fail(reason)
     if not ever_placed:
@@ -226,12 +236,13 @@ def _finish(uow: UnitOfWork, op: Operation, vm: VirtualMachine) -> None:
     guard.release(uow, vm.id, op.id)
 
 
-def release_volume(uow: UnitOfWork, volume: Volume, vm_id: UUID) -> None:
+def release_volume(uow: UnitOfWork, volume: Volume, vm: VirtualMachine) -> None:
     """Detached from the VM, destroyed (the effector deletes its file), its
     pool space given back; each part only if not done already. A volume
     attached to another VM meanwhile is left alone."""
-    if volume.vm_id == vm_id:
+    if volume.vm_id == vm.id:
         volume.detach(vm_expunging=True)
+        vm.disk_detached(volume.id)
     if volume.state in ("Allocated", "Ready", "Error"):
         volume.destroy()
     if volume.state == "Destroyed" and volume.pool_id is not None:

@@ -9,13 +9,19 @@ expunge. Each is an Operation with the VM's guard held while it runs.
                 stops the domain); recoverable until expunged
     vm.recover  done at once: Destroyed -> Stopped
     vm.expunge  expunge (the effector undefines the domain) -> the volumes
-                the deploy made destroyed, NICs and IPs released
+                the deploy made destroyed, NICs and IPs released, volumes
+                attached later detached (they outlive the VM)
+    vm.migrate  place (the planner, or the caller's host, never the current
+                one; capacity reserved there) -> migrate (the effector moves
+                the domain; the source's capacity released, or on failure
+                the target's)
 """
 
 from __future__ import annotations
 
 from uuid import UUID
 
+from engine.errors import Conflict, Validation
 from engine.fabric.host import Host
 from engine.operations import affinity, deploy, guard
 from engine.operations.operation import Operation
@@ -30,7 +36,11 @@ STEPS: dict[str, tuple[str, ...]] = {
     "vm.destroy": ("destroy",),
     "vm.recover": ("recover",),
     "vm.expunge": ("expunge",),
+    "vm.migrate": ("place", "migrate"),
 }
+PLACED = ("vm.start", "vm.migrate")
+# Waiting on these is never cut short: only the effector can finish them.
+NO_DEADLINE = ("vm.expunge",)
 # At most this many volumes are looked for under a deploy's derived ids.
 MAX_VOLUMES = 32
 
@@ -54,20 +64,40 @@ def begin(uow: UnitOfWork, op: Operation, vm: VirtualMachine) -> None:
         _done(uow, op, "recover")
     elif kind == "vm.expunge":
         vm.expunge_requested()
+    elif kind == "vm.migrate":
+        vm.require_state(["Running"], "migrate")
+        if op.params.host_id is not None and op.params.host_id == vm.host_id:
+            raise Validation(f"vm {vm.id} already runs on host {vm.host_id}", field="host_id")
 
 
-def place_start(uow: UnitOfWork, op: Operation, host_id: UUID) -> bool:
-    if op.kind != "vm.start" or op.current_step != "place" or op.finished:
+def place(uow: UnitOfWork, op: Operation, host_id: UUID) -> bool:
+    """The place step of a start or a migration with the planner's host."""
+    if (
+        op.kind not in PLACED
+        or op.current_step != "place"
+        or op.status
+        not in (
+            "pending",
+            "running",
+        )
+    ):
         return False
     vm = uow.get(VirtualMachine, op.resource_id)
     host = uow.get(Host, host_id)
-    host.require_state(["Enabled"], "start a VM on")
+    host.require_state(["Enabled"], "place a VM on")
+    if op.kind == "vm.migrate":
+        vm.require_state(["Running"], "migrate")
+        if op.params.source_host_id != vm.host_id:
+            raise Conflict(f"vm {vm.id} left host {op.params.source_host_id}", field="vm_id")
+        vm.migrate_requested(host_id)  # refuses the current host
     host.reserve(vm.id, vm.spec.cpus, vm.spec.ram_mb)
     if vm.affinity_group is not None:
         group = uow.find(affinity.AffinityGroup, affinity.group_id(vm.account, vm.affinity_group))
         if group is not None:
             group.admit(vm.id, host_id)
-    vm.start_requested(host_id)
+    if op.kind == "vm.start":
+        vm.start_requested(host_id)
+    op.choose_host(host_id)
     op.complete_step("place")
     return True
 
@@ -104,14 +134,51 @@ def advance(uow: UnitOfWork, op: Operation) -> None:
     elif kind == "vm.expunge" and vm.state == "Expunged":
         release_resources(uow, op, vm)
         _done(uow, op, "expunge")
+    elif kind == "vm.migrate" and step == "migrate":
+        _advance_migration(uow, op, vm)
 
 
-def fail(uow: UnitOfWork, op: Operation, reason: str) -> None:
-    """Fail the operation from outside (no host fits a start); only a placed
-    start holds something to compensate."""
-    if op.finished:
+def _advance_migration(uow: UnitOfWork, op: Operation, vm: VirtualMachine) -> None:
+    if vm.state == "Migrating":
         return
-    if op.kind == "vm.start" and op.done("place"):
+    source, target = op.params.source_host_id, op.chosen_host_id
+    if vm.host_id == target and target is not None:
+        _release_on(uow, source, vm)
+        _done(uow, op, "migrate")
+        return
+    # It failed (still on the source) or the VM left Running meanwhile: the
+    # target's reservation goes back, the group sees it where it is.
+    _release_on(uow, target, vm)
+    if vm.affinity_group is not None and vm.host_id is not None:
+        group = uow.find(affinity.AffinityGroup, affinity.group_id(vm.account, vm.affinity_group))
+        if group is not None:
+            group.restore(vm.id, vm.host_id)
+    _failed(uow, op, vm.last_error or f"vm {vm.id} is {vm.state}, not migrated")
+
+
+def _release_on(uow: UnitOfWork, host_id: UUID | None, vm: VirtualMachine) -> None:
+    if host_id is None:
+        return
+    host = uow.get(Host, host_id)
+    if vm.id in host.reservations:
+        host.release(vm.id)
+
+
+def fail(uow: UnitOfWork, op: Operation, reason: str, *, timed_out: bool = False) -> None:
+    """Fail the operation from outside: no host fits, or a step got no answer
+    in time. In the latter case the VM's pending change is failed too (a
+    late effector result is then refused and the reconciler reports any
+    drift); only a placed start or migration holds something to give back."""
+    if op.status not in ("pending", "running"):
+        return
+    vm = uow.get(VirtualMachine, op.resource_id)
+    if timed_out and vm.state in ("Starting", "Stopping"):
+        vm.fail(reason)
+    if op.kind == "vm.migrate" and op.done("place"):
+        if timed_out and vm.state == "Migrating":
+            vm.migration_failed(reason)
+        _advance_migration(uow, op, vm)
+    elif op.kind == "vm.start" and op.done("place"):
         op.fail(reason, compensate=True)
         advance(uow, op)
     else:
@@ -128,7 +195,12 @@ def release_resources(uow: UnitOfWork, op: Operation, vm: VirtualMachine) -> Non
         volume = uow.find(Volume, deploy.volume_id(deploy_op, index))
         if volume is None:
             break
-        deploy.release_volume(uow, volume, vm.id)
+        deploy.release_volume(uow, volume, vm)
+    for volume_id in list(vm.disks.values()):
+        volume = uow.find(Volume, volume_id)
+        if volume is not None and volume.vm_id == vm.id:
+            volume.detach(vm_expunging=True)
+        vm.disk_detached(volume_id)
 
 
 def _done(uow: UnitOfWork, op: Operation, step: str) -> None:

@@ -37,8 +37,10 @@ class OperationParams(msgspec.Struct, frozen=True, kw_only=True):
     """What the operation was asked to do beyond its resource (all optional:
     each kind reads the fields it needs)."""
 
-    target_id: UUID | None = None  # host to migrate to, volume to attach, snapshot
-    host_id: UUID | None = None  # a caller-named host
+    target_id: UUID | None = None  # the snapshot a volume operation makes or reverts to
+    host_id: UUID | None = None  # a caller-named host (start, deploy, migrate)
+    source_host_id: UUID | None = None  # where a migrating VM ran
+    vm_id: UUID | None = None  # the VM a volume operation attaches to or touches
     forced: bool = False
     size_bytes: int | None = None
     device_id: int | None = None
@@ -84,6 +86,7 @@ class Operation(Aggregate):
         self.finished_at: datetime | None = None
         self.error: str | None = None
         self.failed_step: str | None = None
+        self.chosen_host_id: UUID | None = None
 
     @classmethod
     def create(
@@ -131,6 +134,12 @@ class Operation(Aggregate):
                 return step.name
         return None
 
+    @property
+    def waiting_since(self) -> datetime:
+        """When the current step began: the last step's end, or the creation."""
+        ends = [s.finished_at for s in self.steps if s.finished_at is not None]
+        return max([self.created_at, *ends])
+
     def done(self, step: str) -> bool:
         return any(s.name == step and s.status == "done" for s in self.steps)
 
@@ -144,6 +153,11 @@ class Operation(Aggregate):
         self._step_completed(step, _now())
         if self.current_step is None:
             self._succeeded(_now())
+
+    def choose_host(self, host_id: UUID) -> None:
+        """Record the host the planner chose (what a failed migration gives back)."""
+        if self.chosen_host_id != host_id:
+            self._host_chosen(host_id)
 
     def fail(self, reason: str, *, compensate: bool) -> None:
         """A step failed; with compensate the engine now undoes what earlier
@@ -169,6 +183,10 @@ class Operation(Aggregate):
             msgspec.structs.replace(s, status="done", finished_at=at) if s.name == step else s
             for s in self.steps
         )
+
+    @event("HostChosen")
+    def _host_chosen(self, host_id: UUID) -> None:
+        self.chosen_host_id = host_id
 
     @event("Succeeded")
     def _succeeded(self, at: datetime) -> None:

@@ -87,6 +87,10 @@ def require_reason(reason: str) -> None:
     require(bool(reason.strip()), "reason must not be empty", field="reason")
 
 
+# virtio disks are vda..vdz: device 0 is the root disk.
+MAX_DEVICE = 25
+
+
 class VirtualMachine(Aggregate):
     entity = "vm"
 
@@ -117,6 +121,7 @@ class VirtualMachine(Aggregate):
         self.last_error: str | None = None
         self.reboot_pending = False
         self.reboot_error: str | None = None
+        self._disks: dict[int, UUID] = {}  # attached volumes by device number
 
     @classmethod
     def create(
@@ -159,6 +164,36 @@ class VirtualMachine(Aggregate):
     @property
     def placed(self) -> bool:
         return self.state == "Allocated" and self.host_id is not None
+
+    @property
+    def disks(self) -> Mapping[int, UUID]:
+        """The volumes attached to it, by device number (0 is the root disk)."""
+        return MappingProxyType(dict(self._disks))
+
+    def free_device(self) -> int:
+        """The lowest data device number not in use."""
+        for device in range(1, MAX_DEVICE + 1):
+            if device not in self._disks:
+                return device
+        raise Validation(
+            f"vm {self.id} has no free disk device (at most {MAX_DEVICE} data volumes)",
+            field="vm_id",
+        )
+
+    def disk_attached(self, volume_id: UUID, device: int) -> None:
+        """Record a volume attached as device (the Volume records it too)."""
+        holder = self._disks.get(device)
+        if holder == volume_id:
+            return
+        if holder is not None:
+            raise Validation(
+                f"device {device} of vm {self.id} holds volume {holder}", field="device_id"
+            )
+        self._disk_attached(volume_id, device)
+
+    def disk_detached(self, volume_id: UUID) -> None:
+        if volume_id in self._disks.values():
+            self._disk_detached(volume_id)
 
     def _require(self, action: str) -> None:
         self.require_state(VM_TRANSITIONS[action], action)
@@ -343,6 +378,14 @@ class VirtualMachine(Aggregate):
     @event("DriftObserved")
     def _drift_observed(self, observed: str, expected: str) -> None:
         self.last_error = f"the hypervisor shows {observed}; the engine recorded {expected}"
+
+    @event("DiskAttached")
+    def _disk_attached(self, volume_id: UUID, device: int) -> None:
+        self._disks = {**self._disks, device: volume_id}
+
+    @event("DiskDetached")
+    def _disk_detached(self, volume_id: UUID) -> None:
+        self._disks = {d: v for d, v in self._disks.items() if v != volume_id}
 
     @event("Failed")
     def _failed(self, reason: str) -> None:

@@ -9,8 +9,10 @@ Rules that are not plain source-state checks:
   the root disk can be destroyed with it.
 * A failed resize leaves the volume in Error but keeps its attachment, since the
   disk is still wired to the VM; it must be detached before it is destroyed.
-* A revert (requested in Ready, detached) is a sub-state of Ready: until
-  reverted() or fail() nothing else may touch the disk.
+* A revert (requested in Ready or Attached: the orchestration only asks for
+  one while the VM is stopped, the disk unused) is a sub-state of that state:
+  until reverted() or fail() nothing else may touch the disk. A failed revert
+  leaves the volume in Error, keeping its attachment like a failed resize.
 
 All of these sub-state refusals raise InvalidTransition like plain state ones.
 """
@@ -44,10 +46,11 @@ VOLUME_TRANSITIONS: Final[Mapping[str, tuple[VolumeState, ...]]] = MappingProxyT
         "detach": ("Attached", "Error"),  # Error only while still attached
         "resize_requested": ("Ready", "Attached"),
         "resized": ("Resizing",),
-        "revert_requested": ("Ready",),
-        "reverted": ("Ready",),  # only while a revert is pending
+        "revert_requested": ("Ready", "Attached"),
+        "reverted": ("Ready", "Attached"),  # only while a revert is pending
         "destroy": ("Allocated", "Ready", "Error"),  # Error only once detached
-        "fail": ("Creating", "Resizing", "Ready"),  # Ready only while reverting
+        # Ready and Attached only while reverting.
+        "fail": ("Creating", "Resizing", "Ready", "Attached"),
     }
 )
 
@@ -191,7 +194,7 @@ class Volume(Aggregate):
 
     def fail(self, reason: str) -> None:
         self._require("fail")
-        if self.state == "Ready" and self.reverting_to is None:
+        if self.state in ("Ready", "Attached") and self.reverting_to is None:
             raise self._refuse("fail")
         require_reason(reason)
         self._failed(reason)

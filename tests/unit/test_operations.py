@@ -5,125 +5,24 @@ from uuid import UUID
 
 import pytest
 
-from engine.commands.base import dispatch
-from engine.commands.fabric import CreateCluster, CreatePod, CreateZone, RegisterHost
-from engine.commands.network import CreateNetwork
 from engine.commands.operations import (
     AdvanceOperation,
-    DeployVm,
     FailOperation,
     PlaceOperation,
     VmOperation,
 )
-from engine.commands.physical_networks import CreatePhysicalNetwork
-from engine.commands.storage import (
-    MarkTemplateDownloaded,
-    RegisterTemplate,
-    RequestTemplateDownload,
-)
-from engine.commands.storage_fabric import CreateStoragePool
 from engine.errors import Conflict
 from engine.fabric.host import Host
-from engine.fabric.physical_network import TagRange
 from engine.fabric.storage_pool import StoragePool
 from engine.operations import deploy
 from engine.operations.guard import ResourceGuard, guard_id
 from engine.operations.operation import Operation
-from engine.unit_of_work import InMemoryUnitOfWork
 from engine.virtual.ip_address import IpAddress
 from engine.virtual.network import Network
 from engine.virtual.nic import Nic
-from engine.virtual.vm import VirtualMachine, VmSpec
+from engine.virtual.vm import VirtualMachine
 from engine.virtual.volume import Volume
-
-GIB = 1 << 30
-
-
-class World:
-    def __init__(self) -> None:
-        self.uow = InMemoryUnitOfWork()
-        run = self.run
-        self.zone = run(CreateZone(name="z"))
-        pod = run(CreatePod(zone_id=self.zone, name="p", gateway="10.0.0.1", cidr="10.0.0.0/24"))
-        cluster = run(CreateCluster(zone_id=self.zone, pod_id=pod, name="c"))
-        self.host = run(
-            RegisterHost(
-                zone_id=self.zone,
-                pod_id=pod,
-                cluster_id=cluster,
-                name="h",
-                cpu_cores=8,
-                ram_mb=16384,
-                libvirt_uri="test:///default",
-            )
-        )
-        self.pool = run(
-            CreateStoragePool(
-                zone_id=self.zone,
-                cluster_id=cluster,
-                name="primary",
-                scope="cluster",
-                capacity_bytes=100 * GIB,
-                url="/var/lib/pool",
-            )
-        )
-        physical = run(
-            CreatePhysicalNetwork(
-                zone_id=self.zone, name="phys", isolation="VXLAN", tag_range=TagRange(5000, 5010)
-            )
-        )
-        self.flat = run(
-            CreateNetwork(
-                account="acme", name="flat", zone_id=self.zone, cidr="10.1.0.0/24", isolation="none"
-            )
-        )
-        self.overlay = run(
-            CreateNetwork(
-                account="acme",
-                name="overlay",
-                zone_id=self.zone,
-                cidr="10.2.0.0/24",
-                isolation="VXLAN",
-                physical_network_id=physical,
-            )
-        )
-        self.template = run(
-            RegisterTemplate(
-                name="t",
-                zone_id=self.zone,
-                url="https://images.example/t.qcow2",
-                format="qcow2",
-                size_bytes=GIB,
-                os_type="Linux",
-            )
-        )
-        run(RequestTemplateDownload(template_id=self.template))
-        run(MarkTemplateDownloaded(template_id=self.template))
-
-    def run(self, command) -> UUID:
-        return dispatch(self.uow, command).aggregate_id
-
-    def get(self, cls, aggregate_id):
-        return self.uow.get(cls, aggregate_id)
-
-    def deploy(self, **overrides) -> tuple[UUID, UUID]:
-        values = {
-            "account": "acme",
-            "name": "web",
-            "zone_id": self.zone,
-            "template_id": self.template,
-            "spec": VmSpec(cpus=2, ram_mb=2048, root_disk_gb=10),
-            "network_ids": (self.flat, self.overlay),
-            "data_disks_gb": (5,),
-        }
-        values.update(overrides)
-        outcome = dispatch(self.uow, DeployVm(**values))
-        return outcome.aggregate_id, UUID(str(outcome.value))
-
-
-@pytest.fixture
-def world() -> World:
-    return World()
+from tests.unit.operation_world import GIB, World
 
 
 def volumes(world: World, op_id: UUID) -> list[Volume]:

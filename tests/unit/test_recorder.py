@@ -8,7 +8,9 @@ import msgspec
 
 from effectors.results import EffectorResult
 from engine.commands.compute import (
+    CompleteVmMigration,
     FailVm,
+    FailVmMigration,
     FailVmReboot,
     MarkVmExpunged,
     MarkVmRebooted,
@@ -78,6 +80,13 @@ def test_reboots_are_recorded_done_or_failed():
     assert command_for(result("vm.reboot")) == MarkVmRebooted(vm_id=ID)
     assert command_for(result("vm.reboot", "failed", "no domain")) == FailVmReboot(
         vm_id=ID, reason="no domain"
+    )
+
+
+def test_migrations_are_recorded_completed_or_failed():
+    assert command_for(result("vm.migrate")) == CompleteVmMigration(vm_id=ID)
+    assert command_for(result("vm.migrate", "failed", "migration refused")) == FailVmMigration(
+        vm_id=ID, reason="migration refused"
     )
 
 

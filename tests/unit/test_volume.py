@@ -41,6 +41,7 @@ PATHS = {
     "Resizing": ["Ready", lambda v: v.resize_requested(20 * GIB)],
     "ResizingAttached": ["Attached", lambda v: v.resize_requested(20 * GIB)],
     "Reverting": ["Ready", lambda v: v.revert_requested(SNAP)],
+    "RevertingAttached": ["Attached", lambda v: v.revert_requested(SNAP)],
     "Destroyed": ["Ready", lambda v: v.destroy()],
     "Error": ["Creating", lambda v: v.fail("disk full")],
     "ErrorAttached": ["ResizingAttached", lambda v: v.fail("disk full")],
@@ -48,6 +49,7 @@ PATHS = {
 STATE_OF = {
     "ResizingAttached": "Resizing",
     "Reverting": "Ready",
+    "RevertingAttached": "Attached",
     "ErrorAttached": "Error",
 }
 
@@ -80,14 +82,15 @@ ALLOWED = {
     "detach": {"Attached": "Ready", "ErrorAttached": "Error"},
     "resize_requested": {"Ready": "Resizing", "Attached": "Resizing"},
     "resized": {"Resizing": "Ready", "ResizingAttached": "Attached"},
-    "revert_requested": {"Ready": "Ready"},
-    "reverted": {"Reverting": "Ready"},
+    "revert_requested": {"Ready": "Ready", "Attached": "Attached"},
+    "reverted": {"Reverting": "Ready", "RevertingAttached": "Attached"},
     "destroy": {"Allocated": "Destroyed", "Ready": "Destroyed", "Error": "Destroyed"},
     "fail": {
         "Creating": "Error",
         "Resizing": "Error",
         "ResizingAttached": "Error",
         "Reverting": "Error",
+        "RevertingAttached": "Error",
     },
 }
 EVENT = {

@@ -100,6 +100,29 @@ def test_vm_start_stop_expunge_are_idempotent(executor, hypervisor, libvirt_uri,
     assert domains_with_uuid(hypervisor, vm_id) == []
 
 
+def test_migrate_between_hosts_of_one_hypervisor_and_to_an_unreachable_one(
+    executor, hypervisor, libvirt_uri
+):
+    plan = vm_plan(libvirt_uri)
+    vm_id = plan.vm.id
+    assert executor.run_vm(work("vm.start", vm_id, 3), plan).outcome == "succeeded"
+
+    # Two engine hosts on one libvirtd: the domain already runs "there".
+    twin = msgspec.structs.replace(plan, destination=host_view(libvirt_uri))
+    moved = executor.run_vm(work("vm.migrate", vm_id, 5), twin)
+    assert (moved.outcome, moved.observed) == ("succeeded", "running"), moved.error
+
+    far = msgspec.structs.replace(plan, destination=host_view("qemu+tcp://127.0.0.1:1/system"))
+    refused = executor.run_vm(work("vm.migrate", vm_id, 7), far)
+    assert refused.outcome == "failed" and "127.0.0.1:1" in (refused.error or "")
+    # The source keeps running it.
+    assert domains_with_uuid(hypervisor, vm_id)[0].isActive()
+
+    alone = executor.run_vm(work("vm.migrate", vm_id, 9), plan)  # no destination
+    assert alone.outcome == "failed" and "no migration target" in (alone.error or "")
+    executor.run_vm(work("vm.expunge", vm_id, 11), plan)
+
+
 def qemu_info(path: Path) -> dict:
     out = subprocess.run(
         ["qemu-img", "info", "--output=json", "-U", str(path)],

@@ -1,0 +1,134 @@
+"""vm.migrate and step deadlines driven by hand on an in-memory unit of
+work: capacity moves with the VM, a failed migration gives the target's
+back, and a step the effectors never answer is failed and compensated."""
+
+import pytest
+
+from engine.commands.operations import (
+    AdvanceOperation,
+    FailOperation,
+    PlaceOperation,
+    VmOperation,
+)
+from engine.commands.storage_fabric import CreateStoragePool
+from engine.errors import CapacityExceeded, InvalidTransition, Validation
+from engine.fabric.host import Host
+from engine.fabric.storage_pool import StoragePool
+from engine.operations.guard import ResourceGuard, guard_id
+from engine.operations.operation import Operation
+from engine.virtual.vm import VirtualMachine
+from engine.virtual.volume import Volume
+from tests.unit.operation_world import GIB, World
+
+
+def test_migration_moves_the_reservation_to_the_target(world: World):
+    _, vm_id = world.running_vm(network_ids=(), data_disks_gb=())
+    target = world.add_host("h2")
+    op_id = world.run(VmOperation(kind="vm.migrate", vm_id=vm_id))
+    op = world.get(Operation, op_id)
+    assert op.params.source_host_id == world.host and op.current_step == "place"
+
+    with pytest.raises(Validation, match="already runs on host"):
+        world.run(PlaceOperation(operation_id=op_id, host_id=world.host))
+    world.run(PlaceOperation(operation_id=op_id, host_id=target))
+    vm = world.get(VirtualMachine, vm_id)
+    assert (vm.state, vm.migration_target_id, op.chosen_host_id) == ("Migrating", target, target)
+    assert vm_id in world.get(Host, world.host).reservations
+    assert vm_id in world.get(Host, target).reservations  # both, while it moves
+
+    world.run(AdvanceOperation(operation_id=op_id))  # the effector has not answered
+    assert op.status == "running"
+    vm.migration_completed()
+    world.run(AdvanceOperation(operation_id=op_id))
+    assert op.status == "succeeded" and vm.host_id == target
+    assert vm_id not in world.get(Host, world.host).reservations
+    assert vm_id in world.get(Host, target).reservations
+    assert world.get(ResourceGuard, guard_id(vm_id)).operation_id is None
+
+
+def test_failed_migration_gives_the_target_back_and_keeps_the_vm_running(world: World):
+    _, vm_id = world.running_vm(network_ids=(), data_disks_gb=())
+    target = world.add_host("h2")
+    op_id = world.run(VmOperation(kind="vm.migrate", vm_id=vm_id, host_id=target))
+    world.run(PlaceOperation(operation_id=op_id, host_id=target))
+    vm = world.get(VirtualMachine, vm_id)
+    vm.migration_failed("operation failed: migration to itself")
+    world.run(AdvanceOperation(operation_id=op_id))
+    op = world.get(Operation, op_id)
+    assert (op.status, op.error) == ("failed", "operation failed: migration to itself")
+    assert (vm.state, vm.host_id) == ("Running", world.host)
+    assert vm_id in world.get(Host, world.host).reservations
+    assert world.get(Host, target).reservations == {}
+
+
+def test_migrate_needs_a_running_vm_and_another_host(world: World):
+    _, vm_id = world.stopped_vm(network_ids=(), data_disks_gb=())
+    with pytest.raises(InvalidTransition):
+        world.run(VmOperation(kind="vm.migrate", vm_id=vm_id))
+    _, running = world.running_vm(name="db", network_ids=(), data_disks_gb=())
+    with pytest.raises(Validation, match="already runs on host"):
+        world.run(VmOperation(kind="vm.migrate", vm_id=running, host_id=world.host))
+
+
+def test_a_migration_without_answer_is_timed_out(world: World):
+    _, vm_id = world.running_vm(network_ids=(), data_disks_gb=())
+    target = world.add_host("h2")
+    op_id = world.run(VmOperation(kind="vm.migrate", vm_id=vm_id))
+    world.run(PlaceOperation(operation_id=op_id, host_id=target))
+    world.run(FailOperation(operation_id=op_id, reason="no answer", timed_out=True))
+    vm = world.get(VirtualMachine, vm_id)
+    assert world.get(Operation, op_id).status == "failed"
+    assert (vm.state, vm.host_id, vm.last_error) == ("Running", world.host, "no answer")
+    assert world.get(Host, target).reservations == {}
+
+
+def test_a_deploy_whose_volumes_never_get_created_is_compensated(world: World):
+    op_id, vm_id = world.deploy(network_ids=(world.flat,))
+    world.run(PlaceOperation(operation_id=op_id, host_id=world.host, pool_ids=(world.pool,) * 2))
+    # Without timed_out the compensation would wait for the effector.
+    world.run(FailOperation(operation_id=op_id, reason="no answer in 600 s", timed_out=True))
+    op = world.get(Operation, op_id)
+    assert op.status == "compensating"
+    for volume_id in op.params.volume_ids:
+        volume = world.get(Volume, volume_id)
+        assert volume.state == "Destroyed" and volume.last_error == "no answer in 600 s"
+    assert world.get(Host, world.host).reservations == {}
+    assert world.get(StoragePool, world.pool).reservations == {}
+    vm = world.get(VirtualMachine, vm_id)
+    assert vm.state == "Expunging"  # the effector removes any domain, then it ends
+    vm.expunged()
+    world.run(AdvanceOperation(operation_id=op_id))
+    assert op.status == "compensated"
+
+
+def test_a_start_without_answer_fails_the_vm_and_releases_the_host(world: World):
+    _, vm_id = world.stopped_vm(network_ids=(), data_disks_gb=())
+    start = world.run(VmOperation(kind="vm.start", vm_id=vm_id))
+    world.run(PlaceOperation(operation_id=start, host_id=world.host))
+    world.run(FailOperation(operation_id=start, reason="no answer", timed_out=True))
+    assert world.get(Operation, start).status == "compensated"
+    vm = world.get(VirtualMachine, vm_id)
+    assert (vm.state, vm.last_error) == ("Error", "no answer")
+    assert world.get(Host, world.host).reservations == {}
+
+
+def test_resize_reservation_is_checked_against_the_pool(world: World):
+    pool_id = world.run(
+        CreateStoragePool(
+            zone_id=world.zone,
+            cluster_id=world.cluster,
+            name="small",
+            scope="cluster",
+            capacity_bytes=10 * GIB,
+            url="/var/lib/small",
+        )
+    )
+    pool = world.get(StoragePool, pool_id)
+    _, vm_id = world.running_vm(network_ids=(), data_disks_gb=())
+    pool.reserve(vm_id, 4 * GIB)
+    pool.resize_reservation(vm_id, 10 * GIB)
+    assert pool.free_bytes == 0
+    with pytest.raises(CapacityExceeded, match="0 bytes free"):
+        pool.resize_reservation(vm_id, 11 * GIB)
+    pool.resize_reservation(vm_id, 2 * GIB)
+    assert pool.used_bytes == 2 * GIB
