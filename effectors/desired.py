@@ -42,6 +42,8 @@ class VmView(msgspec.Struct, frozen=True, kw_only=True):
     pool_id: UUID | None = None
     migration_target_id: UUID | None = None
     last_host_id: UUID | None = None  # where a stopped or destroyed VM ran
+    # Attached volumes by device number (JSON object keys), at this version.
+    disks: dict[str, UUID] = {}
 
 
 class HostView(msgspec.Struct, frozen=True, kw_only=True):

@@ -16,6 +16,7 @@ import socket
 from uuid import UUID
 
 import asyncpg
+import msgspec
 import structlog
 from aiokafka import AIOKafkaProducer
 
@@ -214,7 +215,7 @@ class EffectorService:
         if host is None:
             return None
         disks: list[tuple[VolumeView, PoolView]] = []
-        for volume in await models.where(VolumeView, "volume", "vm_id", vm.id):
+        for volume in await self._disks(models, vm):
             if volume.pool_id is None or volume.state in ("Destroyed", "Error"):
                 continue
             pool = await models.get(PoolView, "storage_pool", volume.pool_id)
@@ -235,6 +236,19 @@ class EffectorService:
         return VmPlan(
             vm=vm, host=host, disks=tuple(disks), nics=tuple(nics), destination=destination
         )
+
+    async def _disks(self, models: ReadModels, vm: VmView) -> list[VolumeView]:
+        """The VM's volumes as of the VM's version: its own list of disks (the
+        volumes' rows may lag behind it), else (VMs recorded before VMs
+        listed their disks) the volumes whose rows name it."""
+        if not vm.disks:
+            return await models.where(VolumeView, "volume", "vm_id", vm.id)
+        found = []
+        for device, volume_id in sorted((int(d), v) for d, v in vm.disks.items()):
+            volume = await models.get(VolumeView, "volume", volume_id, 1)
+            if volume is not None:
+                found.append(msgspec.structs.replace(volume, device_id=device))
+        return found
 
     async def _template_source(
         self, models: ReadModels, template_id: UUID, at_least: int

@@ -54,6 +54,21 @@ def domain_xml(spec: DomainSpec) -> str:
     return ET.tostring(dom, encoding="unicode")
 
 
+def devices_of(xml: str) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """The disk sources (with their targets) and interface MACs of a domain
+    XML: what an attach or detach changes between two starts."""
+    devices = ET.fromstring(xml).find("devices")
+    if devices is None:
+        return (), ()
+    disks = tuple(
+        f"{d.find('target').get('dev')}={d.find('source').get('file')}"  # type: ignore[union-attr]
+        for d in devices.findall("disk")
+        if d.get("device") == "disk" and d.find("source") is not None
+    )
+    macs = tuple((m.get("address") or "").lower() for m in devices.findall("interface/mac"))
+    return disks, macs
+
+
 def _disk(disk: DiskSpec) -> ET.Element:
     el = ET.Element("disk", type="file", device="disk")
     ET.SubElement(el, "driver", name="qemu", type=disk.format)

@@ -44,7 +44,7 @@ from uuid import UUID
 import libvirt
 import structlog
 
-from effectors.compute.domain_xml import domain_xml
+from effectors.compute.domain_xml import devices_of, domain_xml
 from effectors.compute.spec import DomainSpec, DomainState, Outcome, PowerState
 from effectors.hypervisor import Hypervisor, HypervisorError
 
@@ -139,15 +139,28 @@ class ComputeDriver:
     # -- acting ----------------------------------------------------------------
 
     def define(self, spec: DomainSpec) -> Outcome:
-        """Define the domain unless one with spec.uuid exists. An existing
-        definition is not compared with or updated to the spec."""
+        """Define the domain unless one with spec.uuid exists with the spec's
+        disks and interfaces. A stopped domain whose disks or interfaces
+        differ (a volume attached or detached since) is redefined; a running
+        one is left as it runs (its new definition applies at its next start)."""
         current = self.observe(spec.uuid)
-        if current.exists:
+        if current.exists and (
+            current.state not in _INACTIVE
+            or devices_of(self._inactive_xml(spec.uuid)) == (devices_of(domain_xml(spec)))
+        ):
             return Outcome(changed=False, state=current)
         xml = domain_xml(spec)
         self.hypervisor.call("define", lambda conn: conn.defineXML(xml))
         log.info("domain_defined", uuid=str(spec.uuid), name=spec.name)
         return Outcome(changed=True, state=self.observe(spec.uuid))
+
+    def _inactive_xml(self, uuid: UUID) -> str:
+        return str(
+            self.hypervisor.call(
+                "describe",
+                lambda conn: _lookup(conn, uuid).XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE),
+            )
+        )
 
     def start(self, uuid: UUID) -> Outcome:
         """Running afterwards. A paused domain is resumed."""
