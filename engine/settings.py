@@ -43,6 +43,11 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     event_source: Annotated[str, msgspec.Meta(min_length=1)] = "/cloudengine"
     # Most events the relay reads and publishes per round.
     relay_batch_size: Annotated[int, msgspec.Meta(ge=1, le=100_000)] = 5000
+    # The engine fails (and compensates) an operation step that waits longer
+    # than this for the effectors; the sweep of unfinished operations runs
+    # every operation_sweep_s.
+    operation_step_deadline_s: Annotated[float, msgspec.Meta(gt=0)] = 600.0
+    operation_sweep_s: Annotated[float, msgspec.Meta(gt=0, le=3600)] = 5.0
     log_format: Literal["json", "console"] = "json"
     log_level: Literal["debug", "info", "warning", "error"] = "info"
 

@@ -32,7 +32,12 @@ def engine_components(
 ) -> list[Any]:
     """The engine's long-running parts, each with run(stop)."""
     manager = OperationManager(
-        service, store, target, manager_config(bootstrap, settings.topic_prefix)
+        service,
+        store,
+        target,
+        manager_config(bootstrap, settings.topic_prefix),
+        sweep_interval_s=settings.operation_sweep_s,
+        step_deadline_s=settings.operation_step_deadline_s,
     )
     recorder = ResultRecorder(service, bootstrap, settings.topic_prefix)
     return [manager, recorder]
