@@ -22,6 +22,7 @@ import time
 from collections.abc import Sequence
 from concurrent.futures import Future
 from typing import Literal
+from uuid import UUID
 
 import structlog
 from eventsourcing.persistence import IntegrityError
@@ -188,7 +189,7 @@ class CommandService:
                 ws.evict_all()
                 return "poisoned"
         try:
-            self._commit(executed)
+            self._commit(executed, ws.reads())
         except IntegrityError:
             ws.evict_all()
             return "conflict"
@@ -212,10 +213,16 @@ class CommandService:
             ws = WorkingSet(self.store, self._cache, check_new=attempt > 0)
             try:
                 executed = self._execute(submission, ws)
-                self._commit([executed])
+                self._commit([executed], ws.reads())
             except IntegrityError:
                 ws.evict_all()
                 continue
+            except DomainError as error:
+                ws.evict_all()
+                if ws.served_from_cache and not self.store.reads_current(ws.reads()):
+                    continue  # refused on what another process changed since
+                submission.future.set_exception(error)
+                return
             except BaseException as error:
                 ws.evict_all()
                 submission.future.set_exception(error)
@@ -229,7 +236,7 @@ class CommandService:
             )
         )
 
-    def _commit(self, executed: list[Executed]) -> None:
+    def _commit(self, executed: list[Executed], reads: Sequence[tuple[UUID, int]] = ()) -> None:
         events: list[object] = []
         bounds: list[tuple[int, int]] = []
         for item in executed:
@@ -250,7 +257,7 @@ class CommandService:
             return records
 
         keyed = any(item.submission.key is not None for item in executed)
-        positions = self.store.append(events, idempotency=build if keyed else None)  # type: ignore[arg-type]
+        positions = self.store.append(events, idempotency=build if keyed else None, reads=reads)  # type: ignore[arg-type]
         if not keyed:
             build(positions)
         for item, result in zip(executed, results, strict=True):

@@ -15,7 +15,7 @@ from uuid import UUID
 import msgspec
 from eventsourcing.application import Application
 from eventsourcing.domain import DomainEventProtocol
-from eventsourcing.persistence import Mapper, StoredEvent
+from eventsourcing.persistence import IntegrityError, Mapper, StoredEvent
 from eventsourcing.postgres import PostgresApplicationRecorder, PostgresDatastore
 from eventsourcing.utils import get_topic
 from psycopg import Cursor
@@ -67,6 +67,13 @@ class CloudEngineRecorder(PostgresApplicationRecorder):
             "SELECT scope, key, command_hash, result FROM {schema}.{table}"
             " WHERE (scope, key) IN (SELECT * FROM unnest(%s::text[], %s::text[]))"
         ).format(schema=schema, table=table)
+        # Aggregates a transaction read but did not write whose version moved
+        # since: another process changed what a decision was based on.
+        self._stale_reads = SQL(
+            "SELECT r.id FROM unnest(%s::uuid[], %s::bigint[]) AS r(id, version)"
+            " WHERE r.version IS DISTINCT FROM (SELECT max(originator_version)"
+            " FROM {schema}.{table} WHERE originator_id = r.id) LIMIT 1"
+        ).format(schema=schema, table=Identifier(events_table_name))
         self._select_many = SQL(
             "SELECT originator_id, originator_version, topic, state FROM {schema}.{table}"
             " WHERE originator_id = ANY(%s) ORDER BY originator_id, originator_version"
@@ -79,9 +86,34 @@ class CloudEngineRecorder(PostgresApplicationRecorder):
         **kwargs: Any,
     ) -> None:
         builder: IdempotencyBuilder | None = kwargs.get("idempotency")
+        if not stored_events:
+            # Nothing to write: checking is enough, no lock needed.
+            self._check_reads(curs, kwargs.get("reads") or ())
         if builder is not None and not stored_events:
             self._insert_idempotency(curs, builder(()))
         super()._insert_events(curs, stored_events, **kwargs)
+
+    def _insert_stored_events(
+        self,
+        curs: Cursor[DictRow],
+        stored_events: Sequence[StoredEvent],
+        **kwargs: Any,
+    ) -> None:
+        reads: Sequence[tuple[UUID, int]] = kwargs.get("reads") or ()
+        if reads:
+            # Under the table lock every writer that came first has
+            # committed and none can come between this check and the insert.
+            self._lock_table(curs)
+            self._check_reads(curs, reads)
+        super()._insert_stored_events(curs, stored_events, **kwargs)
+
+    def _check_reads(self, curs: Cursor[DictRow], reads: Sequence[tuple[UUID, int]]) -> None:
+        if not reads:
+            return
+        curs.execute(self._stale_reads, ([r[0] for r in reads], [r[1] for r in reads]))
+        stale = curs.fetchone()
+        if stale is not None:
+            raise IntegrityError(f"aggregate {stale['id']} changed since it was read")
 
     def _fetch_ids_after_insert_events(
         self,
@@ -189,6 +221,7 @@ class EventStore:
         self,
         events: Sequence[DomainEventProtocol[UUID]],
         idempotency: IdempotencyBuilder | None = None,
+        reads: Sequence[tuple[UUID, int]] = (),
     ) -> list[int]:
         """Store events atomically; return their global positions in order.
 
@@ -201,8 +234,16 @@ class EventStore:
                 f"{len(events)} events in one transaction; at most {MAX_EVENTS_PER_TRANSACTION}"
             )
         stored = [self.mapper.to_stored_event(e) for e in events]
-        ids = self.recorder.insert_events(stored, idempotency=idempotency)
+        ids = self.recorder.insert_events(stored, idempotency=idempotency, reads=reads)
         return list(ids or [])
+
+    def reads_current(self, reads: Sequence[tuple[UUID, int]]) -> bool:
+        """Whether every (aggregate, version) read is still the latest."""
+        try:
+            self.recorder.insert_events([], reads=reads)
+        except IntegrityError:
+            return False
+        return True
 
     def max_position(self) -> int:
         return self.recorder.max_notification_id() or 0

@@ -59,15 +59,25 @@ class WorkingSet:
         self._check_new = check_new
         self.aggregates: dict[UUID, Aggregate] = {}
         self._missing: set[UUID] = set()
+        # Version of each stored aggregate when first read, and those written:
+        # the rest must still be current when the batch commits.
+        self._read_versions: dict[UUID, int] = {}
+        self._written: set[UUID] = set()
+        self.served_from_cache = False
 
     def _lookup(self, aggregate_id: UUID) -> Aggregate | None:
         aggregate = self.aggregates.get(aggregate_id)
         if aggregate is None and aggregate_id not in self._missing:
-            aggregate = self._cache.get(aggregate_id) or self._store.load(aggregate_id)
+            aggregate = self._cache.get(aggregate_id)
+            if aggregate is None:
+                aggregate = self._store.load(aggregate_id)
+            else:
+                self.served_from_cache = True
             if aggregate is None:
                 self._missing.add(aggregate_id)
             else:
                 self.aggregates[aggregate_id] = aggregate
+                self._read_versions[aggregate_id] = aggregate.version
         return aggregate
 
     def prefetch(self, ids: Iterable[UUID]) -> None:
@@ -88,6 +98,7 @@ class WorkingSet:
                 self._missing.add(aggregate_id)
             else:
                 self.aggregates[aggregate_id] = aggregate
+                self._read_versions[aggregate_id] = aggregate.version
 
     def get(self, cls: type[A], aggregate_id: UUID) -> A:
         return checked(cls, self._lookup(aggregate_id), aggregate_id)
@@ -110,8 +121,14 @@ class WorkingSet:
         collected: list[tuple[Aggregate, list[object]]] = []
         for aggregate in self.aggregates.values():
             if aggregate.pending_events:
+                self._written.add(aggregate.id)
                 collected.append((aggregate, list(aggregate.collect_events())))
         return collected
+
+    def reads(self) -> list[tuple[UUID, int]]:
+        """Stored aggregates the batch read and did not write, with the
+        version it read (the store refuses the commit if one moved since)."""
+        return [(i, v) for i, v in self._read_versions.items() if i not in self._written]
 
     def commit_to_cache(self) -> None:
         for aggregate in self.aggregates.values():

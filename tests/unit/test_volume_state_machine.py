@@ -29,10 +29,10 @@ MODEL_SOURCES = {
     "detach": {"Attached", "Error"},
     "resize_requested": {"Ready", "Attached"},
     "resized": {"Resizing"},
-    "revert_requested": {"Ready"},
-    "reverted": {"Ready"},
+    "revert_requested": {"Ready", "Attached"},
+    "reverted": {"Ready", "Attached"},
     "destroy": {"Allocated", "Ready", "Error"},
-    "fail": {"Creating", "Resizing", "Ready"},
+    "fail": {"Creating", "Resizing", "Ready", "Attached"},
 }
 DESTRUCTIVE = {"destroy", "fail"}
 
@@ -70,7 +70,7 @@ class VolumeModel:
         if action == "destroy" and self.vm is not None:
             return InvalidTransition
         if action == "fail":
-            if self.state == "Ready" and self.reverting is None:
+            if self.state in ("Ready", "Attached") and self.reverting is None:
                 return InvalidTransition
             if not arg.strip():
                 return Validation
