@@ -20,7 +20,7 @@ from engine.service import CommandService
 from engine.settings import Settings, SettingsError, load_settings
 from engine.store import EventStore
 from projections.worker import ProjectionWorker, consumer_config
-from runner import audit_cli, effector_cli, engine_cli, projections_cli
+from runner import api_cli, audit_cli, effector_cli, engine_cli, projections_cli, token_cli
 from runner.components import ensure_event_store, relay_config, start_infrastructure
 from runner.demo import describe, ensure_demo_fabric
 
@@ -47,6 +47,8 @@ def _parser() -> argparse.ArgumentParser:
     projections_cli.register(sub)
     effector_cli.register(sub)
     engine_cli.register(sub)
+    api_cli.register(sub)
+    token_cli.register(sub)
     return parser
 
 
@@ -138,6 +140,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             return effector_cli.run(args, settings)
         if args.command in engine_cli.COMMANDS:
             return engine_cli.run(args, settings)
+        if args.command in api_cli.COMMANDS:
+            return api_cli.run(args, settings)
+        if args.command in token_cli.COMMANDS:
+            return token_cli.run(args, settings)
     except SettingsError as e:
         print(f"cloud-engine: configuration error: {e}", file=sys.stderr)
         return 2

@@ -1,0 +1,192 @@
+"""The app factory: routes from the route table, problem documents for
+every error, and the connections the endpoints share."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+
+import asyncpg
+import structlog
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from api import health, tokens
+from api.codec import problem_response
+from api.commands import endpoint
+from api.context import ApiContext
+from api.metrics import ApiMetrics
+from api.middleware import RequestMiddleware
+from api.owners import Owners
+from api.problems import ApiError, unavailable
+from api.reads import events_endpoint, get_endpoint, list_endpoint
+from api.resources import TYPES
+from api.route_table import COMMAND_ROUTES
+from engine.database import DatabaseTarget
+from engine.service import CommandService
+from engine.store import EventStore
+from projections import readmodel
+
+Handler = Callable[[Request], Awaitable[Response]]
+
+log = structlog.get_logger("api.app")
+
+# Errors that mean a dependency is down, not that the request was wrong.
+UNAVAILABLE = (
+    OSError,
+    asyncio.TimeoutError,
+    asyncpg.InterfaceError,
+    asyncpg.PostgresConnectionError,
+    asyncpg.CannotConnectNowError,
+    asyncpg.UndefinedTableError,
+)
+
+
+def http_routes() -> list[Route]:
+    by_path: dict[str, dict[str, Handler]] = {}
+
+    def add(path: str, method: str, handler: Handler) -> None:
+        by_path.setdefault(path.replace("{id}", "{id:uuid}"), {})[method] = handler
+
+    for resource in TYPES:
+        base = f"/v1/{resource.collection}"
+        add(base, "GET", list_endpoint(resource))
+        add(f"{base}/{{id}}", "GET", get_endpoint(resource))
+        add(f"{base}/{{id}}/events", "GET", events_endpoint(resource))
+    for route in COMMAND_ROUTES:
+        add(route.path, route.method, endpoint(route))
+    add("/livez", "GET", health.livez)
+    add("/readyz", "GET", health.readyz)
+    add("/metrics", "GET", health.metrics)
+    add("/openapi.json", "GET", health.openapi)
+    # One Route per path, so a wrong method answers 405 with every allowed one.
+    return [
+        Route(path, _by_method(methods), methods=list(methods)) for path, methods in by_path.items()
+    ]
+
+
+def _by_method(handlers: dict[str, Handler]) -> Handler:
+    if len(handlers) == 1:
+        return next(iter(handlers.values()))
+
+    async def dispatch(request: Request) -> Response:
+        method = "GET" if request.method == "HEAD" else request.method
+        return await handlers[method](request)
+
+    return dispatch
+
+
+def _request_id(request: Request) -> str | None:
+    value = request.scope.get("state", {}).get("request_id")
+    return value if isinstance(value, str) else None
+
+
+async def _api_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, ApiError)
+    return problem_response(exc.problem(request.url.path, _request_id(request)), exc.headers)
+
+
+async def _http_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, HTTPException)
+    if exc.status_code == 404:
+        error = ApiError(404, "no-such-endpoint", f"no endpoint at {request.url.path}")
+    elif exc.status_code == 405:
+        allowed = (exc.headers or {}).get("Allow", "")
+        error = ApiError(
+            405,
+            "method-not-allowed",
+            f"{request.method} is not allowed on {request.url.path}; allowed: {allowed}",
+            headers=dict(exc.headers or {}),
+        )
+    else:
+        error = ApiError(
+            exc.status_code, "http-error", str(exc.detail), headers=dict(exc.headers or {})
+        )
+    return await _api_error(request, error)
+
+
+async def _unavailable(request: Request, exc: Exception) -> Response:
+    log.warning("dependency unavailable", error=repr(exc))
+    return await _api_error(request, unavailable("the database is unreachable; retry shortly"))
+
+
+async def _internal(request: Request, exc: Exception) -> Response:
+    # The traceback goes to the log under the request id, never to the client.
+    log.error("unhandled error", error=repr(exc), exc_info=exc)
+    error = ApiError(
+        500, "internal", "the request failed on the server; its request_id is in the server log"
+    )
+    return await _api_error(request, error)
+
+
+def create_app(
+    service: CommandService,
+    store: EventStore,
+    target: DatabaseTarget,
+    *,
+    pool_size: int = 8,
+    command_timeout: float = 30.0,
+) -> Starlette:
+    """An app on an existing command service and event store (the caller
+    owns and closes both); it opens its own asyncpg pool for reads."""
+    metrics = ApiMetrics()
+
+    @asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        pool = await asyncpg.create_pool(
+            host=target.host,
+            port=target.port,
+            user=target.user,
+            password=target.password or None,
+            database=target.dbname,
+            min_size=1,
+            max_size=pool_size,
+        )
+        try:
+            await _prepare(pool, target.schema)
+            app.state.api = ApiContext(
+                service=service,
+                store=store,
+                schema=target.schema,
+                pool=pool,
+                tokens=tokens.TokenStore(pool, target.schema),
+                owners=Owners(pool, target.schema),
+                metrics=metrics,
+                command_timeout=command_timeout,
+            )
+            yield
+        finally:
+            await pool.close()
+
+    return Starlette(
+        routes=http_routes(),
+        middleware=[Middleware(RequestMiddleware, metrics=metrics)],
+        exception_handlers={
+            ApiError: _api_error,
+            HTTPException: _http_error,
+            **{kind: _unavailable for kind in UNAVAILABLE},
+            Exception: _internal,
+        },
+        lifespan=lifespan,
+    )
+
+
+async def _prepare(pool: asyncpg.Pool, schema: str) -> None:
+    """The tokens table, and the read-model tables so lists answer (empty)
+    before the projection worker ever ran. Several processes may start at
+    once; CREATE ... IF NOT EXISTS can still collide, so try again."""
+    for attempt in range(3):
+        try:
+            async with pool.acquire() as conn:
+                await tokens.prepare(conn, schema)
+                await readmodel.prepare(conn, schema)
+            return
+        except asyncpg.UniqueViolationError:
+            if attempt == 2:
+                raise
+            await asyncio.sleep(0.1)

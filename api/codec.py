@@ -1,0 +1,90 @@
+"""JSON in and out through msgspec: request bodies decoded straight into the
+contract's Structs, responses encoded without building dicts first."""
+
+from __future__ import annotations
+
+from typing import Any, TypeVar
+
+import msgspec
+from starlette.requests import Request
+from starlette.responses import Response
+
+from api.problems import MEDIA_TYPE, ApiError, Problem, bad_request, invalid_body
+
+JSON = "application/json"
+MAX_BODY_BYTES = 1 << 20
+
+T = TypeVar("T")
+
+_encoder = msgspec.json.Encoder()
+
+
+def encode(value: Any) -> bytes:
+    return _encoder.encode(value)
+
+
+def json_response(value: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
+    return Response(_encoder.encode(value), status_code=status, headers=headers, media_type=JSON)
+
+
+def problem_response(problem: Problem, headers: dict[str, str] | None = None) -> Response:
+    return Response(
+        _encoder.encode(problem),
+        status_code=problem.status,
+        headers=headers,
+        media_type=MEDIA_TYPE,
+    )
+
+
+_decoders: dict[object, msgspec.json.Decoder[Any]] = {}
+
+
+def _decoder(kind: object) -> msgspec.json.Decoder[Any]:
+    decoder = _decoders.get(kind)
+    if decoder is None:
+        decoder = _decoders[kind] = msgspec.json.Decoder(kind)
+    return decoder
+
+
+def optional_body(kind: type[msgspec.Struct]) -> bool:
+    """A body whose every field has a default may be left out entirely."""
+    return all(not f.required for f in msgspec.structs.fields(kind))
+
+
+async def read_body(request: Request, limit: int = MAX_BODY_BYTES) -> bytes:
+    # Counted while streaming, so a huge body is refused before it is in memory.
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise ApiError(413, "body-too-large", f"request body is larger than {limit} bytes")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def _is_json(content_type: str) -> bool:
+    media = content_type.split(";", 1)[0].strip().lower()
+    return media == JSON or (media.startswith("application/") and media.endswith("+json"))
+
+
+async def read_json(request: Request, kind: type[T]) -> T:
+    """The body decoded into `kind`; ApiError 400/413/415/422 when it cannot be."""
+    body = await read_body(request)
+    if not body.strip():
+        if isinstance(kind, type) and issubclass(kind, msgspec.Struct) and optional_body(kind):
+            body = b"{}"
+        else:
+            raise bad_request("a JSON request body is required")
+    elif not _is_json(request.headers.get("content-type", "")):
+        raise ApiError(
+            415,
+            "unsupported-media-type",
+            "request body must be application/json",
+            field="Content-Type",
+        )
+    try:
+        decoded: T = _decoder(kind).decode(body)
+    except msgspec.DecodeError as error:
+        raise invalid_body(error) from None
+    return decoded

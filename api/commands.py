@@ -1,0 +1,131 @@
+"""The one handler behind every command route.
+
+In order: who is calling (401), may they call this (403), is the
+Idempotency-Key well formed (400), is the body valid (400/413/415/422), do
+the resources it names exist and belong to the caller (404), then the
+engine command is submitted and its result answered with 202.
+
+Idempotency is the engine's: the key travels in the CommandContext and the
+engine stores it with the command's hash and first result in the same
+transaction as its events. The body becomes the same command every time
+(no ids are invented here), so the same key and body replay the first
+answer and the same key with another body is refused (422).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+from typing import Any
+from uuid import UUID
+
+import structlog
+from eventsourcing.persistence import PersistenceError
+from starlette.requests import Request
+from starlette.responses import Response
+
+from api.auth import Principal, require_access
+from api.codec import json_response, read_json
+from api.context import ApiContext, context_of, idempotency_key, principal_of, request_id_of
+from api.problems import from_domain, not_found, unavailable
+from api.resources import BY_TYPE
+from api.routing import Call, CommandRoute, Ref
+from api.views import CommandAccepted
+from engine.commands import Command, CommandContext, CommandResult
+from engine.errors import DomainError
+
+log = structlog.get_logger("api.commands")
+
+
+def endpoint(route: CommandRoute[Any]) -> Callable[[Request], Awaitable[Response]]:
+    async def handle(request: Request) -> Response:
+        ctx = context_of(request)
+        principal = await principal_of(request)
+        require_access(principal, route.access, write=True)
+        key = idempotency_key(request.headers)
+        body = await read_json(request, route.body)
+        resource_id: UUID | None = request.path_params.get("id")
+        call: Call[Any] = Call(body, principal, resource_id)
+        if route.target is not None:
+            await check_ref(ctx, principal, Ref(route.target, call.id, "id"))
+        for ref in route.refs(call):
+            await check_ref(ctx, principal, ref)
+        if route.resolve is not None:
+            call = Call(await route.resolve(call, ctx), principal, resource_id)
+        command = route.build(call)
+        context = CommandContext(
+            actor=principal.actor, request_id=request_id_of(request), idempotency_key=key
+        )
+        result = await execute(ctx, command, context)
+        accepted = answer(route, result)
+        return json_response(accepted, 202, headers={"Location": location(route, accepted)})
+
+    handle.__name__ = route.name
+    return handle
+
+
+async def check_ref(ctx: ApiContext, principal: Principal, ref: Ref) -> None:
+    """404 unless the resource exists, has the expected type and, for a
+    user, belongs to their account: another account's resource is
+    indistinguishable from a missing one."""
+    try:
+        owner = await ctx.owners.of(ref.id)
+    except OSError:
+        raise unavailable("the event store is unreachable") from None
+    title = BY_TYPE[ref.type].title if ref.type in BY_TYPE else "resource"
+    missing = not_found(f"{title} {ref.id} not found", field=ref.field)
+    if owner is None or (ref.type is not None and owner.type != ref.type):
+        raise missing
+    if principal.is_admin:
+        return
+    described = BY_TYPE.get(owner.type)
+    if described is not None and not described.owned:
+        return  # fabric and catalog resources are shared by every account
+    if described is None or owner.account != principal.account:
+        raise missing
+
+
+async def execute(ctx: ApiContext, command: Command, context: CommandContext) -> CommandResult:
+    # Shielded: cancelling the wait (timeout, client gone) must not cancel the
+    # engine's future, which the writer thread resolves after committing.
+    try:
+        future = asyncio.wrap_future(ctx.service.submit(command, context))
+        return await asyncio.wait_for(asyncio.shield(future), ctx.command_timeout)
+    except DomainError as error:
+        raise from_domain(error) from None
+    except TimeoutError:
+        log.warning("command not answered in time", command=type(command).__name__)
+        raise unavailable(
+            "the command was not answered in time; it may still be recorded: "
+            "retry with the same Idempotency-Key"
+        ) from None
+    except (PersistenceError, OSError) as error:
+        log.error("event store unreachable", error=str(error))
+        raise unavailable("the event store is unreachable") from None
+    except RuntimeError as error:  # the service is closing
+        raise unavailable(str(error)) from None
+
+
+def answer(route: CommandRoute[Any], result: CommandResult) -> CommandAccepted:
+    if route.operation:
+        return CommandAccepted(
+            operation_id=result.aggregate_id,
+            resource_id=UUID(str(result.value)),
+            resource_type=route.resource,
+            position=result.position,
+            replayed=result.replayed,
+        )
+    return CommandAccepted(
+        operation_id=None,
+        resource_id=result.aggregate_id,
+        resource_type=route.resource,
+        value=result.value,
+        position=result.position,
+        replayed=result.replayed,
+    )
+
+
+def location(route: CommandRoute[Any], accepted: CommandAccepted) -> str:
+    if accepted.operation_id is not None:
+        return f"/v1/operations/{accepted.operation_id}"
+    return f"/v1/{BY_TYPE[route.resource].collection}/{accepted.resource_id}"

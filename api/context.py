@@ -1,0 +1,72 @@
+"""What every endpoint works with, built once per app in its lifespan."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import cast
+
+import asyncpg
+from starlette.datastructures import Headers
+from starlette.requests import Request
+
+from api.auth import Principal, bearer_token
+from api.metrics import ApiMetrics
+from api.owners import Owners
+from api.problems import bad_request, unauthorized, unavailable
+from api.tokens import TokenStore
+from engine.service import CommandService
+from engine.store import EventStore
+
+_KEY = re.compile(r"^[\x21-\x7e]{1,255}$")
+
+
+@dataclass
+class ApiContext:
+    service: CommandService
+    store: EventStore
+    schema: str
+    pool: asyncpg.Pool
+    tokens: TokenStore
+    owners: Owners
+    metrics: ApiMetrics
+    # How long a command may wait for the writer before the client is told
+    # to retry (with its Idempotency-Key, which makes that safe).
+    command_timeout: float = 30.0
+
+
+def context_of(request: Request) -> ApiContext:
+    return cast(ApiContext, request.app.state.api)
+
+
+def request_id_of(request: Request) -> str:
+    return cast(str, request.state.request_id)
+
+
+async def principal_of(request: Request) -> Principal:
+    """The caller, from its bearer token; 401 when there is none or it is unknown."""
+    token = bearer_token(request.headers.get("authorization"))
+    try:
+        principal = await context_of(request).tokens.verify(token)
+    except (TimeoutError, OSError, asyncpg.PostgresError):
+        raise unavailable("cannot check the token: the database is unreachable") from None
+    if principal is None:
+        raise unauthorized("the bearer token is not valid")
+    return principal
+
+
+def idempotency_key(headers: Headers) -> str | None:
+    """The Idempotency-Key header: printable ASCII, at most 255 characters;
+    a structured-field string ("...") is accepted too."""
+    value = headers.get("idempotency-key")
+    if value is None:
+        return None
+    value = value.strip()
+    if len(value) >= 2 and value[0] == value[-1] == '"':
+        value = value[1:-1]
+    if not _KEY.match(value):
+        raise bad_request(
+            "Idempotency-Key must be 1 to 255 printable ASCII characters without spaces",
+            field="Idempotency-Key",
+        )
+    return value

@@ -1,0 +1,130 @@
+"""Reads from the read models (rm_<type>, kept by the projection worker).
+
+Queries are built from the resource table (api/resources.py), never from
+request text: parameters are always bound, and the only identifiers put
+into SQL come from that table. Resources owned through a parent (a NIC
+through its VM) join the parent's row for the account.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from uuid import UUID
+
+import asyncpg
+import msgspec
+
+from api.cursor import Cursor
+from api.resources import Filter, ResourceType
+from api.views import Resource
+from projections.readmodel import table_name
+
+_COLUMNS = (
+    "t.id, t.version, t.position, t.state, t.name, {account} AS account, t.zone_id,"
+    " t.created_on, t.modified_on, t.data::text AS data"
+)
+
+
+class Page(msgspec.Struct, frozen=True):
+    items: list[Resource]
+    last: tuple[datetime, UUID] | None  # the key to continue after; None: no more rows
+
+
+def _from(schema: str, resource: ResourceType) -> tuple[str, str]:
+    """(FROM clause, expression of the owning account)."""
+    table = f'"{schema}".{table_name(resource.type)} t'
+    if resource.parent is None:
+        return table, "t.account"
+    parent = f'"{schema}".{table_name(resource.parent.type)}'
+    join = f" LEFT JOIN {parent} p ON p.id = (t.data ->> '{resource.parent.field}')::uuid"
+    return table + join, "coalesce(t.account, p.account)"
+
+
+def _condition(f: Filter, account: str, index: int) -> str:
+    if f.name == "account":
+        return f"{account} = ${index}"
+    if f.column is not None:
+        return f"t.{f.column} = ${index}"
+    # UUIDs are stored in data as their canonical text, so compare as text
+    # (the parameter is a parsed UUID turned back into that text).
+    return f"t.data ->> '{f.name}' = ${index}"
+
+
+def _row(resource: ResourceType, r: asyncpg.Record) -> Resource:
+    return Resource(
+        id=r["id"],
+        type=resource.type,
+        version=r["version"],
+        position=r["position"],
+        state=r["state"],
+        name=r["name"],
+        account=r["account"],
+        zone_id=r["zone_id"],
+        created_on=r["created_on"],
+        modified_on=r["modified_on"],
+        attributes=msgspec.Raw(r["data"].encode()),
+    )
+
+
+async def fetch_one(
+    pool: asyncpg.Pool, schema: str, resource: ResourceType, resource_id: UUID
+) -> Resource | None:
+    source, account = _from(schema, resource)
+    row = await pool.fetchrow(
+        f"SELECT {_COLUMNS.format(account=account)} FROM {source} WHERE t.id = $1", resource_id
+    )
+    return None if row is None else _row(resource, row)
+
+
+async def fetch_page(
+    pool: asyncpg.Pool,
+    schema: str,
+    resource: ResourceType,
+    filters: list[tuple[Filter, object]],
+    *,
+    after: Cursor | None,
+    limit: int,
+) -> Page:
+    """One page in (created_on, id) order; the caller puts the account
+    filter in `filters` for users."""
+    source, account = _from(schema, resource)
+    where: list[str] = []
+    args: list[object] = []
+    for f, value in filters:
+        args.append(str(value) if f.kind == "uuid" and f.column is None else value)
+        where.append(_condition(f, account, len(args)))
+    if after is not None:
+        args += [after.created_on, after.id]
+        where.append(f"(t.created_on, t.id) > (${len(args) - 1}, ${len(args)})")
+    args.append(limit + 1)  # one more tells whether another page follows
+    sql = (
+        f"SELECT {_COLUMNS.format(account=account)} FROM {source}"
+        + (f" WHERE {' AND '.join(where)}" if where else "")
+        + f" ORDER BY t.created_on, t.id LIMIT ${len(args)}"
+    )
+    rows = await pool.fetch(sql, *args)
+    items = [_row(resource, r) for r in rows[:limit]]
+    more = len(rows) > limit
+    last = (items[-1].created_on, items[-1].id) if more and items else None
+    return Page(items, last)
+
+
+async def count_by_state(pool: asyncpg.Pool, schema: str, aggregate_type: str) -> dict[str, int]:
+    rows = await pool.fetch(
+        f'SELECT state, count(*) AS n FROM "{schema}".{table_name(aggregate_type)} GROUP BY state'
+    )
+    return {str(r["state"]): int(r["n"]) for r in rows}
+
+
+async def first_physical_network(
+    pool: asyncpg.Pool, schema: str, zone_id: UUID, isolation: str
+) -> UUID | None:
+    """The zone's oldest enabled physical network with this isolation."""
+    found = await pool.fetchval(
+        f'SELECT id FROM "{schema}".{table_name("physical_network")}'
+        " WHERE zone_id = $1 AND state = 'Enabled' AND data ->> 'isolation' = $2"
+        " ORDER BY created_on, id LIMIT 1",
+        zone_id,
+        isolation,
+    )
+    return found if isinstance(found, UUID) else None

@@ -1,0 +1,152 @@
+"""Read endpoints: a list, one resource, and its history, per collection.
+
+Lists and single resources come from the read models. A resource the read
+model does not have yet (created a moment ago, the projection not there
+yet) is rebuilt from the log instead, so the Location a command answered
+with never says 404 for something that exists. History always comes from
+the log.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+from uuid import UUID
+
+import msgspec
+from starlette.requests import Request
+from starlette.responses import Response
+
+from api.auth import Principal, require_access, require_visible
+from api.codec import json_response
+from api.context import ApiContext, context_of, principal_of
+from api.cursor import Cursor, decode_cursor, encode_cursor, query_digest
+from api.problems import bad_request, from_domain, invalid_query, not_found
+from api.queries import fetch_one, fetch_page
+from api.resources import QUERY_TYPES, Filter, ListQuery, ResourceType, filter_values
+from api.views import EventPage, Resource, ResourcePage
+from engine.catalog import PUBLIC_NAMES
+from engine.errors import DomainError
+from projections.history import history, state_view
+
+Handler = Callable[[Request], Awaitable[Response]]
+
+
+def parse_query(request: Request, kind: type[ListQuery]) -> ListQuery:
+    params = request.query_params
+    for name in params:
+        if len(params.getlist(name)) > 1:
+            raise bad_request(f"query parameter {name} is given more than once", field=name)
+    try:
+        return msgspec.convert(dict(params), kind, strict=False)
+    except msgspec.ValidationError as error:
+        raise invalid_query(error) from None
+
+
+def list_endpoint(resource: ResourceType) -> Handler:
+    async def handle(request: Request) -> Response:
+        ctx = context_of(request)
+        principal = await principal_of(request)
+        require_access(principal, resource.access, write=False)
+        query = parse_query(request, QUERY_TYPES[resource.type])
+        filters = filter_values(resource, query)
+        digest = query_digest([(f.name, value) for f, value in filters])
+        after = None if query.cursor is None else decode_cursor(query.cursor, digest)
+        if resource.owned and not principal.is_admin:
+            asked = [v for f, v in filters if f.name == "account"]
+            if asked and asked[0] != principal.account:
+                # Another account's resources do not exist for a user.
+                return json_response(ResourcePage(items=[], next_cursor=None))
+            filters = [(f, v) for f, v in filters if f.name != "account"]
+            filters.append((Filter("account", "text", "account"), principal.account))
+        page = await fetch_page(
+            ctx.pool, ctx.schema, resource, filters, after=after, limit=query.limit
+        )
+        cursor = None
+        if page.last is not None:
+            cursor = encode_cursor(Cursor(page.last[0], page.last[1], digest))
+        return json_response(ResourcePage(items=page.items, next_cursor=cursor))
+
+    handle.__name__ = f"list_{resource.type}"
+    return handle
+
+
+def get_endpoint(resource: ResourceType) -> Handler:
+    async def handle(request: Request) -> Response:
+        ctx = context_of(request)
+        principal = await principal_of(request)
+        require_access(principal, resource.access, write=False)
+        resource_id: UUID = request.path_params["id"]
+        found = await fetch_one(ctx.pool, ctx.schema, resource, resource_id)
+        if found is None:
+            found = await from_log(ctx, resource, resource_id)
+        await require_owner(ctx, principal, resource, resource_id, found.account)
+        return json_response(found)
+
+    handle.__name__ = f"get_{resource.type}"
+    return handle
+
+
+def events_endpoint(resource: ResourceType) -> Handler:
+    async def handle(request: Request) -> Response:
+        ctx = context_of(request)
+        principal = await principal_of(request)
+        require_access(principal, resource.access, write=False)
+        resource_id: UUID = request.path_params["id"]
+        owner = await ctx.owners.of(resource_id)
+        if owner is None or owner.type != resource.type:
+            raise not_found(f"{resource.title} {resource_id} not found")
+        require_visible(
+            principal, resource.access, owner.account, f"{resource.title} {resource_id}"
+        )
+        try:
+            entries = await asyncio.to_thread(history, ctx.store, resource_id)
+        except DomainError as error:
+            raise from_domain(error) from None
+        return json_response(EventPage(items=entries))
+
+    handle.__name__ = f"events_{resource.type}"
+    return handle
+
+
+async def require_owner(
+    ctx: ApiContext,
+    principal: Principal,
+    resource: ResourceType,
+    resource_id: UUID,
+    account: str | None,
+) -> None:
+    if resource.owned and not principal.is_admin and account is None:
+        # Its parent is not projected yet: ask the log.
+        owner = await ctx.owners.of(resource_id)
+        account = None if owner is None else owner.account
+    require_visible(principal, resource.access, account, f"{resource.title} {resource_id}")
+
+
+async def from_log(ctx: ApiContext, resource: ResourceType, resource_id: UUID) -> Resource:
+    aggregate = await asyncio.to_thread(ctx.store.load, resource_id)
+    if aggregate is None or PUBLIC_NAMES.get(type(aggregate)) != resource.type:
+        raise not_found(f"{resource.title} {resource_id} not found")
+    view = state_view(aggregate)
+    account = getattr(aggregate, "account", None)
+    if account is None and resource.parent is not None:
+        owner = await ctx.owners.of(resource_id)
+        account = None if owner is None else owner.account
+    zone = getattr(aggregate, "zone_id", None)
+    return Resource(
+        id=view.id,
+        type=view.type,
+        version=view.version,
+        position=None,
+        state=_text(getattr(aggregate, "state", None)),
+        name=_text(getattr(aggregate, "name", None)),
+        account=_text(account),
+        zone_id=zone if isinstance(zone, UUID) else None,
+        created_on=view.created_on,
+        modified_on=view.modified_on,
+        attributes=view.attributes,
+    )
+
+
+def _text(value: object) -> str | None:
+    return None if value is None else str(value)

@@ -1,0 +1,143 @@
+"""The resource types the API serves, where each is read from and who owns it.
+
+One entry per collection: its read-model type (table rm_<type>), who may
+read it (fabric: admins; catalog: everyone; tenant: the owning account and
+admins), how the owning account is found (a column of its own, or its
+parent's: a NIC belongs to its VM's account) and the filters its list
+endpoint takes.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+from uuid import UUID
+
+import msgspec
+
+from api.auth import Access
+
+DEFAULT_LIMIT = 50
+MAX_LIMIT = 500
+
+FilterKind = Literal["uuid", "text"]
+
+
+class Filter(msgspec.Struct, frozen=True):
+    name: str  # the query parameter
+    kind: FilterKind
+    # A column of the read model; None: the field `name` of its data.
+    column: str | None = None
+
+
+class Parent(msgspec.Struct, frozen=True):
+    """The resource whose account owns this one, named by a field of its data."""
+
+    type: str
+    field: str
+
+
+class ResourceType(msgspec.Struct, frozen=True, kw_only=True):
+    collection: str  # URL segment: "storage-pools"
+    type: str  # public aggregate name: "storage_pool"
+    title: str  # for people: "storage pool"
+    access: Access
+    parent: Parent | None = None
+    filters: tuple[Filter, ...] = ()
+
+    @property
+    def owned(self) -> bool:
+        return self.access == "tenant"
+
+
+def _data(*names: str) -> tuple[Filter, ...]:
+    return tuple(Filter(n, "uuid") for n in names)
+
+
+_STATE = Filter("state", "text", "state")
+_NAME = Filter("name", "text", "name")
+_ZONE = Filter("zone_id", "uuid", "zone_id")
+_ACCOUNT = Filter("account", "text", "account")
+_PLACED = (_STATE, _NAME, _ZONE)
+
+TYPES: tuple[ResourceType, ...] = (
+    ResourceType(collection="zones", type="zone", title="zone", access="catalog",
+                 filters=(_STATE, _NAME)),
+    ResourceType(collection="pods", type="pod", title="pod", access="fabric",
+                 filters=_PLACED),
+    ResourceType(collection="clusters", type="cluster", title="cluster", access="fabric",
+                 filters=(*_PLACED, *_data("pod_id"))),
+    ResourceType(collection="hosts", type="host", title="host", access="fabric",
+                 filters=(*_PLACED, *_data("pod_id", "cluster_id"))),
+    ResourceType(collection="storage-pools", type="storage_pool", title="storage pool",
+                 access="fabric", filters=(*_PLACED, *_data("cluster_id"))),
+    ResourceType(collection="image-stores", type="image_store", title="image store",
+                 access="fabric", filters=_PLACED),
+    ResourceType(collection="physical-networks", type="physical_network",
+                 title="physical network", access="fabric", filters=_PLACED),
+    ResourceType(collection="templates", type="template", title="template", access="catalog",
+                 filters=_PLACED),
+    ResourceType(collection="vms", type="vm", title="VM", access="tenant",
+                 filters=(*_PLACED, _ACCOUNT, *_data("host_id", "template_id"))),
+    ResourceType(collection="volumes", type="volume", title="volume", access="tenant",
+                 filters=(*_PLACED, _ACCOUNT, *_data("vm_id", "pool_id"))),
+    ResourceType(collection="snapshots", type="snapshot", title="snapshot", access="tenant",
+                 parent=Parent("volume", "volume_id"),
+                 filters=(_STATE, _NAME, _ACCOUNT, *_data("volume_id"))),
+    ResourceType(collection="networks", type="network", title="network", access="tenant",
+                 filters=(*_PLACED, _ACCOUNT, *_data("physical_network_id"))),
+    ResourceType(collection="nics", type="nic", title="NIC", access="tenant",
+                 parent=Parent("vm", "vm_id"),
+                 filters=(_STATE, _ACCOUNT, *_data("vm_id", "network_id"))),
+    ResourceType(collection="ip-addresses", type="ip_address", title="IP address",
+                 access="tenant", parent=Parent("network", "network_id"),
+                 filters=(_STATE, _ACCOUNT, *_data("network_id", "owner_id"))),
+    ResourceType(collection="network-rules", type="network_rule", title="network rule",
+                 access="tenant", parent=Parent("network", "network_id"),
+                 filters=(_STATE, _ACCOUNT, *_data("network_id"))),
+    ResourceType(collection="operations", type="operation", title="operation",
+                 access="tenant",
+                 filters=(_STATE, _ACCOUNT, Filter("kind", "text"), *_data("resource_id"))),
+)  # fmt: skip
+
+BY_COLLECTION: dict[str, ResourceType] = {t.collection: t for t in TYPES}
+BY_TYPE: dict[str, ResourceType] = {t.type: t for t in TYPES}
+
+
+def collection_of(aggregate_type: str) -> str:
+    return BY_TYPE[aggregate_type].collection
+
+
+# Query parameters ----------------------------------------------------------------
+
+Limit = Annotated[int, msgspec.Meta(ge=1, le=MAX_LIMIT)]
+
+
+class ListQuery(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """Paging parameters every list takes; each type's filters are added
+    to a subclass (query_type), so an unknown parameter is refused."""
+
+    limit: Limit = DEFAULT_LIMIT
+    cursor: Annotated[str, msgspec.Meta(max_length=512)] | None = None
+
+
+def _filter_type(kind: FilterKind) -> Any:
+    if kind == "uuid":
+        return UUID | None
+    return Annotated[str, msgspec.Meta(min_length=1, max_length=255)] | None
+
+
+def _query_type(resource: ResourceType) -> type[ListQuery]:
+    fields = [(f.name, _filter_type(f.kind), None) for f in resource.filters]
+    name = "".join(p.capitalize() for p in resource.type.split("_")) + "Query"
+    made = msgspec.defstruct(name, fields, bases=(ListQuery,), frozen=True, kw_only=True)
+    assert issubclass(made, ListQuery)
+    return made
+
+
+QUERY_TYPES: dict[str, type[ListQuery]] = {t.type: _query_type(t) for t in TYPES}
+
+
+def filter_values(resource: ResourceType, query: ListQuery) -> list[tuple[Filter, object]]:
+    """The filters a query sets, in the table's order."""
+    chosen = ((f, getattr(query, f.name)) for f in resource.filters)
+    return [(f, value) for f, value in chosen if value is not None]

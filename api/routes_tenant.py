@@ -1,0 +1,196 @@
+"""Route table of the tenant endpoints: VMs, volumes, networks, NICs, IP
+addresses and network rules.
+
+VM deploy, lifecycle and migration and the volume operations (attach,
+detach, resize, snapshot, revert) start an Operation (202, Location
+/v1/operations/{id}); the others complete when recorded. A new engine
+operation is one entry here.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import msgspec
+
+from api.auth import admin_only_field
+from api.context import ApiContext
+from api.contract_fabric import NoBody
+from api.contract_tenant import (
+    IpAddressAllocate,
+    NetworkCreate,
+    NetworkRuleCreate,
+    NicCreate,
+    VmDeploy,
+    VmMigrate,
+    VmStart,
+    VmStop,
+    VolumeAttach,
+    VolumeCreate,
+    VolumeResize,
+    VolumeRevert,
+    VolumeSnapshot,
+)
+from api.problems import ApiError
+from api.queries import first_physical_network
+from api.routing import Call, CommandRoute, Ref, action, create, named
+from engine.commands import network as n
+from engine.commands.compute import GIB
+from engine.commands.operations import DeployVm, VmOperation, VmOperationKind, VolumeOperation
+from engine.commands.storage import CreateVolume
+from engine.virtual.vm import VmSpec
+
+
+def _deploy(c: Call[VmDeploy]) -> DeployVm:
+    b = c.body
+    admin_only_field(c.principal, "host_id", b.host_id)
+    return DeployVm(
+        account=c.account,
+        name=b.name,
+        zone_id=b.zone_id,
+        template_id=b.template_id,
+        spec=VmSpec(
+            cpus=b.spec.cpus, ram_mb=b.spec.ram_mb, root_disk_gb=b.spec.root_disk_gb,
+            tags=b.spec.tags,
+        ),
+        network_ids=b.network_ids,
+        data_disks_gb=b.data_disks_gb,
+        affinity_group=b.affinity_group,
+        affinity=b.affinity,
+        affinity_strict=b.affinity_strict,
+        host_id=b.host_id,
+        strategy=b.strategy,
+    )  # fmt: skip
+
+
+def _start(c: Call[VmStart]) -> VmOperation:
+    admin_only_field(c.principal, "host_id", c.body.host_id)
+    return VmOperation(kind="vm.start", vm_id=c.id, host_id=c.body.host_id)
+
+
+def _vm_operation(kind: VmOperationKind, summary: str) -> CommandRoute[NoBody]:
+    verb = kind.removeprefix("vm.")
+    return action("vm", verb, f"{verb}Vm", summary, NoBody,
+                  lambda c: VmOperation(kind=kind, vm_id=c.id), operation=True)  # fmt: skip
+
+
+async def _physical_network(c: Call[NetworkCreate], ctx: ApiContext) -> NetworkCreate:
+    b = c.body
+    if b.physical_network_id is not None or b.isolation == "none":
+        return b
+    found = await first_physical_network(ctx.pool, ctx.schema, b.zone_id, b.isolation)
+    if found is None:
+        raise ApiError(
+            422,
+            "validation",
+            f"zone {b.zone_id} has no enabled {b.isolation} physical network",
+            field="physical_network_id",
+        )
+    return msgspec.structs.replace(b, physical_network_id=found)
+
+
+ZONE = ("zone", "zone_id")
+TEMPLATE = ("template", "template_id")
+
+
+def _deploy_refs(c: Call[VmDeploy]) -> list[Ref]:
+    # Before the lookups: a user naming a host learns nothing about it.
+    admin_only_field(c.principal, "host_id", c.body.host_id)
+    networks = [Ref("network", i, f"network_ids[{k}]") for k, i in enumerate(c.body.network_ids)]
+    return [*named(ZONE, TEMPLATE, ("host", "host_id"))(c), *networks]
+
+
+def _nic_refs(c: Call[NicCreate]) -> list[Ref]:
+    refs = [Ref("vm", c.body.vm_id, "vm_id"), Ref("network", c.body.network_id, "network_id")]
+    if c.body.ip_address_id is not None:
+        refs.append(Ref("ip_address", c.body.ip_address_id, "ip_address_id"))
+    return refs
+
+
+def _ip_refs(c: Call[IpAddressAllocate]) -> list[Ref]:
+    refs = [Ref("network", c.body.network_id, "network_id")]
+    if c.body.owner_id is not None:
+        refs.append(Ref(None, c.body.owner_id, "owner_id"))
+    return refs
+
+
+def _rule_refs(c: Call[NetworkRuleCreate]) -> list[Ref]:
+    refs = [Ref("network", c.body.network_id, "network_id")]
+    if c.body.public_ip_address_id is not None:
+        refs.append(Ref("ip_address", c.body.public_ip_address_id, "public_ip_address_id"))
+    return refs
+
+
+TENANT_ROUTES: list[CommandRoute[Any]] = [
+    create("vm", "deployVm", "Deploy a VM (an operation: place, provision, start)", VmDeploy,
+           _deploy, operation=True, refs=_deploy_refs),
+    action("vm", "start", "startVm", "Start a stopped VM", VmStart, _start, operation=True),
+    action("vm", "stop", "stopVm", "Stop a running VM", VmStop,
+           lambda c: VmOperation(kind="vm.stop", vm_id=c.id, forced=c.body.forced),
+           operation=True),
+    _vm_operation("vm.reboot", "Reboot a running VM"),
+    _vm_operation("vm.destroy", "Destroy a VM (recoverable until expunged)"),
+    _vm_operation("vm.recover", "Recover a destroyed VM (it comes back stopped)"),
+    _vm_operation("vm.expunge", "Expunge a destroyed VM and its volumes for good"),
+    action("vm", "migrate", "migrateVm", "Move a running VM to another host", VmMigrate,
+           lambda c: VmOperation(kind="vm.migrate", vm_id=c.id, host_id=c.body.host_id),
+           access="fabric", operation=True, refs=named(("host", "host_id"))),
+    create("volume", "createVolume", "Create a data volume", VolumeCreate,
+           lambda c: CreateVolume(account=c.account, name=c.body.name, zone_id=c.body.zone_id,
+                                  size_bytes=c.body.size_gb * GIB, kind="data",
+                                  template_id=c.body.template_id),
+           refs=named(ZONE, TEMPLATE)),
+    action("volume", "attach", "attachVolume", "Attach a volume to a stopped VM", VolumeAttach,
+           lambda c: VolumeOperation(kind="volume.attach", volume_id=c.id, vm_id=c.body.vm_id),
+           operation=True, refs=named(("vm", "vm_id"))),
+    action("volume", "detach", "detachVolume", "Detach a volume from its stopped VM", NoBody,
+           lambda c: VolumeOperation(kind="volume.detach", volume_id=c.id), operation=True),
+    action("volume", "resize", "resizeVolume", "Grow a volume", VolumeResize,
+           lambda c: VolumeOperation(kind="volume.resize", volume_id=c.id,
+                                     new_size_bytes=c.body.size_gb * GIB),
+           operation=True),
+    action("volume", "snapshot", "snapshotVolume",
+           "Snapshot a volume (find it at /v1/snapshots?volume_id=)", VolumeSnapshot,
+           lambda c: VolumeOperation(kind="volume.snapshot", volume_id=c.id,
+                                     snapshot_name=c.body.name, snapshot_kind=c.body.kind),
+           operation=True),
+    action("volume", "revert", "revertVolume", "Revert a volume to one of its snapshots",
+           VolumeRevert,
+           lambda c: VolumeOperation(kind="volume.revert", volume_id=c.id,
+                                     snapshot_id=c.body.snapshot_id),
+           operation=True, refs=named(("snapshot", "snapshot_id"))),
+    create("network", "createNetwork", "Create a guest network", NetworkCreate,
+           lambda c: n.CreateNetwork(account=c.account, name=c.body.name,
+                                     zone_id=c.body.zone_id, cidr=c.body.cidr,
+                                     gateway=c.body.gateway, isolation=c.body.isolation,
+                                     physical_network_id=c.body.physical_network_id),
+           refs=named(ZONE, ("physical_network", "physical_network_id")),
+           resolve=_physical_network),
+    action("network", "destroy", "destroyNetwork",
+           "Destroy a network that holds no addresses and no tag", NoBody,
+           lambda c: n.DestroyNetwork(network_id=c.id)),
+    create("nic", "createNic", "Add a NIC to a VM", NicCreate,
+           lambda c: n.CreateNic(vm_id=c.body.vm_id, network_id=c.body.network_id,
+                                 device_id=c.body.device_id, ip_id=c.body.ip_address_id,
+                                 mac=c.body.mac),
+           refs=_nic_refs),
+    action("nic", "release", "releaseNic", "Release an unplugged NIC", NoBody,
+           lambda c: n.ReleaseNic(nic_id=c.id)),
+    create("ip_address", "allocateIpAddress", "Allocate an IP address on a network",
+           IpAddressAllocate,
+           lambda c: n.AllocateIp(network_id=c.body.network_id, owner_id=c.body.owner_id,
+                                  address=c.body.address),
+           refs=_ip_refs),
+    action("ip_address", "release", "releaseIpAddress", "Give an IP address back", NoBody,
+           lambda c: n.ReleaseIp(ip_id=c.id)),
+    create("network_rule", "createNetworkRule",
+           "Create a firewall, port forwarding or static NAT rule", NetworkRuleCreate,
+           lambda c: n.CreateNetworkRule(
+               network_id=c.body.network_id, kind=c.body.kind, protocol=c.body.protocol,
+               source_cidr=c.body.source_cidr, start_port=c.body.start_port,
+               end_port=c.body.end_port, public_ip_id=c.body.public_ip_address_id,
+               private_ip=c.body.private_ip),
+           refs=_rule_refs),
+    action("network_rule", "revoke", "revokeNetworkRule", "Revoke a network rule", NoBody,
+           lambda c: n.RevokeNetworkRule(rule_id=c.id)),
+]  # fmt: skip

@@ -1,0 +1,63 @@
+"""`cloud-engine api`: the HTTP API on its own, against the configured
+PostgreSQL (CLOUD_ENGINE_DATABASE_URL, or the embedded one). The API only
+needs the database: commands go to the event store, and the relay (a
+separate component) publishes them to Kafka."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+from typing import Any
+
+from api.app import create_app
+from api.server import ApiServer
+from bus.process import run_until_signalled
+from engine.service import CommandService
+from engine.settings import Settings
+from engine.store import EventStore
+from runner.components import start_infrastructure
+
+COMMANDS = ("api",)
+DEFAULT_PORT = 8080
+
+
+def register(sub: Any) -> None:
+    api = sub.add_parser("api", help="serve the HTTP API (needs only PostgreSQL)")
+    api.add_argument("--host", default="127.0.0.1", help="address to listen on (127.0.0.1)")
+    api.add_argument(
+        "--port", type=int, default=DEFAULT_PORT, help=f"port ({DEFAULT_PORT}; 0 picks a free one)"
+    )
+    api.add_argument("--data-dir", help="overrides CLOUD_ENGINE_DATA_DIR")
+
+
+def run(args: argparse.Namespace, settings: Settings) -> int:
+    if not 0 <= args.port <= 65535:
+        print(f"cloud-engine: invalid: --port {args.port}", file=sys.stderr)
+        return 2
+    infra = start_infrastructure(settings, broker=False)
+    try:
+        store = EventStore(infra.target, pool_size=settings.db_pool_size)
+        service = CommandService(
+            store,
+            batch_max=settings.command_batch_max,
+            max_retries=settings.command_max_retries,
+            cache_size=settings.aggregate_cache_size,
+        )
+        try:
+            app = create_app(service, store, infra.target)
+            try:
+                server = ApiServer(app, args.host, args.port)
+            except OSError as error:
+                print(f"cloud-engine: cannot listen on {args.host}:{args.port}: {error}",
+                      file=sys.stderr)  # fmt: skip
+                return 1
+            print(f"API: {server.url} (event store {infra.target.describe()})", flush=True)
+            asyncio.run(run_until_signalled(server.run))
+        finally:
+            service.close()
+            store.close()
+    finally:
+        infra.stop()
+    print("stopped", flush=True)
+    return 0

@@ -1,0 +1,247 @@
+"""The API served for real over loopback HTTP, for the tests in this folder.
+
+uvicorn runs as a task of the test's event loop on a free port; requests go
+through http.client in a worker thread (a real socket, the real server),
+so nothing is faked between the client and the app.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import http.client
+import json
+import time
+import uuid
+from dataclasses import dataclass, field
+from typing import Any
+
+from api import tokens
+from api.app import create_app
+from api.server import ApiServer
+from bus.relay_log import connect
+from engine.commands.storage import MarkTemplateDownloaded
+from engine.database import DatabaseTarget
+from engine.service import CommandService
+from engine.store import EventStore
+from projections.replay import Rebuild
+
+PROBLEM = "application/problem+json"
+
+
+@dataclass
+class Reply:
+    status: int
+    headers: dict[str, str]
+    body: bytes
+
+    def json(self) -> Any:
+        return json.loads(self.body)
+
+    @property
+    def content_type(self) -> str:
+        return self.headers.get("content-type", "")
+
+
+@dataclass
+class Api:
+    server: ApiServer
+    target: DatabaseTarget
+    service: CommandService
+    store: EventStore
+    admin: str = ""
+    alice: str = ""
+    bob: str = ""
+    requests: list[str] = field(default_factory=list)
+
+    @property
+    def port(self) -> int:
+        return self.server.port
+
+    async def call(
+        self,
+        method: str,
+        path: str,
+        *,
+        token: str | None = None,
+        body: Any = None,
+        raw: bytes | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> Reply:
+        sent = dict(headers or {})
+        payload = raw
+        if body is not None:
+            payload = json.dumps(body).encode()
+            sent.setdefault("Content-Type", "application/json")
+        if token is not None:
+            sent["Authorization"] = f"Bearer {token}"
+        self.requests.append(f"{method} {path}")
+        return await asyncio.to_thread(self._send, method, path, payload, sent)
+
+    def _send(
+        self, method: str, path: str, payload: bytes | None, headers: dict[str, str]
+    ) -> Reply:
+        conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=60)
+        try:
+            conn.request(method, path, body=payload, headers=headers)
+            response = conn.getresponse()
+            return Reply(
+                response.status,
+                {k.lower(): v for k, v in response.getheaders()},
+                response.read(),
+            )
+        finally:
+            conn.close()
+
+    async def post(
+        self, path: str, body: Any = None, *, token: str | None = None, key: str | None = None
+    ) -> Reply:
+        headers = {} if key is None else {"Idempotency-Key": key}
+        return await self.call("POST", path, token=token or self.admin, body=body,
+                               headers=headers)  # fmt: skip
+
+    async def get(self, path: str, *, token: str | None = None) -> Reply:
+        return await self.call("GET", path, token=token or self.admin)
+
+    async def token(self, role: str, account: str) -> str:
+        conn = await connect(self.target)
+        try:
+            secret, _ = await tokens.create(conn, self.target.schema, role, account)  # type: ignore[arg-type]
+        finally:
+            await conn.close()
+        return secret
+
+    async def project(self) -> None:
+        """Bring the read models up to the log (as the projection worker would)."""
+        await Rebuild(self.target, processes=1).run()
+
+
+async def start_api(
+    target: DatabaseTarget, service: CommandService, store: EventStore
+) -> tuple[Api, asyncio.Event, asyncio.Task[None]]:
+    server = ApiServer(create_app(service, store, target), "127.0.0.1", 0)
+    stop = asyncio.Event()
+    task = asyncio.create_task(server.run(stop))
+    deadline = time.monotonic() + 60
+    while not server.started:
+        if task.done():
+            task.result()  # raises the reason it did not start
+        assert time.monotonic() < deadline, "API did not start"
+        await asyncio.sleep(0.05)
+    api = Api(server, target, service, store)
+    api.admin = await api.token("admin", "ops")
+    api.alice = await api.token("user", "alice")
+    api.bob = await api.token("user", "bob")
+    return api, stop, task
+
+
+# A fabric to deploy on -----------------------------------------------------------
+
+
+@dataclass
+class Fabric:
+    zone: str
+    pod: str
+    cluster: str
+    hosts: list[str]
+    pool: str
+    physical_network: str
+    template: str
+
+
+async def created(reply: Reply) -> str:
+    assert reply.status == 202, (reply.status, reply.body)
+    return str(reply.json()["resource_id"])
+
+
+async def make_fabric(
+    api: Api,
+    *,
+    libvirt_uri: str = "test:///default",
+    hosts: int = 1,
+    pool_url: str = "file:///var/lib/cloud-engine/pool",
+) -> Fabric:
+    zone = await created(await api.post("/v1/zones", {"name": "z1"}))
+    pod = await created(
+        await api.post(
+            "/v1/pods",
+            {"zone_id": zone, "name": "p1", "gateway": "10.0.0.1", "cidr": "10.0.0.0/24"},
+        )
+    )
+    cluster = await created(
+        await api.post("/v1/clusters", {"zone_id": zone, "pod_id": pod, "name": "c1"})
+    )
+    host_ids = [
+        await created(
+            await api.post(
+                "/v1/hosts",
+                {
+                    "zone_id": zone,
+                    "pod_id": pod,
+                    "cluster_id": cluster,
+                    "name": f"h{n}",
+                    "cpu_cores": 16,
+                    "ram_mb": 32768,
+                    "libvirt_uri": libvirt_uri,
+                },
+            )
+        )
+        for n in range(hosts)
+    ]
+    pool = await created(
+        await api.post(
+            "/v1/storage-pools",
+            {
+                "zone_id": zone,
+                "cluster_id": cluster,
+                "name": "primary",
+                "scope": "cluster",
+                "capacity_bytes": 1 << 40,
+                "url": pool_url,
+            },
+        )
+    )
+    physical = await created(
+        await api.post(
+            "/v1/physical-networks",
+            {
+                "zone_id": zone,
+                "name": "guest",
+                "isolation": "VXLAN",
+                "tag_range": {"first": 5000, "last": 5999},
+            },
+        )
+    )
+    template = await created(
+        await api.post(
+            "/v1/templates",
+            {
+                "name": "tiny",
+                "zone_id": zone,
+                "url": "http://127.0.0.1:9/tiny.qcow2",
+                "format": "qcow2",
+                "size_bytes": 64 << 20,
+                "os_type": "linux",
+            },
+        )
+    )
+    download = await api.post(f"/v1/templates/{template}/download")
+    assert download.status == 202, download.body
+    # What the effector reports once the image is in the image store.
+    await asyncio.to_thread(
+        api.service.execute, MarkTemplateDownloaded(template_id=uuid.UUID(template)), None, 30
+    )
+    return Fabric(zone, pod, cluster, host_ids, pool, physical, template)
+
+
+def vm_body(fabric: Fabric, name: str = "vm", **extra: Any) -> dict[str, Any]:
+    return {
+        "name": name,
+        "zone_id": fabric.zone,
+        "template_id": fabric.template,
+        "spec": {"cpus": 1, "ram_mb": 256, "root_disk_gb": 1},
+        **extra,
+    }
+
+
+def new_key() -> str:
+    return uuid.uuid4().hex

@@ -1,0 +1,131 @@
+"""Commands over real HTTP: deploy a VM and follow its operation; the
+Idempotency-Key; fabric commands answering with the resource."""
+
+from __future__ import annotations
+
+import asyncio
+
+from api_harness import Api, make_fabric, new_key, vm_body
+
+
+async def test_deploy_vm_answers_202_with_operation_to_poll(api: Api) -> None:
+    fabric = await make_fabric(api)
+    reply = await api.post("/v1/vms", vm_body(fabric, "web-1"), token=api.alice)
+    assert reply.status == 202, reply.body
+    accepted = reply.json()
+    assert accepted["resource_type"] == "vm"
+    assert accepted["replayed"] is False
+    op_id, vm_id = accepted["operation_id"], accepted["resource_id"]
+    assert reply.headers["location"] == f"/v1/operations/{op_id}"
+    assert reply.headers["x-request-id"]
+
+    # Polled at once: not projected yet, answered from the log.
+    op = await api.get(reply.headers["location"], token=api.alice)
+    assert op.status == 200, op.body
+    operation = op.json()
+    assert operation["type"] == "operation"
+    assert operation["state"] == "pending"
+    assert operation["account"] == "alice"
+    assert operation["attributes"]["kind"] == "vm.deploy"
+    assert operation["attributes"]["resource_id"] == vm_id
+    assert [s["name"] for s in operation["attributes"]["steps"]] == ["place", "provision", "start"]
+
+    # Once projected, the same from the read model (with its position).
+    await api.project()
+    op = (await api.get(f"/v1/operations/{op_id}", token=api.alice)).json()
+    assert op["position"] is not None and op["state"] == "pending"
+    vm = await api.get(f"/v1/vms/{vm_id}", token=api.alice)
+    assert vm.status == 200
+    assert vm.json()["name"] == "web-1"
+    assert vm.json()["state"] == "Allocated"
+    assert vm.json()["account"] == "alice"
+
+    # Its history from the log names who asked.
+    events = (await api.get(f"/v1/vms/{vm_id}/events", token=api.alice)).json()["items"]
+    assert events[0]["event"] == "created"
+    assert events[0]["actor"].startswith("api:alice:")
+    assert events[0]["request_id"] == reply.headers["x-request-id"]
+
+
+async def test_same_idempotency_key_gives_one_vm(api: Api) -> None:
+    fabric = await make_fabric(api)
+    key = new_key()
+    body = vm_body(fabric, "once")
+    first = await api.post("/v1/vms", body, token=api.alice, key=key)
+    assert first.status == 202, first.body
+    # Sequential retry, then concurrent retries: the same answer every time.
+    again = await api.post("/v1/vms", body, token=api.alice, key=key)
+    together = await asyncio.gather(
+        *(api.post("/v1/vms", body, token=api.alice, key=key) for _ in range(5))
+    )
+    for reply in (again, *together):
+        assert reply.status == 202, reply.body
+        assert reply.json()["resource_id"] == first.json()["resource_id"]
+        assert reply.json()["operation_id"] == first.json()["operation_id"]
+        assert reply.json()["replayed"] is True
+    await api.project()
+    vms = (await api.get("/v1/vms?name=once", token=api.alice)).json()["items"]
+    assert len(vms) == 1
+
+    # The same key with another body is refused, naming the header.
+    other = await api.post("/v1/vms", vm_body(fabric, "twice"), token=api.alice, key=key)
+    assert other.status == 422
+    assert other.json()["field"] == "Idempotency-Key"
+    assert other.json()["type"].endswith("idempotency-key-reused")
+
+    # Keys belong to the token: bob's same key is a new command.
+    bobs = await api.post("/v1/vms", body, token=api.bob, key=key)
+    assert bobs.status == 202
+    assert bobs.json()["replayed"] is False
+    assert bobs.json()["resource_id"] != first.json()["resource_id"]
+
+
+async def test_lifecycle_command_refused_by_state_is_409(api: Api) -> None:
+    fabric = await make_fabric(api)
+    vm_id = (await api.post("/v1/vms", vm_body(fabric), token=api.alice)).json()["resource_id"]
+    # The deploy operation still holds the VM: a second operation is refused.
+    stop = await api.post(f"/v1/vms/{vm_id}/stop", {"forced": True}, token=api.alice)
+    assert stop.status == 409, stop.body
+    problem = stop.json()
+    assert stop.content_type == "application/problem+json"
+    assert problem["status"] == 409 and problem["rule"]
+    assert problem["detail"]
+
+
+async def test_fabric_commands_answer_with_the_resource(api: Api) -> None:
+    reply = await api.post("/v1/zones", {"name": "zone-a"})
+    assert reply.status == 202
+    zone = reply.json()
+    assert zone["operation_id"] is None
+    assert reply.headers["location"] == f"/v1/zones/{zone['resource_id']}"
+    disabled = await api.post(f"/v1/zones/{zone['resource_id']}/disable")
+    assert disabled.status == 202
+    again = await api.post(f"/v1/zones/{zone['resource_id']}/disable")
+    assert again.status == 409
+    assert again.json()["rule"] == "invalid-transition"
+    shown = await api.get(reply.headers["location"])
+    assert shown.status == 200
+    assert shown.json()["state"] == "Disabled"
+
+
+async def test_network_defaults_its_physical_network(api: Api) -> None:
+    fabric = await make_fabric(api)
+    await api.project()  # the default is looked up in the read model
+    reply = await api.post(
+        "/v1/networks",
+        {"name": "net", "zone_id": fabric.zone, "cidr": "10.9.0.0/24", "isolation": "VXLAN"},
+        token=api.alice,
+    )
+    assert reply.status == 202, reply.body
+    network = (await api.get(reply.headers["location"], token=api.alice)).json()
+    assert network["attributes"]["physical_network_id"] == fabric.physical_network
+    ip = await api.post("/v1/ip-addresses", {"network_id": network["id"]}, token=api.alice)
+    assert ip.status == 202, ip.body
+    assert ip.json()["value"].startswith("10.9.0.")
+    vlan = await api.post(
+        "/v1/networks",
+        {"name": "n2", "zone_id": fabric.zone, "cidr": "10.8.0.0/24", "isolation": "VLAN"},
+        token=api.alice,
+    )
+    assert vlan.status == 422
+    assert vlan.json()["field"] == "physical_network_id"

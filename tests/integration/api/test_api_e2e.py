@@ -1,0 +1,228 @@
+"""Deploy a VM over HTTP and watch it reach Running, then stop it: the
+whole pipeline in-process (relay, projection worker, operation manager,
+result recorder, effector) on the dev broker, with hosts on libvirt's
+test:///default driver and a template fetched over loopback HTTP."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import http.server
+import subprocess
+import threading
+import time
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from api_harness import Api, created
+
+from bus.relay import Relay, RelayConfig
+from effectors.naming import Names
+from effectors.service import EffectorService, effector_config
+from orchestration.manager import OperationManager, manager_config
+from orchestration.recorder import ResultRecorder
+from projections.worker import ProjectionWorker, consumer_config
+
+pytestmark = pytest.mark.postgres
+
+WAIT_S = 90.0
+
+
+@pytest.fixture
+def template_url(tmp_path: Path) -> Iterator[tuple[str, str]]:
+    """A small qcow2 served over loopback HTTP: (url, sha256)."""
+    root = tmp_path / "www"
+    root.mkdir()
+    image = root / "tiny.qcow2"
+    subprocess.run(
+        ["qemu-img", "create", "-f", "qcow2", str(image), "4M"], check=True, capture_output=True
+    )
+
+    class Handler(http.server.SimpleHTTPRequestHandler):
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            super().__init__(*args, directory=str(root), **kwargs)
+
+        def log_message(self, format: str, *args: Any) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        url = f"http://127.0.0.1:{server.server_address[1]}/tiny.qcow2"
+        yield url, hashlib.sha256(image.read_bytes()).hexdigest()
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+@pytest.fixture
+async def pipeline(api: Api, broker: str, topic_prefix: str) -> AsyncIterator[list[asyncio.Task]]:
+    target, service, store = api.target, api.service, api.store
+    stop = asyncio.Event()
+    parts = [
+        Relay(target, RelayConfig(bootstrap=broker, topic_prefix=topic_prefix, partitions=2)),
+        ProjectionWorker(target, consumer_config(broker, topic_prefix)),
+        OperationManager(
+            service, store, target, manager_config(broker, topic_prefix), sweep_interval_s=2.0
+        ),
+        ResultRecorder(service, broker, topic_prefix),
+        EffectorService(
+            target,
+            effector_config(broker, topic_prefix),
+            names=Names(prefix=f"ce-api{uuid.uuid4().hex[:6]}-"),
+            name="effector@api-test",
+            stop_timeout_s=5.0,
+        ),
+    ]
+    tasks = [asyncio.create_task(p.run(stop)) for p in parts]
+    try:
+        yield tasks
+    finally:
+        stop.set()
+        await asyncio.wait_for(asyncio.gather(*tasks, return_exceptions=True), 60)
+
+
+async def until(what: str, tasks: list[asyncio.Task], probe: Any) -> Any:
+    deadline = time.monotonic() + WAIT_S
+    while True:
+        for task in tasks:
+            if task.done() and task.exception() is not None:
+                raise AssertionError(f"a pipeline task failed: {task.exception()!r}")
+        value = await probe()
+        if value:
+            return value
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        await asyncio.sleep(0.2)
+
+
+async def test_deploy_to_running_and_stop_over_http(
+    api: Api, pipeline: list[asyncio.Task], template_url: tuple[str, str], tmp_path: Path
+) -> None:
+    url, sha256 = template_url
+    zone = await created(await api.post("/v1/zones", {"name": "z"}))
+    pod = await created(
+        await api.post(
+            "/v1/pods", {"zone_id": zone, "name": "p", "gateway": "10.0.0.1", "cidr": "10.0.0.0/24"}
+        )
+    )
+    cluster = await created(
+        await api.post("/v1/clusters", {"zone_id": zone, "pod_id": pod, "name": "c"})
+    )
+    for n in range(2):
+        await created(
+            await api.post(
+                "/v1/hosts",
+                {
+                    "zone_id": zone,
+                    "pod_id": pod,
+                    "cluster_id": cluster,
+                    "name": f"h{n}",
+                    "cpu_cores": 8,
+                    "ram_mb": 8192,
+                    "libvirt_uri": "test:///default",
+                },
+            )
+        )
+    await created(
+        await api.post(
+            "/v1/storage-pools",
+            {
+                "zone_id": zone,
+                "cluster_id": cluster,
+                "name": "primary",
+                "scope": "cluster",
+                "capacity_bytes": 64 << 30,
+                "url": str(tmp_path / "primary"),
+            },
+        )
+    )
+    await created(
+        await api.post(
+            "/v1/image-stores",
+            {
+                "zone_id": zone,
+                "name": "secondary",
+                "url": str(tmp_path / "secondary"),
+                "protocol": "file",
+            },
+        )
+    )
+    template = await created(
+        await api.post(
+            "/v1/templates",
+            {
+                "name": "tiny",
+                "zone_id": zone,
+                "url": url,
+                "format": "qcow2",
+                "size_bytes": 4 << 20,
+                "os_type": "linux",
+                "checksum": f"sha256:{sha256}",
+            },
+        )
+    )
+    assert (await api.post(f"/v1/templates/{template}/download")).status == 202
+
+    async def template_ready() -> bool:
+        reply = await api.get(f"/v1/templates/{template}", token=api.alice)
+        return reply.status == 200 and reply.json()["state"] == "Ready"
+
+    await until("template Ready", pipeline, template_ready)
+
+    # No NIC: libvirt's test driver refuses the flags the effector's network
+    # driver observes networks with (see the report of this change).
+    deploy = await api.post("/v1/vms", {
+        "name": "web", "zone_id": zone, "template_id": template,
+        "spec": {"cpus": 1, "ram_mb": 128, "root_disk_gb": 1}},
+        token=api.alice, key="deploy-web")  # fmt: skip
+    assert deploy.status == 202, deploy.body
+    vm_id = deploy.json()["resource_id"]
+    operation = deploy.headers["location"]
+
+    async def finished(location: str) -> dict | None:
+        op = (await api.get(location, token=api.alice)).json()
+        return op if op["state"] in ("succeeded", "failed", "compensated") else None
+
+    op = await until("deploy finished", pipeline, lambda: finished(operation))
+    assert op["state"] == "succeeded", op["attributes"].get("error")
+
+    async def vm_in(state: str) -> dict | None:
+        vm = (await api.get(f"/v1/vms/{vm_id}", token=api.alice)).json()
+        return vm if vm["state"] == state else None
+
+    vm = await until("VM Running", pipeline, lambda: vm_in("Running"))
+    assert vm["attributes"]["host_id"] is not None
+    volumes = (await api.get(f"/v1/volumes?vm_id={vm_id}", token=api.alice)).json()["items"]
+    assert [v["state"] for v in volumes] == ["Attached"]
+
+    stop = await api.post(f"/v1/vms/{vm_id}/stop", {"forced": True}, token=api.alice)
+    assert stop.status == 202, stop.body
+    op = await until("stop finished", pipeline, lambda: finished(stop.headers["location"]))
+    assert op["state"] == "succeeded", op["attributes"].get("error")
+    await until("VM Stopped", pipeline, lambda: vm_in("Stopped"))
+
+    # A data volume attached to the stopped VM: a volume operation.
+    volume = await created(
+        await api.post(
+            "/v1/volumes", {"name": "data", "zone_id": zone, "size_gb": 1}, token=api.alice
+        )
+    )
+    attach = await api.post(f"/v1/volumes/{volume}/attach", {"vm_id": vm_id}, token=api.alice)
+    assert attach.status == 202, attach.body
+    assert attach.json()["resource_id"] == volume
+    op = await until("attach finished", pipeline, lambda: finished(attach.headers["location"]))
+    assert op["state"] == "succeeded", op["attributes"].get("error")
+    assert op["attributes"]["kind"] == "volume.attach"
+    migrate = await api.post(f"/v1/vms/{vm_id}/migrate", token=api.alice)
+    assert migrate.status == 403
+
+    events = (await api.get(f"/v1/vms/{vm_id}/events", token=api.alice)).json()["items"]
+    names = [e["event"] for e in events]
+    assert names[0] == "created" and "started" in names and "stopped" in names
+    assert names[-1] == "disk_attached"
+    metrics = (await api.call("GET", "/metrics")).body.decode()
+    assert 'cloudengine_operations{status="succeeded"} 3.0' in metrics
