@@ -182,3 +182,16 @@ def test_store_refuses_an_oversized_transaction_instead_of_hanging(store):
     with pytest.raises(ValueError, match="at most"):
         store.append(events)
     assert store.max_position() == 0
+
+
+def test_a_cancelled_wait_drops_its_command_and_answers_the_rest(service, store):
+    from engine.submission import Submission
+
+    batch = [Submission(CreateZone(name=f"c-{i}"), CommandContext()) for i in range(5)]
+    assert batch[2].future.cancel()  # its caller gave up before the writer took it
+    before = store.max_position()
+    service._process(batch)  # as the writer thread would, with this batch
+    answered = [s.future.result(5) for i, s in enumerate(batch) if i != 2]
+    assert len({r.aggregate_id for r in answered}) == 4
+    assert batch[2].future.cancelled()
+    assert store.max_position() == before + 4  # the cancelled one stored nothing
