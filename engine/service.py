@@ -130,9 +130,7 @@ class CommandService:
         # A caller that gave up waiting (a cancelled execute_async) cancelled
         # its future: drop it before it runs. Once running, a future can no
         # longer be cancelled, so every command that commits is answered.
-        batch = [
-            s for s in batch if s.future.running() or s.future.set_running_or_notify_cancel()
-        ]
+        batch = [s for s in batch if s.future.running() or s.future.set_running_or_notify_cancel()]
         todo = self._keys.settle(batch, self._queue.put)
         while todo:
             self._later = []

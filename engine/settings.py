@@ -48,6 +48,9 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     # every operation_sweep_s.
     operation_step_deadline_s: Annotated[float, msgspec.Meta(gt=0)] = 600.0
     operation_sweep_s: Annotated[float, msgspec.Meta(gt=0, le=3600)] = 5.0
+    # Where `up` and `cloud-engine api` serve the HTTP API (flags override).
+    api_host: str = "127.0.0.1"
+    api_port: Annotated[int, msgspec.Meta(ge=0, le=65535)] = 8080
     log_format: Literal["json", "console"] = "json"
     log_level: Literal["debug", "info", "warning", "error"] = "info"
 

@@ -24,14 +24,20 @@ DEFAULT_PORT = 8080
 
 def register(sub: Any) -> None:
     api = sub.add_parser("api", help="serve the HTTP API (needs only PostgreSQL)")
-    api.add_argument("--host", default="127.0.0.1", help="address to listen on (127.0.0.1)")
+    api.add_argument("--host", help="address to listen on (CLOUD_ENGINE_API_HOST, 127.0.0.1)")
     api.add_argument(
-        "--port", type=int, default=DEFAULT_PORT, help=f"port ({DEFAULT_PORT}; 0 picks a free one)"
+        "--port",
+        type=int,
+        help=f"port (CLOUD_ENGINE_API_PORT, {DEFAULT_PORT}; 0 picks a free one)",
     )
     api.add_argument("--data-dir", help="overrides CLOUD_ENGINE_DATA_DIR")
 
 
 def run(args: argparse.Namespace, settings: Settings) -> int:
+    if args.host is None:
+        args.host = settings.api_host
+    if args.port is None:
+        args.port = settings.api_port
     if not 0 <= args.port <= 65535:
         print(f"cloud-engine: invalid: --port {args.port}", file=sys.stderr)
         return 2

@@ -10,6 +10,8 @@ from collections.abc import Sequence
 import structlog
 from eventsourcing.persistence import PersistenceError
 
+from api.app import create_app
+from api.server import ApiServer
 from bus.broker import BrokerError
 from bus.process import run_until_signalled
 from bus.relay import Relay
@@ -22,7 +24,8 @@ from engine.store import EventStore
 from projections.worker import ProjectionWorker, consumer_config
 from runner import api_cli, audit_cli, effector_cli, engine_cli, projections_cli, token_cli
 from runner.components import ensure_event_store, relay_config, start_infrastructure
-from runner.demo import describe, ensure_demo_fabric
+from runner.demo import admin_token, describe, ensure_demo_fabric
+from runner.demo_images import ImageServer
 
 log = structlog.get_logger("runner.cli")
 
@@ -54,6 +57,7 @@ def _parser() -> argparse.ArgumentParser:
 
 def up(settings: Settings) -> int:
     infra = start_infrastructure(settings)
+    images: ImageServer | None = None
     try:
         store = EventStore(infra.target, pool_size=settings.db_pool_size)
         service = CommandService(
@@ -63,7 +67,17 @@ def up(settings: Settings) -> int:
             cache_size=settings.aggregate_cache_size,
         )
         try:
-            fabric = ensure_demo_fabric(service)
+            fabric, images = ensure_demo_fabric(service, store, settings.data_dir)
+            token = asyncio.run(admin_token(infra.target, settings.data_dir))
+            try:
+                api = ApiServer(
+                    create_app(service, store, infra.target), settings.api_host, settings.api_port
+                )
+            except OSError as error:
+                raise SettingsError(
+                    f"CLOUD_ENGINE_API_PORT: cannot listen on"
+                    f" {settings.api_host}:{settings.api_port}: {error}"
+                ) from None
             print(f"event store: {infra.target.describe()}")
             if infra.embedded_db is not None:
                 print(f"embedded PostgreSQL data: {settings.pgdata}")
@@ -73,6 +87,8 @@ def up(settings: Settings) -> int:
             for line in describe(store, fabric):
                 print(f"  {line}")
             print(f"events stored: {store.max_position()}")
+            print(f"API: {api.url}")
+            print(f"admin token: {token}")
             print("running; Ctrl-C stops everything", flush=True)
             relay = Relay(infra.target, relay_config(settings, infra.bootstrap))
             worker = ProjectionWorker(
@@ -88,6 +104,7 @@ def up(settings: Settings) -> int:
 
             async def components(stop: asyncio.Event) -> None:
                 await asyncio.gather(
+                    api.run(stop),
                     relay.run(stop),
                     worker.run(stop),
                     effector.run(stop),
@@ -99,6 +116,8 @@ def up(settings: Settings) -> int:
             service.close()
             store.close()
     finally:
+        if images is not None:
+            images.close()
         infra.stop()
     print("stopped", flush=True)
     return 0

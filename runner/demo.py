@@ -6,10 +6,14 @@ fabric instead of creating another one.
 
 from __future__ import annotations
 
+from pathlib import Path
+from urllib.parse import urlsplit
 from uuid import UUID
 
 import msgspec
 
+from api import tokens
+from bus.relay_log import connect
 from engine.aggregate import Aggregate
 from engine.commands import Command, CommandContext
 from engine.commands.fabric import (
@@ -21,11 +25,9 @@ from engine.commands.fabric import (
     RegisterHost,
 )
 from engine.commands.network import CreateNetwork, ImplementNetwork
-from engine.commands.storage import (
-    MarkTemplateDownloaded,
-    RegisterTemplate,
-    RequestTemplateDownload,
-)
+from engine.commands.storage import RegisterTemplate, RequestTemplateDownload
+from engine.commands.storage_fabric import CreateImageStore
+from engine.database import DatabaseTarget
 from engine.fabric.host import Host
 from engine.fabric.physical_network import TagRange
 from engine.fabric.pod import Pod
@@ -33,8 +35,12 @@ from engine.fabric.storage_pool import StoragePool
 from engine.service import CommandService
 from engine.store import EventStore
 from engine.virtual.network import Network
+from engine.virtual.template import Template
+from runner.demo_images import IMAGE, IMAGE_SIZE, ImageServer, ensure_image
 
 GiB = 1024**3
+# A fixed id: a later start finds the template (and the URL it was given).
+DEMO_TEMPLATE = UUID("5d1c7a52-0b0e-4c1f-9f5e-7d3a2c1b0a01")
 
 
 class DemoFabric(msgspec.Struct, frozen=True):
@@ -53,7 +59,11 @@ def _run(service: CommandService, key: str, command: Command) -> UUID:
     return service.execute(command, context, timeout=60).aggregate_id
 
 
-def ensure_demo_fabric(service: CommandService) -> DemoFabric:
+def ensure_demo_fabric(
+    service: CommandService, store: EventStore, data_dir: Path
+) -> tuple[DemoFabric, ImageServer | None]:
+    """The demo fabric, and the server of its template's image while the
+    effector still has to fetch it (close it when done)."""
     zone = _run(service, "zone", CreateZone(name="demo-zone", description="created by up"))
     pod = _run(
         service,
@@ -101,20 +111,13 @@ def ensure_demo_fabric(service: CommandService) -> DemoFabric:
             tag_range=TagRange(first=5000, last=5999),
         ),
     )
-    template = _run(
+    images = data_dir / "images"
+    _run(
         service,
-        "template",
-        RegisterTemplate(
-            name="tiny-linux",
-            zone_id=zone,
-            url="http://127.0.0.1:8080/templates/tiny-linux.qcow2",
-            format="qcow2",
-            size_bytes=64 * 1024**2,
-            os_type="linux",
-        ),
+        "image-store",
+        CreateImageStore(zone_id=zone, name="images-1", url=str(images), protocol="file"),
     )
-    _run(service, "template-download", RequestTemplateDownload(template_id=template))
-    _run(service, "template-ready", MarkTemplateDownloaded(template_id=template))
+    template, server = _ensure_template(service, store, zone, data_dir / "demo-templates")
     network = _run(
         service,
         "network",
@@ -128,7 +131,37 @@ def ensure_demo_fabric(service: CommandService) -> DemoFabric:
         ),
     )
     _run(service, "network-implement", ImplementNetwork(network_id=network))
-    return DemoFabric(zone, pod, cluster, hosts, pool, physical, template, network)
+    return DemoFabric(zone, pod, cluster, hosts, pool, physical, template, network), server
+
+
+def _ensure_template(
+    service: CommandService, store: EventStore, zone: UUID, root: Path
+) -> tuple[UUID, ImageServer | None]:
+    """Registered with the URL of the image server (on the port it was first
+    given), its download requested; the server runs until it is Ready."""
+    existing = store.load(DEMO_TEMPLATE)
+    if isinstance(existing, Template) and existing.state == "Ready":
+        return DEMO_TEMPLATE, None
+    _, digest = ensure_image(root)
+    port = urlsplit(existing.url).port or 0 if isinstance(existing, Template) else 0
+    server = ImageServer(root, port)
+    try:
+        register = RegisterTemplate(
+            id=DEMO_TEMPLATE,
+            name="tiny-linux",
+            zone_id=zone,
+            url=existing.url if isinstance(existing, Template) else server.url(IMAGE),
+            format="qcow2",
+            size_bytes=IMAGE_SIZE,
+            os_type="linux",
+            checksum=f"sha256:{digest}",
+        )
+        _run(service, "template-v2", register)
+        _run(service, "template-v2-download", RequestTemplateDownload(template_id=DEMO_TEMPLATE))
+    except BaseException:
+        server.close()
+        raise
+    return DEMO_TEMPLATE, server
 
 
 def describe(store: EventStore, fabric: DemoFabric) -> list[str]:
@@ -154,3 +187,27 @@ def _line(aggregate: Aggregate) -> str:
         f"{type(aggregate).__name__:<16} {name:<14} {aggregate.id}  "
         f"{aggregate.state:<12} v{aggregate.version}  {detail}".rstrip()
     )
+
+
+async def admin_token(target: DatabaseTarget, data_dir: Path) -> str:
+    """The admin token `up` prints: made once, its secret kept (mode 0600) in
+    the data directory so every start prints the same one."""
+    path = data_dir / "admin-token"
+    conn = await connect(target)
+    try:
+        if path.exists():
+            secret = path.read_text().strip()
+            await tokens.prepare(conn, target.schema)
+            found = await conn.fetchval(
+                f"SELECT 1 FROM {tokens.table(target.schema)} WHERE secret_sha256 = $1",
+                tokens.digest(secret),
+            )
+            if found:
+                return secret
+        secret, _ = await tokens.create(conn, target.schema, "admin", "admin")
+    finally:
+        await conn.close()
+    data_dir.mkdir(parents=True, exist_ok=True)
+    path.touch(mode=0o600)
+    path.write_text(secret + "\n")
+    return secret

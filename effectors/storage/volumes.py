@@ -11,6 +11,14 @@ libvirt snapshots belong to domains, and a dir pool offers no per-volume
 snapshot call. They live inside the volume file, so they go with it on
 delete, and a copy (which qemu-img convert flattens) does not carry them.
 Full clones of a template file use qemu-img convert as well (see qemu_img.py).
+
+libvirt's test driver (test:///...) keeps its pools and volumes in memory:
+there is no file to copy into or to inspect. On it, a full clone of a
+template is a volume of the template's virtual size created through libvirt
+alone (the content cannot be represented there; the template image itself is
+still fetched and checked into the image store), and what a volume backs
+onto is read from libvirt's own record of that volume instead of qemu-img.
+Real hosts take the file paths as before.
 """
 
 from __future__ import annotations
@@ -19,6 +27,7 @@ import os
 import xml.etree.ElementTree as ET
 from collections.abc import Callable
 from typing import TypeVar
+from urllib.parse import urlsplit
 
 import libvirt
 import structlog
@@ -102,6 +111,8 @@ def _check_snapshot_name(snapshot: str) -> None:
 class StorageDriver:
     def __init__(self, hv: Hypervisor) -> None:
         self.hv = hv
+        # Pools of libvirt's test driver hold no files (see the module docstring).
+        self.in_memory = urlsplit(hv.uri).scheme == "test"
 
     def _in_pool(self, action: str, pool: str, fn: Callable[[libvirt.virStoragePool], T]) -> T:
         try:
@@ -142,7 +153,7 @@ class StorageDriver:
         if template is None:
             self._create_xml(spec.pool, volume_xml(spec.name, spec.size_bytes))
         else:
-            tmpl = qemu_img.info(template)
+            tmpl = self._image_info(template)
             # The volume is never smaller than its template: that would cut the disk.
             size = max(spec.size_bytes, tmpl.virtual_size)
             if spec.clone == "backing":
@@ -163,9 +174,35 @@ class StorageDriver:
     def _create_xml(self, pool: str, xml: str) -> None:
         self._in_pool("create volume", pool, lambda p: p.createXML(xml, 0))
 
+    def _image_info(self, path: str) -> qemu_img.ImageInfo:
+        """Format and virtual size of an image: from qemu-img, except for a
+        volume of an in-memory pool, which exists only in libvirt's record."""
+        if self.in_memory:
+            known = self._volume_at(path)
+            if known is not None and known.format is not None:
+                return qemu_img.ImageInfo(format=known.format, virtual_size=known.capacity_bytes)
+        return qemu_img.info(path)
+
+    def _volume_at(self, path: str) -> VolumeState | None:
+        def look(conn: libvirt.virConnect) -> VolumeState | None:
+            try:
+                vol = conn.storageVolLookupByPath(path)
+            except libvirt.libvirtError as e:
+                if e.get_error_code() == libvirt.VIR_ERR_NO_STORAGE_VOL:
+                    return None
+                raise
+            return parse_volume(vol.storagePoolLookupByVolume().name(), vol.name(), vol.XMLDesc(0))
+
+        return self.hv.call("look up volume by path", look)
+
     def _full_clone(
         self, spec: VolumeSpec, template: str, tmpl: qemu_img.ImageInfo, size: int
     ) -> None:
+        if self.in_memory:
+            # No file to convert into: the clone is libvirt's record of a
+            # qcow2 volume of the same size (the test driver keeps no content).
+            self._create_xml(spec.pool, volume_xml(spec.name, size))
+            return
         final = os.path.join(pool_path(self.hv, spec.pool), spec.name)
         # Converted under a temporary name and renamed into place, so a crash
         # mid-copy never leaves a volume that looks complete; a retry
@@ -195,7 +232,7 @@ class StorageDriver:
         if (
             template is not None
             and capacity > spec.size_bytes
-            and capacity == qemu_img.info(template).virtual_size
+            and capacity == self._image_info(template).virtual_size
         ):
             return
         raise refuse(f"is {capacity} bytes, not {spec.size_bytes}")

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import signal
 import subprocess
 import sys
 import time
+import urllib.error
+import urllib.request
 
 import pytest
 from aiokafka import AIOKafkaConsumer
@@ -34,7 +37,7 @@ class Running:
         self.log = open(self.log_path, "w")  # noqa: SIM115
         self.process = subprocess.Popen(
             [sys.executable, "-m", "runner.cli", "up"],
-            env=_env(data_dir),
+            env=_env(data_dir, CLOUD_ENGINE_API_PORT="0"),
             stdout=subprocess.PIPE,
             stderr=self.log,
             text=True,
@@ -57,6 +60,12 @@ class Running:
     def logs(self) -> str:
         self.log.flush()
         return self.log_path.read_text()
+
+    def value(self, label: str) -> str:
+        return next(x for x in self.lines if x.startswith(label)).split(": ", 1)[1]
+
+    def fabric_id(self, kind: str) -> str:
+        return next(x for x in self.lines if x.split()[:1] == [kind]).split()[2]
 
     @property
     def bootstrap(self) -> str:
@@ -107,6 +116,75 @@ async def _wait_hosts_projected(pgdata) -> int:
         await conn.close()
 
 
+def http(method: str, url: str, token: str, body: dict | None = None) -> tuple[int, dict]:
+    request = urllib.request.Request(url, method=method, data=None)
+    request.add_header("Authorization", f"Bearer {token}")
+    if body is not None:
+        request.data = json.dumps(body).encode()
+        request.add_header("Content-Type", "application/json")
+    try:
+        with urllib.request.urlopen(request, timeout=30) as reply:
+            return reply.status, json.loads(reply.read() or b"{}")
+    except urllib.error.HTTPError as error:
+        return error.code, json.loads(error.read() or b"{}")
+
+
+def until(what: str, check, timeout: float = 90.0):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        found = check()
+        if found:
+            return found
+        time.sleep(0.3)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def deploy_and_stop_over_http(up: Running) -> None:
+    """What the README shows with curl: deploy a VM, watch it reach Running."""
+    api, token = up.value("API"), up.value("admin token")
+    assert http("GET", f"{api}/v1/zones", "wrong")[0] == 401
+    template = up.fabric_id("Template")
+    until(
+        "the demo template fetched by the effector",
+        lambda: http("GET", f"{api}/v1/templates/{template}", token)[1].get("state") == "Ready",
+    )
+    status, accepted = http(
+        "POST",
+        f"{api}/v1/vms",
+        token,
+        {
+            "account": "demo",
+            "name": "web-1",
+            "zone_id": up.fabric_id("Zone"),
+            "template_id": template,
+            "spec": {"cpus": 1, "ram_mb": 512, "root_disk_gb": 1},
+            "network_ids": [up.fabric_id("Network")],
+        },
+    )
+    assert status == 202, accepted
+    operation = f"{api}/v1/operations/{accepted['operation_id']}"
+    done = until(
+        "the deploy operation",
+        lambda: (
+            (op := http("GET", operation, token)[1]).get("state")
+            in ("succeeded", "failed", "compensated")
+            and op
+        ),
+    )
+    assert done["state"] == "succeeded", done
+    vm = http("GET", f"{api}/v1/vms/{accepted['resource_id']}", token)[1]
+    assert vm["state"] == "Running", vm
+    status, stop = http("POST", f"{api}/v1/vms/{accepted['resource_id']}/stop", token, {})
+    assert status == 202, stop
+    until(
+        "the VM stopped",
+        lambda: (
+            http("GET", f"{api}/v1/vms/{accepted['resource_id']}", token)[1].get("state")
+            == "Stopped"
+        ),
+    )
+
+
 def test_up_runs_everything_and_resumes_with_data_kept(tmp_path):
     first = Running(tmp_path)
     fabric = [x for x in first.lines if x.startswith("  ")]
@@ -119,19 +197,26 @@ def test_up_runs_everything_and_resumes_with_data_kept(tmp_path):
     assert {e.type for e in events} == {"io.cloudengine.host.created.v1"}
     # The projection worker inside `up` fills the read models.
     assert asyncio.run(_wait_hosts_projected(first.log_path.parent / "pgdata")) == 2
+    # The API, engine and effector inside `up`: a VM deployed with plain HTTP.
+    deploy_and_stop_over_http(first)
+    token = first.value("admin token")
     code, err = first.stop()
     assert code == 0, err
     assert first.lines[-1] == "stopped"
 
     second = Running(tmp_path)
     try:
-        # Same fabric (same ids, versions), no new events: the demo is idempotent.
-        assert [x for x in second.lines if x.startswith("  ")] == fabric
-        stored = [x for x in first.lines if x.startswith("events stored")]
-        assert stored == [x for x in second.lines if x.startswith("events stored")]
+        # Same fabric (same ids); the template fetched meanwhile; same token.
+        again = [x for x in second.lines if x.startswith("  ")]
+        assert [x.split()[:3] for x in again] == [x.split()[:3] for x in fabric]
+        assert " Ready " in next(x for x in again if x.split()[0] == "Template")
+        assert second.value("admin token") == token
         # The new dev broker started empty; the relay republished everything.
         events = asyncio.run(_consume_all(second.bootstrap, "cloudengine.zone.events", 1))
         assert [e.type for e in events] == ["io.cloudengine.zone.created.v2"], second.logs
+        api = second.value("API")
+        vms = http("GET", f"{api}/v1/vms", token)[1]["items"]
+        assert [(v["name"], v["state"]) for v in vms] == [("web-1", "Stopped")]
     finally:
         code, err = second.stop()
     assert code == 0, err

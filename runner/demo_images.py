@@ -1,0 +1,68 @@
+"""The demo template's image and the loopback HTTP server `up` fetches it from.
+
+Templates are fetched by the effector over http(s) like any other: `up`
+makes a small empty qcow2 image under the data directory once and serves
+that directory on 127.0.0.1 while it runs. The port goes into the template's
+URL at its registration, so a later `up` serves on the same port when the
+template still needs fetching.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import subprocess
+import threading
+from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+import structlog
+
+log = structlog.get_logger("runner.demo_images")
+
+IMAGE = "tiny-linux.qcow2"
+IMAGE_SIZE = 64 * 1024 * 1024
+
+
+def ensure_image(root: Path) -> tuple[Path, str]:
+    """The demo image (made once with qemu-img) and its sha256."""
+    root.mkdir(parents=True, exist_ok=True)
+    path = root / IMAGE
+    if not path.exists():
+        partial = path.with_suffix(".partial")
+        subprocess.run(
+            ["qemu-img", "create", "-q", "-f", "qcow2", str(partial), str(IMAGE_SIZE)],
+            check=True,
+            capture_output=True,
+        )
+        partial.rename(path)
+    return path, hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+class _Quiet(SimpleHTTPRequestHandler):
+    def log_message(self, format: str, *args: Any) -> None:
+        log.debug("template_served", request=format % args)
+
+
+class ImageServer:
+    """Serves root on 127.0.0.1:port (0 picks one) from a daemon thread."""
+
+    def __init__(self, root: Path, port: int = 0) -> None:
+        handler = functools.partial(_Quiet, directory=str(root))
+        self._httpd = ThreadingHTTPServer(("127.0.0.1", port), handler)
+        self._thread = threading.Thread(
+            target=self._httpd.serve_forever, name="demo-images", daemon=True
+        )
+        self._thread.start()
+
+    @property
+    def port(self) -> int:
+        return int(self._httpd.server_address[1])
+
+    def url(self, name: str) -> str:
+        return f"http://127.0.0.1:{self.port}/{name}"
+
+    def close(self) -> None:
+        self._httpd.shutdown()
+        self._httpd.server_close()
