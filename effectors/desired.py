@@ -133,7 +133,7 @@ def _view(cls: type[T], row: asyncpg.Record) -> T:
 
 class ReadModels:
     def __init__(
-        self, pool: asyncpg.Pool, schema: str, *, wait_s: float = 10.0, interval_s: float = 0.02
+        self, pool: asyncpg.Pool, schema: str, *, wait_s: float = 10.0, interval_s: float = 0.005
     ) -> None:
         self.pool = pool
         self.schema = schema

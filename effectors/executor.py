@@ -10,6 +10,7 @@ result carrying libvirt's error; nothing is swallowed.
 from __future__ import annotations
 
 import os
+import threading
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -247,14 +248,16 @@ class Executor:
         driver = NetworkDriver(self.hypervisor(plan.host.libvirt_uri))
         for nic, network in plan.nics:
             spec = network_spec(self.names, network, self.uplink)
-            driver.ensure(spec)
-            driver.add_dhcp_host(spec.name, DhcpHost(mac=nic.mac, ip=nic.address))
+            with _shared(plan.host.libvirt_uri, "network", spec.name):
+                driver.ensure(spec)
+                driver.add_dhcp_host(spec.name, DhcpHost(mac=nic.mac, ip=nic.address))
 
     def _ensure_volumes_exist(self, plan: VmPlan) -> None:
         storage = StorageDriver(self.hypervisor(plan.host.libvirt_uri))
         for volume, pool in plan.disks:
             spec = pool_spec(self.names, pool)
-            ensure_pool(storage.hv, spec)
+            with _shared(storage.hv.uri, "pool", spec.name):
+                ensure_pool(storage.hv, spec)
             if not storage.observe(spec.name, self.names.volume(volume.id)).exists:
                 raise StorageError(f"volume {volume.id} does not exist in pool {pool.id}")
 
@@ -274,7 +277,8 @@ class Executor:
         name = self.names.volume(volume.id)
         try:
             spec = pool_spec(self.names, pool)
-            ensure_pool(storage.hv, spec)
+            with _shared(storage.hv.uri, "pool", spec.name):
+                ensure_pool(storage.hv, spec)
             if item.kind == "volume.create":
                 backing = None
                 if volume.template_id is not None:
@@ -315,6 +319,13 @@ class Executor:
     ) -> str:
         """The template's base image in the pool (copied there on first use),
         which the volume backs onto."""
+        # Work items run concurrently: the base image is made once per pool.
+        with _base_lock(storage.hv.uri, pool, source.template.id):
+            return self._base_image_locked(storage, pool, source, volume)
+
+    def _base_image_locked(
+        self, storage: StorageDriver, pool: str, source: TemplateSource, volume: VolumeView
+    ) -> str:
         image = source.fetch()
         if volume.size_bytes < image.virtual_size:
             # The engine's recorded size must stay the disk's real size.
@@ -356,6 +367,21 @@ class Executor:
             seconds = float(fault.split(":", 1)[1])
             log.warning("fault_injected", point=point, sleep_s=seconds)
             time.sleep(seconds)
+
+
+# Work items on different aggregates run concurrently: what they share on a
+# host (a network, a pool, a template's base image) is made under one lock.
+_locks: dict[tuple[str, ...], threading.Lock] = {}
+_locks_guard = threading.Lock()
+
+
+def _shared(*key: str) -> threading.Lock:
+    with _locks_guard:
+        return _locks.setdefault(key, threading.Lock())
+
+
+def _base_lock(uri: str, pool: str, template_id: UUID) -> threading.Lock:
+    return _shared(uri, "base", pool, str(template_id))
 
 
 def first_enabled(hosts: Sequence[HostView]) -> HostView | None:

@@ -55,6 +55,7 @@ def effector_config(
         topics=[topic_for(prefix, t) for t in ("vm", "volume", "snapshot", "template")],
         topic_prefix=prefix,
         max_records=50,
+        concurrent_keys=True,  # work on different aggregates at once
     )
 
 

@@ -56,6 +56,7 @@ from orchestration.candidates import Candidates
 log = structlog.get_logger("orchestration.manager")
 
 PLACE_ATTEMPTS = 4
+ENGINE = "engine"  # the actor of the commands the manager sends
 _KNOWN_MAX = 100_000
 
 
@@ -66,6 +67,7 @@ def manager_config(bootstrap: str, prefix: str) -> ConsumerConfig:
         topics=[topic_for(prefix, t) for t in ("operation", "vm", "volume", "snapshot")],
         topic_prefix=prefix,
         max_records=200,
+        concurrent_keys=True,  # drives of one operation are serialised by its lock
     )
 
 
@@ -125,6 +127,12 @@ class OperationManager:
     # Triggers ------------------------------------------------------------------
 
     async def handle(self, event: CloudEvent, _: object) -> None:
+        if event.actor == ENGINE:
+            # The outcome of a step this engine (or another) just took: that
+            # step did everything the state called for, and what comes next
+            # waits for an effector's result or a client (the sweep is the
+            # backstop).
+            return
         op_id = await self._operation_of(event)
         if op_id is not None:
             await self.drive(op_id, cause=event.id)
@@ -193,7 +201,7 @@ class OperationManager:
         op = await asyncio.to_thread(self.store.load, op_id)
         if not isinstance(op, Operation) or op.finished:
             return
-        context = CommandContext(actor="engine", correlation_id=str(op.id), causation_id=cause)
+        context = CommandContext(actor=ENGINE, correlation_id=str(op.id), causation_id=cause)
         if self._overdue(op):
             reason = (
                 f"step {op.current_step} of {op.kind} got no answer within"

@@ -139,6 +139,10 @@ class ResultRecorder:
                 reason=str(e),
             )
 
+    async def _record_all(self, results: list[EffectorResult]) -> None:
+        for result in results:
+            await self.record(result)
+
     async def run(self, stop: asyncio.Event) -> None:
         await ensure_results_topic(self.bootstrap, self.prefix)
         consumer = AIOKafkaConsumer(
@@ -148,11 +152,15 @@ class ResultRecorder:
             enable_auto_commit=False,
             auto_offset_reset="earliest",
             metadata_max_age_ms=5000,
+            fetch_max_wait_ms=20,  # see ConsumerConfig.fetch_max_wait_ms
         )
         await asyncio.wait_for(consumer.start(), 30)
         try:
             while not stop.is_set():
                 batches = await consumer.getmany(timeout_ms=200, max_records=100)
+                # One aggregate's results in order, different aggregates'
+                # concurrently: their commands then share group commits.
+                by_aggregate: dict[UUID, list[EffectorResult]] = {}
                 for records in batches.values():
                     for record in records:
                         try:
@@ -160,7 +168,8 @@ class ResultRecorder:
                         except ValueError as e:  # msgspec errors derive from it
                             log.error("result_malformed", offset=record.offset, error=str(e))
                             continue
-                        await self.record(result)
+                        by_aggregate.setdefault(result.aggregate_id, []).append(result)
+                await asyncio.gather(*(self._record_all(r) for r in by_aggregate.values()))
                 if batches:
                     await consumer.commit()
         finally:

@@ -117,6 +117,10 @@ def _download(url: str, dest: Path, timeout_s: float) -> None:
         raise TemplateError(f"{url}: {reason}") from e
 
 
+# Images in place this process checked: (path, inode, size, mtime, format) -> virtual size.
+_checked: dict[tuple[str, int, int, int, str], int] = {}
+
+
 def fetch(
     url: str,
     dest: Path,
@@ -128,13 +132,17 @@ def fetch(
     """The template's image at dest, downloaded unless already there and sound."""
     if dest.exists():
         # Only a verified image is renamed into place, so it is not hashed
-        # again (that would read the whole image for every volume made).
+        # again (that would read the whole image for every volume made), and
+        # one checked by this process is not inspected again while it is the
+        # same file (qemu-img is a process start per volume).
         try:
-            info = _check_image(dest, fmt, None)
-            return TemplateImage(
-                path=str(dest), format=fmt, virtual_size=info.virtual_size, fetched=False
-            )
-        except (TemplateError, qemu_img.QemuImgError) as e:
+            st = dest.stat()
+            key = (str(dest), st.st_ino, st.st_size, st.st_mtime_ns, fmt)
+            size = _checked.get(key)
+            if size is None:
+                size = _checked[key] = _check_image(dest, fmt, None).virtual_size
+            return TemplateImage(path=str(dest), format=fmt, virtual_size=size, fetched=False)
+        except (TemplateError, qemu_img.QemuImgError, OSError) as e:
             log.warning("template_image_replaced", path=str(dest), reason=str(e))
     dest.parent.mkdir(parents=True, exist_ok=True)
     partial = dest.with_name(dest.name + ".partial")
