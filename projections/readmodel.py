@@ -15,10 +15,17 @@ snapshot is a cache: a rebuild leaves it out for short histories (pickling
 costs more than folding a few events again), and the applier then refolds
 the aggregate from the log, up to the row's version, the first time it
 needs it.
+
+Indexes: besides the key, each table has (created_on, id) and one
+(filter, created_on, id) per filter its list endpoint takes (LIST_KEYS), so
+a filtered page in keyset order reads about a page of index entries however
+many rows the table has. A rebuild builds them on its shadow tables after
+the bulk load (projections.replay).
 """
 
 from __future__ import annotations
 
+import hashlib
 import pickle
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -59,6 +66,53 @@ def table_name(aggregate_type: str, suffix: str = "") -> str:
     return f"rm_{aggregate_type}{suffix}"
 
 
+# What the list endpoints (api/resources.py) filter on, by equality, per read
+# model; tests/integration/test_readmodel_indexes.py checks this against the
+# API's filters. Columns by name; anything else is a field of data, indexed
+# as the text the API compares it with (data ->> 'field'). Tables of
+# resources owned through a parent (NICs, IP addresses, rules, snapshots)
+# have no account of their own: the API finds it by joining the parent.
+COLUMN_KEYS = frozenset({"state", "name", "zone_id", "account"})
+_PLACED = ("state", "name", "zone_id")
+LIST_KEYS: dict[str, tuple[str, ...]] = {
+    "zone": ("state", "name"),
+    "pod": _PLACED,
+    "cluster": (*_PLACED, "pod_id"),
+    "host": (*_PLACED, "pod_id", "cluster_id"),
+    "storage_pool": (*_PLACED, "cluster_id"),
+    "image_store": _PLACED,
+    "physical_network": _PLACED,
+    "template": _PLACED,
+    "vm": (*_PLACED, "account", "host_id", "template_id"),
+    "volume": (*_PLACED, "account", "vm_id", "pool_id"),
+    "snapshot": ("state", "name", "volume_id"),
+    "network": (*_PLACED, "account", "physical_network_id"),
+    "nic": ("state", "vm_id", "network_id"),
+    "ip_address": ("state", "network_id", "owner_id"),
+    "network_rule": ("state", "network_id"),
+    "operation": ("state", "account", "kind", "resource_id"),
+}
+
+
+@dataclass(frozen=True)
+class Index:
+    suffix: str  # the index is named <table>_<suffix>
+    keys: str  # SQL: the key expressions
+
+
+def indexes(aggregate_type: str) -> list[Index]:
+    """The secondary indexes of a read model (the key is not among them)."""
+    found = [Index("by_created", "created_on, id")]
+    for key in LIST_KEYS.get(aggregate_type, ()):
+        expression = key if key in COLUMN_KEYS else f"(data ->> '{key}')"
+        found.append(Index(f"by_{key}", f"{expression}, created_on, id"))
+    return found
+
+
+def create_index_sql(schema: str, table: str, index: Index) -> str:
+    return f'CREATE INDEX IF NOT EXISTS {table}_{index.suffix} ON "{schema}".{table} ({index.keys})'
+
+
 def create_table_sql(schema: str, table: str, *, key: bool = True) -> str:
     # A rebuild creates its shadow tables without the key and adds it after
     # the bulk load (one index build instead of a million inserts into it).
@@ -73,23 +127,47 @@ def create_table_sql(schema: str, table: str, *, key: bool = True) -> str:
 
 
 async def prepare(conn: Conn, schema: str) -> None:
-    await conn.execute(
-        f'CREATE TABLE IF NOT EXISTS "{schema}".{POSITIONS} ('
-        " projection text PRIMARY KEY, position bigint NOT NULL,"
-        " updated_at timestamptz NOT NULL DEFAULT now())"
-    )
-    for aggregate_type in AGGREGATES:
-        await conn.execute(create_table_sql(schema, table_name(aggregate_type)))
-    # Tables made before snapshots became optional (altered only when needed:
-    # ALTER TABLE locks the table even when it changes nothing).
-    for row in await conn.fetch(
-        "SELECT table_name FROM information_schema.columns WHERE table_schema = $1"
-        " AND column_name = 'snapshot' AND is_nullable = 'NO' AND table_name LIKE 'rm\\_%'",
-        schema,
-    ):
+    """Create what is missing: tables, columns made optional, indexes."""
+    async with conn.transaction():
+        # The API, the worker and the CLI may all start at once: without the
+        # lock, two CREATE ... IF NOT EXISTS of one name can still collide.
+        await conn.execute("SELECT pg_advisory_xact_lock($1)", _prepare_lock(schema))
         await conn.execute(
-            f'ALTER TABLE "{schema}".{row["table_name"]} ALTER COLUMN snapshot DROP NOT NULL'
+            f'CREATE TABLE IF NOT EXISTS "{schema}".{POSITIONS} ('
+            " projection text PRIMARY KEY, position bigint NOT NULL,"
+            " updated_at timestamptz NOT NULL DEFAULT now())"
         )
+        for aggregate_type in AGGREGATES:
+            await conn.execute(create_table_sql(schema, table_name(aggregate_type)))
+        # Tables made before snapshots became optional (altered only when
+        # needed: ALTER TABLE locks the table even when it changes nothing).
+        for row in await conn.fetch(
+            "SELECT table_name FROM information_schema.columns WHERE table_schema = $1"
+            " AND column_name = 'snapshot' AND is_nullable = 'NO' AND table_name LIKE 'rm\\_%'",
+            schema,
+        ):
+            await conn.execute(
+                f'ALTER TABLE "{schema}".{row["table_name"]} ALTER COLUMN snapshot DROP NOT NULL'
+            )
+        # Indexes missing from tables made before they existed. Checked
+        # first because CREATE INDEX IF NOT EXISTS takes the table's lock
+        # (blocking the worker's writes) before it finds the index there.
+        present = {
+            r["indexname"]
+            for r in await conn.fetch(
+                "SELECT indexname FROM pg_indexes WHERE schemaname = $1", schema
+            )
+        }
+        for aggregate_type in AGGREGATES:
+            table = table_name(aggregate_type)
+            for index in indexes(aggregate_type):
+                if f"{table}_{index.suffix}" not in present:
+                    await conn.execute(create_index_sql(schema, table, index))
+
+
+def _prepare_lock(schema: str) -> int:
+    digest = hashlib.sha256(f"cloud-engine readmodel.prepare {schema}".encode()).digest()
+    return int.from_bytes(digest[:8], "big", signed=True)
 
 
 @dataclass

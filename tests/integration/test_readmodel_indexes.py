@@ -1,0 +1,195 @@
+"""Read-model indexes: every list filter has one, prepare and a rebuild
+create them (a rebuild after its bulk load, under the live names after the
+swap), and the queries the API sends are planned on them without a sort."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import uuid
+from typing import Any
+
+import asyncpg
+import pytest
+
+from api.cursor import Cursor
+from api.queries import fetch_page
+from api.resources import BY_TYPE, Filter
+from engine.database import DatabaseTarget
+from engine.store import EventStore
+from engine.virtual.vm import VirtualMachine, VmSpec
+from projections import readmodel
+from projections.replay import Rebuild
+
+pytestmark = pytest.mark.postgres
+
+SPEC = VmSpec(cpus=1, ram_mb=256, root_disk_gb=1)
+
+
+async def _connect(target: DatabaseTarget) -> asyncpg.Connection:
+    return await asyncpg.connect(
+        host=target.host, port=target.port, user=target.user, database=target.dbname
+    )
+
+
+def expected_indexes() -> dict[str, set[str]]:
+    """Every rm_* table's index names, key included."""
+    return {
+        readmodel.table_name(t): {
+            f"{readmodel.table_name(t)}_pkey",
+            *(f"{readmodel.table_name(t)}_{i.suffix}" for i in readmodel.indexes(t)),
+        }
+        for t in readmodel.AGGREGATES
+    }
+
+
+async def present_indexes(conn: asyncpg.Connection, schema: str) -> dict[str, set[str]]:
+    found: dict[str, set[str]] = {}
+    for r in await conn.fetch(
+        "SELECT tablename, indexname FROM pg_indexes"
+        " WHERE schemaname = $1 AND tablename LIKE 'rm\\_%' AND tablename <> 'rm_positions'",
+        schema,
+    ):
+        found.setdefault(r["tablename"], set()).add(r["indexname"])
+    return found
+
+
+def test_every_list_filter_has_an_index():
+    for resource in BY_TYPE.values():
+        keys = readmodel.LIST_KEYS.get(resource.type, ())
+        for f in resource.filters:
+            if f.name == "account" and resource.parent is not None:
+                # Owned through the parent: the account is the parent's row's.
+                assert "account" not in keys
+                continue
+            assert (f.column or f.name) in keys, (resource.type, f.name)
+            if f.column is not None:
+                assert f.column in readmodel.COLUMN_KEYS
+        # Nothing indexed that no list filters on (each index costs every write).
+        assert set(keys) <= {f.column or f.name for f in resource.filters}, resource.type
+    assert set(readmodel.LIST_KEYS) <= set(BY_TYPE)
+
+
+async def test_prepare_creates_missing_indexes_and_is_idempotent(pg_target: DatabaseTarget):
+    conn = await _connect(pg_target)
+    other = await _connect(pg_target)
+    try:
+        # Two components starting at once on an empty schema.
+        await asyncio.gather(
+            readmodel.prepare(conn, pg_target.schema), readmodel.prepare(other, pg_target.schema)
+        )
+        assert await present_indexes(conn, pg_target.schema) == expected_indexes()
+
+        # A table from before the indexes existed gets them on the next start.
+        await conn.execute(f'DROP INDEX "{pg_target.schema}".rm_vm_by_host_id')
+        await conn.execute(f'DROP INDEX "{pg_target.schema}".rm_vm_by_created')
+        await readmodel.prepare(conn, pg_target.schema)
+        await readmodel.prepare(conn, pg_target.schema)
+        assert await present_indexes(conn, pg_target.schema) == expected_indexes()
+    finally:
+        await conn.close()
+        await other.close()
+
+
+def store_vms(store: EventStore, count: int) -> list[VirtualMachine]:
+    """VMs over 40 hosts, 4 accounts and 2 templates, half of them Running."""
+    zone = uuid.uuid4()
+    hosts = [uuid.uuid4() for _ in range(40)]
+    templates = [uuid.uuid4() for _ in range(2)]
+    vms: list[VirtualMachine] = []
+    pending: list[Any] = []
+    for n in range(count):
+        vm = VirtualMachine.create(f"acct-{n % 4}", f"vm{n}", zone, templates[n % 2], SPEC)
+        vm.place(hosts[n % len(hosts)], uuid.uuid4())
+        if n % 2:
+            vm.start_requested(hosts[n % len(hosts)])
+            vm.mark_running()
+        pending.extend(vm.collect_events())
+        vms.append(vm)
+        if len(pending) >= 500:
+            store.append(pending)
+            pending = []
+    if pending:
+        store.append(pending)
+    return vms
+
+
+class Captured:
+    """Stands in for the API's pool: keeps the SQL fetch_page would send."""
+
+    sql = ""
+    args: tuple[object, ...] = ()
+
+    async def fetch(self, sql: str, *args: object) -> list[Any]:
+        self.sql, self.args = sql, args
+        return []
+
+
+async def plan_of(
+    conn: asyncpg.Connection,
+    schema: str,
+    filters: list[tuple[str, object]],
+    after: Cursor | None = None,
+) -> dict[str, Any]:
+    resource = BY_TYPE["vm"]
+    by_name = {f.name: f for f in resource.filters}
+    chosen = [(by_name.get(name, Filter(name, "text", name)), v) for name, v in filters]
+    captured = Captured()
+    await fetch_page(captured, schema, resource, chosen, after=after, limit=50)  # type: ignore[arg-type]
+    text = await conn.fetchval(f"EXPLAIN (FORMAT JSON) {captured.sql}", *captured.args)
+    plan: dict[str, Any] = json.loads(text)[0]["Plan"]
+    return plan
+
+
+def nodes(plan: dict[str, Any]) -> list[dict[str, Any]]:
+    found = [plan]
+    for child in plan.get("Plans", []):
+        found.extend(nodes(child))
+    return found
+
+
+async def test_rebuild_builds_indexes_the_list_queries_use(
+    pg_target: DatabaseTarget, store: EventStore
+):
+    vms = store_vms(store, 4_000)
+    conn = await _connect(pg_target)
+    try:
+        schema = pg_target.schema
+        await readmodel.prepare(conn, schema)  # live tables with their indexes
+        await Rebuild(pg_target, processes=1).run()
+        # Under the live names, no shadow left; a second rebuild swaps again.
+        assert await present_indexes(conn, schema) == expected_indexes()
+        await Rebuild(pg_target, processes=1).run()
+        assert await present_indexes(conn, schema) == expected_indexes()
+        await readmodel.prepare(conn, schema)  # finds everything in place
+        assert await present_indexes(conn, schema) == expected_indexes()
+        assert await conn.fetchval(f'SELECT count(*) FROM "{schema}".rm_vm') == 4_000
+
+        middle = sorted(vms, key=lambda v: (v.created_on, v.id))[2_000]
+        after = Cursor(middle.created_on, middle.id, "")
+        host = vms[7].host_id
+        # (filters, cursor, index expected or None for any, read in index order)
+        cases: list[tuple[list[tuple[str, object]], Cursor | None, str | None, bool]] = [
+            ([], None, "rm_vm_by_created", True),
+            ([], after, "rm_vm_by_created", True),
+            ([("account", "acct-1")], after, "rm_vm_by_account", True),
+            ([("state", "Running"), ("account", "acct-1")], after, None, True),
+            ([("template_id", vms[1].template_id)], after, None, True),
+            # 100 rows match: fetching them all and sorting is as good.
+            ([("host_id", host)], None, "rm_vm_by_host_id", False),
+            ([("host_id", host)], after, "rm_vm_by_host_id", False),
+            ([("zone_id", vms[0].zone_id), ("host_id", host)], None, "rm_vm_by_host_id", False),
+            ([("name", "vm77")], None, "rm_vm_by_name", False),
+        ]
+        for filters, cursor, expected, ordered in cases:
+            plan = await plan_of(conn, schema, filters, cursor)
+            kinds = [n["Node Type"] for n in nodes(plan)]
+            used = {n["Index Name"] for n in nodes(plan) if "Index Name" in n}
+            assert "Seq Scan" not in kinds and used, (filters, kinds)
+            if expected is not None:
+                assert used == {expected}, (filters, used)
+            if ordered:
+                # The page is read in keyset order straight off the index.
+                assert "Sort" not in kinds, (filters, kinds)
+    finally:
+        await conn.close()
