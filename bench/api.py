@@ -3,24 +3,31 @@
 
 Setup, all started here: an embedded PostgreSQL in a temporary directory;
 the event store and command service; a fabric through the command service
-(1 zone, pod and cluster, 100 hosts, a pool, a Ready template in each of 5
-templates, one network per account); then 100,000 VMs in 20 accounts. The
-VMs are real domain events, made by the aggregate's own methods
-(VirtualMachine.create, place, start_requested, mark_running,
-stop_requested, mark_stopped: what the commands record) and appended to the
-log 1,000 events per transaction, skipping only the command handlers'
-cross-checks (host capacity is not reserved for them). rm_vm is then filled
-by the projection rebuild (projections.replay.Rebuild, what `cloud-engine
-replay all` runs), so every row is the domain's fold of its events. 5,000
-VMs per account, 1,000 per host; 70 % Running, 25 % Stopped, 5 % Starting.
+(1 zone, pod and cluster, 100 hosts, a pool, 5 Ready templates, one network
+per account); then 100,000 VMs in 20 accounts. The VMs are real domain
+events, made by the aggregate's own methods (VirtualMachine.create, place,
+start_requested, mark_running, stop_requested, mark_stopped: what the
+commands record) and appended to the log 1,000 events per transaction,
+skipping only the command handlers' cross-checks (host capacity is not
+reserved for them): 40-60 s here, where the ~440,000 equivalent commands
+at the ~4,000 commands/s bench/commands.py measures would take ~2 min.
+rm_vm is then filled by the projection rebuild (projections.replay.Rebuild,
+what `cloud-engine replay all` runs), so every row is the domain's fold of
+its events. 5,000 VMs per account, ~1,000 per host; 70 % Running, 25 %
+Stopped, 5 % Starting. Then VACUUM ANALYZE and a CHECKPOINT, which
+autovacuum and the checkpointer would do on their own some time after such
+a load, so they do not land in a timed phase.
 
 The server is the API as `cloud-engine api` runs it: create_app on the same
 command service and store, served by ApiServer (uvicorn; HTTP/1.1 by h11,
 the parser installed here), access log on (JSON lines at info level, into a
 file). The clients run in a separate process: raw HTTP/1.1 over asyncio
-streams on loopback, one keep-alive connection per client, user tokens (one
-per account); latency is from writing the request to reading the whole
-response body.
+streams on loopback, one keep-alive connection per client (reopened, inside
+the timed request, when idle longer than uvicorn's 5 s keep-alive), user
+tokens (one per account); latency is from writing the request to reading
+the whole response body. Neither process keeps the 100,000 VM refs in its
+cyclic GC's way while timing (see GcPauses and read_phases); the server
+reports its own full collections.
 
 Timed, in this order:
 
@@ -30,36 +37,39 @@ Timed, in this order:
    (Little's law): this measures the server's capacity.
 2. accept, paced: 200 clients, each sending deploys at exponential
    (Poisson) intervals, together --rate per second, for --seconds.
-3. GET /v1/vms/{id}: --read-clients clients back to back, each a random VM
-   of its account (5,000 candidates).
-4. GET /v1/vms, 50 rows, three filtered kinds: a user's VMs with
-   state=Running (70 % of 5,000), an admin's host_id=<host> (1,000 rows:
-   a filter on the JSON data), an admin's zone_id=<zone>&state=Stopped
-   (25,000 rows); a quarter of them first pages, the rest continue from a
-   random VM's (created_on, id) cursor, i.e. a deep page.
+3. for each concurrency in --read-clients (default 1 and 8), clients back
+   to back: GET /v1/vms/{id} of a random VM of the client's account, then
+   GET /v1/vms, 50 rows, three filtered kinds: a user's VMs with
+   state=Running (~3,500 of the account's 5,000), an admin's host_id=<host>
+   (~1,000 rows: a filter on the JSON data), an admin's
+   zone_id=<zone>&state=Stopped (~25,000 rows); a quarter of them first
+   pages, the rest continuing from a random VM's (created_on, id) cursor,
+   i.e. deep pages.
 
 Baselines in the same run: for accept, CommandService.execute_async of the
 same DeployVm (with an idempotency key) from 200 concurrent asyncio tasks in
 the server's process, closed loop and paced the same way (no HTTP, JSON,
 auth or reference checks); for reads, the SQL the API sends (captured from
-api.queries), through asyncpg from the client process at the same
-concurrency (no HTTP, no JSON).
+api.queries), through asyncpg from the client process with the same picks
+at the same concurrency (no HTTP, no JSON).
 
-A psycopg 3.3.9 defect (its C and Python pipeline loops alike) can hang
-the command writer for good under this load: when the last pipelined
-command is queued while the socket's send buffer is full, the loop stops
-flushing and waits for results the server cannot send, since it never got
-the Sync (the server sits in ClientRead inside the transaction; seen here
-in 2 of 2 runs with 5,000 VMs preloaded). By default this script replaces
-that loop with one that keeps flushing until the output is sent, and says
-how often that mattered; --no-pipeline-fix runs psycopg as released (a hang
-then shows as a 503 after 30 s, or a timeout of the baseline).
+A psycopg 3.3.9 defect can hang the command writer for good under this
+load: when the last pipelined command is queued while the socket's send
+buffer is full, its pipeline loop stops flushing and waits for results the
+server cannot send, since it never got the Sync (the server sits in
+ClientRead inside the transaction; seen here in 3 of 3 runs of 200
+concurrent deploys without the fix). By default this script replaces that
+loop with one that keeps flushing until the output is sent, and says how
+often that mattered; --no-pipeline-fix runs psycopg as released (a hang
+then shows as a 503 after 30 s, or as the baseline's 300 s timeout).
 
-    python bench/api.py [--vms 100000] [--clients 200] [--rate 400]
-                        [--seconds 10] [--read-clients 8] [--reads 4000]
+    python bench/api.py [--vms 100000] [--clients 200] [--per-client 10]
+                        [--rate 100] [--seconds 10] [--read-clients 1,8]
+                        [--reads 2000]
 
 Last line: accept_p99_ms=<closed loop p99> get_p99_ms=<n>
-list_p99_ms=<the worst list kind's p99>
+list_p99_ms=<the worst list kind's p99>, the reads at the highest
+--read-clients.
 """
 
 from __future__ import annotations
