@@ -320,7 +320,7 @@ class Executor:
         """The template's base image in the pool (copied there on first use),
         which the volume backs onto."""
         # Work items run concurrently: the base image is made once per pool.
-        with _base_lock(storage.hv.uri, pool, source.template.id):
+        with _shared(storage.hv.uri, "base", pool, str(source.template.id)):
             return self._base_image_locked(storage, pool, source, volume)
 
     def _base_image_locked(
@@ -378,10 +378,6 @@ _locks_guard = threading.Lock()
 def _shared(*key: str) -> threading.Lock:
     with _locks_guard:
         return _locks.setdefault(key, threading.Lock())
-
-
-def _base_lock(uri: str, pool: str, template_id: UUID) -> threading.Lock:
-    return _shared(uri, "base", pool, str(template_id))
 
 
 def first_enabled(hosts: Sequence[HostView]) -> HostView | None:

@@ -4,13 +4,15 @@ It consumes the operation, vm, volume and snapshot topics through the
 consumer base. An operation's own Created event, every event whose
 correlation id is an operation's id (the engine sends each step's command
 with that correlation id, the effectors copy it into their results, the
-recorder into the events it records), and any other event of a resource whose
-guard an operation holds (work a client's command asked for carries the
-client's correlation id) make it drive that operation: plan and place it
-when it waits for a host, else advance it. Both are commands idempotent against the
-operation's recorded state, so a redelivered event, a second engine on the
-same partitions after a rebalance, or the sweep doing the same a moment
-later changes nothing twice.
+recorder into the events it records), and an effector result recorded on a
+resource whose guard an operation holds (work a client's command asked for
+carries the client's correlation id) make it drive that operation: plan and
+place it when it waits for a host, else advance it. The events of the
+engine's own steps are not triggers: each step did all its state called
+for. Placing and advancing are commands idempotent against the operation's
+recorded state, so a redelivered event, a second engine on the same
+partitions after a rebalance, or the sweep doing the same a moment later
+changes nothing twice.
 
 The sweep (at start and every few seconds) drives every unfinished
 operation from the read model: an engine killed at any point resumes or
@@ -155,7 +157,9 @@ class OperationManager:
                     self._known.popitem(last=False)
             if known:
                 return candidate
-        if parts[2] not in ("vm", "volume", "snapshot"):
+        # Only effector results need the guard to find their operation: a
+        # client's events come with the operation's own Created event.
+        if parts[2] not in ("vm", "volume", "snapshot") or not event.actor.startswith("effector:"):
             return None
         held = await asyncio.to_thread(self.store.load, guard_id(event.aggregate_id))
         return held.operation_id if isinstance(held, ResourceGuard) else None

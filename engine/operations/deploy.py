@@ -245,19 +245,31 @@ def release_volume(uow: UnitOfWork, volume: Volume, vm: VirtualMachine) -> None:
         vm.disk_detached(volume.id)
     if volume.state in ("Allocated", "Ready", "Error"):
         volume.destroy()
-    if volume.state == "Destroyed" and volume.pool_id is not None:
-        pool = uow.get(StoragePool, volume.pool_id)
-        if volume.id in pool.reservations:
-            pool.release(volume.id)
+    if volume.state == "Destroyed":
+        release_space(uow, volume)
+
+
+def release_space(uow: UnitOfWork, volume: Volume) -> None:
+    """The volume's pool space given back, if it still holds it."""
+    if volume.pool_id is None:
+        return
+    pool = uow.get(StoragePool, volume.pool_id)
+    if volume.id in pool.reservations:
+        pool.release(volume.id)
 
 
 def release_host(uow: UnitOfWork, vm: VirtualMachine) -> None:
     for host_id in {vm.host_id, vm.last_host_id}:
-        if host_id is None:
-            continue
-        host = uow.get(Host, host_id)
-        if vm.id in host.reservations:
-            host.release(vm.id)
+        release_on(uow, host_id, vm)
+
+
+def release_on(uow: UnitOfWork, host_id: UUID | None, vm: VirtualMachine) -> None:
+    """The VM's capacity on that host given back, if it still holds it."""
+    if host_id is None:
+        return
+    host = uow.get(Host, host_id)
+    if vm.id in host.reservations:
+        host.release(vm.id)
 
 
 def release_network(uow: UnitOfWork, op_id: UUID, vm: VirtualMachine) -> None:

@@ -143,25 +143,17 @@ def _advance_migration(uow: UnitOfWork, op: Operation, vm: VirtualMachine) -> No
         return
     source, target = op.params.source_host_id, op.chosen_host_id
     if vm.host_id == target and target is not None:
-        _release_on(uow, source, vm)
+        deploy.release_on(uow, source, vm)
         _done(uow, op, "migrate")
         return
     # It failed (still on the source) or the VM left Running meanwhile: the
     # target's reservation goes back, the group sees it where it is.
-    _release_on(uow, target, vm)
+    deploy.release_on(uow, target, vm)
     if vm.affinity_group is not None and vm.host_id is not None:
         group = uow.find(affinity.AffinityGroup, affinity.group_id(vm.account, vm.affinity_group))
         if group is not None:
             group.restore(vm.id, vm.host_id)
     _failed(uow, op, vm.last_error or f"vm {vm.id} is {vm.state}, not migrated")
-
-
-def _release_on(uow: UnitOfWork, host_id: UUID | None, vm: VirtualMachine) -> None:
-    if host_id is None:
-        return
-    host = uow.get(Host, host_id)
-    if vm.id in host.reservations:
-        host.release(vm.id)
 
 
 def fail(uow: UnitOfWork, op: Operation, reason: str, *, timed_out: bool = False) -> None:

@@ -23,12 +23,10 @@ defined with every attached volume.
 
 from __future__ import annotations
 
-from uuid import UUID
-
 from engine.aggregate import require
 from engine.errors import Conflict, NotFound, Validation
 from engine.fabric.storage_pool import StoragePool
-from engine.operations import guard
+from engine.operations import deploy, guard
 from engine.operations.operation import Operation
 from engine.unit_of_work import UnitOfWork
 from engine.virtual.snapshot import REVERTIBLE, Snapshot, SnapshotKind
@@ -141,7 +139,7 @@ def advance(uow: UnitOfWork, op: Operation) -> None:
     kind, step = op.kind, op.current_step
     if kind == "volume.attach" and step == "create":
         if volume.state == "Error":
-            _give_back_space(uow, volume)
+            deploy.release_space(uow, volume)
             _compensated(uow, op, volume.last_error or "the volume could not be created")
         elif volume.state == "Ready":
             op.complete_step("create")
@@ -202,14 +200,6 @@ def fail(uow: UnitOfWork, op: Operation, reason: str, *, timed_out: bool = False
     _failed(uow, op, reason)
 
 
-def _give_back_space(uow: UnitOfWork, volume: Volume) -> None:
-    if volume.pool_id is None:
-        return
-    pool = uow.get(StoragePool, volume.pool_id)
-    if volume.id in pool.reservations:
-        pool.release(volume.id)
-
-
 def _release_guards(uow: UnitOfWork, op: Operation) -> None:
     guard.release(uow, op.resource_id, op.id)
     for other in (op.params.vm_id, op.params.target_id):
@@ -233,8 +223,3 @@ def _compensated(uow: UnitOfWork, op: Operation, reason: str) -> None:
     op.fail(reason, compensate=True)
     op.compensated()
     _release_guards(uow, op)
-
-
-def touched_vm(volume: Volume, vm_id: UUID | None) -> UUID | None:
-    """The VM an operation on volume touches: the one named, else its own."""
-    return vm_id if vm_id is not None else volume.vm_id

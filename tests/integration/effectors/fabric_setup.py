@@ -5,16 +5,20 @@ loopback HTTP (Registered: the effector fetches it when asked)."""
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from pathlib import Path
 
+from effector_pipeline import Pipeline, wait_for
 from template_server import Served, make_template_image
 
+from effectors.naming import Names
 from engine.commands.fabric import CreateCluster, CreatePod, CreateZone, RegisterHost
 from engine.commands.network import CreateNetwork
-from engine.commands.storage import RegisterTemplate
+from engine.commands.storage import RegisterTemplate, RequestTemplateDownload
 from engine.commands.storage_fabric import CreateImageStore, CreateStoragePool
 from engine.service import CommandService
+from engine.store import EventStore
 
 GiB = 1024**3
 
@@ -91,3 +95,29 @@ class Fabric:
             ).aggregate_id
             for i in range(2)
         ]
+
+
+async def orchestrated_fabric(
+    pipeline: Pipeline,
+    service: CommandService,
+    store: EventStore,
+    uri: str,
+    tmp: Path,
+    served: Served,
+    names: Names,
+    **fabric: int,
+) -> Fabric:
+    """The whole in-process pipeline (relay, projections, recorder, operation
+    manager, effector) on a Fabric whose template is downloaded and Ready."""
+    pipeline.start_engine_side()
+    pipeline.start_recorder(service)
+    pipeline.start_manager(service, store)
+    pipeline.start_effector(names)
+    made = await asyncio.to_thread(Fabric, service, uri, tmp, served, **fabric)
+    await service.execute_async(RequestTemplateDownload(template_id=made.template))
+    await wait_for(
+        "template Ready",
+        lambda: getattr(store.load(made.template), "state", "") == "Ready",
+        pipeline,
+    )
+    return made

@@ -12,11 +12,10 @@ import uuid
 
 import pytest
 from effector_pipeline import Pipeline, domains_with_uuid, is_running, wait_for
-from fabric_setup import Fabric
+from fabric_setup import orchestrated_fabric
 
 from effectors.naming import Names
 from engine.commands.operations import DeployVm, VmOperation
-from engine.commands.storage import RequestTemplateDownload
 from engine.errors import Conflict
 from engine.fabric.host import Host
 from engine.fabric.storage_pool import StoragePool
@@ -56,14 +55,10 @@ async def test_deploy_lifecycle_affinity_and_refusals(
 ):  # fmt: skip
     pipeline = Pipeline(pg_target, broker, topic_prefix)
     try:
-        pipeline.start_engine_side()
-        pipeline.start_recorder(service)
-        pipeline.start_manager(service, store)
-        pipeline.start_effector(Names(prefix=name_prefix))
-        fabric = await asyncio.to_thread(
-            Fabric, service, libvirt_uri, tmp_path, served, hosts=2, cpu_cores=4, ram_mb=1024
-        )
-        await service.execute_async(RequestTemplateDownload(template_id=fabric.template))
+        fabric = await orchestrated_fabric(
+            pipeline, service, store, libvirt_uri, tmp_path, served, Names(prefix=name_prefix),
+            hosts=2, cpu_cores=4, ram_mb=1024,
+        )  # fmt: skip
 
         def deploy(name: str, **extra) -> DeployVm:
             values = {
@@ -75,12 +70,6 @@ async def test_deploy_lifecycle_affinity_and_refusals(
                 "network_ids": tuple(fabric.networks),
             }
             return DeployVm(**{**values, **extra})
-
-        await wait_for(
-            "template Ready",
-            lambda: getattr(store.load(fabric.template), "state", "") == "Ready",
-            pipeline,
-        )
 
         # Two VMs of one strict anti-affinity group, concurrently.
         results = await asyncio.gather(

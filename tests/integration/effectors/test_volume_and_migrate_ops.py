@@ -7,18 +7,17 @@ detached; a volume operation on the running VM is refused."""
 
 from __future__ import annotations
 
-import asyncio
 import json
 import subprocess
 import uuid
 
 import pytest
 from effector_pipeline import Pipeline, domains_with_uuid, is_running, wait_for
-from fabric_setup import Fabric
+from fabric_setup import orchestrated_fabric
 
 from effectors.naming import Names
 from engine.commands.operations import DeployVm, VmOperation, VolumeOperation
-from engine.commands.storage import CreateVolume, RequestTemplateDownload
+from engine.commands.storage import CreateVolume
 from engine.errors import Conflict
 from engine.fabric.host import Host
 from engine.fabric.storage_pool import StoragePool
@@ -64,19 +63,10 @@ async def test_volume_operations_and_migration(
 ):  # fmt: skip
     pipeline = Pipeline(pg_target, broker, topic_prefix)
     try:
-        pipeline.start_engine_side()
-        pipeline.start_recorder(service)
-        pipeline.start_manager(service, store)
-        pipeline.start_effector(Names(prefix=name_prefix))
-        fabric = await asyncio.to_thread(
-            Fabric, service, libvirt_uri, tmp_path, served, hosts=2, cpu_cores=4, ram_mb=1024
-        )
-        await service.execute_async(RequestTemplateDownload(template_id=fabric.template))
-        await wait_for(
-            "template Ready",
-            lambda: getattr(store.load(fabric.template), "state", "") == "Ready",
-            pipeline,
-        )
+        fabric = await orchestrated_fabric(
+            pipeline, service, store, libvirt_uri, tmp_path, served, Names(prefix=name_prefix),
+            hosts=2, cpu_cores=4, ram_mb=1024,
+        )  # fmt: skip
         deployed = await service.execute_async(
             DeployVm(
                 account="acme",
