@@ -53,15 +53,8 @@ auth or reference checks); for reads, the SQL the API sends (captured from
 api.queries), through asyncpg from the client process with the same picks
 at the same concurrency (no HTTP, no JSON).
 
-A psycopg 3.3.9 defect can hang the command writer for good under this
-load: when the last pipelined command is queued while the socket's send
-buffer is full, its pipeline loop stops flushing and waits for results the
-server cannot send, since it never got the Sync (the server sits in
-ClientRead inside the transaction; seen here in 3 of 3 runs of 200
-concurrent deploys without the fix). By default this script replaces that
-loop with one that keeps flushing until the output is sent, and says how
-often that mattered; --no-pipeline-fix runs psycopg as released (a hang
-then shows as a 503 after 30 s, or as the baseline's 300 s timeout).
+The command writer does not use psycopg's pipeline mode (engine/store.py
+says why): under this load psycopg 3.3.9's pipeline loop hung it for good.
 
     python bench/api.py [--vms 100000] [--clients 200] [--per-client 10]
                         [--rate 100] [--seconds 10] [--read-clients 1,8]
@@ -137,55 +130,6 @@ SPEC = VmSpec(cpus=1, ram_mb=512, root_disk_gb=10)
 DEPLOY_SPEC = {"cpus": 1, "ram_mb": 512, "root_disk_gb": 10}
 SAMPLE_PER_ACCOUNT = 5_000  # VMs per account the readers pick from
 WARM_UP = 2  # untimed requests per client before each timed phase
-
-
-# psycopg pipeline workaround ----------------------------------------------------
-
-PIPELINE_FIX = {"unflushed_at_end": 0}  # times the released loop would have stopped
-
-
-def fix_pipeline_flush() -> None:
-    """psycopg's pipeline_communicate, except that it returns only once the
-    libpq output buffer is empty (see the module docstring)."""
-    import psycopg._pipeline_base as pipeline_base
-    from psycopg import generators
-    from psycopg.pq import ExecStatus
-    from psycopg.waiting import Ready, Wait
-
-    sync_status = ExecStatus.PIPELINE_SYNC
-
-    def pipeline_communicate(pgconn: Any, commands: Any) -> Any:
-        results: list[list[Any]] = []
-        while True:
-            ready = yield Wait.RW
-            if not ready:
-                continue
-            if ready & Ready.R:
-                pgconn.consume_input()
-                generators._consume_notifies(pgconn)
-                res: list[Any] = []
-                while not pgconn.is_busy():
-                    r = pgconn.get_result()
-                    if r is None:
-                        if not res:
-                            break
-                        results.append(res)
-                        res = []
-                    elif r.status == sync_status:
-                        results.append([r])
-                    else:
-                        res.append(r)
-            if ready & Ready.W:
-                unsent = pgconn.flush()
-                if not commands:
-                    if unsent == 0:
-                        break
-                    PIPELINE_FIX["unflushed_at_end"] += 1
-                    continue
-                commands.popleft()()
-        return results
-
-    setattr(pipeline_base, "pipeline_communicate", pipeline_communicate)  # noqa: B010
 
 
 # Setup -------------------------------------------------------------------------
@@ -949,12 +893,7 @@ def main() -> None:
     )
     parser.add_argument("--reads", type=int, default=2_000, help="per read kind and level")
     parser.add_argument("--seed", type=int, default=1)
-    parser.add_argument(
-        "--no-pipeline-fix", action="store_true", help="psycopg's pipeline loop as released"
-    )
     args = parser.parse_args()
-    if not args.no_pipeline_fix:
-        fix_pipeline_flush()
     started = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="cloud-engine-bench-") as tmp:
         # As deployed: JSON lines at info (an access line per request), here
@@ -972,11 +911,6 @@ def main() -> None:
             pg.stop()
             log_file.close()
     accept, get, listing = report(results, args.read_clients)
-    if not args.no_pipeline_fix:
-        print(
-            "psycopg pipeline workaround: the released loop would have stopped with"
-            f" unsent output {PIPELINE_FIX['unflushed_at_end']} times (each a possible hang)"
-        )
     print(f"total {time.perf_counter() - started:.0f} s")
     print(f"accept_p99_ms={accept:.1f} get_p99_ms={get:.1f} list_p99_ms={listing:.1f}")
 

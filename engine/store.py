@@ -15,9 +15,19 @@ from uuid import UUID
 import msgspec
 from eventsourcing.application import Application
 from eventsourcing.domain import DomainEventProtocol
-from eventsourcing.persistence import IntegrityError, Mapper, StoredEvent
-from eventsourcing.postgres import PostgresApplicationRecorder, PostgresDatastore
-from eventsourcing.utils import get_topic
+from eventsourcing.persistence import (
+    IntegrityError,
+    InterfaceError,
+    Mapper,
+    OperationalError,
+    StoredEvent,
+)
+from eventsourcing.postgres import (
+    PostgresAggregateRecorder,
+    PostgresApplicationRecorder,
+    PostgresDatastore,
+)
+from eventsourcing.utils import get_topic, retry
 from psycopg import Cursor
 from psycopg.rows import DictRow
 from psycopg.sql import SQL, Identifier
@@ -27,9 +37,8 @@ from engine.aggregate import Aggregate
 from engine.database import DatabaseTarget
 from engine.mapper import MsgspecMapper
 
-# The library's recorder sends all events of a transaction as one array
-# parameter in psycopg pipeline mode; around a megabyte (~4,000 small events)
-# that exchange deadlocks on this stack, so transactions stay well below it.
+# Bounds how long one transaction holds the events table's write lock (every
+# other writer waits on it) and how much one failed batch has to redo.
 MAX_EVENTS_PER_TRANSACTION = 2000
 
 
@@ -61,12 +70,20 @@ class CloudEngineRecorder(PostgresApplicationRecorder):
         )
         self._insert_key = SQL(
             "INSERT INTO {schema}.{table} (scope, key, command_hash, result)"
-            " VALUES (%s, %s, %s, %s)"
+            " SELECT * FROM unnest(%s::text[], %s::text[], %s::bytea[], %s::bytea[])"
         ).format(schema=schema, table=table)
         self._select_keys = SQL(
             "SELECT scope, key, command_hash, result FROM {schema}.{table}"
             " WHERE (scope, key) IN (SELECT * FROM unnest(%s::text[], %s::text[]))"
         ).format(schema=schema, table=table)
+        # The library's lock statements and NOTIFY in one round trip (no
+        # parameters, so psycopg sends them as one simple query).
+        self._lock_and_notify = SQL("; ").join(
+            [
+                *self.lock_table_statements,
+                SQL("NOTIFY {0}").format(Identifier(self.channel_name)),
+            ]
+        )
         # Aggregates a transaction read but did not write whose version moved
         # since: another process changed what a decision was based on.
         self._stale_reads = SQL(
@@ -78,6 +95,30 @@ class CloudEngineRecorder(PostgresApplicationRecorder):
             "SELECT originator_id, originator_version, topic, state FROM {schema}.{table}"
             " WHERE originator_id = ANY(%s) ORDER BY originator_id, originator_version"
         ).format(schema=schema, table=Identifier(events_table_name))
+
+    @retry((InterfaceError, OperationalError), max_attempts=10, wait=0.2)
+    def insert_events(
+        self, stored_events: Sequence[StoredEvent], **kwargs: Any
+    ) -> Sequence[int] | None:
+        """The library's insert, minus psycopg's pipeline mode.
+
+        psycopg 3.3's pipeline loop stops flushing when its last command is
+        queued while the socket's send buffer is full, then waits for results
+        the server cannot send (it never got the Sync): the writer hangs for
+        good, holding the events table's lock. Large transactions and bursts
+        of concurrent commands both trigger it. Plain statements cost a few
+        loopback round trips more and cannot hang that way.
+        """
+        with (
+            self.datastore.get_connection() as conn,
+            conn.transaction(),
+            conn.cursor() as curs,
+        ):
+            self._insert_events(curs, stored_events, **kwargs)
+            if not stored_events:
+                return []
+            self._insert_stored_events(curs, stored_events, **kwargs)
+            return self._fetch_ids_after_insert_events(curs, stored_events, **kwargs)
 
     def _insert_events(
         self,
@@ -99,13 +140,13 @@ class CloudEngineRecorder(PostgresApplicationRecorder):
         stored_events: Sequence[StoredEvent],
         **kwargs: Any,
     ) -> None:
-        reads: Sequence[tuple[UUID, int]] = kwargs.get("reads") or ()
-        if reads:
-            # Under the table lock every writer that came first has
-            # committed and none can come between this check and the insert.
-            self._lock_table(curs)
-            self._check_reads(curs, reads)
-        super()._insert_stored_events(curs, stored_events, **kwargs)
+        # Under the table lock every writer that came first has committed and
+        # none can come between the read check and the insert.
+        curs.execute(self._lock_and_notify)
+        self._check_reads(curs, kwargs.get("reads") or ())
+        # The aggregate recorder's plain INSERT: the application recorder's
+        # own override would take the lock and notify a second time.
+        PostgresAggregateRecorder._insert_stored_events(self, curs, stored_events, **kwargs)
 
     def _check_reads(self, curs: Cursor[DictRow], reads: Sequence[tuple[UUID, int]]) -> None:
         if not reads:
@@ -131,9 +172,15 @@ class CloudEngineRecorder(PostgresApplicationRecorder):
         self, curs: Cursor[DictRow], records: Sequence[IdempotencyRecord]
     ) -> None:
         if records:
-            curs.executemany(
+            # One statement: psycopg's executemany runs in pipeline mode.
+            curs.execute(
                 self._insert_key,
-                [(r.scope, r.key, r.command_hash, r.result) for r in records],
+                (
+                    [r.scope for r in records],
+                    [r.key for r in records],
+                    [r.command_hash for r in records],
+                    [r.result for r in records],
+                ),
             )
 
     def select_idempotency(self, keys: Sequence[tuple[str, str]]) -> list[IdempotencyRecord]:

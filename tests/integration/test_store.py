@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import threading
 import uuid
 
+import psycopg
 import pytest
 from eventsourcing.persistence import IntegrityError, StoredEvent
 
 from engine.fabric.zone import Zone
 from engine.metadata import EventMeta, bound_meta
-from engine.store import EventStore
+from engine.store import MAX_EVENTS_PER_TRANSACTION, EventStore
 
 pytestmark = pytest.mark.postgres
 
@@ -88,3 +90,51 @@ def test_stored_v1_event_is_upcast_on_read(store: EventStore):
     created = Zone.create("new-zone", network_type="Basic")
     store.append(created.collect_events())
     assert b'"class_version":2' in store.recorder.select_events(created.id)[0].state
+
+
+def _append_or_hang(store: EventStore, events: list[StoredEvent], timeout_s: float) -> list[int]:
+    result: list[int] = []
+    done = threading.Event()
+
+    def insert() -> None:
+        result.extend(store.recorder.insert_events(events) or [])
+        done.set()
+
+    threading.Thread(target=insert, daemon=True).start()
+    if not done.wait(timeout_s):
+        # Free the stuck backend, or the schema's teardown would wait on its lock.
+        with psycopg.connect(store.target.conninfo(), autocommit=True) as conn:
+            conn.execute(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+                " WHERE pid <> pg_backend_pid() AND datname = current_database()"
+                " AND state = 'idle in transaction'"
+            )
+        pytest.fail(f"inserting {len(events)} events hung for {timeout_s} s")
+    return result
+
+
+def test_multi_megabyte_transaction_commits_instead_of_hanging(store: EventStore):
+    # psycopg's pipeline mode hung for good on a transaction this size (the
+    # last command queued while the socket's send buffer was full).
+    zone = uuid.uuid4()
+    events = [
+        StoredEvent(originator_id=zone, originator_version=v, topic="t:Big", state=b"x" * 2000)
+        for v in range(1, MAX_EVENTS_PER_TRANSACTION + 1)
+    ]
+    positions = _append_or_hang(store, events, timeout_s=60)
+    assert len(positions) == MAX_EVENTS_PER_TRANSACTION
+    assert positions == sorted(positions) and len(set(positions)) == len(positions)
+    assert store.max_position() == positions[-1]
+
+
+def test_conflict_in_a_large_transaction_stores_none_of_it(store: EventStore):
+    zone = uuid.uuid4()
+    first = [StoredEvent(zone, 1, "t:Big", b"x")]
+    store.recorder.insert_events(first)
+    clash = [StoredEvent(zone, v, "t:Big", b"x" * 2000) for v in range(2, 1500)]
+    clash.append(StoredEvent(zone, 1, "t:Big", b"again"))
+    before = store.max_position()
+    with pytest.raises(IntegrityError):
+        store.recorder.insert_events(clash)
+    assert store.max_position() == before
+    assert [e.originator_version for e in store.recorder.select_events(zone)] == [1]
