@@ -1,0 +1,156 @@
+"""bench/deploy.py's fabric: the VM size and host shape, one zone, pod and
+cluster with a host per libvirt URI, a dir pool, a file image store, and a
+small qcow2 template served over loopback HTTP; the DeployVm each client
+submits."""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import http.server
+import subprocess
+import threading
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import NamedTuple
+from uuid import UUID
+
+from engine.commands.fabric import CreateCluster, CreatePod, CreateZone, RegisterHost
+from engine.commands.operations import DeployVm
+from engine.commands.storage import RegisterTemplate
+from engine.commands.storage_fabric import CreateImageStore, CreateStoragePool
+from engine.service import CommandService
+from engine.virtual.vm import VmSpec
+
+MiB = 1024 * 1024
+GiB = 1024 * MiB
+TEMPLATE_BYTES = 4 * MiB
+VM_SPEC = VmSpec(cpus=1, ram_mb=64, root_disk_gb=1)
+HOST_CORES = 32
+HOST_CPU_OVERCOMMIT = 2.0  # 64 VMs of 1 vCPU per host
+HOST_RAM_MB = 65536
+
+
+class Fabric(NamedTuple):
+    zone: UUID
+    hosts: list[UUID]
+    pool: UUID
+    template: UUID
+
+
+def host_uris(count: int, directory: Path, shared: bool) -> list[str]:
+    if shared:
+        return ["test:///default"] * count
+    directory.mkdir(parents=True, exist_ok=True)
+    uris = []
+    for n in range(count):
+        path = directory / f"host-{n}.xml"
+        path.write_text("<node/>\n")  # no domains, pools or networks to begin with
+        uris.append(f"test://{path}")
+    return uris
+
+
+def create_fabric(
+    service: CommandService, name: str, uris: Sequence[str], tmp: Path, template_url: str
+) -> Fabric:
+    """Zone, pod, cluster, one host per URI, a dir pool, a file image store
+    and a registered template (Ready only once downloaded)."""
+    run = service.execute
+    zone = run(CreateZone(name=name)).aggregate_id
+    pod = run(
+        CreatePod(zone_id=zone, name="p", gateway="10.0.0.1", cidr="10.0.0.0/24")
+    ).aggregate_id
+    cluster = run(CreateCluster(zone_id=zone, pod_id=pod, name="c")).aggregate_id
+    futures = [
+        service.submit(
+            RegisterHost(
+                zone_id=zone,
+                pod_id=pod,
+                cluster_id=cluster,
+                name=f"h{n}",
+                cpu_cores=HOST_CORES,
+                cpu_overcommit=HOST_CPU_OVERCOMMIT,
+                ram_mb=HOST_RAM_MB,
+                libvirt_uri=uri,
+            )
+        )
+        for n, uri in enumerate(uris)
+    ]
+    hosts = [f.result(60).aggregate_id for f in futures]
+    pool = run(
+        CreateStoragePool(
+            zone_id=zone,
+            cluster_id=cluster,
+            name="primary",
+            scope="cluster",
+            capacity_bytes=1 << 50,
+            url=str(tmp / f"{name}-primary"),
+        )
+    ).aggregate_id
+    run(
+        CreateImageStore(
+            zone_id=zone, name="secondary", url=str(tmp / f"{name}-secondary"), protocol="file"
+        )
+    )
+    template = run(
+        RegisterTemplate(
+            name="tiny",
+            zone_id=zone,
+            url=template_url,
+            format="qcow2",
+            size_bytes=TEMPLATE_BYTES,
+            os_type="None",
+            checksum=template_checksum(tmp),
+        )
+    ).aggregate_id
+    return Fabric(zone, hosts, pool, template)
+
+
+def make_template_image(directory: Path) -> Path:
+    directory.mkdir(parents=True, exist_ok=True)
+    path = directory / "tiny.qcow2"
+    subprocess.run(
+        ["qemu-img", "create", "-f", "qcow2", str(path), str(TEMPLATE_BYTES)],
+        check=True,
+        capture_output=True,
+    )
+    return path
+
+
+def template_checksum(tmp: Path) -> str:
+    """The checksum of the image make_template_image(tmp / "www") made."""
+    image = tmp / "www" / "tiny.qcow2"
+    return f"sha256:{hashlib.sha256(image.read_bytes()).hexdigest()}"
+
+
+@contextlib.contextmanager
+def serve(directory: Path) -> Iterator[str]:
+    """directory over HTTP on 127.0.0.1; yields the base URL."""
+
+    class Handler(http.server.SimpleHTTPRequestHandler):
+        def __init__(self, *args: object, **kwargs: object) -> None:
+            super().__init__(*args, directory=str(directory), **kwargs)  # type: ignore[arg-type]
+
+        def log_message(self, format: str, *args: object) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def deploy_command(fabric: Fabric, n: int, vm_id: UUID, strategy: str) -> DeployVm:
+    return DeployVm(
+        account="bench",
+        name=f"vm{n}",
+        zone_id=fabric.zone,
+        template_id=fabric.template,
+        spec=VM_SPEC,
+        strategy=strategy,  # type: ignore[arg-type]
+        vm_id=vm_id,
+    )
