@@ -23,7 +23,7 @@ from api.context import ApiContext
 from api.metrics import ApiMetrics
 from api.middleware import RequestMiddleware
 from api.owners import Owners
-from api.problems import ApiError, unavailable
+from api.problems import UNAVAILABLE, ApiError, unavailable
 from api.reads import events_endpoint, get_endpoint, list_endpoint
 from api.resources import TYPES
 from api.route_table import COMMAND_ROUTES
@@ -35,16 +35,6 @@ from projections import readmodel
 Handler = Callable[[Request], Awaitable[Response]]
 
 log = structlog.get_logger("api.app")
-
-# Errors that mean a dependency is down, not that the request was wrong.
-UNAVAILABLE = (
-    OSError,
-    asyncio.TimeoutError,
-    asyncpg.InterfaceError,
-    asyncpg.PostgresConnectionError,
-    asyncpg.CannotConnectNowError,
-    asyncpg.UndefinedTableError,
-)
 
 
 def http_routes() -> list[Route]:
@@ -117,11 +107,15 @@ async def _unavailable(request: Request, exc: Exception) -> Response:
 
 async def _internal(request: Request, exc: Exception) -> Response:
     # The traceback goes to the log under the request id, never to the client.
-    log.error("unhandled error", error=repr(exc), exc_info=exc)
+    # Starlette runs this handler outside RequestMiddleware (whose log context
+    # is gone by now and whose send adds X-Request-Id), so both are set here.
+    request_id = _request_id(request)
+    log.error("unhandled error", request_id=request_id, error=repr(exc), exc_info=exc)
     error = ApiError(
         500, "internal", "the request failed on the server; its request_id is in the server log"
     )
-    return await _api_error(request, error)
+    headers = {} if request_id is None else {"X-Request-Id": request_id}
+    return problem_response(error.problem(request.url.path, request_id), headers)
 
 
 def create_app(

@@ -18,14 +18,16 @@ from uuid import UUID
 
 import msgspec
 
-from api.problems import ApiError, forbidden, not_found, unauthorized
+from api.problems import forbidden, not_found, unauthorized
 
 Role = Literal["admin", "user"]
 # What an endpoint touches: the fabric (admin only), the catalog (zones and
 # templates: everyone reads, admin writes) or tenant resources (per account).
 Access = Literal["fabric", "catalog", "tenant"]
 
-ACCOUNT_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
+# `(?!\n)`: Python's `$` also matches before a final newline, so without it
+# "alice\n" would pass (JSON Schema's `$` is the true end either way).
+ACCOUNT_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$(?!\n)"
 _ACCOUNT = re.compile(ACCOUNT_PATTERN)
 
 
@@ -99,4 +101,4 @@ def account_for(principal: Principal, requested: str | None) -> str:
 def admin_only_field(principal: Principal, field: str, value: object) -> None:
     """Fields that steer the fabric (a host to deploy on) are for admins."""
     if value is not None and not principal.is_admin:
-        raise ApiError(403, "forbidden", f"only administrators may set {field}", field=field)
+        raise forbidden(f"only administrators may set {field}", field=field)

@@ -6,7 +6,7 @@ from __future__ import annotations
 from typing import Any, TypeVar
 
 import msgspec
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 
 from api.problems import MEDIA_TYPE, ApiError, Problem, bad_request, invalid_body
@@ -17,10 +17,6 @@ MAX_BODY_BYTES = 1 << 20
 T = TypeVar("T")
 
 _encoder = msgspec.json.Encoder()
-
-
-def encode(value: Any) -> bytes:
-    return _encoder.encode(value)
 
 
 def json_response(value: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
@@ -55,11 +51,15 @@ async def read_body(request: Request, limit: int = MAX_BODY_BYTES) -> bytes:
     # Counted while streaming, so a huge body is refused before it is in memory.
     chunks: list[bytes] = []
     size = 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise ApiError(413, "body-too-large", f"request body is larger than {limit} bytes")
-        chunks.append(chunk)
+    try:
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > limit:
+                raise ApiError(413, "body-too-large", f"request body is larger than {limit} bytes")
+            chunks.append(chunk)
+    except ClientDisconnect:
+        # Nobody reads the answer; this keeps it out of the 500s and the error log.
+        raise bad_request("the client closed the connection before the body was sent") from None
     return b"".join(chunks)
 
 

@@ -20,14 +20,13 @@ from typing import Any
 from uuid import UUID
 
 import structlog
-from eventsourcing.persistence import PersistenceError
 from starlette.requests import Request
 from starlette.responses import Response
 
 from api.auth import Principal, require_access
 from api.codec import json_response, read_json
 from api.context import ApiContext, context_of, idempotency_key, principal_of, request_id_of
-from api.problems import from_domain, not_found, unavailable
+from api.problems import UNAVAILABLE, from_domain, not_found, unavailable
 from api.resources import BY_TYPE
 from api.routing import Call, CommandRoute, Ref
 from api.views import CommandAccepted
@@ -79,17 +78,23 @@ async def check_ref(ctx: ApiContext, principal: Principal, ref: Ref) -> None:
     if principal.is_admin:
         return
     described = BY_TYPE.get(owner.type)
-    if described is not None and not described.owned:
-        return  # fabric and catalog resources are shared by every account
-    if described is None or owner.account != principal.account:
+    if described is not None and not described.owned and ref.type is not None:
+        return  # a fabric or catalog resource the route asks for by type: shared
+    # An untyped ref stands for a tenant resource: a user may not point one at
+    # a host (nor learn that the host exists).
+    if described is None or not described.owned or owner.account != principal.account:
         raise missing
 
 
 async def execute(ctx: ApiContext, command: Command, context: CommandContext) -> CommandResult:
+    try:
+        submitted = ctx.service.submit(command, context)
+    except RuntimeError as error:  # the service is closing
+        raise unavailable(str(error)) from None
     # Shielded: cancelling the wait (timeout, client gone) must not cancel the
     # engine's future, which the writer thread resolves after committing.
     try:
-        future = asyncio.wrap_future(ctx.service.submit(command, context))
+        future = asyncio.wrap_future(submitted)
         return await asyncio.wait_for(asyncio.shield(future), ctx.command_timeout)
     except DomainError as error:
         raise from_domain(error) from None
@@ -99,11 +104,11 @@ async def execute(ctx: ApiContext, command: Command, context: CommandContext) ->
             "the command was not answered in time; it may still be recorded: "
             "retry with the same Idempotency-Key"
         ) from None
-    except (PersistenceError, OSError) as error:
+    except UNAVAILABLE as error:
         log.error("event store unreachable", error=str(error))
         raise unavailable("the event store is unreachable") from None
-    except RuntimeError as error:  # the service is closing
-        raise unavailable(str(error)) from None
+    # Anything else is a bug: a 500 with the traceback in the log, not a
+    # 503 that tells the client to retry (nor the error's text).
 
 
 def answer(route: CommandRoute[Any], result: CommandResult) -> CommandAccepted:

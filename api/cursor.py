@@ -12,12 +12,12 @@ from __future__ import annotations
 import base64
 import binascii
 import hashlib
-from datetime import datetime
+from datetime import UTC, datetime
 from uuid import UUID
 
 import msgspec
 
-from api.problems import ApiError, bad_request
+from api.problems import bad_request
 
 
 class Cursor(msgspec.Struct, frozen=True, array_like=True):
@@ -31,8 +31,10 @@ _encoder = msgspec.json.Encoder()
 
 
 def query_digest(parts: list[tuple[str, object]]) -> str:
-    text = "&".join(f"{name}={value}" for name, value in sorted(parts, key=lambda p: p[0]))
-    return hashlib.sha256(text.encode()).hexdigest()[:12]
+    # JSON, not "name=value&...": a value holding "&state=x" must not give
+    # the digest of two filters.
+    pairs = sorted((name, str(value)) for name, value in parts)
+    return hashlib.sha256(_encoder.encode(pairs)).hexdigest()[:12]
 
 
 def encode_cursor(cursor: Cursor) -> str:
@@ -41,18 +43,20 @@ def encode_cursor(cursor: Cursor) -> str:
 
 def decode_cursor(text: str, digest: str) -> Cursor:
     """The cursor a page handed out; 400 (field "cursor") for anything else."""
+    forged = bad_request("cursor is not one this API handed out", field="cursor")
     try:
         raw = base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
         cursor = _decoder.decode(raw)
-    except (binascii.Error, ValueError, msgspec.DecodeError):
-        raise bad_request("cursor is not one this API handed out", field="cursor") from None
-    if cursor.created_on.tzinfo is None:
-        raise bad_request("cursor is not one this API handed out", field="cursor")
+        if cursor.created_on.tzinfo is None:
+            raise forged
+        # In UTC, so an edited offset that leaves datetime's range is a 400
+        # here rather than a database error (a 500) later.
+        created_on = cursor.created_on.astimezone(UTC)
+    except (binascii.Error, ValueError, OverflowError, msgspec.DecodeError):
+        raise forged from None
     if cursor.filters != digest:
-        raise ApiError(
-            400,
-            "bad-request",
+        raise bad_request(
             "cursor belongs to a list with other filters; repeat the filters it was made with",
             field="cursor",
         )
-    return cursor
+    return msgspec.structs.replace(cursor, created_on=created_on)

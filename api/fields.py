@@ -14,8 +14,16 @@ import msgspec
 from api.auth import ACCOUNT_PATTERN
 from engine.virtual.nic import MAX_DEVICE_ID
 
-Name = Annotated[str, msgspec.Meta(min_length=1, max_length=255)]
-Description = Annotated[str, msgspec.Meta(max_length=2000)]
+# PostgreSQL text and jsonb cannot hold U+0000: a string with one would be
+# recorded in the log and then stop every projection that reads its event.
+NO_NUL = r"^[^\x00]*$"
+# Python's `$` also matches before a final newline; `(?!\n)` makes it the
+# true end, as it is in JSON Schema, so "10.0.0.1\n" is refused. [0-9], not
+# \d: in Python \d is any Unicode digit.
+END = r"$(?!\n)"
+
+Name = Annotated[str, msgspec.Meta(min_length=1, max_length=255, pattern=NO_NUL)]
+Description = Annotated[str, msgspec.Meta(max_length=2000, pattern=NO_NUL)]
 Account = Annotated[
     str,
     msgspec.Meta(
@@ -24,17 +32,19 @@ Account = Annotated[
         " used); admins may name any account.",
     ),
 ]
-Url = Annotated[str, msgspec.Meta(min_length=1, max_length=2048)]
-Tag = Annotated[str, msgspec.Meta(min_length=1, max_length=64)]
+Url = Annotated[str, msgspec.Meta(min_length=1, max_length=2048, pattern=NO_NUL)]
+Tag = Annotated[str, msgspec.Meta(min_length=1, max_length=64, pattern=NO_NUL)]
 Tags = Annotated[tuple[Tag, ...], msgspec.Meta(max_length=32)]
 Address = Annotated[
-    str, msgspec.Meta(pattern=r"^\d{1,3}(\.\d{1,3}){3}$", description="an IPv4 address")
+    str, msgspec.Meta(pattern=r"^[0-9]{1,3}(\.[0-9]{1,3}){3}" + END, description="an IPv4 address")
 ]
 Cidr = Annotated[
     str,
-    msgspec.Meta(pattern=r"^\d{1,3}(\.\d{1,3}){3}/\d{1,2}$", description="an IPv4 CIDR block"),
+    msgspec.Meta(
+        pattern=r"^[0-9]{1,3}(\.[0-9]{1,3}){3}/[0-9]{1,2}" + END, description="an IPv4 CIDR block"
+    ),
 ]
-Mac = Annotated[str, msgspec.Meta(pattern=r"^[0-9a-fA-F]{2}(:[0-9a-fA-F]{2}){5}$")]
+Mac = Annotated[str, msgspec.Meta(pattern=r"^[0-9a-fA-F]{2}(:[0-9a-fA-F]{2}){5}" + END)]
 Port = Annotated[int, msgspec.Meta(ge=1, le=65535)]
 Overcommit = Annotated[float, msgspec.Meta(ge=1.0, le=64.0)]
 Bytes = Annotated[int, msgspec.Meta(ge=1, le=1 << 60)]

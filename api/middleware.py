@@ -16,6 +16,9 @@ from api.metrics import ApiMetrics
 
 REQUEST_ID_HEADER = "x-request-id"
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
+# The method is a label too: any token is a valid method, so an unknown one
+# is counted as "other" or every made-up verb would add a series.
+METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
 
 log = structlog.get_logger("api.access")
 
@@ -59,7 +62,8 @@ class RequestMiddleware:
                 route = scope.get("route")
                 # The template, not the path: ids would make a series per resource.
                 template = getattr(route, "path", None) or "unmatched"
-                self.metrics.observe(scope["method"], template, status, elapsed)
+                method = scope["method"] if scope["method"] in METHODS else "other"
+                self.metrics.observe(method, template, status, elapsed)
                 log.info(
                     "request",
                     method=scope["method"],

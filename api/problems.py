@@ -8,9 +8,13 @@ or the rule that failed. Nothing here knows about Starlette.
 
 from __future__ import annotations
 
+import asyncio
 import re
 
+import asyncpg
+import eventsourcing.persistence
 import msgspec
+import psycopg
 
 from engine.errors import Conflict, DomainError, NotFound, Validation
 
@@ -101,6 +105,23 @@ def not_found(detail: str, field: str | None = None) -> ApiError:
 
 def unavailable(detail: str) -> ApiError:
     return ApiError(503, "unavailable", detail, headers={"Retry-After": "1"})
+
+
+# Errors that mean a dependency is down, not that the request was wrong: 503.
+UNAVAILABLE: tuple[type[Exception], ...] = (
+    OSError,
+    asyncio.TimeoutError,
+    asyncpg.InterfaceError,
+    asyncpg.PostgresConnectionError,
+    asyncpg.CannotConnectNowError,
+    asyncpg.UndefinedTableError,
+    # The event store (commands, and reads from the log: a resource not
+    # projected yet, history).
+    eventsourcing.persistence.InterfaceError,
+    eventsourcing.persistence.OperationalError,
+    psycopg.InterfaceError,
+    psycopg.OperationalError,
+)
 
 
 # msgspec -------------------------------------------------------------------

@@ -109,13 +109,6 @@ async def fetch_page(
     return Page(items, last)
 
 
-async def count_by_state(pool: asyncpg.Pool, schema: str, aggregate_type: str) -> dict[str, int]:
-    rows = await pool.fetch(
-        f'SELECT state, count(*) AS n FROM "{schema}".{table_name(aggregate_type)} GROUP BY state'
-    )
-    return {str(r["state"]): int(r["n"]) for r in rows}
-
-
 async def first_physical_network(
     pool: asyncpg.Pool, schema: str, zone_id: UUID, isolation: str
 ) -> UUID | None:

@@ -15,6 +15,7 @@ from uuid import UUID
 import msgspec
 
 from api.auth import Access
+from api.fields import NO_NUL
 
 DEFAULT_LIMIT = 50
 MAX_LIMIT = 500
@@ -99,12 +100,7 @@ TYPES: tuple[ResourceType, ...] = (
                  filters=(_STATE, _ACCOUNT, Filter("kind", "text"), *_data("resource_id"))),
 )  # fmt: skip
 
-BY_COLLECTION: dict[str, ResourceType] = {t.collection: t for t in TYPES}
 BY_TYPE: dict[str, ResourceType] = {t.type: t for t in TYPES}
-
-
-def collection_of(aggregate_type: str) -> str:
-    return BY_TYPE[aggregate_type].collection
 
 
 # Query parameters ----------------------------------------------------------------
@@ -123,7 +119,8 @@ class ListQuery(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields
 def _filter_type(kind: FilterKind) -> Any:
     if kind == "uuid":
         return UUID | None
-    return Annotated[str, msgspec.Meta(min_length=1, max_length=255)] | None
+    # No NUL: PostgreSQL refuses it in a text parameter (a 500, not a 400).
+    return Annotated[str, msgspec.Meta(min_length=1, max_length=255, pattern=NO_NUL)] | None
 
 
 def _query_type(resource: ResourceType) -> type[ListQuery]:

@@ -172,7 +172,8 @@ TENANT_ROUTES: list[CommandRoute[Any]] = [
     create("nic", "createNic", "Add a NIC to a VM", NicCreate,
            lambda c: n.CreateNic(vm_id=c.body.vm_id, network_id=c.body.network_id,
                                  device_id=c.body.device_id, ip_id=c.body.ip_address_id,
-                                 mac=c.body.mac),
+                                 # The contract takes either case; the engine, lower.
+                                 mac=None if c.body.mac is None else c.body.mac.lower()),
            refs=_nic_refs),
     action("nic", "release", "releaseNic", "Release an unplugged NIC", NoBody,
            lambda c: n.ReleaseNic(nic_id=c.id)),

@@ -63,7 +63,9 @@ class ApiServer:
         finally:
             stopping.cancel()
             self.server.should_exit = True
-            await serving
-            self.socket.close()
+            try:
+                await serving
+            finally:
+                self.socket.close()
         if not self.server.started:
             raise RuntimeError("the API did not start (see the log for the lifespan error)")
