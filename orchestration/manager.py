@@ -222,10 +222,8 @@ class OperationManager:
 
     def _overdue(self, op: Operation) -> bool:
         """A step that waits on the effectors for too long. Placing is the
-        engine's own (never overdue); an expunge only the effector can end."""
+        engine's own (never overdue)."""
         if op.status not in ("pending", "running") or op.current_step in (None, "place"):
-            return False
-        if op.kind in lifecycle.NO_DEADLINE:
             return False
         waited = (datetime.now(UTC) - op.waiting_since).total_seconds()
         return waited > self.step_deadline_s

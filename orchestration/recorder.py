@@ -23,6 +23,7 @@ from engine.commands.base import Command, CommandContext
 from engine.commands.compute import (
     CompleteVmMigration,
     FailVm,
+    FailVmExpunge,
     FailVmMigration,
     FailVmReboot,
     MarkVmExpunged,
@@ -67,6 +68,7 @@ _DONE: dict[str, Callable[[UUID], Command]] = {
 _FAILED: dict[str, Callable[[UUID, str], Command]] = {
     "vm.start": lambda i, r: FailVm(vm_id=i, reason=r),
     "vm.stop": lambda i, r: FailVm(vm_id=i, reason=r),
+    "vm.expunge": lambda i, r: FailVmExpunge(vm_id=i, reason=r),
     "vm.reboot": lambda i, r: FailVmReboot(vm_id=i, reason=r),
     "vm.migrate": lambda i, r: FailVmMigration(vm_id=i, reason=r),
     "volume.create": lambda i, r: FailVolume(volume_id=i, reason=r),

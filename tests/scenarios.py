@@ -28,6 +28,7 @@ from engine.commands.compute import (
     CreateVm,
     DestroyVm,
     FailVm,
+    FailVmExpunge,
     FailVmMigration,
     FailVmReboot,
     MarkVmExpunged,
@@ -356,6 +357,8 @@ def run_every_command(do: Callable[[typing.Any], Done]) -> None:
         RequestVmStart(vm_id=vm, host_id=host),
         FailVm(vm_id=vm, reason="qemu crashed"),
         DestroyVm(vm_id=vm),
+        RequestVmExpunge(vm_id=vm),
+        FailVmExpunge(vm_id=vm, reason="domain busy"),
         RequestVmExpunge(vm_id=vm),
         MarkVmExpunged(vm_id=vm),
     ]:

@@ -64,12 +64,17 @@ _POWER_STATES: dict[int, PowerState] = {
 # States in which no QEMU process exists for the domain.
 _INACTIVE: frozenset[PowerState] = frozenset({"absent", "shutoff"})
 
+_UNDEFINE_BASIC_FLAGS = (
+    libvirt.VIR_DOMAIN_UNDEFINE_SNAPSHOTS_METADATA | libvirt.VIR_DOMAIN_UNDEFINE_MANAGED_SAVE
+)
 _UNDEFINE_FLAGS = (
-    libvirt.VIR_DOMAIN_UNDEFINE_SNAPSHOTS_METADATA
+    _UNDEFINE_BASIC_FLAGS
     | libvirt.VIR_DOMAIN_UNDEFINE_CHECKPOINTS_METADATA
-    | libvirt.VIR_DOMAIN_UNDEFINE_MANAGED_SAVE
     | libvirt.VIR_DOMAIN_UNDEFINE_NVRAM
 )
+# A driver without checkpoints or NVRAM (the test driver) refuses those flags
+# as unsupported rather than ignoring them; it has no such metadata to remove.
+_UNSUPPORTED_FLAGS = frozenset({libvirt.VIR_ERR_INVALID_ARG, libvirt.VIR_ERR_NO_SUPPORT})
 
 # libvirt's answer when the domain is already in (or just left) the state asked for.
 _RACE_CODES = frozenset({libvirt.VIR_ERR_OPERATION_INVALID, libvirt.VIR_ERR_NO_DOMAIN})
@@ -230,9 +235,16 @@ class ComputeDriver:
         if not current.exists:
             return Outcome(changed=False, state=current)
         powered_off = current.state not in _INACTIVE and self._power_off(uuid).changed
-        outcome = self._act(
-            "undefine", uuid, lambda d: d.undefineFlags(_UNDEFINE_FLAGS), _is_absent
-        )
+        try:
+            outcome = self._act(
+                "undefine", uuid, lambda d: d.undefineFlags(_UNDEFINE_FLAGS), _is_absent
+            )
+        except HypervisorError as e:
+            if e.code not in _UNSUPPORTED_FLAGS:
+                raise
+            outcome = self._act(
+                "undefine", uuid, lambda d: d.undefineFlags(_UNDEFINE_BASIC_FLAGS), _is_absent
+            )
         return Outcome(changed=outcome.changed or powered_off, state=outcome.state)
 
     def migrate(

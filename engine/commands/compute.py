@@ -94,6 +94,11 @@ class MarkVmExpunged(Command, frozen=True, kw_only=True):
     vm_id: UUID
 
 
+class FailVmExpunge(Command, frozen=True, kw_only=True):
+    vm_id: UUID
+    reason: Reason
+
+
 class RecordVmDrift(Command, frozen=True, kw_only=True):
     vm_id: UUID
     observed: Annotated[str, msgspec.Meta(min_length=1, max_length=200)]
@@ -219,6 +224,12 @@ def request_vm_expunge(uow: UnitOfWork, cmd: RequestVmExpunge) -> Outcome:
 @handles(MarkVmExpunged)
 def mark_vm_expunged(uow: UnitOfWork, cmd: MarkVmExpunged) -> Outcome:
     _vm(uow, cmd.vm_id).expunged()
+    return Outcome(aggregate_id=cmd.vm_id)
+
+
+@handles(FailVmExpunge)
+def fail_vm_expunge(uow: UnitOfWork, cmd: FailVmExpunge) -> Outcome:
+    _vm(uow, cmd.vm_id).expunge_failed(cmd.reason)
     return Outcome(aggregate_id=cmd.vm_id)
 
 

@@ -10,7 +10,9 @@ expunge. Each is an Operation with the VM's guard held while it runs.
     vm.recover  done at once: Destroyed -> Stopped
     vm.expunge  expunge (the effector undefines the domain) -> the volumes
                 the deploy made destroyed, NICs and IPs released, volumes
-                attached later detached (they outlive the VM)
+                attached later detached (they outlive the VM); if the
+                domain cannot be removed, or no answer comes in time, the
+                VM goes back to Destroyed with the reason, nothing released
     vm.migrate  place (the planner, or the caller's host, never the current
                 one; capacity reserved there) -> migrate (the effector moves
                 the domain; the source's capacity released, or on failure
@@ -39,8 +41,6 @@ STEPS: dict[str, tuple[str, ...]] = {
     "vm.migrate": ("place", "migrate"),
 }
 PLACED = ("vm.start", "vm.migrate")
-# Waiting on these is never cut short: only the effector can finish them.
-NO_DEADLINE = ("vm.expunge",)
 # At most this many volumes are looked for under a deploy's derived ids.
 MAX_VOLUMES = 32
 
@@ -131,9 +131,14 @@ def advance(uow: UnitOfWork, op: Operation) -> None:
             _failed(uow, op, vm.reboot_error)
         else:
             _done(uow, op, "reboot")
-    elif kind == "vm.expunge" and vm.state == "Expunged":
-        release_resources(uow, op, vm)
-        _done(uow, op, "expunge")
+    elif kind == "vm.expunge":
+        if vm.state == "Expunged":
+            release_resources(uow, op, vm)
+            _done(uow, op, "expunge")
+        elif vm.state == "Destroyed":
+            # The effector could not remove the domain: nothing was released,
+            # the VM can be expunged again.
+            _failed(uow, op, vm.expunge_error or "the domain could not be removed")
     elif kind == "vm.migrate" and step == "migrate":
         _advance_migration(uow, op, vm)
 
@@ -166,6 +171,8 @@ def fail(uow: UnitOfWork, op: Operation, reason: str, *, timed_out: bool = False
     vm = uow.get(VirtualMachine, op.resource_id)
     if timed_out and vm.state in ("Starting", "Stopping"):
         vm.fail(reason)
+    if timed_out and vm.state == "Expunging":
+        vm.expunge_failed(reason)
     if op.kind == "vm.migrate" and op.done("place"):
         if timed_out and vm.state == "Migrating":
             vm.migration_failed(reason)

@@ -92,7 +92,15 @@ def begin(
     elif kind == "volume.snapshot":
         volume.require_snapshot_source()
         assert params.target_id is not None
-        uow.add(Snapshot.create(volume.id, snapshot_name, snapshot_kind, id=params.target_id))
+        uow.add(
+            Snapshot.create(
+                volume.id,
+                snapshot_name,
+                snapshot_kind,
+                size_bytes=volume.size_bytes,
+                id=params.target_id,
+            )
+        )
     elif kind == "volume.revert":
         assert params.target_id is not None
         snapshot = uow.find(Snapshot, params.target_id)
@@ -102,7 +110,12 @@ def begin(
             snapshot.volume_id == volume.id, "snapshot is of another volume", field="snapshot_id"
         )
         snapshot.require_state(REVERTIBLE, "revert to")
-        volume.revert_requested(snapshot.id)
+        restored = snapshot.size_bytes
+        if restored is not None and restored > volume.size_bytes and volume.pool_id is not None:
+            # Back to a larger size (a snapshot taken after a resize): the
+            # space is reserved first, as for a resize.
+            uow.get(StoragePool, volume.pool_id).resize_reservation(volume.id, restored)
+        volume.revert_requested(snapshot.id, restored)
     advance(uow, op)
 
 
@@ -180,6 +193,12 @@ def advance(uow: UnitOfWork, op: Operation) -> None:
         if volume.state == "Error":
             _failed(uow, op, volume.last_error or "the revert failed")
         else:
+            # The pool holds what the volume now is: less after a revert to
+            # a snapshot taken before a resize.
+            if volume.pool_id is not None:
+                pool = uow.get(StoragePool, volume.pool_id)
+                if volume.id in pool.reservations:
+                    pool.resize_reservation(volume.id, volume.size_bytes)
             _done(uow, op, "revert")
 
 

@@ -38,11 +38,22 @@ SNAPSHOT_TRANSITIONS: Final[Mapping[str, tuple[SnapshotState, ...]]] = MappingPr
 class Snapshot(Aggregate):
     entity = "snapshot"
 
-    @event("Created")
-    def __init__(self, volume_id: UUID, name: str, kind: SnapshotKind) -> None:
+    class Created(Aggregate.Created):
+        volume_id: UUID
+        name: str
+        kind: SnapshotKind
+        # Added later, optional (same version): absent in older records.
+        size_bytes: int | None = None
+
+    @event(Created)
+    def __init__(
+        self, volume_id: UUID, name: str, kind: SnapshotKind, size_bytes: int | None = None
+    ) -> None:
         self.volume_id = volume_id
         self.name = name
         self.kind: SnapshotKind = kind
+        # The volume's size when taken: reverting to it brings that size back.
+        self.size_bytes = size_bytes
         self.state: SnapshotState = "Creating"
         self.last_error: str | None = None
 
@@ -53,13 +64,16 @@ class Snapshot(Aggregate):
         name: str,
         kind: SnapshotKind = "internal",
         *,
+        size_bytes: int | None = None,
         id: UUID | None = None,  # the library's keyword
     ) -> Snapshot:
         require_name(name)
         require(kind in get_args(SnapshotKind), "kind must be internal or external", field="kind")
+        if size_bytes is not None:
+            require(size_bytes >= 1, "size_bytes must be at least 1", field="size_bytes")
         # cls(...) would refuse id=, see VirtualMachine.create.
         snapshot: Snapshot = cls._create(
-            cls.Created, id=id, volume_id=volume_id, name=name, kind=kind
+            cls.Created, id=id, volume_id=volume_id, name=name, kind=kind, size_bytes=size_bytes
         )
         return snapshot
 

@@ -57,6 +57,7 @@ VM_TRANSITIONS: Final[Mapping[str, tuple[VmState, ...]]] = MappingProxyType(
         "recover": ("Destroyed",),
         "expunge_requested": ("Destroyed",),
         "expunged": ("Expunging",),
+        "expunge_failed": ("Expunging",),
         "fail": ("Allocated", "Starting", "Stopping", "Migrating"),
     }
 )
@@ -121,6 +122,8 @@ class VirtualMachine(Aggregate):
         self.last_error: str | None = None
         self.reboot_pending = False
         self.reboot_error: str | None = None
+        # Why the last expunge could not remove the domain (None once asked again).
+        self.expunge_error: str | None = None
         self._disks: dict[int, UUID] = {}  # attached volumes by device number
 
     @classmethod
@@ -280,6 +283,13 @@ class VirtualMachine(Aggregate):
         self._require("expunged")
         self._expunged()
 
+    def expunge_failed(self, reason: str) -> None:
+        """The hypervisor could not remove the domain: back to Destroyed,
+        where expunge can be asked again (or the VM recovered)."""
+        self._require("expunge_failed")
+        require_reason(reason)
+        self._expunge_failed(reason)
+
     def fail(self, reason: str) -> None:
         self._require("fail")
         require_reason(reason)
@@ -370,10 +380,17 @@ class VirtualMachine(Aggregate):
     @event("ExpungeRequested")
     def _expunge_requested(self) -> None:
         self.state = "Expunging"
+        self.expunge_error = None
 
     @event("Expunged")
     def _expunged(self) -> None:
         self.state = "Expunged"
+
+    @event("ExpungeFailed")
+    def _expunge_failed(self, reason: str) -> None:
+        self.state = "Destroyed"
+        self.expunge_error = reason
+        self.last_error = reason
 
     @event("DriftObserved")
     def _drift_observed(self, observed: str, expected: str) -> None:

@@ -85,6 +85,8 @@ class Volume(Aggregate):
         self.resize_to: int | None = None
         self.resume_state: ResumeState | None = None
         self.reverting_to: UUID | None = None
+        # The size the pending revert brings back (the snapshot's), if known.
+        self.reverting_size: int | None = None
         self.last_error: str | None = None
 
     @classmethod
@@ -176,9 +178,14 @@ class Volume(Aggregate):
             raise self._refuse("resized")
         self._resized(self.resize_to)
 
-    def revert_requested(self, snapshot_id: UUID) -> None:
+    def revert_requested(self, snapshot_id: UUID, size_bytes: int | None = None) -> None:
+        """size_bytes: the volume's size when the snapshot was taken, which
+        applying the snapshot restores (None for snapshots recorded before
+        snapshots kept it: the size is left as it is)."""
         self._require("revert_requested")
-        self._revert_requested(snapshot_id)
+        if size_bytes is not None:
+            require(size_bytes >= 1, "size_bytes must be at least 1", field="size_bytes")
+        self._revert_requested(snapshot_id, size_bytes)
 
     def reverted(self) -> None:
         self._require("reverted")
@@ -235,13 +242,22 @@ class Volume(Aggregate):
         self.resize_to = None
         self.resume_state = None
 
-    @event("RevertRequested")
-    def _revert_requested(self, snapshot_id: UUID) -> None:
+    class RevertRequested(Aggregate.Event):
+        snapshot_id: UUID
+        # Added later, optional (same version): absent in older records.
+        size_bytes: int | None = None
+
+    @event(RevertRequested)
+    def _revert_requested(self, snapshot_id: UUID, size_bytes: int | None) -> None:
         self.reverting_to = snapshot_id
+        self.reverting_size = size_bytes
 
     @event("Reverted")
     def _reverted(self, snapshot_id: UUID) -> None:
+        if self.reverting_size is not None:
+            self.size_bytes = self.reverting_size
         self.reverting_to = None
+        self.reverting_size = None
 
     @event("Destroyed")
     def _destroyed(self) -> None:
@@ -254,3 +270,4 @@ class Volume(Aggregate):
         self.resize_to = None
         self.resume_state = None
         self.reverting_to = None
+        self.reverting_size = None

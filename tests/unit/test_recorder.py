@@ -10,6 +10,7 @@ from effectors.results import EffectorResult
 from engine.commands.compute import (
     CompleteVmMigration,
     FailVm,
+    FailVmExpunge,
     FailVmMigration,
     FailVmReboot,
     MarkVmExpunged,
@@ -80,6 +81,12 @@ def test_reboots_are_recorded_done_or_failed():
     assert command_for(result("vm.reboot")) == MarkVmRebooted(vm_id=ID)
     assert command_for(result("vm.reboot", "failed", "no domain")) == FailVmReboot(
         vm_id=ID, reason="no domain"
+    )
+
+
+def test_a_failed_expunge_is_recorded_so_its_operation_can_end():
+    assert command_for(result("vm.expunge", "failed", "unsupported flags")) == FailVmExpunge(
+        vm_id=ID, reason="unsupported flags"
     )
 
 

@@ -45,6 +45,7 @@ MODEL_SOURCES = {
     "recover": {"Destroyed"},
     "expunge_requested": {"Destroyed"},
     "expunged": {"Expunging"},
+    "expunge_failed": {"Expunging"},
     "fail": {"Allocated", "Starting", "Stopping", "Migrating"},
 }
 DESTRUCTIVE = {"destroy", "fail", "expunge_requested"}
@@ -71,7 +72,7 @@ class VmModel:
                 return Validation
         if action == "migrate_requested" and arg == self.host:
             return Validation
-        if action in ("fail", "migration_failed") and not arg.strip():
+        if action in ("fail", "migration_failed", "expunge_failed") and not arg.strip():
             return Validation
         return None
 
@@ -113,6 +114,8 @@ class VmModel:
             self.state = "Expunging"
         elif action == "expunged":
             self.state = "Expunged"
+        elif action == "expunge_failed":
+            self.state = "Destroyed"
         elif action == "fail":
             self.state = "Error"
             self.release()
@@ -149,7 +152,7 @@ class VmMachine(RuleBasedStateMachine):
             return st.booleans()
         if action == "migrate_requested":
             return hosts.filter(lambda h: h != self.model.host) if valid else hosts
-        if action in ("fail", "migration_failed"):
+        if action in ("fail", "migration_failed", "expunge_failed"):
             return st.sampled_from(["boom", "link down"]) if valid else reasons
         return st.none()
 

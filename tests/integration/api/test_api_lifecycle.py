@@ -9,25 +9,21 @@ touched through the API's reads (which follow the log, so they are polled):
     deploy -> Running, stop -> Stopped, start -> Running, reboot -> Running
     (a stop sent while the reboot runs is refused with a 409 problem
     document), migrate to the host the caller names, stop, a data volume
-    created and attached (the VM's disks), resized, snapshotted, reverted,
-    detached, destroy -> Destroyed, recover -> Stopped, destroy, expunge ->
-    Expunged with its host capacity, root volume, NIC and IP address given
-    back; the VM's events show that history in order.
+    created and attached (the VM's disks), snapshotted, resized, reverted
+    (back to the snapshot's size), resized again, detached, destroy ->
+    Destroyed, recover -> Stopped, destroy, expunge -> Expunged with its
+    host capacity, root volume, NIC and IP address given back; the VM's
+    events show that history in order.
 
 Two backends:
 
 - "test-driver": hosts on libvirt's test:///default (in-memory, fast). It
-  cannot do four of the steps, so they are left out there:
+  cannot do three of the steps, so they are left out there:
   * resize: the test driver does not implement virStorageVolResize
     (StorageDriver.resize calls virStorageVol.resize);
   * snapshot and revert: they are `qemu-img snapshot` on the volume's file
     (effectors/storage/qemu_img.py), and the test driver's pools hold no
-    files;
-  * expunge: ComputeDriver.undefine passes VIR_DOMAIN_UNDEFINE_NVRAM and
-    VIR_DOMAIN_UNDEFINE_CHECKPOINTS_METADATA, which the test driver refuses
-    ("unsupported flags (0x14) in function testDomainUndefineFlags"); the
-    failed result is only logged by the recorder and vm.expunge has no step
-    deadline, so the operation would never finish.
+    files.
 - "qemu": hosts on qemu:///system (real libvirtd and QEMU, a guest without
   an OS): every step. Both engine hosts are the same libvirtd, so the
   migration moves the engine's record (host, capacity), not the domain.
@@ -535,13 +531,7 @@ async def test_vm_lifecycle_over_http(
     data_size = GIB
 
     if backend.real:
-        # Resize: 1 GiB -> 2 GiB, the pool's reservation with it.
-        await flow.operation(f"{volume_path}/resize", "volume.resize", {"size_gb": 2})
-        data_size = 2 * GIB
-        await flow.read(volume_path, state="Attached", size_bytes=data_size, resize_to=None)
-        await pool(reservations={root["id"]: GIB, volume: data_size})
-
-        # Snapshot, found under /v1/snapshots?volume_id=.
+        # Snapshot at 1 GiB, found under /v1/snapshots?volume_id=.
         snap = await flow.operation(f"{volume_path}/snapshot", "volume.snapshot", {"name": "s1"})
         [snapshot] = await flow.items(
             f"/v1/snapshots?volume_id={volume}", lambda s: len(s) == 1 and s[0]["state"] == "Ready"
@@ -549,18 +539,29 @@ async def test_vm_lifecycle_over_http(
         assert snapshot["name"] == "s1"
         assert snap["attributes"]["params"]["target_id"] == snapshot["id"]
 
-        # Revert to it: the volume is as it was, still attached.
+        # Resize: 1 GiB -> 2 GiB, the pool's reservation with it.
+        await flow.operation(f"{volume_path}/resize", "volume.resize", {"size_gb": 2})
+        await flow.read(volume_path, state="Attached", size_bytes=2 * GIB, resize_to=None)
+        await pool(reservations={root["id"]: GIB, volume: 2 * GIB})
+
+        # Revert to the snapshot: the volume is as it was, 1 GiB again (qemu-img
+        # restores the size too), still attached; the pool holds 1 GiB again.
         await flow.operation(
             f"{volume_path}/revert", "volume.revert", {"snapshot_id": snapshot["id"]}
         )
         await flow.read(volume_path, state="Attached", reverting_to=None, size_bytes=data_size,
                         last_error=None)  # fmt: skip
+        await pool(reservations={root["id"]: GIB, volume: data_size})
         # What the effector did to the file, as qemu-img sees it.
         image = await asyncio.to_thread(_image_info, tmp_path / "primary" / f"{volume}.qcow2")
         assert image["virtual-size"] == data_size
         assert [s["name"] for s in image.get("snapshots", [])] == [
             backend.names.snapshot(uuid.UUID(snapshot["id"]))
         ]
+        # And it can grow again (a size the record had wrong was refused as no growth).
+        await flow.operation(f"{volume_path}/resize", "volume.resize", {"size_gb": 2})
+        data_size = 2 * GIB
+        await flow.read(volume_path, state="Attached", size_bytes=data_size, resize_to=None)
 
     # Detach: the volume is Ready on its own, the VM keeps its root disk.
     await flow.operation(f"{volume_path}/detach", "volume.detach")
@@ -577,24 +578,23 @@ async def test_vm_lifecycle_over_http(
     for host_id in fabric.hosts:
         await host(host_id, cpus_used=0, ram_used_mb=0, reservations={})
 
-    if backend.real:
-        # Expunge: gone for good, what the deploy made given back; the data
-        # volume (detached) outlives it.
-        await flow.operation(f"{vm_path}/expunge", "vm.expunge")
-        await flow.read(vm_path, state="Expunged", host_id=None)
-        await flow.read(f"/v1/volumes/{root['id']}", state="Destroyed", vm_id=None)
-        await flow.read(f"/v1/nics/{nic['id']}", state="Released")
-        await flow.read(f"/v1/ip-addresses/{ip_id}", state="Released")
-        await flow.items(
-            f"/v1/ip-addresses?network_id={fabric.network}",
-            lambda ips: all(i["state"] == "Released" for i in ips),
-        )
-        await flow.read(volume_path, state="Ready", vm_id=None, size_bytes=data_size)
-        await pool(reservations={volume: data_size})
-        for host_id in fabric.hosts:
-            await host(host_id, cpus_used=0, ram_used_mb=0, reservations={})
-        # Not visible through the API: the effector undefined the domain.
-        assert await asyncio.to_thread(_domain_absent, backend.uri, uuid.UUID(vm_id))
+    # Expunge: gone for good, what the deploy made given back; the data
+    # volume (detached) outlives it.
+    await flow.operation(f"{vm_path}/expunge", "vm.expunge")
+    await flow.read(vm_path, state="Expunged", host_id=None)
+    await flow.read(f"/v1/volumes/{root['id']}", state="Destroyed", vm_id=None)
+    await flow.read(f"/v1/nics/{nic['id']}", state="Released")
+    await flow.read(f"/v1/ip-addresses/{ip_id}", state="Released")
+    await flow.items(
+        f"/v1/ip-addresses?network_id={fabric.network}",
+        lambda ips: all(i["state"] == "Released" for i in ips),
+    )
+    await flow.read(volume_path, state="Ready", vm_id=None, size_bytes=data_size)
+    await pool(reservations={volume: data_size})
+    for host_id in fabric.hosts:
+        await host(host_id, cpus_used=0, ram_used_mb=0, reservations={})
+    # Not visible through the API: the effector undefined the domain.
+    assert await asyncio.to_thread(_domain_absent, backend.uri, uuid.UUID(vm_id))
 
     # The history, in order, from the log: every step above and nothing
     # of the refused stop. (drift_observed events would be the reconciler's
@@ -610,9 +610,8 @@ async def test_vm_lifecycle_over_http(
         "stop_requested", "stopped",  # stop (forced)
         "disk_attached", "disk_detached",  # the data volume
         "destroyed", "recovered", "destroyed",
+        "expunge_requested", "expunged", "disk_detached",  # the root disk
     ]  # fmt: skip
-    if backend.real:
-        expected += ["expunge_requested", "expunged", "disk_detached"]  # the root disk
     assert [e["event"] for e in events] == expected
     positions = [e["position"] for e in events]
     assert positions == sorted(positions) and len(set(positions)) == len(positions)
@@ -628,11 +627,10 @@ async def test_vm_lifecycle_over_http(
 
     # Every operation succeeded, listed oldest first.
     vm_kinds = ["vm.deploy", "vm.stop", "vm.start", "vm.reboot", "vm.migrate", "vm.stop",
-                "vm.destroy", "vm.recover", "vm.destroy"]  # fmt: skip
+                "vm.destroy", "vm.recover", "vm.destroy", "vm.expunge"]  # fmt: skip
     volume_kinds = ["volume.attach", "volume.detach"]
     if backend.real:
-        vm_kinds.append("vm.expunge")
-        volume_kinds[1:1] = ["volume.resize", "volume.snapshot", "volume.revert"]
+        volume_kinds[1:1] = ["volume.snapshot", "volume.resize", "volume.revert", "volume.resize"]
     for resource_id, kinds in ((vm_id, vm_kinds), (volume, volume_kinds)):
         ops = await flow.items(f"/v1/operations?resource_id={resource_id}", _count(len(kinds)))
         assert [(o["attributes"]["kind"], o["state"]) for o in ops] == [
