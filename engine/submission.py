@@ -14,6 +14,7 @@ from engine.aggregate import Aggregate
 from engine.commands import Command, CommandContext, CommandResult
 from engine.commands.base import AggregateVersion, Outcome
 from engine.metadata import EventMeta
+from engine.operations.guard import guard_id
 
 _encoder = msgspec.json.Encoder()
 
@@ -74,10 +75,15 @@ class Executed:
 
 
 def referenced_ids(command: Command) -> Iterator[UUID]:
-    """Every aggregate id a command names, for one prefetch per batch."""
+    """Every aggregate id a command names, and the guard of each (operations
+    look up their resource's guard), for one prefetch per batch."""
     for name in command.__struct_fields__:
         value = getattr(command, name)
         if isinstance(value, UUID):
             yield value
+            yield guard_id(value)
         elif isinstance(value, tuple):
-            yield from (v for v in value if isinstance(v, UUID))
+            for v in value:
+                if isinstance(v, UUID):
+                    yield v
+                    yield guard_id(v)

@@ -7,6 +7,7 @@ InMemoryUnitOfWork, which commits into a dict.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Protocol, TypeVar
 from uuid import UUID
 
@@ -22,6 +23,11 @@ class UnitOfWork(Protocol):
     def find(self, cls: type[A], aggregate_id: UUID) -> A | None: ...
 
     def add(self, aggregate: Aggregate) -> None: ...
+
+    def known_absent(self, ids: Iterable[UUID]) -> None:
+        """Ids made from a uuid4 the handler just drew: no aggregate can have
+        one yet, so looking them up may answer None without asking the store."""
+        ...
 
 
 def checked(cls: type[A], aggregate: Aggregate | None, aggregate_id: UUID) -> A:
@@ -46,6 +52,9 @@ class InMemoryUnitOfWork:
 
     def add(self, aggregate: Aggregate) -> None:
         self.aggregates[aggregate.id] = aggregate
+
+    def known_absent(self, ids: Iterable[UUID]) -> None:
+        pass  # every lookup is a dict read here
 
     def commit(self) -> list[object]:
         """Collect pending events, as the real store would persist them."""

@@ -100,6 +100,9 @@ class WorkingSet:
                 self.aggregates[aggregate_id] = aggregate
                 self._read_versions[aggregate_id] = aggregate.version
 
+    def known_absent(self, ids: Iterable[UUID]) -> None:
+        self._missing.update(i for i in ids if i not in self.aggregates)
+
     def get(self, cls: type[A], aggregate_id: UUID) -> A:
         return checked(cls, self._lookup(aggregate_id), aggregate_id)
 

@@ -97,6 +97,8 @@ class FailOperation(Command, frozen=True, kw_only=True):
 @handles(DeployVm)
 def deploy_vm(uow: UnitOfWork, cmd: DeployVm) -> Outcome:
     vm_id = cmd.vm_id or uuid4()
+    if cmd.vm_id is None:
+        uow.known_absent(_derived(vm_id))
     create_vm(
         uow,
         CreateVm(
@@ -152,7 +154,7 @@ def vm_operation(uow: UnitOfWork, cmd: VmOperation) -> Outcome:
         vm.account,
         lifecycle.STEPS[cmd.kind],
         params,
-        cmd.operation_id or uuid4(),
+        _operation_id(uow, cmd.operation_id),
     )
     lifecycle.begin(uow, op, vm)
     return Outcome(aggregate_id=op.id, value=str(vm.id))
@@ -172,7 +174,9 @@ def volume_operation(uow: UnitOfWork, cmd: VolumeOperation) -> Outcome:
         raise Validation("volume.revert needs snapshot_id", field="snapshot_id")
     snapshot_id = cmd.snapshot_id
     if kind == "volume.snapshot":
-        snapshot_id = snapshot_id or uuid4()
+        if snapshot_id is None:
+            snapshot_id = uuid4()
+            uow.known_absent((snapshot_id, guard.guard_id(snapshot_id)))
         require_new_id(uow, snapshot_id, field="snapshot_id")
     params = OperationParams(
         vm_id=cmd.vm_id if kind == "volume.attach" else volume.vm_id,
@@ -186,7 +190,7 @@ def volume_operation(uow: UnitOfWork, cmd: VolumeOperation) -> Outcome:
         volume.account,
         volumes.STEPS[kind],
         params,
-        cmd.operation_id or uuid4(),
+        _operation_id(uow, cmd.operation_id),
         resource_type="volume",
     )
     if params.vm_id is not None:
@@ -196,6 +200,19 @@ def volume_operation(uow: UnitOfWork, cmd: VolumeOperation) -> Outcome:
         guard.acquire(uow, snapshot_id, op.id, kind)
     volumes.begin(uow, op, volume, cmd.snapshot_name, cmd.snapshot_kind)
     return Outcome(aggregate_id=op.id, value=str(volume.id))
+
+
+def _derived(vm_id: UUID) -> tuple[UUID, ...]:
+    """A new VM's id and the ids derived from it: its deploy and its guard."""
+    return (vm_id, deploy.operation_id(vm_id), guard.guard_id(vm_id))
+
+
+def _operation_id(uow: UnitOfWork, chosen: UUID | None) -> UUID:
+    if chosen is not None:
+        return chosen
+    op_id = uuid4()
+    uow.known_absent((op_id,))
+    return op_id
 
 
 def _start(

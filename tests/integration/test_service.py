@@ -3,15 +3,26 @@
 from __future__ import annotations
 
 import uuid
+from collections.abc import Iterable
+from uuid import UUID
 
 import pytest
 
+from engine.aggregate import Aggregate
 from engine.commands import CommandContext
 from engine.commands.fabric import CreateZone, DisableZone, EnableZone
+from engine.commands.operations import DeployVm
+from engine.commands.storage import (
+    MarkTemplateDownloaded,
+    RegisterTemplate,
+    RequestTemplateDownload,
+)
 from engine.errors import Conflict, InvalidTransition, NotFound
 from engine.fabric.zone import Zone
+from engine.operations.operation import Operation
 from engine.service import CommandService
 from engine.store import EventStore
+from engine.virtual.vm import VmSpec
 
 pytestmark = pytest.mark.postgres
 
@@ -195,3 +206,57 @@ def test_a_cancelled_wait_drops_its_command_and_answers_the_rest(service, store)
     assert len({r.aggregate_id for r in answered}) == 4
     assert batch[2].future.cancelled()
     assert store.max_position() == before + 4  # the cancelled one stored nothing
+
+
+SPEC = VmSpec(cpus=1, ram_mb=64, root_disk_gb=1)
+
+
+def test_deploys_of_new_vms_load_nothing_one_at_a_time(store: EventStore) -> None:
+    # A new VM's id, its deploy operation's and its guard's come from a uuid4
+    # the handler drew: asking the store for each (one round trip apiece,
+    # serial in the writer thread) was most of a deploy's cost.
+    service = CommandService(store)
+    try:
+        zone = service.execute(CreateZone(name="z")).aggregate_id
+        template = service.execute(
+            RegisterTemplate(
+                name="t",
+                zone_id=zone,
+                url="http://127.0.0.1/t.qcow2",
+                format="qcow2",
+                size_bytes=1 << 20,
+                os_type="None",
+            )
+        ).aggregate_id
+        service.execute(RequestTemplateDownload(template_id=template))
+        service.execute(MarkTemplateDownloaded(template_id=template))
+        loads: list[int] = []
+        real = store.load_many
+
+        def counting(ids: Iterable[UUID]) -> dict[UUID, Aggregate]:
+            wanted = list(ids)
+            loads.append(len(wanted))
+            return real(wanted)
+
+        store.load_many = counting  # type: ignore[method-assign]
+
+        def deploy(i: int) -> DeployVm:
+            name = f"v{i}"
+            return DeployVm(account="a", name=name, zone_id=zone, template_id=template, spec=SPEC)
+
+        one_by_one = [service.execute(deploy(i)) for i in range(5)]
+        # Zone and template come from the cache; the new ids are not asked for.
+        assert loads == [], loads
+
+        batches = service.stats["batches"]
+        futures = [service.submit(deploy(i)) for i in range(5, 105)]
+        batched = [f.result(30) for f in futures]
+        # At most one prefetch per batch (the guards of what the commands
+        # name), never a load per command.
+        assert len(loads) <= service.stats["batches"] - batches < len(futures), loads
+
+        ops = [store.load(r.aggregate_id) for r in one_by_one + batched]
+        assert all(isinstance(op, Operation) and op.kind == "vm.deploy" for op in ops)
+        assert len({op.resource_id for op in ops if isinstance(op, Operation)}) == 105
+    finally:
+        service.close()
