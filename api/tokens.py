@@ -18,6 +18,7 @@ import asyncpg
 from asyncpg.pool import PoolConnectionProxy
 
 from api.auth import Principal, Role, valid_account
+from bus.ddl import create_once
 
 TABLE = "cloudengine_api_tokens"
 PREFIX = "ce_"
@@ -42,13 +43,14 @@ def digest(token: str) -> bytes:
 
 
 async def prepare(conn: Conn, schema: str) -> None:
-    await conn.execute(
+    await create_once(
+        conn,
         f"CREATE TABLE IF NOT EXISTS {table(schema)} ("
         " id uuid PRIMARY KEY,"
         " secret_sha256 bytea NOT NULL UNIQUE,"
         " role text NOT NULL CHECK (role IN ('admin', 'user')),"
         " account text NOT NULL,"
-        " created_at timestamptz NOT NULL DEFAULT now())"
+        " created_at timestamptz NOT NULL DEFAULT now())",
     )
 
 

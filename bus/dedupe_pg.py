@@ -11,6 +11,7 @@ import asyncpg
 
 from bus.cloudevents import CloudEvent
 from bus.consumer import Work
+from bus.ddl import create_once
 
 
 class PostgresDeduplicator:
@@ -21,11 +22,12 @@ class PostgresDeduplicator:
 
     async def setup(self) -> None:
         async with self.pool.acquire() as conn:
-            await conn.execute(
+            await create_once(
+                conn,
                 f"CREATE TABLE IF NOT EXISTS {self.table} ("
                 " consumer text NOT NULL, aggregate_id uuid NOT NULL,"
                 " version bigint NOT NULL, position bigint NOT NULL,"
-                " PRIMARY KEY (consumer, aggregate_id))"
+                " PRIMARY KEY (consumer, aggregate_id))",
             )
 
     async def apply_once(self, event: CloudEvent, work: Work) -> bool:

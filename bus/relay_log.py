@@ -6,6 +6,7 @@ import json
 
 import asyncpg
 
+from bus.ddl import create_once
 from engine.database import DatabaseTarget
 
 EVENTS_TABLE = "cloudengine_events"
@@ -34,11 +35,12 @@ class RelayLog:
         self.positions = f'"{schema}".cloudengine_relay'
 
     async def prepare(self, conn: asyncpg.Connection) -> None:
-        await conn.execute(
+        await create_once(
+            conn,
             f"CREATE TABLE IF NOT EXISTS {self.positions} ("
             " name text PRIMARY KEY, position bigint NOT NULL,"
             " offsets jsonb NOT NULL DEFAULT '{}'::jsonb,"
-            " updated_at timestamptz NOT NULL DEFAULT now())"
+            " updated_at timestamptz NOT NULL DEFAULT now())",
         )
 
     async def load(self, conn: asyncpg.Connection) -> tuple[int, dict[str, int]]:

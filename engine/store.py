@@ -8,11 +8,13 @@ table, written in the same transaction as the events it answers for.
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any, cast
 from uuid import UUID
 
 import msgspec
+import psycopg
 from eventsourcing.application import Application
 from eventsourcing.domain import DomainEventProtocol
 from eventsourcing.persistence import (
@@ -233,16 +235,26 @@ def store_environment(target: DatabaseTarget, pool_size: int) -> dict[str, str]:
     }
 
 
+def _setup_lock(schema: str) -> int:
+    digest = hashlib.sha256(f"cloud-engine store setup {schema}".encode()).digest()
+    return int.from_bytes(digest[:8], "big", signed=True)
+
+
 class EventStore:
     """Load aggregates and append events; the only door to the log."""
 
     def __init__(self, target: DatabaseTarget, *, pool_size: int = 4) -> None:
         self.target = target
-        self.application = _StoreApplication(env=store_environment(target, pool_size))
-        self.recorder = cast(CloudEngineRecorder, self.application.recorder)
-        self.mapper = self.application.mapper
-        with self.recorder.datastore.get_connection() as conn:
-            integrity.install(conn, target.schema, self.recorder.events_table_name)
+        # Components started together (up, compose) would otherwise race on
+        # the library's CREATE TABLE / TYPE / OR REPLACE FUNCTION statements
+        # ("tuple concurrently updated", duplicate pg_type keys): one at a time.
+        with psycopg.connect(target.conninfo(), autocommit=True) as lock:
+            lock.execute("SELECT pg_advisory_lock(%s)", (_setup_lock(target.schema),))
+            self.application = _StoreApplication(env=store_environment(target, pool_size))
+            self.recorder = cast(CloudEngineRecorder, self.application.recorder)
+            self.mapper = self.application.mapper
+            with self.recorder.datastore.get_connection() as conn:
+                integrity.install(conn, target.schema, self.recorder.events_table_name)
 
     def close(self) -> None:
         self.application.close()

@@ -138,3 +138,31 @@ def test_conflict_in_a_large_transaction_stores_none_of_it(store: EventStore):
         store.recorder.insert_events(clash)
     assert store.max_position() == before
     assert [e.originator_version for e in store.recorder.select_events(zone)] == [1]
+
+
+def test_stores_opened_at_once_on_a_new_schema_all_start(pg_target):
+    # up and docker compose start every component together; each opens the
+    # store, whose setup creates tables, a type and functions. Unserialised,
+    # most of them failed ("tuple concurrently updated", duplicate pg_type).
+    errors: list[str] = []
+    stores: list[EventStore] = []
+
+    def open_store() -> None:
+        try:
+            stores.append(EventStore(pg_target, pool_size=1))
+        except Exception as error:
+            errors.append(repr(error))
+
+    threads = [threading.Thread(target=open_store) for _ in range(6)]
+    try:
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(60)
+        assert errors == []
+        zone = Zone.create("z")
+        stores[0].append(zone.collect_events())
+        assert all(isinstance(s.load(zone.id), Zone) for s in stores)
+    finally:
+        for store in stores:
+            store.close()
