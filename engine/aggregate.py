@@ -75,3 +75,6 @@ def require(condition: bool, message: str, *, field: str | None = None) -> None:
 def require_name(name: str, field: str = "name") -> None:
     require(bool(name.strip()), f"{field} must not be empty", field=field)
     require(len(name) <= 255, f"{field} must be at most 255 characters", field=field)
+    # PostgreSQL text and jsonb cannot hold U+0000: the read models could not
+    # store the event.
+    require("\x00" not in name, f"{field} must not contain NUL characters", field=field)

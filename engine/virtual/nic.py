@@ -15,7 +15,7 @@ NicState = Literal["Allocated", "Plugged", "Unplugged", "Released"]
 
 # A NIC is a PCI device and one PCI bus has 32 slots.
 MAX_DEVICE_ID = 31
-_MAC = re.compile(r"^[0-9a-f]{2}(:[0-9a-f]{2}){5}$")
+_MAC = re.compile(r"^[0-9a-f]{2}(:[0-9a-f]{2}){5}\Z")  # \Z: "$" allows a final newline
 
 
 def mac_for(nic_id: UUID) -> str:

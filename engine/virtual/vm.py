@@ -86,6 +86,7 @@ def validate_spec(spec: VmSpec) -> None:
 
 def require_reason(reason: str) -> None:
     require(bool(reason.strip()), "reason must not be empty", field="reason")
+    require("\x00" not in reason, "reason must not contain NUL characters", field="reason")
 
 
 # virtio disks are vda..vdz: device 0 is the root disk.

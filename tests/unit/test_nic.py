@@ -124,3 +124,8 @@ def test_nothing_allowed_after_release():
     nic.release()
     for action in (nic.plug, nic.unplug, nic.release):
         assert_refused(nic, InvalidTransition, action)
+
+
+def test_a_mac_with_a_trailing_newline_is_refused():
+    with pytest.raises(Validation):
+        require_mac("02:00:5e:10:00:01\n")

@@ -117,3 +117,13 @@ def test_drift_and_unreachable_hosts_are_recorded():
     )
     assert command_for(drift) == RecordVmDrift(vm_id=ID, observed="shutoff", expected="running")
     assert command_for(result("host.unreachable")) == DeclareHostDown(host_id=ID)
+
+
+def test_nul_characters_in_effector_messages_are_dropped():
+    # A NUL would make the domain refuse the failure and the result never be recorded.
+    assert command_for(result("vm.start", "failed", "bad\x00 disk")) == FailVm(
+        vm_id=ID, reason="bad disk"
+    )
+    assert command_for(result("vm.start", "failed", "\x00")) == FailVm(
+        vm_id=ID, reason="failed without a message"
+    )

@@ -29,6 +29,13 @@ def test_zone_name_required():
     assert info.value.field == "name"
 
 
+def test_names_with_a_nul_are_refused():
+    # The read models (PostgreSQL jsonb) could not store the event.
+    with pytest.raises(Validation, match="NUL") as info:
+        Zone.create("a\x00b")
+    assert info.value.field == "name"
+
+
 def test_zone_commands_through_handlers():
     uow = InMemoryUnitOfWork()
     created = dispatch(uow, CreateZone(name="z"))
