@@ -15,10 +15,12 @@ answer and the same key with another body is refused (422).
 from __future__ import annotations
 
 import asyncio
+import hashlib
 from collections.abc import Awaitable, Callable
 from typing import Any
 from uuid import UUID
 
+import msgspec
 import structlog
 from starlette.requests import Request
 from starlette.responses import Response
@@ -49,11 +51,18 @@ def endpoint(route: CommandRoute[Any]) -> Callable[[Request], Awaitable[Response
             await check_ref(ctx, principal, Ref(route.target, call.id, "id"))
         for ref in route.refs(call):
             await check_ref(ctx, principal, ref)
+        digest = None
         if route.resolve is not None:
+            # The defaults it fills in come from the read model and may be
+            # different on a retry: the key stands for the request as sent.
+            digest = request_digest(route, resource_id, body) if key is not None else None
             call = Call(await route.resolve(call, ctx), principal, resource_id)
         command = route.build(call)
         context = CommandContext(
-            actor=principal.actor, request_id=request_id_of(request), idempotency_key=key
+            actor=principal.actor,
+            request_id=request_id_of(request),
+            idempotency_key=key,
+            request_digest=digest,
         )
         result = await execute(ctx, command, context)
         accepted = answer(route, result)
@@ -61,6 +70,12 @@ def endpoint(route: CommandRoute[Any]) -> Callable[[Request], Awaitable[Response
 
     handle.__name__ = route.name
     return handle
+
+
+def request_digest(route: CommandRoute[Any], resource_id: UUID | None, body: object) -> bytes:
+    digest = hashlib.sha256(f"{route.name} {resource_id}".encode())
+    digest.update(msgspec.json.encode(body))
+    return digest.digest()
 
 
 async def check_ref(ctx: ApiContext, principal: Principal, ref: Ref) -> None:

@@ -27,7 +27,9 @@ class Submission:
         self.context = context
         self.future: Future[CommandResult] = Future()
         self.hash = b""
-        if context.idempotency_key is not None:
+        if context.idempotency_key is not None and context.request_digest is not None:
+            self.hash = context.request_digest
+        elif context.idempotency_key is not None:
             digest = hashlib.sha256(type(command).__name__.encode())
             digest.update(_encoder.encode(command))
             self.hash = digest.digest()

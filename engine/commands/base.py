@@ -59,6 +59,10 @@ class CommandContext(msgspec.Struct, frozen=True, kw_only=True):
     correlation_id: str = ""
     causation_id: str = ""
     idempotency_key: str | None = None
+    # What the idempotency key stands for when the caller built the command
+    # from a request plus defaults it looked up (which may differ on a retry):
+    # the request's digest. None: the command's own.
+    request_digest: bytes | None = None
 
 
 C = TypeVar("C", bound=Command)

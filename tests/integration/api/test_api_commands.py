@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 
-from api_harness import Api, make_fabric, new_key, vm_body
+from api_harness import Api, created, make_fabric, new_key, vm_body
 
 
 async def test_deploy_vm_answers_202_with_operation_to_poll(api: Api) -> None:
@@ -78,6 +78,48 @@ async def test_same_idempotency_key_gives_one_vm(api: Api) -> None:
     assert bobs.status == 202
     assert bobs.json()["replayed"] is False
     assert bobs.json()["resource_id"] != first.json()["resource_id"]
+
+
+async def test_retry_replays_even_when_the_looked_up_default_changed(api: Api) -> None:
+    # A network without physical_network_id gets the zone's oldest enabled
+    # one, looked up in the read model. A retry of the same request must
+    # replay the first answer even if that lookup now answers differently.
+    fabric = await make_fabric(api)
+    second = await created(
+        await api.post(
+            "/v1/physical-networks",
+            {
+                "zone_id": fabric.zone,
+                "name": "guest-2",
+                "isolation": "VXLAN",
+                "tag_range": {"first": 7000, "last": 7999},
+            },
+        )
+    )
+    await api.project()
+    body = {"name": "net", "zone_id": fabric.zone, "cidr": "10.9.0.0/24", "isolation": "VXLAN"}
+    key = new_key()
+    first = await api.post("/v1/networks", body, token=api.alice, key=key)
+    assert first.status == 202, first.body
+    disabled = await api.post(f"/v1/physical-networks/{fabric.physical_network}/disable")
+    assert disabled.status == 202, disabled.body
+    await api.project()
+
+    again = await api.post("/v1/networks", body, token=api.alice, key=key)
+
+    assert again.status == 202, again.body
+    assert again.json()["replayed"] is True
+    assert again.json()["resource_id"] == first.json()["resource_id"]
+    network = (await api.get(first.headers["location"], token=api.alice)).json()
+    assert network["attributes"]["physical_network_id"] == fabric.physical_network
+    # A new request now gets the other one; the same key with another body is refused.
+    fresh = await api.post("/v1/networks", {**body, "name": "net-2"}, token=api.alice)
+    assert fresh.status == 202, fresh.body
+    await api.project()
+    other = (await api.get(fresh.headers["location"], token=api.alice)).json()
+    assert other["attributes"]["physical_network_id"] == second
+    reused = await api.post("/v1/networks", {**body, "name": "x"}, token=api.alice, key=key)
+    assert reused.status == 422 and reused.json()["field"] == "Idempotency-Key"
 
 
 async def test_lifecycle_command_refused_by_state_is_409(api: Api) -> None:
