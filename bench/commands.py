@@ -22,6 +22,7 @@ import sys
 import tempfile
 import time
 import uuid
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any, TypeVar
 from uuid import UUID
@@ -172,6 +173,9 @@ class ApplicationUnitOfWork:
 
     def add(self, aggregate: Aggregate) -> None:
         self.touched[aggregate.id] = aggregate
+
+    def known_absent(self, ids: Iterable[UUID]) -> None:
+        pass  # the library's repository asks the store either way
 
 
 def run_baseline(target: DatabaseTarget, fabric: Fabric, vms: int) -> tuple[float, int]:

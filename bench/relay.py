@@ -31,6 +31,7 @@ import time
 import uuid
 from datetime import datetime
 from pathlib import Path
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
@@ -39,8 +40,9 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
 from bus.broker import DevBroker
-from bus.outgoing import OutgoingCodec, partition_for
-from bus.relay import Relay, RelayConfig, connect
+from bus.outgoing import OutgoingCodec, Record, partition_for
+from bus.relay import Relay, RelayConfig
+from bus.relay_log import connect
 from engine.commands.fabric import DisableZone, EnableZone
 from engine.database import DatabaseTarget, EmbeddedPostgres, parse_database_url
 from engine.fabric.zone import Zone
@@ -54,7 +56,7 @@ PARTITIONS = 8
 def store_events(store: EventStore, total: int) -> list[Zone]:
     """Zones toggled Enabled/Disabled: ten events each, mostly v1 types."""
     zones: list[Zone] = []
-    pending = []
+    pending: list[Any] = []
     while len(zones) * 10 < total:
         zone = Zone.create(f"z{len(zones)}")
         for n in range(9):
@@ -102,7 +104,7 @@ async def aiokafka_baseline(target: DatabaseTarget, bootstrap: str, total: int) 
         bootstrap_servers=bootstrap, acks="all", max_batch_size=512 * 1024, linger_ms=0
     )
     await producer.start()
-    per_partition: dict[int, list] = {}
+    per_partition: dict[int, list[Record]] = {}
     for r in records:
         per_partition.setdefault(partition_for(r.key, PARTITIONS), []).append(r)
     started = time.perf_counter()
