@@ -223,8 +223,13 @@ class CommandService:
                 continue
             except DomainError as error:
                 ws.evict_all()
-                if ws.served_from_cache and not self.store.reads_current(ws.reads()):
-                    continue  # refused on what another process changed since
+                # The refusal may rest on what another process changed since:
+                # a cached copy, or fresh loads taken one by one while it
+                # committed between them (a placement seen undone next to a
+                # pool that already holds it). Only a refusal on current
+                # reads is final.
+                if not self.store.reads_current(ws.reads()):
+                    continue
                 submission.future.set_exception(error)
                 return
             except BaseException as error:

@@ -58,6 +58,7 @@ from orchestration.candidates import Candidates
 log = structlog.get_logger("orchestration.manager")
 
 PLACE_ATTEMPTS = 4
+PLACE = "place"
 ENGINE = "engine"  # the actor of the commands the manager sends
 _KNOWN_MAX = 100_000
 
@@ -213,7 +214,10 @@ class OperationManager:
             )
             log.warning("operation_step_timed_out", operation_id=str(op.id), reason=reason)
             await self._send(
-                FailOperation(operation_id=op.id, reason=reason, timed_out=True), context
+                FailOperation(
+                    operation_id=op.id, reason=reason, timed_out=True, step=op.current_step
+                ),
+                context,
             )
         elif op.current_step == "place" and op.status in ("pending", "running"):
             await self._place(op, context)
@@ -242,6 +246,7 @@ class OperationManager:
             return False
 
     async def _place(self, op: Operation, context: CommandContext) -> None:
+        """Plan and place; every failure sent from here is about that step."""
         candidates = self._candidates
         assert candidates is not None
         # The VM and the volumes the operation made, in one read.
@@ -250,7 +255,9 @@ class OperationManager:
         )
         vm = loaded.get(op.resource_id)
         if not isinstance(vm, VirtualMachine):
-            await self._send(FailOperation(operation_id=op.id, reason="the VM is gone"), context)
+            await self._send(
+                FailOperation(operation_id=op.id, reason="the VM is gone", step=PLACE), context
+            )
             return
         volumes = [v for v in loaded.values() if isinstance(v, Volume)]
         requests, cluster = await self._requests(op, vm, volumes)
@@ -266,7 +273,10 @@ class OperationManager:
                     break
             if isinstance(result, Refusal):
                 log.info("operation_unplaceable", operation_id=str(op.id), reason=result.message)
-                await self._send(FailOperation(operation_id=op.id, reason=result.message), context)
+                await self._send(
+                    FailOperation(operation_id=op.id, reason=result.message, step=PLACE),
+                    context,
+                )
                 return
             command = PlaceOperation(
                 operation_id=op.id, host_id=result.host_id, pool_ids=result.pool_ids
@@ -279,12 +289,17 @@ class OperationManager:
                 # affinity group is read from the log, so it is fresh too).
                 log.info("placement_retried", operation_id=str(op.id), reason=str(e))
             except DomainError as e:
-                await self._send(FailOperation(operation_id=op.id, reason=str(e)), context)
+                # Only while the operation still waits to be placed: another
+                # engine instance may have placed it meanwhile.
+                await self._send(
+                    FailOperation(operation_id=op.id, reason=str(e), step=PLACE), context
+                )
                 return
         await self._send(
             FailOperation(
                 operation_id=op.id,
                 reason=f"placement kept conflicting after {PLACE_ATTEMPTS} attempts",
+                step=PLACE,
             ),
             context,
         )

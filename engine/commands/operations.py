@@ -92,6 +92,9 @@ class FailOperation(Command, frozen=True, kw_only=True):
     reason: Reason
     # A step got no answer in time: what waits for an effector is failed too.
     timed_out: bool = False
+    # The step the failure is about. If the operation has moved past it (another
+    # engine instance did the step meanwhile), the failure is stale: ignored.
+    step: str | None = None
 
 
 @handles(DeployVm)
@@ -268,6 +271,8 @@ def advance_operation(uow: UnitOfWork, cmd: AdvanceOperation) -> Outcome:
 @handles(FailOperation)
 def fail_operation(uow: UnitOfWork, cmd: FailOperation) -> Outcome:
     op = uow.get(Operation, cmd.operation_id)
+    if cmd.step is not None and op.current_step != cmd.step:
+        return Outcome(aggregate_id=op.id, value=op.status)
     if op.kind == deploy.KIND:
         deploy.fail(uow, op, cmd.reason, timed_out=cmd.timed_out)
     elif op.resource_type == "volume":

@@ -55,3 +55,90 @@ def test_a_read_changed_by_another_process_is_seen(store, batched):
     finally:
         api.close()
         engine.close()
+
+
+def test_a_placement_done_by_another_engine_while_loading_is_not_refused(store, pg_target):
+    # Two engine instances place one deploy at once (one from Kafka, the
+    # other from its sweep). Y loads the operation (still at place), then X
+    # places it on host 0 and commits, then Y loads the pool, which already
+    # holds the volume: on those mixed reads Y's placement was refused with a
+    # Conflict, and the manager's FailOperation then compensated a deploy X
+    # had placed correctly.
+    from engine.commands.fabric import CreateCluster, CreatePod, RegisterHost
+    from engine.commands.operations import FailOperation, PlaceOperation
+    from engine.commands.storage_fabric import CreateStoragePool
+    from engine.operations.operation import Operation
+    from engine.store import EventStore
+
+    y_store = EventStore(pg_target)
+    client, x, y = (
+        CommandService(store),
+        CommandService(EventStore(pg_target)),
+        CommandService(y_store),
+    )
+    try:
+        run = client.execute
+        zone = run(CreateZone(name="z")).aggregate_id
+        pod = run(CreatePod(zone_id=zone, name="p", gateway="10.0.0.1", cidr="10.0.0.0/24"))
+        cluster = run(CreateCluster(zone_id=zone, pod_id=pod.aggregate_id, name="c"))
+        hosts = [
+            run(
+                RegisterHost(
+                    zone_id=zone,
+                    pod_id=pod.aggregate_id,
+                    cluster_id=cluster.aggregate_id,
+                    name=f"h{i}",
+                    cpu_cores=4,
+                    ram_mb=4096,
+                    libvirt_uri="test:///default",
+                )
+            ).aggregate_id
+            for i in range(2)
+        ]
+        pool = run(
+            CreateStoragePool(
+                zone_id=zone,
+                cluster_id=cluster.aggregate_id,
+                name="p",
+                scope="cluster",
+                capacity_bytes=8 << 30,
+                url="/var/lib/cloud-engine/pool",
+            )
+        ).aggregate_id
+        template = run(
+            RegisterTemplate(
+                name="t",
+                zone_id=zone,
+                url="http://127.0.0.1/t.qcow2",
+                format="qcow2",
+                size_bytes=1 << 20,
+                os_type="None",
+            )
+        ).aggregate_id
+        run(RequestTemplateDownload(template_id=template))
+        run(MarkTemplateDownloaded(template_id=template))
+        op_id = run(deploy(zone, template, "vm")).aggregate_id
+
+        original = y_store.load_many
+        raced: list[bool] = []
+
+        def load_many(ids):  # type: ignore[no-untyped-def]
+            wanted = list(ids)
+            if pool in wanted and not raced:
+                raced.append(True)
+                x.execute(PlaceOperation(operation_id=op_id, host_id=hosts[0], pool_ids=(pool,)))
+            return original(wanted)
+
+        y_store.load_many = load_many  # type: ignore[method-assign]
+        y.execute(PlaceOperation(operation_id=op_id, host_id=hosts[1], pool_ids=(pool,)))
+        assert raced, "the race did not happen: the test no longer exercises it"
+
+        # What the manager sends when a placement is refused: about the place step only.
+        y.execute(FailOperation(operation_id=op_id, reason="refused", step="place"))
+        op = store.load(op_id)
+        assert isinstance(op, Operation)
+        assert (op.status, op.current_step, op.chosen_host_id) == ("running", "provision", None)
+        assert op.error is None
+    finally:
+        for service in (client, x, y):
+            service.close()

@@ -160,3 +160,19 @@ def test_failed_start_compensates_and_lifecycle_runs_after_success(world: World)
     assert world.get(Operation, expunge).status == "succeeded"
     assert volumes(world, op_id)[0].state == "Destroyed"
     assert world.get(StoragePool, world.pool).reservations == {}
+
+
+def test_a_failure_about_a_step_the_operation_has_left_is_ignored(world: World) -> None:
+    # Another engine instance placed the deploy while this one's placement
+    # was refused: its FailOperation (about "place") must not undo the deploy.
+    op_id, vm_id = world.deploy()
+    world.run(PlaceOperation(operation_id=op_id, host_id=world.host, pool_ids=(world.pool,) * 2))
+    op = world.get(Operation, op_id)
+    assert op.current_step == "provision"
+
+    world.run(FailOperation(operation_id=op_id, reason="refused", step="place"))
+
+    assert (op.status, op.current_step, op.error) == ("running", "provision", None)
+    assert vm_id in world.get(Host, world.host).reservations
+    world.run(FailOperation(operation_id=op_id, reason="no answer", step="provision"))
+    assert op.status == "compensating" and op.error == "no answer"
