@@ -119,10 +119,19 @@ def _reads(resource: ResourceType) -> dict[str, dict[str, Any]]:
         f"{base}/{{id}}/events": {
             "get": {
                 "operationId": f"get{camel}Events",
-                "summary": f"Every event of one {resource.title}, from the log",
+                "summary": f"The events of one {resource.title}, from the log, oldest first",
                 "description": access,
                 "tags": [resource.type],
-                "parameters": [_ID],
+                "parameters": [
+                    _ID,
+                    {"name": "after_version", "in": "query",
+                     "schema": {"type": "integer", "minimum": 0, "default": 0},
+                     "description": "events after this version (next_after_version"
+                                    " of the previous page)"},
+                    {"name": "limit", "in": "query",
+                     "schema": {"type": "integer", "minimum": 1, "maximum": MAX_LIMIT,
+                                "default": MAX_LIMIT}},
+                ],
                 "responses": {"200": {"description": "Its history", "content": _json("EventPage")},
                               **_problems(401, 403, 404, 503)},
             }

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable
+from typing import TypeVar
 from uuid import UUID
 
 import msgspec
@@ -23,7 +24,13 @@ from api.context import ApiContext, context_of, principal_of
 from api.cursor import Cursor, decode_cursor, encode_cursor, query_digest
 from api.problems import bad_request, from_domain, invalid_query, not_found
 from api.queries import fetch_one, fetch_page
-from api.resources import QUERY_TYPES, Filter, ListQuery, ResourceType, filter_values
+from api.resources import (
+    QUERY_TYPES,
+    EventQuery,
+    Filter,
+    ResourceType,
+    filter_values,
+)
 from api.views import EventPage, Resource, ResourcePage
 from engine.catalog import PUBLIC_NAMES
 from engine.errors import DomainError
@@ -32,7 +39,10 @@ from projections.history import history, state_view
 Handler = Callable[[Request], Awaitable[Response]]
 
 
-def parse_query(request: Request, kind: type[ListQuery]) -> ListQuery:
+Q = TypeVar("Q", bound=msgspec.Struct)
+
+
+def parse_query(request: Request, kind: type[Q]) -> Q:
     params = request.query_params
     for name in params:
         if len(params.getlist(name)) > 1:
@@ -99,11 +109,22 @@ def events_endpoint(resource: ResourceType) -> Handler:
         require_visible(
             principal, resource.access, owner.account, f"{resource.title} {resource_id}"
         )
+        query = parse_query(request, EventQuery)
         try:
-            entries = await asyncio.to_thread(history, ctx.store, resource_id)
+            # One more than asked: whether there is a next page.
+            entries = await asyncio.to_thread(
+                history,
+                ctx.store,
+                resource_id,
+                after_version=query.after_version,
+                limit=query.limit + 1,
+            )
         except DomainError as error:
             raise from_domain(error) from None
-        return json_response(EventPage(items=entries))
+        more = len(entries) > query.limit
+        entries = entries[: query.limit]
+        following = entries[-1].version if more else None
+        return json_response(EventPage(items=entries, next_after_version=following))
 
     handle.__name__ = f"events_{resource.type}"
     return handle

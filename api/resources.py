@@ -116,6 +116,13 @@ class ListQuery(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields
     cursor: Annotated[str, msgspec.Meta(max_length=512)] | None = None
 
 
+class EventQuery(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """Paging of a resource's history: the events after a version."""
+
+    after_version: Annotated[int, msgspec.Meta(ge=0)] = 0
+    limit: Limit = MAX_LIMIT
+
+
 def _filter_type(kind: FilterKind) -> Any:
     if kind == "uuid":
         return UUID | None

@@ -66,9 +66,11 @@ class ResourcePage(msgspec.Struct, frozen=True, kw_only=True):
 
 
 class EventPage(msgspec.Struct, frozen=True, kw_only=True):
-    """Every event of one resource, oldest first, with who caused it and why."""
+    """Events of one resource, oldest first, with who caused it and why; when
+    there are more, next_after_version is the after_version of the next page."""
 
     items: list[HistoryEntry]
+    next_after_version: int | None = None
 
 
 class Health(msgspec.Struct, frozen=True, kw_only=True):

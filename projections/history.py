@@ -102,7 +102,8 @@ def _statement(store: EventStore, template: str) -> Composed:
 
 _SELECT_AGGREGATE = (
     "SELECT notification_id, originator_id, originator_version, topic, state"
-    " FROM {schema}.{table} WHERE originator_id = %s ORDER BY originator_version"
+    " FROM {schema}.{table} WHERE originator_id = %s AND originator_version > %s"
+    " ORDER BY originator_version LIMIT %s"
 )
 
 # The time filter runs in PostgreSQL (every event's JSON has its RFC 3339
@@ -206,10 +207,15 @@ def _format_value(value: Any) -> str:
     return text
 
 
-def history(store: EventStore, aggregate_id: UUID) -> list[HistoryEntry]:
-    """Every event of one aggregate in version order; NotFound if it has none."""
-    rows = _rows(store, _statement(store, _SELECT_AGGREGATE), (aggregate_id,))
-    if not rows:
+def history(
+    store: EventStore, aggregate_id: UUID, *, after_version: int = 0, limit: int | None = None
+) -> list[HistoryEntry]:
+    """The events of one aggregate in version order, those after
+    `after_version` and at most `limit` of them (all by default); NotFound if
+    it has none at all."""
+    statement = _statement(store, _SELECT_AGGREGATE)
+    rows = _rows(store, statement, (aggregate_id, after_version, limit))
+    if not rows and (after_version == 0 or not _rows(store, statement, (aggregate_id, 0, 1))):
         raise NotFound(f"aggregate {aggregate_id} not found: no events recorded for it")
     return [_entry(store, position, stored) for position, stored in rows]
 

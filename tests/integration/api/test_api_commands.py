@@ -171,3 +171,34 @@ async def test_network_defaults_its_physical_network(api: Api) -> None:
     )
     assert vlan.status == 422
     assert vlan.json()["field"] == "physical_network_id"
+
+
+async def test_history_pages_by_version(api: Api) -> None:
+    # A host's history grows with every toggle (and the reconciler's findings
+    # on VMs without end): it comes in pages, not one unbounded answer.
+    reply = await api.post("/v1/zones", {"name": "paged"})
+    zone = reply.json()["resource_id"]
+    for i in range(6):
+        toggled = await api.post(f"/v1/zones/{zone}/{'disable' if i % 2 == 0 else 'enable'}")
+        assert toggled.status == 202, toggled.body
+    path = f"/v1/zones/{zone}/events"
+
+    everything = (await api.get(path)).json()
+    assert [e["version"] for e in everything["items"]] == list(range(1, 8))
+    assert everything["next_after_version"] is None
+
+    seen: list[int] = []
+    after = 0
+    while True:
+        page = (await api.get(f"{path}?limit=3&after_version={after}")).json()
+        seen += [e["version"] for e in page["items"]]
+        if page["next_after_version"] is None:
+            break
+        after = page["next_after_version"]
+    assert seen == list(range(1, 8))
+    past_the_end = (await api.get(f"{path}?after_version=7")).json()
+    assert past_the_end == {"items": [], "next_after_version": None}
+    for bad in ("limit=0", "limit=501", "after_version=-1", "after_version=x", "since=1"):
+        refused = await api.get(f"{path}?{bad}")
+        assert refused.status == 400, (bad, refused.body)
+        assert refused.content_type == "application/problem+json"
