@@ -125,6 +125,7 @@ def create_app(
     *,
     pool_size: int = 8,
     command_timeout: float = 30.0,
+    max_pending: int = 2000,
 ) -> Starlette:
     """An app on an existing command service and event store (the caller
     owns and closes both); it opens its own asyncpg pool for reads."""
@@ -152,6 +153,7 @@ def create_app(
                 owners=Owners(pool, target.schema),
                 metrics=metrics,
                 command_timeout=command_timeout,
+                max_pending=max_pending,
             )
             yield
         finally:

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import threading
 from collections.abc import Awaitable, Callable
 from typing import Any
 from uuid import UUID
@@ -36,6 +37,8 @@ from engine.commands import Command, CommandContext, CommandResult
 from engine.errors import DomainError
 
 log = structlog.get_logger("api.commands")
+
+_PENDING_LOCK = threading.Lock()
 
 
 def endpoint(route: CommandRoute[Any]) -> Callable[[Request], Awaitable[Response]]:
@@ -102,10 +105,17 @@ async def check_ref(ctx: ApiContext, principal: Principal, ref: Ref) -> None:
 
 
 async def execute(ctx: ApiContext, command: Command, context: CommandContext) -> CommandResult:
+    if ctx.pending >= ctx.max_pending:
+        raise unavailable(
+            f"{ctx.pending} commands are waiting for the engine's writer; retry shortly"
+        )
     try:
         submitted = ctx.service.submit(command, context)
     except RuntimeError as error:  # the service is closing
         raise unavailable(str(error)) from None
+    with _PENDING_LOCK:
+        ctx.pending += 1
+    submitted.add_done_callback(lambda _: _answered(ctx))
     # Shielded: cancelling the wait (timeout, client gone) must not cancel the
     # engine's future, which the writer thread resolves after committing.
     try:
@@ -124,6 +134,12 @@ async def execute(ctx: ApiContext, command: Command, context: CommandContext) ->
         raise unavailable("the event store is unreachable") from None
     # Anything else is a bug: a 500 with the traceback in the log, not a
     # 503 that tells the client to retry (nor the error's text).
+
+
+def _answered(ctx: ApiContext) -> None:
+    # On the writer thread, while the event loop may be counting up.
+    with _PENDING_LOCK:
+        ctx.pending -= 1
 
 
 def answer(route: CommandRoute[Any], result: CommandResult) -> CommandAccepted:

@@ -33,6 +33,11 @@ class ApiContext:
     # How long a command may wait for the writer before the client is told
     # to retry (with its Idempotency-Key, which makes that safe).
     command_timeout: float = 30.0
+    # Commands this process has submitted and not seen answered. Past the
+    # limit a command is refused at once (503, Retry-After) rather than
+    # queued behind minutes of work its client will have given up on.
+    max_pending: int = 2000
+    pending: int = 0
 
 
 def context_of(request: Request) -> ApiContext:

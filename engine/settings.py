@@ -51,6 +51,9 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     # Where `up` and `cloud-engine api` serve the HTTP API (flags override).
     api_host: str = "127.0.0.1"
     api_port: Annotated[int, msgspec.Meta(ge=0, le=65535)] = 8080
+    # Commands an API process has waiting for the writer before it answers
+    # 503 at once instead of queueing more.
+    api_max_pending: Annotated[int, msgspec.Meta(ge=1)] = 2000
     log_format: Literal["json", "console"] = "json"
     log_level: Literal["debug", "info", "warning", "error"] = "info"
 

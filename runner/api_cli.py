@@ -51,7 +51,7 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
             cache_size=settings.aggregate_cache_size,
         )
         try:
-            app = create_app(service, store, infra.target)
+            app = create_app(service, store, infra.target, max_pending=settings.api_max_pending)
             try:
                 server = ApiServer(app, args.host, args.port)
             except OSError as error:

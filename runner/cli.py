@@ -71,7 +71,9 @@ def up(settings: Settings) -> int:
             token = asyncio.run(admin_token(infra.target, settings.data_dir))
             try:
                 api = ApiServer(
-                    create_app(service, store, infra.target), settings.api_host, settings.api_port
+                    create_app(service, store, infra.target, max_pending=settings.api_max_pending),
+                    settings.api_host,
+                    settings.api_port,
                 )
             except OSError as error:
                 raise SettingsError(

@@ -4,6 +4,9 @@ Idempotency-Key; fabric commands answering with the resource."""
 from __future__ import annotations
 
 import asyncio
+import threading
+import time
+from typing import Any
 
 from api_harness import Api, created, make_fabric, new_key, vm_body
 
@@ -202,3 +205,40 @@ async def test_history_pages_by_version(api: Api) -> None:
         refused = await api.get(f"{path}?{bad}")
         assert refused.status == 400, (bad, refused.body)
         assert refused.content_type == "application/problem+json"
+
+
+async def test_commands_beyond_the_pending_limit_are_refused_at_once(api: Api) -> None:
+    # The writer is stuck (here: its first commit waits on a gate); the API
+    # answers 503 with Retry-After instead of queueing without end, records
+    # nothing for the refused command, and takes commands again once the
+    # writer answered.
+    context = api.server.server.config.app.state.api  # the running app's ApiContext
+    context.max_pending = 1
+    gate = threading.Event()
+    real = api.store.append
+
+    def held(*args: Any, **kwargs: Any) -> list[int]:
+        gate.wait(30)
+        return real(*args, **kwargs)
+
+    api.store.append = held  # type: ignore[method-assign]
+    first = asyncio.create_task(api.post("/v1/zones", {"name": "first"}))
+    deadline = time.monotonic() + 10
+    while context.pending < 1:
+        assert time.monotonic() < deadline, "the first command never reached the writer"
+        await asyncio.sleep(0.01)
+
+    refused = await api.post("/v1/zones", {"name": "second"})
+
+    assert refused.status == 503, refused.body
+    assert refused.headers["retry-after"] == "1"
+    assert refused.content_type == "application/problem+json"
+    gate.set()
+    assert (await first).status == 202
+    api.store.append = real  # type: ignore[method-assign]
+    assert context.pending == 0
+    third = await api.post("/v1/zones", {"name": "third"})
+    assert third.status == 202, third.body
+    await api.project()
+    names = {z["name"] for z in (await api.get("/v1/zones")).json()["items"]}
+    assert names == {"first", "third"}
