@@ -45,6 +45,10 @@ from engine.database import DatabaseTarget
 log = structlog.get_logger("effectors.service")
 
 
+async def _keep_session(_: asyncpg.Connection) -> None:
+    """asyncpg's pool reset hook: nothing to reset (see EffectorService.run)."""
+
+
 def effector_config(
     bootstrap: str, prefix: str, zones: frozenset[UUID] | None = None
 ) -> ConsumerConfig:
@@ -98,6 +102,11 @@ class EffectorService:
             database=self.target.dbname,
             min_size=1,
             max_size=2,
+            # Read-only queries that leave no session state (no SET, LISTEN,
+            # advisory locks or cursors): the default reset on every release
+            # (a 4-statement round trip per read) has nothing to undo. asyncpg
+            # still rolls back an open transaction before calling this.
+            reset=_keep_session,
         )
         await ensure_results_topic(self.config.bootstrap, self.config.topic_prefix)
         producer = AIOKafkaProducer(bootstrap_servers=self.config.bootstrap, acks="all")

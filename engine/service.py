@@ -32,7 +32,7 @@ from engine.errors import Conflict, DomainError
 from engine.idempotency import IdempotencyKeys
 from engine.metadata import bound_meta
 from engine.store import EventStore, IdempotencyRecord
-from engine.submission import Executed, Submission, referenced_ids
+from engine.submission import Executed, Submission, placed_ids, referenced_ids
 from engine.working_set import AggregateCache, WorkingSet
 
 log = structlog.get_logger("engine.service")
@@ -168,6 +168,7 @@ class CommandService:
     def _run_batch(self, todo: list[Submission]) -> BatchOutcome:
         ws = WorkingSet(self.store, self._cache, check_new=False)
         ws.prefetch(i for s in todo for i in referenced_ids(s.command))
+        ws.prefetch(i for s in todo for i in placed_ids(s.command, ws))
         executed: list[Executed] = []
         refused: list[tuple[Submission, DomainError]] = []
         events = 0
@@ -216,6 +217,9 @@ class CommandService:
                         return
             ws = WorkingSet(self.store, self._cache, check_new=attempt > 0)
             try:
+                # A placement's VM and volumes in one round trip, not one
+                # load per lookup.
+                ws.prefetch(placed_ids(submission.command, ws))
                 executed = self._execute(submission, ws)
                 self._commit([executed], ws.reads())
             except IntegrityError:

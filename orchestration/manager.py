@@ -57,6 +57,11 @@ from orchestration.candidates import Candidates
 
 log = structlog.get_logger("orchestration.manager")
 
+
+async def _keep_session(_: asyncpg.Connection) -> None:
+    """asyncpg's pool reset hook: nothing to reset (see OperationManager.run)."""
+
+
 PLACE_ATTEMPTS = 4
 PLACE = "place"
 ENGINE = "engine"  # the actor of the commands the manager sends
@@ -96,6 +101,9 @@ class OperationManager:
         self._db: asyncpg.Pool | None = None
         # Ids seen to be (True) or not to be (False) operations.
         self._known: OrderedDict[UUID, bool] = OrderedDict()
+        # Lookups in flight: events of one request (a VM's and its volume's
+        # Created, handled at once) share one load.
+        self._looking: dict[UUID, asyncio.Task[bool]] = {}
         # Weak: a lock lives while some drive holds or waits for it.
         self._locks: weakref.WeakValueDictionary[UUID, asyncio.Lock] = weakref.WeakValueDictionary()
 
@@ -109,6 +117,9 @@ class OperationManager:
             database=t.dbname,
             min_size=1,
             max_size=4,
+            # Reads only (the sweep, the planner's rows): no session state to
+            # reset on every release.
+            reset=_keep_session,
         )
         self._candidates = Candidates(self._db, t.schema)
         self.consumer = EventConsumer(self.config, self.handle, MemoryDeduplicator())
@@ -143,7 +154,11 @@ class OperationManager:
     async def _operation_of(self, event: CloudEvent) -> UUID | None:
         parts = event.type.split(".")
         if len(parts) == 5 and parts[2] == "operation":
-            return event.aggregate_id if parts[3] == "created" else None
+            if parts[3] != "created":
+                return None
+            # Its results will name it as their correlation id: no load then.
+            self._remember(event.aggregate_id, True)
+            return event.aggregate_id
         try:
             candidate: UUID | None = UUID(event.correlation_id)
         except ValueError:
@@ -151,11 +166,7 @@ class OperationManager:
         if candidate is not None:
             known = self._known.get(candidate)
             if known is None:
-                found = await asyncio.to_thread(self.store.load, candidate)
-                known = isinstance(found, Operation)
-                self._known[candidate] = known
-                if len(self._known) > _KNOWN_MAX:
-                    self._known.popitem(last=False)
+                known = await self._is_operation(candidate)
             if known:
                 return candidate
         # Only effector results need the guard to find their operation: a
@@ -164,6 +175,28 @@ class OperationManager:
             return None
         held = await asyncio.to_thread(self.store.load, guard_id(event.aggregate_id))
         return held.operation_id if isinstance(held, ResourceGuard) else None
+
+    def _remember(self, candidate: UUID, known: bool) -> None:
+        self._known[candidate] = known
+        if len(self._known) > _KNOWN_MAX:
+            self._known.popitem(last=False)
+
+    async def _is_operation(self, candidate: UUID) -> bool:
+        looking = self._looking.get(candidate)
+        if looking is None:
+
+            async def look() -> bool:
+                try:
+                    found = await asyncio.to_thread(self.store.load, candidate)
+                    known = isinstance(found, Operation)
+                    self._remember(candidate, known)
+                    return known
+                finally:
+                    del self._looking[candidate]
+
+            looking = self._looking[candidate] = asyncio.create_task(look())
+        # Shielded: one waiter cancelled must not cancel the others' load.
+        return await asyncio.shield(looking)
 
     async def sweep(self) -> int:
         """Drive every unfinished operation once; returns how many."""
