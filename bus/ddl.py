@@ -8,18 +8,13 @@ makes them take turns; the second then finds the table and does nothing.
 
 from __future__ import annotations
 
-import hashlib
-
 import asyncpg
 from asyncpg.pool import PoolConnectionProxy
 
-
-def lock_key(statement: str) -> int:
-    digest = hashlib.sha256(f"cloud-engine ddl {statement}".encode()).digest()
-    return int.from_bytes(digest[:8], "big", signed=True)
+from engine.database import advisory_key
 
 
 async def create_once(conn: asyncpg.Connection | PoolConnectionProxy, statement: str) -> None:
     async with conn.transaction():
-        await conn.execute("SELECT pg_advisory_xact_lock($1)", lock_key(statement))
+        await conn.execute("SELECT pg_advisory_xact_lock($1)", advisory_key(f"ddl {statement}"))
         await conn.execute(statement)

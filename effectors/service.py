@@ -40,13 +40,9 @@ from effectors.naming import Names
 from effectors.reconciler import Reconciler, start_libvirt_event_loop
 from effectors.results import EffectorResult, encode, ensure_results_topic, results_topic
 from effectors.work import WorkItem, work_for
-from engine.database import DatabaseTarget
+from engine.database import DatabaseTarget, keep_session
 
 log = structlog.get_logger("effectors.service")
-
-
-async def _keep_session(_: asyncpg.Connection) -> None:
-    """asyncpg's pool reset hook: nothing to reset (see EffectorService.run)."""
 
 
 def effector_config(
@@ -102,11 +98,7 @@ class EffectorService:
             database=self.target.dbname,
             min_size=1,
             max_size=2,
-            # Read-only queries that leave no session state (no SET, LISTEN,
-            # advisory locks or cursors): the default reset on every release
-            # (a 4-statement round trip per read) has nothing to undo. asyncpg
-            # still rolls back an open transaction before calling this.
-            reset=_keep_session,
+            reset=keep_session,  # single reads only
         )
         await ensure_results_topic(self.config.bootstrap, self.config.topic_prefix)
         producer = AIOKafkaProducer(bootstrap_servers=self.config.bootstrap, acks="all")

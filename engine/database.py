@@ -7,6 +7,7 @@ installed by hand; with a URL the same code talks to a real cluster.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import warnings
 from typing import Any
@@ -19,6 +20,20 @@ from psycopg import sql
 from engine.settings import Settings, SettingsError
 
 EMBEDDED_DBNAME = "cloudengine"
+
+
+def advisory_key(name: str) -> int:
+    """A PostgreSQL advisory lock key (bigint) for a name: processes that
+    take the lock of one name take turns."""
+    digest = hashlib.sha256(f"cloud-engine {name}".encode()).digest()
+    return int.from_bytes(digest[:8], "big", signed=True)
+
+
+async def keep_session(_connection: object) -> None:
+    """asyncpg's pool reset hook for pools that only run single reads (no
+    SET, LISTEN, advisory locks or cursors): the default reset, a round trip
+    of four statements on every release, has nothing to undo. asyncpg still
+    rolls back an open transaction before calling it."""
 
 
 class DatabaseTarget(msgspec.Struct, frozen=True, kw_only=True):

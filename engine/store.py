@@ -8,7 +8,6 @@ table, written in the same transaction as the events it answers for.
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any, cast
 from uuid import UUID
@@ -36,7 +35,7 @@ from psycopg.sql import SQL, Identifier
 
 from engine import integrity
 from engine.aggregate import Aggregate
-from engine.database import DatabaseTarget
+from engine.database import DatabaseTarget, advisory_key
 from engine.mapper import MsgspecMapper
 
 # Bounds how long one transaction holds the events table's write lock (every
@@ -235,11 +234,6 @@ def store_environment(target: DatabaseTarget, pool_size: int) -> dict[str, str]:
     }
 
 
-def _setup_lock(schema: str) -> int:
-    digest = hashlib.sha256(f"cloud-engine store setup {schema}".encode()).digest()
-    return int.from_bytes(digest[:8], "big", signed=True)
-
-
 class EventStore:
     """Load aggregates and append events; the only door to the log."""
 
@@ -249,7 +243,9 @@ class EventStore:
         # the library's CREATE TABLE / TYPE / OR REPLACE FUNCTION statements
         # ("tuple concurrently updated", duplicate pg_type keys): one at a time.
         with psycopg.connect(target.conninfo(), autocommit=True) as lock:
-            lock.execute("SELECT pg_advisory_lock(%s)", (_setup_lock(target.schema),))
+            lock.execute(
+                "SELECT pg_advisory_lock(%s)", (advisory_key(f"store setup {target.schema}"),)
+            )
             self.application = _StoreApplication(env=store_environment(target, pool_size))
             self.recorder = cast(CloudEngineRecorder, self.application.recorder)
             self.mapper = self.application.mapper

@@ -13,7 +13,7 @@ import msgspec
 from engine.aggregate import Aggregate
 from engine.commands import Command, CommandContext, CommandResult
 from engine.commands.base import AggregateVersion, Outcome
-from engine.commands.operations import PlaceOperation
+from engine.commands.operations import PlaceOperation, VmOperation, VolumeOperation
 from engine.metadata import EventMeta
 from engine.operations.guard import guard_id
 from engine.operations.operation import Operation
@@ -80,17 +80,15 @@ class Executed:
 
 
 def referenced_ids(command: Command) -> Iterator[UUID]:
-    """Every aggregate id a command names, and the guard of each (operations
-    look up their resource's guard), for one prefetch per batch."""
+    """Every aggregate id a command names, for one prefetch per batch, and
+    for a command that starts an operation the guards of what it names."""
+    guarded = isinstance(command, VmOperation | VolumeOperation)
     for name in command.__struct_fields__:
         value = getattr(command, name)
-        if isinstance(value, UUID):
-            yield value
-            yield guard_id(value)
-        elif isinstance(value, tuple):
-            for v in value:
-                if isinstance(v, UUID):
-                    yield v
+        for v in value if isinstance(value, tuple) else (value,):
+            if isinstance(v, UUID):
+                yield v
+                if guarded:
                     yield guard_id(v)
 
 

@@ -40,7 +40,7 @@ from bus.consumer import ConsumerConfig, EventConsumer, MemoryDeduplicator
 from bus.naming import topic_for
 from engine.commands.base import Command, CommandContext
 from engine.commands.operations import AdvanceOperation, FailOperation, PlaceOperation
-from engine.database import DatabaseTarget
+from engine.database import DatabaseTarget, keep_session
 from engine.errors import CapacityExceeded, DomainError, InvalidTransition, PlacementRefused
 from engine.fabric.storage_pool import StoragePool
 from engine.operations import lifecycle
@@ -56,10 +56,6 @@ from engine.virtual.volume import Volume
 from orchestration.candidates import Candidates
 
 log = structlog.get_logger("orchestration.manager")
-
-
-async def _keep_session(_: asyncpg.Connection) -> None:
-    """asyncpg's pool reset hook: nothing to reset (see OperationManager.run)."""
 
 
 PLACE_ATTEMPTS = 4
@@ -117,9 +113,7 @@ class OperationManager:
             database=t.dbname,
             min_size=1,
             max_size=4,
-            # Reads only (the sweep, the planner's rows): no session state to
-            # reset on every release.
-            reset=_keep_session,
+            reset=keep_session,  # single reads only: the sweep, the planner's rows
         )
         self._candidates = Candidates(self._db, t.schema)
         self.consumer = EventConsumer(self.config, self.handle, MemoryDeduplicator())
@@ -279,7 +273,14 @@ class OperationManager:
             return False
 
     async def _place(self, op: Operation, context: CommandContext) -> None:
-        """Plan and place; every failure sent from here is about that step."""
+        reason = await self._try_place(op, context)
+        if reason is not None:
+            # About the place step only: another engine instance may have
+            # placed the operation meanwhile, and then this changes nothing.
+            await self._send(FailOperation(operation_id=op.id, reason=reason, step=PLACE), context)
+
+    async def _try_place(self, op: Operation, context: CommandContext) -> str | None:
+        """Plan and place: None once placed, else why it cannot be."""
         candidates = self._candidates
         assert candidates is not None
         # The VM and the volumes the operation made, in one read.
@@ -288,10 +289,7 @@ class OperationManager:
         )
         vm = loaded.get(op.resource_id)
         if not isinstance(vm, VirtualMachine):
-            await self._send(
-                FailOperation(operation_id=op.id, reason="the VM is gone", step=PLACE), context
-            )
-            return
+            return "the VM is gone"
         volumes = [v for v in loaded.values() if isinstance(v, Volume)]
         requests, cluster = await self._requests(op, vm, volumes)
         strategy: Strategy = "dispersing" if op.params.strategy == "dispersing" else "first-fit"
@@ -306,36 +304,20 @@ class OperationManager:
                     break
             if isinstance(result, Refusal):
                 log.info("operation_unplaceable", operation_id=str(op.id), reason=result.message)
-                await self._send(
-                    FailOperation(operation_id=op.id, reason=result.message, step=PLACE),
-                    context,
-                )
-                return
+                return result.message
             command = PlaceOperation(
                 operation_id=op.id, host_id=result.host_id, pool_ids=result.pool_ids
             )
             try:
                 await self.service.execute_async(command, context)
-                return
+                return None
             except (CapacityExceeded, InvalidTransition, PlacementRefused) as e:
                 # The read models were behind: plan again on fresh rows (the
                 # affinity group is read from the log, so it is fresh too).
                 log.info("placement_retried", operation_id=str(op.id), reason=str(e))
             except DomainError as e:
-                # Only while the operation still waits to be placed: another
-                # engine instance may have placed it meanwhile.
-                await self._send(
-                    FailOperation(operation_id=op.id, reason=str(e), step=PLACE), context
-                )
-                return
-        await self._send(
-            FailOperation(
-                operation_id=op.id,
-                reason=f"placement kept conflicting after {PLACE_ATTEMPTS} attempts",
-                step=PLACE,
-            ),
-            context,
-        )
+                return str(e)
+        return f"placement kept conflicting after {PLACE_ATTEMPTS} attempts"
 
     async def _groups(self, op: Operation, vm: VirtualMachine) -> list[PlannerGroup]:
         """The VM's affinity group, read from the log (not a read model): two

@@ -87,8 +87,8 @@ def command_for(result: EffectorResult) -> Command | None:
     if result.kind == "drift.vm_state":
         return RecordVmDrift(
             vm_id=target,
-            observed=_text(result.observed or "unknown", 200),
-            expected=_text(result.expected or "unknown", 200),
+            observed=_text(result.observed, 200, "unknown"),
+            expected=_text(result.expected, 200, "unknown"),
         )
     if result.kind == "host.unreachable":
         return DeclareHostDown(host_id=target)
@@ -96,14 +96,14 @@ def command_for(result: EffectorResult) -> Command | None:
         done = _DONE.get(result.kind)
         return None if done is None else done(target)
     failed = _FAILED.get(result.kind)
-    reason = _text(result.error or "failed without a message", REASON_MAX)
+    reason = _text(result.error, REASON_MAX, "failed without a message")
     return None if failed is None else failed(target, reason)
 
 
-def _text(message: str, limit: int) -> str:
+def _text(message: str | None, limit: int, missing: str) -> str:
     # Messages come from libvirt, qemu-img and HTTP servers: a NUL in one
     # would be refused by the domain and the result never recorded.
-    return (message.replace("\x00", "").strip() or "failed without a message")[:limit]
+    return ((message or "").replace("\x00", "").strip() or missing)[:limit]
 
 
 def context_for(result: EffectorResult) -> CommandContext:

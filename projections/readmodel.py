@@ -25,7 +25,6 @@ the bulk load (projections.replay).
 
 from __future__ import annotations
 
-import hashlib
 import pickle
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -40,6 +39,7 @@ from bus.naming import event_type_of
 from bus.relay_log import events_table
 from engine.aggregate import Aggregate
 from engine.catalog import AGGREGATES, PUBLIC_NAMES
+from engine.database import advisory_key
 from engine.mapper import MsgspecMapper
 from projections.history import state_view
 
@@ -131,7 +131,9 @@ async def prepare(conn: Conn, schema: str) -> None:
     async with conn.transaction():
         # The API, the worker and the CLI may all start at once: without the
         # lock, two CREATE ... IF NOT EXISTS of one name can still collide.
-        await conn.execute("SELECT pg_advisory_xact_lock($1)", _prepare_lock(schema))
+        await conn.execute(
+            "SELECT pg_advisory_xact_lock($1)", advisory_key(f"readmodel.prepare {schema}")
+        )
         await conn.execute(
             f'CREATE TABLE IF NOT EXISTS "{schema}".{POSITIONS} ('
             " projection text PRIMARY KEY, position bigint NOT NULL,"
@@ -163,11 +165,6 @@ async def prepare(conn: Conn, schema: str) -> None:
             for index in indexes(aggregate_type):
                 if f"{table}_{index.suffix}" not in present:
                     await conn.execute(create_index_sql(schema, table, index))
-
-
-def _prepare_lock(schema: str) -> int:
-    digest = hashlib.sha256(f"cloud-engine readmodel.prepare {schema}".encode()).digest()
-    return int.from_bytes(digest[:8], "big", signed=True)
 
 
 @dataclass

@@ -226,13 +226,9 @@ def compensate(uow: UnitOfWork, op: Operation) -> None:
         vm.destroy()
     if vm.state == "Destroyed" and vm.expunge_error is None:
         vm.expunge_requested()  # the effector removes the domain, if any
-        return
-    if vm.state == "Destroyed":
-        # The domain could not be removed: the rest is given back, the VM
-        # stays Destroyed with the reason, for an operator's expunge later.
-        _finish(uow, op, vm)
-        return
-    if vm.state == "Expunged":
+    elif vm.state in ("Destroyed", "Expunged"):
+        # Destroyed here: the domain could not be removed; the rest is given
+        # back and the VM keeps the reason, for an operator's expunge later.
         _finish(uow, op, vm)
 
 

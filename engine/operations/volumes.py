@@ -173,10 +173,7 @@ def advance(uow: UnitOfWork, op: Operation) -> None:
             return
         if volume.state == "Error":
             # The file kept its size: the growth reserved on the pool goes back.
-            if volume.pool_id is not None:
-                pool = uow.get(StoragePool, volume.pool_id)
-                if volume.id in pool.reservations:
-                    pool.resize_reservation(volume.id, volume.size_bytes)
+            _reserve_recorded_size(uow, volume)
             _compensated(uow, op, volume.last_error or "the resize failed")
         else:
             _done(uow, op, "resize")
@@ -193,12 +190,8 @@ def advance(uow: UnitOfWork, op: Operation) -> None:
         if volume.state == "Error":
             _failed(uow, op, volume.last_error or "the revert failed")
         else:
-            # The pool holds what the volume now is: less after a revert to
-            # a snapshot taken before a resize.
-            if volume.pool_id is not None:
-                pool = uow.get(StoragePool, volume.pool_id)
-                if volume.id in pool.reservations:
-                    pool.resize_reservation(volume.id, volume.size_bytes)
+            # Less after a revert to a snapshot taken before a resize.
+            _reserve_recorded_size(uow, volume)
             _done(uow, op, "revert")
 
 
@@ -217,6 +210,15 @@ def fail(uow: UnitOfWork, op: Operation, reason: str, *, timed_out: bool = False
         if snapshot.state == "Creating":
             snapshot.fail(reason)
     _failed(uow, op, reason)
+
+
+def _reserve_recorded_size(uow: UnitOfWork, volume: Volume) -> None:
+    """The pool reserves what the volume's record says it is, if it holds it."""
+    if volume.pool_id is None:
+        return
+    pool = uow.get(StoragePool, volume.pool_id)
+    if volume.id in pool.reservations:
+        pool.resize_reservation(volume.id, volume.size_bytes)
 
 
 def _release_guards(uow: UnitOfWork, op: Operation) -> None:

@@ -12,17 +12,13 @@ from engine.aggregate import Aggregate
 from engine.commands import CommandContext
 from engine.commands.fabric import CreateZone, DisableZone, EnableZone
 from engine.commands.operations import DeployVm
-from engine.commands.storage import (
-    MarkTemplateDownloaded,
-    RegisterTemplate,
-    RequestTemplateDownload,
-)
 from engine.errors import Conflict, InvalidTransition, NotFound
 from engine.fabric.zone import Zone
 from engine.operations.operation import Operation
 from engine.service import CommandService
 from engine.store import EventStore
 from engine.virtual.vm import VmSpec
+from tests.integration.catalog_setup import ready_template
 
 pytestmark = pytest.mark.postgres
 
@@ -218,18 +214,7 @@ def test_deploys_of_new_vms_load_nothing_one_at_a_time(store: EventStore) -> Non
     service = CommandService(store)
     try:
         zone = service.execute(CreateZone(name="z")).aggregate_id
-        template = service.execute(
-            RegisterTemplate(
-                name="t",
-                zone_id=zone,
-                url="http://127.0.0.1/t.qcow2",
-                format="qcow2",
-                size_bytes=1 << 20,
-                os_type="None",
-            )
-        ).aggregate_id
-        service.execute(RequestTemplateDownload(template_id=template))
-        service.execute(MarkTemplateDownloaded(template_id=template))
+        template = ready_template(service, zone)
         loads: list[int] = []
         real = store.load_many
 

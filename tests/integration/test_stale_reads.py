@@ -9,12 +9,12 @@ from engine.commands.operations import DeployVm
 from engine.commands.storage import (
     DeactivateTemplate,
     MarkTemplateDownloaded,
-    RegisterTemplate,
     RequestTemplateDownload,
 )
 from engine.errors import InvalidTransition
 from engine.service import CommandService
 from engine.virtual.vm import VmSpec
+from tests.integration.catalog_setup import ready_template, register_template
 
 pytestmark = pytest.mark.postgres
 
@@ -30,16 +30,7 @@ def test_a_read_changed_by_another_process_is_seen(store, batched):
     api, engine = CommandService(store), CommandService(store)
     try:
         zone = api.execute(CreateZone(name="z")).aggregate_id
-        template = api.execute(
-            RegisterTemplate(
-                name="t",
-                zone_id=zone,
-                url="http://127.0.0.1/t.qcow2",
-                format="qcow2",
-                size_bytes=1 << 20,
-                os_type="None",
-            )
-        ).aggregate_id
+        template = register_template(api, zone)
         api.execute(RequestTemplateDownload(template_id=template))  # api caches Downloading
         engine.execute(MarkTemplateDownloaded(template_id=template))  # engine caches Ready
         if batched:
@@ -105,18 +96,7 @@ def test_a_placement_done_by_another_engine_while_loading_is_not_refused(store, 
                 url="/var/lib/cloud-engine/pool",
             )
         ).aggregate_id
-        template = run(
-            RegisterTemplate(
-                name="t",
-                zone_id=zone,
-                url="http://127.0.0.1/t.qcow2",
-                format="qcow2",
-                size_bytes=1 << 20,
-                os_type="None",
-            )
-        ).aggregate_id
-        run(RequestTemplateDownload(template_id=template))
-        run(MarkTemplateDownloaded(template_id=template))
+        template = ready_template(client, zone)
         op_id = run(deploy(zone, template, "vm")).aggregate_id
 
         original = y_store.load_many

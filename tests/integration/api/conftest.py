@@ -4,7 +4,9 @@ and user tokens for accounts "alice" and "bob"."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+import hashlib
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
 
 import pytest
 from api_harness import Api, start_api
@@ -12,6 +14,7 @@ from api_harness import Api, start_api
 from engine.database import DatabaseTarget
 from engine.service import CommandService
 from engine.store import EventStore
+from tests.integration.effectors.template_server import qemu_img, serve
 
 
 @pytest.fixture
@@ -24,3 +27,14 @@ async def api(
     finally:
         stop.set()
         await task
+
+
+@pytest.fixture
+def template_url(tmp_path: Path) -> Iterator[tuple[str, str]]:
+    """A small qcow2 served over loopback HTTP: (url, sha256)."""
+    root = tmp_path / "www"
+    root.mkdir()
+    image = root / "tiny.qcow2"
+    qemu_img("create", "-f", "qcow2", str(image), "4M")
+    with serve(root) as served:
+        yield f"{served.base_url}/tiny.qcow2", hashlib.sha256(image.read_bytes()).hexdigest()

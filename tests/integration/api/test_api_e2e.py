@@ -6,13 +6,9 @@ test:///default driver and a template fetched over loopback HTTP."""
 from __future__ import annotations
 
 import asyncio
-import hashlib
-import http.server
-import subprocess
-import threading
 import time
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -29,34 +25,6 @@ from projections.worker import ProjectionWorker, consumer_config
 pytestmark = pytest.mark.postgres
 
 WAIT_S = 90.0
-
-
-@pytest.fixture
-def template_url(tmp_path: Path) -> Iterator[tuple[str, str]]:
-    """A small qcow2 served over loopback HTTP: (url, sha256)."""
-    root = tmp_path / "www"
-    root.mkdir()
-    image = root / "tiny.qcow2"
-    subprocess.run(
-        ["qemu-img", "create", "-f", "qcow2", str(image), "4M"], check=True, capture_output=True
-    )
-
-    class Handler(http.server.SimpleHTTPRequestHandler):
-        def __init__(self, *args: Any, **kwargs: Any) -> None:
-            super().__init__(*args, directory=str(root), **kwargs)
-
-        def log_message(self, format: str, *args: Any) -> None:
-            pass
-
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        url = f"http://127.0.0.1:{server.server_address[1]}/tiny.qcow2"
-        yield url, hashlib.sha256(image.read_bytes()).hexdigest()
-    finally:
-        server.shutdown()
-        server.server_close()
 
 
 @pytest.fixture

@@ -37,12 +37,9 @@ reboot operation provably still holds the VM.
 from __future__ import annotations
 
 import asyncio
-import hashlib
-import http.server
 import json
 import random
 import subprocess
-import threading
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Iterator
@@ -62,6 +59,7 @@ from effectors.work import WorkItem
 from orchestration.manager import OperationManager, manager_config
 from orchestration.recorder import ResultRecorder
 from projections.worker import ProjectionWorker, consumer_config
+from tests.integration.libvirt_cleanup import clean_up
 
 pytestmark = pytest.mark.postgres
 
@@ -79,34 +77,6 @@ class Backend:
     names: Names
     # Volume files on the host: resize, snapshot, revert and expunge work.
     real: bool
-
-
-def clean_up(uri: str, prefix: str) -> None:
-    """Remove the domains, networks and storage pools named with prefix."""
-    conn = libvirt.open(uri)
-    try:
-        for dom in conn.listAllDomains():
-            if dom.name().startswith(prefix):
-                if dom.isActive():
-                    dom.destroy()
-                dom.undefineFlags(
-                    libvirt.VIR_DOMAIN_UNDEFINE_SNAPSHOTS_METADATA
-                    | libvirt.VIR_DOMAIN_UNDEFINE_NVRAM
-                )
-        for net in conn.listAllNetworks():
-            if net.name().startswith(prefix):
-                if net.isActive():
-                    net.destroy()
-                net.undefine()
-        for pool in conn.listAllStoragePools():
-            if pool.name().startswith(prefix):
-                if pool.isActive():
-                    for vol in pool.listAllVolumes():
-                        vol.delete()
-                    pool.destroy()
-                pool.undefine()
-    finally:
-        conn.close()
 
 
 @pytest.fixture(
@@ -129,34 +99,6 @@ def backend(request: pytest.FixtureRequest) -> Iterator[Backend]:
     finally:
         if real:
             clean_up(uri, names.prefix)
-
-
-@pytest.fixture
-def template_url(tmp_path: Path) -> Iterator[tuple[str, str]]:
-    """A small qcow2 served over loopback HTTP: (url, sha256)."""
-    root = tmp_path / "www"
-    root.mkdir()
-    image = root / "tiny.qcow2"
-    subprocess.run(
-        ["qemu-img", "create", "-f", "qcow2", str(image), "4M"], check=True, capture_output=True
-    )
-
-    class Handler(http.server.SimpleHTTPRequestHandler):
-        def __init__(self, *args: Any, **kwargs: Any) -> None:
-            super().__init__(*args, directory=str(root), **kwargs)
-
-        def log_message(self, format: str, *args: Any) -> None:
-            pass
-
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        url = f"http://127.0.0.1:{server.server_address[1]}/tiny.qcow2"
-        yield url, hashlib.sha256(image.read_bytes()).hexdigest()
-    finally:
-        server.shutdown()
-        server.server_close()
 
 
 # The pipeline ----------------------------------------------------------------------

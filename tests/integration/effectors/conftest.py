@@ -21,6 +21,7 @@ import pytest
 from template_server import Served, serve
 
 from effectors.hypervisor import Hypervisor
+from tests.integration.libvirt_cleanup import clean_up
 
 
 @pytest.fixture(scope="session")
@@ -62,30 +63,3 @@ def pool_dir(tmp_path: Path) -> Path:
     path = tmp_path / "pools"
     path.mkdir()
     return path
-
-
-def clean_up(uri: str, prefix: str) -> None:
-    conn = libvirt.open(uri)
-    try:
-        for dom in conn.listAllDomains():
-            if dom.name().startswith(prefix):
-                if dom.isActive():
-                    dom.destroy()
-                dom.undefineFlags(
-                    libvirt.VIR_DOMAIN_UNDEFINE_SNAPSHOTS_METADATA
-                    | libvirt.VIR_DOMAIN_UNDEFINE_NVRAM
-                )
-        for net in conn.listAllNetworks():
-            if net.name().startswith(prefix):
-                if net.isActive():
-                    net.destroy()
-                net.undefine()
-        for pool in conn.listAllStoragePools():
-            if pool.name().startswith(prefix):
-                if pool.isActive():
-                    for vol in pool.listAllVolumes():
-                        vol.delete()
-                    pool.destroy()
-                pool.undefine()
-    finally:
-        conn.close()
