@@ -27,7 +27,7 @@ from api.problems import UNAVAILABLE, ApiError, unavailable
 from api.reads import events_endpoint, get_endpoint, list_endpoint
 from api.resources import TYPES
 from api.route_table import COMMAND_ROUTES
-from engine.database import DatabaseTarget
+from engine.database import DatabaseTarget, keep_session
 from engine.service import CommandService
 from engine.store import EventStore
 from projections import readmodel
@@ -141,6 +141,9 @@ def create_app(
             database=target.dbname,
             min_size=1,
             max_size=pool_size,
+            # Single reads and DDL in transactions (transaction-scoped locks
+            # only): no session state for a reset round trip to undo.
+            reset=keep_session,
         )
         try:
             await _prepare(pool, target.schema)

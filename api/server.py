@@ -39,6 +39,10 @@ class ApiServer:
         config = uvicorn.Config(
             app,
             lifespan="on",
+            # h11, not httptools: httptools answers a method it does not know
+            # with its own text/plain 400 before the app sees it; h11 lets
+            # the app answer a problem document (405).
+            http="h11",
             log_config=None,
             access_log=False,  # api.middleware logs each request with its id
             server_header=False,

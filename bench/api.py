@@ -19,8 +19,8 @@ autovacuum and the checkpointer would do on their own some time after such
 a load, so they do not land in a timed phase.
 
 The server is the API as `cloud-engine api` runs it: create_app on the same
-command service and store, served by ApiServer (uvicorn; HTTP/1.1 by h11,
-the parser installed here), access log on (JSON lines at info level, into a
+command service and store, served by ApiServer (uvicorn; HTTP/1.1 by
+h11, on uvloop unless --event-loop asyncio), access log on (JSON lines at info level, into a
 file). The clients run in a separate process: raw HTTP/1.1 over asyncio
 streams on loopback, one keep-alive connection per client (reopened, inside
 the timed request, when idle longer than uvicorn's 5 s keep-alive), user
@@ -91,6 +91,7 @@ from uuid import UUID
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import asyncpg
+import uvloop
 
 from api import tokens
 from api.app import create_app
@@ -893,6 +894,10 @@ def main() -> None:
     )
     parser.add_argument("--reads", type=int, default=2_000, help="per read kind and level")
     parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument(
+        "--event-loop", choices=["uvloop", "asyncio"], default="uvloop",
+        help="the server's event loop (CLOUD_ENGINE_EVENT_LOOP); clients use asyncio's",
+    )  # fmt: skip
     args = parser.parse_args()
     started = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="cloud-engine-bench-") as tmp:
@@ -906,7 +911,10 @@ def main() -> None:
             sys.stderr = saved
         pg = EmbeddedPostgres(load_settings(environ={}, data_dir=tmp))
         try:
-            results = asyncio.run(run(pg.target, args))
+            # The loop `cloud-engine api` runs the server on (bus.process).
+            factory = uvloop.new_event_loop if args.event_loop == "uvloop" else None
+            with asyncio.Runner(loop_factory=factory) as runner:
+                results = runner.run(run(pg.target, args))
         finally:
             pg.stop()
             log_file.close()

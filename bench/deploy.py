@@ -127,6 +127,10 @@ def main() -> None:
         help="every host on test:///default (one shared driver instance; see the docstring)",
     )
     parser.add_argument("--keep-logs", action="store_true", help="print where the logs are kept")
+    parser.add_argument(
+        "--event-loop", choices=["uvloop", "asyncio"], default="uvloop",
+        help="the components' event loop (CLOUD_ENGINE_EVENT_LOOP)",
+    )  # fmt: skip
     args = parser.parse_args()
     if args.shared_default and args.warmup + args.single + args.deploys > 95:
         parser.error("--shared-default: one in-memory pool of 100 GiB holds about 95 root volumes")
@@ -146,7 +150,7 @@ def main() -> None:
     service = CommandService(store)
     logs = tmp / "logs"
     logs.mkdir()
-    components = Components(pg.target, bootstrap, logs)
+    components = Components(pg.target, bootstrap, logs, args.event_loop)
     try:
         with serve(tmp / "www") as base_url:
             template_url = f"{base_url}/tiny.qcow2"

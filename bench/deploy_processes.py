@@ -26,8 +26,11 @@ class Components:
     """relay, projections, engine and effector as `cloud-engine` processes;
     their output goes to a log file each (printed if one fails)."""
 
-    def __init__(self, target: DatabaseTarget, bootstrap: str, logs: Path) -> None:
+    def __init__(
+        self, target: DatabaseTarget, bootstrap: str, logs: Path, event_loop: str = "uvloop"
+    ) -> None:
         self.target = target
+        self.event_loop = event_loop
         self.bootstrap = bootstrap
         self.logs = logs
         self.processes: dict[str, subprocess.Popen[bytes]] = {}
@@ -41,6 +44,7 @@ class Components:
             CLOUD_ENGINE_TOPIC_PREFIX=TOPIC_PREFIX,
             CLOUD_ENGINE_TOPIC_PARTITIONS=str(PARTITIONS),
             CLOUD_ENGINE_LOG_LEVEL="warning",
+            CLOUD_ENGINE_EVENT_LOOP=self.event_loop,
             CLOUD_ENGINE_LOG_FORMAT="console",
         )
         out = (self.logs / f"{name}.log").open("wb")

@@ -54,6 +54,8 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     # Commands an API process has waiting for the writer before it answers
     # 503 at once instead of queueing more.
     api_max_pending: Annotated[int, msgspec.Meta(ge=1)] = 2000
+    # Every component's event loop; asyncio's own only to rule uvloop out.
+    event_loop: Literal["uvloop", "asyncio"] = "uvloop"
     log_format: Literal["json", "console"] = "json"
     log_level: Literal["debug", "info", "warning", "error"] = "info"
 

@@ -19,8 +19,9 @@ needs it.
 Indexes: besides the key, each table has (created_on, id) and one
 (filter, created_on, id) per filter its list endpoint takes (LIST_KEYS), so
 a filtered page in keyset order reads about a page of index entries however
-many rows the table has. A rebuild builds them on its shadow tables after
-the bulk load (projections.replay).
+many rows the table has; the effectors' lookups have theirs (LOOKUP_KEYS).
+A rebuild builds them on its shadow tables after the bulk load
+(projections.replay).
 """
 
 from __future__ import annotations
@@ -92,6 +93,19 @@ LIST_KEYS: dict[str, tuple[str, ...]] = {
     "network_rule": ("state", "network_id"),
     "operation": ("state", "account", "kind", "resource_id"),
 }
+# What the effectors and their reconciler also look rows up by (through
+# effectors.desired, which refuses a key with no index): the VMs a host ran
+# or is receiving.
+LOOKUP_KEYS: dict[str, tuple[str, ...]] = {"vm": ("last_host_id", "migration_target_id")}
+
+
+def key_sql(key: str) -> str:
+    """A key as its index has it: a column, or the text of a data field."""
+    return key if key in COLUMN_KEYS else f"(data ->> '{key}')"
+
+
+def indexed_keys(aggregate_type: str) -> tuple[str, ...]:
+    return (*LIST_KEYS.get(aggregate_type, ()), *LOOKUP_KEYS.get(aggregate_type, ()))
 
 
 @dataclass(frozen=True)
@@ -103,9 +117,8 @@ class Index:
 def indexes(aggregate_type: str) -> list[Index]:
     """The secondary indexes of a read model (the key is not among them)."""
     found = [Index("by_created", "created_on, id")]
-    for key in LIST_KEYS.get(aggregate_type, ()):
-        expression = key if key in COLUMN_KEYS else f"(data ->> '{key}')"
-        found.append(Index(f"by_{key}", f"{expression}, created_on, id"))
+    for key in indexed_keys(aggregate_type):
+        found.append(Index(f"by_{key}", f"{key_sql(key)}, created_on, id"))
     return found
 
 

@@ -6,13 +6,12 @@ separate component) publishes them to Kafka."""
 from __future__ import annotations
 
 import argparse
-import asyncio
 import sys
 from typing import Any
 
 from api.app import create_app
 from api.server import ApiServer
-from bus.process import run_until_signalled
+from bus.process import run_component
 from engine.service import CommandService
 from engine.settings import Settings
 from engine.store import EventStore
@@ -59,7 +58,7 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
                       file=sys.stderr)  # fmt: skip
                 return 1
             print(f"API: {server.url} (event store {infra.target.describe()})", flush=True)
-            asyncio.run(run_until_signalled(server.run))
+            run_component(server.run, settings.event_loop)
         finally:
             service.close()
             store.close()

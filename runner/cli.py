@@ -13,7 +13,7 @@ from eventsourcing.persistence import PersistenceError
 from api.app import create_app
 from api.server import ApiServer
 from bus.broker import BrokerError
-from bus.process import run_until_signalled
+from bus.process import run_component
 from bus.relay import Relay
 from effectors.service import EffectorService, effector_config
 from engine.errors import DomainError
@@ -113,7 +113,7 @@ def up(settings: Settings) -> int:
                     *(part.run(stop) for part in engine),
                 )
 
-            asyncio.run(run_until_signalled(components))
+            run_component(components, settings.event_loop)
         finally:
             service.close()
             store.close()
@@ -135,7 +135,7 @@ def relay(settings: Settings) -> int:
     try:
         ensure_event_store(infra.target)
         component = Relay(infra.target, relay_config(settings, infra.bootstrap))
-        asyncio.run(run_until_signalled(component.run))
+        run_component(component.run, settings.event_loop)
     finally:
         infra.stop()
     return 0

@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import argparse
-import asyncio
 import ipaddress
 import uuid
 from typing import Any
 
-from bus.process import run_until_signalled
+from bus.process import run_component
 from effectors.executor import Uplink
 from effectors.service import EffectorService, effector_config
 from engine.settings import Settings, SettingsError
@@ -85,7 +84,7 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
             zones=zones,
             uplink=uplink,
         )
-        asyncio.run(run_until_signalled(effector.run))
+        run_component(effector.run, settings.event_loop)
     finally:
         infra.stop()
     return 0

@@ -9,7 +9,7 @@ import argparse
 import asyncio
 from typing import Any
 
-from bus.process import run_until_signalled
+from bus.process import run_component
 from engine.service import CommandService
 from engine.settings import Settings, SettingsError
 from engine.store import EventStore
@@ -65,7 +65,7 @@ def run(_: argparse.Namespace, settings: Settings) -> int:
             async def components(stop: asyncio.Event) -> None:
                 await asyncio.gather(*(p.run(stop) for p in parts))
 
-            asyncio.run(run_until_signalled(components))
+            run_component(components, settings.event_loop)
         finally:
             service.close()
             store.close()

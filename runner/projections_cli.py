@@ -9,7 +9,7 @@ from typing import Any
 
 from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 
-from bus.process import run_until_signalled
+from bus.process import run_component
 from bus.relay_log import connect
 from engine.settings import Settings
 from projections import readmodel
@@ -55,7 +55,7 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
             worker = ProjectionWorker(
                 infra.target, consumer_config(infra.bootstrap, settings.topic_prefix)
             )
-            asyncio.run(run_until_signalled(worker.run))
+            run_component(worker.run, settings.event_loop)
             return 0
         return asyncio.run(_run(args, infra.target))
     finally:

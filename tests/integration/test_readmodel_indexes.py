@@ -15,6 +15,7 @@ import pytest
 from api.cursor import Cursor
 from api.queries import fetch_page
 from api.resources import BY_TYPE, Filter
+from effectors.desired import ReadModels
 from engine.database import DatabaseTarget
 from engine.store import EventStore
 from engine.virtual.vm import VirtualMachine, VmSpec
@@ -65,8 +66,10 @@ def test_every_list_filter_has_an_index():
             assert (f.column or f.name) in keys, (resource.type, f.name)
             if f.column is not None:
                 assert f.column in readmodel.COLUMN_KEYS
-        # Nothing indexed that no list filters on (each index costs every write).
+        # Nothing indexed that no list filters on (each index costs every
+        # write), but for the effectors' lookups.
         assert set(keys) <= {f.column or f.name for f in resource.filters}, resource.type
+        assert not set(keys) & set(readmodel.LOOKUP_KEYS.get(resource.type, ()))
     assert set(readmodel.LIST_KEYS) <= set(BY_TYPE)
 
 
@@ -191,5 +194,32 @@ async def test_rebuild_builds_indexes_the_list_queries_use(
             if ordered:
                 # The page is read in keyset order straight off the index.
                 assert "Sort" not in kinds, (filters, kinds)
+    finally:
+        await conn.close()
+
+
+async def test_effector_lookups_are_planned_on_their_index(pg_target: DatabaseTarget):
+    """Every key the effectors may look rows up by has its index, and the
+    query's generic plan (asyncpg prepares it) can use it: with data ->> $1
+    it could not, and each VM start scanned the NIC table."""
+    conn = await _connect(pg_target)
+    try:
+        schema = pg_target.schema
+        await readmodel.prepare(conn, schema)
+        models = ReadModels(None, schema)  # type: ignore[arg-type]  # only the SQL is asked
+        await conn.execute("SET enable_seqscan = off; SET plan_cache_mode = force_generic_plan")
+        for aggregate_type in readmodel.AGGREGATES:
+            table = readmodel.table_name(aggregate_type)
+            for key in readmodel.indexed_keys(aggregate_type):
+                await conn.execute(f"PREPARE lookup AS {models.where_sql(aggregate_type, key)}")
+                text = await conn.fetchval(
+                    f"EXPLAIN (FORMAT JSON) EXECUTE lookup('{uuid.uuid4()}')"
+                )
+                await conn.execute("DEALLOCATE lookup")
+                plan = json.loads(text)[0]["Plan"]
+                used = {n["Index Name"] for n in nodes(plan) if "Index Name" in n}
+                assert used == {f"{table}_by_{key}"}, (aggregate_type, key, plan)
+        with pytest.raises(ValueError, match="no index on kind"):
+            models.where_sql("vm", "kind")
     finally:
         await conn.close()
