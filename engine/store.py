@@ -31,7 +31,7 @@ from eventsourcing.postgres import (
 from eventsourcing.utils import get_topic, retry
 from psycopg import Cursor
 from psycopg.rows import DictRow
-from psycopg.sql import SQL, Identifier
+from psycopg.sql import SQL, Identifier, Literal
 
 from engine import integrity
 from engine.aggregate import Aggregate
@@ -77,8 +77,21 @@ class CloudEngineRecorder(PostgresApplicationRecorder):
             "SELECT scope, key, command_hash, result FROM {schema}.{table}"
             " WHERE (scope, key) IN (SELECT * FROM unnest(%s::text[], %s::text[]))"
         ).format(schema=schema, table=table)
-        # The library's lock statements and NOTIFY in one round trip (no
-        # parameters, so psycopg sends them as one simple query).
+        # Writers take turns on a transaction-scoped advisory lock, not the
+        # library's LOCK TABLE ... IN EXCLUSIVE MODE: it orders them the same
+        # way (positions follow commit order), but EXCLUSIVE conflicts with
+        # the lock (auto)vacuum and ANALYZE hold on the table, so every write
+        # waited behind them: ~1 s per autovacuum of the events table (until
+        # deadlock_timeout cancels it), a manual or anti-wraparound VACUUM's
+        # whole run. Every insert path of the recorder uses these statements.
+        self.lock_table_statements = [
+            SQL("SET LOCAL lock_timeout = '{0}s'").format(self.datastore.lock_timeout),
+            SQL("SELECT pg_advisory_xact_lock({0})").format(
+                Literal(advisory_key(f"events {self.datastore.schema}.{events_table_name}"))
+            ),
+        ]
+        # The lock statements and NOTIFY in one round trip (no parameters,
+        # so psycopg sends them as one simple query).
         self._lock_and_notify = SQL("; ").join(
             [
                 *self.lock_table_statements,
@@ -141,7 +154,7 @@ class CloudEngineRecorder(PostgresApplicationRecorder):
         stored_events: Sequence[StoredEvent],
         **kwargs: Any,
     ) -> None:
-        # Under the table lock every writer that came first has committed and
+        # Under the writers' lock every writer that came first has committed and
         # none can come between the read check and the insert.
         curs.execute(self._lock_and_notify)
         self._check_reads(curs, kwargs.get("reads") or ())

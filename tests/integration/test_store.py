@@ -166,3 +166,26 @@ def test_stores_opened_at_once_on_a_new_schema_all_start(pg_target):
     finally:
         for store in stores:
             store.close()
+
+
+def test_a_vacuum_on_the_events_table_does_not_hold_up_writers(store: EventStore):
+    # VACUUM, ANALYZE and autovacuum hold SHARE UPDATE EXCLUSIVE on the table
+    # while they run; a writer taking LOCK TABLE ... IN EXCLUSIVE MODE waited
+    # behind them (behind an autovacuum until deadlock_timeout cancelled it).
+    table = f'"{store.target.schema}".{store.recorder.events_table_name}'
+    zone = Zone.create("zone-a")
+    written = threading.Event()
+    positions: list[int] = []
+
+    def append() -> None:
+        positions.extend(store.append(zone.collect_events()))
+        written.set()
+
+    with psycopg.connect(store.target.conninfo()) as vacuum:
+        vacuum.execute(f"LOCK TABLE {table} IN SHARE UPDATE EXCLUSIVE MODE")
+        threading.Thread(target=append, daemon=True).start()
+        appended_during_vacuum = written.wait(30)
+        vacuum.rollback()
+    assert written.wait(30)
+    assert appended_during_vacuum, "the write waited for the vacuum's lock"
+    assert store.load(zone.id) is not None and len(positions) == 1
