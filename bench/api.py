@@ -19,9 +19,9 @@ autovacuum and the checkpointer would do on their own some time after such
 a load, so they do not land in a timed phase.
 
 The server is the API as `cloud-engine api` runs it: create_app on the same
-command service and store, served by ApiServer (uvicorn; HTTP/1.1 by
-h11, on uvloop unless --event-loop asyncio), access log on (JSON lines at info level, into a
-file). The clients run in a separate process: raw HTTP/1.1 over asyncio
+command service and store, served by ApiServer (uvicorn; HTTP/1.1 by h11,
+on uvloop unless --event-loop asyncio), access log on (JSON lines at info
+level, into a file). The clients run in a separate process: raw HTTP/1.1 over asyncio
 streams on loopback, one keep-alive connection per client (reopened, inside
 the timed request, when idle longer than uvicorn's 5 s keep-alive), user
 tokens (one per account); latency is from writing the request to reading
@@ -85,13 +85,12 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args
 from uuid import UUID
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import asyncpg
-import uvloop
 
 from api import tokens
 from api.app import create_app
@@ -99,6 +98,7 @@ from api.cursor import Cursor, encode_cursor, query_digest
 from api.queries import fetch_one, fetch_page
 from api.resources import BY_TYPE
 from api.server import ApiServer
+from bus.process import run_on
 from bus.relay_log import connect
 from engine.commands import Command, CommandContext
 from engine.commands.fabric import (
@@ -118,7 +118,7 @@ from engine.commands.storage import (
 from engine.database import DatabaseTarget, EmbeddedPostgres, parse_database_url
 from engine.logs import configure_logging
 from engine.service import CommandService
-from engine.settings import load_settings
+from engine.settings import EventLoop, load_settings
 from engine.store import EventStore
 from engine.virtual.vm import VirtualMachine, VmSpec
 from projections import readmodel
@@ -895,7 +895,7 @@ def main() -> None:
     parser.add_argument("--reads", type=int, default=2_000, help="per read kind and level")
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument(
-        "--event-loop", choices=["uvloop", "asyncio"], default="uvloop",
+        "--event-loop", choices=get_args(EventLoop), default="uvloop",
         help="the server's event loop (CLOUD_ENGINE_EVENT_LOOP); clients use asyncio's",
     )  # fmt: skip
     args = parser.parse_args()
@@ -911,10 +911,8 @@ def main() -> None:
             sys.stderr = saved
         pg = EmbeddedPostgres(load_settings(environ={}, data_dir=tmp))
         try:
-            # The loop `cloud-engine api` runs the server on (bus.process).
-            factory = uvloop.new_event_loop if args.event_loop == "uvloop" else None
-            with asyncio.Runner(loop_factory=factory) as runner:
-                results = runner.run(run(pg.target, args))
+            # On the loop `cloud-engine api` runs the server on.
+            results = run_on(run(pg.target, args), args.event_loop)
         finally:
             pg.stop()
             log_file.close()

@@ -89,6 +89,7 @@ import sys
 import tempfile
 from collections.abc import Sequence
 from pathlib import Path
+from typing import get_args
 
 # bench/ (planner.py, deploy_*.py), then the repository root before it: bench/effectors.py
 # must not hide the effectors package.
@@ -106,7 +107,7 @@ from engine.commands.storage import MarkTemplateDownloaded, RequestTemplateDownl
 from engine.database import EmbeddedPostgres
 from engine.logs import configure_logging
 from engine.service import CommandService
-from engine.settings import load_settings
+from engine.settings import EventLoop, load_settings
 from engine.store import EventStore
 from engine.virtual.template import Template
 
@@ -128,7 +129,7 @@ def main() -> None:
     )
     parser.add_argument("--keep-logs", action="store_true", help="print where the logs are kept")
     parser.add_argument(
-        "--event-loop", choices=["uvloop", "asyncio"], default="uvloop",
+        "--event-loop", choices=get_args(EventLoop), default="uvloop",
         help="the components' event loop (CLOUD_ENGINE_EVENT_LOOP)",
     )  # fmt: skip
     args = parser.parse_args()

@@ -16,6 +16,7 @@ from pathlib import Path
 import psutil
 
 from engine.database import DatabaseTarget
+from engine.settings import EventLoop
 
 ROOT = Path(__file__).resolve().parent.parent
 TOPIC_PREFIX = "cloudengine"
@@ -27,7 +28,7 @@ class Components:
     their output goes to a log file each (printed if one fails)."""
 
     def __init__(
-        self, target: DatabaseTarget, bootstrap: str, logs: Path, event_loop: str = "uvloop"
+        self, target: DatabaseTarget, bootstrap: str, logs: Path, event_loop: EventLoop = "uvloop"
     ) -> None:
         self.target = target
         self.event_loop = event_loop

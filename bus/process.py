@@ -4,24 +4,29 @@ from __future__ import annotations
 
 import asyncio
 import signal
-from collections.abc import Awaitable, Callable
-from typing import Literal
+from collections.abc import Awaitable, Callable, Coroutine
+from typing import Any, TypeVar
 
-EventLoop = Literal["uvloop", "asyncio"]
+import uvloop
+
+from engine.settings import EventLoop
+
+T = TypeVar("T")
+
+
+def run_on(main: Coroutine[Any, Any, T], loop: EventLoop) -> T:
+    """Run a coroutine on a new event loop of the kind asked: uvloop by
+    default because every component is CPU-bound on its loop (asyncpg,
+    aiokafka, msgspec callbacks) and uvloop's loop costs less per callback;
+    asyncio's own stays selectable (CLOUD_ENGINE_EVENT_LOOP=asyncio) to rule
+    the loop out when diagnosing."""
+    factory = uvloop.new_event_loop if loop == "uvloop" else None
+    with asyncio.Runner(loop_factory=factory) as runner:
+        return runner.run(main)
 
 
 def run_component(main: Callable[[asyncio.Event], Awaitable[None]], loop: EventLoop) -> None:
-    """The process's one event loop: uvloop by default because every
-    component is CPU-bound on its loop (asyncpg, aiokafka, msgspec callbacks)
-    and uvloop's loop costs less per callback; asyncio's own stays selectable
-    (CLOUD_ENGINE_EVENT_LOOP=asyncio) to rule the loop out when diagnosing."""
-    if loop == "uvloop":
-        import uvloop
-
-        with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
-            runner.run(run_until_signalled(main))
-    else:
-        asyncio.run(run_until_signalled(main))
+    run_on(run_until_signalled(main), loop)
 
 
 async def run_until_signalled(main: Callable[[asyncio.Event], Awaitable[None]]) -> None:

@@ -15,6 +15,8 @@ import msgspec
 import platformdirs
 
 PREFIX = "CLOUD_ENGINE_"
+# Every component's event loop; asyncio's own only to rule uvloop out.
+EventLoop = Literal["uvloop", "asyncio"]
 
 
 class SettingsError(ValueError):
@@ -54,8 +56,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     # Commands an API process has waiting for the writer before it answers
     # 503 at once instead of queueing more.
     api_max_pending: Annotated[int, msgspec.Meta(ge=1)] = 2000
-    # Every component's event loop; asyncio's own only to rule uvloop out.
-    event_loop: Literal["uvloop", "asyncio"] = "uvloop"
+    event_loop: EventLoop = "uvloop"
     log_format: Literal["json", "console"] = "json"
     log_level: Literal["debug", "info", "warning", "error"] = "info"
 

@@ -57,7 +57,6 @@ from orchestration.candidates import Candidates
 
 log = structlog.get_logger("orchestration.manager")
 
-
 PLACE_ATTEMPTS = 4
 PLACE = "place"
 ENGINE = "engine"  # the actor of the commands the manager sends

@@ -201,7 +201,7 @@ async def test_rebuild_builds_indexes_the_list_queries_use(
 async def test_effector_lookups_are_planned_on_their_index(pg_target: DatabaseTarget):
     """Every key the effectors may look rows up by has its index, and the
     query's generic plan (asyncpg prepares it) can use it: with data ->> $1
-    it could not, and each VM start scanned the NIC table."""
+    it could not (PostgreSQL planned each execution anew, or scanned)."""
     conn = await _connect(pg_target)
     try:
         schema = pg_target.schema
