@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import signal
 from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any, TypeVar
@@ -21,6 +22,10 @@ def run_on(main: Coroutine[Any, Any, T], loop: EventLoop) -> T:
     asyncio's own stays selectable (CLOUD_ENGINE_EVENT_LOOP=asyncio) to rule
     the loop out when diagnosing."""
     factory = uvloop.new_event_loop if loop == "uvloop" else None
+    # Everything imported so far lives as long as the process: frozen, it is
+    # left out of every later collection, whose pauses stop the loop.
+    gc.collect()
+    gc.freeze()
     with asyncio.Runner(loop_factory=factory) as runner:
         return runner.run(main)
 

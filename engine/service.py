@@ -48,7 +48,7 @@ class CommandService:
         *,
         batch_max: int = 256,
         max_retries: int = 8,
-        cache_size: int = 100_000,
+        cache_size: int = 10_000,
     ) -> None:
         self.store = store
         self.batch_max = batch_max

@@ -36,7 +36,10 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     # Bounded retries of optimistic-concurrency conflicts before answering Conflict.
     command_max_retries: Annotated[int, msgspec.Meta(ge=0, le=100)] = 8
     # Aggregates kept in memory by the command service (0 disables the cache).
-    aggregate_cache_size: Annotated[int, msgspec.Meta(ge=0)] = 100_000
+    # Every full garbage collection walks them all and stops the event loop
+    # meanwhile (~9 objects an aggregate): the hot ones (hosts, pools,
+    # networks) fit many times over; bench/gc_pauses.py measures the pause.
+    aggregate_cache_size: Annotated[int, msgspec.Meta(ge=0)] = 10_000
     # Kafka bootstrap servers (host:port,...). Empty: the embedded dev broker.
     kafka_bootstrap: str | None = None
     topic_prefix: Annotated[str, msgspec.Meta(pattern=r"^[a-zA-Z0-9_-]{1,100}$")] = "cloudengine"
