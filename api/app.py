@@ -27,7 +27,8 @@ from api.problems import UNAVAILABLE, ApiError, unavailable
 from api.reads import events_endpoint, get_endpoint, list_endpoint
 from api.resources import TYPES
 from api.route_table import COMMAND_ROUTES
-from engine.database import DatabaseTarget, keep_session
+from bus.relay_log import create_pool
+from engine.database import DatabaseTarget
 from engine.service import CommandService
 from engine.store import EventStore
 from projections import readmodel
@@ -133,18 +134,9 @@ def create_app(
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
-        pool = await asyncpg.create_pool(
-            host=target.host,
-            port=target.port,
-            user=target.user,
-            password=target.password or None,
-            database=target.dbname,
-            min_size=1,
-            max_size=pool_size,
-            # Single reads and DDL in transactions (transaction-scoped locks
-            # only): no session state for a reset round trip to undo.
-            reset=keep_session,
-        )
+        # Single reads and DDL in transactions (transaction-scoped locks
+        # only): no session state for a reset round trip to undo.
+        pool = await create_pool(target, max_size=pool_size, single_reads=True)
         try:
             await _prepare(pool, target.schema)
             app.state.api = ApiContext(

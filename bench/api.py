@@ -90,7 +90,6 @@ from uuid import UUID
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-import asyncpg
 
 from api import tokens
 from api.app import create_app
@@ -99,7 +98,7 @@ from api.queries import fetch_one, fetch_page
 from api.resources import BY_TYPE
 from api.server import ApiServer
 from bus.process import run_on
-from bus.relay_log import connect
+from bus.relay_log import connect, create_pool
 from engine.commands import Command, CommandContext
 from engine.commands.fabric import (
     CreateCluster,
@@ -638,15 +637,7 @@ async def read_phases(
         c.close()
 
     target = parse_database_url(plan.target)
-    pool = await asyncpg.create_pool(
-        host=target.host,
-        port=target.port,
-        user=target.user,
-        password=target.password or None,
-        database=target.dbname,
-        min_size=clients,
-        max_size=clients,
-    )
+    pool = await create_pool(target, min_size=clients, max_size=clients)
     try:
         captured = Captured()
         await fetch_one(captured, plan.schema, BY_TYPE["vm"], uuid.uuid4())  # type: ignore[arg-type]

@@ -15,7 +15,6 @@ import asyncio
 import socket
 from uuid import UUID
 
-import asyncpg
 import msgspec
 import structlog
 from aiokafka import AIOKafkaProducer
@@ -23,6 +22,7 @@ from aiokafka import AIOKafkaProducer
 from bus.cloudevents import CloudEvent
 from bus.consumer import ConsumerConfig, EventConsumer, MemoryDeduplicator
 from bus.naming import topic_for
+from bus.relay_log import create_pool
 from effectors.desired import (
     HostView,
     ImageStoreView,
@@ -40,7 +40,7 @@ from effectors.naming import Names
 from effectors.reconciler import Reconciler, start_libvirt_event_loop
 from effectors.results import EffectorResult, encode, ensure_results_topic, results_topic
 from effectors.work import WorkItem, work_for
-from engine.database import DatabaseTarget, keep_session
+from engine.database import DatabaseTarget
 
 log = structlog.get_logger("effectors.service")
 
@@ -90,16 +90,7 @@ class EffectorService:
         # Before any libvirt connection opens: only connections opened after
         # it deliver lifecycle events (which wake the reconciler).
         start_libvirt_event_loop()
-        pool = await asyncpg.create_pool(
-            host=self.target.host,
-            port=self.target.port,
-            user=self.target.user,
-            password=self.target.password or None,
-            database=self.target.dbname,
-            min_size=1,
-            max_size=2,
-            reset=keep_session,  # single reads only
-        )
+        pool = await create_pool(self.target, max_size=2, single_reads=True)
         await ensure_results_topic(self.config.bootstrap, self.config.topic_prefix)
         producer = AIOKafkaProducer(bootstrap_servers=self.config.bootstrap, acks="all")
         await producer.start()

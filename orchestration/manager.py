@@ -38,9 +38,10 @@ import structlog
 from bus.cloudevents import CloudEvent
 from bus.consumer import ConsumerConfig, EventConsumer, MemoryDeduplicator
 from bus.naming import topic_for
+from bus.relay_log import create_pool
 from engine.commands.base import Command, CommandContext
 from engine.commands.operations import AdvanceOperation, FailOperation, PlaceOperation
-from engine.database import DatabaseTarget, keep_session
+from engine.database import DatabaseTarget
 from engine.errors import CapacityExceeded, DomainError, InvalidTransition, PlacementRefused
 from engine.fabric.storage_pool import StoragePool
 from engine.operations import lifecycle
@@ -104,16 +105,8 @@ class OperationManager:
 
     async def run(self, stop: asyncio.Event) -> None:
         t = self.target
-        self._db = await asyncpg.create_pool(
-            host=t.host,
-            port=t.port,
-            user=t.user,
-            password=t.password or None,
-            database=t.dbname,
-            min_size=1,
-            max_size=4,
-            reset=keep_session,  # single reads only: the sweep, the planner's rows
-        )
+        # Single reads only: the sweep, the planner's rows.
+        self._db = await create_pool(t, max_size=4, single_reads=True)
         self._candidates = Candidates(self._db, t.schema)
         self.consumer = EventConsumer(self.config, self.handle, MemoryDeduplicator())
         consumer_task = asyncio.create_task(self.consumer.run())

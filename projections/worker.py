@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable
 
-import asyncpg
 import structlog
 
 from bus.batch_consumer import BatchEventConsumer
@@ -19,6 +18,7 @@ from bus.cloudevents import CloudEvent
 from bus.consumer import ConsumerConfig
 from bus.incoming import domain_event
 from bus.naming import all_event_types, topic_for
+from bus.relay_log import create_pool
 from engine.database import DatabaseTarget
 from projections import readmodel
 
@@ -49,15 +49,7 @@ class ProjectionWorker:
         self.on_applied: Callable[[list[CloudEvent]], None] | None = None
 
     async def run(self, stop: asyncio.Event) -> None:
-        pool = await asyncpg.create_pool(
-            host=self.target.host,
-            port=self.target.port,
-            user=self.target.user,
-            password=self.target.password or None,
-            database=self.target.dbname,
-            min_size=1,
-            max_size=2,
-        )
+        pool = await create_pool(self.target, max_size=2)
         try:
             async with pool.acquire() as conn:
                 await readmodel.prepare(conn, self.target.schema)

@@ -38,6 +38,7 @@ from bus.consumer import ConsumerConfig, EventConsumer
 from bus.dedupe_pg import PostgresDeduplicator
 from bus.naming import all_event_types, topic_for
 from bus.relay import Relay, RelayConfig
+from bus.relay_log import create_pool
 from engine.commands import HANDLERS
 from engine.commands.fabric import CreateZone, DisableZone, EnableZone
 from engine.database import DatabaseTarget
@@ -288,15 +289,7 @@ async def test_poison_event_goes_to_dead_letter_topic_and_partition_moves_on(
     async with running_relay(pg_target, broker, topic_prefix) as (relay, task):
         await relayed(relay, task, store)
 
-    pool = await asyncpg.create_pool(
-        host=pg_target.host,
-        port=pg_target.port,
-        user=pg_target.user,
-        password=pg_target.password or None,
-        database=pg_target.dbname,
-        min_size=1,
-        max_size=2,
-    )
+    pool = await create_pool(pg_target, max_size=2)
     applied: list[CloudEvent] = []
     poison_attempts: list[CloudEvent] = []
 

@@ -26,6 +26,7 @@ from bus.consumer import ConsumerConfig, EventConsumer, MemoryDeduplicator
 from bus.dedupe_pg import PostgresDeduplicator
 from bus.naming import topic_for
 from bus.relay import Relay, RelayConfig
+from bus.relay_log import create_pool
 from engine.commands.fabric import CreateZone, DisableZone, EnableZone
 from engine.commands.network import AllocateIp, CreateNetwork
 from engine.database import DatabaseTarget
@@ -215,9 +216,7 @@ async def test_relay_killed_mid_batch_loses_nothing_and_consumers_dedupe(
 
     # A consumer that dedupes by (aggregate, version) in PostgreSQL applies
     # every stored event exactly once, whatever the broker holds twice.
-    pool = await asyncpg.create_pool(
-        host=pg_target.host, port=pg_target.port, user=pg_target.user, database=pg_target.dbname
-    )
+    pool = await create_pool(pg_target, max_size=10)
     applied: list[tuple[str, int]] = []
     try:
         dedupe = PostgresDeduplicator(pool, "audit-test", schema=pg_target.schema)

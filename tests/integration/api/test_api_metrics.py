@@ -10,6 +10,7 @@ import asyncpg
 import pytest
 
 from api.metrics import FINISHED_RECOUNT_S, ApiMetrics
+from bus.relay_log import create_pool
 from engine.database import DatabaseTarget
 from engine.store import EventStore
 from projections import readmodel
@@ -47,15 +48,7 @@ def _gauges(metrics: ApiMetrics) -> dict[str, float]:
 
 @pytest.fixture
 async def pool(pg_target: DatabaseTarget) -> AsyncIterator[asyncpg.Pool]:
-    pool = await asyncpg.create_pool(
-        host=pg_target.host,
-        port=pg_target.port,
-        user=pg_target.user,
-        password=pg_target.password or None,
-        database=pg_target.dbname,
-        min_size=1,
-        max_size=2,
-    )
+    pool = await create_pool(pg_target, max_size=2)
     async with pool.acquire() as conn:
         await readmodel.prepare(conn, pg_target.schema)
     yield pool
