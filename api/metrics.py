@@ -4,9 +4,10 @@ Request counts and latencies are counted as requests finish, labelled by
 route template (/v1/vms/{id}), never by raw path, so the number of series
 stays bounded. The engine's gauges (operations by status, how far the
 relay and the projections are behind the log) are read from PostgreSQL
-when /metrics is scraped, by indexed queries: current on every scrape,
-except the finished operations (see FINISHED_RECOUNT_S). Each app has its
-own registry, so several apps in one process (tests) never collide.
+when /metrics is scraped, current on every scrape, by indexed queries; the
+exception is the count of finished operations, which walks the whole read
+model and is redone only when due (see FINISHED_RECOUNT_S). Each app has
+its own registry, so several apps in one process (tests) never collide.
 """
 
 from __future__ import annotations
@@ -27,19 +28,31 @@ BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0
 
 # Unfinished operations are few (the work in flight) and counted on every
 # scrape from the state index. Finished ones pile up for good: counting them
-# walks the whole read model (~160 ms on three PostgreSQL processes at
+# walks the whole read model (~170 ms on three PostgreSQL processes at
 # 1,000,000 operations), so they are recounted at most this often, or
 # FINISHED_COST_FACTOR times as long as the last count took, whichever is
-# longer: the count never takes more than ~1 % of a core, however large.
+# longer: the count takes at most ~1 % of the wall time (a few % of a core
+# when PostgreSQL scans in parallel), however large the table.
 FINISHED_RECOUNT_S = 60.0
 FINISHED_COST_FACTOR = 100
+# A failed count is retried this soon, not a whole period later.
+FINISHED_RETRY_S = 5.0
 UNFINISHED = sorted(set(OPERATION_STATUSES) - FINISHED)
+
+
+def operations_by_state_sql(schema: str) -> str:
+    """(name, n) per state among the states in $1, from the state index."""
+    return (
+        f'SELECT state AS name, count(*) AS n FROM "{schema}".{table_name("operation")}'
+        " WHERE state = ANY($1::text[]) GROUP BY state"
+    )
 
 
 class ApiMetrics:
     def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
         self._clock = clock
-        self._finished: list[tuple[str, int]] = []
+        # None until a count succeeded: no finished series rather than false zeros.
+        self._finished: list[tuple[str, int]] | None = None
         self._finished_due = 0.0
         self.registry = CollectorRegistry()
         self.requests = Counter(
@@ -58,7 +71,7 @@ class ApiMetrics:
         self.operations = Gauge(
             "cloudengine_operations",
             "Operations in the read model, by status (finished ones recounted"
-            " at most every minute)",
+            " at most every minute, absent until first counted)",
             ["status"],
             registry=self.registry,
         )
@@ -92,19 +105,21 @@ class ApiMetrics:
             )
         )
         self.log_position.set(latest)
-        by_state = (
-            f'SELECT state AS name, count(*) AS n FROM "{schema}".{table_name("operation")}'
-            " WHERE state = ANY($1::text[]) GROUP BY state"
-        )
+        by_state = operations_by_state_sql(schema)
         now = self._clock()
         if now >= self._finished_due:
             # Claimed before the await: a scrape meanwhile keeps the last counts.
             self._finished_due = now + FINISHED_RECOUNT_S
-            self._finished = await _rows(pool, by_state, sorted(FINISHED))
+            try:
+                finished = await _rows(pool, by_state, sorted(FINISHED))
+            except BaseException:
+                self._finished_due = now + FINISHED_RETRY_S
+                raise
+            self._finished = [(name, 0) for name in sorted(FINISHED)] + finished
             took = self._clock() - now
             self._finished_due = now + max(FINISHED_RECOUNT_S, FINISHED_COST_FACTOR * took)
-        counts: dict[str, int] = dict.fromkeys(OPERATION_STATUSES, 0)
-        counts.update(self._finished)
+        counts: dict[str, int] = dict.fromkeys(UNFINISHED, 0)
+        counts.update(self._finished or [])
         counts.update(await _rows(pool, by_state, UNFINISHED))
         self.operations.clear()
         for name, n in counts.items():

@@ -22,8 +22,9 @@ def run_on(main: Coroutine[Any, Any, T], loop: EventLoop) -> T:
     asyncio's own stays selectable (CLOUD_ENGINE_EVENT_LOOP=asyncio) to rule
     the loop out when diagnosing."""
     factory = uvloop.new_event_loop if loop == "uvloop" else None
-    # Everything imported so far lives as long as the process: frozen, it is
-    # left out of every later collection, whose pauses stop the loop.
+    # What exists so far is mostly imported modules, alive as long as the
+    # process: frozen, it is left out of every later collection, whose pauses
+    # stop the loop (the odd frozen object that dies later is never freed).
     gc.collect()
     gc.freeze()
     with asyncio.Runner(loop_factory=factory) as runner:
