@@ -27,7 +27,7 @@ from api.problems import UNAVAILABLE, ApiError, unavailable
 from api.reads import events_endpoint, get_endpoint, list_endpoint
 from api.resources import TYPES
 from api.route_table import COMMAND_ROUTES
-from bus.relay_log import create_pool
+from bus.pg import create_pool
 from engine.database import DatabaseTarget
 from engine.service import CommandService
 from engine.store import EventStore

@@ -90,15 +90,14 @@ from uuid import UUID
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-
 from api import tokens
 from api.app import create_app
 from api.cursor import Cursor, encode_cursor, query_digest
 from api.queries import fetch_one, fetch_page
 from api.resources import BY_TYPE
 from api.server import ApiServer
+from bus.pg import connect, create_pool
 from bus.process import run_on
-from bus.relay_log import connect, create_pool
 from engine.commands import Command, CommandContext
 from engine.commands.fabric import (
     CreateCluster,

@@ -60,7 +60,7 @@ from aiokafka import AIOKafkaConsumer
 
 from bus.broker import DevBroker
 from bus.cloudevents import CloudEvent
-from bus.relay_log import connect
+from bus.pg import connect
 from effectors.compute.domain_xml import domain_xml
 from effectors.compute.spec import DiskSpec, DomainSpec
 from effectors.desired import HostView, VmSize, VmView

@@ -36,7 +36,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import asyncpg
 
 from api.metrics import UNFINISHED, operations_by_state_sql
-from bus.relay_log import connect
+from bus.pg import connect
 from engine.database import DatabaseTarget, EmbeddedPostgres
 from engine.operations.operation import FINISHED
 from engine.settings import load_settings

@@ -41,8 +41,8 @@ from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
 from bus.broker import DevBroker
 from bus.outgoing import OutgoingCodec, Record, partition_for
+from bus.pg import connect
 from bus.relay import Relay, RelayConfig
-from bus.relay_log import connect
 from engine.commands.fabric import DisableZone, EnableZone
 from engine.database import DatabaseTarget, EmbeddedPostgres, parse_database_url
 from engine.fabric.zone import Zone

@@ -34,7 +34,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import msgspec
 
-from bus.relay_log import RelayLog, connect
+from bus.pg import connect
+from bus.relay_log import RelayLog
 from engine.database import DatabaseTarget, EmbeddedPostgres, parse_database_url
 from engine.fabric.host import Host
 from engine.fabric.zone import Zone

@@ -29,7 +29,8 @@ from aiokafka.errors import KafkaError
 
 from bus.naming import all_event_types, topic_for
 from bus.outgoing import OutgoingCodec, partition_for
-from bus.relay_log import CHANNEL, RelayLog, connect
+from bus.pg import connect
+from bus.relay_log import CHANNEL, RelayLog
 from bus.topics import ensure_topics
 from engine.database import DatabaseTarget
 

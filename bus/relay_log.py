@@ -7,38 +7,9 @@ import json
 import asyncpg
 
 from bus.ddl import create_once
-from engine.database import DatabaseTarget, keep_session
 
 EVENTS_TABLE = "cloudengine_events"
 CHANNEL = "cloudengine_events"  # the eventsourcing recorder NOTIFYs on it
-
-
-async def connect(target: DatabaseTarget) -> asyncpg.Connection:
-    return await asyncpg.connect(
-        host=target.host,
-        port=target.port,
-        user=target.user,
-        password=target.password or None,
-        database=target.dbname,
-    )
-
-
-async def create_pool(
-    target: DatabaseTarget, *, max_size: int, min_size: int = 1, single_reads: bool = False
-) -> asyncpg.Pool:
-    """An asyncpg pool on the target. single_reads: the pool only runs
-    single reads and transactions (transaction-scoped locks only), so the
-    reset round trip on every release is skipped (engine.database.keep_session)."""
-    return await asyncpg.create_pool(
-        host=target.host,
-        port=target.port,
-        user=target.user,
-        password=target.password or None,
-        database=target.dbname,
-        min_size=min_size,
-        max_size=max_size,
-        reset=keep_session if single_reads else None,  # None: asyncpg's own reset
-    )
 
 
 def events_table(schema: str) -> str:

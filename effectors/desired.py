@@ -178,7 +178,7 @@ class ReadModels:
 
     async def where(self, cls: type[T], aggregate_type: str, field: str, value: UUID) -> list[T]:
         """Rows whose `field` is value (e.g. the volumes of a VM)."""
-        key = value if field in readmodel.COLUMN_KEYS else str(value)
+        key = readmodel.key_value(field, value)
         rows = await self.pool.fetch(self.where_sql(aggregate_type, field), key)
         # In id order, sorted here: ORDER BY id may walk the key's index.
         return [_view(cls, r) for r in sorted(rows, key=lambda r: r["id"])]

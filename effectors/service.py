@@ -22,7 +22,7 @@ from aiokafka import AIOKafkaProducer
 from bus.cloudevents import CloudEvent
 from bus.consumer import ConsumerConfig, EventConsumer, MemoryDeduplicator
 from bus.naming import topic_for
-from bus.relay_log import create_pool
+from bus.pg import create_pool
 from effectors.desired import (
     HostView,
     ImageStoreView,

@@ -38,7 +38,7 @@ import structlog
 from bus.cloudevents import CloudEvent
 from bus.consumer import ConsumerConfig, EventConsumer, MemoryDeduplicator
 from bus.naming import topic_for
-from bus.relay_log import create_pool
+from bus.pg import create_pool
 from engine.commands.base import Command, CommandContext
 from engine.commands.operations import AdvanceOperation, FailOperation, PlaceOperation
 from engine.database import DatabaseTarget

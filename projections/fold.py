@@ -26,7 +26,8 @@ from uuid import UUID
 
 import asyncpg
 
-from bus.relay_log import connect, events_table
+from bus.pg import connect
+from bus.relay_log import events_table
 from engine.catalog import AGGREGATES, PUBLIC_NAMES
 from engine.database import DatabaseTarget
 from engine.mapper import MsgspecMapper

@@ -104,6 +104,11 @@ def key_sql(key: str) -> str:
     return key if key in COLUMN_KEYS else f"(data ->> '{key}')"
 
 
+def key_value(key: str, value: object) -> object:
+    """A value to compare with key_sql(key): data fields are text."""
+    return value if key in COLUMN_KEYS else str(value)
+
+
 def indexed_keys(aggregate_type: str) -> tuple[str, ...]:
     return (*LIST_KEYS.get(aggregate_type, ()), *LOOKUP_KEYS.get(aggregate_type, ()))
 

@@ -23,7 +23,8 @@ from dataclasses import dataclass
 
 import asyncpg
 
-from bus.relay_log import RelayLog, connect
+from bus.pg import connect
+from bus.relay_log import RelayLog
 from engine.catalog import AGGREGATES
 from engine.database import DatabaseTarget
 from engine.mapper import MsgspecMapper

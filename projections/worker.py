@@ -18,7 +18,7 @@ from bus.cloudevents import CloudEvent
 from bus.consumer import ConsumerConfig
 from bus.incoming import domain_event
 from bus.naming import all_event_types, topic_for
-from bus.relay_log import create_pool
+from bus.pg import create_pool
 from engine.database import DatabaseTarget
 from projections import readmodel
 

@@ -13,7 +13,7 @@ from uuid import UUID
 import msgspec
 
 from api import tokens
-from bus.relay_log import connect
+from bus.pg import connect
 from engine.aggregate import Aggregate
 from engine.commands import Command, CommandContext
 from engine.commands.fabric import (

@@ -9,8 +9,8 @@ from typing import Any
 
 from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 
+from bus.pg import connect
 from bus.process import run_component
-from bus.relay_log import connect
 from engine.settings import Settings
 from projections import readmodel
 from projections.replay import Progress as ReplayProgress

@@ -11,7 +11,7 @@ from typing import Any, get_args
 
 from api import tokens
 from api.auth import Principal, Role, valid_account
-from bus.relay_log import connect
+from bus.pg import connect
 from engine.database import DatabaseTarget
 from engine.settings import Settings
 from runner.components import start_infrastructure

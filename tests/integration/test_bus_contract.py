@@ -37,8 +37,8 @@ from bus.cloudevents import CloudEvent
 from bus.consumer import ConsumerConfig, EventConsumer
 from bus.dedupe_pg import PostgresDeduplicator
 from bus.naming import all_event_types, topic_for
+from bus.pg import create_pool
 from bus.relay import Relay, RelayConfig
-from bus.relay_log import create_pool
 from engine.commands import HANDLERS
 from engine.commands.fabric import CreateZone, DisableZone, EnableZone
 from engine.database import DatabaseTarget

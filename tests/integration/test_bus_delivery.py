@@ -25,8 +25,8 @@ from bus.cloudevents import CloudEvent, from_record
 from bus.consumer import ConsumerConfig, EventConsumer, MemoryDeduplicator
 from bus.dedupe_pg import PostgresDeduplicator
 from bus.naming import topic_for
+from bus.pg import create_pool
 from bus.relay import Relay, RelayConfig
-from bus.relay_log import create_pool
 from engine.commands.fabric import CreateZone, DisableZone, EnableZone
 from engine.commands.network import AllocateIp, CreateNetwork
 from engine.database import DatabaseTarget

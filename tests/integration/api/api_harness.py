@@ -18,7 +18,7 @@ from typing import Any
 from api import tokens
 from api.app import create_app
 from api.server import ApiServer
-from bus.relay_log import connect
+from bus.pg import connect
 from engine.commands.storage import MarkTemplateDownloaded
 from engine.database import DatabaseTarget
 from engine.service import CommandService

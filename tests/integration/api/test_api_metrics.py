@@ -18,7 +18,7 @@ from api.metrics import (
     ApiMetrics,
     operations_by_state_sql,
 )
-from bus.relay_log import create_pool
+from bus.pg import create_pool
 from engine.database import DatabaseTarget
 from engine.operations.operation import FINISHED
 from engine.store import EventStore
