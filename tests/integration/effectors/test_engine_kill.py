@@ -69,6 +69,7 @@ from engine.virtual.network import Network
 from engine.virtual.nic import Nic
 from engine.virtual.vm import VirtualMachine, VmSpec
 from engine.virtual.volume import Volume
+from projections.history import history
 
 pytestmark = [pytest.mark.postgres, pytest.mark.libvirt]
 
@@ -259,7 +260,18 @@ async def test_engine_killed_during_deploys_leaves_nothing_stuck_or_leaked(
         ops = statuses(store, op_ids)
         by_status = Counter(op.status for op in ops.values())
         errors = {str(o.id): o.error for o in ops.values() if o.status != "succeeded"}
-        assert set(by_status) <= {"succeeded", "compensated"}, (by_status, errors, context())
+        # A string, not a tuple: pytest shortens a tuple's repr, and with it the
+        # seed and each odd operation's history (what an intermittent failure needs).
+        odd = {
+            str(o.id): [
+                f"v{e.version} {e.event} {e.actor}: {e.summary}" for e in history(store, o.id)
+            ]
+            for o in ops.values()
+            if o.status not in ("succeeded", "compensated")
+        }
+        assert set(by_status) <= {"succeeded", "compensated"}, (
+            f"{by_status}\nerrors: {errors}\nhistories: {odd}\n{context()}"
+        )
         # The doomed failed where they should have, and were compensated.
         for op_id in doomed_ops:
             op = ops[op_id]
