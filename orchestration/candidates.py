@@ -2,21 +2,34 @@
 
 Hosts and pools come from rm_host / rm_storage_pool, so a plan can be stale:
 the place step reserves on the Host and StoragePool aggregates themselves,
-which refuse what no longer fits, and the manager then plans again on fresh
-rows. The snapshot is cached for a short time because building the index
-over thousands of hosts costs more than one plan.
+which refuse what no longer fits. The manager then loads the refusing host
+and pools from the log and hands them to correct(): until the read model
+reaches their versions, plans use those instead of the rows. Fresh rows
+alone are not enough, because the projection can be seconds behind (a burst
+of placements after an engine restart) and every retry would pick the same
+full host again. The snapshot is cached for a short time because building
+the index over thousands of hosts costs more than one plan.
 """
 
 from __future__ import annotations
 
 import time
-from typing import Any
+from collections.abc import Callable, Iterable
+from typing import Any, TypeVar
 from uuid import UUID
 
 import asyncpg
 import msgspec
 
-from engine.planning.candidates import HostCandidate, PoolCandidate, reservable_cpus
+from engine.fabric.host import Host
+from engine.fabric.storage_pool import StoragePool
+from engine.planning.candidates import (
+    HostCandidate,
+    PoolCandidate,
+    host_candidate,
+    pool_candidate,
+    reservable_cpus,
+)
 from engine.planning.planner import Planner
 
 
@@ -84,26 +97,61 @@ class Candidates:
         self._hosts: list[HostCandidate] = []
         self._pools: list[PoolCandidate] = []
         self._at = 0.0
+        # Read from the log after a refusal, by id: (version, candidate). An
+        # entry goes once the read model's row reaches its version.
+        self._true_hosts: dict[UUID, tuple[int, HostCandidate]] = {}
+        self._true_pools: dict[UUID, tuple[int, PoolCandidate]] = {}
 
     def _table(self, name: str) -> str:
         return f'"{self.schema}".rm_{name}'
 
     async def _fetch(self, name: str) -> list[Any]:
         try:
-            return list(await self.pool.fetch(f"SELECT id, data FROM {self._table(name)}"))
+            return list(await self.pool.fetch(f"SELECT id, version, data FROM {self._table(name)}"))
         except asyncpg.UndefinedTableError:
             return []  # nothing projected yet
 
     async def planner(self, *, fresh: bool = False) -> Planner:
         if fresh or self._planner is None or time.monotonic() - self._at > self.ttl_s:
-            self._hosts = [host_from_row(r["id"], r["data"]) for r in await self._fetch("host")]
-            self._pools = [
-                pool_from_row(r["id"], r["data"]) for r in await self._fetch("storage_pool")
-            ]
+            self._hosts = _merged(await self._fetch("host"), self._true_hosts, host_from_row)
+            self._pools = _merged(
+                await self._fetch("storage_pool"), self._true_pools, pool_from_row
+            )
             self._planner = Planner(self._hosts, self._pools)
             self._at = time.monotonic()
         return self._planner
 
+    def correct(self, aggregates: Iterable[Host | StoragePool]) -> None:
+        """Plan with these (read from the log) instead of their read-model
+        rows until the rows catch up; the next planner() reads afresh."""
+        for a in aggregates:
+            # Two refusals read at different times: the later version stands.
+            if isinstance(a, Host):
+                if a.version > self._true_hosts.get(a.id, (0,))[0]:
+                    self._true_hosts[a.id] = (a.version, host_candidate(a))
+            elif a.version > self._true_pools.get(a.id, (0,))[0]:
+                self._true_pools[a.id] = (a.version, pool_candidate(a))
+        self._planner = None
+
     def restricted(self, cluster_id: UUID) -> Planner:
         """A planner over one cluster's hosts (a stopped VM's disks are there)."""
         return Planner([h for h in self._hosts if h.cluster_id == cluster_id], self._pools)
+
+
+C = TypeVar("C", HostCandidate, PoolCandidate)
+
+
+def _merged(
+    rows: list[Any], truth: dict[UUID, tuple[int, C]], from_row: Callable[[UUID, Any], C]
+) -> list[C]:
+    """The rows' candidates, with the log's where a row is older than it."""
+    merged: list[C] = []
+    for r in rows:
+        known = truth.get(r["id"])
+        if known is not None:
+            if int(r["version"]) < known[0]:
+                merged.append(known[1])
+                continue
+            del truth[r["id"]]
+        merged.append(from_row(r["id"], r["data"]))
+    return merged

@@ -32,7 +32,6 @@ from datetime import UTC, datetime
 from uuid import UUID
 
 import asyncpg
-import msgspec
 import structlog
 
 from bus.cloudevents import CloudEvent
@@ -40,25 +39,18 @@ from bus.consumer import ConsumerConfig, EventConsumer, MemoryDeduplicator
 from bus.naming import topic_for
 from bus.pg import create_pool
 from engine.commands.base import Command, CommandContext
-from engine.commands.operations import AdvanceOperation, FailOperation, PlaceOperation
+from engine.commands.operations import AdvanceOperation, FailOperation
 from engine.database import DatabaseTarget
-from engine.errors import CapacityExceeded, DomainError, InvalidTransition, PlacementRefused
-from engine.fabric.storage_pool import StoragePool
-from engine.operations import lifecycle
-from engine.operations.affinity import AffinityGroup, group_id
+from engine.errors import DomainError
 from engine.operations.guard import ResourceGuard, guard_id
 from engine.operations.operation import FINISHED, Operation
-from engine.planning.candidates import AffinityGroup as PlannerGroup
-from engine.planning.candidates import PlacementRequest, Refusal, Strategy, VolumeRequest
 from engine.service import CommandService
 from engine.store import EventStore
-from engine.virtual.vm import VirtualMachine
-from engine.virtual.volume import Volume
 from orchestration.candidates import Candidates
+from orchestration.placement import Placer
 
 log = structlog.get_logger("orchestration.manager")
 
-PLACE_ATTEMPTS = 4
 PLACE = "place"
 ENGINE = "engine"  # the actor of the commands the manager sends
 _KNOWN_MAX = 100_000
@@ -93,7 +85,7 @@ class OperationManager:
         self.sweep_interval_s = sweep_interval_s
         self.step_deadline_s = step_deadline_s
         self.consumer: EventConsumer | None = None
-        self._candidates: Candidates | None = None
+        self._placer: Placer | None = None
         self._db: asyncpg.Pool | None = None
         # Ids seen to be (True) or not to be (False) operations.
         self._known: OrderedDict[UUID, bool] = OrderedDict()
@@ -107,7 +99,7 @@ class OperationManager:
         t = self.target
         # Single reads only: the sweep, the planner's rows.
         self._db = await create_pool(t, max_size=4, single_reads=True)
-        self._candidates = Candidates(self._db, t.schema)
+        self._placer = Placer(self.service, self.store, Candidates(self._db, t.schema))
         self.consumer = EventConsumer(self.config, self.handle, MemoryDeduplicator())
         consumer_task = asyncio.create_task(self.consumer.run())
         sweeper = asyncio.create_task(self._sweep_every(stop))
@@ -265,105 +257,9 @@ class OperationManager:
             return False
 
     async def _place(self, op: Operation, context: CommandContext) -> None:
-        reason = await self._try_place(op, context)
+        assert self._placer is not None
+        reason = await self._placer.place(op, context)
         if reason is not None:
             # About the place step only: another engine instance may have
             # placed the operation meanwhile, and then this changes nothing.
             await self._send(FailOperation(operation_id=op.id, reason=reason, step=PLACE), context)
-
-    async def _try_place(self, op: Operation, context: CommandContext) -> str | None:
-        """Plan and place: None once placed, else why it cannot be."""
-        candidates = self._candidates
-        assert candidates is not None
-        # The VM and the volumes the operation made, in one read.
-        loaded = await asyncio.to_thread(
-            self.store.load_many, [op.resource_id, *op.params.volume_ids]
-        )
-        vm = loaded.get(op.resource_id)
-        if not isinstance(vm, VirtualMachine):
-            return "the VM is gone"
-        volumes = [v for v in loaded.values() if isinstance(v, Volume)]
-        requests, cluster = await self._requests(op, vm, volumes)
-        strategy: Strategy = "dispersing" if op.params.strategy == "dispersing" else "first-fit"
-        for attempt in range(PLACE_ATTEMPTS):
-            groups = await self._groups(op, vm)
-            planner = await candidates.planner(fresh=attempt > 0)
-            if cluster is not None:
-                planner = candidates.restricted(cluster)
-            for request in requests:
-                result = planner.plan(request, groups, strategy)
-                if not isinstance(result, Refusal):
-                    break
-            if isinstance(result, Refusal):
-                log.info("operation_unplaceable", operation_id=str(op.id), reason=result.message)
-                return result.message
-            command = PlaceOperation(
-                operation_id=op.id, host_id=result.host_id, pool_ids=result.pool_ids
-            )
-            try:
-                await self.service.execute_async(command, context)
-                return None
-            except (CapacityExceeded, InvalidTransition, PlacementRefused) as e:
-                # The read models were behind: plan again on fresh rows (the
-                # affinity group is read from the log, so it is fresh too).
-                log.info("placement_retried", operation_id=str(op.id), reason=str(e))
-            except DomainError as e:
-                return str(e)
-        return f"placement kept conflicting after {PLACE_ATTEMPTS} attempts"
-
-    async def _groups(self, op: Operation, vm: VirtualMachine) -> list[PlannerGroup]:
-        """The VM's affinity group, read from the log (not a read model): two
-        members placed at once must each see where the other went."""
-        if vm.affinity_group is None:
-            return []
-        group = await asyncio.to_thread(self.store.load, group_id(vm.account, vm.affinity_group))
-        kind: str | None = op.params.affinity
-        strict = op.params.affinity_strict
-        hosts: tuple[UUID, ...] = ()
-        if isinstance(group, AffinityGroup):
-            kind, strict = group.kind, group.strict
-            hosts = tuple(sorted(group.hosts_of_others(vm.id)))
-        if kind not in ("affinity", "anti-affinity"):
-            return []
-        return [
-            PlannerGroup(
-                name=vm.affinity_group,
-                kind=kind,  # type: ignore[arg-type]
-                strict=strict,
-                host_ids=hosts,
-            )
-        ]
-
-    async def _requests(
-        self, op: Operation, vm: VirtualMachine, volumes: list[Volume]
-    ) -> tuple[list[PlacementRequest], UUID | None]:
-        """What to ask the planner, in order of preference, and the cluster a
-        started VM must stay in (its disks are there)."""
-        cluster: UUID | None = None
-        by_id = {v.id: v.size_bytes for v in volumes}
-        # Root first: the order of Placement.pool_ids and of the place step.
-        sizes = [by_id[v] for v in op.params.volume_ids if v in by_id]
-        if op.kind in lifecycle.PLACED:
-            if vm.pool_id is not None:
-                pool = await asyncio.to_thread(self.store.load, vm.pool_id)
-                if isinstance(pool, StoragePool):
-                    cluster = pool.cluster_id
-            sizes = [1]  # the disks exist: only reachability counts
-        request = PlacementRequest(
-            vm_id=vm.id,
-            zone_id=vm.zone_id,
-            cpus=vm.spec.cpus,
-            ram_mb=vm.spec.ram_mb,
-            root_size_bytes=sizes[0] if sizes else vm.spec.root_disk_gb << 30,
-            data_volumes=tuple(VolumeRequest(size_bytes=s) for s in sizes[1:]),
-            host_tags=vm.spec.tags,
-            affinity_groups=(vm.affinity_group,) if vm.affinity_group else (),
-            required_host_id=op.params.host_id,
-            # A migration goes elsewhere.
-            avoid_host_ids=(vm.host_id,) if op.kind == "vm.migrate" and vm.host_id else (),
-        )
-        if op.kind == "vm.start" and op.params.host_id is None and vm.last_host_id:
-            # Where it ran before first (its caches, CloudStack's habit).
-            last = msgspec.structs.replace(request, required_host_id=vm.last_host_id)
-            return [last, request], cluster
-        return [request], cluster

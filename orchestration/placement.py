@@ -1,0 +1,178 @@
+"""Placing an operation's VM: plan on the read models, reserve on the log.
+
+The planner works on read-model rows (orchestration.candidates); the place
+step then reserves on the Host and StoragePool aggregates, which refuse what
+no longer fits. A refusal is checked against the log: if the chosen host and
+pools cannot take the VM, the plan was made on stale rows, the planner is
+corrected with what the log says and tries again; if they can, the refusal
+was about something else (a network out of addresses, the VM's state) and
+is the operation's failure reason at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from uuid import UUID
+
+import msgspec
+import structlog
+
+from engine.commands.base import CommandContext
+from engine.commands.operations import PlaceOperation
+from engine.errors import CapacityExceeded, DomainError, InvalidTransition, PlacementRefused
+from engine.fabric.host import Host
+from engine.fabric.storage_pool import StoragePool
+from engine.operations import lifecycle
+from engine.operations.affinity import AffinityGroup, group_id
+from engine.operations.operation import Operation
+from engine.planning.candidates import AffinityGroup as PlannerGroup
+from engine.planning.candidates import (
+    Placement,
+    PlacementRequest,
+    Refusal,
+    Strategy,
+    VolumeRequest,
+    host_candidate,
+    pool_candidate,
+)
+from engine.planning.planner import Planner
+from engine.service import CommandService
+from engine.store import EventStore
+from engine.virtual.vm import VirtualMachine
+from engine.virtual.volume import Volume
+from orchestration.candidates import Candidates
+
+log = structlog.get_logger("orchestration.placement")
+
+# Each refused attempt corrects the planner's view of the host and pools it
+# chose, so this bounds how many stale full hosts one placement can meet.
+PLACE_ATTEMPTS = 8
+
+
+class Placer:
+    def __init__(self, service: CommandService, store: EventStore, candidates: Candidates) -> None:
+        self.service = service
+        self.store = store
+        self.candidates = candidates
+
+    async def place(self, op: Operation, context: CommandContext) -> str | None:
+        """Plan and place: None once placed, else why it cannot be."""
+        candidates = self.candidates
+        # The VM and the volumes the operation made, in one read.
+        loaded = await asyncio.to_thread(
+            self.store.load_many, [op.resource_id, *op.params.volume_ids]
+        )
+        vm = loaded.get(op.resource_id)
+        if not isinstance(vm, VirtualMachine):
+            return "the VM is gone"
+        volumes = [v for v in loaded.values() if isinstance(v, Volume)]
+        requests, cluster = await self._requests(op, vm, volumes)
+        strategy: Strategy = "dispersing" if op.params.strategy == "dispersing" else "first-fit"
+        for attempt in range(PLACE_ATTEMPTS):
+            groups = await self._groups(op, vm)
+            planner = await candidates.planner(fresh=attempt > 0)
+            if cluster is not None:
+                planner = candidates.restricted(cluster)
+            for request in requests:
+                result = planner.plan(request, groups, strategy)
+                if not isinstance(result, Refusal):
+                    break
+            if isinstance(result, Refusal):
+                log.info("operation_unplaceable", operation_id=str(op.id), reason=result.message)
+                return result.message
+            command = PlaceOperation(
+                operation_id=op.id, host_id=result.host_id, pool_ids=result.pool_ids
+            )
+            try:
+                await self.service.execute_async(command, context)
+                return None
+            except PlacementRefused as e:
+                # An affinity group changed meanwhile: it is read from the
+                # log on the next attempt.
+                log.info("placement_retried", operation_id=str(op.id), reason=str(e))
+            except (CapacityExceeded, InvalidTransition) as e:
+                if not await self._stale(result, request, groups, strategy):
+                    # The host and pools can take it: the refusal was about
+                    # something else (a network's addresses, the VM's state).
+                    return str(e)
+                log.info("placement_retried", operation_id=str(op.id), reason=str(e))
+            except DomainError as e:
+                return str(e)
+        return f"placement kept conflicting after {PLACE_ATTEMPTS} attempts"
+
+    async def _stale(
+        self,
+        placement: Placement,
+        request: PlacementRequest,
+        groups: list[PlannerGroup],
+        strategy: Strategy,
+    ) -> bool:
+        """Whether a refused plan was made on stale rows: the chosen host and
+        pools, read from the log, cannot take the request. The planner then
+        uses what the log says of them until the read model catches up."""
+        candidates = self.candidates
+        ids = [placement.host_id, *placement.pool_ids]
+        loaded = await asyncio.to_thread(self.store.load_many, ids)
+        hosts = [a for a in loaded.values() if isinstance(a, Host)]
+        pools = [a for a in loaded.values() if isinstance(a, StoragePool)]
+        candidates.correct([*hosts, *pools])
+        check = Planner(map(host_candidate, hosts), map(pool_candidate, pools))
+        pinned = msgspec.structs.replace(request, required_host_id=placement.host_id)
+        return isinstance(check.plan(pinned, groups, strategy), Refusal)
+
+    async def _groups(self, op: Operation, vm: VirtualMachine) -> list[PlannerGroup]:
+        """The VM's affinity group, read from the log (not a read model): two
+        members placed at once must each see where the other went."""
+        if vm.affinity_group is None:
+            return []
+        group = await asyncio.to_thread(self.store.load, group_id(vm.account, vm.affinity_group))
+        kind: str | None = op.params.affinity
+        strict = op.params.affinity_strict
+        hosts: tuple[UUID, ...] = ()
+        if isinstance(group, AffinityGroup):
+            kind, strict = group.kind, group.strict
+            hosts = tuple(sorted(group.hosts_of_others(vm.id)))
+        if kind not in ("affinity", "anti-affinity"):
+            return []
+        return [
+            PlannerGroup(
+                name=vm.affinity_group,
+                kind=kind,  # type: ignore[arg-type]
+                strict=strict,
+                host_ids=hosts,
+            )
+        ]
+
+    async def _requests(
+        self, op: Operation, vm: VirtualMachine, volumes: list[Volume]
+    ) -> tuple[list[PlacementRequest], UUID | None]:
+        """What to ask the planner, in order of preference, and the cluster a
+        started VM must stay in (its disks are there)."""
+        cluster: UUID | None = None
+        by_id = {v.id: v.size_bytes for v in volumes}
+        # Root first: the order of Placement.pool_ids and of the place step.
+        sizes = [by_id[v] for v in op.params.volume_ids if v in by_id]
+        if op.kind in lifecycle.PLACED:
+            if vm.pool_id is not None:
+                pool = await asyncio.to_thread(self.store.load, vm.pool_id)
+                if isinstance(pool, StoragePool):
+                    cluster = pool.cluster_id
+            sizes = [1]  # the disks exist: only reachability counts
+        request = PlacementRequest(
+            vm_id=vm.id,
+            zone_id=vm.zone_id,
+            cpus=vm.spec.cpus,
+            ram_mb=vm.spec.ram_mb,
+            root_size_bytes=sizes[0] if sizes else vm.spec.root_disk_gb << 30,
+            data_volumes=tuple(VolumeRequest(size_bytes=s) for s in sizes[1:]),
+            host_tags=vm.spec.tags,
+            affinity_groups=(vm.affinity_group,) if vm.affinity_group else (),
+            required_host_id=op.params.host_id,
+            # A migration goes elsewhere.
+            avoid_host_ids=(vm.host_id,) if op.kind == "vm.migrate" and vm.host_id else (),
+        )
+        if op.kind == "vm.start" and op.params.host_id is None and vm.last_host_id:
+            # Where it ran before first (its caches, CloudStack's habit).
+            last = msgspec.structs.replace(request, required_host_id=vm.last_host_id)
+            return [last, request], cluster
+        return [request], cluster

@@ -1,0 +1,185 @@
+"""orchestration.placement on real PostgreSQL: a plan made on read-model rows
+that lag the log is corrected from the log (the engine-kill test once failed
+a deploy after four refusals on the same full host, its row seconds behind),
+and a refusal that is not about the host or pools is the reason at once."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from uuid import UUID
+
+import msgspec
+import pytest
+
+from bus.pg import connect, create_pool
+from engine.commands.base import CommandContext
+from engine.commands.fabric import CreateCluster, CreatePod, CreateZone
+from engine.commands.hosts import RegisterHost, UpdateHostOvercommit
+from engine.commands.network import CreateNetwork
+from engine.commands.operations import DeployVm, PlaceOperation
+from engine.commands.storage_fabric import CreateStoragePool
+from engine.database import DatabaseTarget
+from engine.fabric.host import Host
+from engine.operations.operation import Operation
+from engine.planning.candidates import PlacementRequest, Refusal
+from engine.service import CommandService
+from engine.store import EventStore
+from engine.virtual.vm import VirtualMachine, VmSpec
+from orchestration.candidates import Candidates
+from orchestration.placement import Placer
+from projections import readmodel
+from projections.replay import Rebuild
+from tests.integration.catalog_setup import ready_template
+
+pytestmark = pytest.mark.postgres
+
+SPEC = VmSpec(cpus=1, ram_mb=64, root_disk_gb=1)
+CONTEXT = CommandContext(actor="engine", correlation_id="test")
+
+
+class World(msgspec.Struct, frozen=True):
+    zone: UUID
+    hosts: tuple[UUID, ...]
+    pool: UUID
+    template: UUID
+
+
+def build(service: CommandService) -> World:
+    """Two hosts of 2 vCPUs in one cluster, one roomy pool, a Ready template."""
+    run = service.execute
+    zone = run(CreateZone(name="z")).aggregate_id
+    pod = run(CreatePod(zone_id=zone, name="p", gateway="10.0.0.1", cidr="10.0.0.0/24"))
+    cluster = run(CreateCluster(zone_id=zone, pod_id=pod.aggregate_id, name="c"))
+    hosts = tuple(
+        run(
+            RegisterHost(
+                zone_id=zone,
+                pod_id=pod.aggregate_id,
+                cluster_id=cluster.aggregate_id,
+                name=f"h{i}",
+                cpu_cores=2,
+                ram_mb=4096,
+                libvirt_uri="test:///default",
+            )
+        ).aggregate_id
+        for i in range(2)
+    )
+    pool = run(
+        CreateStoragePool(
+            zone_id=zone,
+            cluster_id=cluster.aggregate_id,
+            name="p",
+            scope="cluster",
+            capacity_bytes=64 << 30,
+            url="/var/lib/cloud-engine/pool",
+        )
+    ).aggregate_id
+    return World(zone, hosts, pool, ready_template(service, zone))
+
+
+def deploy(
+    service: CommandService, store: EventStore, w: World, name: str, networks: tuple[UUID, ...] = ()
+) -> Operation:
+    command = DeployVm(
+        account="a",
+        name=name,
+        zone_id=w.zone,
+        template_id=w.template,
+        spec=SPEC,
+        network_ids=networks,
+    )
+    op_id = service.execute(command).aggregate_id
+    op = store.load(op_id)
+    assert isinstance(op, Operation)
+    return op
+
+
+def host_of(store: EventStore, op: Operation) -> UUID | None:
+    vm = store.load(op.resource_id)
+    assert isinstance(vm, VirtualMachine)
+    return vm.host_id
+
+
+async def project(target: DatabaseTarget) -> None:
+    """Bring the read models up to the log, once."""
+    conn = await connect(target)
+    try:
+        await readmodel.prepare(conn, target.schema)
+    finally:
+        await conn.close()
+    await Rebuild(target).run()
+
+
+@pytest.fixture
+async def candidates(pg_target: DatabaseTarget) -> AsyncIterator[Candidates]:
+    pool = await create_pool(pg_target, max_size=2, single_reads=True)
+    try:
+        # No cache: each plan reads the rows as they are now.
+        yield Candidates(pool, pg_target.schema, ttl_s=0)
+    finally:
+        await pool.close()
+
+
+async def test_a_plan_on_rows_behind_the_log_goes_to_a_host_with_room(
+    pg_target: DatabaseTarget, store: EventStore, service: CommandService, candidates: Candidates
+) -> None:
+    w = build(service)
+    await project(pg_target)  # the rows: both hosts empty
+    request = PlacementRequest(
+        vm_id=UUID(int=1), zone_id=w.zone, cpus=1, ram_mb=64, root_size_bytes=1 << 30
+    )
+    chosen = (await candidates.planner()).plan(request)
+    assert not isinstance(chosen, Refusal)
+    first = chosen.host_id
+    (other,) = set(w.hosts) - {first}
+
+    # Fill the planner's first choice while the read model does not follow.
+    for i in range(2):
+        op = deploy(service, store, w, f"fill{i}")
+        service.execute(PlaceOperation(operation_id=op.id, host_id=first, pool_ids=(w.pool,)))
+    assert (await candidates.planner()).plan(request) == chosen  # the rows still say room
+
+    placer = Placer(service, store, candidates)
+    op = deploy(service, store, w, "late")
+    assert await placer.place(op, CONTEXT) is None
+    assert host_of(store, op) == other
+
+    # The log's view of the full host lasts only until its row catches up:
+    # once the row is newer (more room, by overcommit), the row is used.
+    service.execute(UpdateHostOvercommit(host_id=first, cpu_overcommit=2.0, ram_overcommit=1.0))
+    assert (await candidates.planner()).plan(request) != chosen  # still the log's (full)
+    await project(pg_target)
+    op = deploy(service, store, w, "after")
+    assert await placer.place(op, CONTEXT) is None
+    assert host_of(store, op) == first
+    loaded = store.load(first)
+    assert isinstance(loaded, Host)
+    assert loaded.cpus_used == 3
+
+
+async def test_a_refusal_not_about_the_host_or_pools_is_the_reason_at_once(
+    pg_target: DatabaseTarget, store: EventStore, service: CommandService, candidates: Candidates
+) -> None:
+    w = build(service)
+    network = service.execute(
+        CreateNetwork(account="a", name="n", zone_id=w.zone, cidr="10.9.0.0/30", isolation="none")
+    ).aggregate_id
+    await project(pg_target)
+    placer = Placer(service, store, candidates)
+    placed: list[Operation] = []
+    reason: str | None = None
+    for i in range(4):  # a /30 has two addresses at most
+        op = deploy(service, store, w, f"v{i}", (network,))
+        reason = await placer.place(op, CONTEXT)
+        if reason is not None:
+            break
+        placed.append(op)
+    assert placed, "not one VM got an address: the test no longer exercises a full network"
+    assert reason is not None and "has no free address" in reason, reason
+    # The refused placement reserved nothing.
+    used = 0
+    for host_id in w.hosts:
+        host = store.load(host_id)
+        assert isinstance(host, Host)
+        used += host.cpus_used
+    assert used == len(placed)
