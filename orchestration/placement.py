@@ -68,9 +68,10 @@ class Placer:
         volumes = [v for v in loaded.values() if isinstance(v, Volume)]
         requests, cluster = await self._requests(op, vm, volumes)
         strategy: Strategy = "dispersing" if op.params.strategy == "dispersing" else "first-fit"
-        for attempt in range(PLACE_ATTEMPTS):
+        fresh = False  # the first plan may use the cached rows
+        for _ in range(PLACE_ATTEMPTS):
             groups = await self._groups(op, vm)
-            planner = await candidates.planner(fresh=attempt > 0)
+            planner = await candidates.planner(fresh=fresh)
             if cluster is not None:
                 planner = candidates.restricted(cluster)
             for request in requests:
@@ -78,8 +79,14 @@ class Placer:
                 if not isinstance(result, Refusal):
                     break
             if isinstance(result, Refusal):
+                if not fresh:
+                    # Only rows read now can say no room: the cached ones may
+                    # predate a release.
+                    fresh = True
+                    continue
                 log.info("operation_unplaceable", operation_id=str(op.id), reason=result.message)
                 return result.message
+            fresh = True
             command = PlaceOperation(
                 operation_id=op.id, host_id=result.host_id, pool_ids=result.pool_ids
             )

@@ -183,3 +183,34 @@ async def test_a_refusal_not_about_the_host_or_pools_is_the_reason_at_once(
         assert isinstance(host, Host)
         used += host.cpus_used
     assert used == len(placed)
+
+
+async def test_a_refusal_on_cached_rows_is_planned_again_on_fresh_ones(
+    pg_target: DatabaseTarget, store: EventStore, service: CommandService, candidates: Candidates
+) -> None:
+    w = build(service)
+    for i in range(4):  # both hosts full
+        op = deploy(service, store, w, f"fill{i}")
+        service.execute(
+            PlaceOperation(operation_id=op.id, host_id=w.hosts[i % 2], pool_ids=(w.pool,))
+        )
+    await project(pg_target)
+    cached = Candidates(candidates.pool, pg_target.schema, ttl_s=3600)
+    await cached.planner()  # the rows now: no room anywhere
+
+    # Room appears, and the read model has it, but not the cached rows.
+    service.execute(
+        UpdateHostOvercommit(host_id=w.hosts[1], cpu_overcommit=2.0, ram_overcommit=1.0)
+    )
+    await project(pg_target)
+    op = deploy(service, store, w, "late")
+    assert await Placer(service, store, cached).place(op, CONTEXT) is None
+    assert host_of(store, op) == w.hosts[1]
+
+    # With no room at all, the refusal is the planner's reason.
+    op = deploy(service, store, w, "more")
+    service.execute(PlaceOperation(operation_id=op.id, host_id=w.hosts[1], pool_ids=(w.pool,)))
+    await project(pg_target)
+    op = deploy(service, store, w, "none")
+    reason = await Placer(service, store, cached).place(op, CONTEXT)
+    assert reason is not None and "cpu" in reason, reason
