@@ -113,10 +113,12 @@ class Candidates:
 
     async def planner(self, *, fresh: bool = False) -> Planner:
         if fresh or self._planner is None or time.monotonic() - self._at > self.ttl_s:
-            self._hosts = _merged(await self._fetch("host"), self._true_hosts, host_from_row)
-            self._pools = _merged(
-                await self._fetch("storage_pool"), self._true_pools, pool_from_row
-            )
+            host_rows = await self._fetch("host")
+            pool_rows = await self._fetch("storage_pool")
+            # Merged after both reads, with no await until cached: a
+            # correction made while they ran is in this snapshot.
+            self._hosts = _merged(host_rows, self._true_hosts, host_from_row)
+            self._pools = _merged(pool_rows, self._true_pools, pool_from_row)
             self._planner = Planner(self._hosts, self._pools)
             self._at = time.monotonic()
         return self._planner
@@ -154,4 +156,9 @@ def _merged(
                 continue
             del truth[r["id"]]
         merged.append(from_row(r["id"], r["data"]))
+    if truth:
+        # Entries whose rows are gone (a rebuild emptied the tables).
+        present = {r["id"] for r in rows}
+        for gone in truth.keys() - present:
+            del truth[gone]
     return merged

@@ -2,11 +2,12 @@
 
 The planner works on read-model rows (orchestration.candidates); the place
 step then reserves on the Host and StoragePool aggregates, which refuse what
-no longer fits. A refusal is checked against the log: if the chosen host and
-pools cannot take the VM, the plan was made on stale rows, the planner is
-corrected with what the log says and tries again; if they can, the refusal
-was about something else (a network out of addresses, the VM's state) and
-is the operation's failure reason at once.
+no longer fits. A capacity or state refusal is checked against the log: if
+the chosen host and pools cannot take the VM, the plan was made on stale
+rows, the planner is corrected with what the log says and tries again; if
+they can, twice in a row, the refusal is about something else (a network
+out of addresses, the VM's state) and is the operation's failure reason.
+An affinity refusal is planned again (the group is read from the log).
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from engine.commands.operations import PlaceOperation
 from engine.errors import CapacityExceeded, DomainError, InvalidTransition, PlacementRefused
 from engine.fabric.host import Host
 from engine.fabric.storage_pool import StoragePool
-from engine.operations import lifecycle
+from engine.operations import deploy, lifecycle
 from engine.operations.affinity import AffinityGroup, group_id
 from engine.operations.operation import Operation
 from engine.planning.candidates import AffinityGroup as PlannerGroup
@@ -32,10 +33,7 @@ from engine.planning.candidates import (
     Refusal,
     Strategy,
     VolumeRequest,
-    host_candidate,
-    pool_candidate,
 )
-from engine.planning.planner import Planner
 from engine.service import CommandService
 from engine.store import EventStore
 from engine.virtual.vm import VirtualMachine
@@ -69,6 +67,7 @@ class Placer:
         requests, cluster = await self._requests(op, vm, volumes)
         strategy: Strategy = "dispersing" if op.params.strategy == "dispersing" else "first-fit"
         fresh = False  # the first plan may use the cached rows
+        unexplained = False  # the last refusal came while the log had room
         for _ in range(PLACE_ATTEMPTS):
             groups = await self._groups(op, vm)
             planner = await candidates.planner(fresh=fresh)
@@ -98,34 +97,48 @@ class Placer:
                 # log on the next attempt.
                 log.info("placement_retried", operation_id=str(op.id), reason=str(e))
             except (CapacityExceeded, InvalidTransition) as e:
-                if not await self._stale(result, request, groups, strategy):
-                    # The host and pools can take it: the refusal was about
-                    # something else (a network's addresses, the VM's state).
-                    return str(e)
+                if await self._takes(op, vm, result, volumes):
+                    # The host and pools can take it now: either they just
+                    # freed room, or the refusal is about something else (a
+                    # network's addresses, the VM's state). Twice in a row
+                    # is the latter.
+                    if unexplained:
+                        return str(e)
+                    unexplained = True
+                else:
+                    unexplained = False
                 log.info("placement_retried", operation_id=str(op.id), reason=str(e))
             except DomainError as e:
                 return str(e)
         return f"placement kept conflicting after {PLACE_ATTEMPTS} attempts"
 
-    async def _stale(
-        self,
-        placement: Placement,
-        request: PlacementRequest,
-        groups: list[PlannerGroup],
-        strategy: Strategy,
+    async def _takes(
+        self, op: Operation, vm: VirtualMachine, placement: Placement, volumes: list[Volume]
     ) -> bool:
-        """Whether a refused plan was made on stale rows: the chosen host and
-        pools, read from the log, cannot take the request. The planner then
-        uses what the log says of them until the read model catches up."""
-        candidates = self.candidates
+        """Whether the chosen host and pools, read from the log now, take
+        what the place step reserves on them (their own reserve(), tried on
+        copies that are never saved). The planner is corrected with what
+        the log says of them until the read model catches up."""
         ids = [placement.host_id, *placement.pool_ids]
         loaded = await asyncio.to_thread(self.store.load_many, ids)
-        hosts = [a for a in loaded.values() if isinstance(a, Host)]
-        pools = [a for a in loaded.values() if isinstance(a, StoragePool)]
-        candidates.correct([*hosts, *pools])
-        check = Planner(map(host_candidate, hosts), map(pool_candidate, pools))
-        pinned = msgspec.structs.replace(request, required_host_id=placement.host_id)
-        return isinstance(check.plan(pinned, groups, strategy), Refusal)
+        self.candidates.correct(a for a in loaded.values() if isinstance(a, Host | StoragePool))
+        host = loaded.get(placement.host_id)
+        sizes = {v.id: v.size_bytes for v in volumes}
+        try:
+            if not isinstance(host, Host):
+                return False
+            host.reserve(vm.id, vm.spec.cpus, vm.spec.ram_mb)
+            if op.kind == deploy.KIND:
+                # The place step checked that there is one pool per volume.
+                chosen = zip(op.params.volume_ids, placement.pool_ids, strict=False)
+                for volume_id, pool_id in chosen:
+                    pool, size = loaded.get(pool_id), sizes.get(volume_id)
+                    if not isinstance(pool, StoragePool) or size is None:
+                        return False
+                    pool.reserve(volume_id, size)
+        except DomainError:
+            return False
+        return True
 
     async def _groups(self, op: Operation, vm: VirtualMachine) -> list[PlannerGroup]:
         """The VM's affinity group, read from the log (not a read model): two

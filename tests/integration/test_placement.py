@@ -14,7 +14,7 @@ import pytest
 from bus.pg import connect, create_pool
 from engine.commands.base import CommandContext
 from engine.commands.fabric import CreateCluster, CreatePod, CreateZone
-from engine.commands.hosts import RegisterHost, UpdateHostOvercommit
+from engine.commands.hosts import DisableHost, RegisterHost, UpdateHostOvercommit
 from engine.commands.network import CreateNetwork
 from engine.commands.operations import DeployVm, PlaceOperation
 from engine.commands.storage_fabric import CreateStoragePool
@@ -147,7 +147,8 @@ async def test_a_plan_on_rows_behind_the_log_goes_to_a_host_with_room(
     # The log's view of the full host lasts only until its row catches up:
     # once the row is newer (more room, by overcommit), the row is used.
     service.execute(UpdateHostOvercommit(host_id=first, cpu_overcommit=2.0, ram_overcommit=1.0))
-    assert (await candidates.planner()).plan(request) != chosen  # still the log's (full)
+    still = (await candidates.planner()).plan(request)  # the log's view: full
+    assert not isinstance(still, Refusal) and still.host_id == other
     await project(pg_target)
     op = deploy(service, store, w, "after")
     assert await placer.place(op, CONTEXT) is None
@@ -157,7 +158,25 @@ async def test_a_plan_on_rows_behind_the_log_goes_to_a_host_with_room(
     assert loaded.cpus_used == 3
 
 
-async def test_a_refusal_not_about_the_host_or_pools_is_the_reason_at_once(
+async def test_a_host_disabled_behind_the_rows_is_left_for_another(
+    pg_target: DatabaseTarget, store: EventStore, service: CommandService, candidates: Candidates
+) -> None:
+    w = build(service)
+    await project(pg_target)
+    request = PlacementRequest(
+        vm_id=UUID(int=1), zone_id=w.zone, cpus=1, ram_mb=64, root_size_bytes=1 << 30
+    )
+    chosen = (await candidates.planner()).plan(request)
+    assert not isinstance(chosen, Refusal)
+    (other,) = set(w.hosts) - {chosen.host_id}
+    service.execute(DisableHost(host_id=chosen.host_id))  # the row still says Enabled
+
+    op = deploy(service, store, w, "vm")
+    assert await Placer(service, store, candidates).place(op, CONTEXT) is None
+    assert host_of(store, op) == other
+
+
+async def test_a_refusal_not_about_the_host_or_pools_is_the_reason(
     pg_target: DatabaseTarget, store: EventStore, service: CommandService, candidates: Candidates
 ) -> None:
     w = build(service)
