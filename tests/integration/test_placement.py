@@ -13,11 +13,9 @@ import pytest
 
 from bus.pg import connect, create_pool
 from engine.commands.base import CommandContext
-from engine.commands.fabric import CreateCluster, CreatePod, CreateZone
-from engine.commands.hosts import DisableHost, RegisterHost, UpdateHostOvercommit
+from engine.commands.hosts import DisableHost, UpdateHostOvercommit
 from engine.commands.network import CreateNetwork
 from engine.commands.operations import DeployVm, PlaceOperation
-from engine.commands.storage_fabric import CreateStoragePool
 from engine.database import DatabaseTarget
 from engine.fabric.host import Host
 from engine.operations.operation import Operation
@@ -29,7 +27,7 @@ from orchestration.candidates import Candidates
 from orchestration.placement import Placer
 from projections import readmodel
 from projections.replay import Rebuild
-from tests.integration.catalog_setup import ready_template
+from tests.integration.catalog_setup import ready_template, small_cluster
 
 pytestmark = pytest.mark.postgres
 
@@ -46,35 +44,8 @@ class World(msgspec.Struct, frozen=True):
 
 def build(service: CommandService) -> World:
     """Two hosts of 2 vCPUs in one cluster, one roomy pool, a Ready template."""
-    run = service.execute
-    zone = run(CreateZone(name="z")).aggregate_id
-    pod = run(CreatePod(zone_id=zone, name="p", gateway="10.0.0.1", cidr="10.0.0.0/24"))
-    cluster = run(CreateCluster(zone_id=zone, pod_id=pod.aggregate_id, name="c"))
-    hosts = tuple(
-        run(
-            RegisterHost(
-                zone_id=zone,
-                pod_id=pod.aggregate_id,
-                cluster_id=cluster.aggregate_id,
-                name=f"h{i}",
-                cpu_cores=2,
-                ram_mb=4096,
-                libvirt_uri="test:///default",
-            )
-        ).aggregate_id
-        for i in range(2)
-    )
-    pool = run(
-        CreateStoragePool(
-            zone_id=zone,
-            cluster_id=cluster.aggregate_id,
-            name="p",
-            scope="cluster",
-            capacity_bytes=64 << 30,
-            url="/var/lib/cloud-engine/pool",
-        )
-    ).aggregate_id
-    return World(zone, hosts, pool, ready_template(service, zone))
+    c = small_cluster(service, cpu_cores=2, pool_bytes=64 << 30)
+    return World(c.zone, c.hosts, c.pool, ready_template(service, c.zone))
 
 
 def deploy(

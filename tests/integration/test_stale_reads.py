@@ -14,7 +14,7 @@ from engine.commands.storage import (
 from engine.errors import InvalidTransition
 from engine.service import CommandService
 from engine.virtual.vm import VmSpec
-from tests.integration.catalog_setup import ready_template, register_template
+from tests.integration.catalog_setup import ready_template, register_template, small_cluster
 
 pytestmark = pytest.mark.postgres
 
@@ -55,9 +55,7 @@ def test_a_placement_done_by_another_engine_while_loading_is_not_refused(store, 
     # holds the volume: on those mixed reads Y's placement was refused with a
     # Conflict, and the manager's FailOperation then compensated a deploy X
     # had placed correctly.
-    from engine.commands.fabric import CreateCluster, CreatePod, RegisterHost
     from engine.commands.operations import FailOperation, PlaceOperation
-    from engine.commands.storage_fabric import CreateStoragePool
     from engine.operations.operation import Operation
     from engine.store import EventStore
 
@@ -69,33 +67,8 @@ def test_a_placement_done_by_another_engine_while_loading_is_not_refused(store, 
     )
     try:
         run = client.execute
-        zone = run(CreateZone(name="z")).aggregate_id
-        pod = run(CreatePod(zone_id=zone, name="p", gateway="10.0.0.1", cidr="10.0.0.0/24"))
-        cluster = run(CreateCluster(zone_id=zone, pod_id=pod.aggregate_id, name="c"))
-        hosts = [
-            run(
-                RegisterHost(
-                    zone_id=zone,
-                    pod_id=pod.aggregate_id,
-                    cluster_id=cluster.aggregate_id,
-                    name=f"h{i}",
-                    cpu_cores=4,
-                    ram_mb=4096,
-                    libvirt_uri="test:///default",
-                )
-            ).aggregate_id
-            for i in range(2)
-        ]
-        pool = run(
-            CreateStoragePool(
-                zone_id=zone,
-                cluster_id=cluster.aggregate_id,
-                name="p",
-                scope="cluster",
-                capacity_bytes=8 << 30,
-                url="/var/lib/cloud-engine/pool",
-            )
-        ).aggregate_id
+        fabric = small_cluster(client, cpu_cores=4, pool_bytes=8 << 30)
+        zone, hosts, pool = fabric.zone, fabric.hosts, fabric.pool
         template = ready_template(client, zone)
         op_id = run(deploy(zone, template, "vm")).aggregate_id
 
