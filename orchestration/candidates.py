@@ -21,6 +21,7 @@ from uuid import UUID
 import asyncpg
 import msgspec
 
+from bus.relay_log import events_table
 from engine.fabric.host import Host
 from engine.fabric.storage_pool import StoragePool
 from engine.planning.candidates import (
@@ -122,6 +123,24 @@ class Candidates:
             self._planner = Planner(self._hosts, self._pools)
             self._at = time.monotonic()
         return self._planner
+
+    async def behind(self) -> list[UUID]:
+        """The hosts and pools whose rows are older than the log: what a
+        refusal needs read from the log before it is final. One index probe
+        per row, so it is for refusals, not for every plan."""
+        events = events_table(self.schema)
+        stale: list[UUID] = []
+        for name in ("host", "storage_pool"):
+            try:
+                rows = await self.pool.fetch(
+                    f"SELECT r.id FROM {self._table(name)} r WHERE EXISTS (SELECT 1"
+                    f" FROM {events} e WHERE e.originator_id = r.id"
+                    " AND e.originator_version > r.version)"
+                )
+            except asyncpg.UndefinedTableError:
+                continue
+            stale.extend(r["id"] for r in rows)
+        return stale
 
     def correct(self, aggregates: Iterable[Host | StoragePool]) -> None:
         """Plan with these (read from the log) instead of their read-model

@@ -7,7 +7,9 @@ the chosen host and pools cannot take the VM, the plan was made on stale
 rows, the planner is corrected with what the log says and tries again; if
 they can, twice in a row, the refusal is about something else (a network
 out of addresses, the VM's state) and is the operation's failure reason.
-An affinity refusal is planned again (the group is read from the log).
+An affinity refusal is planned again (the group is read from the log). The
+planner's own refusal (no host fits) is final only on rows read then and
+brought up to the log: room released a moment ago is not refused.
 """
 
 from __future__ import annotations
@@ -45,6 +47,7 @@ log = structlog.get_logger("orchestration.placement")
 # Each refused attempt corrects the planner's view of the host and pools it
 # chose, so this bounds how many stale full hosts one placement can meet.
 PLACE_ATTEMPTS = 8
+CATCH_UP_MAX = 1_000  # hosts and pools read from the log before a refusal
 
 
 class Placer:
@@ -68,6 +71,7 @@ class Placer:
         strategy: Strategy = "dispersing" if op.params.strategy == "dispersing" else "first-fit"
         fresh = False  # the first plan may use the cached rows
         unexplained = False  # the last refusal came while the log had room
+        caught_up = False  # the rows behind the log were corrected from it
         for _ in range(PLACE_ATTEMPTS):
             groups = await self._groups(op, vm)
             planner = await candidates.planner(fresh=fresh)
@@ -83,6 +87,12 @@ class Placer:
                     # predate a release.
                     fresh = True
                     continue
+                if not caught_up:
+                    # Nor rows the projection has not brought up to the log
+                    # (room just released, a host just enabled).
+                    caught_up = True
+                    if await self._catch_up():
+                        continue
                 log.info("operation_unplaceable", operation_id=str(op.id), reason=result.message)
                 return result.message
             fresh = True
@@ -111,6 +121,18 @@ class Placer:
             except DomainError as e:
                 return str(e)
         return f"placement kept conflicting after {PLACE_ATTEMPTS} attempts"
+
+    async def _catch_up(self) -> bool:
+        """Correct the planner with the log's hosts and pools where their
+        rows are behind it; False if none were."""
+        behind = await self.candidates.behind()
+        if not behind:
+            return False
+        # Bounded: a refusal while the projection is far behind everywhere
+        # must not load the whole fabric from the log.
+        loaded = await asyncio.to_thread(self.store.load_many, behind[:CATCH_UP_MAX])
+        self.candidates.correct(a for a in loaded.values() if isinstance(a, Host | StoragePool))
+        return True
 
     async def _takes(
         self, op: Operation, vm: VirtualMachine, placement: Placement, volumes: list[Volume]

@@ -147,6 +147,28 @@ async def test_a_host_disabled_behind_the_rows_is_left_for_another(
     assert host_of(store, op) == other
 
 
+async def test_room_released_behind_the_rows_is_not_refused(
+    pg_target: DatabaseTarget, store: EventStore, service: CommandService, candidates: Candidates
+) -> None:
+    w = build(service)
+    for i in range(4):  # both hosts full, and so are their rows
+        op = deploy(service, store, w, f"fill{i}")
+        service.execute(
+            PlaceOperation(operation_id=op.id, host_id=w.hosts[i % 2], pool_ids=(w.pool,))
+        )
+    await project(pg_target)
+    assert await candidates.behind() == []
+    # Room on one host, in the log only: the rows still say full.
+    service.execute(
+        UpdateHostOvercommit(host_id=w.hosts[0], cpu_overcommit=2.0, ram_overcommit=1.0)
+    )
+    assert await candidates.behind() == [w.hosts[0]]
+
+    op = deploy(service, store, w, "late")
+    assert await Placer(service, store, candidates).place(op, CONTEXT) is None
+    assert host_of(store, op) == w.hosts[0]
+
+
 async def test_a_refusal_not_about_the_host_or_pools_is_the_reason(
     pg_target: DatabaseTarget, store: EventStore, service: CommandService, candidates: Candidates
 ) -> None:
