@@ -63,7 +63,7 @@ class Aggregate(_LibraryAggregate):
 
     def require_state(self, allowed: Iterable[str], action: str) -> None:
         if self.state not in tuple(allowed):
-            raise InvalidTransition(f"{self.entity} {self.id}", self.state, action)
+            raise InvalidTransition(f"{self.entity} {self.id}", self.state, action, owner=self.id)
 
 
 def require(condition: bool, message: str, *, field: str | None = None) -> None:

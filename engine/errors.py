@@ -7,16 +7,25 @@ HTTP statuses (Validation 422, NotFound 404, the others 409).
 
 from __future__ import annotations
 
+from uuid import UUID
+
 
 class DomainError(Exception):
-    """Base class: a command was refused; nothing was recorded."""
+    """Base class: a command was refused; nothing was recorded.
+
+    owner is the aggregate that refused, where the refusal names one (a
+    host's or pool's capacity, an aggregate's state): the engine tells a
+    plan made on stale rows from a refusal about something else by it."""
 
     code = "domain-error"
 
-    def __init__(self, message: str, *, field: str | None = None) -> None:
+    def __init__(
+        self, message: str, *, field: str | None = None, owner: UUID | None = None
+    ) -> None:
         super().__init__(message)
         self.message = message
         self.field = field
+        self.owner = owner
 
     def __str__(self) -> str:
         return self.message
@@ -27,8 +36,8 @@ class InvalidTransition(DomainError):
 
     code = "invalid-transition"
 
-    def __init__(self, entity: str, state: str, action: str) -> None:
-        super().__init__(f"cannot {action} {entity} in state {state}")
+    def __init__(self, entity: str, state: str, action: str, *, owner: UUID | None = None) -> None:
+        super().__init__(f"cannot {action} {entity} in state {state}", owner=owner)
         self.entity = entity
         self.state = state
         self.action = action

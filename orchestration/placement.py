@@ -2,11 +2,12 @@
 
 The planner works on read-model rows (orchestration.candidates); the place
 step then reserves on the Host and StoragePool aggregates, which refuse what
-no longer fits. A capacity or state refusal is checked against the log: if
-the chosen host and pools cannot take the VM, the plan was made on stale
-rows, the planner is corrected with what the log says and tries again; if
-they can, twice in a row, the refusal is about something else (a network
-out of addresses, the VM's state) and is the operation's failure reason.
+no longer fits. A capacity or state refusal names the aggregate that
+refused (DomainError.owner): if it is the chosen host or a chosen pool, the
+plan was made on stale rows, the planner is corrected with what the log
+says of them and tries again; otherwise the refusal is about something
+else (a network out of addresses, the VM's state) and is the operation's
+failure reason.
 An affinity refusal is planned again (the group is read from the log). The
 planner's own refusal (no host fits) is final only on rows read then and
 brought up to the log: room released a moment ago is not refused.
@@ -25,12 +26,11 @@ from engine.commands.operations import PlaceOperation
 from engine.errors import CapacityExceeded, DomainError, InvalidTransition, PlacementRefused
 from engine.fabric.host import Host
 from engine.fabric.storage_pool import StoragePool
-from engine.operations import deploy, lifecycle
+from engine.operations import lifecycle
 from engine.operations.affinity import AffinityGroup, group_id
 from engine.operations.operation import Operation
 from engine.planning.candidates import AffinityGroup as PlannerGroup
 from engine.planning.candidates import (
-    Placement,
     PlacementRequest,
     Refusal,
     Strategy,
@@ -70,7 +70,6 @@ class Placer:
         requests, cluster = await self._requests(op, vm, volumes)
         strategy: Strategy = "dispersing" if op.params.strategy == "dispersing" else "first-fit"
         fresh = False  # the first plan may use the cached rows
-        unexplained = False  # the last refusal came while the log had room
         caught_up = False  # the rows behind the log were corrected from it
         for _ in range(PLACE_ATTEMPTS):
             groups = await self._groups(op, vm)
@@ -107,16 +106,13 @@ class Placer:
                 # log on the next attempt.
                 log.info("placement_retried", operation_id=str(op.id), reason=str(e))
             except (CapacityExceeded, InvalidTransition) as e:
-                if await self._takes(op, vm, result, volumes):
-                    # The host and pools can take it now: either they just
-                    # freed room, or the refusal is about something else (a
-                    # network's addresses, the VM's state). Twice in a row
-                    # is the latter.
-                    if unexplained:
-                        return str(e)
-                    unexplained = True
-                else:
-                    unexplained = False
+                chosen = [result.host_id, *result.pool_ids]
+                if e.owner not in chosen:
+                    # Not the host or pools the plan chose (a network out of
+                    # addresses, the VM's state): no plan can do better.
+                    return str(e)
+                # They changed since their rows: plan on the log's view.
+                await self._read_from_log(chosen)
                 log.info("placement_retried", operation_id=str(op.id), reason=str(e))
             except DomainError as e:
                 return str(e)
@@ -130,37 +126,14 @@ class Placer:
             return False
         # Bounded: a refusal while the projection is far behind everywhere
         # must not load the whole fabric from the log.
-        loaded = await asyncio.to_thread(self.store.load_many, behind[:CATCH_UP_MAX])
-        self.candidates.correct(a for a in loaded.values() if isinstance(a, Host | StoragePool))
+        await self._read_from_log(behind[:CATCH_UP_MAX])
         return True
 
-    async def _takes(
-        self, op: Operation, vm: VirtualMachine, placement: Placement, volumes: list[Volume]
-    ) -> bool:
-        """Whether the chosen host and pools, read from the log now, take
-        what the place step reserves on them (their own reserve(), tried on
-        copies that are never saved). The planner is corrected with what
-        the log says of them until the read model catches up."""
-        ids = [placement.host_id, *placement.pool_ids]
+    async def _read_from_log(self, ids: list[UUID]) -> None:
+        """Plan with what the log says of these hosts and pools until the
+        read model catches up with them."""
         loaded = await asyncio.to_thread(self.store.load_many, ids)
         self.candidates.correct(a for a in loaded.values() if isinstance(a, Host | StoragePool))
-        host = loaded.get(placement.host_id)
-        sizes = {v.id: v.size_bytes for v in volumes}
-        try:
-            if not isinstance(host, Host):
-                return False
-            host.reserve(vm.id, vm.spec.cpus, vm.spec.ram_mb)
-            if op.kind == deploy.KIND:
-                # The place step checked that there is one pool per volume.
-                chosen = zip(op.params.volume_ids, placement.pool_ids, strict=False)
-                for volume_id, pool_id in chosen:
-                    pool, size = loaded.get(pool_id), sizes.get(volume_id)
-                    if not isinstance(pool, StoragePool) or size is None:
-                        return False
-                    pool.reserve(volume_id, size)
-        except DomainError:
-            return False
-        return True
 
     async def _groups(self, op: Operation, vm: VirtualMachine) -> list[PlannerGroup]:
         """The VM's affinity group, read from the log (not a read model): two

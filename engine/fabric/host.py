@@ -157,11 +157,13 @@ class Host(Aggregate):
             raise CapacityExceeded(
                 f"host {self.id} has {self.cpus_free:g} vCPUs free, {cpus} requested",
                 field="cpus",
+                owner=self.id,
             )
         if self.ram_used_mb + ram_mb > self.ram_total_mb:
             raise CapacityExceeded(
                 f"host {self.id} has {self.ram_free_mb} MiB RAM free, {ram_mb} requested",
                 field="ram_mb",
+                owner=self.id,
             )
         self._capacity_reserved(vm_id=vm_id, cpus=cpus, ram_mb=ram_mb)
 

@@ -126,6 +126,7 @@ class StoragePool(Aggregate):
             raise CapacityExceeded(
                 f"storage pool {self.id} has {self.free_bytes} bytes free, {size_bytes} requested",
                 field="size_bytes",
+                owner=self.id,
             )
         self._storage_reserved(volume_id=volume_id, size_bytes=size_bytes)
 

@@ -203,7 +203,7 @@ class VirtualMachine(Aggregate):
         self.require_state(VM_TRANSITIONS[action], action)
 
     def _refuse(self, action: str) -> InvalidTransition:
-        return InvalidTransition(f"{self.entity} {self.id}", self.state, action)
+        return InvalidTransition(f"{self.entity} {self.id}", self.state, action, owner=self.id)
 
     def place(self, host_id: UUID, pool_id: UUID) -> None:
         self._require("place")

@@ -128,7 +128,7 @@ class Volume(Aggregate):
             raise self._refuse(action)
 
     def _refuse(self, action: str) -> InvalidTransition:
-        return InvalidTransition(f"{self.entity} {self.id}", self.state, action)
+        return InvalidTransition(f"{self.entity} {self.id}", self.state, action, owner=self.id)
 
     def require_snapshot_source(self) -> None:
         """Refuse a snapshot unless the disk is settled (not being created, resized
