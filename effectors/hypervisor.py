@@ -8,8 +8,8 @@ RPC) are retried with jittered exponential backoff after reconnecting.
 
 from __future__ import annotations
 
-import contextlib
 import random
+import threading
 import time
 from collections.abc import Callable
 from typing import TypeVar
@@ -72,12 +72,17 @@ class Hypervisor:
         self.base_delay = base_delay
         self.max_delay = max_delay
         self._conn: libvirt.virConnect | None = None
+        self._lock = threading.Lock()
 
     @property
     def conn(self) -> libvirt.virConnect:
-        if self._conn is None or not self._alive(self._conn):
-            self._conn = self._open()
-        return self._conn
+        conn = self._conn
+        if conn is not None and self._alive(conn):
+            return conn
+        with self._lock:  # one reconnect for all the threads that saw it die
+            if self._conn is None or not self._alive(self._conn):
+                self._conn = self._open()
+            return self._conn
 
     def _alive(self, conn: libvirt.virConnect) -> bool:
         try:
@@ -99,8 +104,10 @@ class Hypervisor:
         """fn(connection), retried on transient errors (reconnecting first);
         any other libvirt error is raised as HypervisorError at once."""
         for attempt in range(1, self.attempts + 1):
+            conn = None
             try:
-                return fn(self.conn)
+                conn = self.conn
+                return fn(conn)
             except libvirt.libvirtError as e:
                 failure = self.error(action, e)
             except HypervisorError as e:  # from reconnecting
@@ -118,12 +125,23 @@ class Hypervisor:
                 error=failure.message,
                 delay_s=round(delay, 3),
             )
-            self.close()
+            if conn is not None:
+                self._drop(conn)
             time.sleep(delay)
         raise AssertionError("unreachable")
 
+    def _drop(self, conn: libvirt.virConnect) -> None:
+        # The next call reconnects. The old connection is not closed here:
+        # other threads may be mid-call on it, and closing a libvirt
+        # connection under them crashes the process (seen: SIGSEGV in
+        # virNetworkIsPersistent). The last reference to go closes it.
+        with self._lock:
+            if self._conn is conn:
+                self._conn = None
+
     def close(self) -> None:
-        if self._conn is not None:
-            with contextlib.suppress(libvirt.libvirtError):
-                self._conn.close()
+        """Let go of the connection: closed at once when no call holds it,
+        else when the last one returns (a thread may outlive a cancelled
+        task at shutdown)."""
+        with self._lock:
             self._conn = None

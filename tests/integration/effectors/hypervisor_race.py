@@ -1,0 +1,80 @@
+"""Run as a script: threads calling through one Hypervisor while another
+thread's transient failures make it reconnect. Before the fix this crashed
+the process (SIGSEGV: the connection was closed under the other threads), so
+it runs in a process of its own and the test reads its exit status.
+
+Prints `calls=<n> errors=<n> connections=<n>` and exits 0 when it lives.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import sys
+import threading
+import uuid
+
+import libvirt
+import structlog
+
+from effectors.hypervisor import Hypervisor, HypervisorError
+
+
+class Flaky(Hypervisor):
+    """Takes one real libvirt error (no such domain) for a transient one."""
+
+    def error(self, action: str, e: libvirt.libvirtError) -> HypervisorError:
+        if action == "flaky":
+            return HypervisorError(self.uri, action, libvirt.VIR_ERR_RPC, "injected")
+        return super().error(action, e)
+
+
+def main(uri: str, failures: int = 300, observers: int = 4) -> int:
+    structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.ERROR))
+    hv = Flaky(uri, attempts=2, base_delay=0.0001, max_delay=0.0001)
+    stop = threading.Event()
+    errors: list[str] = []
+    seen: set[int] = set()
+    calls = 0
+    missing = f"ce-race-{uuid.uuid4().hex[:8]}"
+
+    def observe(conn: libvirt.virConnect) -> None:
+        seen.add(id(conn))
+        for net in conn.listAllNetworks():
+            net.isPersistent()
+            net.XMLDesc(0)
+        for dom in conn.listAllDomains():
+            dom.info()
+
+    def observer() -> None:
+        nonlocal calls
+        while not stop.is_set():
+            try:
+                hv.call("observe", observe)
+            except Exception as e:  # any of them is the bug this looks for
+                errors.append(repr(e))
+            calls += 1
+
+    def flaky(conn: libvirt.virConnect) -> None:
+        conn.lookupByName(missing)
+
+    def breaker() -> None:
+        for _ in range(failures):
+            with contextlib.suppress(HypervisorError):
+                hv.call("flaky", flaky)
+        stop.set()
+
+    threads = [threading.Thread(target=observer) for _ in range(observers)]
+    threads.append(threading.Thread(target=breaker))
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    print(f"calls={calls} errors={len(errors)} connections={len(seen)}")
+    for e in errors[:3]:
+        print(e)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1]))

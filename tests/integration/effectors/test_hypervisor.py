@@ -1,0 +1,89 @@
+"""Hypervisor's retry and reconnect on the real libvirtd."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import uuid
+from pathlib import Path
+
+import libvirt
+import pytest
+
+from effectors.hypervisor import Hypervisor, HypervisorError
+
+ROOT = Path(__file__).resolve().parents[3]
+
+
+class Flaky(Hypervisor):
+    """Takes libvirt's "no such domain" for a transient error."""
+
+    def error(self, action: str, e: libvirt.libvirtError) -> HypervisorError:
+        if e.get_error_code() == libvirt.VIR_ERR_NO_DOMAIN:
+            return HypervisorError(self.uri, action, libvirt.VIR_ERR_RPC, "injected")
+        return super().error(action, e)
+
+
+def test_a_transient_error_is_retried_on_a_new_connection(libvirt_uri: str) -> None:
+    hv = Flaky(libvirt_uri, base_delay=0.001)
+    missing = f"ce-hv-{uuid.uuid4().hex[:8]}"
+    used: list[libvirt.virConnect] = []
+
+    def once_missing(conn: libvirt.virConnect) -> str:
+        used.append(conn)
+        if len(used) == 1:
+            conn.lookupByName(missing)
+        return str(conn.getHostname())
+
+    assert hv.call("hostname", once_missing)
+    assert len(used) == 2
+    assert used[0] is not used[1]
+
+
+def test_a_lasting_transient_error_is_raised_after_the_attempts(libvirt_uri: str) -> None:
+    hv = Flaky(libvirt_uri, attempts=3, base_delay=0.001)
+    tries: list[int] = []
+
+    def missing(conn: libvirt.virConnect) -> None:
+        tries.append(1)
+        conn.lookupByName(f"ce-hv-{uuid.uuid4().hex[:8]}")
+
+    with pytest.raises(HypervisorError) as raised:
+        hv.call("lookup", missing)
+    assert len(tries) == 3
+    assert raised.value.code == libvirt.VIR_ERR_RPC
+    assert raised.value.action == "lookup"
+
+
+def test_a_lasting_error_is_raised_at_once_with_libvirts_code(libvirt_uri: str) -> None:
+    hv = Hypervisor(libvirt_uri, base_delay=0.001)
+    tries: list[int] = []
+
+    def missing(conn: libvirt.virConnect) -> None:
+        tries.append(1)
+        conn.lookupByName(f"ce-hv-{uuid.uuid4().hex[:8]}")
+
+    with pytest.raises(HypervisorError) as raised:
+        hv.call("lookup", missing)
+    assert tries == [1]
+    assert raised.value.code == libvirt.VIR_ERR_NO_DOMAIN
+    assert not raised.value.transient
+
+
+def test_reconnecting_never_pulls_the_connection_from_under_other_threads(
+    libvirt_uri: str,
+) -> None:
+    # It used to close the shared connection: the process died of SIGSEGV.
+    done = subprocess.run(
+        [sys.executable, str(Path(__file__).with_name("hypervisor_race.py")), libvirt_uri],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 0, f"exit {done.returncode}\n{done.stdout}\n{done.stderr[-3000:]}"
+    fields = dict(kv.split("=") for kv in done.stdout.splitlines()[0].split())
+    assert int(fields["errors"]) == 0, done.stdout
+    assert int(fields["calls"]) > 0
+    # The failures did make it reconnect while the others kept calling.
+    assert int(fields["connections"]) > 1
