@@ -13,9 +13,11 @@ import pytest
 
 from bus.pg import connect, create_pool
 from engine.commands.base import CommandContext
+from engine.commands.compute import MarkVmRunning, MarkVmStopped
 from engine.commands.hosts import DisableHost, UpdateHostOvercommit
 from engine.commands.network import CreateNetwork
-from engine.commands.operations import DeployVm, PlaceOperation
+from engine.commands.operations import AdvanceOperation, DeployVm, PlaceOperation, VmOperation
+from engine.commands.storage import MarkVolumeCreated
 from engine.database import DatabaseTarget
 from engine.fabric.host import Host
 from engine.operations.operation import Operation
@@ -60,6 +62,28 @@ def deploy(
         network_ids=networks,
     )
     op_id = service.execute(command).aggregate_id
+    op = store.load(op_id)
+    assert isinstance(op, Operation)
+    return op
+
+
+def running_on(service: CommandService, store: EventStore, w: World, host: UUID, name: str) -> UUID:
+    """A VM deployed on host and Running there, as the effectors would
+    report it: its id."""
+    op = deploy(service, store, w, name)
+    service.execute(PlaceOperation(operation_id=op.id, host_id=host, pool_ids=(w.pool,)))
+    for volume_id in op.params.volume_ids:
+        service.execute(MarkVolumeCreated(volume_id=volume_id))
+    service.execute(AdvanceOperation(operation_id=op.id))
+    service.execute(MarkVmRunning(vm_id=op.resource_id))
+    service.execute(AdvanceOperation(operation_id=op.id))
+    done = store.load(op.id)
+    assert isinstance(done, Operation) and done.status == "succeeded", done
+    return op.resource_id
+
+
+def vm_operation(service: CommandService, store: EventStore, kind: str, vm_id: UUID) -> Operation:
+    op_id = service.execute(VmOperation(kind=kind, vm_id=vm_id)).aggregate_id  # type: ignore[arg-type]
     op = store.load(op_id)
     assert isinstance(op, Operation)
     return op
@@ -226,3 +250,54 @@ async def test_a_refusal_on_cached_rows_is_planned_again_on_fresh_ones(
     op = deploy(service, store, w, "none")
     reason = await Placer(service, store, cached).place(op, CONTEXT)
     assert reason is not None and "cpu" in reason, reason
+
+
+async def test_a_start_whose_last_host_filled_behind_the_rows_goes_elsewhere(
+    pg_target: DatabaseTarget, store: EventStore, service: CommandService, candidates: Candidates
+) -> None:
+    w = build(service)
+    first, other = w.hosts
+    vm = running_on(service, store, w, first, "vm")
+    stop = vm_operation(service, store, "vm.stop", vm)
+    service.execute(MarkVmStopped(vm_id=vm))
+    service.execute(AdvanceOperation(operation_id=stop.id))
+    await project(pg_target)  # the rows: both hosts empty, the VM last ran on first
+
+    for i in range(2):  # its last host fills, the rows do not follow
+        op = deploy(service, store, w, f"fill{i}")
+        service.execute(PlaceOperation(operation_id=op.id, host_id=first, pool_ids=(w.pool,)))
+
+    start = vm_operation(service, store, "vm.start", vm)
+    assert await Placer(service, store, candidates).place(start, CONTEXT) is None
+    assert host_of(store, start) == other
+
+
+async def test_a_migration_to_a_host_filled_behind_the_rows_goes_to_one_with_room(
+    pg_target: DatabaseTarget, store: EventStore, service: CommandService, candidates: Candidates
+) -> None:
+    c = small_cluster(service, cpu_cores=2, pool_bytes=64 << 30, hosts=3)
+    w = World(c.zone, c.hosts, c.pool, ready_template(service, c.zone))
+    source = w.hosts[0]
+    vm = running_on(service, store, w, source, "vm")
+    await project(pg_target)
+    request = PlacementRequest(
+        vm_id=vm,
+        zone_id=w.zone,
+        cpus=1,
+        ram_mb=64,
+        root_size_bytes=1,
+        avoid_host_ids=(source,),
+    )
+    chosen = (await candidates.planner()).plan(request)
+    assert not isinstance(chosen, Refusal)
+    target = chosen.host_id
+    (room,) = set(w.hosts) - {source, target}
+    for i in range(2):  # the planner's target fills, the rows do not follow
+        op = deploy(service, store, w, f"fill{i}")
+        service.execute(PlaceOperation(operation_id=op.id, host_id=target, pool_ids=(w.pool,)))
+
+    migrate = vm_operation(service, store, "vm.migrate", vm)
+    assert await Placer(service, store, candidates).place(migrate, CONTEXT) is None
+    loaded = store.load(vm)
+    assert isinstance(loaded, VirtualMachine)
+    assert loaded.migration_target_id == room, loaded
