@@ -21,10 +21,11 @@ from effectors.hypervisor import Hypervisor, HypervisorError
 
 
 class Flaky(Hypervisor):
-    """Takes one real libvirt error (no such domain) for a transient one."""
+    """Takes libvirt's "no such domain" for a transient error: a real libvirt
+    error that makes it reconnect whenever a test likes."""
 
     def error(self, action: str, e: libvirt.libvirtError) -> HypervisorError:
-        if action == "flaky":
+        if e.get_error_code() == libvirt.VIR_ERR_NO_DOMAIN:
             return HypervisorError(self.uri, action, libvirt.VIR_ERR_RPC, "injected")
         return super().error(action, e)
 

@@ -9,19 +9,11 @@ from pathlib import Path
 
 import libvirt
 import pytest
+from hypervisor_race import Flaky
 
 from effectors.hypervisor import Hypervisor, HypervisorError
 
 ROOT = Path(__file__).resolve().parents[3]
-
-
-class Flaky(Hypervisor):
-    """Takes libvirt's "no such domain" for a transient error."""
-
-    def error(self, action: str, e: libvirt.libvirtError) -> HypervisorError:
-        if e.get_error_code() == libvirt.VIR_ERR_NO_DOMAIN:
-            return HypervisorError(self.uri, action, libvirt.VIR_ERR_RPC, "injected")
-        return super().error(action, e)
 
 
 def test_a_transient_error_is_retried_on_a_new_connection(libvirt_uri: str) -> None:
@@ -40,8 +32,9 @@ def test_a_transient_error_is_retried_on_a_new_connection(libvirt_uri: str) -> N
     assert used[0] is not used[1]
 
 
-def test_a_lasting_transient_error_is_raised_after_the_attempts(libvirt_uri: str) -> None:
-    hv = Flaky(libvirt_uri, attempts=3, base_delay=0.001)
+def lookup_missing(hv: Hypervisor) -> tuple[HypervisorError, int]:
+    """The error of looking up a domain that is not there, and how many
+    times the call was tried."""
     tries: list[int] = []
 
     def missing(conn: libvirt.virConnect) -> None:
@@ -50,24 +43,21 @@ def test_a_lasting_transient_error_is_raised_after_the_attempts(libvirt_uri: str
 
     with pytest.raises(HypervisorError) as raised:
         hv.call("lookup", missing)
-    assert len(tries) == 3
-    assert raised.value.code == libvirt.VIR_ERR_RPC
-    assert raised.value.action == "lookup"
+    return raised.value, len(tries)
+
+
+def test_a_lasting_transient_error_is_raised_after_the_attempts(libvirt_uri: str) -> None:
+    error, tries = lookup_missing(Flaky(libvirt_uri, attempts=3, base_delay=0.001))
+    assert tries == 3
+    assert error.code == libvirt.VIR_ERR_RPC
+    assert error.action == "lookup"
 
 
 def test_a_lasting_error_is_raised_at_once_with_libvirts_code(libvirt_uri: str) -> None:
-    hv = Hypervisor(libvirt_uri, base_delay=0.001)
-    tries: list[int] = []
-
-    def missing(conn: libvirt.virConnect) -> None:
-        tries.append(1)
-        conn.lookupByName(f"ce-hv-{uuid.uuid4().hex[:8]}")
-
-    with pytest.raises(HypervisorError) as raised:
-        hv.call("lookup", missing)
-    assert tries == [1]
-    assert raised.value.code == libvirt.VIR_ERR_NO_DOMAIN
-    assert not raised.value.transient
+    error, tries = lookup_missing(Hypervisor(libvirt_uri, base_delay=0.001))
+    assert tries == 1
+    assert error.code == libvirt.VIR_ERR_NO_DOMAIN
+    assert not error.transient
 
 
 def test_reconnecting_never_pulls_the_connection_from_under_other_threads(
