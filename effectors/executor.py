@@ -146,11 +146,13 @@ class Executor:
     def hypervisor(self, uri: str) -> Hypervisor:
         hv = self._hypervisors.get(uri)
         if hv is None:
-            hv = self._hypervisors[uri] = Hypervisor(uri)
+            # Worker threads ask at once: one Hypervisor (one connection) per
+            # URI, whoever gets here first.
+            hv = self._hypervisors.setdefault(uri, Hypervisor(uri))
         return hv
 
     def close(self) -> None:
-        for hv in self._hypervisors.values():
+        for hv in list(self._hypervisors.values()):
             hv.close()
 
     def _result(

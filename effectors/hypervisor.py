@@ -134,14 +134,17 @@ class Hypervisor:
         # The next call reconnects. The old connection is not closed here:
         # other threads may be mid-call on it, and closing a libvirt
         # connection under them crashes the process (seen: SIGSEGV in
-        # virNetworkIsPersistent). The last reference to go closes it.
+        # virNetworkIsPersistent). The last reference to go closes it; a
+        # lifecycle callback holds one, which the reconciler takes off when
+        # it sees the new connection.
         with self._lock:
             if self._conn is conn:
                 self._conn = None
 
     def close(self) -> None:
-        """Let go of the connection: closed at once when no call holds it,
-        else when the last one returns (a thread may outlive a cancelled
-        task at shutdown)."""
-        with self._lock:
-            self._conn = None
+        """Let go of the connection: closed once no call (nor a lifecycle
+        callback) holds it; a thread may outlive a cancelled task at
+        shutdown."""
+        # No lock: a reconnect in progress (slow, to a remote host) must not
+        # hold up a shutdown on the event loop.
+        self._conn = None

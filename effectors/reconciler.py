@@ -139,9 +139,9 @@ class Reconciler:
         self._failures: dict[UUID, int] = {}
         self._down_since: dict[UUID, str] = {}
         self._reported_down: set[UUID] = set()
-        # host id -> the connection the lifecycle callback is registered on
-        # (a reconnect gives a new connection without it).
-        self._watched: dict[UUID, Any] = {}
+        # host id -> (connection, callback id) the lifecycle callback is
+        # registered on (a reconnect gives a new connection without it).
+        self._watched: dict[UUID, tuple[Any, int]] = {}
         self._wake: asyncio.Event | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
 
@@ -175,6 +175,8 @@ class Reconciler:
         try:
             domains = await asyncio.to_thread(self._list_domains, host.id, hypervisor)
         except HypervisorError as e:
+            # In a thread: letting go of the callback may ask the daemon.
+            await asyncio.to_thread(self._unwatch, host.id)
             return self._host_failed(host, e)
         self._host_answered(host)
         after = await self._vms_of(host.id)
@@ -229,7 +231,6 @@ class Reconciler:
         # The outage's start makes its id: stable while it lasts, new for the
         # next outage (the engine would drop a reused id as a duplicate).
         since = self._down_since.setdefault(host.id, datetime.now(UTC).isoformat())
-        self._watched.pop(host.id, None)
         log.warning(
             "host_connection_failed",
             host_id=str(host.id),
@@ -340,22 +341,40 @@ class Reconciler:
                 # domains at once): let them settle into one round.
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(stop.wait(), self.event_settle_s)
+        for host_id in list(self._watched):  # so the connections can close
+            await asyncio.to_thread(self._unwatch, host_id)
 
     def _watch(self, host_id: UUID, hypervisor: Hypervisor) -> None:
         """Register the lifecycle callback on the host's current connection
         (again after a reconnect). Runs in a worker thread."""
         conn = hypervisor.conn
-        if self._watched.get(host_id) is conn:
+        watched = self._watched.get(host_id)
+        if watched is not None and watched[0] is conn:
             return
+        self._unwatch(host_id)
         try:
-            conn.domainEventRegisterAny(
+            callback = conn.domainEventRegisterAny(
                 None, libvirt.VIR_DOMAIN_EVENT_ID_LIFECYCLE, self._on_lifecycle, host_id
             )
         except libvirt.libvirtError as e:
             # Events only speed reconciling up; the periodic round still runs.
             log.warning("lifecycle_events_unavailable", host_id=str(host_id), error=str(e))
             return
-        self._watched[host_id] = conn
+        self._watched[host_id] = (conn, int(callback))
+
+    def _unwatch(self, host_id: UUID) -> None:
+        """Take the callback off the host's old connection. It holds that
+        connection (libvirt keeps a reference for it), so without this the
+        connection is never closed and, if still alive, goes on delivering
+        its events beside the new one's."""
+        watched = self._watched.pop(host_id, None)
+        if watched is None:
+            return
+        conn, callback = watched
+        # It goes locally before libvirt asks the daemon, so a dead
+        # connection lets go of it too.
+        with contextlib.suppress(libvirt.libvirtError):
+            conn.domainEventDeregisterAny(callback)
 
     def _on_lifecycle(self, _conn: Any, dom: Any, event: int, detail: int, host_id: Any) -> None:
         # Called on libvirt's event thread: hand over to the asyncio loop.

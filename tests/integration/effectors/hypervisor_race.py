@@ -3,7 +3,9 @@ thread's transient failures make it reconnect. Before the fix this crashed
 the process (SIGSEGV: the connection was closed under the other threads), so
 it runs in a process of its own and the test reads its exit status.
 
-Prints `calls=<n> errors=<n> connections=<n>` and exits 0 when it lives.
+Prints `calls=<n> errors=<n> opened=<n> overlapped=<n>` (connections opened;
+observe calls that ended on a connection another thread had dropped) and
+exits 0 when it lives.
 """
 
 from __future__ import annotations
@@ -24,10 +26,16 @@ class Flaky(Hypervisor):
     """Takes libvirt's "no such domain" for a transient error: a real libvirt
     error that makes it reconnect whenever a test likes."""
 
+    opened = 0
+
     def error(self, action: str, e: libvirt.libvirtError) -> HypervisorError:
         if e.get_error_code() == libvirt.VIR_ERR_NO_DOMAIN:
             return HypervisorError(self.uri, action, libvirt.VIR_ERR_RPC, "injected")
         return super().error(action, e)
+
+    def _open(self) -> libvirt.virConnect:
+        self.opened += 1
+        return super()._open()
 
 
 def main(uri: str, failures: int = 300, observers: int = 4) -> int:
@@ -35,17 +43,21 @@ def main(uri: str, failures: int = 300, observers: int = 4) -> int:
     hv = Flaky(uri, attempts=2, base_delay=0.0001, max_delay=0.0001)
     stop = threading.Event()
     errors: list[str] = []
-    seen: set[int] = set()
-    calls = 0
-    missing = f"ce-race-{uuid.uuid4().hex[:8]}"
+    calls = overlapped = 0
+    name = f"ce-race-{uuid.uuid4().hex[:8]}"
+    # A network of its own (defined, never started), so every observe makes
+    # the call the crash was seen in, even on a host with no other network.
+    network = hv.conn.networkDefineXML(f"<network><name>{name}</name></network>")
 
     def observe(conn: libvirt.virConnect) -> None:
-        seen.add(id(conn))
+        nonlocal overlapped
         for net in conn.listAllNetworks():
             net.isPersistent()
             net.XMLDesc(0)
         for dom in conn.listAllDomains():
             dom.info()
+        if conn is not hv._conn:  # another thread dropped it meanwhile
+            overlapped += 1
 
     def observer() -> None:
         nonlocal calls
@@ -57,7 +69,7 @@ def main(uri: str, failures: int = 300, observers: int = 4) -> int:
             calls += 1
 
     def flaky(conn: libvirt.virConnect) -> None:
-        conn.lookupByName(missing)
+        conn.lookupByName(name)  # no domain has the network's name
 
     def breaker() -> None:
         for _ in range(failures):
@@ -67,11 +79,14 @@ def main(uri: str, failures: int = 300, observers: int = 4) -> int:
 
     threads = [threading.Thread(target=observer) for _ in range(observers)]
     threads.append(threading.Thread(target=breaker))
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    print(f"calls={calls} errors={len(errors)} connections={len(seen)}")
+    try:
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+    finally:
+        network.undefine()
+    print(f"calls={calls} errors={len(errors)} opened={hv.opened} overlapped={overlapped}")
     for e in errors[:3]:
         print(e)
     return 0

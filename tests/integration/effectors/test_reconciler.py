@@ -4,7 +4,9 @@ stand-in for the read models (the real ReadModels is tested with PostgreSQL
 elsewhere); every libvirt object is named with the test's prefix."""
 
 import asyncio
+import gc
 import uuid
+import weakref
 from typing import Any
 from uuid import UUID
 
@@ -262,3 +264,29 @@ async def test_a_lifecycle_event_wakes_the_loop_before_the_interval(
             await asyncio.wait_for(loop, 10)
     finally:
         watched.close()
+
+
+async def test_a_reconnect_lets_go_of_the_old_connection_and_its_events(libvirt_uri):
+    # The callback held the old connection: it was never closed, and if
+    # alive went on waking the reconciler beside the new one.
+    start_libvirt_event_loop()
+    hv = Hypervisor(libvirt_uri)
+    rec = reconciler(
+        FakeReadModels([host_view(hv.uri)]), Published(), lambda uri: hv, lifecycle_events=True
+    )
+    await rec.reconcile_once()
+    first = weakref.ref(hv.conn)
+    hv.close()  # as a transient error does: the next call reconnects
+    await rec.reconcile_once()
+    assert hv.conn is not first()
+    gc.collect()
+    assert first() is None, "the old connection is still held"
+    assert len(rec._watched) == 1
+    stop = asyncio.Event()
+    stop.set()
+    await rec.run(stop)  # stopped at once: it lets go of the callback
+    assert rec._watched == {}
+    newest = weakref.ref(hv.conn)
+    hv.close()
+    gc.collect()
+    assert newest() is None, "the last connection is still held after the reconciler stopped"
