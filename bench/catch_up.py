@@ -11,10 +11,17 @@ The baseline, in the same process: the read of every host and pool row that
 the planner makes on each snapshot (Candidates._fetch), which every plan on
 a cold or expired cache already pays.
 
+Then what the placer does with those it found: read them from the log
+(EventStore.load_many, every event of each, no snapshot). --log-hosts real
+hosts are registered through the command service, each given --log-events
+events (overcommit changes), and loaded all at once.
+
     python bench/catch_up.py [--hosts 10000] [--pools 2000] [--events 20]
                              [--behind 50] [--repeat 9]
+                             [--log-hosts 100] [--log-events 100]
 
 Last line: behind_ms=<median> rows_read_ms=<median> ratio=<x>
+           log_read_ms=<median> per_event_us=<x>
 """
 
 from __future__ import annotations
@@ -29,9 +36,14 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from uuid import UUID
+
 from bus.pg import connect, create_pool
 from bus.relay_log import events_table
+from engine.commands.fabric import CreateCluster, CreatePod, CreateZone, RegisterHost
+from engine.commands.hosts import UpdateHostOvercommit
 from engine.database import DatabaseTarget, EmbeddedPostgres
+from engine.service import CommandService
 from engine.settings import load_settings
 from engine.store import EventStore
 from orchestration.candidates import Candidates
@@ -100,6 +112,48 @@ async def run(target: DatabaseTarget, args: argparse.Namespace) -> tuple[float, 
     return statistics.median(behind_ms), statistics.median(rows_ms)
 
 
+def log_hosts(service: CommandService, hosts: int, events: int) -> list[UUID]:
+    """Hosts in the log with `events` events each, through the service."""
+    run = service.execute
+    zone = run(CreateZone(name="bench")).aggregate_id
+    pod = run(CreatePod(zone_id=zone, name="p", gateway="10.0.0.1", cidr="10.0.0.0/24"))
+    cluster = run(CreateCluster(zone_id=zone, pod_id=pod.aggregate_id, name="c"))
+    ids = [
+        run(
+            RegisterHost(
+                zone_id=zone,
+                pod_id=pod.aggregate_id,
+                cluster_id=cluster.aggregate_id,
+                name=f"h{i}",
+                cpu_cores=32,
+                ram_mb=65536,
+                libvirt_uri="test:///default",
+            )
+        ).aggregate_id
+        for i in range(hosts)
+    ]
+    commands = [
+        UpdateHostOvercommit(host_id=h, cpu_overcommit=1.0 + (n % 2), ram_overcommit=1.0)
+        for n in range(events - 1)
+        for h in ids
+    ]
+    for chunk in range(0, len(commands), 256):  # submitted together: batched
+        futures = [service.submit(c) for c in commands[chunk : chunk + 256]]
+        for f in futures:
+            f.result()
+    return ids
+
+
+def time_log_reads(store: EventStore, ids: list[UUID], events: int, repeat: int) -> float:
+    times = []
+    for _ in range(repeat):
+        started = time.perf_counter()
+        loaded = store.load_many(ids)
+        times.append((time.perf_counter() - started) * 1000)
+        assert len(loaded) == len(ids) and all(a.version == events for a in loaded.values())
+    return statistics.median(times)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--hosts", type=int, default=10_000)
@@ -107,17 +161,42 @@ def main() -> None:
     parser.add_argument("--events", type=int, default=20, help="in the log per host and pool")
     parser.add_argument("--behind", type=int, default=50, help="hosts whose rows lag the log")
     parser.add_argument("--repeat", type=int, default=9)
+    parser.add_argument("--log-hosts", type=int, default=100, help="real hosts read from the log")
+    parser.add_argument("--log-events", type=int, default=100, help="events of each")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="cloud-engine-bench-") as tmp:
         pg = EmbeddedPostgres(load_settings(environ={}, data_dir=tmp))
         try:
-            EventStore(pg.target).close()  # the log's tables
-            behind, rows = asyncio.run(run(pg.target, args))
+            store = EventStore(pg.target)  # and the log's tables
+            try:
+                behind, rows = asyncio.run(run(pg.target, args))
+                service = CommandService(store)
+                try:
+                    started = time.perf_counter()
+                    ids = log_hosts(service, args.log_hosts, args.log_events)
+                    print(
+                        f"{args.log_hosts} hosts of {args.log_events} events in the log in"
+                        f" {time.perf_counter() - started:.1f} s"
+                    )
+                finally:
+                    service.close()
+                log_ms = time_log_reads(store, ids, args.log_events, args.repeat)
+            finally:
+                store.close()
         finally:
             pg.stop()
     print(f"baseline, every host and pool row (each snapshot): median {rows:.1f} ms")
     print(f"behind(), the rows older than the log ({args.behind} found): median {behind:.1f} ms")
-    print(f"behind_ms={behind:.1f} rows_read_ms={rows:.1f} ratio={behind / rows:.2f}")
+    total = args.log_hosts * args.log_events
+    per_event_us = log_ms * 1000 / total
+    print(
+        f"from the log, {args.log_hosts} hosts of {args.log_events} events ({total:,}):"
+        f" median {log_ms:.1f} ms, {per_event_us:.1f} us per event"
+    )
+    print(
+        f"behind_ms={behind:.1f} rows_read_ms={rows:.1f} ratio={behind / rows:.2f}"
+        f" log_read_ms={log_ms:.1f} per_event_us={per_event_us:.1f}"
+    )
 
 
 if __name__ == "__main__":
