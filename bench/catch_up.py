@@ -33,14 +33,16 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from uuid import UUID
 
+# The repository root, for the engine's packages (this script's folder,
+# bench/, is on the path already, for deploy_fabric).
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from uuid import UUID
+from deploy_fabric import one_cluster
 
 from bus.pg import connect, create_pool
 from bus.relay_log import events_table
-from engine.commands.fabric import CreateCluster, CreatePod, CreateZone, RegisterHost
 from engine.commands.hosts import UpdateHostOvercommit
 from engine.database import DatabaseTarget, EmbeddedPostgres
 from engine.service import CommandService
@@ -114,24 +116,7 @@ async def run(target: DatabaseTarget, args: argparse.Namespace) -> tuple[float, 
 
 def log_hosts(service: CommandService, hosts: int, events: int) -> list[UUID]:
     """Hosts in the log with `events` events each, through the service."""
-    run = service.execute
-    zone = run(CreateZone(name="bench")).aggregate_id
-    pod = run(CreatePod(zone_id=zone, name="p", gateway="10.0.0.1", cidr="10.0.0.0/24"))
-    cluster = run(CreateCluster(zone_id=zone, pod_id=pod.aggregate_id, name="c"))
-    ids = [
-        run(
-            RegisterHost(
-                zone_id=zone,
-                pod_id=pod.aggregate_id,
-                cluster_id=cluster.aggregate_id,
-                name=f"h{i}",
-                cpu_cores=32,
-                ram_mb=65536,
-                libvirt_uri="test:///default",
-            )
-        ).aggregate_id
-        for i in range(hosts)
-    ]
+    _, _, ids = one_cluster(service, "bench", ["test:///default"] * hosts)
     commands = [
         UpdateHostOvercommit(host_id=h, cpu_overcommit=1.0 + (n % 2), ram_overcommit=1.0)
         for n in range(events - 1)
@@ -154,6 +139,20 @@ def time_log_reads(store: EventStore, ids: list[UUID], events: int, repeat: int)
     return statistics.median(times)
 
 
+def time_log_phase(store: EventStore, args: argparse.Namespace) -> float:
+    service = CommandService(store)
+    try:
+        started = time.perf_counter()
+        ids = log_hosts(service, args.log_hosts, args.log_events)
+        print(
+            f"{args.log_hosts} hosts of {args.log_events} events in the log in"
+            f" {time.perf_counter() - started:.1f} s"
+        )
+    finally:
+        service.close()
+    return time_log_reads(store, ids, args.log_events, args.repeat)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--hosts", type=int, default=10_000)
@@ -170,17 +169,7 @@ def main() -> None:
             store = EventStore(pg.target)  # and the log's tables
             try:
                 behind, rows = asyncio.run(run(pg.target, args))
-                service = CommandService(store)
-                try:
-                    started = time.perf_counter()
-                    ids = log_hosts(service, args.log_hosts, args.log_events)
-                    print(
-                        f"{args.log_hosts} hosts of {args.log_events} events in the log in"
-                        f" {time.perf_counter() - started:.1f} s"
-                    )
-                finally:
-                    service.close()
-                log_ms = time_log_reads(store, ids, args.log_events, args.repeat)
+                log_ms = time_log_phase(store, args)
             finally:
                 store.close()
         finally:

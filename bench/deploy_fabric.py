@@ -50,11 +50,11 @@ def host_uris(count: int, directory: Path, shared: bool) -> list[str]:
     return uris
 
 
-def create_fabric(
-    service: CommandService, name: str, uris: Sequence[str], tmp: Path, template_url: str
-) -> Fabric:
-    """Zone, pod, cluster, one host per URI, a dir pool, a file image store
-    and a registered template (Ready only once downloaded)."""
+def one_cluster(
+    service: CommandService, name: str, uris: Sequence[str]
+) -> tuple[UUID, UUID, list[UUID]]:
+    """Zone, pod, cluster and one host per URI (registered together, so the
+    service batches them): (zone, cluster, hosts)."""
     run = service.execute
     zone = run(CreateZone(name=name)).aggregate_id
     pod = run(
@@ -76,7 +76,16 @@ def create_fabric(
         )
         for n, uri in enumerate(uris)
     ]
-    hosts = [f.result(60).aggregate_id for f in futures]
+    return zone, cluster, [f.result(60).aggregate_id for f in futures]
+
+
+def create_fabric(
+    service: CommandService, name: str, uris: Sequence[str], tmp: Path, template_url: str
+) -> Fabric:
+    """Zone, pod, cluster, one host per URI, a dir pool, a file image store
+    and a registered template (Ready only once downloaded)."""
+    run = service.execute
+    zone, cluster, hosts = one_cluster(service, name, uris)
     pool = run(
         CreateStoragePool(
             zone_id=zone,

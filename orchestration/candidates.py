@@ -2,8 +2,8 @@
 
 Hosts and pools come from rm_host / rm_storage_pool, so a plan can be stale:
 the place step reserves on the Host and StoragePool aggregates themselves,
-which refuse what no longer fits. The manager then loads the refusing host
-and pools from the log and hands them to correct(): until the read model
+which refuse what no longer fits. Placement (orchestration.placement) then
+loads the refusing host and pools from the log and hands them to correct(): until the read model
 reaches their versions, plans use those instead of the rows. Fresh rows
 alone are not enough, because the projection can be seconds behind (a burst
 of placements after an engine restart) and every retry would pick the same
