@@ -22,6 +22,7 @@ from api.resources import DEFAULT_LIMIT, MAX_LIMIT, TYPES, ResourceType
 from api.route_table import COMMAND_ROUTES
 from api.routing import CommandRoute
 from api.views import CommandAccepted, EventPage, Health, ResourcePage
+from bus.struct_schema import normalise_descriptions
 
 CHECKED_IN = Path(__file__).resolve().parent.parent / "schemas" / "openapi.json"
 REF = "#/components/schemas/{name}"
@@ -165,7 +166,7 @@ def build_document() -> dict[str, Any]:
     paths["/readyz"] = _plain("The database answers", _json("Health"), 503)
     paths["/metrics"] = _plain("Prometheus metrics", {"text/plain": {"schema": {"type": "string"}}})
     paths["/openapi.json"] = _plain("This document", {"application/json": {"schema": {}}})
-    return {
+    document: dict[str, Any] = {
         "openapi": "3.1.0",
         "info": {"title": "cloud-engine", "version": "1", "description": DESCRIPTION},
         "security": [{"bearer": []}],
@@ -191,6 +192,11 @@ def build_document() -> dict[str, Any]:
             },
         },
     }
+    # The Structs' docstrings come through msgspec, whose formatting of them
+    # changes between versions (0.23 stopped keeping their indentation): one
+    # canonical form keeps the checked-in document the same under any.
+    normalise_descriptions(document)
+    return document
 
 
 @functools.cache

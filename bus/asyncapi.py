@@ -15,7 +15,7 @@ import msgspec
 
 from bus.naming import SPEC_VERSION, TYPE_PREFIX, EventType, all_event_types, dead_letter_topic
 from bus.naming import topic_for as _topic_for
-from bus.struct_schema import JSONSchema
+from bus.struct_schema import JSONSchema, normalise_descriptions
 from engine.catalog import AGGREGATES
 from engine.settings import Settings
 
@@ -232,7 +232,7 @@ def asyncapi() -> JSONSchema:
             }
         },
     }
-    return {
+    document: JSONSchema = {
         "asyncapi": ASYNCAPI_VERSION,
         "info": {
             "title": "cloud-engine events",
@@ -267,3 +267,7 @@ def asyncapi() -> JSONSchema:
             },
         },
     }
+    # Written here, not from docstrings, but held to the same form as every
+    # generated document, so no library's formatting can change the file.
+    normalise_descriptions(document)
+    return document

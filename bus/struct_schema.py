@@ -5,7 +5,8 @@ msgspec.json.schema() is the starting point; struct_schema() then
 - adds "format": "date-time" wherever the Struct has a datetime (msgspec emits a
   bare string; uuids already carry "format": "uuid");
 - keeps only the summary paragraph of each Struct's docstring;
-- inlines the root definition, so the schema describes the Struct itself.
+- inlines the root definition, so the schema describes the Struct itself;
+- puts every description in one canonical form (normalise_descriptions).
 
 bus.schemas builds the event and command schemas on top of this.
 """
@@ -123,15 +124,62 @@ def walk(node: Any) -> Iterator[JSONSchema]:
             yield from walk(value)
 
 
+# Keywords whose values are data, not schemas: a "description" inside them is
+# part of a value and is left as it is.
+_DATA_KEYWORDS = frozenset({"const", "default", "enum", "example", "examples"})
+# Keywords whose values map names (or status codes) to objects: every member
+# is an object, even one named like a keyword (a field called "default" or
+# "description", OpenAPI's "default" response). JSON Schema's, then
+# OpenAPI's and AsyncAPI's.
+_NAME_MAPS = frozenset(
+    {
+        *("properties", "patternProperties", "dependentSchemas", "$defs", "definitions"),
+        *("paths", "schemas", "responses", "parameters", "headers", "links", "content"),
+        *("channels", "operations", "messages"),
+    }
+)
+
+
+def canonical_description(text: str) -> str:
+    """One form for a description, whoever produced it.
+
+    Docstrings reach the documents through libraries that format them their
+    own way: msgspec up to 0.22 kept the indentation of a Struct docstring's
+    later lines, 0.23 removes it, and Python 3.13 strips it at compile time.
+    inspect.cleandoc undoes any of these (common indentation, tabs, leading
+    and trailing blank lines); trailing spaces on a line go too. Line breaks
+    and paragraphs stay as written.
+    """
+    return "\n".join(line.rstrip() for line in inspect.cleandoc(text).split("\n"))
+
+
+def normalise_descriptions(document: Any, *, names: bool = False) -> None:
+    """Put every "description" string in a JSON document (a JSON Schema, an
+    OpenAPI or AsyncAPI document) in canonical form, in place. `names`: the
+    document is a map of names to schemas (the value of "properties")."""
+    if isinstance(document, dict):
+        for key, value in document.items():
+            if names:
+                normalise_descriptions(value)
+            elif key == "description" and isinstance(value, str):
+                document[key] = canonical_description(value)
+            elif key not in _DATA_KEYWORDS:
+                normalise_descriptions(value, names=key in _NAME_MAPS)
+    elif isinstance(document, list):
+        for value in document:
+            normalise_descriptions(value)
+
+
 def struct_schema(cls: type[msgspec.Struct]) -> JSONSchema:
     """msgspec's schema of cls with the root definition inlined and datetimes marked."""
     raw = msgspec.json.schema(cls)
     defs: dict[str, JSONSchema] = raw.get("$defs", {})
     _mark_datetimes(mi.type_info(cls), raw, defs, set())
+    normalise_descriptions(raw)
     for definition in defs.values():
         # A Struct's docstring: its summary paragraph only; the rest is for developers.
         if isinstance(definition.get("description"), str):
-            definition["description"] = inspect.cleandoc(definition["description"]).split("\n\n")[0]
+            definition["description"] = definition["description"].split("\n\n")[0]
     root_ref = raw["$ref"]
     root_name = root_ref.removeprefix("#/$defs/")
     schema = dict(defs[root_name])
