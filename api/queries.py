@@ -15,14 +15,48 @@ import asyncpg
 import msgspec
 
 from api.cursor import Cursor
-from api.resources import Filter, ResourceType
+from api.resources import Child, Filter, ResourceType
 from api.views import Resource
 from projections.readmodel import table_name
 
 _COLUMNS = (
     "t.id, t.version, t.position, t.state, t.name, {account} AS account, t.zone_id,"
-    " t.created_on, t.modified_on, t.data::text AS data"
+    " t.created_on, t.modified_on, {data}::text AS data"
 )
+
+
+def _child_list(schema: str, child: Child, parent_id: str) -> str:
+    """A JSON array of the child rows of one parent, oldest first: one
+    index range scan on the child's (field, created_on, id) index."""
+    entry = ", ".join(["'id', c.id", *(f"'{name}', c.data -> '{name}'" for name in child.shown)])
+    hidden = "".join(f" AND c.state <> '{state}'" for state in child.hidden_states)
+    return (
+        f"(SELECT coalesce(jsonb_agg(jsonb_build_object({entry})"
+        " ORDER BY c.created_on, c.id), '[]'::jsonb)"
+        f' FROM "{schema}".{table_name(child.type)} c'
+        f" WHERE c.data ->> '{child.field}' = {parent_id}::text{hidden})"
+    )
+
+
+def _children(schema: str, resource: ResourceType, parent_id: str) -> str:
+    """jsonb_build_object of every child list of the parent `parent_id`."""
+    pairs = ", ".join(
+        f"'{child.attribute}', {_child_list(schema, child, parent_id)}"
+        for child in resource.children
+    )
+    return f"jsonb_build_object({pairs})"
+
+
+def _data(schema: str, resource: ResourceType) -> str:
+    # The lists join the aggregate's own attributes (`||` on jsonb); their
+    # names are chosen in resources.py not to be one of those.
+    if not resource.children:
+        return "t.data"
+    return f"(t.data || {_children(schema, resource, 't.id')})"
+
+
+def _select(schema: str, resource: ResourceType, account: str) -> str:
+    return _COLUMNS.format(account=account, data=_data(schema, resource))
 
 
 class Page(msgspec.Struct, frozen=True):
@@ -71,7 +105,7 @@ async def fetch_one(
 ) -> Resource | None:
     source, account = _from(schema, resource)
     row = await pool.fetchrow(
-        f"SELECT {_COLUMNS.format(account=account)} FROM {source} WHERE t.id = $1", resource_id
+        f"SELECT {_select(schema, resource, account)} FROM {source} WHERE t.id = $1", resource_id
     )
     return None if row is None else _row(resource, row)
 
@@ -98,7 +132,7 @@ async def fetch_page(
         where.append(f"(t.created_on, t.id) > (${len(args) - 1}, ${len(args)})")
     args.append(limit + 1)  # one more tells whether another page follows
     sql = (
-        f"SELECT {_COLUMNS.format(account=account)} FROM {source}"
+        f"SELECT {_select(schema, resource, account)} FROM {source}"
         + (f" WHERE {' AND '.join(where)}" if where else "")
         + f" ORDER BY t.created_on, t.id LIMIT ${len(args)}"
     )
@@ -107,6 +141,20 @@ async def fetch_page(
     more = len(rows) > limit
     last = (items[-1].created_on, items[-1].id) if more and items else None
     return Page(items, last)
+
+
+async def children_of(
+    pool: asyncpg.Pool, schema: str, resource: ResourceType, resource_id: UUID
+) -> dict[str, object]:
+    """The child lists of one resource read from the log rather than its
+    row (not projected yet): the children's rows may be there already."""
+    if not resource.children:
+        return {}
+    found = await pool.fetchval(
+        f"SELECT {_children(schema, resource, '$1::uuid')}::text", resource_id
+    )
+    decoded = msgspec.json.decode(found) if isinstance(found, str) else {}
+    return decoded if isinstance(decoded, dict) else {}
 
 
 async def first_physical_network(

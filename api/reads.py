@@ -23,7 +23,7 @@ from api.codec import json_response
 from api.context import ApiContext, context_of, principal_of
 from api.cursor import Cursor, decode_cursor, encode_cursor, query_digest
 from api.problems import bad_request, from_domain, invalid_query, not_found
-from api.queries import fetch_one, fetch_page
+from api.queries import children_of, fetch_one, fetch_page
 from api.resources import (
     QUERY_TYPES,
     EventQuery,
@@ -154,6 +154,11 @@ async def from_log(ctx: ApiContext, resource: ResourceType, resource_id: UUID) -
         owner = await ctx.owners.of(resource_id)
         account = None if owner is None else owner.account
     zone = getattr(aggregate, "zone_id", None)
+    attributes = view.attributes
+    children = await children_of(ctx.pool, ctx.schema, resource, resource_id)
+    if children:
+        merged = msgspec.json.decode(attributes) | children
+        attributes = msgspec.Raw(msgspec.json.encode(merged))
     return Resource(
         id=view.id,
         type=view.type,
@@ -165,7 +170,7 @@ async def from_log(ctx: ApiContext, resource: ResourceType, resource_id: UUID) -
         zone_id=zone if isinstance(zone, UUID) else None,
         created_on=view.created_on,
         modified_on=view.modified_on,
-        attributes=view.attributes,
+        attributes=attributes,
     )
 
 

@@ -37,6 +37,20 @@ class Parent(msgspec.Struct, frozen=True):
     field: str
 
 
+class Child(msgspec.Struct, frozen=True, kw_only=True):
+    """Rows of another read model shown inside each resource, as a list
+    attribute: a VM's NICs with their addresses, what a user asks first.
+    Read in the same query as the resource (api/queries.py), so a list page
+    costs one round trip; the child's `field` (its parent's id) is indexed
+    for its own list endpoint (projections.readmodel.LIST_KEYS)."""
+
+    attribute: str  # the list's name among the resource's attributes
+    type: str  # the child's read model
+    field: str  # the child's data field naming the parent
+    shown: tuple[str, ...]  # the child's data fields in each entry (besides id)
+    hidden_states: tuple[str, ...] = ()  # children in these states are gone
+
+
 class ResourceType(msgspec.Struct, frozen=True, kw_only=True):
     collection: str  # URL segment: "storage-pools"
     type: str  # public aggregate name: "storage_pool"
@@ -44,6 +58,7 @@ class ResourceType(msgspec.Struct, frozen=True, kw_only=True):
     access: Access
     parent: Parent | None = None
     filters: tuple[Filter, ...] = ()
+    children: tuple[Child, ...] = ()
 
     @property
     def owned(self) -> bool:
@@ -59,6 +74,22 @@ _NAME = Filter("name", "text", "name")
 _ZONE = Filter("zone_id", "uuid", "zone_id")
 _ACCOUNT = Filter("account", "text", "account")
 _PLACED = (_STATE, _NAME, _ZONE)
+
+_VM_CHILDREN = (
+    Child(
+        attribute="nics",
+        type="nic",
+        field="vm_id",
+        shown=("network_id", "mac", "address", "device_id", "state"),
+        hidden_states=("Released",),
+    ),
+    Child(
+        attribute="volumes",
+        type="volume",
+        field="vm_id",
+        shown=("name", "kind", "size_bytes", "pool_id", "device_id", "state"),
+    ),
+)
 
 TYPES: tuple[ResourceType, ...] = (
     ResourceType(collection="zones", type="zone", title="zone", access="catalog",
@@ -78,7 +109,8 @@ TYPES: tuple[ResourceType, ...] = (
     ResourceType(collection="templates", type="template", title="template", access="catalog",
                  filters=_PLACED),
     ResourceType(collection="vms", type="vm", title="VM", access="tenant",
-                 filters=(*_PLACED, _ACCOUNT, *_data("host_id", "template_id"))),
+                 filters=(*_PLACED, _ACCOUNT, *_data("host_id", "template_id")),
+                 children=_VM_CHILDREN),
     ResourceType(collection="volumes", type="volume", title="volume", access="tenant",
                  filters=(*_PLACED, _ACCOUNT, *_data("vm_id", "pool_id"))),
     ResourceType(collection="snapshots", type="snapshot", title="snapshot", access="tenant",

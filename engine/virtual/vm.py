@@ -165,8 +165,10 @@ class VirtualMachine(Aggregate):
         )
         return vm
 
-    @property
-    def placed(self) -> bool:
+    def is_placed(self) -> bool:
+        """Allocated with a host chosen (the sub-state start needs). A method,
+        not a property: public properties are part of the resource's view,
+        where "placed": false beside "state": "Running" read as a contradiction."""
         return self.state == "Allocated" and self.host_id is not None
 
     @property
@@ -207,14 +209,14 @@ class VirtualMachine(Aggregate):
 
     def place(self, host_id: UUID, pool_id: UUID) -> None:
         self._require("place")
-        if self.placed:
+        if self.is_placed():
             raise self._refuse("place")
         self._placed(host_id, pool_id)
 
     def start_requested(self, host_id: UUID) -> None:
         self._require("start_requested")
         if self.state == "Allocated":
-            if not self.placed:
+            if not self.is_placed():
                 raise self._refuse("start_requested")
             if host_id != self.host_id:
                 raise Validation(

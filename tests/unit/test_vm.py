@@ -143,7 +143,7 @@ def test_create_records_values_and_starts_allocated():
     assert vm.state == "Allocated"
     assert (vm.spec, vm.network_ids, vm.affinity_group) == (SPEC, (net,), "web")
     assert vm.host_id is None
-    assert not vm.placed
+    assert not vm.is_placed()
     [created] = vm.collect_events()
     assert type(created).__name__ == "Created"
     assert created.spec == SPEC
@@ -181,7 +181,7 @@ def test_create_validates(overrides, field):
 
 def test_place_twice_is_refused():
     vm = vm_in("Placed")
-    assert vm.placed
+    assert vm.is_placed()
     assert vm.pool_id == POOL
     error = assert_refused(vm, InvalidTransition, lambda: vm.place(HOST_B, POOL))
     assert error.action == "place"

@@ -178,7 +178,9 @@ class VmMachine(RuleBasedStateMachine):
 
     @invariant()
     def host_held_only_where_expected(self):
-        holds = self.vm.state in HOLDS_HOST or (self.vm.state == "Allocated" and self.vm.placed)
+        holds = self.vm.state in HOLDS_HOST or (
+            self.vm.state == "Allocated" and self.vm.is_placed()
+        )
         assert (self.vm.host_id is not None) == holds
 
     @invariant()

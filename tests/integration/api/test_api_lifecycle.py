@@ -409,6 +409,16 @@ async def test_vm_lifecycle_over_http(
     ip_id = nic["attributes"]["ip_id"]
     ip = await flow.read(f"/v1/ip-addresses/{ip_id}", state="Associated", owner_id=vm_id)
     assert ip["attributes"]["address"] == nic["attributes"]["address"]
+    # The VM's own view shows the same NIC and root volume, and where it runs.
+    vm = await flow.read(vm_path, state="Running")
+    [shown] = vm["attributes"]["nics"]
+    assert (shown["id"], shown["address"], shown["mac"], shown["network_id"]) == (
+        nic["id"], nic["attributes"]["address"], nic["attributes"]["mac"], fabric.network
+    )  # fmt: skip
+    [disk] = vm["attributes"]["volumes"]
+    assert (disk["id"], disk["pool_id"], disk["device_id"]) == (root["id"], fabric.pool, 0)
+    assert vm["attributes"]["pool_id"] == fabric.pool
+    assert "placed" not in vm["attributes"]
     await host(first_host, cpus_used=1, ram_used_mb=128)
     await host(other_host, cpus_used=0, ram_used_mb=0)
 
