@@ -1,2 +1,4 @@
 """The engine's process managers: they consume events and results and turn
-them into commands (effector results recorded as events; sagas later)."""
+them into commands. The operation manager plans, places and drives every
+unfinished operation (deploy, lifecycle, volume work) step by step; the
+recorder turns effector results into events."""
