@@ -28,7 +28,7 @@ from engine.commands.base import Command
 from engine.commands.compute import MarkVmRunning
 from engine.commands.operations import AdvanceOperation, PlaceOperation
 from engine.commands.storage import MarkVolumeCreated
-from engine.operations import deploy as deploy_ops
+from engine.operations import deploy_ids
 from engine.service import CommandService
 
 
@@ -46,7 +46,7 @@ async def command_chain(
         op = result.aggregate_id
         chain: list[Command] = [
             PlaceOperation(operation_id=op, host_id=next(next_host), pool_ids=(fabric.pool,)),
-            MarkVolumeCreated(volume_id=deploy_ops.volume_id(op, 0)),
+            MarkVolumeCreated(volume_id=deploy_ids.volume_id(op, 0)),
             AdvanceOperation(operation_id=op),
             MarkVmRunning(vm_id=vm_id),
         ]

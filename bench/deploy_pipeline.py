@@ -24,7 +24,7 @@ from deploy_processes import TOPIC_PREFIX, Components, CpuMeter
 from bus.naming import topic_for
 from engine.fabric.host import Host
 from engine.fabric.storage_pool import StoragePool
-from engine.operations import deploy as deploy_ops
+from engine.operations import deploy_ids
 from engine.operations.operation import Operation
 from engine.service import CommandService
 from engine.store import EventStore
@@ -242,7 +242,7 @@ def step_times(store: EventStore, samples: Sequence[Sample]) -> list[list[float]
     wanted: dict[UUID, Sample] = {}
     for s in samples:
         assert s.vm_id is not None and s.op_id is not None
-        for aggregate in (s.vm_id, s.op_id, deploy_ops.volume_id(s.op_id, 0)):
+        for aggregate in (s.vm_id, s.op_id, deploy_ids.volume_id(s.op_id, 0)):
             wanted[aggregate] = s
     at: dict[tuple[int, str], float] = {}
     ids = list(wanted)

@@ -26,9 +26,9 @@ from engine.commands.operations import PlaceOperation
 from engine.errors import CapacityExceeded, DomainError, InvalidTransition, PlacementRefused
 from engine.fabric.host import Host
 from engine.fabric.storage_pool import StoragePool
-from engine.operations import lifecycle
 from engine.operations.affinity import AffinityGroup, group_id
 from engine.operations.operation import Operation
+from engine.operations.registry import kind_of
 from engine.planning.candidates import AffinityGroup as PlannerGroup
 from engine.planning.candidates import (
     PlacementRequest,
@@ -167,7 +167,7 @@ class Placer:
         by_id = {v.id: v.size_bytes for v in volumes}
         # Root first: the order of Placement.pool_ids and of the place step.
         sizes = [by_id[v] for v in op.params.volume_ids if v in by_id]
-        if op.kind in lifecycle.PLACED:
+        if kind_of(op.kind).keeps_disks:
             if vm.pool_id is not None:
                 pool = await asyncio.to_thread(self.store.load, vm.pool_id)
                 if isinstance(pool, StoragePool):

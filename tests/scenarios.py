@@ -140,7 +140,7 @@ from engine.commands.zones import (
 )
 from engine.fabric.physical_network import TagRange
 from engine.metadata import EventMeta, bound_meta
-from engine.operations import deploy as deploy_ops
+from engine.operations import deploy_ids
 from engine.service import CommandService
 from engine.unit_of_work import InMemoryUnitOfWork
 from engine.virtual.vm import VmSpec
@@ -373,7 +373,7 @@ def run_every_command(do: Callable[[typing.Any], Done]) -> None:
     done = do(deploy)
     op, deployed = done.aggregate_id, UUID(str(done.value))
     do(PlaceOperation(operation_id=op, host_id=host, pool_ids=(pool,)))
-    do(MarkVolumeCreated(volume_id=deploy_ops.volume_id(op, 0)))
+    do(MarkVolumeCreated(volume_id=deploy_ids.volume_id(op, 0)))
     do(AdvanceOperation(operation_id=op))
     do(MarkVmRunning(vm_id=deployed))
     do(AdvanceOperation(operation_id=op))
@@ -383,7 +383,7 @@ def run_every_command(do: Callable[[typing.Any], Done]) -> None:
     start = do(VmOperation(kind="vm.start", vm_id=deployed)).aggregate_id
     do(FailOperation(operation_id=start, reason="no host fits"))
     # A volume operation growing the pool reservation, and a start placed.
-    root = deploy_ops.volume_id(done.aggregate_id, 0)
+    root = deploy_ids.volume_id(done.aggregate_id, 0)
     grow = VolumeOperation(kind="volume.resize", volume_id=root, new_size_bytes=21 * GIB)
     resize = do(grow).aggregate_id
     do(MarkVolumeResized(volume_id=root))
@@ -395,7 +395,7 @@ def run_every_command(do: Callable[[typing.Any], Done]) -> None:
     failing = do(msgspec.structs.replace(deploy, name="op-2", affinity_group="grp"))
     op = failing.aggregate_id
     do(PlaceOperation(operation_id=op, host_id=host, pool_ids=(pool,)))
-    do(FailVolume(volume_id=deploy_ops.volume_id(op, 0), reason="pool offline"))
+    do(FailVolume(volume_id=deploy_ids.volume_id(op, 0), reason="pool offline"))
     do(AdvanceOperation(operation_id=op))
     do(MarkVmExpunged(vm_id=UUID(str(failing.value))))
     do(AdvanceOperation(operation_id=op))

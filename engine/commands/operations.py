@@ -7,11 +7,15 @@ AdvanceOperation and FailOperation are what the engine process sends while
 it drives operations; each is idempotent against the operation's recorded
 state, so sending one twice, or from two engines at once, does a step once.
 Every outcome names the operation (aggregate_id) and the VM (value).
+
+What a step does is its kind's (engine/operations/registry.py): these
+handlers load what a command names, create the Operation and take the
+resource's guard, and leave the rest to the kind.
 """
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 from uuid import UUID, uuid4
 
 import msgspec
@@ -21,9 +25,11 @@ from engine.commands.compute import GIB, CreateVm, create_vm
 from engine.commands.constraints import Name
 from engine.commands.lookups import load_ref, require_new_id
 from engine.commands.storage import Size
-from engine.errors import Validation
-from engine.operations import deploy, guard, lifecycle, volumes
+from engine.operations import deploy_ids, guard
+from engine.operations.kind import OperationKind, Request
 from engine.operations.operation import Operation, OperationParams
+from engine.operations.registry import kind_of
+from engine.operations.vm_deploy import VmDeploy
 from engine.unit_of_work import UnitOfWork
 from engine.virtual.snapshot import SnapshotKind
 from engine.virtual.vm import VirtualMachine, VmSpec
@@ -32,6 +38,8 @@ from engine.virtual.volume import Volume
 Reason = Annotated[str, msgspec.Meta(min_length=1, max_length=2000)]
 DiskGb = Annotated[int, msgspec.Meta(ge=1, le=65536)]
 Strategy = Literal["first-fit", "dispersing"]
+# The kinds clients start, by command; each is a kind in
+# engine/operations/registry.py (tests/unit/test_operation_kinds.py checks).
 VmOperationKind = Literal[
     "vm.start", "vm.stop", "vm.reboot", "vm.destroy", "vm.recover", "vm.expunge", "vm.migrate"
 ]
@@ -115,9 +123,9 @@ def deploy_vm(uow: UnitOfWork, cmd: DeployVm) -> Outcome:
             affinity_group=cmd.affinity_group,
         ),
     )
-    op_id = deploy.operation_id(vm_id)
+    op_id = deploy_ids.operation_id(vm_id)
     sizes = (cmd.spec.root_disk_gb, *cmd.data_disks_gb)
-    volume_ids = tuple(deploy.volume_id(op_id, i) for i in range(len(sizes)))
+    volume_ids = tuple(deploy_ids.volume_id(op_id, i) for i in range(len(sizes)))
     for index, (gb, volume_id) in enumerate(zip(sizes, volume_ids, strict=True)):
         root = index == 0
         uow.add(
@@ -138,76 +146,43 @@ def deploy_vm(uow: UnitOfWork, cmd: DeployVm) -> Outcome:
         affinity=cmd.affinity if cmd.affinity_group else None,
         affinity_strict=cmd.affinity_strict,
     )
-    _start(uow, deploy.KIND, vm_id, cmd.account, deploy.STEPS, params, op_id)
+    kind = kind_of(VmDeploy.name)
+    op = _start(uow, kind, vm_id, cmd.account, params, op_id)
+    kind.begin(uow, op, uow.get(VirtualMachine, vm_id), Request())
     return Outcome(aggregate_id=op_id, value=str(vm_id))
 
 
 @handles(VmOperation)
 def vm_operation(uow: UnitOfWork, cmd: VmOperation) -> Outcome:
     vm = uow.get(VirtualMachine, cmd.vm_id)
-    params = OperationParams(
-        forced=cmd.forced,
-        host_id=cmd.host_id,
-        source_host_id=vm.host_id if cmd.kind == "vm.migrate" else None,
-    )
-    op = _start(
-        uow,
-        cmd.kind,
-        vm.id,
-        vm.account,
-        lifecycle.STEPS[cmd.kind],
-        params,
-        _operation_id(uow, cmd.operation_id),
-    )
-    lifecycle.begin(uow, op, vm)
+    kind = kind_of(cmd.kind)
+    request = Request(forced=cmd.forced, host_id=cmd.host_id)
+    params = kind.prepare(uow, vm, request)
+    op = _start(uow, kind, vm.id, vm.account, params, _operation_id(uow, cmd.operation_id))
+    kind.begin(uow, op, vm, request)
     return Outcome(aggregate_id=op.id, value=str(vm.id))
 
 
 @handles(VolumeOperation)
 def volume_operation(uow: UnitOfWork, cmd: VolumeOperation) -> Outcome:
     volume = load_ref(uow, Volume, cmd.volume_id, "volume_id")
-    kind = cmd.kind
-    if kind == "volume.attach":
-        if cmd.vm_id is None:
-            raise Validation("volume.attach needs vm_id", field="vm_id")
-        load_ref(uow, VirtualMachine, cmd.vm_id, "vm_id")
-    if kind == "volume.resize" and cmd.new_size_bytes is None:
-        raise Validation("volume.resize needs new_size_bytes", field="new_size_bytes")
-    if kind == "volume.revert" and cmd.snapshot_id is None:
-        raise Validation("volume.revert needs snapshot_id", field="snapshot_id")
-    snapshot_id = cmd.snapshot_id
-    if kind == "volume.snapshot":
-        if snapshot_id is None:
-            snapshot_id = uuid4()
-            uow.known_absent((snapshot_id, guard.guard_id(snapshot_id)))
-        require_new_id(uow, snapshot_id, field="snapshot_id")
-    params = OperationParams(
-        vm_id=cmd.vm_id if kind == "volume.attach" else volume.vm_id,
-        size_bytes=cmd.new_size_bytes,
-        target_id=snapshot_id,
+    kind = kind_of(cmd.kind)
+    request = Request(
+        vm_id=cmd.vm_id,
+        new_size_bytes=cmd.new_size_bytes,
+        snapshot_id=cmd.snapshot_id,
+        snapshot_name=cmd.snapshot_name,
+        snapshot_kind=cmd.snapshot_kind,
     )
-    op = _start(
-        uow,
-        kind,
-        volume.id,
-        volume.account,
-        volumes.STEPS[kind],
-        params,
-        _operation_id(uow, cmd.operation_id),
-        resource_type="volume",
-    )
-    if params.vm_id is not None:
-        guard.acquire(uow, params.vm_id, op.id, kind)
-    if kind == "volume.snapshot" and snapshot_id is not None:
-        # So the engine finds the operation from the snapshot's events.
-        guard.acquire(uow, snapshot_id, op.id, kind)
-    volumes.begin(uow, op, volume, cmd.snapshot_name, cmd.snapshot_kind)
+    params = kind.prepare(uow, volume, request)
+    op = _start(uow, kind, volume.id, volume.account, params, _operation_id(uow, cmd.operation_id))
+    kind.begin(uow, op, volume, request)
     return Outcome(aggregate_id=op.id, value=str(volume.id))
 
 
 def _derived(vm_id: UUID) -> tuple[UUID, ...]:
     """A new VM's id and the ids derived from it: its deploy and its guard."""
-    return (vm_id, deploy.operation_id(vm_id), guard.guard_id(vm_id))
+    return (vm_id, deploy_ids.operation_id(vm_id), guard.guard_id(vm_id))
 
 
 def _operation_id(uow: UnitOfWork, chosen: UUID | None) -> UUID:
@@ -220,51 +195,40 @@ def _operation_id(uow: UnitOfWork, chosen: UUID | None) -> UUID:
 
 def _start(
     uow: UnitOfWork,
-    kind: str,
+    kind: OperationKind[Any],
     resource_id: UUID,
     account: str,
-    steps: tuple[str, ...],
     params: OperationParams,
     op_id: UUID,
-    *,
-    resource_type: str = "vm",
 ) -> Operation:
+    """The Operation created and the resource's guard taken, in the
+    command's transaction: a second operation on a busy resource is refused."""
     require_new_id(uow, op_id)
     op = Operation.create(
-        kind=kind,
-        resource_type=resource_type,
+        kind=kind.name,
+        resource_type=kind.resource_type,
         resource_id=resource_id,
         account=account,
-        steps=steps,
+        steps=kind.steps,
         params=params,
         id=op_id,
     )
     uow.add(op)
-    guard.acquire(uow, resource_id, op.id, kind)
+    guard.acquire(uow, resource_id, op.id, kind.name)
     return op
 
 
 @handles(PlaceOperation)
 def place_operation(uow: UnitOfWork, cmd: PlaceOperation) -> Outcome:
     op = uow.get(Operation, cmd.operation_id)
-    if op.kind == deploy.KIND:
-        deploy.place(uow, op, cmd.host_id, cmd.pool_ids)
-    elif op.kind in lifecycle.PLACED:
-        lifecycle.place(uow, op, cmd.host_id)
-    else:
-        raise Validation(f"{op.kind} operations are not placed", field="operation_id")
+    kind_of(op.kind).place(uow, op, cmd.host_id, cmd.pool_ids)
     return Outcome(aggregate_id=op.id, value=str(op.resource_id))
 
 
 @handles(AdvanceOperation)
 def advance_operation(uow: UnitOfWork, cmd: AdvanceOperation) -> Outcome:
     op = uow.get(Operation, cmd.operation_id)
-    if op.kind == deploy.KIND:
-        deploy.advance(uow, op)
-    elif op.resource_type == "volume":
-        volumes.advance(uow, op)
-    else:
-        lifecycle.advance(uow, op)
+    kind_of(op.kind).advance(uow, op)
     return Outcome(aggregate_id=op.id, value=op.status)
 
 
@@ -273,10 +237,5 @@ def fail_operation(uow: UnitOfWork, cmd: FailOperation) -> Outcome:
     op = uow.get(Operation, cmd.operation_id)
     if cmd.step is not None and op.current_step != cmd.step:
         return Outcome(aggregate_id=op.id, value=op.status)
-    if op.kind == deploy.KIND:
-        deploy.fail(uow, op, cmd.reason, timed_out=cmd.timed_out)
-    elif op.resource_type == "volume":
-        volumes.fail(uow, op, cmd.reason, timed_out=cmd.timed_out)
-    else:
-        lifecycle.fail(uow, op, cmd.reason, timed_out=cmd.timed_out)
+    kind_of(op.kind).fail(uow, op, cmd.reason, timed_out=cmd.timed_out)
     return Outcome(aggregate_id=op.id, value=op.status)

@@ -13,7 +13,7 @@ from engine.commands.operations import (
 )
 from engine.fabric.host import Host
 from engine.fabric.storage_pool import StoragePool
-from engine.operations import deploy
+from engine.operations import deploy_ids
 from engine.operations.guard import ResourceGuard, guard_id
 from engine.operations.operation import Operation
 from engine.virtual.ip_address import IpAddress
@@ -32,8 +32,8 @@ def destroyed_vm(world: World) -> tuple[UUID, UUID]:
 
 
 def held_by_deploy(world: World, deploy_op: UUID) -> tuple[str, str, list[str]]:
-    nic = world.get(Nic, deploy.nic_id(deploy_op, 0)).state
-    ip = world.get(IpAddress, deploy.ip_id(deploy_op, 0)).state
+    nic = world.get(Nic, deploy_ids.nic_id(deploy_op, 0)).state
+    ip = world.get(IpAddress, deploy_ids.ip_id(deploy_op, 0)).state
     op = world.get(Operation, deploy_op)
     return nic, ip, [world.get(Volume, v).state for v in op.params.volume_ids]
 

@@ -14,7 +14,7 @@ from engine.commands.operations import (
 from engine.errors import Conflict
 from engine.fabric.host import Host
 from engine.fabric.storage_pool import StoragePool
-from engine.operations import deploy
+from engine.operations import deploy_ids
 from engine.operations.guard import ResourceGuard, guard_id
 from engine.operations.operation import Operation
 from engine.virtual.ip_address import IpAddress
@@ -45,7 +45,7 @@ def test_deploy_steps_reserve_provision_and_start(world: World) -> None:
     assert {v.host_id for v in volumes(world, op_id)} == {world.host}
     overlay = world.get(Network, world.overlay)
     assert overlay.state == "Implemented" and overlay.tag == 5000
-    nics = [world.get(Nic, deploy.nic_id(op_id, i)) for i in range(2)]
+    nics = [world.get(Nic, deploy_ids.nic_id(op_id, i)) for i in range(2)]
     assert [n.network_id for n in nics] == [world.flat, world.overlay]
     assert all(world.get(IpAddress, n.ip_id).state == "Associated" for n in nics)
     assert op.current_step == "provision" and op.status == "running"
@@ -111,8 +111,8 @@ def test_failed_volume_compensates_every_earlier_step(world: World) -> None:
     assert world.get(StoragePool, world.pool).reservations == {}
     assert [v.state for v in volumes(world, op_id)] == ["Destroyed", "Destroyed"]
     for i in range(2):
-        assert world.get(Nic, deploy.nic_id(op_id, i)).state == "Released"
-        assert world.get(IpAddress, deploy.ip_id(op_id, i)).state == "Released"
+        assert world.get(Nic, deploy_ids.nic_id(op_id, i)).state == "Released"
+        assert world.get(IpAddress, deploy_ids.ip_id(op_id, i)).state == "Released"
     assert world.get(Network, world.flat).allocated == {}
     vm = world.get(VirtualMachine, vm_id)
     assert vm.state == "Expunging"  # the effector removes any domain

@@ -19,7 +19,7 @@ from engine.commands.operations import DeployVm, VmOperation
 from engine.errors import Conflict
 from engine.fabric.host import Host
 from engine.fabric.storage_pool import StoragePool
-from engine.operations import deploy as deploy_ops
+from engine.operations import deploy_ids
 from engine.operations.operation import Operation
 from engine.store import EventStore
 from engine.virtual.ip_address import IpAddress
@@ -97,7 +97,7 @@ async def test_deploy_lifecycle_affinity_and_refusals(
         addresses = set()
         for op_id in ops:
             for index in range(2):
-                nic = store.load(deploy_ops.nic_id(op_id, index))
+                nic = store.load(deploy_ids.nic_id(op_id, index))
                 assert isinstance(nic, Nic)
                 ip = store.load(nic.ip_id)
                 assert isinstance(ip, IpAddress) and ip.state == "Associated"
@@ -137,14 +137,14 @@ async def test_deploy_lifecycle_affinity_and_refusals(
         await wait_for(
             "domain undefined", lambda: domains_with_uuid(hypervisor, vm) == [], pipeline
         )
-        root = store.load(deploy_ops.volume_id(ops[0], 0))
+        root = store.load(deploy_ids.volume_id(ops[0], 0))
         assert isinstance(root, Volume) and root.state == "Destroyed"
         await wait_for(
             "volume file deleted",
             lambda: not (tmp_path / "primary" / f"{root.id}.qcow2").exists(),
             pipeline,
         )
-        nic = store.load(deploy_ops.nic_id(ops[0], 0))
+        nic = store.load(deploy_ids.nic_id(ops[0], 0))
         assert isinstance(nic, Nic) and nic.state == "Released"
         assert sum(getattr(store.load(h), "cpus_used", 0) for h in fabric.hosts) == 1
     finally:

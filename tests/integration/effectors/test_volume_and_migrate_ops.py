@@ -21,7 +21,7 @@ from engine.commands.storage import CreateVolume
 from engine.errors import Conflict
 from engine.fabric.host import Host
 from engine.fabric.storage_pool import StoragePool
-from engine.operations import deploy as deploy_ops
+from engine.operations import deploy_ids
 from engine.operations.operation import Operation
 from engine.store import EventStore
 from engine.virtual.snapshot import Snapshot
@@ -79,7 +79,7 @@ async def test_volume_operations_and_migration(
         )
         vm_id = uuid.UUID(str(deployed.value))
         await wait_for("deploy", lambda: finished(store, deployed.aggregate_id), pipeline)
-        root_id = deploy_ops.volume_id(deployed.aggregate_id, 0)
+        root_id = deploy_ids.volume_id(deployed.aggregate_id, 0)
 
         def vm() -> VirtualMachine:
             loaded = store.load(vm_id)

@@ -1,0 +1,57 @@
+"""The operation kinds, by name: the one table every dispatch goes through
+(engine/commands/operations.py, orchestration/placement.py).
+
+A new kind is one module implementing OperationKind (engine/operations/
+kind.py) and one line here; clients can start it once its name is in the
+command's Literal (VmOperationKind or VolumeOperationKind), which is the
+published contract (tests/unit/test_operation_kinds.py checks both agree).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Final
+
+from engine.errors import Validation
+from engine.operations.kind import OperationKind
+from engine.operations.vm_deploy import VmDeploy
+from engine.operations.vm_destroy import VmDestroy
+from engine.operations.vm_expunge import VmExpunge
+from engine.operations.vm_migrate import VmMigrate
+from engine.operations.vm_reboot import VmReboot
+from engine.operations.vm_recover import VmRecover
+from engine.operations.vm_start import VmStart
+from engine.operations.vm_stop import VmStop
+from engine.operations.volume_attach import VolumeAttach
+from engine.operations.volume_detach import VolumeDetach
+from engine.operations.volume_resize import VolumeResize
+from engine.operations.volume_revert import VolumeRevert
+from engine.operations.volume_snapshot import VolumeSnapshot
+
+# Any: each kind takes its own resource type (a VM, a volume); the command
+# handlers pass the aggregate the kind's resource_type names.
+KINDS: Final[dict[str, OperationKind[Any]]] = {
+    kind.name: kind
+    for kind in (
+        VmDeploy(),
+        VmStart(),
+        VmStop(),
+        VmReboot(),
+        VmDestroy(),
+        VmRecover(),
+        VmExpunge(),
+        VmMigrate(),
+        VolumeAttach(),
+        VolumeDetach(),
+        VolumeResize(),
+        VolumeSnapshot(),
+        VolumeRevert(),
+    )
+}
+
+
+def kind_of(name: str) -> OperationKind[Any]:
+    """The kind of that name; an operation of an unknown kind is refused."""
+    kind = KINDS.get(name)
+    if kind is None:
+        raise Validation(f"unknown operation kind {name!r}", field="operation_id")
+    return kind

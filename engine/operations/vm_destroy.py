@@ -1,0 +1,27 @@
+"""vm.destroy: done at once, in the creating transaction: Destroyed, its
+host capacity released (the effector stops the domain). Recoverable
+(vm.recover) until expunged."""
+
+from __future__ import annotations
+
+from engine.operations.kind import Request
+from engine.operations.operation import Operation
+from engine.operations.release import release_host
+from engine.operations.vm_kind import VmKind, done
+from engine.unit_of_work import UnitOfWork
+from engine.virtual.vm import VirtualMachine
+
+
+class VmDestroy(VmKind):
+    name = "vm.destroy"
+    steps = ("destroy",)
+
+    def begin(
+        self, uow: UnitOfWork, op: Operation, resource: VirtualMachine, request: Request
+    ) -> None:
+        resource.destroy()
+        release_host(uow, resource)
+        done(uow, op, "destroy")
+
+    def advance_vm(self, uow: UnitOfWork, op: Operation, vm: VirtualMachine) -> None:
+        """Nothing: it finished when it began."""
