@@ -22,7 +22,7 @@ from engine.service import CommandService
 from engine.settings import Settings, SettingsError, load_settings
 from engine.store import EventStore
 from projections.worker import ProjectionWorker, consumer_config
-from runner import api_cli, audit_cli, effector_cli, engine_cli, projections_cli, token_cli
+from runner import api_cli, audit_cli, effector_cli, engine_cli, lab_cli, projections_cli, token_cli
 from runner.components import ensure_event_store, relay_config, start_infrastructure
 from runner.demo import admin_token, describe, ensure_demo_fabric
 from runner.demo_images import ImageServer
@@ -52,6 +52,7 @@ def _parser() -> argparse.ArgumentParser:
     engine_cli.register(sub)
     api_cli.register(sub)
     token_cli.register(sub)
+    lab_cli.register(sub)
     return parser
 
 
@@ -165,6 +166,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return api_cli.run(args, settings)
         if args.command in token_cli.COMMANDS:
             return token_cli.run(args, settings)
+        if args.command in lab_cli.COMMANDS:
+            return lab_cli.run(args, settings)
     except SettingsError as e:
         print(f"cloud-engine: configuration error: {e}", file=sys.stderr)
         return 2
