@@ -14,6 +14,8 @@ from typing import Annotated, Literal
 import msgspec
 import platformdirs
 
+from engine.logs import LogFormat, LogLevel
+
 PREFIX = "CLOUD_ENGINE_"
 # Every component's event loop; asyncio's own only to rule uvloop out.
 EventLoop = Literal["uvloop", "asyncio"]
@@ -60,8 +62,10 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     # 503 at once instead of queueing more.
     api_max_pending: Annotated[int, msgspec.Meta(ge=1)] = 2000
     event_loop: EventLoop = "uvloop"
-    log_format: Literal["json", "console"] = "json"
-    log_level: Literal["debug", "info", "warning", "error"] = "info"
+    # auto: readable on a terminal, JSON otherwise (engine.logs).
+    log_format: LogFormat = "auto"
+    # Unset: info in JSON; on a terminal only warnings and lifecycle lines.
+    log_level: LogLevel | None = None
 
     @property
     def pgdata(self) -> Path:
