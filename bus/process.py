@@ -31,17 +31,83 @@ def run_on(main: Coroutine[Any, Any, T], loop: EventLoop) -> T:
         return runner.run(main)
 
 
-def run_component(main: Callable[[asyncio.Event], Awaitable[None]], loop: EventLoop) -> None:
-    run_on(run_until_signalled(main), loop)
+def run_component(
+    main: Callable[[asyncio.Event], Awaitable[None]],
+    loop: EventLoop,
+    signals: StopSignals | None = None,
+) -> None:
+    run_on(run_until_signalled(main, signals), loop)
 
 
-async def run_until_signalled(main: Callable[[asyncio.Event], Awaitable[None]]) -> None:
+class Stopping(Exception):
+    """A stop signal arrived while the process was starting."""
+
+
+class StopSignals:
+    """SIGINT and SIGTERM as a request to stop cleanly, in every phase of a
+    process that starts servers (with StopSignals() as signals: ...):
+
+    - starting: the signal is noted and check() raises Stopping at the next
+      step boundary, never inside a step (KeyboardInterrupt in the middle of
+      starting PostgreSQL would leave it half-made and the process gone
+      with a traceback; SIGTERM's default would kill the process at once);
+    - running: run_until_signalled(main, signals) sets the stop event (at
+      once for a signal noted while starting);
+    - stopping: noted and nothing else, so the teardown (consumers, broker,
+      PostgreSQL) always completes; only SIGKILL cuts it short.
+
+    The previous handlers come back on exit.
+    """
+
+    SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+    def __init__(self) -> None:
+        self.received: signal.Signals | None = None
+        self._previous: dict[signal.Signals, Any] = {}
+
+    def __enter__(self) -> StopSignals:
+        for sig in self.SIGNALS:
+            self._previous[sig] = signal.signal(sig, self._note)
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        for sig, previous in self._previous.items():
+            signal.signal(sig, previous)
+        self._previous.clear()
+
+    def _note(self, signum: int, _frame: object) -> None:
+        # Only a note: a handler runs between any two bytecodes of the main
+        # thread, where raising or logging (a held lock) is not safe.
+        if self.received is None:
+            self.received = signal.Signals(signum)
+
+    def check(self) -> None:
+        if self.received is not None:
+            raise Stopping(self.received.name)
+
+
+async def run_until_signalled(
+    main: Callable[[asyncio.Event], Awaitable[None]], signals: StopSignals | None = None
+) -> None:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
+
+    def stopping(sig: signal.Signals) -> None:
+        if signals is not None and signals.received is None:
+            signals.received = sig
+        stop.set()
+
+    # Restored afterwards: the loop would leave the defaults behind, and a
+    # second SIGTERM while the caller tears down would kill it half-way.
+    previous = {sig: signal.getsignal(sig) for sig in StopSignals.SIGNALS}
+    for sig in StopSignals.SIGNALS:
+        loop.add_signal_handler(sig, stopping, sig)
+    if signals is not None and signals.received is not None:
+        stop.set()
     try:
         await main(stop)
     finally:
-        for sig in (signal.SIGTERM, signal.SIGINT):
+        for sig in StopSignals.SIGNALS:
             loop.remove_signal_handler(sig)
+            if previous[sig] is not None:  # None: set outside Python, left alone
+                signal.signal(sig, previous[sig])

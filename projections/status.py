@@ -10,8 +10,8 @@ from collections.abc import Sequence
 import asyncpg
 import msgspec
 
-from bus.relay_log import RelayLog
-from engine.catalog import PUBLIC_BY_CLASS_NAME
+from bus.relay_log import RelayLog, events_table
+from engine.catalog import AGGREGATES, PUBLIC_BY_CLASS_NAME
 from engine.commands.base import AggregateVersion
 from projections.readmodel import POSITIONS, table_name
 
@@ -96,4 +96,44 @@ async def wait_for_versions(
                 f"read model of {first.type} {first.id} has not reached version"
                 f" {first.version} after {timeout}s"
             )
+        await asyncio.sleep(interval)
+
+
+async def behind(conn: asyncpg.Connection, schema: str, position: int) -> int:
+    """How many aggregates' read-model rows do not yet reflect all their
+    events at or below `position` (0: every list is complete up to it).
+
+    Exact, unlike the projection's position (the highest one applied: the
+    worker applies partitions independently, so an earlier event of another
+    partition may still be on its way). It reads every event up to
+    `position` (0.4-0.5 s for a million events of 100,000 aggregates on a
+    2-core machine): check the position first, then this.
+    """
+    rows = " UNION ALL ".join(
+        f'SELECT id, version FROM "{schema}".{table_name(t)}' for t in AGGREGATES
+    )
+    count = await conn.fetchval(
+        "SELECT count(*) FROM (SELECT originator_id, max(originator_version) AS version"
+        f" FROM {events_table(schema)} WHERE notification_id <= $1 GROUP BY originator_id) e"
+        f" LEFT JOIN ({rows}) r ON r.id = e.originator_id"
+        " WHERE r.version IS NULL OR r.version < e.version",
+        position,
+    )
+    return int(count)
+
+
+async def wait_caught_up(
+    conn: asyncpg.Connection,
+    schema: str,
+    position: int,
+    *,
+    projection: str = "aggregates",
+    interval: float = 0.1,
+) -> None:
+    """Return once the read models reflect every event up to `position`
+    (no bound: the caller decides how long to wait)."""
+    query = f'SELECT position FROM "{schema}".{POSITIONS} WHERE projection = $1'
+    while int(await conn.fetchval(query, projection) or 0) < position:
+        await asyncio.sleep(interval)
+    while await behind(conn, schema, position):
         await asyncio.sleep(interval)

@@ -3,29 +3,21 @@
 from __future__ import annotations
 
 import argparse
-import asyncio
 import sys
 from collections.abc import Sequence
 
 import structlog
 from eventsourcing.persistence import PersistenceError
 
-from api.app import create_app
-from api.server import ApiServer
 from bus.broker import BrokerError
 from bus.process import run_component
 from bus.relay import Relay
-from effectors.service import EffectorService, effector_config
 from engine.errors import DomainError
 from engine.logs import configure_logging
-from engine.service import CommandService
 from engine.settings import Settings, SettingsError, load_settings
-from engine.store import EventStore
-from projections.worker import ProjectionWorker, consumer_config
 from runner import api_cli, audit_cli, effector_cli, engine_cli, lab_cli, projections_cli, token_cli
 from runner.components import ensure_event_store, relay_config, start_infrastructure
-from runner.demo import admin_token, describe, ensure_demo_fabric
-from runner.demo_images import ImageServer
+from runner.up import up
 
 log = structlog.get_logger("runner.cli")
 
@@ -54,76 +46,6 @@ def _parser() -> argparse.ArgumentParser:
     token_cli.register(sub)
     lab_cli.register(sub)
     return parser
-
-
-def up(settings: Settings) -> int:
-    infra = start_infrastructure(settings)
-    images: ImageServer | None = None
-    try:
-        store = EventStore(infra.target, pool_size=settings.db_pool_size)
-        service = CommandService(
-            store,
-            batch_max=settings.command_batch_max,
-            max_retries=settings.command_max_retries,
-            cache_size=settings.aggregate_cache_size,
-        )
-        try:
-            fabric, images = ensure_demo_fabric(service, store, settings.data_dir)
-            token = asyncio.run(admin_token(infra.target, settings.data_dir))
-            try:
-                api = ApiServer(
-                    create_app(service, store, infra.target, max_pending=settings.api_max_pending),
-                    settings.api_host,
-                    settings.api_port,
-                )
-            except OSError as error:
-                raise SettingsError(
-                    f"CLOUD_ENGINE_API_PORT: cannot listen on"
-                    f" {settings.api_host}:{settings.api_port}: {error}"
-                ) from None
-            print(f"event store: {infra.target.describe()}")
-            if infra.embedded_db is not None:
-                print(f"embedded PostgreSQL data: {settings.pgdata}")
-            kind = "embedded dev broker" if infra.dev_broker else "Kafka"
-            print(f"{kind}: {infra.bootstrap} (topics {settings.topic_prefix}.<type>.events)")
-            print("demo fabric:")
-            for line in describe(store, fabric):
-                print(f"  {line}")
-            print(f"events stored: {store.max_position()}")
-            print(f"API: {api.url}")
-            print(f"admin token: {token}")
-            print("running; Ctrl-C stops everything", flush=True)
-            relay = Relay(infra.target, relay_config(settings, infra.bootstrap))
-            worker = ProjectionWorker(
-                infra.target, consumer_config(infra.bootstrap, settings.topic_prefix)
-            )
-
-            effector = EffectorService(
-                infra.target, effector_config(infra.bootstrap, settings.topic_prefix)
-            )
-            engine = engine_cli.engine_components(
-                service, store, settings, infra.target, infra.bootstrap
-            )
-
-            async def components(stop: asyncio.Event) -> None:
-                await asyncio.gather(
-                    api.run(stop),
-                    relay.run(stop),
-                    worker.run(stop),
-                    effector.run(stop),
-                    *(part.run(stop) for part in engine),
-                )
-
-            run_component(components, settings.event_loop)
-        finally:
-            service.close()
-            store.close()
-    finally:
-        if images is not None:
-            images.close()
-        infra.stop()
-    print("stopped", flush=True)
-    return 0
 
 
 def relay(settings: Settings) -> int:

@@ -29,15 +29,19 @@ def _env(data_dir, **extra: str) -> dict[str, str]:
 
 
 class Running:
-    """`cloud-engine up` in the background, read until it says it runs."""
+    """`cloud-engine up` in the background, read until it says it is ready."""
 
-    def __init__(self, data_dir) -> None:
+    def __init__(self, data_dir, **env: str) -> None:
         # stderr (the logs) goes to a file: an unread pipe would fill and block.
         self.log_path = data_dir / f"up-{time.monotonic_ns()}.log"
         self.log = open(self.log_path, "w")  # noqa: SIM115
+        environ = _env(data_dir, CLOUD_ENGINE_API_PORT="0")
+        environ.update(env)
+        # An empty value unsets (CLOUD_ENGINE_LOG_FORMAT="": the default).
+        environ = {k: v for k, v in environ.items() if v}
         self.process = subprocess.Popen(
             [sys.executable, "-m", "runner.cli", "up"],
-            env=_env(data_dir, CLOUD_ENGINE_API_PORT="0"),
+            env=environ,
             stdout=subprocess.PIPE,
             stderr=self.log,
             text=True,
@@ -50,7 +54,7 @@ class Running:
             if not line:
                 break
             self.lines.append(line.rstrip("\n"))
-            if line.startswith("running;"):
+            if line.startswith("ready;"):
                 return
         self.process.kill()
         self.process.communicate()
@@ -73,8 +77,10 @@ class Running:
         return line.split("broker:")[1].split()[0]
 
     def stop(self) -> tuple[int, str]:
+        began = time.monotonic()
         self.process.send_signal(signal.SIGTERM)
         out, _ = self.process.communicate(timeout=60)
+        self.stop_seconds = time.monotonic() - began
         self.lines += out.splitlines()
         self.log.close()
         return self.process.returncode, self.log_path.read_text()

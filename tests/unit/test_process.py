@@ -1,15 +1,17 @@
-"""bus.process.run_on: the loop kind asked for, and the start-up heap frozen."""
+"""bus.process: the loop kind asked for, the start-up heap frozen, stop signals."""
 
 from __future__ import annotations
 
 import asyncio
 import gc
+import os
+import signal
 from collections.abc import Iterator
 
 import pytest
 import uvloop
 
-from bus.process import run_on
+from bus.process import Stopping, StopSignals, run_component, run_on
 from engine.settings import EventLoop
 
 
@@ -56,3 +58,39 @@ def test_objects_made_before_the_loop_are_left_out_of_later_collections() -> Non
     assert not before_walked
     assert during_walked
     assert frozen > 0
+
+
+def test_a_stop_signal_is_noted_starting_acted_on_running_and_teardown_survives_more() -> None:
+    """StopSignals: SIGTERM while starting raises Stopping only at a check;
+    the running loop sees it at once; once the loop is done, a further
+    SIGTERM is noted again, not the default that kills the process half-way
+    through stopping the broker and PostgreSQL."""
+    previous = signal.getsignal(signal.SIGTERM)
+    with StopSignals() as signals:
+        signals.check()
+        os.kill(os.getpid(), signal.SIGTERM)
+        with pytest.raises(Stopping):
+            signals.check()
+        seen: list[bool] = []
+
+        async def main(stop: asyncio.Event) -> None:
+            await asyncio.wait_for(stop.wait(), 5)
+            seen.append(True)
+
+        run_component(main, "uvloop", signals)
+        assert seen == [True]
+        assert signal.getsignal(signal.SIGTERM) == signals._note
+        os.kill(os.getpid(), signal.SIGTERM)  # still alive: noted
+        assert signals.received == signal.SIGTERM
+    assert signal.getsignal(signal.SIGTERM) == previous
+
+
+def test_a_signal_while_running_sets_the_stop_event() -> None:
+    with StopSignals() as signals:
+
+        async def main(stop: asyncio.Event) -> None:
+            asyncio.get_running_loop().call_later(0.05, os.kill, os.getpid(), signal.SIGINT)
+            await asyncio.wait_for(stop.wait(), 5)
+
+        run_component(main, "asyncio", signals)
+        assert signals.received == signal.SIGINT

@@ -1,0 +1,255 @@
+"""`cloud-engine up`: everything on embedded defaults, started in dependency
+order and stopped in reverse.
+
+Start: PostgreSQL (one a killed `up` left running is stopped first), the
+dev broker, the event store's and the read models' tables, the demo fabric,
+then every component at once: each waits for what it consumes, and no table
+is read before it exists. "ready", with the API's URL and token, is printed
+once the read models reflect the whole log as it stood when the components
+started, so the first list a user asks for is complete.
+
+Stop, on SIGINT or SIGTERM at any moment (bus.process.StopSignals): the API,
+the engine and the effector first (nothing new is accepted, decided or
+done), then the relay and the projection worker, then the broker, and
+PostgreSQL last, so no client sees its server go away under it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+import structlog
+
+from api.app import create_app
+from api.server import ApiServer
+from bus.pg import connect
+from bus.process import Stopping, StopSignals, run_component
+from bus.relay import Relay
+from effectors.service import EffectorService, effector_config
+from engine.database import DatabaseTarget
+from engine.logs import lifecycle
+from engine.service import CommandService
+from engine.settings import Settings, SettingsError
+from engine.store import EventStore
+from projections import readmodel
+from projections.status import wait_caught_up
+from projections.worker import ProjectionWorker, consumer_config
+from runner import engine_cli
+from runner.components import relay_config, start_infrastructure
+from runner.demo import admin_token, describe, ensure_demo_fabric
+from runner.demo_images import ImageServer
+
+log = structlog.get_logger("runner.up")
+
+
+class Component(Protocol):
+    async def run(self, stop: asyncio.Event) -> None: ...
+
+
+def up(settings: Settings) -> int:
+    with StopSignals() as signals:
+        try:
+            return _up(settings, signals)
+        except Stopping:
+            pass
+        except Exception:
+            # A Ctrl-C at the terminal also reaches the children started in
+            # our process group (pg_ctl starting the server): what failed
+            # then failed because of the stop, and is stopped with the rest.
+            if signals.received is None:
+                raise
+        assert signals.received is not None
+        lifecycle(log, "stopped while starting", signal=signals.received.name)
+        print("stopped", flush=True)
+        return 0
+
+
+def _up(settings: Settings, signals: StopSignals) -> int:
+    began = time.monotonic()
+    infra = start_infrastructure(settings)
+    images: ImageServer | None = None
+    try:
+        signals.check()
+        store = EventStore(infra.target, pool_size=settings.db_pool_size)
+        service = CommandService(
+            store,
+            batch_max=settings.command_batch_max,
+            max_retries=settings.command_max_retries,
+            cache_size=settings.aggregate_cache_size,
+        )
+        try:
+            # The effector's reconciler and the API read the read models
+            # from their first moment; the projection worker would create
+            # the tables only once it runs.
+            asyncio.run(_prepare_read_models(infra.target))
+            signals.check()
+            fabric, images = ensure_demo_fabric(service, store, settings.data_dir)
+            signals.check()
+            token = asyncio.run(admin_token(infra.target, settings.data_dir))
+            try:
+                api = ApiServer(
+                    create_app(service, store, infra.target, max_pending=settings.api_max_pending),
+                    settings.api_host,
+                    settings.api_port,
+                )
+            except OSError as error:
+                raise SettingsError(
+                    f"CLOUD_ENGINE_API_PORT: cannot listen on"
+                    f" {settings.api_host}:{settings.api_port}: {error}"
+                ) from None
+            print(f"event store: {infra.target.describe()}")
+            if infra.embedded_db is not None:
+                print(f"embedded PostgreSQL data: {settings.pgdata}")
+            kind = "embedded dev broker" if infra.dev_broker else "Kafka"
+            print(f"{kind}: {infra.bootstrap} (topics {settings.topic_prefix}.<type>.events)")
+            print("demo fabric:")
+            for line in describe(store, fabric):
+                print(f"  {line}")
+            position = store.max_position()
+            print(f"events stored: {position}", flush=True)
+            # Started in this order, stopped in the reverse one: what feeds
+            # the read models and the bus; once the read models reflect the
+            # log, what reads them to decide and act (the engine places VMs
+            # on hosts' rows, the effector finds a template's image store in
+            # them); the API last, so it is the first to stop taking commands.
+            feeds: dict[str, Component] = {
+                "relay": Relay(infra.target, relay_config(settings, infra.bootstrap)),
+                "projections": ProjectionWorker(
+                    infra.target, consumer_config(infra.bootstrap, settings.topic_prefix)
+                ),
+            }
+            engine = engine_cli.engine_components(
+                service, store, settings, infra.target, infra.bootstrap
+            )
+            actors: dict[str, Component] = {type(part).__name__: part for part in engine}
+            actors["effector"] = EffectorService(
+                infra.target, effector_config(infra.bootstrap, settings.topic_prefix)
+            )
+            stages = [
+                Stage(feeds),
+                Stage(actors, needs=lambda: _wait_caught_up(infra.target, position)),
+                Stage({"api": api}),
+            ]
+
+            async def announce() -> None:
+                while not api.started:
+                    await asyncio.sleep(0.01)
+                print(f"API: {api.url}")
+                print(f"admin token: {token}")
+                print("ready; Ctrl-C stops everything", flush=True)
+                lifecycle(log, "ready", took_s=round(time.monotonic() - began, 2))
+
+            failed: list[str] = []
+
+            async def components(stop: asyncio.Event) -> None:
+                failed.extend(await run_in_stages(stop, stages, announce, signals))
+
+            run_component(components, settings.event_loop, signals)
+        finally:
+            service.close()
+            store.close()
+    finally:
+        if images is not None:
+            images.close()
+        # The broker before PostgreSQL (the durable broker keeps its
+        # records there); each timed, as a supervisor gives `up` 2 s or so.
+        if infra.dev_broker is not None:
+            began = time.monotonic()
+            infra.dev_broker.stop()
+            lifecycle(log, "broker stopped", took_s=round(time.monotonic() - began, 2))
+        began = time.monotonic()
+        infra.stop()
+        if infra.embedded_db is not None:
+            lifecycle(log, "PostgreSQL stopped", took_s=round(time.monotonic() - began, 2))
+    print("stopped", flush=True)
+    return 1 if failed else 0
+
+
+async def _prepare_read_models(target: DatabaseTarget) -> None:
+    conn = await connect(target)
+    try:
+        await readmodel.prepare(conn, target.schema)
+    finally:
+        await conn.close()
+
+
+async def _wait_caught_up(target: DatabaseTarget, position: int) -> None:
+    lifecycle(log, "waiting for the read models", events=position)
+    conn = await connect(target)
+    try:
+        await wait_caught_up(conn, target.schema, position)
+    finally:
+        await conn.close()
+
+
+@dataclass(frozen=True)
+class Stage:
+    components: Mapping[str, Component]
+    # Awaited before the stage starts: what its components need that the
+    # stages before provide (the read models caught up with the log).
+    needs: Callable[[], Awaitable[None]] | None = None
+
+
+async def run_in_stages(
+    stop: asyncio.Event,
+    stages: Sequence[Stage],
+    announce: Callable[[], Awaitable[None]],
+    signals: StopSignals | None = None,
+) -> list[str]:
+    """Start the stages in order (a stage's components all at once, once
+    what it needs is there), then run `announce` once, and run until stop is
+    set or a component ends (it failed, or ended on its own: a failure too).
+    Then stop the started stages last first, each completely before the one
+    before it. Returns the names of the components that failed (logged)."""
+    stops: list[asyncio.Event] = []
+    tasks: dict[str, asyncio.Task[None]] = {}
+    stopping = asyncio.create_task(stop.wait())
+    failed: list[str] = []
+
+    async def until_needed(step: Awaitable[None]) -> bool:
+        """Run a step while watching stop and the components running."""
+        task = asyncio.ensure_future(step)
+        await asyncio.wait({task, stopping, *tasks.values()}, return_when=asyncio.FIRST_COMPLETED)
+        if not task.done():
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+            return False
+        if task.exception() is not None:
+            log.error("start step failed", exc_info=task.exception())
+            failed.append("start")
+            return False
+        return True
+
+    for stage in stages:
+        if stage.needs is not None and not await until_needed(stage.needs()):
+            break
+        stops.append(asyncio.Event())
+        for name, component in stage.components.items():
+            tasks[name] = asyncio.create_task(component.run(stops[-1]), name=name)
+    else:
+        if await until_needed(announce()):
+            await asyncio.wait({stopping, *tasks.values()}, return_when=asyncio.FIRST_COMPLETED)
+    ended = {name for name, task in tasks.items() if task.done()}
+    stopping.cancel()
+    began = time.monotonic()
+    reason = signals.received.name if signals and signals.received else None
+    lifecycle(log, "stopping", signal=reason, ended=sorted(ended) or None)
+    for stage, stage_stop in reversed(list(zip(stages, stops, strict=False))):
+        stage_stop.set()
+        await asyncio.wait([tasks[name] for name in stage.components])
+    for name, task in tasks.items():
+        error = None if task.cancelled() else task.exception()
+        if error is not None:
+            log.error("component failed", component=name, exc_info=error)
+            failed.append(name)
+        elif name in ended:
+            log.error("component ended on its own", component=name)
+            failed.append(name)
+    lifecycle(log, "components stopped", took_s=round(time.monotonic() - began, 2))
+    return failed
