@@ -15,6 +15,8 @@ from engine.database import DatabaseTarget, EmbeddedPostgres, resolve_database
 from engine.settings import Settings
 from engine.store import EventStore
 
+BROKER_DBNAME = "tansu"
+
 
 @dataclass
 class Infrastructure:
@@ -40,12 +42,31 @@ def start_infrastructure(settings: Settings, *, broker: bool = True) -> Infrastr
     )
     if broker and not settings.kafka_bootstrap:
         try:
-            infra.dev_broker = DevBroker(log_file=settings.data_dir / "dev-broker.log")
+            infra.dev_broker = DevBroker(
+                log_file=settings.data_dir / "dev-broker.log",
+                database=None if embedded is None else broker_database(embedded.target),
+                state_dir=settings.data_dir,
+            )
             infra.bootstrap = infra.dev_broker.start()
         except BaseException:
             infra.stop()
             raise
     return infra
+
+
+def broker_database(events: DatabaseTarget) -> DatabaseTarget:
+    """The dev broker's records: a database of their own on the embedded
+    server, beside the event store's. With an external PostgreSQL the dev
+    broker stays in memory: creating databases on someone else's server is
+    not up's to do (and such a setup points CLOUD_ENGINE_KAFKA_BOOTSTRAP at
+    a real Kafka)."""
+    return DatabaseTarget(
+        host=events.host,
+        port=events.port,
+        user=events.user,
+        password=events.password,
+        dbname=BROKER_DBNAME,
+    )
 
 
 def ensure_event_store(target: DatabaseTarget) -> None:
