@@ -42,6 +42,13 @@ def test_a_running_domain_moves_to_another_host_and_ends_there_only(lab: Lab, ho
         # bench/lab.py measures it; this only catches the 40 s kind of stall
         # (a QEMU left a zombie, a name that does not resolve).
         assert took < 15, f"migration took {took:.1f} s"
+
+        # Without a URI, libvirt sends QEMU to the destination's
+        # migration_host (its underlay address), not to whatever "h1"
+        # resolves to.
+        moved.migrate(source, FLAGS, None, None, 0)
+        assert source.lookupByName(name).state()[0] == libvirt.VIR_DOMAIN_RUNNING
+        assert name not in names(b.uri)
     finally:
         for conn in (source, target):
             for dom in conn.listAllDomains():
