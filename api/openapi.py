@@ -12,13 +12,14 @@ from __future__ import annotations
 import functools
 import json
 import sys
+import types
 from pathlib import Path
-from typing import Any
+from typing import Any, Union, get_args, get_origin
 
 import msgspec
 
 from api.problems import MEDIA_TYPE, Problem
-from api.resources import DEFAULT_LIMIT, MAX_LIMIT, TYPES, ResourceType
+from api.resources import BY_TYPE, QUERY_TYPES, TYPES, EventQuery, ResourceType
 from api.route_table import COMMAND_ROUTES
 from api.routing import CommandRoute
 from api.views import CommandAccepted, EventPage, Health, ResourcePage
@@ -34,6 +35,20 @@ lifecycle), else the resource. Every command honours an Idempotency-Key header.
 Errors are application/problem+json (RFC 9457) naming the field or rule that failed.
 Authenticate with `Authorization: Bearer <token>` (`cloud-engine token create`).
 See docs/api.md."""
+
+IDEMPOTENCY_KEY_RULES = """\
+1 to 255 printable ASCII characters (`!` to `~`: no spaces, no control
+characters), or the same within double quotes (an RFC 8941 string, `"web-1"`:
+the key is what is inside); anything else is a 400 naming the header. Same key
+and body: the first answer again (replayed=true); same key, other body: 422.
+Scoped to the token."""
+# What api.context.idempotency_key accepts (a test holds the two together):
+# the bare key, or one in quotes; `""` would be an empty key in quotes.
+IDEMPOTENCY_KEY_SCHEMA = {
+    "type": "string",
+    "pattern": '^(?:[!-~]{1,255}|"[!-~]{1,255}")$(?!\\n)',
+    "not": {"const": '""'},
+}
 
 ACCESS = {
     "fabric": "Administrators only.",
@@ -51,6 +66,59 @@ def _json(name: str) -> dict[str, Any]:
 
 
 _ID = {"name": "id", "in": "path", "required": True, "schema": {"type": "string", "format": "uuid"}}
+
+
+def _camel(resource_type: str) -> str:
+    return "".join(p.capitalize() for p in resource_type.split("_"))
+
+
+_BY_RESOURCE = "$response.body#/resource_id"
+
+
+def _links(route: CommandRoute[Any]) -> dict[str, Any]:
+    """Where a client goes from a command's 202: its operation, the resource
+    it created or acted on, that resource's history and operations, and every
+    action on it, each with the id from the answer (OpenAPI links, which
+    stateful clients and fuzzers follow)."""
+    resource = BY_TYPE[route.resource]
+    camel = _camel(resource.type)
+    links: dict[str, Any] = {}
+    if route.operation:
+        by_operation = {"id": "$response.body#/operation_id"}
+        links["operation"] = {
+            "operationId": "getOperation",
+            "parameters": by_operation,
+            "description": "The operation the command started: poll it until it is succeeded,"
+            " failed or compensated.",
+        }
+        links["operationEvents"] = {
+            "operationId": "getOperationEvents",
+            "parameters": by_operation,
+            "description": "The operation's events: its steps as they happen.",
+        }
+    links["resource"] = {
+        "operationId": f"get{camel}",
+        "parameters": {"id": _BY_RESOURCE},
+        "description": f"The {resource.title} the command created or acted on.",
+    }
+    links["resourceEvents"] = {
+        "operationId": f"get{camel}Events",
+        "parameters": {"id": _BY_RESOURCE},
+        "description": f"The {resource.title}'s events.",
+    }
+    links["resourceOperations"] = {
+        "operationId": "listOperations",
+        "parameters": {"query.resource_id": _BY_RESOURCE},
+        "description": f"The operations on the {resource.title}.",
+    }
+    for other in COMMAND_ROUTES:
+        if other.target == route.resource:
+            links[other.name] = {
+                "operationId": other.name,
+                "parameters": {"id": _BY_RESOURCE},
+                "description": f"{other.summary}: this one.",
+            }
+    return links
 
 
 def _command(route: CommandRoute[Any]) -> dict[str, Any]:
@@ -71,28 +139,48 @@ def _command(route: CommandRoute[Any]) -> dict[str, Any]:
                 "description": f"Recorded; Location names {where}.",
                 "headers": {"Location": {"schema": {"type": "string"}}},
                 "content": _json("CommandAccepted"),
+                "links": _links(route),
             },
             **_problems(400, 401, 403, 404, 409, 413, 415, 422, 503),
         },
     }
 
 
-def _filter_schema(kind: str) -> dict[str, Any]:
-    return {"type": "string", "format": "uuid"} if kind == "uuid" else {"type": "string"}
+_QUERY_NOTES = {
+    "limit": "Page size.",
+    "cursor": "next_cursor of the previous page, with the same filters; a value this API"
+    " did not hand out is a 400.",
+    "after_version": "Events after this version (next_after_version of the previous page).",
+}
+
+
+def _not_none(kind: Any) -> Any:
+    """`X | None` -> X: a query parameter is optional by being left out."""
+    if get_origin(kind) in (Union, types.UnionType):
+        rest = [a for a in get_args(kind) if a is not type(None)]
+        return rest[0] if len(rest) == 1 else Union[tuple(rest)]  # noqa: UP007
+    return kind
+
+
+def _query(kind: type[msgspec.Struct], title: str = "item") -> list[dict[str, Any]]:
+    """The query parameters of a read, from the Struct the server decodes
+    them into: the document states exactly the limits the server checks."""
+    parameters = []
+    for field in msgspec.structs.fields(kind):
+        schema = msgspec.json.schema(_not_none(field.type))
+        if field.default is not None and field.default is not msgspec.NODEFAULT:
+            schema["default"] = field.default
+        filters = f"Only the {title}s whose {field.name} is this value (exact match)."
+        note = _QUERY_NOTES.get(field.name, filters)
+        parameters.append(
+            {"name": field.encode_name, "in": "query", "schema": schema, "description": note}
+        )
+    return parameters
 
 
 def _reads(resource: ResourceType) -> dict[str, dict[str, Any]]:
-    camel = "".join(p.capitalize() for p in resource.type.split("_"))
+    camel = _camel(resource.type)
     base = f"/v1/{resource.collection}"
-    query = [
-        {"name": "limit", "in": "query",
-         "schema": {"type": "integer", "minimum": 1, "maximum": MAX_LIMIT,
-                    "default": DEFAULT_LIMIT}},
-        {"name": "cursor", "in": "query", "schema": {"type": "string"},
-         "description": "next_cursor of the previous page (same filters)"},
-        *({"name": f.name, "in": "query", "schema": _filter_schema(f.kind)}
-          for f in resource.filters),
-    ]  # fmt: skip
     access = ACCESS[resource.access]
     return {
         base: {
@@ -101,7 +189,7 @@ def _reads(resource: ResourceType) -> dict[str, dict[str, Any]]:
                 "summary": f"List {resource.title}s, oldest first",
                 "description": access,
                 "tags": [resource.type],
-                "parameters": query,
+                "parameters": _query(QUERY_TYPES[resource.type], resource.title),
                 "responses": {"200": {"description": "A page", "content": _json("ResourcePage")},
                               **_problems(400, 401, 403, 503)},
             }
@@ -123,18 +211,9 @@ def _reads(resource: ResourceType) -> dict[str, dict[str, Any]]:
                 "summary": f"The events of one {resource.title}, from the log, oldest first",
                 "description": access,
                 "tags": [resource.type],
-                "parameters": [
-                    _ID,
-                    {"name": "after_version", "in": "query",
-                     "schema": {"type": "integer", "minimum": 0, "default": 0},
-                     "description": "events after this version (next_after_version"
-                                    " of the previous page)"},
-                    {"name": "limit", "in": "query",
-                     "schema": {"type": "integer", "minimum": 1, "maximum": MAX_LIMIT,
-                                "default": MAX_LIMIT}},
-                ],
+                "parameters": [_ID, *_query(EventQuery)],
                 "responses": {"200": {"description": "Its history", "content": _json("EventPage")},
-                              **_problems(401, 403, 404, 503)},
+                              **_problems(400, 401, 403, 404, 503)},
             }
         },
     }  # fmt: skip
@@ -179,9 +258,8 @@ def build_document() -> dict[str, Any]:
                     "name": "Idempotency-Key",
                     "in": "header",
                     "required": False,
-                    "description": "Same key and body: the first answer again (replayed=true);"
-                    " same key, other body: 422. Scoped to the token.",
-                    "schema": {"type": "string", "minLength": 1, "maxLength": 255},
+                    "description": IDEMPOTENCY_KEY_RULES,
+                    "schema": IDEMPOTENCY_KEY_SCHEMA,
                 }
             },
             "responses": {

@@ -10,11 +10,14 @@ the log.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import functools
 from collections.abc import Awaitable, Callable
 from typing import TypeVar
 from uuid import UUID
 
 import msgspec
+import msgspec.inspect
 from starlette.requests import Request
 from starlette.responses import Response
 
@@ -22,7 +25,7 @@ from api.auth import Principal, require_access, require_visible
 from api.codec import json_response
 from api.context import ApiContext, context_of, principal_of
 from api.cursor import Cursor, decode_cursor, encode_cursor, query_digest
-from api.problems import bad_request, from_domain, invalid_query, not_found
+from api.problems import ApiError, bad_request, from_domain, invalid_query, not_found
 from api.queries import children_of, fetch_one, fetch_page
 from api.resources import (
     QUERY_TYPES,
@@ -42,13 +45,50 @@ Handler = Callable[[Request], Awaitable[Response]]
 Q = TypeVar("Q", bound=msgspec.Struct)
 
 
+@functools.cache
+def _integer_fields(kind: type[msgspec.Struct]) -> frozenset[str]:
+    """The query parameters of `kind` that are integers."""
+    info = msgspec.inspect.type_info(kind)
+    assert isinstance(info, msgspec.inspect.StructType)
+    found = set()
+    for field in info.fields:
+        t = field.type
+        while isinstance(t, msgspec.inspect.Metadata):
+            t = t.type
+        if isinstance(t, msgspec.inspect.IntType):
+            found.add(field.encode_name)
+    return frozenset(found)
+
+
 def parse_query(request: Request, kind: type[Q]) -> Q:
     params = request.query_params
-    for name in params:
+    known = {f.encode_name for f in msgspec.structs.fields(kind)}
+    integers = _integer_fields(kind)
+    values: dict[str, object] = {}
+    for name, text in params.items():
         if len(params.getlist(name)) > 1:
             raise bad_request(f"query parameter {name} is given more than once", field=name)
+        if name in known and not text:
+            # Refused rather than read as "no filter": a script whose variable
+            # came out empty (?vm_id=) would otherwise get every row instead
+            # of an error. The document says minLength 1 for every parameter.
+            raise ApiError(
+                400,
+                "invalid-query",
+                f"query parameter {name} is empty: give it a value or leave it out",
+                field=name,
+            )
+        values[name] = text
+        if name in integers:
+            # A query value is text: its integer is read leniently ("5", and
+            # "5.0" as a JSON body's 5.0 is), the rest stays text so the strict
+            # conversion below names the parameter in its error.
+            with contextlib.suppress(msgspec.ValidationError):
+                values[name] = msgspec.convert(text, int, strict=False)
     try:
-        return msgspec.convert(dict(params), kind, strict=False)
+        # Strict: msgspec's lax mode would also read "null" as no value, so
+        # ?zone_id=null listed everything instead of being refused.
+        return msgspec.convert(values, kind, strict=True)
     except msgspec.ValidationError as error:
         raise invalid_query(error) from None
 

@@ -145,7 +145,7 @@ class ListQuery(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields
     to a subclass (query_type), so an unknown parameter is refused."""
 
     limit: Limit = DEFAULT_LIMIT
-    cursor: Annotated[str, msgspec.Meta(max_length=512)] | None = None
+    cursor: Annotated[str, msgspec.Meta(min_length=1, max_length=512)] | None = None
 
 
 class EventQuery(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
