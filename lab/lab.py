@@ -73,7 +73,7 @@ class Lab:
             raise LabError(f"--hosts must be between 1 and {MAX_HOSTS}, not {hosts}")
         with self._lock():
             lab_state, layout = self._open()
-            extra = [h.name for h in lab_state.hosts if h.index > hosts and h.power == "on"]
+            extra = [h.name for h in lab_state.hosts if h.index > hosts and boot.host_alive(h)]
             if extra:
                 raise LabError(
                     f"the lab has {', '.join(extra)} on besides h1..h{hosts}: `lab down` first"
@@ -99,7 +99,8 @@ class Lab:
             return [layout.view(r) for r in wanted]
 
     def _healthy(self, layout: Layout, record: HostRecord) -> bool:
-        if not boot.host_alive(record):
+        """Running, on the switch, and answering unless partitioned."""
+        if not boot.host_alive(record) or record.name not in underlay.ports(layout):
             return False
         if record.partitioned:
             return True
