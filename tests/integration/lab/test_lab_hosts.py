@@ -93,3 +93,24 @@ def test_a_host_sees_its_own_local_pool_and_the_shared_one(lab: Lab, hosts: list
     # Another host's local pool is not there at all inside h2.
     assert lab.run_in("h2", ["ls", h1.local_pool_path]).returncode != 0
     assert lab.run_in("h1", ["ls", h1.local_pool_path]).returncode == 0
+
+
+def test_a_vxlan_between_two_hosts_rides_the_underlay(lab: Lab, hosts: list[LabHost]):
+    h1, h2 = hosts[0], hosts[1]
+    pairs = ((h1, h2, "10.242.0.1/24"), (h2, h1, "10.242.0.2/24"))
+    try:
+        for here, there, address in pairs:
+            for argv in (
+                # A 1500-byte inner MTU: the underlay carries 9000.
+                f"ip link add vxlab mtu 1500 type vxlan id 4242 dev {here.underlay_device}"
+                f" dstport 4789 remote {there.address}",
+                f"ip address add {address} dev vxlab",
+                "ip link set vxlab up",
+            ):
+                done = lab.run_in(here.name, argv.split())
+                assert done.returncode == 0, done.stderr
+        assert reachable(lab, "h1", "10.242.0.2")
+        assert reachable(lab, "h2", "10.242.0.1")
+    finally:
+        for host in (h1, h2):
+            lab.run_in(host.name, ["ip", "link", "del", "vxlab"])
