@@ -17,6 +17,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import socket
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -126,8 +127,17 @@ class EventConsumer:
         producer = AIOKafkaProducer(
             bootstrap_servers=self.config.bootstrap, acks="all", enable_idempotence=False
         )
-        await asyncio.wait_for(consumer.start(), 30)
-        await asyncio.wait_for(producer.start(), 30)
+        try:
+            await asyncio.wait_for(consumer.start(), 30)
+            await asyncio.wait_for(producer.start(), 30)
+        except BaseException:
+            # Cancelled (a stop that will not wait out a group join the
+            # broker may hold for seconds) or timed out: let go of both
+            # without waiting for the broker, so neither is left unclosed.
+            for client in (consumer, producer):
+                with contextlib.suppress(Exception, asyncio.CancelledError):
+                    await asyncio.wait_for(client.stop(), 0.5)
+            raise
         log.info("consumer started", group=self.config.group_id, topics=self.config.topics)
         # Offsets of records fully handled, committed explicitly: getmany()
         # moves the position past a whole batch before any record is handled,

@@ -46,6 +46,10 @@ from runner.demo_images import ImageServer
 
 log = structlog.get_logger("runner.up")
 
+# How long a stage's components may take to stop before they are cancelled:
+# above what a clean stop takes (0.2-0.5 s), so only a stuck one is cut.
+STAGE_GRACE_S = 2.0
+
 
 class Component(Protocol):
     async def run(self, stop: asyncio.Event) -> None: ...
@@ -240,9 +244,33 @@ async def run_in_stages(
     began = time.monotonic()
     reason = signals.received.name if signals and signals.received else None
     lifecycle(log, "stopping", signal=reason, ended=sorted(ended) or None)
+    took: dict[str, float] = {}
+
+    def timed(name: str) -> Callable[[asyncio.Task[None]], None]:
+        def done(_: asyncio.Task[None]) -> None:
+            took.setdefault(name, time.monotonic() - began)
+
+        return done
+
+    for name, task in tasks.items():
+        task.add_done_callback(timed(name))
     for stage, stage_stop in reversed(list(zip(stages, stops, strict=False))):
         stage_stop.set()
-        await asyncio.wait([tasks[name] for name in stage.components])
+        _, late = await asyncio.wait(
+            [tasks[name] for name in stage.components], timeout=STAGE_GRACE_S
+        )
+        if late:
+            # Typically a consumer still joining its group: aiokafka cannot
+            # abandon a join, and the broker may hold it for seconds. It
+            # has handled nothing yet, so nothing is lost by cancelling it.
+            log.warning(
+                "cancelled components that did not stop in time",
+                components=sorted(t.get_name() for t in late),
+                grace_s=STAGE_GRACE_S,
+            )
+            for task in late:
+                task.cancel()
+            await asyncio.wait(late)
     for name, task in tasks.items():
         error = None if task.cancelled() else task.exception()
         if error is not None:
@@ -251,5 +279,11 @@ async def run_in_stages(
         elif name in ended:
             log.error("component ended on its own", component=name)
             failed.append(name)
-    lifecycle(log, "components stopped", took_s=round(time.monotonic() - began, 2))
+    slowest = max(took, key=took.__getitem__, default=None)
+    lifecycle(
+        log,
+        "components stopped",
+        took_s=round(time.monotonic() - began, 2),
+        slowest=slowest,
+    )
     return failed
