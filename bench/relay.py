@@ -11,7 +11,11 @@ while the relay runs; a consumer (aiokafka, its own group) measures, for each
 event, receive time minus the event's commit time (ce_time, taken in the
 writer just before its transaction commits).
 
-    python bench/relay.py [--events N] [--rate R] [--seconds S]
+    python bench/relay.py [--events N] [--rate R] [--seconds S] [--broker-storage KIND]
+
+--broker-storage postgres runs the dev broker as `up` does, its records kept
+in a database of the same embedded PostgreSQL (bus.broker_store); memory
+(the default) keeps them in the broker's memory.
 
 Last line: relay_events_per_s=<n> lag_p50_ms=<n> lag_p99_ms=<n>
 """
@@ -49,6 +53,7 @@ from engine.fabric.zone import Zone
 from engine.service import CommandService
 from engine.settings import load_settings
 from engine.store import EventStore
+from runner.components import broker_database
 
 PARTITIONS = 8
 
@@ -266,10 +271,12 @@ def main() -> None:
     parser.add_argument("--events", type=int, default=200_000)
     parser.add_argument("--rate", type=int, default=1000)
     parser.add_argument("--seconds", type=float, default=10)
+    parser.add_argument("--broker-storage", choices=("memory", "postgres"), default="memory")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="cloud-engine-bench-") as tmp:
         pg = EmbeddedPostgres(load_settings(environ={}, data_dir=tmp))
-        broker = DevBroker()
+        durable = args.broker_storage == "postgres"
+        broker = DevBroker(database=broker_database(pg.target) if durable else None)
         bootstrap = broker.start()
         store = EventStore(pg.target)
         try:
