@@ -53,9 +53,9 @@ Baselines, in this process, after the pipeline stopped:
   the same CommandService and database, 100 deploys in flight: what the
   write path alone allows for this workload. The ratio says what the bus,
   the read models, the planner and the effector cost on top;
-- the effector's own work per deploy: Executor.run_volume (template-backed
-  root volume) + Executor.run_vm (define and start) in a loop on one test
-  driver host, no Kafka, no database.
+- the effector's own work per deploy: Executor.run of volume.create
+  (template-backed root volume) + vm.start (define and start) in a loop on
+  one test driver host, no Kafka, no database.
 
 The planner figure is bench/planner.py's planner_p99_ms() (10,000 hosts,
 2,000 pools; the worse strategy's p99), run first, on its own.
@@ -158,7 +158,7 @@ def main() -> None:
             # The test driver's pools hold 100 GiB each: at most 99 root volumes.
             per_deploy_ms = effector_alone(90, tmp, template_url)
             print(
-                f"effector alone: run_volume + run_vm {per_deploy_ms:.2f} ms per deploy"
+                f"effector alone: volume.create + vm.start {per_deploy_ms:.2f} ms per deploy"
                 f" ({1000 / per_deploy_ms:.0f} deploys/s on one thread)"
             )
             uris = host_uris(args.hosts, tmp / "hosts", args.shared_default)

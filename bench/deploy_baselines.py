@@ -12,6 +12,7 @@ from pathlib import Path
 from deploy_fabric import VM_SPEC, Fabric, GiB, deploy_command, host_uris, template_checksum
 from deploy_pipeline import Sample, closed_loop
 
+from bus.work import WorkItem, work_id
 from effectors.desired import (
     HostView,
     ImageStoreView,
@@ -21,9 +22,11 @@ from effectors.desired import (
     VmView,
     VolumeView,
 )
-from effectors.executor import Executor, TemplateSource, VmPlan
+from effectors.executor import Executor
+from effectors.handlers.template import TemplateSource
+from effectors.handlers.vm import VmPlan
+from effectors.handlers.volume import VolumePlan
 from effectors.naming import Names
-from effectors.work import WorkItem, operation_id
 from engine.commands.base import Command
 from engine.commands.compute import MarkVmRunning
 from engine.commands.operations import AdvanceOperation, PlaceOperation
@@ -63,8 +66,9 @@ async def command_chain(
 
 
 def effector_alone(count: int, tmp: Path, template_url: str) -> float:
-    """ms of effector work per deploy: run_volume (template-backed root) and
-    run_vm (define + start) in a loop on one test driver host."""
+    """ms of effector work per deploy: Executor.run of volume.create
+    (template-backed root) and vm.start (define + start) in a loop on one
+    test driver host."""
     names = Names(prefix=f"ce-b{uuid.uuid4().hex[:8]}-")
     uri = host_uris(1, tmp / "baseline-hosts", shared=False)[0]
     executor = Executor("effector@baseline", names=names, stop_timeout_s=5.0)
@@ -117,13 +121,13 @@ def effector_alone(count: int, tmp: Path, template_url: str) -> float:
             host_id=host.id,
         )
         item = WorkItem(
-            operation_id=operation_id(volume.id, 2),
+            work_id=work_id(volume.id, 2),
             kind="volume.create",
             aggregate_id=volume.id,
             version=2,
             position=2 * n,
         )
-        created = executor.run_volume(item, volume, pool, host, None, source)
+        created = executor.run(item, VolumePlan(volume, pool, host, None, source))
         attached = VolumeView(
             id=volume.id,
             version=4,
@@ -137,13 +141,13 @@ def effector_alone(count: int, tmp: Path, template_url: str) -> float:
             host_id=host.id,
         )
         start = WorkItem(
-            operation_id=operation_id(vm.id, 6),
+            work_id=work_id(vm.id, 6),
             kind="vm.start",
             aggregate_id=vm.id,
             version=6,
             position=2 * n + 1,
         )
-        started = executor.run_vm(start, VmPlan(vm=vm, host=host, disks=((attached, pool),)))
+        started = executor.run(start, VmPlan(vm=vm, host=host, disks=((attached, pool),)))
         for result in (created, started):
             if result.outcome != "succeeded":
                 raise RuntimeError(f"effector baseline: {result.kind} failed: {result.error}")

@@ -14,8 +14,8 @@ the domain observed, defined and started on the test driver, the result
 published with acks=all. items/s = results / (first event of these VMs
 handed to the effector -> last result acknowledged by the broker); the
 effector's reconciler runs beside it, as deployed. Baseline, same process:
-Executor.run_vm called in a loop on the same kind of VmPlan, built in memory
-(no Kafka, no database).
+Executor.run (vm.start) called in a loop on the same kind of VmPlan, built
+in memory (no Kafka, no database).
 
 Part 2, qemu_start_s: a host on qemu:///system, a dir pool under a temporary
 directory and K VMs with a 64 MiB qcow2 root volume each (created by an
@@ -61,18 +61,19 @@ from aiokafka import AIOKafkaConsumer
 from bus.broker import DevBroker
 from bus.cloudevents import CloudEvent
 from bus.pg import connect
+from bus.work import WorkItem, work_id
+from bus.work_results import EffectorResult, decode, results_topic
 from effectors.compute.domain_xml import domain_xml
 from effectors.compute.spec import DiskSpec, DomainSpec
 from effectors.desired import HostView, VmSize, VmView
-from effectors.executor import Executor, VmPlan
+from effectors.executor import Executor
+from effectors.handlers.vm import VmPlan
 from effectors.hypervisor import Hypervisor
 from effectors.naming import Names
-from effectors.results import EffectorResult, decode, results_topic
 from effectors.service import EffectorService, effector_config
 from effectors.storage.pools import pool_path
 from effectors.storage.spec import VolumeSpec
 from effectors.storage.volumes import StorageDriver
-from effectors.work import WorkItem, operation_id
 from engine.commands import AggregateVersion, Command, CommandResult
 from engine.commands.compute import CreateVm, PlaceVm, RequestVmStart
 from engine.commands.fabric import CreateCluster, CreatePod, CreateZone, RegisterHost
@@ -349,7 +350,7 @@ async def read_results(bootstrap: str, kind: str, ids: set[UUID], timeout: float
 
 
 def baseline_items_per_s(items: int, names: Names) -> float:
-    """Executor.run_vm in a loop on in-memory plans: no Kafka, no database."""
+    """Executor.run (vm.start) in a loop on in-memory plans: no Kafka, no database."""
     executor = Executor("effector@baseline", names=names, stop_timeout_s=5.0)
     zone = uuid.uuid4()
     host = HostView(
@@ -374,7 +375,7 @@ def baseline_items_per_s(items: int, names: Names) -> float:
             pool_id=uuid.uuid4(),
         )
         item = WorkItem(
-            operation_id=operation_id(vm.id, 3),
+            work_id=work_id(vm.id, 3),
             kind="vm.start",
             aggregate_id=vm.id,
             version=3,
@@ -385,7 +386,7 @@ def baseline_items_per_s(items: int, names: Names) -> float:
         # Connected before the clock starts.
         executor.hypervisor(TEST_URI).call("connect", lambda conn: conn.isAlive())
         started = time.perf_counter()
-        results = [executor.run_vm(item, plan) for item, plan in work]
+        results = [executor.run(item, plan) for item, plan in work]
         elapsed = time.perf_counter() - started
         failed = [r for r in results if r.outcome != "succeeded" or r.observed != "running"]
         if failed:
@@ -618,7 +619,7 @@ def main() -> None:
     # Other work on this (2-core) machine shows in the numbers: say how busy it was.
     print(f"load average at start: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
     baseline = baseline_items_per_s(args.items, names)
-    print(f"baseline: Executor.run_vm in a loop on {TEST_URI}: {baseline:.0f} items/s")
+    print(f"baseline: Executor.run (vm.start) in a loop on {TEST_URI}: {baseline:.0f} items/s")
     with tempfile.TemporaryDirectory(prefix="cloud-engine-bench-") as tmp:
         pg = EmbeddedPostgres(load_settings(environ={}, data_dir=tmp))
         broker = DevBroker()

@@ -40,6 +40,7 @@ import libvirt
 import msgspec
 import structlog
 
+from bus.work_results import EffectorResult
 from effectors.compute.driver import ComputeDriver
 from effectors.compute.spec import DomainState
 from effectors.desired import HostView, VmView, VolumeView
@@ -53,7 +54,6 @@ from effectors.drift import (
 )
 from effectors.hypervisor import Hypervisor, HypervisorError
 from effectors.naming import Names
-from effectors.results import EffectorResult
 from effectors.storage.pools import PoolMissing
 from effectors.storage.volumes import StorageDriver
 
@@ -62,8 +62,8 @@ log = structlog.get_logger("effectors.reconciler")
 T = TypeVar("T", bound=msgspec.Struct)
 
 
-# Operation ids of drift reports live in a namespace of their own, apart from
-# the work items' (effectors.work), so the two can never collide.
+# The ids of drift reports live in a namespace of their own, apart from the
+# work items' (bus.work.work_id), so the two can never collide.
 class ReadModelsLike(Protocol):
     """What the reconciler reads (effectors.desired.ReadModels provides it)."""
 
@@ -212,7 +212,7 @@ class Reconciler:
 
     def _result(self, host_id: UUID, drift: Drift) -> EffectorResult:
         return EffectorResult(
-            operation_id=drift_operation_id(host_id, drift),
+            work_id=drift_operation_id(host_id, drift),
             kind=drift.kind,
             aggregate_id=drift.aggregate_id,
             version=0,
@@ -243,7 +243,7 @@ class Reconciler:
             return []
         return [
             EffectorResult(
-                operation_id=uuid.uuid5(DRIFT_IDS, f"{host.id}:host.unreachable:{since}"),
+                work_id=uuid.uuid5(DRIFT_IDS, f"{host.id}:host.unreachable:{since}"),
                 kind="host.unreachable",
                 aggregate_id=host.id,
                 version=0,

@@ -1,48 +1,28 @@
 """Records effector results as events, through ordinary commands.
 
-A result for operation X becomes one command (a VM marked running, a volume
-marked created, a failure with libvirt's error as the reason) submitted with
-the idempotency key `effector:<operation id>:<outcome>`, so a result
-delivered twice is recorded once. A command the domain refuses (the resource
-moved on meanwhile, e.g. stopped while its start was in flight) is logged
-and skipped: the later work item's own result brings the record up to date.
-Offsets are committed only after the command was stored.
+A result of work item X becomes one command (a VM marked running, a volume
+marked created, a failure with libvirt's error as the reason: its work
+kind's `done` or `failed` in bus/work.py) submitted with the idempotency
+key `effector:<work id>:<outcome>`, so a result delivered twice is recorded
+once. A command the domain refuses (the resource moved on meanwhile, e.g.
+stopped while its start was in flight) is logged and skipped: the later
+work item's own result brings the record up to date. Offsets are committed
+only after the command was stored.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
 from uuid import UUID
 
 import structlog
 from aiokafka import AIOKafkaConsumer
 
-from effectors.results import EffectorResult, decode, ensure_results_topic, results_topic
+from bus.work import KINDS
+from bus.work_results import EffectorResult, decode, ensure_results_topic, results_topic
 from engine.commands.base import Command, CommandContext
-from engine.commands.compute import (
-    CompleteVmMigration,
-    FailVm,
-    FailVmExpunge,
-    FailVmMigration,
-    FailVmReboot,
-    MarkVmExpunged,
-    MarkVmRebooted,
-    MarkVmRunning,
-    MarkVmStopped,
-    RecordVmDrift,
-)
+from engine.commands.compute import RecordVmDrift
 from engine.commands.hosts import DeclareHostDown
-from engine.commands.storage import (
-    FailSnapshot,
-    FailTemplate,
-    FailVolume,
-    MarkSnapshotCreated,
-    MarkTemplateDownloaded,
-    MarkVolumeCreated,
-    MarkVolumeResized,
-    MarkVolumeReverted,
-)
 from engine.errors import DomainError
 from engine.service import CommandService
 
@@ -51,38 +31,11 @@ log = structlog.get_logger("orchestration.recorder")
 REASON_MAX = 500
 
 
-# What a succeeded work item completes, by result kind.
-_DONE: dict[str, Callable[[UUID], Command]] = {
-    "vm.start": lambda i: MarkVmRunning(vm_id=i),
-    "vm.stop": lambda i: MarkVmStopped(vm_id=i),
-    "vm.expunge": lambda i: MarkVmExpunged(vm_id=i),
-    "vm.reboot": lambda i: MarkVmRebooted(vm_id=i),
-    "vm.migrate": lambda i: CompleteVmMigration(vm_id=i),
-    "volume.create": lambda i: MarkVolumeCreated(volume_id=i),
-    "volume.resize": lambda i: MarkVolumeResized(volume_id=i),
-    "volume.revert": lambda i: MarkVolumeReverted(volume_id=i),
-    "snapshot.create": lambda i: MarkSnapshotCreated(snapshot_id=i),
-    "template.download": lambda i: MarkTemplateDownloaded(template_id=i),
-}
-# What a failed one records, with libvirt's error as the reason.
-_FAILED: dict[str, Callable[[UUID, str], Command]] = {
-    "vm.start": lambda i, r: FailVm(vm_id=i, reason=r),
-    "vm.stop": lambda i, r: FailVm(vm_id=i, reason=r),
-    "vm.expunge": lambda i, r: FailVmExpunge(vm_id=i, reason=r),
-    "vm.reboot": lambda i, r: FailVmReboot(vm_id=i, reason=r),
-    "vm.migrate": lambda i, r: FailVmMigration(vm_id=i, reason=r),
-    "volume.create": lambda i, r: FailVolume(volume_id=i, reason=r),
-    "volume.resize": lambda i, r: FailVolume(volume_id=i, reason=r),
-    "volume.revert": lambda i, r: FailVolume(volume_id=i, reason=r),
-    "snapshot.create": lambda i, r: FailSnapshot(snapshot_id=i, reason=r),
-    "template.download": lambda i, r: FailTemplate(template_id=i, reason=r),
-}
-
-
 def command_for(result: EffectorResult) -> Command | None:
     """The command that records a result, or None when there is nothing to
-    record (a domain destroyed; unknown domains and volume
-    drift are only logged until their aggregates have events for them)."""
+    record (a domain destroyed, a volume deleted: kinds without commands;
+    unknown domains and volume drift are only logged until their aggregates
+    have events for them)."""
     target = result.aggregate_id
     if result.kind == "drift.vm_state":
         return RecordVmDrift(
@@ -92,12 +45,12 @@ def command_for(result: EffectorResult) -> Command | None:
         )
     if result.kind == "host.unreachable":
         return DeclareHostDown(host_id=target)
+    kind = KINDS.get(result.kind)
+    if kind is None:
+        return None
     if result.outcome == "succeeded":
-        done = _DONE.get(result.kind)
-        return None if done is None else done(target)
-    failed = _FAILED.get(result.kind)
-    reason = _text(result.error, REASON_MAX, "failed without a message")
-    return None if failed is None else failed(target, reason)
+        return kind.done_command(target)
+    return kind.failed_command(target, _text(result.error, REASON_MAX, "failed without a message"))
 
 
 def _text(message: str | None, limit: int, missing: str) -> str:
@@ -110,8 +63,8 @@ def context_for(result: EffectorResult) -> CommandContext:
     return CommandContext(
         actor=f"effector:{result.effector or 'unknown'}",
         correlation_id=result.correlation_id,
-        causation_id=str(result.operation_id),
-        idempotency_key=f"effector:{result.operation_id}:{result.outcome}",
+        causation_id=str(result.work_id),
+        idempotency_key=f"effector:{result.work_id}:{result.outcome}",
     )
 
 

@@ -6,7 +6,7 @@ import uuid
 
 import msgspec
 
-from effectors.results import EffectorResult
+from bus.work_results import EffectorResult
 from engine.commands.compute import (
     CompleteVmMigration,
     FailVm,
@@ -38,8 +38,8 @@ OP = uuid.uuid4()
 
 def result(kind: str, outcome: str = "succeeded", error: str | None = None) -> EffectorResult:
     return EffectorResult(
-        operation_id=OP,
-        kind=kind,  # type: ignore[arg-type]
+        work_id=OP,
+        kind=kind,
         aggregate_id=ID,
         version=3,
         outcome=outcome,  # type: ignore[arg-type]

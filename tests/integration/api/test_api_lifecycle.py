@@ -52,10 +52,10 @@ import pytest
 from api_harness import PROBLEM, Api, Reply, created
 
 from bus.relay import Relay, RelayConfig
+from bus.work import WorkItem
+from bus.work_results import EffectorResult
 from effectors.naming import Names
-from effectors.results import EffectorResult
 from effectors.service import EffectorService, effector_config
-from effectors.work import WorkItem
 from orchestration.manager import OperationManager, manager_config
 from orchestration.recorder import ResultRecorder
 from projections.worker import ProjectionWorker, consumer_config

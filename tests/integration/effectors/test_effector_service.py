@@ -23,11 +23,11 @@ from effector_pipeline import Pipeline, domains_with_uuid, is_running, read_topi
 from bus.cloudevents import CloudEvent, from_record
 from bus.consumer import ConsumerConfig
 from bus.naming import topic_for
+from bus.work import work_id
+from bus.work_results import EffectorResult, decode, results_topic
 from effectors.executor import FAULT_ENV
 from effectors.naming import Names
-from effectors.results import EffectorResult, decode, results_topic
 from effectors.service import EffectorService, effector_config
-from effectors.work import operation_id
 from engine.commands.compute import CreateVm, PlaceVm, RequestVmStart
 from engine.commands.fabric import CreateCluster, CreatePod, CreateZone, RegisterHost
 from engine.commands.storage import (
@@ -156,13 +156,13 @@ async def test_start_requested_runs_the_domain_and_publishes_one_operation(
         )
         event = start_requested(vm_records)
         assert event is not None
-        assert first.operation_id == operation_id(placed.vm, event.aggregate_version)
+        assert first.work_id == work_id(placed.vm, event.aggregate_version)
         assert first.version == event.aggregate_version
         for _ in range(2):
             await effector.handle(event, None)
 
         assert len(starts()) == 3
-        assert {r.operation_id for r in starts()} == {first.operation_id}
+        assert {r.work_id for r in starts()} == {first.work_id}
         assert [r.outcome for r in starts()] == ["succeeded"] * 3
         assert len(domains_with_uuid(hypervisor, placed.vm)) == 1
         assert is_running(hypervisor, placed.vm)
@@ -177,7 +177,7 @@ async def test_start_requested_runs_the_domain_and_publishes_one_operation(
         assert {r.key for r in vm_records} == {str(placed.vm).encode()}
         on_topic = start_results(records, placed.vm)
         assert len(on_topic) == 3
-        assert {r.operation_id for r in on_topic} == {first.operation_id}
+        assert {r.work_id for r in on_topic} == {first.work_id}
         assert {r.outcome for r in on_topic} == {"succeeded"}
     finally:
         await pipeline.close()
@@ -242,7 +242,7 @@ async def test_effector_killed_between_define_and_start_is_resumed_by_a_fresh_on
         )
         (on_topic,) = start_results(records, placed.vm)  # the child published nothing
         assert on_topic.outcome == "succeeded"
-        assert on_topic.operation_id == result.operation_id
+        assert on_topic.work_id == result.work_id
     finally:
         if child.is_alive():
             child.kill()

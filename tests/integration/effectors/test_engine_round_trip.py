@@ -19,8 +19,8 @@ from aiokafka import AIOKafkaProducer
 from effector_pipeline import Pipeline, domains_with_uuid, is_running, wait_for
 from fabric_setup import Fabric
 
+from bus.work_results import EffectorResult, encode, results_topic
 from effectors.naming import Names
-from effectors.results import EffectorResult, encode, results_topic
 from engine.commands.compute import CreateVm, PlaceVm, RequestVmStart
 from engine.commands.storage import (
     AttachVolume,

@@ -14,11 +14,13 @@ import libvirt
 import msgspec
 import pytest
 
+from bus.work import WorkItem, work_id
 from effectors.desired import HostView, PoolView, VmSize, VmView, VolumeView
-from effectors.executor import Executor, VmPlan
+from effectors.executor import Executor
+from effectors.handlers.vm import VmPlan
+from effectors.handlers.volume import VolumePlan
 from effectors.hypervisor import Hypervisor
 from effectors.naming import Names
-from effectors.work import WorkItem, WorkKind, operation_id
 
 pytestmark = [pytest.mark.postgres, pytest.mark.libvirt]
 
@@ -26,9 +28,9 @@ MiB = 1024 * 1024
 ZONE = uuid.UUID(int=1)
 
 
-def work(kind: WorkKind, aggregate_id: uuid.UUID, version: int, *, forced: bool = False):
+def work(kind: str, aggregate_id: uuid.UUID, version: int, *, forced: bool = False):
     return WorkItem(
-        operation_id=operation_id(aggregate_id, version),
+        work_id=work_id(aggregate_id, version),
         kind=kind,
         aggregate_id=aggregate_id,
         version=version,
@@ -75,11 +77,11 @@ def test_vm_start_stop_expunge_are_idempotent(executor, hypervisor, libvirt_uri,
     vm_id = plan.vm.id
     start = work("vm.start", vm_id, 3)
 
-    results = [executor.run_vm(start, plan) for _ in range(3)]
+    results = [executor.run(start, plan) for _ in range(3)]
 
     assert [r.outcome for r in results] == ["succeeded"] * 3, [r.error for r in results]
     assert [r.observed for r in results] == ["running"] * 3
-    assert {r.operation_id for r in results} == {start.operation_id}
+    assert {r.work_id for r in results} == {start.work_id}
     assert all(r.host_id == plan.host.id and r.version == 3 for r in results)
     assert all(r.kind == "vm.start" and r.correlation_id == "cor-exec" for r in results)
     doms = domains_with_uuid(hypervisor, vm_id)
@@ -88,13 +90,13 @@ def test_vm_start_stop_expunge_are_idempotent(executor, hypervisor, libvirt_uri,
     assert doms[0].isActive()
     assert doms[0].state()[0] == libvirt.VIR_DOMAIN_RUNNING
 
-    stopped = executor.run_vm(work("vm.stop", vm_id, 4, forced=True), plan)
+    stopped = executor.run(work("vm.stop", vm_id, 4, forced=True), plan)
     assert stopped.outcome == "succeeded", stopped.error
     assert stopped.observed == "shutoff"
     assert domains_with_uuid(hypervisor, vm_id)[0].state()[0] == libvirt.VIR_DOMAIN_SHUTOFF
 
     expunge = work("vm.expunge", vm_id, 5)
-    gone = [executor.run_vm(expunge, plan) for _ in range(2)]
+    gone = [executor.run(expunge, plan) for _ in range(2)]
     assert [r.outcome for r in gone] == ["succeeded"] * 2, [r.error for r in gone]
     assert [r.observed for r in gone] == ["absent"] * 2
     assert domains_with_uuid(hypervisor, vm_id) == []
@@ -105,22 +107,22 @@ def test_migrate_between_hosts_of_one_hypervisor_and_to_an_unreachable_one(
 ):
     plan = vm_plan(libvirt_uri)
     vm_id = plan.vm.id
-    assert executor.run_vm(work("vm.start", vm_id, 3), plan).outcome == "succeeded"
+    assert executor.run(work("vm.start", vm_id, 3), plan).outcome == "succeeded"
 
     # Two engine hosts on one libvirtd: the domain already runs "there".
     twin = msgspec.structs.replace(plan, destination=host_view(libvirt_uri))
-    moved = executor.run_vm(work("vm.migrate", vm_id, 5), twin)
+    moved = executor.run(work("vm.migrate", vm_id, 5), twin)
     assert (moved.outcome, moved.observed) == ("succeeded", "running"), moved.error
 
     far = msgspec.structs.replace(plan, destination=host_view("qemu+tcp://127.0.0.1:1/system"))
-    refused = executor.run_vm(work("vm.migrate", vm_id, 7), far)
+    refused = executor.run(work("vm.migrate", vm_id, 7), far)
     assert refused.outcome == "failed" and "127.0.0.1:1" in (refused.error or "")
     # The source keeps running it.
     assert domains_with_uuid(hypervisor, vm_id)[0].isActive()
 
-    alone = executor.run_vm(work("vm.migrate", vm_id, 9), plan)  # no destination
+    alone = executor.run(work("vm.migrate", vm_id, 9), plan)  # no destination
     assert alone.outcome == "failed" and "no migration target" in (alone.error or "")
-    executor.run_vm(work("vm.expunge", vm_id, 11), plan)
+    executor.run(work("vm.expunge", vm_id, 11), plan)
 
 
 def qemu_info(path: Path) -> dict:
@@ -150,7 +152,7 @@ def test_volume_create_is_idempotent_and_delete_removes_the_file(
     )
     create = work("volume.create", volume.id, 2)
 
-    results = [executor.run_volume(create, volume, pool, host) for _ in range(3)]
+    results = [executor.run(create, VolumePlan(volume, pool, host)) for _ in range(3)]
 
     assert [r.outcome for r in results] == ["succeeded"] * 3, [r.error for r in results]
     assert [r.observed for r in results] == ["present"] * 3
@@ -160,7 +162,7 @@ def test_volume_create_is_idempotent_and_delete_removes_the_file(
     assert info["format"] == "qcow2"
     assert info["virtual-size"] == 32 * MiB
 
-    deleted = executor.run_volume(work("volume.delete", volume.id, 3), volume, pool, host)
+    deleted = executor.run(work("volume.delete", volume.id, 3), VolumePlan(volume, pool, host))
     assert deleted.outcome == "succeeded", deleted.error
     assert deleted.observed == "absent"
     assert not files[0].exists()
@@ -171,7 +173,7 @@ def test_unreachable_host_gives_a_failed_result_with_libvirts_error(executor):
     item = work("vm.start", plan.vm.id, 3)
 
     began = time.monotonic()
-    result = executor.run_vm(item, plan)
+    result = executor.run(item, plan)
     elapsed = time.monotonic() - began
 
     assert result.outcome == "failed"
@@ -180,7 +182,7 @@ def test_unreachable_host_gives_a_failed_result_with_libvirts_error(executor):
     assert "127.0.0.1:1" in result.error and "Connection refused" in result.error
     assert result.error_code == libvirt.VIR_ERR_SYSTEM_ERROR
     assert f"(libvirt error {result.error_code})" in result.error
-    assert result.operation_id == item.operation_id
+    assert result.work_id == item.work_id
     # Connection refused is retried (with backoff) a bounded number of times.
     assert elapsed < 15, elapsed
 
@@ -188,7 +190,7 @@ def test_unreachable_host_gives_a_failed_result_with_libvirts_error(executor):
 def test_impossible_domain_gives_a_failed_result(executor, hypervisor, libvirt_uri):
     # 64 TiB of guest memory: libvirt/QEMU refuses to start it.
     plan = vm_plan(libvirt_uri, ram_mb=64 * 1024 * 1024)
-    result = executor.run_vm(work("vm.start", plan.vm.id, 3), plan)
+    result = executor.run(work("vm.start", plan.vm.id, 3), plan)
 
     assert result.outcome == "failed"
     assert result.error and "memory" in result.error, result.error
@@ -217,25 +219,24 @@ def test_snapshot_then_revert_restores_the_data(executor, hypervisor, libvirt_ur
         size_bytes=16 * MiB,
         pool_id=pool.id,
     )
-    assert executor.run_volume(work("volume.create", volume.id, 2), volume, pool, host).outcome == (
-        "succeeded"
-    )
+    created = VolumePlan(volume, pool, host)
+    assert executor.run(work("volume.create", volume.id, 2), created).outcome == "succeeded"
     path = pool_dir / "p2" / f"{volume.id}.qcow2"
     assert qemu_io(path, "write -P 0xab 0 64k").returncode == 0
 
     snapshot_id = uuid.uuid4()
     take = work("snapshot.create", snapshot_id, 1)
-    taken = [executor.run_volume(take, volume, pool, host, snapshot_id) for _ in range(2)]
+    taken = [executor.run(take, VolumePlan(volume, pool, host, snapshot_id)) for _ in range(2)]
     assert [r.outcome for r in taken] == ["succeeded"] * 2, [r.error for r in taken]
     assert taken[0].aggregate_id == snapshot_id
 
     assert qemu_io(path, "write -P 0xcd 0 64k").returncode == 0
     reverting = msgspec.structs.replace(volume, version=5, reverting_to=snapshot_id)
-    reverted = executor.run_volume(work("volume.revert", volume.id, 5), reverting, pool, host)
+    reverted = executor.run(work("volume.revert", volume.id, 5), VolumePlan(reverting, pool, host))
     assert reverted.outcome == "succeeded", reverted.error
     check = qemu_io(path, "read -P 0xab 0 64k")
     assert check.returncode == 0 and "Pattern verification failed" not in check.stdout
 
     unknown = msgspec.structs.replace(volume, version=6, reverting_to=uuid.uuid4())
-    failed = executor.run_volume(work("volume.revert", volume.id, 6), unknown, pool, host)
+    failed = executor.run(work("volume.revert", volume.id, 6), VolumePlan(unknown, pool, host))
     assert failed.outcome == "failed" and failed.error

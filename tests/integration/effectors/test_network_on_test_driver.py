@@ -5,8 +5,8 @@ must treat the live definition as the only one, idempotently."""
 import uuid
 
 from effectors.desired import NetworkView
-from effectors.executor import network_spec
 from effectors.hypervisor import Hypervisor
+from effectors.mapping import network_spec
 from effectors.naming import Names
 from effectors.network.driver import NetworkDriver
 from effectors.network.spec import DhcpHost

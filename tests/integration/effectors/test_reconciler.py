@@ -13,13 +13,13 @@ from uuid import UUID
 import msgspec
 import pytest
 
+from bus.work_results import EffectorResult
 from effectors.compute.driver import ComputeDriver
 from effectors.compute.spec import DomainSpec
 from effectors.desired import HostView, VmSize, VmView, VolumeView
 from effectors.hypervisor import Hypervisor
 from effectors.naming import Names
 from effectors.reconciler import Reconciler, start_libvirt_event_loop
-from effectors.results import EffectorResult
 from effectors.storage.pools import ensure_pool
 from effectors.storage.spec import PoolSpec, VolumeSpec
 from effectors.storage.volumes import StorageDriver
@@ -119,7 +119,7 @@ async def test_a_domain_destroyed_behind_the_engines_back_is_vm_state_drift(
 
     # Reported again next round: the same operation, recorded once by the engine.
     (again,) = about(await rec.reconcile_once(), vm_id)
-    assert again.operation_id == drift.operation_id
+    assert again.work_id == drift.work_id
 
 
 async def test_a_domain_the_engine_does_not_know_is_reported_with_its_name(
@@ -256,8 +256,8 @@ async def test_a_lifecycle_event_wakes_the_loop_before_the_interval(
                     await asyncio.sleep(0.05)
             # Each event wakes a round; rounds report the same operation.
             drifts = about(published, vm_id)
-            assert {(d.kind, d.observed, d.operation_id) for d in drifts} == {
-                ("drift.vm_state", "shutoff", drifts[0].operation_id)
+            assert {(d.kind, d.observed, d.work_id) for d in drifts} == {
+                ("drift.vm_state", "shutoff", drifts[0].work_id)
             }
         finally:
             stop.set()

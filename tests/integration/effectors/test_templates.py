@@ -14,11 +14,13 @@ import msgspec
 import pytest
 from template_server import make_template_image, qemu_img, qemu_io
 
+from bus.work import WorkItem, work_id
 from effectors.desired import HostView, ImageStoreView, PoolView, TemplateView, VolumeView
-from effectors.executor import Executor, TemplateSource
+from effectors.executor import Executor
+from effectors.handlers.template import TemplateSource
+from effectors.handlers.volume import VolumePlan
 from effectors.hypervisor import Hypervisor
 from effectors.naming import Names
-from effectors.work import WorkItem, WorkKind, operation_id
 
 pytestmark = [pytest.mark.libvirt]
 
@@ -26,9 +28,9 @@ MiB = 1024 * 1024
 ZONE = uuid.UUID(int=7)
 
 
-def work(kind: WorkKind, aggregate_id: uuid.UUID, version: int) -> WorkItem:
+def work(kind: str, aggregate_id: uuid.UUID, version: int) -> WorkItem:
     return WorkItem(
-        operation_id=operation_id(aggregate_id, version),
+        work_id=work_id(aggregate_id, version),
         kind=kind,
         aggregate_id=aggregate_id,
         version=version,
@@ -69,12 +71,12 @@ def test_download_verifies_and_is_not_repeated(executor, served, tmp_path):
     source = TemplateSource(template=template, store=store_view(tmp_path / "store"))
     item = work("template.download", template.id, 2)
 
-    first = executor.run_template(item, source)
-    again = executor.run_template(item, source)
+    first = executor.run(item, source)
+    again = executor.run(item, source)
 
     assert first.outcome == "succeeded", first.error
     assert (first.observed, again.observed) == ("fetched", "present")
-    assert again.operation_id == first.operation_id
+    assert again.work_id == first.work_id
     assert served.requests == ["/tiny.qcow2"]
     stored = tmp_path / "store" / "template" / f"{template.id}.qcow2"
     assert hashlib.sha256(stored.read_bytes()).hexdigest() == digest
@@ -97,7 +99,7 @@ def test_bad_templates_fail_with_the_reason_and_leave_nothing(
     template = template_view(f"{served.base_url}{url_path}", checksum, fmt)
     source = TemplateSource(template=template, store=store_view(tmp_path / "store"))
 
-    result = executor.run_template(work("template.download", template.id, 2), source)
+    result = executor.run(work("template.download", template.id, 2), source)
 
     assert result.outcome == "failed"
     assert message in (result.error or "")
@@ -115,7 +117,7 @@ def test_template_with_a_backing_file_is_refused(executor, served, tmp_path):
     template = template_view(f"{served.base_url}/sneaky.qcow2", None)
     source = TemplateSource(template=template, store=store_view(tmp_path / "store"))
 
-    result = executor.run_template(work("template.download", template.id, 2), source)
+    result = executor.run(work("template.download", template.id, 2), source)
 
     assert result.outcome == "failed"
     assert "must not have a backing file" in (result.error or "")
@@ -123,7 +125,7 @@ def test_template_with_a_backing_file_is_refused(executor, served, tmp_path):
 
 def test_no_image_store_is_a_failure_not_a_crash(executor, served):
     template = template_view(f"{served.base_url}/tiny.qcow2", None)
-    result = executor.run_template(
+    result = executor.run(
         work("template.download", template.id, 2), TemplateSource(template=template, store=None)
     )
     assert result.outcome == "failed"
@@ -156,7 +158,7 @@ def test_volumes_from_a_template_back_onto_one_base_image_per_pool(
 
     first, second = volume(8 * MiB), volume(4 * MiB)
     results = [
-        executor.run_volume(work("volume.create", v.id, 2), v, pool, host, template=source)
+        executor.run(work("volume.create", v.id, 2), VolumePlan(v, pool, host, template=source))
         for v in (first, first, second)
     ]
 
@@ -189,8 +191,8 @@ def test_volumes_from_a_template_back_onto_one_base_image_per_pool(
     assert "Pattern verification failed" not in read.stdout
 
     small = volume(2 * MiB)
-    refused = executor.run_volume(
-        work("volume.create", small.id, 2), small, pool, host, template=source
+    refused = executor.run(
+        work("volume.create", small.id, 2), VolumePlan(small, pool, host, template=source)
     )
     assert refused.outcome == "failed"
     assert "smaller than its template's virtual size" in (refused.error or "")

@@ -86,9 +86,9 @@ from template_server import Served
 
 from bus.naming import topic_for
 from bus.outgoing import partition_for
+from bus.work import work_id
 from effectors.hypervisor import Hypervisor
 from effectors.naming import Names
-from effectors.work import operation_id as work_id
 from engine.aggregate import Aggregate
 from engine.catalog import PUBLIC_NAMES
 from engine.commands.base import Command, CommandResult

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from bus.work import WorkItem, work_id
 from effectors.desired import (
     HostView,
     ImageStoreView,
@@ -21,12 +22,14 @@ from effectors.desired import (
     VmView,
     VolumeView,
 )
-from effectors.executor import Executor, TemplateSource, VmPlan
+from effectors.executor import Executor
+from effectors.handlers.template import TemplateSource
+from effectors.handlers.vm import VmPlan
+from effectors.handlers.volume import VolumePlan
 from effectors.hypervisor import Hypervisor
 from effectors.naming import Names
 from effectors.storage.templates import image_path
 from effectors.storage.volumes import StorageDriver
-from effectors.work import WorkItem, operation_id
 
 MiB = 1024 * 1024
 GiB = 1024 * MiB
@@ -68,7 +71,7 @@ def executor(uri: str) -> Iterator[Executor]:
 
 def volume_create(volume: VolumeView) -> WorkItem:
     return WorkItem(
-        operation_id=operation_id(volume.id, volume.version),
+        work_id=work_id(volume.id, volume.version),
         kind="volume.create",
         aggregate_id=volume.id,
         version=volume.version,
@@ -124,7 +127,7 @@ def test_template_backed_root_volume_and_start(
     ]
 
     for volume in [*volumes, volumes[0]]:  # the first one twice: a redelivery
-        result = executor.run_volume(volume_create(volume), volume, pool, host, None, source)
+        result = executor.run(volume_create(volume), VolumePlan(volume, pool, host, None, source))
         assert (result.outcome, result.observed, result.error) == ("succeeded", "present", None)
 
     # The executor's own connection: each test:///<file> open is a new instance.
@@ -166,13 +169,13 @@ def test_template_backed_root_volume_and_start(
         host_id=host.id,
     )
     start = WorkItem(
-        operation_id=operation_id(vm.id, 6),
+        work_id=work_id(vm.id, 6),
         kind="vm.start",
         aggregate_id=vm.id,
         version=6,
         position=2,
     )
-    result = executor.run_vm(start, VmPlan(vm=vm, host=host, disks=((disk, pool),)))
+    result = executor.run(start, VmPlan(vm=vm, host=host, disks=((disk, pool),)))
     assert (result.outcome, result.observed, result.error) == ("succeeded", "running", None)
 
 
@@ -212,7 +215,7 @@ def test_a_volume_smaller_than_its_template_is_still_refused(
         template_id=template.id,
     )
     source = TemplateSource(template=template, store=store)
-    result = executor.run_volume(volume_create(volume), volume, pool, host, None, source)
+    result = executor.run(volume_create(volume), VolumePlan(volume, pool, host, None, source))
     assert result.outcome == "failed"
     assert "smaller than its template's virtual size" in (result.error or "")
 
