@@ -139,9 +139,15 @@ class Reconciler:
         self._failures: dict[UUID, int] = {}
         self._down_since: dict[UUID, str] = {}
         self._reported_down: set[UUID] = set()
-        # host id -> (connection, callback id) the lifecycle callback is
-        # registered on (a reconnect gives a new connection without it).
-        self._watched: dict[UUID, tuple[Any, int]] = {}
+        # host id -> the connection its lifecycle events come through (a
+        # reconnect gives a new connection, without the callback).
+        self._watched: dict[UUID, Any] = {}
+        # id(connection) -> (connection, callback id): one callback per
+        # connection, however many hosts use it. Hosts with one URI share
+        # one connection (effectors.executor), and libvirt refuses a second
+        # registration on a connection ("event callback already tracked");
+        # the callback only wakes the loop, whichever host it is for.
+        self._callbacks: dict[int, tuple[Any, int]] = {}
         self._wake: asyncio.Event | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
 
@@ -348,39 +354,40 @@ class Reconciler:
         """Register the lifecycle callback on the host's current connection
         (again after a reconnect). Runs in a worker thread."""
         conn = hypervisor.conn
-        watched = self._watched.get(host_id)
-        if watched is not None and watched[0] is conn:
+        if self._watched.get(host_id) is conn:
             return
         self._unwatch(host_id)
-        try:
-            callback = conn.domainEventRegisterAny(
-                None, libvirt.VIR_DOMAIN_EVENT_ID_LIFECYCLE, self._on_lifecycle, host_id
-            )
-        except libvirt.libvirtError as e:
-            # Events only speed reconciling up; the periodic round still runs.
-            log.warning("lifecycle_events_unavailable", host_id=str(host_id), error=str(e))
-            return
-        self._watched[host_id] = (conn, int(callback))
+        if id(conn) not in self._callbacks:
+            try:
+                callback = conn.domainEventRegisterAny(
+                    None, libvirt.VIR_DOMAIN_EVENT_ID_LIFECYCLE, self._on_lifecycle, hypervisor.uri
+                )
+            except libvirt.libvirtError as e:
+                # Events only speed reconciling up; the periodic round still runs.
+                log.warning("lifecycle_events_unavailable", host_id=str(host_id), error=str(e))
+                return
+            self._callbacks[id(conn)] = (conn, int(callback))
+        self._watched[host_id] = conn
 
     def _unwatch(self, host_id: UUID) -> None:
         """Take the callback off the host's old connection. It holds that
         connection (libvirt keeps a reference for it), so without this the
         connection is never closed and, if still alive, goes on delivering
         its events beside the new one's."""
-        watched = self._watched.pop(host_id, None)
-        if watched is None:
-            return
-        conn, callback = watched
+        conn = self._watched.pop(host_id, None)
+        if conn is None or any(other is conn for other in self._watched.values()):
+            return  # another host's events still come through it
+        _, callback = self._callbacks.pop(id(conn))
         # It goes locally before libvirt asks the daemon, so a dead
         # connection lets go of it too.
         with contextlib.suppress(libvirt.libvirtError):
             conn.domainEventDeregisterAny(callback)
 
-    def _on_lifecycle(self, _conn: Any, dom: Any, event: int, detail: int, host_id: Any) -> None:
+    def _on_lifecycle(self, _conn: Any, dom: Any, event: int, detail: int, uri: Any) -> None:
         # Called on libvirt's event thread: hand over to the asyncio loop.
         loop, wake = self._loop, self._wake
         if loop is not None and wake is not None and not loop.is_closed():
             # The loop may close between the check and the call (shutdown).
             with contextlib.suppress(RuntimeError):
                 loop.call_soon_threadsafe(wake.set)
-        log.debug("lifecycle_event", host_id=str(host_id), lifecycle=event, detail=detail)
+        log.debug("lifecycle_event", uri=uri, lifecycle=event, detail=detail)

@@ -2,15 +2,23 @@
 
 Every command carries an idempotency key, so a second start finds the same
 fabric instead of creating another one.
+
+The two demo hosts are libvirt test drivers, each started from a node file
+of its own in the data directory (demo_host_uri), so neither reports the
+other's domains. Data directories of an older up keep their hosts on the
+shared test:///default (hold_shared_test_driver quiets that).
 """
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlsplit
 from uuid import UUID
 
+import libvirt
 import msgspec
+import structlog
 
 from api import tokens
 from bus.pg import connect
@@ -28,6 +36,7 @@ from engine.commands.network import CreateNetwork, ImplementNetwork
 from engine.commands.storage import RegisterTemplate, RequestTemplateDownload
 from engine.commands.storage_fabric import CreateImageStore
 from engine.database import DatabaseTarget
+from engine.errors import Conflict
 from engine.fabric.host import Host
 from engine.fabric.physical_network import TagRange
 from engine.fabric.pod import Pod
@@ -38,7 +47,14 @@ from engine.virtual.network import Network
 from engine.virtual.template import Template
 from runner.demo_images import IMAGE, IMAGE_SIZE, ImageServer, ensure_image
 
+log = structlog.get_logger("runner.demo")
+
 GiB = 1024**3
+HOST_CORES = 16
+HOST_RAM_MB = 65536
+SHARED_TEST_DRIVER = "test:///default"
+# The sample domain ("test") libvirt's test:///default driver starts with.
+SAMPLE_DOMAIN = UUID("6695eb01-f6a4-8304-79aa-97f2502e193f")
 # A fixed id: a later start finds the template (and the URL it was given).
 DEMO_TEMPLATE = UUID("5d1c7a52-0b0e-4c1f-9f5e-7d3a2c1b0a01")
 
@@ -71,24 +87,10 @@ def ensure_demo_fabric(
         CreatePod(zone_id=zone, name="pod-1", gateway="10.0.0.1", cidr="10.0.0.0/24"),
     )
     cluster = _run(service, "cluster", CreateCluster(zone_id=zone, pod_id=pod, name="cluster-1"))
-    hosts = tuple(
-        _run(
-            service,
-            f"host-{n}",
-            RegisterHost(
-                zone_id=zone,
-                pod_id=pod,
-                cluster_id=cluster,
-                name=f"host-{n}",
-                cpu_cores=16,
-                ram_mb=65536,
-                libvirt_uri="test:///default",
-                cpu_overcommit=4.0,
-                ram_overcommit=1.5,
-            ),
-        )
-        for n in (1, 2)
-    )
+    hosts = tuple(_register_host(service, zone, pod, cluster, n, data_dir) for n in (1, 2))
+    shared = [h for h in store.load_many(list(hosts)).values() if isinstance(h, Host)]
+    if any(h.libvirt_uri == SHARED_TEST_DRIVER for h in shared):
+        hold_shared_test_driver()
     pool = _run(
         service,
         "pool",
@@ -132,6 +134,93 @@ def ensure_demo_fabric(
     )
     _run(service, "network-implement", ImplementNetwork(network_id=network))
     return DemoFabric(zone, pod, cluster, hosts, pool, physical, template, network), server
+
+
+def host_node_xml(cpu_cores: int, ram_mb: int) -> str:
+    """A libvirt test driver's starting state: a node of the host's size,
+    and no domains, networks or pools."""
+    return (
+        "<node>\n"
+        "  <!-- a demo host of cloud-engine up (libvirt's test driver) -->\n"
+        f"  <cpu><nodes>1</nodes><sockets>1</sockets><cores>{cpu_cores}</cores>"
+        f"<threads>1</threads><active>{cpu_cores}</active><mhz>2000</mhz>"
+        "<model>x86_64</model></cpu>\n"
+        f"  <memory>{ram_mb * 1024}</memory>\n"
+        "</node>\n"
+    )
+
+
+def demo_host_uri(data_dir: Path, name: str, cpu_cores: int, ram_mb: int) -> str:
+    """test:///<data dir>/demo-hosts/<name>.xml, the file written now.
+
+    Each file is a hypervisor of its own: libvirt's test driver keeps a
+    separate in-memory state per connection to a file URI (test:///default
+    is one state for the whole process), and the effector holds one
+    connection per URI (effectors.executor), which its reconciler shares.
+    The path is absolute and stays the same for a data directory (the URI
+    is in the host's registration event); the file is written again on
+    every start, before anything connects."""
+    path = data_dir.resolve() / "demo-hosts" / f"{name}.xml"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(host_node_xml(cpu_cores, ram_mb))
+    return f"test://{path}"
+
+
+def _register_host(
+    service: CommandService, zone: UUID, pod: UUID, cluster: UUID, n: int, data_dir: Path
+) -> UUID:
+    name = f"host-{n}"
+    command = RegisterHost(
+        zone_id=zone,
+        pod_id=pod,
+        cluster_id=cluster,
+        name=name,
+        cpu_cores=HOST_CORES,
+        ram_mb=HOST_RAM_MB,
+        libvirt_uri=demo_host_uri(data_dir, name, HOST_CORES, HOST_RAM_MB),
+        cpu_overcommit=4.0,
+        ram_overcommit=1.5,
+    )
+    try:
+        return _run(service, name, command)
+    except Conflict:
+        # The key was used by an older up, which registered its hosts on the
+        # shared test:///default: the same command as then finds that host,
+        # and up goes on with it (hold_shared_test_driver quiets it).
+        older = msgspec.structs.replace(command, libvirt_uri=SHARED_TEST_DRIVER)
+        return _run(service, name, older)
+
+
+# Held for the life of the process: libvirt frees test:///default's state
+# when its last connection closes, and the next open starts it afresh, with
+# the sample domain again.
+_shared_test_driver: list[Any] = []
+
+
+def hold_shared_test_driver() -> None:
+    """For demo hosts an older up registered on test:///default: that driver
+    starts with a sample domain named "test", which no VM claims, so the
+    reconciler reported it as drift every round. Remove it from this
+    process's instance (the effector runs in this process) and keep the
+    instance alive."""
+    if _shared_test_driver:
+        return
+    log.warning(
+        "demo hosts share one test driver",
+        uri=SHARED_TEST_DRIVER,
+        note="registered by an older up: each host sees the other's domains;"
+        " a new data directory gives each its own",
+    )
+    conn = libvirt.open(SHARED_TEST_DRIVER)
+    try:
+        sample = conn.lookupByUUID(SAMPLE_DOMAIN.bytes)
+    except libvirt.libvirtError:
+        sample = None  # removed already (or a libvirt without it)
+    if sample is not None:
+        if sample.isActive():
+            sample.destroy()
+        sample.undefine()
+    _shared_test_driver.append(conn)
 
 
 def _ensure_template(
