@@ -35,14 +35,16 @@ Account = Annotated[
 Url = Annotated[str, msgspec.Meta(min_length=1, max_length=2048, pattern=NO_NUL)]
 Tag = Annotated[str, msgspec.Meta(min_length=1, max_length=64, pattern=NO_NUL)]
 Tags = Annotated[tuple[Tag, ...], msgspec.Meta(max_length=32)]
-Address = Annotated[
-    str, msgspec.Meta(pattern=r"^[0-9]{1,3}(\.[0-9]{1,3}){3}" + END, description="an IPv4 address")
-]
+# What Python's ipaddress takes, so the document states it: octets 0-255
+# without leading zeros, a prefix length 0-32 (one leading zero allowed, as
+# ipaddress reads "08" as 8). Whether a CIDR has host bits set, or a
+# gateway lies inside it, is the engine's check (422 with a rule).
+_OCTET = r"(25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])"
+_QUAD = rf"{_OCTET}(\.{_OCTET}){{3}}"
+Address = Annotated[str, msgspec.Meta(pattern=f"^{_QUAD}{END}", description="an IPv4 address")]
 Cidr = Annotated[
     str,
-    msgspec.Meta(
-        pattern=r"^[0-9]{1,3}(\.[0-9]{1,3}){3}/[0-9]{1,2}" + END, description="an IPv4 CIDR block"
-    ),
+    msgspec.Meta(pattern=f"^{_QUAD}/(3[0-2]|[0-2]?[0-9]){END}", description="an IPv4 CIDR block"),
 ]
 Mac = Annotated[str, msgspec.Meta(pattern=r"^[0-9a-fA-F]{2}(:[0-9a-fA-F]{2}){5}" + END)]
 Port = Annotated[int, msgspec.Meta(ge=1, le=65535)]

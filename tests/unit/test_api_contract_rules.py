@@ -4,8 +4,10 @@ parameters, integers written as 2.0, and the links from every command."""
 
 from __future__ import annotations
 
+import ipaddress
 import re
 import string
+import typing
 from typing import Any
 
 import msgspec
@@ -19,6 +21,7 @@ from api.codec import decode_json
 from api.context import idempotency_key
 from api.contract_fabric import HostRegister
 from api.contract_tenant import VolumeCreate
+from api.fields import Address, Cidr
 from api.openapi import IDEMPOTENCY_KEY_SCHEMA, build_document
 from api.problems import ApiError
 from api.resources import QUERY_TYPES, TYPES, EventQuery
@@ -89,6 +92,42 @@ def test_query_parameters_are_the_servers(resource: Any) -> None:
         assert not checked.is_valid(""), name
         if schema.get("type") == "string" and "format" not in schema:
             assert schema["minLength"] >= 1, name
+
+
+# Addresses --------------------------------------------------------------------------
+
+
+def _pattern(annotated: Any) -> re.Pattern[str]:
+    return re.compile(typing.get_args(annotated)[1].pattern)
+
+
+def _python_takes(text: str, kind: type[Any]) -> bool:
+    try:
+        kind(text)
+    except ValueError:
+        return False
+    return True
+
+
+@given(st.from_regex(r"[0-9]{1,4}(\.[0-9]{1,4}){3}", fullmatch=True))
+@example("255.255.255.255")
+@example("256.0.0.1")
+@example("01.2.3.4")
+@example("0.0.0.0")
+def test_the_address_pattern_is_what_the_engine_takes(text: str) -> None:
+    # The engine reads addresses with ipaddress: no 256, no leading zero.
+    takes = _python_takes(text, ipaddress.IPv4Address)
+    assert bool(_pattern(Address).search(text)) == takes, text
+
+
+@given(st.from_regex(r"[0-9]{1,4}(\.[0-9]{1,4}){3}/[0-9]{1,2}", fullmatch=True))
+@example("10.0.0.0/08")
+@example("10.0.0.0/33")
+@example("0.0.0.0/0")
+def test_the_cidr_pattern_is_what_the_engine_takes(text: str) -> None:
+    # Host bits set is the engine's 422 (strict=True there), not the pattern's.
+    takes = _python_takes(text, lambda t: ipaddress.IPv4Network(t, strict=False))
+    assert bool(_pattern(Cidr).search(text)) == takes, text
 
 
 # Integers ---------------------------------------------------------------------------

@@ -70,7 +70,7 @@ def cases(f: Any) -> list[Case]:
              body={"name": "n", "zone_id": f.zone, "cidr": "10.0.0.0/24",
                    "isolation": "MPLS"}, token="alice"),
         Case("engine validation", "POST", "/v1/networks", 422, "cidr",
-             body={"name": "n", "zone_id": f.zone, "cidr": "10.0.0.0/33",
+             body={"name": "n", "zone_id": f.zone, "cidr": "10.0.0.1/24",
                    "isolation": "none"}, token="alice", type_suffix="validation"),
         Case("zone not found", "POST", "/v1/pods", 404, "zone_id",
              body={"zone_id": str(uuid.uuid4()), "name": "p", "gateway": "10.0.0.1",
