@@ -55,6 +55,7 @@ class BrokerState(msgspec.Struct, frozen=True):
     port: int
     broker_pid: int
     store_pid: int | None = None
+    owner_pid: int | None = None  # the process that started them
 
 
 def _free_port() -> int:
@@ -116,6 +117,14 @@ def _cmdline(pid: int) -> list[str]:
     except OSError:
         return []
     return [part.decode(errors="replace") for part in raw.split(b"\0") if part]
+
+
+def _parent(pid: int) -> int | None:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    return int(stat.rpartition(")")[2].split()[1])
 
 
 def _stop_process(pid: int, timeout: float = 5.0) -> None:
@@ -291,6 +300,7 @@ class DevBroker:
             port=self.port,
             broker_pid=self._process.pid,
             store_pid=None if self._store is None else self._store.pid,
+            owner_pid=os.getpid(),
         )
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_suffix(".tmp")
@@ -310,21 +320,29 @@ class DevBroker:
         """Stop the processes a previous broker on this state directory left
         running (its starter was killed outright); return its state. A pid
         is only signalled when its command line is the broker's (or its
-        store's): the pid may have been reused by anything since."""
+        store's): the pid may have been reused by anything since. One still
+        the child of another live process is in use: that is an error."""
         state = self._read_state()
         if state is None:
             return None
         binary = str(broker_binary())
         listener = f"tcp://127.0.0.1:{state.port}"
+        found = []
         broker = _cmdline(state.broker_pid)
         if broker[:2] == [binary, "broker"] and listener in broker:
-            log.warning("stopping a stale dev broker", pid=state.broker_pid, port=state.port)
-            _stop_process(state.broker_pid)
-        if state.store_pid is not None:
-            store = _cmdline(state.store_pid)
-            if "bus.broker_store" in store:
-                log.warning("stopping a stale dev broker store", pid=state.store_pid)
-                _stop_process(state.store_pid)
+            found.append(("dev broker", state.broker_pid))
+        if state.store_pid is not None and "bus.broker_store" in _cmdline(state.store_pid):
+            found.append(("dev broker store", state.store_pid))
+        owner = state.owner_pid
+        for what, pid in found:
+            if owner not in (None, os.getpid()) and _parent(pid) == owner:
+                raise BrokerError(
+                    f"the {what} of {self.state_dir} runs for another process"
+                    f" (pid {owner}): is another `up` using this data directory?"
+                )
+        for what, pid in found:
+            log.warning(f"stopping a stale {what}", pid=pid, port=state.port)
+            _stop_process(pid)
         return state
 
     def stop(self) -> None:

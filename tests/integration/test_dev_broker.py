@@ -21,7 +21,7 @@ import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from psycopg import sql
 
-from bus.broker import BrokerState, DevBroker, broker_binary
+from bus.broker import BrokerError, BrokerState, DevBroker, broker_binary
 from bus.topics import ensure_topics
 from engine.database import DatabaseTarget
 from tests.integration.test_cli import Running, http, until
@@ -211,21 +211,42 @@ time.sleep(120)
 """
 
 
-def test_broker_and_store_end_with_a_starter_killed_outright(
-    broker_db: DatabaseTarget, tmp_path: Path
-) -> None:
+def _starter(database: DatabaseTarget, state_dir: Path) -> tuple[subprocess.Popen[str], list[int]]:
+    """Another process running a durable broker on state_dir: it and the
+    pids of its broker and store."""
     starter = subprocess.Popen(
-        [sys.executable, "-c", STARTER, broker_db.url(), str(tmp_path)],
+        [sys.executable, "-c", STARTER, database.url(), str(state_dir)],
         stdout=subprocess.PIPE,
         text=True,
         cwd=Path(__file__).resolve().parents[2],
     )
+    assert starter.stdout is not None
+    # Its log lines come first.
+    line = next(x for x in starter.stdout if x.startswith("pids "))
+    pids = [int(p) for p in line.split()[1:]]
+    assert len(pids) == 2 and all(_alive(p) for p in pids)
+    return starter, pids
+
+
+def test_a_broker_another_live_process_runs_is_not_taken_over(
+    broker_db: DatabaseTarget, tmp_path: Path
+) -> None:
+    starter, pids = _starter(broker_db, tmp_path)
     try:
-        assert starter.stdout is not None
-        # Its log lines come first.
-        line = next(x for x in starter.stdout if x.startswith("pids "))
-        pids = [int(p) for p in line.split()[1:]]
-        assert len(pids) == 2 and all(_alive(p) for p in pids)
+        with pytest.raises(BrokerError, match="another `up`"):
+            DevBroker(database=broker_db, state_dir=tmp_path).start()
+        assert all(_alive(p) for p in pids)
+    finally:
+        starter.kill()
+        starter.wait()
+    until("the broker and its store to end", lambda: not any(_alive(p) for p in pids), 15)
+
+
+def test_broker_and_store_end_with_a_starter_killed_outright(
+    broker_db: DatabaseTarget, tmp_path: Path
+) -> None:
+    starter, pids = _starter(broker_db, tmp_path)
+    try:
         starter.send_signal(signal.SIGKILL)
         starter.wait(10)
         until("the broker and its store to end", lambda: not any(_alive(p) for p in pids), 15)
