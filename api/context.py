@@ -66,7 +66,9 @@ def idempotency_key(headers: Headers) -> str | None:
     value = headers.get("idempotency-key")
     if value is None:
         return None
-    value = value.strip()
+    # HTTP's optional whitespace only (RFC 9110 OWS): str.strip() would also
+    # drop non-ASCII spaces such as U+00A0, which the document refuses.
+    value = value.strip(" \t")
     if len(value) >= 2 and value[0] == value[-1] == '"':
         value = value[1:-1]
     if not _KEY.match(value):

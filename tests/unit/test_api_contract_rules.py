@@ -61,6 +61,7 @@ _header_text = st.text(alphabet=string.printable[:-5] + " \t", max_size=260).fil
 @example('"')
 @example('"""')
 @example("a b")
+@example("abc\xa0")
 def test_idempotency_key_schema_is_the_servers_rule(value: str) -> None:
     assert _document_takes(value) == _server_takes(value), value
 
