@@ -188,7 +188,18 @@ def _register_host(
         # shared test:///default: the same command as then finds that host,
         # and up goes on with it (hold_shared_test_driver quiets it).
         older = msgspec.structs.replace(command, libvirt_uri=SHARED_TEST_DRIVER)
-        return _run(service, name, older)
+        try:
+            return _run(service, name, older)
+        except Conflict:
+            # Neither: the host names a node file elsewhere, the data
+            # directory was moved (its URI is in the registration event).
+            raise Conflict(
+                f"demo {name} was registered with a libvirt URI naming another"
+                f" path than {command.libvirt_uri}: was the data directory moved?"
+                " The demo hosts' node files are named by absolute path; move it"
+                " back or start on a new data directory",
+                field="libvirt_uri",
+            ) from None
 
 
 # Held for the life of the process: libvirt frees test:///default's state

@@ -23,6 +23,7 @@ from effectors.desired import ReadModels
 from effectors.executor import Executor
 from effectors.reconciler import Reconciler, start_libvirt_event_loop
 from engine.database import DatabaseTarget
+from engine.errors import Conflict
 from engine.fabric.host import Host
 from engine.service import CommandService
 from engine.store import EventStore
@@ -169,3 +170,11 @@ def test_an_older_ups_demo_hosts_on_the_shared_driver_go_on_quietly(
     assert [r for r in results if r.aggregate_id == SAMPLE_DOMAIN] == []
     # Both hosts' events come through the one shared connection.
     assert [e for e in logs if e["event"] == "lifecycle_events_unavailable"] == []
+
+
+def test_a_moved_data_directory_is_named_as_the_reason(
+    service: CommandService, store: EventStore, pg_target: DatabaseTarget, tmp_path: Path
+) -> None:
+    _demo(service, store, pg_target, tmp_path / "before")
+    with pytest.raises(Conflict, match="data directory moved"):
+        ensure_demo_fabric(service, store, tmp_path / "after")
