@@ -80,7 +80,9 @@ _VM_CHILDREN = (
         attribute="nics",
         type="nic",
         field="vm_id",
-        shown=("network_id", "mac", "address", "device_id", "state"),
+        # Not the NIC's state: nothing plugs a NIC yet (PlugNic has no
+        # sender), so every NIC of a running VM would say "Allocated".
+        shown=("network_id", "mac", "address", "device_id"),
         hidden_states=("Released",),
     ),
     Child(
