@@ -10,6 +10,8 @@ no skip path: if either cannot start, the tests that need it fail with the reaso
 from __future__ import annotations
 
 import os
+import shutil
+import tempfile
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -26,17 +28,25 @@ from engine.store import EventStore
 
 
 @pytest.fixture(scope="session")
-def pg_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DatabaseTarget]:
+def pg_server() -> Iterator[DatabaseTarget]:
     url = os.environ.get("CLOUD_ENGINE_TEST_DATABASE_URL")
     if url:
         yield parse_database_url(url)
         return
-    data_dir: Path = tmp_path_factory.mktemp("embedded-pg")
-    server = EmbeddedPostgres(load_settings(environ={}, data_dir=str(data_dir)))
+    # Not under pytest's own temporary root: the wheel opens the folders
+    # above the data directory to its server's user (o+rx), and every
+    # pytest session that starts meanwhile closes /tmp/pytest-of-<user>
+    # again (0700), which stopped this server with "Permission denied"
+    # when two suites ran at once.
+    data_dir = Path(tempfile.mkdtemp(prefix="cloud-engine-test-pg-"))
     try:
-        yield server.target
+        server = EmbeddedPostgres(load_settings(environ={}, data_dir=str(data_dir)))
+        try:
+            yield server.target
+        finally:
+            server.stop()
     finally:
-        server.stop()
+        shutil.rmtree(data_dir, ignore_errors=True)
 
 
 @pytest.fixture
