@@ -16,22 +16,22 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from api import health, tokens
-from api.codec import problem_response
-from api.commands import endpoint
-from api.context import ApiContext
-from api.metrics import ApiMetrics
-from api.middleware import RequestMiddleware
-from api.owners import Owners
-from api.problems import UNAVAILABLE, ApiError, unavailable
-from api.reads import events_endpoint, get_endpoint, list_endpoint
-from api.resources import TYPES
-from api.route_table import COMMAND_ROUTES
-from bus.pg import create_pool
-from engine.database import DatabaseTarget
-from engine.service import CommandService
-from engine.store import EventStore
-from projections import readmodel
+from cloud_engine.api import health, tokens
+from cloud_engine.api.codec import problem_response
+from cloud_engine.api.commands import endpoint
+from cloud_engine.api.context import ApiContext
+from cloud_engine.api.metrics import ApiMetrics
+from cloud_engine.api.middleware import RequestMiddleware
+from cloud_engine.api.owners import Owners
+from cloud_engine.api.problems import UNAVAILABLE, ApiError, unavailable
+from cloud_engine.api.reads import events_endpoint, get_endpoint, list_endpoint
+from cloud_engine.api.resources import TYPES
+from cloud_engine.api.route_table import COMMAND_ROUTES
+from cloud_engine.bus.pg import create_pool
+from cloud_engine.engine.database import DatabaseTarget
+from cloud_engine.engine.service import CommandService
+from cloud_engine.engine.store import EventStore
+from cloud_engine.projections import readmodel
 
 Handler = Callable[[Request], Awaitable[Response]]
 

@@ -18,7 +18,7 @@ from uuid import UUID
 
 import msgspec
 
-from api.problems import forbidden, not_found, unauthorized
+from cloud_engine.api.problems import forbidden, not_found, unauthorized
 
 Role = Literal["admin", "user"]
 # What an endpoint touches: the fabric (admin only), the catalog (zones and

@@ -10,7 +10,7 @@ import msgspec
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 
-from api.problems import MEDIA_TYPE, ApiError, Problem, bad_request, invalid_body
+from cloud_engine.api.problems import MEDIA_TYPE, ApiError, Problem, bad_request, invalid_body
 
 JSON = "application/json"
 MAX_BODY_BYTES = 1 << 20

@@ -26,15 +26,21 @@ import structlog
 from starlette.requests import Request
 from starlette.responses import Response
 
-from api.auth import Principal, require_access
-from api.codec import json_response, read_json
-from api.context import ApiContext, context_of, idempotency_key, principal_of, request_id_of
-from api.problems import UNAVAILABLE, from_domain, not_found, unavailable
-from api.resources import BY_TYPE
-from api.routing import Call, CommandRoute, Ref
-from api.views import CommandAccepted
-from engine.commands import Command, CommandContext, CommandResult
-from engine.errors import DomainError
+from cloud_engine.api.auth import Principal, require_access
+from cloud_engine.api.codec import json_response, read_json
+from cloud_engine.api.context import (
+    ApiContext,
+    context_of,
+    idempotency_key,
+    principal_of,
+    request_id_of,
+)
+from cloud_engine.api.problems import UNAVAILABLE, from_domain, not_found, unavailable
+from cloud_engine.api.resources import BY_TYPE
+from cloud_engine.api.routing import Call, CommandRoute, Ref
+from cloud_engine.api.views import CommandAccepted
+from cloud_engine.engine.commands import Command, CommandContext, CommandResult
+from cloud_engine.engine.errors import DomainError
 
 log = structlog.get_logger("api.commands")
 

@@ -10,13 +10,13 @@ import asyncpg
 from starlette.datastructures import Headers
 from starlette.requests import Request
 
-from api.auth import Principal, bearer_token
-from api.metrics import ApiMetrics
-from api.owners import Owners
-from api.problems import bad_request, unauthorized, unavailable
-from api.tokens import TokenStore
-from engine.service import CommandService
-from engine.store import EventStore
+from cloud_engine.api.auth import Principal, bearer_token
+from cloud_engine.api.metrics import ApiMetrics
+from cloud_engine.api.owners import Owners
+from cloud_engine.api.problems import bad_request, unauthorized, unavailable
+from cloud_engine.api.tokens import TokenStore
+from cloud_engine.engine.service import CommandService
+from cloud_engine.engine.store import EventStore
 
 _KEY = re.compile(r"^[\x21-\x7e]{1,255}$")
 

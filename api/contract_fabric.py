@@ -12,7 +12,7 @@ from uuid import UUID
 
 import msgspec
 
-from api.fields import (
+from cloud_engine.api.fields import (
     Bytes,
     Description,
     HostCores,
@@ -24,12 +24,12 @@ from api.fields import (
     Tags,
     Url,
 )
-from engine.fabric.cluster import Hypervisor
-from engine.fabric.image_store import ImageStoreProtocol
-from engine.fabric.physical_network import Isolation
-from engine.fabric.storage_pool import StorageScope
-from engine.fabric.zone import NetworkType
-from engine.virtual.template import TemplateFormat
+from cloud_engine.engine.fabric.cluster import Hypervisor
+from cloud_engine.engine.fabric.image_store import ImageStoreProtocol
+from cloud_engine.engine.fabric.physical_network import Isolation
+from cloud_engine.engine.fabric.storage_pool import StorageScope
+from cloud_engine.engine.fabric.zone import NetworkType
+from cloud_engine.engine.virtual.template import TemplateFormat
 
 
 class Body(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):

@@ -13,11 +13,23 @@ from uuid import UUID
 
 import msgspec
 
-from api.contract_fabric import Body
-from api.fields import Account, Address, Cidr, Cpus, DeviceId, DiskGb, Mac, Name, Port, RamMb, Tag
-from engine.virtual.network import Isolation
-from engine.virtual.network_rule import Protocol, RuleKind
-from engine.virtual.snapshot import SnapshotKind
+from cloud_engine.api.contract_fabric import Body
+from cloud_engine.api.fields import (
+    Account,
+    Address,
+    Cidr,
+    Cpus,
+    DeviceId,
+    DiskGb,
+    Mac,
+    Name,
+    Port,
+    RamMb,
+    Tag,
+)
+from cloud_engine.engine.virtual.network import Isolation
+from cloud_engine.engine.virtual.network_rule import Protocol, RuleKind
+from cloud_engine.engine.virtual.snapshot import SnapshotKind
 
 
 class ComputeSpec(Body, frozen=True, kw_only=True):

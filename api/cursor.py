@@ -17,7 +17,7 @@ from uuid import UUID
 
 import msgspec
 
-from api.problems import bad_request
+from cloud_engine.api.problems import bad_request
 
 
 class Cursor(msgspec.Struct, frozen=True, array_like=True):

@@ -11,8 +11,8 @@ from typing import Annotated
 
 import msgspec
 
-from api.auth import ACCOUNT_PATTERN
-from engine.virtual.nic import MAX_DEVICE_ID
+from cloud_engine.api.auth import ACCOUNT_PATTERN
+from cloud_engine.engine.virtual.nic import MAX_DEVICE_ID
 
 # PostgreSQL text and jsonb cannot hold U+0000: a string with one would be
 # recorded in the log and then stop every projection that reads its event.

@@ -8,12 +8,12 @@ import structlog
 from starlette.requests import Request
 from starlette.responses import Response
 
-from api.codec import json_response
-from api.context import context_of
-from api.metrics import CONTENT_TYPE
-from api.openapi import document_bytes
-from api.problems import unavailable
-from api.views import Health
+from cloud_engine.api.codec import json_response
+from cloud_engine.api.context import context_of
+from cloud_engine.api.metrics import CONTENT_TYPE
+from cloud_engine.api.openapi import document_bytes
+from cloud_engine.api.problems import unavailable
+from cloud_engine.api.views import Health
 
 READY_TIMEOUT_S = 2.0
 

@@ -19,9 +19,9 @@ import asyncpg
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
-from bus.relay_log import events_table
-from engine.operations.operation import FINISHED, OPERATION_STATUSES
-from projections.readmodel import POSITIONS, table_name
+from cloud_engine.bus.relay_log import events_table
+from cloud_engine.engine.operations.operation import FINISHED, OPERATION_STATUSES
+from cloud_engine.projections.readmodel import POSITIONS, table_name
 
 CONTENT_TYPE = CONTENT_TYPE_LATEST
 BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)

@@ -4,7 +4,7 @@ contract's msgspec types, so it cannot drift from what the API does.
 Served at /openapi.json and checked in as schemas/openapi.json (a test
 fails when the two differ). Regenerate after changing a route or a body:
 
-    python -m api.openapi            # writes schemas/openapi.json
+    python -m cloud_engine.api.openapi            # writes schemas/openapi.json
 """
 
 from __future__ import annotations
@@ -18,12 +18,12 @@ from typing import Any, Union, get_args, get_origin
 
 import msgspec
 
-from api.problems import MEDIA_TYPE, Problem
-from api.resources import BY_TYPE, QUERY_TYPES, TYPES, EventQuery, ResourceType
-from api.route_table import COMMAND_ROUTES
-from api.routing import CommandRoute
-from api.views import CommandAccepted, EventPage, Health, ResourcePage
-from bus.struct_schema import normalise_descriptions
+from cloud_engine.api.problems import MEDIA_TYPE, Problem
+from cloud_engine.api.resources import BY_TYPE, QUERY_TYPES, TYPES, EventQuery, ResourceType
+from cloud_engine.api.route_table import COMMAND_ROUTES
+from cloud_engine.api.routing import CommandRoute
+from cloud_engine.api.views import CommandAccepted, EventPage, Health, ResourcePage
+from cloud_engine.bus.struct_schema import normalise_descriptions
 
 CHECKED_IN = Path(__file__).resolve().parent.parent / "schemas" / "openapi.json"
 REF = "#/components/schemas/{name}"

@@ -16,10 +16,10 @@ from uuid import UUID
 import asyncpg
 import msgspec
 
-from api.resources import BY_TYPE
-from bus.naming import event_type_of
-from bus.relay_log import events_table
-from engine.mapper import MsgspecMapper
+from cloud_engine.api.resources import BY_TYPE
+from cloud_engine.bus.naming import event_type_of
+from cloud_engine.bus.relay_log import events_table
+from cloud_engine.engine.mapper import MsgspecMapper
 
 REMEMBERED = 200_000
 

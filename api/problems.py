@@ -16,7 +16,7 @@ import eventsourcing.persistence
 import msgspec
 import psycopg
 
-from engine.errors import Conflict, DomainError, NotFound, Validation
+from cloud_engine.engine.errors import Conflict, DomainError, NotFound, Validation
 
 MEDIA_TYPE = "application/problem+json"
 TYPE_PREFIX = "urn:cloudengine:problem:"

@@ -21,23 +21,23 @@ import msgspec.inspect
 from starlette.requests import Request
 from starlette.responses import Response
 
-from api.auth import Principal, require_access, require_visible
-from api.codec import json_response
-from api.context import ApiContext, context_of, principal_of
-from api.cursor import Cursor, decode_cursor, encode_cursor, query_digest
-from api.problems import ApiError, bad_request, from_domain, invalid_query, not_found
-from api.queries import children_of, fetch_one, fetch_page
-from api.resources import (
+from cloud_engine.api.auth import Principal, require_access, require_visible
+from cloud_engine.api.codec import json_response
+from cloud_engine.api.context import ApiContext, context_of, principal_of
+from cloud_engine.api.cursor import Cursor, decode_cursor, encode_cursor, query_digest
+from cloud_engine.api.problems import ApiError, bad_request, from_domain, invalid_query, not_found
+from cloud_engine.api.queries import children_of, fetch_one, fetch_page
+from cloud_engine.api.resources import (
     QUERY_TYPES,
     EventQuery,
     Filter,
     ResourceType,
     filter_values,
 )
-from api.views import EventPage, Resource, ResourcePage
-from engine.catalog import PUBLIC_NAMES
-from engine.errors import DomainError
-from projections.history import history, state_view
+from cloud_engine.api.views import EventPage, Resource, ResourcePage
+from cloud_engine.engine.catalog import PUBLIC_NAMES
+from cloud_engine.engine.errors import DomainError
+from cloud_engine.projections.history import history, state_view
 
 Handler = Callable[[Request], Awaitable[Response]]
 

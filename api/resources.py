@@ -14,8 +14,8 @@ from uuid import UUID
 
 import msgspec
 
-from api.auth import Access
-from api.fields import NO_NUL
+from cloud_engine.api.auth import Access
+from cloud_engine.api.fields import NO_NUL
 
 DEFAULT_LIMIT = 50
 MAX_LIMIT = 500

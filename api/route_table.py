@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from api.routes_fabric import FABRIC_ROUTES
-from api.routes_tenant import TENANT_ROUTES
-from api.routing import CommandRoute
+from cloud_engine.api.routes_fabric import FABRIC_ROUTES
+from cloud_engine.api.routes_tenant import TENANT_ROUTES
+from cloud_engine.api.routing import CommandRoute
 
 COMMAND_ROUTES: list[CommandRoute[Any]] = [*FABRIC_ROUTES, *TENANT_ROUTES]
 

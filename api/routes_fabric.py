@@ -10,7 +10,7 @@ from collections.abc import Callable
 from typing import Any
 from uuid import UUID
 
-from api.contract_fabric import (
+from cloud_engine.api.contract_fabric import (
     ClusterCreate,
     HostRegister,
     ImageStoreCreate,
@@ -21,11 +21,11 @@ from api.contract_fabric import (
     TemplateRegister,
     ZoneCreate,
 )
-from api.routing import CommandRoute, action, create, named
-from engine.commands import Command
-from engine.commands import fabric as f
-from engine.commands import storage as s
-from engine.fabric.physical_network import TagRange
+from cloud_engine.api.routing import CommandRoute, action, create, named
+from cloud_engine.engine.commands import Command
+from cloud_engine.engine.commands import fabric as f
+from cloud_engine.engine.commands import storage as s
+from cloud_engine.engine.fabric.physical_network import TagRange
 
 ZONE = ("zone", "zone_id")
 POD = ("pod", "pod_id")

@@ -13,10 +13,10 @@ from typing import Any
 
 import msgspec
 
-from api.auth import admin_only_field
-from api.context import ApiContext
-from api.contract_fabric import NoBody
-from api.contract_tenant import (
+from cloud_engine.api.auth import admin_only_field
+from cloud_engine.api.context import ApiContext
+from cloud_engine.api.contract_fabric import NoBody
+from cloud_engine.api.contract_tenant import (
     IpAddressAllocate,
     NetworkCreate,
     NetworkRuleCreate,
@@ -31,14 +31,19 @@ from api.contract_tenant import (
     VolumeRevert,
     VolumeSnapshot,
 )
-from api.problems import ApiError
-from api.queries import first_physical_network
-from api.routing import Call, CommandRoute, Ref, action, create, named
-from engine.commands import network as n
-from engine.commands.compute import GIB
-from engine.commands.operations import DeployVm, VmOperation, VmOperationKind, VolumeOperation
-from engine.commands.storage import CreateVolume
-from engine.virtual.vm import VmSpec
+from cloud_engine.api.problems import ApiError
+from cloud_engine.api.queries import first_physical_network
+from cloud_engine.api.routing import Call, CommandRoute, Ref, action, create, named
+from cloud_engine.engine.commands import network as n
+from cloud_engine.engine.commands.compute import GIB
+from cloud_engine.engine.commands.operations import (
+    DeployVm,
+    VmOperation,
+    VmOperationKind,
+    VolumeOperation,
+)
+from cloud_engine.engine.commands.storage import CreateVolume
+from cloud_engine.engine.virtual.vm import VmSpec
 
 
 def _deploy(c: Call[VmDeploy]) -> DeployVm:

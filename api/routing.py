@@ -16,12 +16,12 @@ from uuid import UUID
 
 import msgspec
 
-from api.auth import Access, Principal, account_for
-from api.resources import BY_TYPE
-from engine.commands import Command
+from cloud_engine.api.auth import Access, Principal, account_for
+from cloud_engine.api.resources import BY_TYPE
+from cloud_engine.engine.commands import Command
 
 if TYPE_CHECKING:
-    from api.context import ApiContext
+    from cloud_engine.api.context import ApiContext
 
 B = TypeVar("B", bound=msgspec.Struct)
 

@@ -17,8 +17,8 @@ from uuid import UUID
 import asyncpg
 from asyncpg.pool import PoolConnectionProxy
 
-from api.auth import Principal, Role, valid_account
-from bus.ddl import create_once
+from cloud_engine.api.auth import Principal, Role, valid_account
+from cloud_engine.bus.ddl import create_once
 
 TABLE = "cloudengine_api_tokens"
 PREFIX = "ce_"

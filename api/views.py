@@ -8,7 +8,7 @@ from uuid import UUID
 
 import msgspec
 
-from projections.history import HistoryEntry
+from cloud_engine.projections.history import HistoryEntry
 
 JsonObject = Annotated[
     msgspec.Raw,

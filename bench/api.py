@@ -90,37 +90,37 @@ from uuid import UUID
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from api import tokens
-from api.app import create_app
-from api.cursor import Cursor, encode_cursor, query_digest
-from api.queries import fetch_one, fetch_page
-from api.resources import BY_TYPE
-from api.server import ApiServer
-from bus.pg import connect, create_pool
-from bus.process import run_on
-from engine.commands import Command, CommandContext
-from engine.commands.fabric import (
+from cloud_engine.api import tokens
+from cloud_engine.api.app import create_app
+from cloud_engine.api.cursor import Cursor, encode_cursor, query_digest
+from cloud_engine.api.queries import fetch_one, fetch_page
+from cloud_engine.api.resources import BY_TYPE
+from cloud_engine.api.server import ApiServer
+from cloud_engine.bus.pg import connect, create_pool
+from cloud_engine.bus.process import run_on
+from cloud_engine.engine.commands import Command, CommandContext
+from cloud_engine.engine.commands.fabric import (
     CreateCluster,
     CreatePod,
     CreateStoragePool,
     CreateZone,
     RegisterHost,
 )
-from engine.commands.network import CreateNetwork
-from engine.commands.operations import DeployVm
-from engine.commands.storage import (
+from cloud_engine.engine.commands.network import CreateNetwork
+from cloud_engine.engine.commands.operations import DeployVm
+from cloud_engine.engine.commands.storage import (
     MarkTemplateDownloaded,
     RegisterTemplate,
     RequestTemplateDownload,
 )
-from engine.database import DatabaseTarget, EmbeddedPostgres, parse_database_url
-from engine.logs import configure_logging
-from engine.service import CommandService
-from engine.settings import EventLoop, load_settings
-from engine.store import EventStore
-from engine.virtual.vm import VirtualMachine, VmSpec
-from projections import readmodel
-from projections.replay import Rebuild
+from cloud_engine.engine.database import DatabaseTarget, EmbeddedPostgres, parse_database_url
+from cloud_engine.engine.logs import configure_logging
+from cloud_engine.engine.service import CommandService
+from cloud_engine.engine.settings import EventLoop, load_settings
+from cloud_engine.engine.store import EventStore
+from cloud_engine.engine.virtual.vm import VirtualMachine, VmSpec
+from cloud_engine.projections import readmodel
+from cloud_engine.projections.replay import Rebuild
 
 ACCOUNTS = [f"tenant-{n:02d}" for n in range(20)]
 HOSTS = 100

@@ -41,15 +41,15 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from deploy_fabric import one_cluster
 
-from bus.pg import connect, create_pool
-from bus.relay_log import events_table
-from engine.commands.hosts import UpdateHostOvercommit
-from engine.database import DatabaseTarget, EmbeddedPostgres
-from engine.service import CommandService
-from engine.settings import load_settings
-from engine.store import EventStore
-from orchestration.candidates import Candidates
-from projections import readmodel
+from cloud_engine.bus.pg import connect, create_pool
+from cloud_engine.bus.relay_log import events_table
+from cloud_engine.engine.commands.hosts import UpdateHostOvercommit
+from cloud_engine.engine.database import DatabaseTarget, EmbeddedPostgres
+from cloud_engine.engine.service import CommandService
+from cloud_engine.engine.settings import load_settings
+from cloud_engine.engine.store import EventStore
+from cloud_engine.orchestration.candidates import Candidates
+from cloud_engine.projections import readmodel
 
 
 async def fill(target: DatabaseTarget, hosts: int, pools: int, events: int, behind: int) -> None:

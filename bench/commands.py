@@ -32,10 +32,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import psycopg
 from eventsourcing.application import AggregateNotFoundError
 
-from engine.aggregate import Aggregate
-from engine.commands import Command, dispatch
-from engine.commands.compute import CreateVm, PlaceVm, RequestVmStart
-from engine.commands.fabric import (
+from cloud_engine.engine.aggregate import Aggregate
+from cloud_engine.engine.commands import Command, dispatch
+from cloud_engine.engine.commands.compute import CreateVm, PlaceVm, RequestVmStart
+from cloud_engine.engine.commands.fabric import (
     CreateCluster,
     CreatePod,
     CreateStoragePool,
@@ -43,18 +43,18 @@ from engine.commands.fabric import (
     RegisterHost,
     ReserveHostCapacity,
 )
-from engine.commands.network import AllocateIp, CreateNetwork
-from engine.commands.storage import (
+from cloud_engine.engine.commands.network import AllocateIp, CreateNetwork
+from cloud_engine.engine.commands.storage import (
     MarkTemplateDownloaded,
     RegisterTemplate,
     RequestTemplateDownload,
 )
-from engine.database import DatabaseTarget, EmbeddedPostgres, parse_database_url
-from engine.errors import NotFound
-from engine.service import CommandService
-from engine.settings import load_settings
-from engine.store import EventStore, _StoreApplication, store_environment
-from engine.virtual.vm import VmSpec
+from cloud_engine.engine.database import DatabaseTarget, EmbeddedPostgres, parse_database_url
+from cloud_engine.engine.errors import NotFound
+from cloud_engine.engine.service import CommandService
+from cloud_engine.engine.settings import load_settings
+from cloud_engine.engine.store import EventStore, _StoreApplication, store_environment
+from cloud_engine.engine.virtual.vm import VmSpec
 
 A = TypeVar("A", bound=Aggregate)
 HOSTS = 8

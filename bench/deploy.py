@@ -102,14 +102,14 @@ from deploy_pipeline import STEPS, Results, pipeline_run
 from deploy_processes import Components, CpuMeter, postmaster_pid, wait_until
 from planner import planner_p99_ms
 
-from bus.broker import DevBroker
-from engine.commands.storage import MarkTemplateDownloaded, RequestTemplateDownload
-from engine.database import EmbeddedPostgres
-from engine.logs import configure_logging
-from engine.service import CommandService
-from engine.settings import EventLoop, load_settings
-from engine.store import EventStore
-from engine.virtual.template import Template
+from cloud_engine.bus.broker import DevBroker
+from cloud_engine.engine.commands.storage import MarkTemplateDownloaded, RequestTemplateDownload
+from cloud_engine.engine.database import EmbeddedPostgres
+from cloud_engine.engine.logs import configure_logging
+from cloud_engine.engine.service import CommandService
+from cloud_engine.engine.settings import EventLoop, load_settings
+from cloud_engine.engine.store import EventStore
+from cloud_engine.engine.virtual.template import Template
 
 HOST_KINDS = {False: "a test driver each", True: "all on one shared test:///default"}
 

@@ -12,8 +12,8 @@ from pathlib import Path
 from deploy_fabric import VM_SPEC, Fabric, GiB, deploy_command, host_uris, template_checksum
 from deploy_pipeline import Sample, closed_loop
 
-from bus.work import WorkItem, work_id
-from effectors.desired import (
+from cloud_engine.bus.work import WorkItem, work_id
+from cloud_engine.effectors.desired import (
     HostView,
     ImageStoreView,
     PoolView,
@@ -22,17 +22,17 @@ from effectors.desired import (
     VmView,
     VolumeView,
 )
-from effectors.executor import Executor
-from effectors.handlers.template import TemplateSource
-from effectors.handlers.vm import VmPlan
-from effectors.handlers.volume import VolumePlan
-from effectors.naming import Names
-from engine.commands.base import Command
-from engine.commands.compute import MarkVmRunning
-from engine.commands.operations import AdvanceOperation, PlaceOperation
-from engine.commands.storage import MarkVolumeCreated
-from engine.operations import deploy_ids
-from engine.service import CommandService
+from cloud_engine.effectors.executor import Executor
+from cloud_engine.effectors.handlers.template import TemplateSource
+from cloud_engine.effectors.handlers.vm import VmPlan
+from cloud_engine.effectors.handlers.volume import VolumePlan
+from cloud_engine.effectors.naming import Names
+from cloud_engine.engine.commands.base import Command
+from cloud_engine.engine.commands.compute import MarkVmRunning
+from cloud_engine.engine.commands.operations import AdvanceOperation, PlaceOperation
+from cloud_engine.engine.commands.storage import MarkVolumeCreated
+from cloud_engine.engine.operations import deploy_ids
+from cloud_engine.engine.service import CommandService
 
 
 async def command_chain(

@@ -15,12 +15,12 @@ from pathlib import Path
 from typing import NamedTuple
 from uuid import UUID
 
-from engine.commands.fabric import CreateCluster, CreatePod, CreateZone, RegisterHost
-from engine.commands.operations import DeployVm
-from engine.commands.storage import RegisterTemplate
-from engine.commands.storage_fabric import CreateImageStore, CreateStoragePool
-from engine.service import CommandService
-from engine.virtual.vm import VmSpec
+from cloud_engine.engine.commands.fabric import CreateCluster, CreatePod, CreateZone, RegisterHost
+from cloud_engine.engine.commands.operations import DeployVm
+from cloud_engine.engine.commands.storage import RegisterTemplate
+from cloud_engine.engine.commands.storage_fabric import CreateImageStore, CreateStoragePool
+from cloud_engine.engine.service import CommandService
+from cloud_engine.engine.virtual.vm import VmSpec
 
 MiB = 1024 * 1024
 GiB = 1024 * MiB

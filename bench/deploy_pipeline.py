@@ -21,14 +21,14 @@ from aiokafka import AIOKafkaConsumer
 from deploy_fabric import VM_SPEC, Fabric, GiB, deploy_command
 from deploy_processes import TOPIC_PREFIX, Components, CpuMeter
 
-from bus.naming import topic_for
-from engine.fabric.host import Host
-from engine.fabric.storage_pool import StoragePool
-from engine.operations import deploy_ids
-from engine.operations.operation import Operation
-from engine.service import CommandService
-from engine.store import EventStore
-from engine.virtual.vm import VirtualMachine
+from cloud_engine.bus.naming import topic_for
+from cloud_engine.engine.fabric.host import Host
+from cloud_engine.engine.fabric.storage_pool import StoragePool
+from cloud_engine.engine.operations import deploy_ids
+from cloud_engine.engine.operations.operation import Operation
+from cloud_engine.engine.service import CommandService
+from cloud_engine.engine.store import EventStore
+from cloud_engine.engine.virtual.vm import VirtualMachine
 
 STARTED = "io.cloudengine.vm.started.v1"
 FAILED = "io.cloudengine.vm.failed.v1"

@@ -15,8 +15,8 @@ from pathlib import Path
 
 import psutil
 
-from engine.database import DatabaseTarget
-from engine.settings import EventLoop
+from cloud_engine.engine.database import DatabaseTarget
+from cloud_engine.engine.settings import EventLoop
 
 ROOT = Path(__file__).resolve().parent.parent
 TOPIC_PREFIX = "cloudengine"
@@ -50,7 +50,7 @@ class Components:
         )
         out = (self.logs / f"{name}.log").open("wb")
         self.processes[name] = subprocess.Popen(
-            [sys.executable, "-m", "runner.cli", *args],
+            [sys.executable, "-m", "cloud_engine.runner.cli", *args],
             env=env,
             cwd=str(ROOT),
             stdout=out,

@@ -58,26 +58,26 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import libvirt
 from aiokafka import AIOKafkaConsumer
 
-from bus.broker import DevBroker
-from bus.cloudevents import CloudEvent
-from bus.pg import connect
-from bus.work import WorkItem, work_id
-from bus.work_results import EffectorResult, decode, results_topic
-from effectors.compute.domain_xml import domain_xml
-from effectors.compute.spec import DiskSpec, DomainSpec
-from effectors.desired import HostView, VmSize, VmView
-from effectors.executor import Executor
-from effectors.handlers.vm import VmPlan
-from effectors.hypervisor import Hypervisor
-from effectors.naming import Names
-from effectors.service import EffectorService, effector_config
-from effectors.storage.pools import pool_path
-from effectors.storage.spec import VolumeSpec
-from effectors.storage.volumes import StorageDriver
-from engine.commands import AggregateVersion, Command, CommandResult
-from engine.commands.compute import CreateVm, PlaceVm, RequestVmStart
-from engine.commands.fabric import CreateCluster, CreatePod, CreateZone, RegisterHost
-from engine.commands.storage import (
+from cloud_engine.bus.broker import DevBroker
+from cloud_engine.bus.cloudevents import CloudEvent
+from cloud_engine.bus.pg import connect
+from cloud_engine.bus.work import WorkItem, work_id
+from cloud_engine.bus.work_results import EffectorResult, decode, results_topic
+from cloud_engine.effectors.compute.domain_xml import domain_xml
+from cloud_engine.effectors.compute.spec import DiskSpec, DomainSpec
+from cloud_engine.effectors.desired import HostView, VmSize, VmView
+from cloud_engine.effectors.executor import Executor
+from cloud_engine.effectors.handlers.vm import VmPlan
+from cloud_engine.effectors.hypervisor import Hypervisor
+from cloud_engine.effectors.naming import Names
+from cloud_engine.effectors.service import EffectorService, effector_config
+from cloud_engine.effectors.storage.pools import pool_path
+from cloud_engine.effectors.storage.spec import VolumeSpec
+from cloud_engine.effectors.storage.volumes import StorageDriver
+from cloud_engine.engine.commands import AggregateVersion, Command, CommandResult
+from cloud_engine.engine.commands.compute import CreateVm, PlaceVm, RequestVmStart
+from cloud_engine.engine.commands.fabric import CreateCluster, CreatePod, CreateZone, RegisterHost
+from cloud_engine.engine.commands.storage import (
     AttachVolume,
     CreateVolume,
     MarkTemplateDownloaded,
@@ -86,15 +86,15 @@ from engine.commands.storage import (
     RequestTemplateDownload,
     RequestVolumeCreation,
 )
-from engine.commands.storage_fabric import CreateStoragePool
-from engine.database import DatabaseTarget, EmbeddedPostgres
-from engine.logs import configure_logging
-from engine.service import CommandService
-from engine.settings import load_settings
-from engine.store import EventStore
-from engine.virtual.vm import VmSpec
-from projections.status import wait_for_position, wait_for_versions
-from projections.worker import ProjectionWorker, consumer_config
+from cloud_engine.engine.commands.storage_fabric import CreateStoragePool
+from cloud_engine.engine.database import DatabaseTarget, EmbeddedPostgres
+from cloud_engine.engine.logs import configure_logging
+from cloud_engine.engine.service import CommandService
+from cloud_engine.engine.settings import load_settings
+from cloud_engine.engine.store import EventStore
+from cloud_engine.engine.virtual.vm import VmSpec
+from cloud_engine.projections.status import wait_for_position, wait_for_versions
+from cloud_engine.projections.worker import ProjectionWorker, consumer_config
 
 ROOT = Path(__file__).resolve().parent.parent
 TEST_URI = "test:///default"
@@ -261,7 +261,7 @@ class Pipeline:
             CLOUD_ENGINE_LOG_LEVEL="warning",
         )
         self.relay = subprocess.Popen(
-            [sys.executable, "-m", "runner.cli", "relay"], env=env, cwd=str(ROOT)
+            [sys.executable, "-m", "cloud_engine.runner.cli", "relay"], env=env, cwd=str(ROOT)
         )
         worker = ProjectionWorker(self.target, consumer_config(self.bootstrap, TOPIC_PREFIX))
         self.tasks.append(asyncio.create_task(worker.run(self.stop)))

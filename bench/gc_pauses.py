@@ -32,11 +32,11 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-import api.app  # noqa: F401  (the API's start-up heap: Starlette, msgspec, asyncpg)
-import engine.service  # noqa: F401
-from engine.settings import Settings
-from engine.virtual.vm import VirtualMachine, VmSpec
-from engine.working_set import AggregateCache
+import cloud_engine.api.app
+import cloud_engine.engine.service  # noqa: F401
+from cloud_engine.engine.settings import Settings
+from cloud_engine.engine.virtual.vm import VirtualMachine, VmSpec
+from cloud_engine.engine.working_set import AggregateCache
 
 OLD_DEFAULT = 100_000
 SPEC = VmSpec(cpus=1, ram_mb=512, root_disk_gb=10)

@@ -39,8 +39,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import libvirt
 
-from lab.lab import Lab
-from lab.model import LabError, LabHost
+from cloud_engine.lab.lab import Lab
+from cloud_engine.lab.model import LabError, LabHost
 
 libvirt.registerErrorHandler(lambda _ctx, _err: None, None)
 

@@ -35,12 +35,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import asyncpg
 
-from api.metrics import UNFINISHED, operations_by_state_sql
-from bus.pg import connect
-from engine.database import DatabaseTarget, EmbeddedPostgres
-from engine.operations.operation import FINISHED
-from engine.settings import load_settings
-from projections import readmodel
+from cloud_engine.api.metrics import UNFINISHED, operations_by_state_sql
+from cloud_engine.bus.pg import connect
+from cloud_engine.engine.database import DatabaseTarget, EmbeddedPostgres
+from cloud_engine.engine.operations.operation import FINISHED
+from cloud_engine.engine.settings import load_settings
+from cloud_engine.projections import readmodel
 
 FINISHED_MIX = ["succeeded", "succeeded", "succeeded", "failed", "compensated"]
 IN_FLIGHT_MIX = ["running", "pending"]

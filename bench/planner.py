@@ -29,8 +29,8 @@ from uuid import UUID
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from engine.fabric.capacity import overcommitted
-from engine.planning import (
+from cloud_engine.engine.fabric.capacity import overcommitted
+from cloud_engine.engine.planning import (
     STRATEGIES,
     AffinityGroup,
     AffinityKind,

@@ -34,13 +34,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from relay import PARTITIONS, _write_steadily, percentile, store_events
 
-from bus.broker import DevBroker
-from bus.cloudevents import CloudEvent
-from engine.database import DatabaseTarget, EmbeddedPostgres
-from engine.fabric.zone import Zone
-from engine.settings import load_settings
-from engine.store import EventStore
-from projections.worker import ProjectionWorker, consumer_config
+from cloud_engine.bus.broker import DevBroker
+from cloud_engine.bus.cloudevents import CloudEvent
+from cloud_engine.engine.database import DatabaseTarget, EmbeddedPostgres
+from cloud_engine.engine.fabric.zone import Zone
+from cloud_engine.engine.settings import load_settings
+from cloud_engine.engine.store import EventStore
+from cloud_engine.projections.worker import ProjectionWorker, consumer_config
 
 
 async def measure(
@@ -54,7 +54,7 @@ async def measure(
         CLOUD_ENGINE_TOPIC_PARTITIONS=str(PARTITIONS),
         CLOUD_ENGINE_LOG_LEVEL="warning",
     )
-    relay = subprocess.Popen([sys.executable, "-m", "runner.cli", "relay"], env=env)
+    relay = subprocess.Popen([sys.executable, "-m", "cloud_engine.runner.cli", "relay"], env=env)
     stop = asyncio.Event()
     worker = ProjectionWorker(target, consumer_config(bootstrap, "cloudengine"))
     lags: list[float] = []

@@ -43,17 +43,17 @@ import msgspec
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
-from bus.broker import DevBroker
-from bus.outgoing import OutgoingCodec, Record, partition_for
-from bus.pg import connect
-from bus.relay import Relay, RelayConfig
-from engine.commands.fabric import DisableZone, EnableZone
-from engine.database import DatabaseTarget, EmbeddedPostgres, parse_database_url
-from engine.fabric.zone import Zone
-from engine.service import CommandService
-from engine.settings import load_settings
-from engine.store import EventStore
-from runner.components import broker_database
+from cloud_engine.bus.broker import DevBroker
+from cloud_engine.bus.outgoing import OutgoingCodec, Record, partition_for
+from cloud_engine.bus.pg import connect
+from cloud_engine.bus.relay import Relay, RelayConfig
+from cloud_engine.engine.commands.fabric import DisableZone, EnableZone
+from cloud_engine.engine.database import DatabaseTarget, EmbeddedPostgres, parse_database_url
+from cloud_engine.engine.fabric.zone import Zone
+from cloud_engine.engine.service import CommandService
+from cloud_engine.engine.settings import load_settings
+from cloud_engine.engine.store import EventStore
+from cloud_engine.runner.components import broker_database
 
 PARTITIONS = 8
 
@@ -152,7 +152,7 @@ async def lag(
         CLOUD_ENGINE_TOPIC_PARTITIONS=str(PARTITIONS),
         CLOUD_ENGINE_LOG_LEVEL="warning",
     )
-    relay = subprocess.Popen([sys.executable, "-m", "runner.cli", "relay"], env=env)
+    relay = subprocess.Popen([sys.executable, "-m", "cloud_engine.runner.cli", "relay"], env=env)
     try:
         return await _measure_lag(target, bootstrap, service, zones, rate, seconds)
     finally:

@@ -34,17 +34,17 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import msgspec
 
-from bus.pg import connect
-from bus.relay_log import RelayLog
-from engine.database import DatabaseTarget, EmbeddedPostgres, parse_database_url
-from engine.fabric.host import Host
-from engine.fabric.zone import Zone
-from engine.settings import load_settings
-from engine.store import EventStore
-from engine.virtual.vm import VirtualMachine, VmSpec
-from projections import readmodel
-from projections.fold import PAGE
-from projections.replay import Rebuild
+from cloud_engine.bus.pg import connect
+from cloud_engine.bus.relay_log import RelayLog
+from cloud_engine.engine.database import DatabaseTarget, EmbeddedPostgres, parse_database_url
+from cloud_engine.engine.fabric.host import Host
+from cloud_engine.engine.fabric.zone import Zone
+from cloud_engine.engine.settings import load_settings
+from cloud_engine.engine.store import EventStore
+from cloud_engine.engine.virtual.vm import VirtualMachine, VmSpec
+from cloud_engine.projections import readmodel
+from cloud_engine.projections.fold import PAGE
+from cloud_engine.projections.replay import Rebuild
 
 HOSTS = 100
 SPEC = VmSpec(cpus=1, ram_mb=512, root_disk_gb=10)

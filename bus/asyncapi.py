@@ -13,11 +13,17 @@ from typing import Any
 
 import msgspec
 
-from bus.naming import SPEC_VERSION, TYPE_PREFIX, EventType, all_event_types, dead_letter_topic
-from bus.naming import topic_for as _topic_for
-from bus.struct_schema import JSONSchema, normalise_descriptions
-from engine.catalog import AGGREGATES
-from engine.settings import Settings
+from cloud_engine.bus.naming import (
+    SPEC_VERSION,
+    TYPE_PREFIX,
+    EventType,
+    all_event_types,
+    dead_letter_topic,
+)
+from cloud_engine.bus.naming import topic_for as _topic_for
+from cloud_engine.bus.struct_schema import JSONSchema, normalise_descriptions
+from cloud_engine.engine.catalog import AGGREGATES
+from cloud_engine.engine.settings import Settings
 
 # Where bus.schemas writes the document; payload references are relative to it.
 ASYNCAPI_PATH = "schemas/asyncapi.json"

@@ -16,8 +16,8 @@ from typing import Any
 import structlog
 from aiokafka import AIOKafkaProducer, ConsumerRecord, TopicPartition
 
-from bus.cloudevents import CloudEvent, MalformedEvent, from_record
-from bus.consumer import INFRASTRUCTURE_ERRORS, ConsumerConfig, EventConsumer, Work
+from cloud_engine.bus.cloudevents import CloudEvent, MalformedEvent, from_record
+from cloud_engine.bus.consumer import INFRASTRUCTURE_ERRORS, ConsumerConfig, EventConsumer, Work
 
 log = structlog.get_logger("bus.batch_consumer")
 

@@ -37,7 +37,7 @@ from typing import IO, Any
 import msgspec
 import structlog
 
-from engine.database import DatabaseTarget
+from cloud_engine.engine.database import DatabaseTarget
 
 log = structlog.get_logger("bus.broker")
 
@@ -255,7 +255,13 @@ class DevBroker:
     def _start_store(self, out: IO[bytes] | int, timeout: float) -> int:
         assert self.database is not None
         self._store = subprocess.Popen(
-            [sys.executable, "-m", "bus.broker_store", "--database-url", self.database.url()],
+            [
+                sys.executable,
+                "-m",
+                "cloud_engine.bus.broker_store",
+                "--database-url",
+                self.database.url(),
+            ],
             stdout=subprocess.PIPE,
             stderr=out,
             cwd=Path(__file__).resolve().parent.parent,

@@ -13,7 +13,7 @@ optimistic concurrency on its metadata), GET and HEAD (conditional, ranged),
 DELETE, bulk delete, copy, and ListObjectsV2. No signatures are checked: it
 listens on 127.0.0.1 only and the broker runs with AWS_SKIP_SIGNATURE.
 
-Run as `python -m bus.broker_store --database-url URL`; it prints the port
+Run as `python -m cloud_engine.bus.broker_store --database-url URL`; it prints the port
 it listens on as its first line of output.
 """
 
@@ -38,8 +38,8 @@ from xml.sax.saxutils import escape
 import asyncpg
 import structlog
 
-from bus.pg import connect, create_pool
-from engine.database import DatabaseTarget, parse_database_url
+from cloud_engine.bus.pg import connect, create_pool
+from cloud_engine.engine.database import DatabaseTarget, parse_database_url
 
 log = structlog.get_logger("bus.broker_store")
 
@@ -544,7 +544,7 @@ async def serve(target: DatabaseTarget, host: str, port: int, stop: asyncio.Even
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m bus.broker_store")
+    parser = argparse.ArgumentParser(prog="python -m cloud_engine.bus.broker_store")
     parser.add_argument("--database-url", required=True)
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=0)

@@ -15,8 +15,8 @@ from uuid import UUID
 
 import msgspec
 
-from bus.naming import EventType
-from engine.mapper import codec_for
+from cloud_engine.bus.naming import EventType
+from cloud_engine.engine.mapper import codec_for
 
 # Internal to the store: which Python class rebuilds the aggregate.
 _PRIVATE_FIELDS = frozenset({"originator_topic"})

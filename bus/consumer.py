@@ -29,8 +29,8 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPa
 from aiokafka.errors import CommitFailedError, KafkaError
 from aiokafka.structs import OffsetAndMetadata
 
-from bus.cloudevents import CloudEvent, MalformedEvent, from_record
-from bus.naming import dead_letter_topic
+from cloud_engine.bus.cloudevents import CloudEvent, MalformedEvent, from_record
+from cloud_engine.bus.naming import dead_letter_topic
 
 log = structlog.get_logger("bus.consumer")
 

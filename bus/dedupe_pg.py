@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import asyncpg
 
-from bus.cloudevents import CloudEvent
-from bus.consumer import Work
-from bus.ddl import create_once
+from cloud_engine.bus.cloudevents import CloudEvent
+from cloud_engine.bus.consumer import Work
+from cloud_engine.bus.ddl import create_once
 
 
 class PostgresDeduplicator:

@@ -10,9 +10,9 @@ import msgspec
 from eventsourcing.domain import CanInitAggregate
 from eventsourcing.utils import get_topic
 
-from bus.cloudevents import CloudEvent, data_struct
-from bus.naming import EventType, all_event_types
-from engine.catalog import AGGREGATES
+from cloud_engine.bus.cloudevents import CloudEvent, data_struct
+from cloud_engine.bus.naming import EventType, all_event_types
+from cloud_engine.engine.catalog import AGGREGATES
 
 
 @dataclass(frozen=True)

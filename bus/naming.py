@@ -11,7 +11,7 @@ from typing import Any
 import msgspec
 from eventsourcing.utils import get_topic
 
-from engine.catalog import AGGREGATES, event_classes
+from cloud_engine.engine.catalog import AGGREGATES, event_classes
 
 TYPE_PREFIX = "io.cloudengine"
 SPEC_VERSION = "1.0"

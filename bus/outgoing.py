@@ -18,9 +18,9 @@ from uuid import UUID
 import msgspec
 from eventsourcing.persistence import StoredEvent
 
-from bus.cloudevents import Headers, data_struct
-from bus.naming import SPEC_VERSION, EventType, event_type_of, topic_for
-from engine.mapper import MsgspecMapper
+from cloud_engine.bus.cloudevents import Headers, data_struct
+from cloud_engine.bus.naming import SPEC_VERSION, EventType, event_type_of, topic_for
+from cloud_engine.engine.mapper import MsgspecMapper
 
 _encoder = msgspec.json.Encoder()
 

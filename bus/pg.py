@@ -8,7 +8,7 @@ from typing import Any
 
 import asyncpg
 
-from engine.database import DatabaseTarget, keep_session
+from cloud_engine.engine.database import DatabaseTarget, keep_session
 
 
 def _arguments(target: DatabaseTarget) -> dict[str, Any]:

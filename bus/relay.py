@@ -27,12 +27,12 @@ import structlog
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.errors import KafkaError
 
-from bus.naming import all_event_types, topic_for
-from bus.outgoing import OutgoingCodec, partition_for
-from bus.pg import connect
-from bus.relay_log import CHANNEL, RelayLog
-from bus.topics import ensure_topics
-from engine.database import DatabaseTarget
+from cloud_engine.bus.naming import all_event_types, topic_for
+from cloud_engine.bus.outgoing import OutgoingCodec, partition_for
+from cloud_engine.bus.pg import connect
+from cloud_engine.bus.relay_log import CHANNEL, RelayLog
+from cloud_engine.bus.topics import ensure_topics
+from cloud_engine.engine.database import DatabaseTarget
 
 log = structlog.get_logger("bus.relay")
 

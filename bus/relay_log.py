@@ -6,7 +6,7 @@ import json
 
 import asyncpg
 
-from bus.ddl import create_once
+from cloud_engine.bus.ddl import create_once
 
 EVENTS_TABLE = "cloudengine_events"
 CHANNEL = "cloudengine_events"  # the eventsourcing recorder NOTIFYs on it

@@ -7,7 +7,7 @@
   CloudEvents headers and the dead-letter topics.
 
 The files are checked in; tests/unit/test_schemas.py fails when they no longer
-match the code. Regenerate with ``python -m bus.schemas``; ``--check`` only
+match the code. Regenerate with ``python -m cloud_engine.bus.schemas``; ``--check`` only
 lists the files that differ (exit status 1).
 
 The JSON Schema of a Struct comes from bus.struct_schema, the AsyncAPI document
@@ -23,11 +23,11 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from bus.asyncapi import ASYNCAPI_PATH, asyncapi
-from bus.cloudevents import data_struct
-from bus.naming import EventType, all_event_types
-from bus.struct_schema import JSONSchema, struct_schema, walk
-from engine.commands import HANDLERS, Command
+from cloud_engine.bus.asyncapi import ASYNCAPI_PATH, asyncapi
+from cloud_engine.bus.cloudevents import data_struct
+from cloud_engine.bus.naming import EventType, all_event_types
+from cloud_engine.bus.struct_schema import JSONSchema, struct_schema, walk
+from cloud_engine.engine.commands import HANDLERS, Command
 
 __all__ = [
     "ASYNCAPI_PATH",
@@ -48,7 +48,7 @@ __all__ = [
 
 ROOT = Path(__file__).resolve().parent.parent
 SCHEMA_DIR = "schemas"
-# The OpenAPI document is api.openapi's (python -m api.openapi; its own test).
+# The OpenAPI document is api.openapi's (python -m cloud_engine.api.openapi; its own test).
 OPENAPI_PATH = f"{SCHEMA_DIR}/openapi.json"
 DIALECT = "https://json-schema.org/draft/2020-12/schema"
 
@@ -168,7 +168,7 @@ def write(root: Path = ROOT) -> list[str]:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m bus.schemas", description="Generate schemas/ from the code."
+        prog="python -m cloud_engine.bus.schemas", description="Generate schemas/ from the code."
     )
     parser.add_argument(
         "--check", action="store_true", help="only list files that differ; exit 1 if any"
@@ -182,7 +182,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         for problem in problems:
             print(problem)
         if problems:
-            print("schemas/ is out of date: run `python -m bus.schemas`", file=sys.stderr)
+            print(
+                "schemas/ is out of date: run `python -m cloud_engine.bus.schemas`", file=sys.stderr
+            )
             return 1
         return 0
     changed = write(args.root)

@@ -28,9 +28,9 @@ from uuid import UUID
 
 import msgspec
 
-from bus.cloudevents import CloudEvent
-from engine.commands.base import Command
-from engine.commands.compute import (
+from cloud_engine.bus.cloudevents import CloudEvent
+from cloud_engine.engine.commands.base import Command
+from cloud_engine.engine.commands.compute import (
     CompleteVmMigration,
     FailVm,
     FailVmExpunge,
@@ -41,7 +41,7 @@ from engine.commands.compute import (
     MarkVmRunning,
     MarkVmStopped,
 )
-from engine.commands.storage import (
+from cloud_engine.engine.commands.storage import (
     FailSnapshot,
     FailTemplate,
     FailVolume,

@@ -22,8 +22,8 @@ from uuid import UUID
 
 import msgspec
 
-from bus.topics import ensure_topics
-from bus.work import KINDS
+from cloud_engine.bus.topics import ensure_topics
+from cloud_engine.bus.work import KINDS
 
 Outcome = Literal["succeeded", "failed"]
 

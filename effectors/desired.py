@@ -17,7 +17,7 @@ from uuid import UUID
 import asyncpg
 import msgspec
 
-from projections import readmodel
+from cloud_engine.projections import readmodel
 
 T = TypeVar("T", bound=msgspec.Struct)
 

@@ -12,8 +12,8 @@ from uuid import UUID
 
 import msgspec
 
-from effectors.compute.spec import DomainState
-from effectors.desired import VmView, VolumeView
+from cloud_engine.effectors.compute.spec import DomainState
+from cloud_engine.effectors.desired import VmView, VolumeView
 
 DriftKind = Literal["drift.vm_state", "drift.unknown_domain", "drift.volume"]
 

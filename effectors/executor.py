@@ -19,13 +19,15 @@ from uuid import UUID
 
 import structlog
 
-from bus.work import WorkItem
-from bus.work_results import EffectorResult
-from effectors.handlers import HANDLERS
-from effectors.handlers.base import Plan
-from effectors.hypervisor import Hypervisor, HypervisorError
-from effectors.mapping import Uplink as Uplink  # runner.effector_cli takes it from here
-from effectors.naming import Names
+from cloud_engine.bus.work import WorkItem
+from cloud_engine.bus.work_results import EffectorResult
+from cloud_engine.effectors.handlers import HANDLERS
+from cloud_engine.effectors.handlers.base import Plan
+from cloud_engine.effectors.hypervisor import Hypervisor, HypervisorError
+from cloud_engine.effectors.mapping import (
+    Uplink as Uplink,
+)  # runner.effector_cli takes it from here
+from cloud_engine.effectors.naming import Names
 
 log = structlog.get_logger("effectors.executor")
 

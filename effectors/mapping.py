@@ -8,10 +8,10 @@ from urllib.parse import urlsplit
 
 import msgspec
 
-from effectors.desired import NetworkView, PoolView
-from effectors.naming import Names
-from effectors.network.spec import NetworkSpec, VxlanSpec
-from effectors.storage.spec import PoolSpec
+from cloud_engine.effectors.desired import NetworkView, PoolView
+from cloud_engine.effectors.naming import Names
+from cloud_engine.effectors.network.spec import NetworkSpec, VxlanSpec
+from cloud_engine.effectors.storage.spec import PoolSpec
 
 
 class Unsupported(Exception):

@@ -40,11 +40,11 @@ import libvirt
 import msgspec
 import structlog
 
-from bus.work_results import EffectorResult
-from effectors.compute.driver import ComputeDriver
-from effectors.compute.spec import DomainState
-from effectors.desired import HostView, VmView, VolumeView
-from effectors.drift import (
+from cloud_engine.bus.work_results import EffectorResult
+from cloud_engine.effectors.compute.driver import ComputeDriver
+from cloud_engine.effectors.compute.spec import DomainState
+from cloud_engine.effectors.desired import HostView, VmView, VolumeView
+from cloud_engine.effectors.drift import (
     DRIFT_IDS,
     VOLUME_JUDGED,
     Drift,
@@ -52,10 +52,10 @@ from effectors.drift import (
     drift_operation_id,
     volume_drift,
 )
-from effectors.hypervisor import Hypervisor, HypervisorError
-from effectors.naming import Names
-from effectors.storage.pools import PoolMissing
-from effectors.storage.volumes import StorageDriver
+from cloud_engine.effectors.hypervisor import Hypervisor, HypervisorError
+from cloud_engine.effectors.naming import Names
+from cloud_engine.effectors.storage.pools import PoolMissing
+from cloud_engine.effectors.storage.volumes import StorageDriver
 
 log = structlog.get_logger("effectors.reconciler")
 

@@ -19,20 +19,25 @@ from uuid import UUID
 import structlog
 from aiokafka import AIOKafkaProducer
 
-from bus.cloudevents import CloudEvent
-from bus.consumer import ConsumerConfig, EventConsumer, MemoryDeduplicator
-from bus.naming import topic_for
-from bus.pg import create_pool
-from bus.work import WORK_AGGREGATES, WorkItem, work_for
-from bus.work_results import EffectorResult, encode, ensure_results_topic, results_topic
-from effectors.desired import ReadModels
-from effectors.executor import Executor
-from effectors.handlers import HANDLERS
-from effectors.handlers.base import Reads
-from effectors.mapping import Uplink
-from effectors.naming import Names
-from effectors.reconciler import Reconciler, start_libvirt_event_loop
-from engine.database import DatabaseTarget
+from cloud_engine.bus.cloudevents import CloudEvent
+from cloud_engine.bus.consumer import ConsumerConfig, EventConsumer, MemoryDeduplicator
+from cloud_engine.bus.naming import topic_for
+from cloud_engine.bus.pg import create_pool
+from cloud_engine.bus.work import WORK_AGGREGATES, WorkItem, work_for
+from cloud_engine.bus.work_results import (
+    EffectorResult,
+    encode,
+    ensure_results_topic,
+    results_topic,
+)
+from cloud_engine.effectors.desired import ReadModels
+from cloud_engine.effectors.executor import Executor
+from cloud_engine.effectors.handlers import HANDLERS
+from cloud_engine.effectors.handlers.base import Reads
+from cloud_engine.effectors.mapping import Uplink
+from cloud_engine.effectors.naming import Names
+from cloud_engine.effectors.reconciler import Reconciler, start_libvirt_event_loop
+from cloud_engine.engine.database import DatabaseTarget
 
 log = structlog.get_logger("effectors.service")
 

@@ -16,8 +16,8 @@ from uuid import UUID
 from eventsourcing.domain import Aggregate as _LibraryAggregate
 from eventsourcing.domain import CanInitAggregate, CanMutateAggregate
 
-from engine.errors import InvalidTransition, Validation
-from engine.metadata import EventMeta, current_meta
+from cloud_engine.engine.errors import InvalidTransition, Validation
+from cloud_engine.engine.metadata import EventMeta, current_meta
 
 
 class Aggregate(_LibraryAggregate):

@@ -12,25 +12,26 @@ from typing import Any
 
 from eventsourcing.domain import CanMutateAggregate
 
-from engine.aggregate import Aggregate
-from engine.fabric.cluster import Cluster
-from engine.fabric.host import Host
-from engine.fabric.image_store import ImageStore
-from engine.fabric.physical_network import PhysicalNetwork
-from engine.fabric.pod import Pod
-from engine.fabric.storage_pool import StoragePool
-from engine.fabric.zone import Zone
-from engine.operations.affinity import AffinityGroup
-from engine.operations.guard import ResourceGuard
-from engine.operations.operation import Operation
-from engine.virtual.ip_address import IpAddress
-from engine.virtual.network import Network
-from engine.virtual.network_rule import NetworkRule
-from engine.virtual.nic import Nic
-from engine.virtual.snapshot import Snapshot
-from engine.virtual.template import Template
-from engine.virtual.vm import VirtualMachine
-from engine.virtual.volume import Volume
+from cloud_engine.engine import topics
+from cloud_engine.engine.aggregate import Aggregate
+from cloud_engine.engine.fabric.cluster import Cluster
+from cloud_engine.engine.fabric.host import Host
+from cloud_engine.engine.fabric.image_store import ImageStore
+from cloud_engine.engine.fabric.physical_network import PhysicalNetwork
+from cloud_engine.engine.fabric.pod import Pod
+from cloud_engine.engine.fabric.storage_pool import StoragePool
+from cloud_engine.engine.fabric.zone import Zone
+from cloud_engine.engine.operations.affinity import AffinityGroup
+from cloud_engine.engine.operations.guard import ResourceGuard
+from cloud_engine.engine.operations.operation import Operation
+from cloud_engine.engine.virtual.ip_address import IpAddress
+from cloud_engine.engine.virtual.network import Network
+from cloud_engine.engine.virtual.network_rule import NetworkRule
+from cloud_engine.engine.virtual.nic import Nic
+from cloud_engine.engine.virtual.snapshot import Snapshot
+from cloud_engine.engine.virtual.template import Template
+from cloud_engine.engine.virtual.vm import VirtualMachine
+from cloud_engine.engine.virtual.volume import Volume
 
 AGGREGATES: dict[str, type[Aggregate]] = {
     "zone": Zone,
@@ -74,3 +75,17 @@ def event_classes(cls: type[Aggregate]) -> dict[str, type[Any]]:
         ):
             found[snake(attr)] = value
     return dict(sorted(found.items()))
+
+
+def _classes() -> list[type]:
+    found: list[type] = []
+    for cls in AGGREGATES.values():
+        found.append(cls)
+        found.extend(event_classes(cls).values())
+    return found
+
+
+# Before any of them is written or read (the store, the mapper and the
+# relay import this module).
+topics.register(_classes())
+topics.register_layer()

@@ -19,8 +19,8 @@ import psycopg
 import structlog
 from psycopg import sql
 
-from engine import pg_handles
-from engine.settings import Settings, SettingsError
+from cloud_engine.engine import pg_handles
+from cloud_engine.engine.settings import Settings, SettingsError
 
 log = structlog.get_logger("engine.database")
 

@@ -12,10 +12,10 @@ from collections.abc import Callable, Sequence
 
 import msgspec
 
-from engine.commands import CommandResult
-from engine.errors import Conflict
-from engine.store import CloudEngineRecorder, IdempotencyRecord
-from engine.submission import Submission
+from cloud_engine.engine.commands import CommandResult
+from cloud_engine.engine.errors import Conflict
+from cloud_engine.engine.store import CloudEngineRecorder, IdempotencyRecord
+from cloud_engine.engine.submission import Submission
 
 _result_decoder = msgspec.json.Decoder(CommandResult)
 _encoder = msgspec.json.Encoder()

@@ -25,6 +25,10 @@ from eventsourcing.persistence import (
 )
 from eventsourcing.utils import get_topic, resolve_topic
 
+# Registers the stored topics of every aggregate and event (engine/topics.py)
+# before the first one is written or read.
+from cloud_engine.engine import catalog as _catalog  # noqa: F401
+
 _ID_FIELDS = frozenset({"originator_id", "originator_version"})
 
 

@@ -27,13 +27,13 @@ from uuid import UUID
 import structlog
 from eventsourcing.persistence import IntegrityError
 
-from engine.commands import Command, CommandContext, CommandResult, dispatch
-from engine.errors import Conflict, DomainError
-from engine.idempotency import IdempotencyKeys
-from engine.metadata import bound_meta
-from engine.store import EventStore, IdempotencyRecord
-from engine.submission import Executed, Submission, placed_ids, referenced_ids
-from engine.working_set import AggregateCache, WorkingSet
+from cloud_engine.engine.commands import Command, CommandContext, CommandResult, dispatch
+from cloud_engine.engine.errors import Conflict, DomainError
+from cloud_engine.engine.idempotency import IdempotencyKeys
+from cloud_engine.engine.metadata import bound_meta
+from cloud_engine.engine.store import EventStore, IdempotencyRecord
+from cloud_engine.engine.submission import Executed, Submission, placed_ids, referenced_ids
+from cloud_engine.engine.working_set import AggregateCache, WorkingSet
 
 log = structlog.get_logger("engine.service")
 

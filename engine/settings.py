@@ -14,7 +14,7 @@ from typing import Annotated, Literal
 import msgspec
 import platformdirs
 
-from engine.logs import LogFormat, LogLevel
+from cloud_engine.engine.logs import LogFormat, LogLevel
 
 PREFIX = "CLOUD_ENGINE_"
 # Every component's event loop; asyncio's own only to rule uvloop out.

@@ -33,10 +33,10 @@ from psycopg import Cursor
 from psycopg.rows import DictRow
 from psycopg.sql import SQL, Identifier, Literal
 
-from engine import integrity
-from engine.aggregate import Aggregate
-from engine.database import DatabaseTarget, advisory_key
-from engine.mapper import MsgspecMapper
+from cloud_engine.engine import integrity
+from cloud_engine.engine.aggregate import Aggregate
+from cloud_engine.engine.database import DatabaseTarget, advisory_key
+from cloud_engine.engine.mapper import MsgspecMapper
 
 # Bounds how long one transaction holds the events table's write lock (every
 # other writer waits on it) and how much one failed batch has to redo.

@@ -10,14 +10,14 @@ from uuid import UUID
 
 import msgspec
 
-from engine.aggregate import Aggregate
-from engine.commands import Command, CommandContext, CommandResult
-from engine.commands.base import AggregateVersion, Outcome
-from engine.commands.operations import PlaceOperation, VmOperation, VolumeOperation
-from engine.metadata import EventMeta
-from engine.operations.guard import guard_id
-from engine.operations.operation import Operation
-from engine.working_set import WorkingSet
+from cloud_engine.engine.aggregate import Aggregate
+from cloud_engine.engine.commands import Command, CommandContext, CommandResult
+from cloud_engine.engine.commands.base import AggregateVersion, Outcome
+from cloud_engine.engine.commands.operations import PlaceOperation, VmOperation, VolumeOperation
+from cloud_engine.engine.metadata import EventMeta
+from cloud_engine.engine.operations.guard import guard_id
+from cloud_engine.engine.operations.operation import Operation
+from cloud_engine.engine.working_set import WorkingSet
 
 _encoder = msgspec.json.Encoder()
 

@@ -11,8 +11,8 @@ from collections.abc import Iterable
 from typing import Protocol, TypeVar
 from uuid import UUID
 
-from engine.aggregate import Aggregate
-from engine.errors import NotFound
+from cloud_engine.engine.aggregate import Aggregate
+from cloud_engine.engine.errors import NotFound
 
 A = TypeVar("A", bound=Aggregate)
 

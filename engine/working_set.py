@@ -12,10 +12,10 @@ from collections.abc import Iterable
 from typing import TypeVar
 from uuid import UUID
 
-from engine.aggregate import Aggregate
-from engine.errors import Conflict
-from engine.store import EventStore
-from engine.unit_of_work import checked
+from cloud_engine.engine.aggregate import Aggregate
+from cloud_engine.engine.errors import Conflict
+from cloud_engine.engine.store import EventStore
+from cloud_engine.engine.unit_of_work import checked
 
 A = TypeVar("A", bound=Aggregate)
 

@@ -7,7 +7,7 @@ engine/, orchestration/ or effectors/ knows it is a lab: they get URIs,
 addresses and pool paths (LabHost). This package imports none of them.
 """
 
-from lab.lab import Lab
-from lab.model import DEFAULT_SUBNET, HostStatus, LabError, LabHost
+from cloud_engine.lab.lab import Lab
+from cloud_engine.lab.model import DEFAULT_SUBNET, HostStatus, LabError, LabHost
 
 __all__ = ["DEFAULT_SUBNET", "HostStatus", "Lab", "LabError", "LabHost"]

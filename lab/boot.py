@@ -15,11 +15,11 @@ from pathlib import Path
 import libvirt
 import msgspec
 
-from lab import hostinit, underlay
-from lab.hostfs import DISK
-from lab.hostinit import InitSpec
-from lab.model import HostRecord, LabError, Layout
-from lab.system import (
+from cloud_engine.lab import hostinit, underlay
+from cloud_engine.lab.hostfs import DISK
+from cloud_engine.lab.hostinit import InitSpec
+from cloud_engine.lab.model import HostRecord, LabError, Layout
+from cloud_engine.lab.system import (
     alive,
     kill,
     list_netns,

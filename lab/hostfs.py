@@ -9,7 +9,7 @@ import re
 import shutil
 from pathlib import Path
 
-from lab.model import Layout
+from cloud_engine.lab.model import Layout
 
 SYSTEM_ETC = Path("/etc/libvirt")
 # Where libvirtd keeps what it probed from each QEMU binary.

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import libvirt
 
-from lab import boot, hostfs, state, underlay
-from lab.model import (
+from cloud_engine.lab import boot, hostfs, state, underlay
+from cloud_engine.lab.model import (
     MAX_HOSTS,
     HostRecord,
     HostStatus,
@@ -21,7 +21,7 @@ from lab.model import (
     Layout,
     host_name,
 )
-from lab.system import require_machine, run
+from cloud_engine.lab.system import require_machine, run
 
 # The client sockets a partition hides (the admin socket stays: the lab
 # uses it to drop the clients already connected).

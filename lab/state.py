@@ -10,7 +10,7 @@ from pathlib import Path
 
 import msgspec
 
-from lab.model import LabError, LabState
+from cloud_engine.lab.model import LabError, LabState
 
 
 def load(path: Path) -> LabState:

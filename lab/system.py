@@ -11,7 +11,7 @@ import time
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
-from lab.model import LabError
+from cloud_engine.lab.model import LabError
 
 # What a lab host runs; all come with scripts/libvirt-host's packages.
 TOOLS = ("ip", "libvirtd", "virtlogd", "virtlockd", "virt-admin", "qemu-system-x86_64")

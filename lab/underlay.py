@@ -11,8 +11,8 @@ address and no default route.
 
 from __future__ import annotations
 
-from lab.model import BRIDGE, UNDERLAY_DEVICE, Layout
-from lab.system import ip, ip_batch, list_netns, run
+from cloud_engine.lab.model import BRIDGE, UNDERLAY_DEVICE, Layout
+from cloud_engine.lab.system import ip, ip_batch, list_netns, run
 
 # Jumbo frames, as data-center underlays use: a VXLAN network over it keeps
 # a 1500-byte MTU for its guests.

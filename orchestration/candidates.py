@@ -21,17 +21,17 @@ from uuid import UUID
 import asyncpg
 import msgspec
 
-from bus.relay_log import events_table
-from engine.fabric.host import Host
-from engine.fabric.storage_pool import StoragePool
-from engine.planning.candidates import (
+from cloud_engine.bus.relay_log import events_table
+from cloud_engine.engine.fabric.host import Host
+from cloud_engine.engine.fabric.storage_pool import StoragePool
+from cloud_engine.engine.planning.candidates import (
     HostCandidate,
     PoolCandidate,
     host_candidate,
     pool_candidate,
     reservable_cpus,
 )
-from engine.planning.planner import Planner
+from cloud_engine.engine.planning.planner import Planner
 
 
 class _HostRow(msgspec.Struct):

@@ -34,20 +34,20 @@ from uuid import UUID
 import asyncpg
 import structlog
 
-from bus.cloudevents import CloudEvent
-from bus.consumer import ConsumerConfig, EventConsumer, MemoryDeduplicator
-from bus.naming import topic_for
-from bus.pg import create_pool
-from engine.commands.base import Command, CommandContext
-from engine.commands.operations import AdvanceOperation, FailOperation
-from engine.database import DatabaseTarget
-from engine.errors import DomainError
-from engine.operations.guard import ResourceGuard, guard_id
-from engine.operations.operation import FINISHED, Operation
-from engine.service import CommandService
-from engine.store import EventStore
-from orchestration.candidates import Candidates
-from orchestration.placement import Placer
+from cloud_engine.bus.cloudevents import CloudEvent
+from cloud_engine.bus.consumer import ConsumerConfig, EventConsumer, MemoryDeduplicator
+from cloud_engine.bus.naming import topic_for
+from cloud_engine.bus.pg import create_pool
+from cloud_engine.engine.commands.base import Command, CommandContext
+from cloud_engine.engine.commands.operations import AdvanceOperation, FailOperation
+from cloud_engine.engine.database import DatabaseTarget
+from cloud_engine.engine.errors import DomainError
+from cloud_engine.engine.operations.guard import ResourceGuard, guard_id
+from cloud_engine.engine.operations.operation import FINISHED, Operation
+from cloud_engine.engine.service import CommandService
+from cloud_engine.engine.store import EventStore
+from cloud_engine.orchestration.candidates import Candidates
+from cloud_engine.orchestration.placement import Placer
 
 log = structlog.get_logger("orchestration.manager")
 

@@ -21,26 +21,31 @@ from uuid import UUID
 import msgspec
 import structlog
 
-from engine.commands.base import CommandContext
-from engine.commands.operations import PlaceOperation
-from engine.errors import CapacityExceeded, DomainError, InvalidTransition, PlacementRefused
-from engine.fabric.host import Host
-from engine.fabric.storage_pool import StoragePool
-from engine.operations.affinity import AffinityGroup, group_id
-from engine.operations.operation import Operation
-from engine.operations.registry import kind_of
-from engine.planning.candidates import AffinityGroup as PlannerGroup
-from engine.planning.candidates import (
+from cloud_engine.engine.commands.base import CommandContext
+from cloud_engine.engine.commands.operations import PlaceOperation
+from cloud_engine.engine.errors import (
+    CapacityExceeded,
+    DomainError,
+    InvalidTransition,
+    PlacementRefused,
+)
+from cloud_engine.engine.fabric.host import Host
+from cloud_engine.engine.fabric.storage_pool import StoragePool
+from cloud_engine.engine.operations.affinity import AffinityGroup, group_id
+from cloud_engine.engine.operations.operation import Operation
+from cloud_engine.engine.operations.registry import kind_of
+from cloud_engine.engine.planning.candidates import AffinityGroup as PlannerGroup
+from cloud_engine.engine.planning.candidates import (
     PlacementRequest,
     Refusal,
     Strategy,
     VolumeRequest,
 )
-from engine.service import CommandService
-from engine.store import EventStore
-from engine.virtual.vm import VirtualMachine
-from engine.virtual.volume import Volume
-from orchestration.candidates import Candidates
+from cloud_engine.engine.service import CommandService
+from cloud_engine.engine.store import EventStore
+from cloud_engine.engine.virtual.vm import VirtualMachine
+from cloud_engine.engine.virtual.volume import Volume
+from cloud_engine.orchestration.candidates import Candidates
 
 log = structlog.get_logger("orchestration.placement")
 

@@ -18,13 +18,18 @@ from uuid import UUID
 import structlog
 from aiokafka import AIOKafkaConsumer
 
-from bus.work import KINDS
-from bus.work_results import EffectorResult, decode, ensure_results_topic, results_topic
-from engine.commands.base import Command, CommandContext
-from engine.commands.compute import RecordVmDrift
-from engine.commands.hosts import DeclareHostDown
-from engine.errors import DomainError
-from engine.service import CommandService
+from cloud_engine.bus.work import KINDS
+from cloud_engine.bus.work_results import (
+    EffectorResult,
+    decode,
+    ensure_results_topic,
+    results_topic,
+)
+from cloud_engine.engine.commands.base import Command, CommandContext
+from cloud_engine.engine.commands.compute import RecordVmDrift
+from cloud_engine.engine.commands.hosts import DeclareHostDown
+from cloud_engine.engine.errors import DomainError
+from cloud_engine.engine.service import CommandService
 
 log = structlog.get_logger("orchestration.recorder")
 

@@ -26,12 +26,12 @@ import msgspec
 from eventsourcing.persistence import StoredEvent
 from psycopg.sql import SQL, Composed, Identifier
 
-from bus.cloudevents import public_fields
-from bus.naming import event_type_of
-from engine.aggregate import Aggregate
-from engine.catalog import PUBLIC_NAMES
-from engine.errors import NotFound, Validation
-from engine.store import EventStore
+from cloud_engine.bus.cloudevents import public_fields
+from cloud_engine.bus.naming import event_type_of
+from cloud_engine.engine.aggregate import Aggregate
+from cloud_engine.engine.catalog import PUBLIC_NAMES
+from cloud_engine.engine.errors import NotFound, Validation
+from cloud_engine.engine.store import EventStore
 
 EXPORT_PAGE_SIZE = 1000
 SUMMARY_VALUE_MAX = 80

@@ -26,6 +26,7 @@ A rebuild builds them on its shadow tables after the bulk load
 
 from __future__ import annotations
 
+import io
 import pickle
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -36,13 +37,13 @@ import asyncpg
 from asyncpg.pool import PoolConnectionProxy
 from eventsourcing.utils import get_topic
 
-from bus.naming import event_type_of
-from bus.relay_log import events_table
-from engine.aggregate import Aggregate
-from engine.catalog import AGGREGATES, PUBLIC_NAMES
-from engine.database import advisory_key
-from engine.mapper import MsgspecMapper
-from projections.history import state_view
+from cloud_engine.bus.naming import event_type_of
+from cloud_engine.bus.relay_log import events_table
+from cloud_engine.engine.aggregate import Aggregate
+from cloud_engine.engine.catalog import AGGREGATES, PUBLIC_NAMES
+from cloud_engine.engine.database import advisory_key
+from cloud_engine.engine.mapper import MsgspecMapper
+from cloud_engine.projections.history import state_view
 
 POSITIONS = "rm_positions"
 COLUMNS = (
@@ -61,6 +62,20 @@ COLUMNS = (
 
 # A connection of its own or one borrowed from a pool.
 Conn = asyncpg.Connection | PoolConnectionProxy
+
+
+class _Unpickler(pickle.Unpickler):
+    """Snapshots written before the layers were installed under cloud_engine
+    name their classes engine.x.Y: found under the package now."""
+
+    def find_class(self, module: str, name: str) -> Any:
+        if module == "engine" or module.startswith("engine."):
+            module = f"cloud_engine.{module}"
+        return super().find_class(module, name)
+
+
+def load_snapshot(data: bytes) -> Any:
+    return _Unpickler(io.BytesIO(data)).load()
 
 
 def table_name(aggregate_type: str, suffix: str = "") -> str:
@@ -256,7 +271,7 @@ class Applier:
                 if r["snapshot"] is None:
                     unsnapshotted[r["id"]] = (int(r["version"]), int(r["position"]))
                 else:
-                    current[r["id"]] = Row(pickle.loads(r["snapshot"]), int(r["position"]))
+                    current[r["id"]] = Row(load_snapshot(r["snapshot"]), int(r["position"]))
         if unsnapshotted:
             current.update(await self._refold(conn, unsnapshotted))
         changed: dict[UUID, Row] = {}

@@ -23,13 +23,19 @@ from dataclasses import dataclass
 
 import asyncpg
 
-from bus.pg import connect
-from bus.relay_log import RelayLog
-from engine.catalog import AGGREGATES
-from engine.database import DatabaseTarget
-from engine.mapper import MsgspecMapper
-from projections.fold import HIGHEST, LOWEST, default_processes, fold_in_processes, fold_range
-from projections.readmodel import (
+from cloud_engine.bus.pg import connect
+from cloud_engine.bus.relay_log import RelayLog
+from cloud_engine.engine.catalog import AGGREGATES
+from cloud_engine.engine.database import DatabaseTarget
+from cloud_engine.engine.mapper import MsgspecMapper
+from cloud_engine.projections.fold import (
+    HIGHEST,
+    LOWEST,
+    default_processes,
+    fold_in_processes,
+    fold_range,
+)
+from cloud_engine.projections.readmodel import (
     POSITIONS,
     Applier,
     create_index_sql,

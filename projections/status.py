@@ -10,10 +10,10 @@ from collections.abc import Sequence
 import asyncpg
 import msgspec
 
-from bus.relay_log import RelayLog, events_table
-from engine.catalog import AGGREGATES, PUBLIC_BY_CLASS_NAME
-from engine.commands.base import AggregateVersion
-from projections.readmodel import POSITIONS, table_name
+from cloud_engine.bus.relay_log import RelayLog, events_table
+from cloud_engine.engine.catalog import AGGREGATES, PUBLIC_BY_CLASS_NAME
+from cloud_engine.engine.commands.base import AggregateVersion
+from cloud_engine.projections.readmodel import POSITIONS, table_name
 
 
 class ProjectionStatus(msgspec.Struct, frozen=True):

@@ -13,14 +13,14 @@ from collections.abc import Callable
 
 import structlog
 
-from bus.batch_consumer import BatchEventConsumer
-from bus.cloudevents import CloudEvent
-from bus.consumer import ConsumerConfig
-from bus.incoming import domain_event
-from bus.naming import all_event_types, topic_for
-from bus.pg import create_pool
-from engine.database import DatabaseTarget
-from projections import readmodel
+from cloud_engine.bus.batch_consumer import BatchEventConsumer
+from cloud_engine.bus.cloudevents import CloudEvent
+from cloud_engine.bus.consumer import ConsumerConfig
+from cloud_engine.bus.incoming import domain_event
+from cloud_engine.bus.naming import all_event_types, topic_for
+from cloud_engine.bus.pg import create_pool
+from cloud_engine.engine.database import DatabaseTarget
+from cloud_engine.projections import readmodel
 
 log = structlog.get_logger("projections.worker")
 

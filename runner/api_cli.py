@@ -9,13 +9,13 @@ import argparse
 import sys
 from typing import Any
 
-from api.app import create_app
-from api.server import ApiServer
-from bus.process import run_component
-from engine.service import CommandService
-from engine.settings import Settings
-from engine.store import EventStore
-from runner.components import start_infrastructure
+from cloud_engine.api.app import create_app
+from cloud_engine.api.server import ApiServer
+from cloud_engine.bus.process import run_component
+from cloud_engine.engine.service import CommandService
+from cloud_engine.engine.settings import Settings
+from cloud_engine.engine.store import EventStore
+from cloud_engine.runner.components import start_infrastructure
 
 COMMANDS = ("api",)
 DEFAULT_PORT = 8080

@@ -20,12 +20,12 @@ from uuid import UUID
 
 import msgspec
 
-from engine import integrity
-from engine.errors import NotFound, Validation
-from engine.settings import Settings
-from engine.store import EventStore
-from projections.history import HistoryEntry, export, history, state_at, state_view
-from runner.components import start_infrastructure
+from cloud_engine.engine import integrity
+from cloud_engine.engine.errors import NotFound, Validation
+from cloud_engine.engine.settings import Settings
+from cloud_engine.engine.store import EventStore
+from cloud_engine.projections.history import HistoryEntry, export, history, state_at, state_view
+from cloud_engine.runner.components import start_infrastructure
 
 COMMANDS = frozenset({"history", "state", "audit"})
 

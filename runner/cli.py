@@ -9,15 +9,23 @@ from collections.abc import Sequence
 import structlog
 from eventsourcing.persistence import PersistenceError
 
-from bus.broker import BrokerError
-from bus.process import run_component
-from bus.relay import Relay
-from engine.errors import DomainError
-from engine.logs import configure_logging
-from engine.settings import Settings, SettingsError, load_settings
-from runner import api_cli, audit_cli, effector_cli, engine_cli, lab_cli, projections_cli, token_cli
-from runner.components import ensure_event_store, relay_config, start_infrastructure
-from runner.up import up
+from cloud_engine.bus.broker import BrokerError
+from cloud_engine.bus.process import run_component
+from cloud_engine.bus.relay import Relay
+from cloud_engine.engine.errors import DomainError
+from cloud_engine.engine.logs import configure_logging
+from cloud_engine.engine.settings import Settings, SettingsError, load_settings
+from cloud_engine.runner import (
+    api_cli,
+    audit_cli,
+    effector_cli,
+    engine_cli,
+    lab_cli,
+    projections_cli,
+    token_cli,
+)
+from cloud_engine.runner.components import ensure_event_store, relay_config, start_infrastructure
+from cloud_engine.runner.up import up
 
 log = structlog.get_logger("runner.cli")
 

@@ -9,11 +9,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from bus.broker import DevBroker
-from bus.relay import RelayConfig
-from engine.database import DatabaseTarget, EmbeddedPostgres, resolve_database
-from engine.settings import Settings
-from engine.store import EventStore
+from cloud_engine.bus.broker import DevBroker
+from cloud_engine.bus.relay import RelayConfig
+from cloud_engine.engine.database import DatabaseTarget, EmbeddedPostgres, resolve_database
+from cloud_engine.engine.settings import Settings
+from cloud_engine.engine.store import EventStore
 
 BROKER_DBNAME = "tansu"
 

@@ -20,11 +20,11 @@ import libvirt
 import msgspec
 import structlog
 
-from api import tokens
-from bus.pg import connect
-from engine.aggregate import Aggregate
-from engine.commands import Command, CommandContext
-from engine.commands.fabric import (
+from cloud_engine.api import tokens
+from cloud_engine.bus.pg import connect
+from cloud_engine.engine.aggregate import Aggregate
+from cloud_engine.engine.commands import Command, CommandContext
+from cloud_engine.engine.commands.fabric import (
     CreateCluster,
     CreatePhysicalNetwork,
     CreatePod,
@@ -32,20 +32,20 @@ from engine.commands.fabric import (
     CreateZone,
     RegisterHost,
 )
-from engine.commands.network import CreateNetwork, ImplementNetwork
-from engine.commands.storage import RegisterTemplate, RequestTemplateDownload
-from engine.commands.storage_fabric import CreateImageStore
-from engine.database import DatabaseTarget
-from engine.errors import Conflict
-from engine.fabric.host import Host
-from engine.fabric.physical_network import TagRange
-from engine.fabric.pod import Pod
-from engine.fabric.storage_pool import StoragePool
-from engine.service import CommandService
-from engine.store import EventStore
-from engine.virtual.network import Network
-from engine.virtual.template import Template
-from runner.demo_images import IMAGE, IMAGE_SIZE, ImageServer, ensure_image
+from cloud_engine.engine.commands.network import CreateNetwork, ImplementNetwork
+from cloud_engine.engine.commands.storage import RegisterTemplate, RequestTemplateDownload
+from cloud_engine.engine.commands.storage_fabric import CreateImageStore
+from cloud_engine.engine.database import DatabaseTarget
+from cloud_engine.engine.errors import Conflict
+from cloud_engine.engine.fabric.host import Host
+from cloud_engine.engine.fabric.physical_network import TagRange
+from cloud_engine.engine.fabric.pod import Pod
+from cloud_engine.engine.fabric.storage_pool import StoragePool
+from cloud_engine.engine.service import CommandService
+from cloud_engine.engine.store import EventStore
+from cloud_engine.engine.virtual.network import Network
+from cloud_engine.engine.virtual.template import Template
+from cloud_engine.runner.demo_images import IMAGE, IMAGE_SIZE, ImageServer, ensure_image
 
 log = structlog.get_logger("runner.demo")
 

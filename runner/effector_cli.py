@@ -7,11 +7,11 @@ import ipaddress
 import uuid
 from typing import Any
 
-from bus.process import run_component
-from effectors.executor import Uplink
-from effectors.service import EffectorService, effector_config
-from engine.settings import Settings, SettingsError
-from runner.components import ensure_event_store, start_infrastructure
+from cloud_engine.bus.process import run_component
+from cloud_engine.effectors.executor import Uplink
+from cloud_engine.effectors.service import EffectorService, effector_config
+from cloud_engine.engine.settings import Settings, SettingsError
+from cloud_engine.runner.components import ensure_event_store, start_infrastructure
 
 COMMANDS = ("effector",)
 

@@ -11,8 +11,8 @@ from typing import Any
 
 import msgspec
 
-from engine.settings import Settings
-from lab import DEFAULT_SUBNET, Lab, LabError, LabHost
+from cloud_engine.engine.settings import Settings
+from cloud_engine.lab import DEFAULT_SUBNET, Lab, LabError, LabHost
 
 COMMANDS = ("lab",)
 

@@ -9,15 +9,15 @@ from typing import Any
 
 from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 
-from bus.pg import connect
-from bus.process import run_component
-from engine.settings import Settings
-from projections import readmodel
-from projections.replay import Progress as ReplayProgress
-from projections.replay import Rebuild
-from projections.status import statuses
-from projections.worker import ProjectionWorker, consumer_config
-from runner.components import ensure_event_store, start_infrastructure
+from cloud_engine.bus.pg import connect
+from cloud_engine.bus.process import run_component
+from cloud_engine.engine.settings import Settings
+from cloud_engine.projections import readmodel
+from cloud_engine.projections.replay import Progress as ReplayProgress
+from cloud_engine.projections.replay import Rebuild
+from cloud_engine.projections.status import statuses
+from cloud_engine.projections.worker import ProjectionWorker, consumer_config
+from cloud_engine.runner.components import ensure_event_store, start_infrastructure
 
 PROJECTIONS = ("aggregates",)
 

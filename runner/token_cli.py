@@ -9,12 +9,12 @@ import asyncio
 import sys
 from typing import Any, get_args
 
-from api import tokens
-from api.auth import Principal, Role, valid_account
-from bus.pg import connect
-from engine.database import DatabaseTarget
-from engine.settings import Settings
-from runner.components import start_infrastructure
+from cloud_engine.api import tokens
+from cloud_engine.api.auth import Principal, Role, valid_account
+from cloud_engine.bus.pg import connect
+from cloud_engine.engine.database import DatabaseTarget
+from cloud_engine.engine.settings import Settings
+from cloud_engine.runner.components import start_infrastructure
 
 COMMANDS = ("token",)
 

@@ -25,24 +25,24 @@ from typing import Protocol
 
 import structlog
 
-from api.app import create_app
-from api.server import ApiServer
-from bus.pg import connect
-from bus.process import Stopping, StopSignals, run_component
-from bus.relay import Relay
-from effectors.service import EffectorService, effector_config
-from engine.database import DatabaseTarget
-from engine.logs import lifecycle
-from engine.service import CommandService
-from engine.settings import Settings, SettingsError
-from engine.store import EventStore
-from projections import readmodel
-from projections.status import wait_caught_up
-from projections.worker import ProjectionWorker, consumer_config
-from runner import engine_cli
-from runner.components import relay_config, start_infrastructure
-from runner.demo import admin_token, describe, ensure_demo_fabric
-from runner.demo_images import ImageServer
+from cloud_engine.api.app import create_app
+from cloud_engine.api.server import ApiServer
+from cloud_engine.bus.pg import connect
+from cloud_engine.bus.process import Stopping, StopSignals, run_component
+from cloud_engine.bus.relay import Relay
+from cloud_engine.effectors.service import EffectorService, effector_config
+from cloud_engine.engine.database import DatabaseTarget
+from cloud_engine.engine.logs import lifecycle
+from cloud_engine.engine.service import CommandService
+from cloud_engine.engine.settings import Settings, SettingsError
+from cloud_engine.engine.store import EventStore
+from cloud_engine.projections import readmodel
+from cloud_engine.projections.status import wait_caught_up
+from cloud_engine.projections.worker import ProjectionWorker, consumer_config
+from cloud_engine.runner import engine_cli
+from cloud_engine.runner.components import relay_config, start_infrastructure
+from cloud_engine.runner.demo import admin_token, describe, ensure_demo_fabric
+from cloud_engine.runner.demo_images import ImageServer
 
 log = structlog.get_logger("runner.up")
 

@@ -20,11 +20,11 @@ import psycopg
 import pytest
 from psycopg import sql
 
-from bus.broker import DevBroker
-from engine.database import DatabaseTarget, EmbeddedPostgres, parse_database_url
-from engine.service import CommandService
-from engine.settings import load_settings
-from engine.store import EventStore
+from cloud_engine.bus.broker import DevBroker
+from cloud_engine.engine.database import DatabaseTarget, EmbeddedPostgres, parse_database_url
+from cloud_engine.engine.service import CommandService
+from cloud_engine.engine.settings import load_settings
+from cloud_engine.engine.store import EventStore
 
 
 @pytest.fixture(scope="session")

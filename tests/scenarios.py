@@ -22,8 +22,8 @@ from uuid import UUID, uuid4
 
 import msgspec
 
-from engine.commands import CommandContext, dispatch
-from engine.commands.compute import (
+from cloud_engine.engine.commands import CommandContext, dispatch
+from cloud_engine.engine.commands.compute import (
     CompleteVmMigration,
     CreateVm,
     DestroyVm,
@@ -44,7 +44,7 @@ from engine.commands.compute import (
     RequestVmStart,
     RequestVmStop,
 )
-from engine.commands.hosts import (
+from cloud_engine.engine.commands.hosts import (
     DeclareHostDown,
     DeclareHostUp,
     DisableHost,
@@ -56,7 +56,7 @@ from engine.commands.hosts import (
     ReserveHostCapacity,
     UpdateHostOvercommit,
 )
-from engine.commands.network import (
+from cloud_engine.engine.commands.network import (
     ActivateNetworkRule,
     AllocateIp,
     AssignNetworkTag,
@@ -75,8 +75,8 @@ from engine.commands.network import (
     ShutdownNetwork,
     UnplugNic,
 )
-from engine.commands.network_tags import AllocateNetworkTag, ReturnNetworkTag
-from engine.commands.operations import (
+from cloud_engine.engine.commands.network_tags import AllocateNetworkTag, ReturnNetworkTag
+from cloud_engine.engine.commands.operations import (
     AdvanceOperation,
     DeployVm,
     FailOperation,
@@ -84,14 +84,14 @@ from engine.commands.operations import (
     VmOperation,
     VolumeOperation,
 )
-from engine.commands.physical_networks import (
+from cloud_engine.engine.commands.physical_networks import (
     AllocateTag,
     CreatePhysicalNetwork,
     DisablePhysicalNetwork,
     EnablePhysicalNetwork,
     ReleaseTag,
 )
-from engine.commands.storage import (
+from cloud_engine.engine.commands.storage import (
     AttachVolume,
     CreateSnapshot,
     CreateVolume,
@@ -115,7 +115,7 @@ from engine.commands.storage import (
     RequestVolumeResize,
     RequestVolumeRevert,
 )
-from engine.commands.storage_fabric import (
+from cloud_engine.engine.commands.storage_fabric import (
     CreateImageStore,
     CreateStoragePool,
     DisableImageStore,
@@ -127,7 +127,7 @@ from engine.commands.storage_fabric import (
     ReleaseStorage,
     ReserveStorage,
 )
-from engine.commands.zones import (
+from cloud_engine.engine.commands.zones import (
     CreateCluster,
     CreatePod,
     CreateZone,
@@ -138,12 +138,12 @@ from engine.commands.zones import (
     EnablePod,
     EnableZone,
 )
-from engine.fabric.physical_network import TagRange
-from engine.metadata import EventMeta, bound_meta
-from engine.operations import deploy_ids
-from engine.service import CommandService
-from engine.unit_of_work import InMemoryUnitOfWork
-from engine.virtual.vm import VmSpec
+from cloud_engine.engine.fabric.physical_network import TagRange
+from cloud_engine.engine.metadata import EventMeta, bound_meta
+from cloud_engine.engine.operations import deploy_ids
+from cloud_engine.engine.service import CommandService
+from cloud_engine.engine.unit_of_work import InMemoryUnitOfWork
+from cloud_engine.engine.virtual.vm import VmSpec
 
 GIB = 1 << 30
 

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import xml.etree.ElementTree as ET
 
-from effectors.compute.spec import DiskSpec, DomainSpec, NicSpec
+from cloud_engine.effectors.compute.spec import DiskSpec, DomainSpec, NicSpec
 
 
 def domain_xml(spec: DomainSpec) -> str:

@@ -44,9 +44,9 @@ from uuid import UUID
 import libvirt
 import structlog
 
-from effectors.compute.domain_xml import devices_of, domain_xml
-from effectors.compute.spec import DomainSpec, DomainState, Outcome, PowerState
-from effectors.hypervisor import Hypervisor, HypervisorError
+from cloud_engine.effectors.compute.domain_xml import devices_of, domain_xml
+from cloud_engine.effectors.compute.spec import DomainSpec, DomainState, Outcome, PowerState
+from cloud_engine.effectors.hypervisor import Hypervisor, HypervisorError
 
 log = structlog.get_logger("effectors.compute")
 

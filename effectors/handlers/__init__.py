@@ -9,9 +9,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from bus.work import KINDS
-from effectors.handlers import template, vm, volume
-from effectors.handlers.base import Handler
+from cloud_engine.bus.work import KINDS
+from cloud_engine.effectors.handlers import template, vm, volume
+from cloud_engine.effectors.handlers.base import Handler
 
 _FAMILIES: tuple[dict[str, Handler[Any]], ...] = (vm.HANDLERS, volume.HANDLERS, template.HANDLERS)
 

@@ -16,11 +16,11 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Generic, Protocol, TypeVar
 from uuid import UUID
 
-from bus.work import WorkItem
-from effectors.desired import ReadModels
+from cloud_engine.bus.work import WorkItem
+from cloud_engine.effectors.desired import ReadModels
 
 if TYPE_CHECKING:
-    from effectors.executor import Executor
+    from cloud_engine.effectors.executor import Executor
 
 
 class Plan(Protocol):

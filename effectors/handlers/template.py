@@ -7,15 +7,15 @@ from uuid import UUID
 
 import msgspec
 
-from bus.work import WorkItem
-from effectors.desired import ImageStoreView, TemplateView
-from effectors.handlers.base import Handler, Reads
-from effectors.mapping import Unsupported
-from effectors.storage.pools import StorageError
-from effectors.storage.templates import TemplateImage, fetch, image_path, store_dir
+from cloud_engine.bus.work import WorkItem
+from cloud_engine.effectors.desired import ImageStoreView, TemplateView
+from cloud_engine.effectors.handlers.base import Handler, Reads
+from cloud_engine.effectors.mapping import Unsupported
+from cloud_engine.effectors.storage.pools import StorageError
+from cloud_engine.effectors.storage.templates import TemplateImage, fetch, image_path, store_dir
 
 if TYPE_CHECKING:
-    from effectors.executor import Executor
+    from cloud_engine.effectors.executor import Executor
 
 
 class TemplateSource(msgspec.Struct, frozen=True):

@@ -10,20 +10,27 @@ from uuid import UUID
 import msgspec
 import structlog
 
-from bus.work import WorkItem
-from effectors.compute.driver import ComputeDriver, DomainMissing, DomainNotRunning
-from effectors.compute.spec import DiskSpec, DomainSpec, DomainState, NicSpec
-from effectors.desired import HostView, NetworkView, NicView, PoolView, VmView, VolumeView
-from effectors.handlers.base import Handler, Reads, shared
-from effectors.hypervisor import HypervisorError
-from effectors.mapping import Unsupported, network_spec, pool_spec
-from effectors.network.driver import NetworkDriver, NetworkDriverError
-from effectors.network.spec import DhcpHost
-from effectors.storage.pools import StorageError, ensure_pool
-from effectors.storage.volumes import StorageDriver
+from cloud_engine.bus.work import WorkItem
+from cloud_engine.effectors.compute.driver import ComputeDriver, DomainMissing, DomainNotRunning
+from cloud_engine.effectors.compute.spec import DiskSpec, DomainSpec, DomainState, NicSpec
+from cloud_engine.effectors.desired import (
+    HostView,
+    NetworkView,
+    NicView,
+    PoolView,
+    VmView,
+    VolumeView,
+)
+from cloud_engine.effectors.handlers.base import Handler, Reads, shared
+from cloud_engine.effectors.hypervisor import HypervisorError
+from cloud_engine.effectors.mapping import Unsupported, network_spec, pool_spec
+from cloud_engine.effectors.network.driver import NetworkDriver, NetworkDriverError
+from cloud_engine.effectors.network.spec import DhcpHost
+from cloud_engine.effectors.storage.pools import StorageError, ensure_pool
+from cloud_engine.effectors.storage.volumes import StorageDriver
 
 if TYPE_CHECKING:
-    from effectors.executor import Executor
+    from cloud_engine.effectors.executor import Executor
 
 log = structlog.get_logger("effectors.handlers.vm")
 

@@ -11,19 +11,19 @@ from uuid import UUID
 import msgspec
 import structlog
 
-from bus.work import WorkItem
-from effectors.desired import HostView, PoolView, SnapshotView, VmView, VolumeView
-from effectors.handlers import template
-from effectors.handlers.base import Handler, Reads, shared
-from effectors.handlers.template import TemplateSource
-from effectors.hypervisor import HypervisorError
-from effectors.mapping import Unsupported, pool_spec
-from effectors.storage.pools import StorageError, ensure_pool
-from effectors.storage.spec import Outcome, VolumeSpec
-from effectors.storage.volumes import StorageDriver
+from cloud_engine.bus.work import WorkItem
+from cloud_engine.effectors.desired import HostView, PoolView, SnapshotView, VmView, VolumeView
+from cloud_engine.effectors.handlers import template
+from cloud_engine.effectors.handlers.base import Handler, Reads, shared
+from cloud_engine.effectors.handlers.template import TemplateSource
+from cloud_engine.effectors.hypervisor import HypervisorError
+from cloud_engine.effectors.mapping import Unsupported, pool_spec
+from cloud_engine.effectors.storage.pools import StorageError, ensure_pool
+from cloud_engine.effectors.storage.spec import Outcome, VolumeSpec
+from cloud_engine.effectors.storage.volumes import StorageDriver
 
 if TYPE_CHECKING:
-    from effectors.executor import Executor
+    from cloud_engine.effectors.executor import Executor
 
 log = structlog.get_logger("effectors.handlers.volume")
 

@@ -15,16 +15,16 @@ from typing import Any, TypeVar
 import libvirt
 import structlog
 
-from effectors.hypervisor import Hypervisor, HypervisorError
-from effectors.network import vxlan
-from effectors.network.network_xml import (
+from cloud_engine.effectors.hypervisor import Hypervisor, HypervisorError
+from cloud_engine.effectors.network import vxlan
+from cloud_engine.effectors.network.network_xml import (
     ParsedNetwork,
     build_network_xml,
     dhcp_host_xml,
     differences,
     parse_network_xml,
 )
-from effectors.network.spec import (
+from cloud_engine.effectors.network.spec import (
     DhcpHost,
     NetworkSpec,
     NetworkState,

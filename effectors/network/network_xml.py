@@ -18,7 +18,7 @@ import xml.etree.ElementTree as ET
 
 import msgspec
 
-from effectors.network.spec import DhcpHost, NetworkSpec, network_of, normalize_mac
+from cloud_engine.effectors.network.spec import DhcpHost, NetworkSpec, network_of, normalize_mac
 
 
 class ParsedNetwork(msgspec.Struct, frozen=True, kw_only=True):

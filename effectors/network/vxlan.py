@@ -19,7 +19,7 @@ from typing import Any
 
 import structlog
 
-from effectors.network.spec import VxlanSpec
+from cloud_engine.effectors.network.spec import VxlanSpec
 
 log = structlog.get_logger("effectors.network")
 

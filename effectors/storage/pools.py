@@ -17,8 +17,8 @@ from typing import Protocol
 import libvirt
 import structlog
 
-from effectors.hypervisor import Hypervisor
-from effectors.storage.spec import PoolSpec, PoolState
+from cloud_engine.effectors.hypervisor import Hypervisor
+from cloud_engine.effectors.storage.spec import PoolSpec, PoolState
 
 log = structlog.get_logger("effectors.storage")
 

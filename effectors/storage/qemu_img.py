@@ -14,7 +14,7 @@ import subprocess
 
 import msgspec
 
-from effectors.storage.pools import StorageError
+from cloud_engine.effectors.storage.pools import StorageError
 
 QEMU_IMG = "qemu-img"
 # A full copy of a large template can take minutes; a hung NFS mount must not

@@ -23,8 +23,8 @@ from uuid import UUID
 import msgspec
 import structlog
 
-from effectors.storage import qemu_img
-from effectors.storage.pools import StorageError
+from cloud_engine.effectors.storage import qemu_img
+from cloud_engine.effectors.storage.pools import StorageError
 
 log = structlog.get_logger("effectors.storage.templates")
 

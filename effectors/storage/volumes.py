@@ -32,10 +32,10 @@ from urllib.parse import urlsplit
 import libvirt
 import structlog
 
-from effectors.hypervisor import Hypervisor, HypervisorError
-from effectors.storage import qemu_img
-from effectors.storage.pools import PoolMissing, StorageError, pool_path
-from effectors.storage.spec import Outcome, VolumeSpec, VolumeState
+from cloud_engine.effectors.hypervisor import Hypervisor, HypervisorError
+from cloud_engine.effectors.storage import qemu_img
+from cloud_engine.effectors.storage.pools import PoolMissing, StorageError, pool_path
+from cloud_engine.effectors.storage.spec import Outcome, VolumeSpec, VolumeState
 
 log = structlog.get_logger("effectors.storage")
 

@@ -1,6 +1,6 @@
 """Typed commands and their handlers; importing this package registers them all."""
 
-from engine.commands import (  # noqa: F401
+from cloud_engine.engine.commands import (  # noqa: F401
     compute,
     fabric,
     network,
@@ -8,7 +8,7 @@ from engine.commands import (  # noqa: F401
     operations,
     storage,
 )
-from engine.commands.base import (
+from cloud_engine.engine.commands.base import (
     HANDLERS,
     AggregateVersion,
     Command,

@@ -14,7 +14,7 @@ from uuid import UUID
 
 import msgspec
 
-from engine.unit_of_work import UnitOfWork
+from cloud_engine.engine.unit_of_work import UnitOfWork
 
 
 class Command(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):

@@ -12,12 +12,12 @@ from uuid import UUID
 
 import msgspec
 
-from engine.aggregate import require
-from engine.commands.base import Command, Outcome, handles
-from engine.commands.lookups import load_ref, require_enabled_zone, require_new_id
-from engine.unit_of_work import UnitOfWork
-from engine.virtual.template import Template
-from engine.virtual.vm import VirtualMachine, VmSpec
+from cloud_engine.engine.aggregate import require
+from cloud_engine.engine.commands.base import Command, Outcome, handles
+from cloud_engine.engine.commands.lookups import load_ref, require_enabled_zone, require_new_id
+from cloud_engine.engine.unit_of_work import UnitOfWork
+from cloud_engine.engine.virtual.template import Template
+from cloud_engine.engine.virtual.vm import VirtualMachine, VmSpec
 
 Name = Annotated[str, msgspec.Meta(min_length=1, max_length=255)]
 Reason = Annotated[str, msgspec.Meta(min_length=1)]

@@ -19,8 +19,8 @@ module once.
 
 from __future__ import annotations
 
-from engine.commands.constraints import Name, Overcommit, Positive, Tag
-from engine.commands.hosts import (
+from cloud_engine.engine.commands.constraints import Name, Overcommit, Positive, Tag
+from cloud_engine.engine.commands.hosts import (
     DeclareHostDown,
     DeclareHostUp,
     DisableHost,
@@ -42,7 +42,7 @@ from engine.commands.hosts import (
     reserve_host_capacity,
     update_host_overcommit,
 )
-from engine.commands.physical_networks import (
+from cloud_engine.engine.commands.physical_networks import (
     AllocateTag,
     CreatePhysicalNetwork,
     DisablePhysicalNetwork,
@@ -54,7 +54,7 @@ from engine.commands.physical_networks import (
     enable_physical_network,
     release_tag,
 )
-from engine.commands.storage_fabric import (
+from cloud_engine.engine.commands.storage_fabric import (
     CreateImageStore,
     CreateStoragePool,
     DisableImageStore,
@@ -76,7 +76,7 @@ from engine.commands.storage_fabric import (
     release_storage,
     reserve_storage,
 )
-from engine.commands.zones import (
+from cloud_engine.engine.commands.zones import (
     CreateCluster,
     CreatePod,
     CreateZone,

@@ -9,12 +9,12 @@ from __future__ import annotations
 
 from uuid import UUID
 
-from engine.aggregate import require
-from engine.commands.base import Command, Outcome, handles
-from engine.commands.constraints import Name, Overcommit, Positive, Tag
-from engine.fabric.cluster import Cluster
-from engine.fabric.host import Host
-from engine.unit_of_work import UnitOfWork
+from cloud_engine.engine.aggregate import require
+from cloud_engine.engine.commands.base import Command, Outcome, handles
+from cloud_engine.engine.commands.constraints import Name, Overcommit, Positive, Tag
+from cloud_engine.engine.fabric.cluster import Cluster
+from cloud_engine.engine.fabric.host import Host
+from cloud_engine.engine.unit_of_work import UnitOfWork
 
 
 class RegisterHost(Command, frozen=True, kw_only=True):

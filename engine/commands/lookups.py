@@ -10,10 +10,10 @@ from __future__ import annotations
 from typing import TypeVar
 from uuid import UUID
 
-from engine.aggregate import Aggregate
-from engine.errors import Conflict, NotFound
-from engine.fabric.zone import Zone
-from engine.unit_of_work import UnitOfWork
+from cloud_engine.engine.aggregate import Aggregate
+from cloud_engine.engine.errors import Conflict, NotFound
+from cloud_engine.engine.fabric.zone import Zone
+from cloud_engine.engine.unit_of_work import UnitOfWork
 
 A = TypeVar("A", bound=Aggregate)
 

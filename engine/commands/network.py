@@ -11,15 +11,15 @@ from uuid import UUID, uuid4
 
 import msgspec
 
-from engine.commands.base import Command, Outcome, handles
-from engine.commands.lookups import require_new_id
-from engine.errors import Conflict, Validation
-from engine.fabric.zone import Zone
-from engine.unit_of_work import UnitOfWork
-from engine.virtual.ip_address import IpAddress
-from engine.virtual.network import Isolation, Network
-from engine.virtual.network_rule import NetworkRule, Protocol, RuleKind
-from engine.virtual.nic import MAX_DEVICE_ID, Nic
+from cloud_engine.engine.commands.base import Command, Outcome, handles
+from cloud_engine.engine.commands.lookups import require_new_id
+from cloud_engine.engine.errors import Conflict, Validation
+from cloud_engine.engine.fabric.zone import Zone
+from cloud_engine.engine.unit_of_work import UnitOfWork
+from cloud_engine.engine.virtual.ip_address import IpAddress
+from cloud_engine.engine.virtual.network import Isolation, Network
+from cloud_engine.engine.virtual.network_rule import NetworkRule, Protocol, RuleKind
+from cloud_engine.engine.virtual.nic import MAX_DEVICE_ID, Nic
 
 Name = Annotated[str, msgspec.Meta(min_length=1, max_length=255)]
 Address = Annotated[str, msgspec.Meta(min_length=7, max_length=15)]

@@ -11,11 +11,11 @@ from __future__ import annotations
 
 from uuid import UUID
 
-from engine.commands.base import Command, Outcome, handles
-from engine.errors import Conflict, Validation
-from engine.fabric.physical_network import PhysicalNetwork
-from engine.unit_of_work import UnitOfWork
-from engine.virtual.network import Network
+from cloud_engine.engine.commands.base import Command, Outcome, handles
+from cloud_engine.engine.errors import Conflict, Validation
+from cloud_engine.engine.fabric.physical_network import PhysicalNetwork
+from cloud_engine.engine.unit_of_work import UnitOfWork
+from cloud_engine.engine.virtual.network import Network
 
 
 class AllocateNetworkTag(Command, frozen=True, kw_only=True):

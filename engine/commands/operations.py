@@ -20,20 +20,20 @@ from uuid import UUID, uuid4
 
 import msgspec
 
-from engine.commands.base import Command, Outcome, handles
-from engine.commands.compute import GIB, CreateVm, create_vm
-from engine.commands.constraints import Name
-from engine.commands.lookups import load_ref, require_new_id
-from engine.commands.storage import Size
-from engine.operations import deploy_ids, guard
-from engine.operations.kind import OperationKind, Request
-from engine.operations.operation import Operation, OperationParams
-from engine.operations.registry import kind_of
-from engine.operations.vm_deploy import VmDeploy
-from engine.unit_of_work import UnitOfWork
-from engine.virtual.snapshot import SnapshotKind
-from engine.virtual.vm import VirtualMachine, VmSpec
-from engine.virtual.volume import Volume
+from cloud_engine.engine.commands.base import Command, Outcome, handles
+from cloud_engine.engine.commands.compute import GIB, CreateVm, create_vm
+from cloud_engine.engine.commands.constraints import Name
+from cloud_engine.engine.commands.lookups import load_ref, require_new_id
+from cloud_engine.engine.commands.storage import Size
+from cloud_engine.engine.operations import deploy_ids, guard
+from cloud_engine.engine.operations.kind import OperationKind, Request
+from cloud_engine.engine.operations.operation import Operation, OperationParams
+from cloud_engine.engine.operations.registry import kind_of
+from cloud_engine.engine.operations.vm_deploy import VmDeploy
+from cloud_engine.engine.unit_of_work import UnitOfWork
+from cloud_engine.engine.virtual.snapshot import SnapshotKind
+from cloud_engine.engine.virtual.vm import VirtualMachine, VmSpec
+from cloud_engine.engine.virtual.volume import Volume
 
 Reason = Annotated[str, msgspec.Meta(min_length=1, max_length=2000)]
 DiskGb = Annotated[int, msgspec.Meta(ge=1, le=65536)]

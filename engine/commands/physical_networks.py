@@ -7,11 +7,11 @@ from __future__ import annotations
 
 from uuid import UUID
 
-from engine.commands.base import Command, Outcome, handles
-from engine.commands.constraints import Name, Positive
-from engine.fabric.physical_network import Isolation, PhysicalNetwork, TagRange
-from engine.fabric.zone import Zone
-from engine.unit_of_work import UnitOfWork
+from cloud_engine.engine.commands.base import Command, Outcome, handles
+from cloud_engine.engine.commands.constraints import Name, Positive
+from cloud_engine.engine.fabric.physical_network import Isolation, PhysicalNetwork, TagRange
+from cloud_engine.engine.fabric.zone import Zone
+from cloud_engine.engine.unit_of_work import UnitOfWork
 
 
 class CreatePhysicalNetwork(Command, frozen=True, kw_only=True):

@@ -12,16 +12,16 @@ from uuid import UUID
 
 import msgspec
 
-from engine.aggregate import require
-from engine.commands.base import Command, Outcome, handles
-from engine.commands.compute import Name, Reason
-from engine.commands.lookups import load_ref, require_enabled_zone, require_new_id
-from engine.fabric.zone import Zone
-from engine.unit_of_work import UnitOfWork
-from engine.virtual.snapshot import REVERTIBLE, Snapshot, SnapshotKind
-from engine.virtual.template import Template, TemplateFormat
-from engine.virtual.vm import VirtualMachine
-from engine.virtual.volume import Volume, VolumeKind
+from cloud_engine.engine.aggregate import require
+from cloud_engine.engine.commands.base import Command, Outcome, handles
+from cloud_engine.engine.commands.compute import Name, Reason
+from cloud_engine.engine.commands.lookups import load_ref, require_enabled_zone, require_new_id
+from cloud_engine.engine.fabric.zone import Zone
+from cloud_engine.engine.unit_of_work import UnitOfWork
+from cloud_engine.engine.virtual.snapshot import REVERTIBLE, Snapshot, SnapshotKind
+from cloud_engine.engine.virtual.template import Template, TemplateFormat
+from cloud_engine.engine.virtual.vm import VirtualMachine
+from cloud_engine.engine.virtual.volume import Volume, VolumeKind
 
 Size = Annotated[int, msgspec.Meta(gt=0)]
 

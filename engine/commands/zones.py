@@ -9,13 +9,13 @@ from __future__ import annotations
 
 from uuid import UUID
 
-from engine.aggregate import require
-from engine.commands.base import Command, Outcome, handles
-from engine.commands.constraints import Name
-from engine.fabric.cluster import Cluster, Hypervisor
-from engine.fabric.pod import Pod
-from engine.fabric.zone import NetworkType, Zone
-from engine.unit_of_work import UnitOfWork
+from cloud_engine.engine.aggregate import require
+from cloud_engine.engine.commands.base import Command, Outcome, handles
+from cloud_engine.engine.commands.constraints import Name
+from cloud_engine.engine.fabric.cluster import Cluster, Hypervisor
+from cloud_engine.engine.fabric.pod import Pod
+from cloud_engine.engine.fabric.zone import NetworkType, Zone
+from cloud_engine.engine.unit_of_work import UnitOfWork
 
 # Zones -------------------------------------------------------------------------
 

@@ -12,7 +12,7 @@ from decimal import Decimal
 
 import msgspec
 
-from engine.aggregate import require
+from cloud_engine.engine.aggregate import require
 
 
 class Reservation(msgspec.Struct, frozen=True):

@@ -14,9 +14,9 @@ from uuid import UUID
 
 from eventsourcing.domain import event
 
-from engine.aggregate import Aggregate, require, require_name
-from engine.errors import CapacityExceeded, Conflict
-from engine.fabric.capacity import (
+from cloud_engine.engine.aggregate import Aggregate, require, require_name
+from cloud_engine.engine.errors import CapacityExceeded, Conflict
+from cloud_engine.engine.fabric.capacity import (
     Reservation,
     normalise_tags,
     overcommitted,

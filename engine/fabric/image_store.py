@@ -8,7 +8,7 @@ from uuid import UUID
 
 from eventsourcing.domain import event
 
-from engine.aggregate import Aggregate, require, require_name
+from cloud_engine.engine.aggregate import Aggregate, require, require_name
 
 ImageStoreState = Literal["Enabled", "Disabled"]
 ImageStoreProtocol = Literal["nfs", "file", "http"]

@@ -15,8 +15,8 @@ from uuid import UUID
 import msgspec
 from eventsourcing.domain import event
 
-from engine.aggregate import Aggregate, require, require_name
-from engine.errors import CapacityExceeded, Conflict, InvalidTransition, Validation
+from cloud_engine.engine.aggregate import Aggregate, require, require_name
+from cloud_engine.engine.errors import CapacityExceeded, Conflict, InvalidTransition, Validation
 
 PhysicalNetworkState = Literal["Enabled", "Disabled"]
 Isolation = Literal["VLAN", "VXLAN", "none"]

@@ -8,8 +8,8 @@ from uuid import UUID
 
 from eventsourcing.domain import event
 
-from engine.aggregate import Aggregate, require, require_name
-from engine.errors import Validation
+from cloud_engine.engine.aggregate import Aggregate, require, require_name
+from cloud_engine.engine.errors import Validation
 
 PodState = Literal["Enabled", "Disabled"]
 

@@ -7,7 +7,7 @@ from uuid import UUID
 
 from eventsourcing.domain import event
 
-from engine.aggregate import Aggregate, require, require_name
+from cloud_engine.engine.aggregate import Aggregate, require, require_name
 
 ZoneState = Literal["Enabled", "Disabled"]
 # CloudStack's two zone models: Advanced (isolated guest networks) or Basic (flat).

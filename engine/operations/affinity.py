@@ -14,9 +14,9 @@ from uuid import UUID
 
 from eventsourcing.domain import event
 
-from engine.aggregate import Aggregate
-from engine.errors import PlacementRefused
-from engine.unit_of_work import UnitOfWork
+from cloud_engine.engine.aggregate import Aggregate
+from cloud_engine.engine.errors import PlacementRefused
+from cloud_engine.engine.unit_of_work import UnitOfWork
 
 _GROUPS = UUID("5d2f8a61-7c3e-4b9d-a0e4-2f6b1c8d9e37")
 

@@ -15,9 +15,9 @@ from uuid import UUID
 
 from eventsourcing.domain import event
 
-from engine.aggregate import Aggregate
-from engine.errors import Conflict
-from engine.unit_of_work import UnitOfWork
+from cloud_engine.engine.aggregate import Aggregate
+from cloud_engine.engine.errors import Conflict
+from cloud_engine.engine.unit_of_work import UnitOfWork
 
 _GUARDS = UUID("3c0a5f7e-2d41-4b8e-9f1a-6e2b7d9c4a10")
 

@@ -34,11 +34,11 @@ from uuid import UUID
 
 import msgspec
 
-from engine.aggregate import Aggregate
-from engine.errors import Validation
-from engine.operations.operation import Operation, OperationParams
-from engine.unit_of_work import UnitOfWork
-from engine.virtual.snapshot import SnapshotKind
+from cloud_engine.engine.aggregate import Aggregate
+from cloud_engine.engine.errors import Validation
+from cloud_engine.engine.operations.operation import Operation, OperationParams
+from cloud_engine.engine.unit_of_work import UnitOfWork
+from cloud_engine.engine.virtual.snapshot import SnapshotKind
 
 ResourceType = Literal["vm", "volume"]
 R = TypeVar("R", bound=Aggregate)

@@ -11,21 +11,21 @@ from __future__ import annotations
 
 from typing import Any, Final
 
-from engine.errors import Validation
-from engine.operations.kind import OperationKind
-from engine.operations.vm_deploy import VmDeploy
-from engine.operations.vm_destroy import VmDestroy
-from engine.operations.vm_expunge import VmExpunge
-from engine.operations.vm_migrate import VmMigrate
-from engine.operations.vm_reboot import VmReboot
-from engine.operations.vm_recover import VmRecover
-from engine.operations.vm_start import VmStart
-from engine.operations.vm_stop import VmStop
-from engine.operations.volume_attach import VolumeAttach
-from engine.operations.volume_detach import VolumeDetach
-from engine.operations.volume_resize import VolumeResize
-from engine.operations.volume_revert import VolumeRevert
-from engine.operations.volume_snapshot import VolumeSnapshot
+from cloud_engine.engine.errors import Validation
+from cloud_engine.engine.operations.kind import OperationKind
+from cloud_engine.engine.operations.vm_deploy import VmDeploy
+from cloud_engine.engine.operations.vm_destroy import VmDestroy
+from cloud_engine.engine.operations.vm_expunge import VmExpunge
+from cloud_engine.engine.operations.vm_migrate import VmMigrate
+from cloud_engine.engine.operations.vm_reboot import VmReboot
+from cloud_engine.engine.operations.vm_recover import VmRecover
+from cloud_engine.engine.operations.vm_start import VmStart
+from cloud_engine.engine.operations.vm_stop import VmStop
+from cloud_engine.engine.operations.volume_attach import VolumeAttach
+from cloud_engine.engine.operations.volume_detach import VolumeDetach
+from cloud_engine.engine.operations.volume_resize import VolumeResize
+from cloud_engine.engine.operations.volume_revert import VolumeRevert
+from cloud_engine.engine.operations.volume_snapshot import VolumeSnapshot
 
 # Any: each kind takes its own resource type (a VM, a volume); the command
 # handlers pass the aggregate the kind's resource_type names.

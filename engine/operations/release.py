@@ -11,15 +11,15 @@ from __future__ import annotations
 
 from uuid import UUID
 
-from engine.fabric.host import Host
-from engine.fabric.storage_pool import StoragePool
-from engine.operations import affinity, deploy_ids
-from engine.unit_of_work import UnitOfWork
-from engine.virtual.ip_address import IpAddress
-from engine.virtual.network import Network
-from engine.virtual.nic import Nic
-from engine.virtual.vm import VirtualMachine
-from engine.virtual.volume import Volume
+from cloud_engine.engine.fabric.host import Host
+from cloud_engine.engine.fabric.storage_pool import StoragePool
+from cloud_engine.engine.operations import affinity, deploy_ids
+from cloud_engine.engine.unit_of_work import UnitOfWork
+from cloud_engine.engine.virtual.ip_address import IpAddress
+from cloud_engine.engine.virtual.network import Network
+from cloud_engine.engine.virtual.nic import Nic
+from cloud_engine.engine.virtual.vm import VirtualMachine
+from cloud_engine.engine.virtual.volume import Volume
 
 # At most this many volumes are looked for under a deploy's derived ids.
 MAX_VOLUMES = 32

@@ -30,22 +30,22 @@ from __future__ import annotations
 from collections.abc import Sequence
 from uuid import UUID
 
-from engine.aggregate import require
-from engine.errors import Conflict, Validation
-from engine.fabric.host import Host
-from engine.fabric.physical_network import PhysicalNetwork
-from engine.fabric.storage_pool import StoragePool
-from engine.operations import affinity, guard
-from engine.operations.deploy_ids import ip_id, nic_id
-from engine.operations.kind import OperationKind, Request
-from engine.operations.operation import Operation, OperationParams
-from engine.operations.release import release_host, release_network, release_volume
-from engine.unit_of_work import UnitOfWork
-from engine.virtual.ip_address import IpAddress
-from engine.virtual.network import Network
-from engine.virtual.nic import Nic
-from engine.virtual.vm import VirtualMachine
-from engine.virtual.volume import Volume
+from cloud_engine.engine.aggregate import require
+from cloud_engine.engine.errors import Conflict, Validation
+from cloud_engine.engine.fabric.host import Host
+from cloud_engine.engine.fabric.physical_network import PhysicalNetwork
+from cloud_engine.engine.fabric.storage_pool import StoragePool
+from cloud_engine.engine.operations import affinity, guard
+from cloud_engine.engine.operations.deploy_ids import ip_id, nic_id
+from cloud_engine.engine.operations.kind import OperationKind, Request
+from cloud_engine.engine.operations.operation import Operation, OperationParams
+from cloud_engine.engine.operations.release import release_host, release_network, release_volume
+from cloud_engine.engine.unit_of_work import UnitOfWork
+from cloud_engine.engine.virtual.ip_address import IpAddress
+from cloud_engine.engine.virtual.network import Network
+from cloud_engine.engine.virtual.nic import Nic
+from cloud_engine.engine.virtual.vm import VirtualMachine
+from cloud_engine.engine.virtual.volume import Volume
 
 
 class VmDeploy(OperationKind[VirtualMachine]):

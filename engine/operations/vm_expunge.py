@@ -6,12 +6,12 @@ nothing released, and can be expunged again."""
 
 from __future__ import annotations
 
-from engine.operations.kind import Request
-from engine.operations.operation import Operation
-from engine.operations.release import release_resources
-from engine.operations.vm_kind import VmKind, done, failed
-from engine.unit_of_work import UnitOfWork
-from engine.virtual.vm import VirtualMachine
+from cloud_engine.engine.operations.kind import Request
+from cloud_engine.engine.operations.operation import Operation
+from cloud_engine.engine.operations.release import release_resources
+from cloud_engine.engine.operations.vm_kind import VmKind, done, failed
+from cloud_engine.engine.unit_of_work import UnitOfWork
+from cloud_engine.engine.virtual.vm import VirtualMachine
 
 
 class VmExpunge(VmKind):

@@ -15,12 +15,12 @@ from abc import abstractmethod
 from collections.abc import Sequence
 from uuid import UUID
 
-from engine.fabric.host import Host
-from engine.operations import affinity, guard
-from engine.operations.kind import OperationKind, Request
-from engine.operations.operation import Operation, OperationParams
-from engine.unit_of_work import UnitOfWork
-from engine.virtual.vm import VirtualMachine
+from cloud_engine.engine.fabric.host import Host
+from cloud_engine.engine.operations import affinity, guard
+from cloud_engine.engine.operations.kind import OperationKind, Request
+from cloud_engine.engine.operations.operation import Operation, OperationParams
+from cloud_engine.engine.unit_of_work import UnitOfWork
+from cloud_engine.engine.virtual.vm import VirtualMachine
 
 
 class VmKind(OperationKind[VirtualMachine]):

@@ -6,14 +6,14 @@ from __future__ import annotations
 
 from uuid import UUID
 
-from engine.errors import Conflict, Validation
-from engine.operations import affinity
-from engine.operations.kind import Request
-from engine.operations.operation import Operation, OperationParams
-from engine.operations.release import release_on
-from engine.operations.vm_kind import PlacedVmKind, done, failed
-from engine.unit_of_work import UnitOfWork
-from engine.virtual.vm import VirtualMachine
+from cloud_engine.engine.errors import Conflict, Validation
+from cloud_engine.engine.operations import affinity
+from cloud_engine.engine.operations.kind import Request
+from cloud_engine.engine.operations.operation import Operation, OperationParams
+from cloud_engine.engine.operations.release import release_on
+from cloud_engine.engine.operations.vm_kind import PlacedVmKind, done, failed
+from cloud_engine.engine.unit_of_work import UnitOfWork
+from cloud_engine.engine.virtual.vm import VirtualMachine
 
 
 class VmMigrate(PlacedVmKind):

@@ -5,13 +5,13 @@ from __future__ import annotations
 
 from uuid import UUID
 
-from engine.operations import guard
-from engine.operations.kind import Request
-from engine.operations.operation import Operation
-from engine.operations.release import release_host
-from engine.operations.vm_kind import PlacedVmKind, done, failed
-from engine.unit_of_work import UnitOfWork
-from engine.virtual.vm import VirtualMachine
+from cloud_engine.engine.operations import guard
+from cloud_engine.engine.operations.kind import Request
+from cloud_engine.engine.operations.operation import Operation
+from cloud_engine.engine.operations.release import release_host
+from cloud_engine.engine.operations.vm_kind import PlacedVmKind, done, failed
+from cloud_engine.engine.unit_of_work import UnitOfWork
+from cloud_engine.engine.virtual.vm import VirtualMachine
 
 
 class VmStart(PlacedVmKind):

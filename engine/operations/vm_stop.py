@@ -3,12 +3,12 @@ domain off instead of asking the guest to shut down."""
 
 from __future__ import annotations
 
-from engine.operations.kind import Request
-from engine.operations.operation import Operation
-from engine.operations.release import release_host
-from engine.operations.vm_kind import VmKind, done, failed
-from engine.unit_of_work import UnitOfWork
-from engine.virtual.vm import VirtualMachine
+from cloud_engine.engine.operations.kind import Request
+from cloud_engine.engine.operations.operation import Operation
+from cloud_engine.engine.operations.release import release_host
+from cloud_engine.engine.operations.vm_kind import VmKind, done, failed
+from cloud_engine.engine.unit_of_work import UnitOfWork
+from cloud_engine.engine.virtual.vm import VirtualMachine
 
 
 class VmStop(VmKind):

@@ -4,16 +4,16 @@ the VM's next start, whose domain is defined with every attached volume."""
 
 from __future__ import annotations
 
-from engine.aggregate import require
-from engine.errors import Conflict, NotFound, Validation
-from engine.fabric.storage_pool import StoragePool
-from engine.operations.kind import Request
-from engine.operations.operation import Operation, OperationParams
-from engine.operations.release import release_space
-from engine.operations.volume_kind import VolumeKind, compensated, done, failed, vm_of
-from engine.unit_of_work import UnitOfWork
-from engine.virtual.vm import VirtualMachine
-from engine.virtual.volume import Volume
+from cloud_engine.engine.aggregate import require
+from cloud_engine.engine.errors import Conflict, NotFound, Validation
+from cloud_engine.engine.fabric.storage_pool import StoragePool
+from cloud_engine.engine.operations.kind import Request
+from cloud_engine.engine.operations.operation import Operation, OperationParams
+from cloud_engine.engine.operations.release import release_space
+from cloud_engine.engine.operations.volume_kind import VolumeKind, compensated, done, failed, vm_of
+from cloud_engine.engine.unit_of_work import UnitOfWork
+from cloud_engine.engine.virtual.vm import VirtualMachine
+from cloud_engine.engine.virtual.volume import Volume
 
 
 class VolumeAttach(VolumeKind):

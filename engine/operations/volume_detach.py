@@ -3,13 +3,13 @@ volumes stay with their VM). Takes effect at the VM's next start."""
 
 from __future__ import annotations
 
-from engine.errors import Conflict
-from engine.operations.kind import Request
-from engine.operations.operation import Operation
-from engine.operations.volume_kind import VolumeKind, done
-from engine.unit_of_work import UnitOfWork
-from engine.virtual.vm import VirtualMachine
-from engine.virtual.volume import Volume
+from cloud_engine.engine.errors import Conflict
+from cloud_engine.engine.operations.kind import Request
+from cloud_engine.engine.operations.operation import Operation
+from cloud_engine.engine.operations.volume_kind import VolumeKind, done
+from cloud_engine.engine.unit_of_work import UnitOfWork
+from cloud_engine.engine.virtual.vm import VirtualMachine
+from cloud_engine.engine.virtual.volume import Volume
 
 
 class VolumeDetach(VolumeKind):

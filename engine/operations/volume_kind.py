@@ -24,14 +24,14 @@ from __future__ import annotations
 from abc import abstractmethod
 from typing import ClassVar
 
-from engine.errors import Conflict
-from engine.fabric.storage_pool import StoragePool
-from engine.operations import guard
-from engine.operations.kind import OperationKind, Request
-from engine.operations.operation import Operation, OperationParams
-from engine.unit_of_work import UnitOfWork
-from engine.virtual.vm import VirtualMachine
-from engine.virtual.volume import Volume
+from cloud_engine.engine.errors import Conflict
+from cloud_engine.engine.fabric.storage_pool import StoragePool
+from cloud_engine.engine.operations import guard
+from cloud_engine.engine.operations.kind import OperationKind, Request
+from cloud_engine.engine.operations.operation import Operation, OperationParams
+from cloud_engine.engine.unit_of_work import UnitOfWork
+from cloud_engine.engine.virtual.vm import VirtualMachine
+from cloud_engine.engine.virtual.volume import Volume
 
 # The states of a VM whose disks are not in use.
 VM_IDLE = ("Stopped", "Destroyed", "Error")

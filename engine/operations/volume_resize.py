@@ -3,20 +3,20 @@ if the effector fails). Volumes only grow."""
 
 from __future__ import annotations
 
-from engine.aggregate import require
-from engine.errors import Validation
-from engine.fabric.storage_pool import StoragePool
-from engine.operations.kind import Request
-from engine.operations.operation import Operation, OperationParams
-from engine.operations.volume_kind import (
+from cloud_engine.engine.aggregate import require
+from cloud_engine.engine.errors import Validation
+from cloud_engine.engine.fabric.storage_pool import StoragePool
+from cloud_engine.engine.operations.kind import Request
+from cloud_engine.engine.operations.operation import Operation, OperationParams
+from cloud_engine.engine.operations.volume_kind import (
     VolumeKind,
     compensated,
     done,
     reserve_recorded_size,
 )
-from engine.unit_of_work import UnitOfWork
-from engine.virtual.vm import VirtualMachine
-from engine.virtual.volume import Volume
+from cloud_engine.engine.unit_of_work import UnitOfWork
+from cloud_engine.engine.virtual.vm import VirtualMachine
+from cloud_engine.engine.virtual.volume import Volume
 
 
 class VolumeResize(VolumeKind):

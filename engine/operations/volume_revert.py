@@ -4,16 +4,21 @@ taken before, the pool keeps only what the volume then is."""
 
 from __future__ import annotations
 
-from engine.aggregate import require
-from engine.errors import NotFound, Validation
-from engine.fabric.storage_pool import StoragePool
-from engine.operations.kind import Request
-from engine.operations.operation import Operation, OperationParams
-from engine.operations.volume_kind import VolumeKind, done, failed, reserve_recorded_size
-from engine.unit_of_work import UnitOfWork
-from engine.virtual.snapshot import REVERTIBLE, Snapshot
-from engine.virtual.vm import VirtualMachine
-from engine.virtual.volume import Volume
+from cloud_engine.engine.aggregate import require
+from cloud_engine.engine.errors import NotFound, Validation
+from cloud_engine.engine.fabric.storage_pool import StoragePool
+from cloud_engine.engine.operations.kind import Request
+from cloud_engine.engine.operations.operation import Operation, OperationParams
+from cloud_engine.engine.operations.volume_kind import (
+    VolumeKind,
+    done,
+    failed,
+    reserve_recorded_size,
+)
+from cloud_engine.engine.unit_of_work import UnitOfWork
+from cloud_engine.engine.virtual.snapshot import REVERTIBLE, Snapshot
+from cloud_engine.engine.virtual.vm import VirtualMachine
+from cloud_engine.engine.virtual.volume import Volume
 
 
 class VolumeRevert(VolumeKind):

@@ -7,16 +7,16 @@ from uuid import uuid4
 
 import msgspec
 
-from engine.aggregate import Aggregate
-from engine.errors import Conflict
-from engine.operations import guard
-from engine.operations.kind import Request
-from engine.operations.operation import Operation, OperationParams
-from engine.operations.volume_kind import VolumeKind, done, failed
-from engine.unit_of_work import UnitOfWork
-from engine.virtual.snapshot import Snapshot
-from engine.virtual.vm import VirtualMachine
-from engine.virtual.volume import Volume
+from cloud_engine.engine.aggregate import Aggregate
+from cloud_engine.engine.errors import Conflict
+from cloud_engine.engine.operations import guard
+from cloud_engine.engine.operations.kind import Request
+from cloud_engine.engine.operations.operation import Operation, OperationParams
+from cloud_engine.engine.operations.volume_kind import VolumeKind, done, failed
+from cloud_engine.engine.unit_of_work import UnitOfWork
+from cloud_engine.engine.virtual.snapshot import Snapshot
+from cloud_engine.engine.virtual.vm import VirtualMachine
+from cloud_engine.engine.virtual.volume import Volume
 
 
 class VolumeSnapshot(VolumeKind):

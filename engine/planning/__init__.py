@@ -1,6 +1,6 @@
 """The DeploymentPlanner: pure host and storage placement for one VM at a time."""
 
-from engine.planning.candidates import (
+from cloud_engine.engine.planning.candidates import (
     STRATEGIES,
     AffinityGroup,
     AffinityKind,
@@ -17,7 +17,7 @@ from engine.planning.candidates import (
     host_candidate,
     pool_candidate,
 )
-from engine.planning.planner import Planner, plan
+from cloud_engine.engine.planning.planner import Planner, plan
 
 __all__ = [
     "STRATEGIES",

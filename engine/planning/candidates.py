@@ -19,9 +19,9 @@ from uuid import UUID
 
 import msgspec
 
-from engine.fabric.capacity import overcommitted
-from engine.fabric.host import Host, HostState
-from engine.fabric.storage_pool import StoragePool, StoragePoolState
+from cloud_engine.engine.fabric.capacity import overcommitted
+from cloud_engine.engine.fabric.host import Host, HostState
+from cloud_engine.engine.fabric.storage_pool import StoragePool, StoragePoolState
 
 Strategy = Literal["first-fit", "dispersing"]
 STRATEGIES: Final[tuple[Strategy, ...]] = ("first-fit", "dispersing")

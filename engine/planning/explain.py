@@ -15,9 +15,14 @@ from collections.abc import Iterable, Iterator
 from itertools import chain, islice
 from uuid import UUID
 
-from engine.planning.candidates import Constraint, Elimination, PlacementRequest, Refusal
-from engine.planning.index import CandidateIndex, Group
-from engine.planning.rules import Ask, Rules
+from cloud_engine.engine.planning.candidates import (
+    Constraint,
+    Elimination,
+    PlacementRequest,
+    Refusal,
+)
+from cloud_engine.engine.planning.index import CandidateIndex, Group
+from cloud_engine.engine.planning.rules import Ask, Rules
 
 SAMPLE = 5
 # Enough hosts to name a couple of distinct storage reasons.

@@ -13,8 +13,8 @@ from __future__ import annotations
 from collections.abc import Iterable
 from uuid import UUID
 
-from engine.planning.candidates import HostCandidate, PoolCandidate
-from engine.planning.storage import PoolSet
+from cloud_engine.engine.planning.candidates import HostCandidate, PoolCandidate
+from cloud_engine.engine.planning.storage import PoolSet
 
 
 class Group:

@@ -27,8 +27,8 @@ from __future__ import annotations
 from collections.abc import Iterable
 from uuid import UUID
 
-from engine.aggregate import require
-from engine.planning.candidates import (
+from cloud_engine.engine.aggregate import require
+from cloud_engine.engine.planning.candidates import (
     STRATEGIES,
     AffinityGroup,
     HostCandidate,
@@ -38,10 +38,10 @@ from engine.planning.candidates import (
     Refusal,
     Strategy,
 )
-from engine.planning.explain import check_host, host_refusal, refuse, unknown_host
-from engine.planning.index import CandidateIndex
-from engine.planning.rules import Ask, Rules
-from engine.planning.search import among, dispersing, first_fit
+from cloud_engine.engine.planning.explain import check_host, host_refusal, refuse, unknown_host
+from cloud_engine.engine.planning.index import CandidateIndex
+from cloud_engine.engine.planning.rules import Ask, Rules
+from cloud_engine.engine.planning.search import among, dispersing, first_fit
 
 
 class Planner:

@@ -5,8 +5,8 @@ from __future__ import annotations
 from collections.abc import Iterable
 from uuid import UUID
 
-from engine.planning.candidates import AffinityGroup, PlacementRequest
-from engine.planning.storage import Need, PoolSet, assign
+from cloud_engine.engine.planning.candidates import AffinityGroup, PlacementRequest
+from cloud_engine.engine.planning.storage import Need, PoolSet, assign
 
 
 class Ask:

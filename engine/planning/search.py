@@ -16,9 +16,9 @@ from bisect import bisect_left
 from typing import Final
 from uuid import UUID
 
-from engine.planning.index import CandidateIndex, Group, ZoneIndex
-from engine.planning.rules import Ask
-from engine.planning.storage import PoolSet
+from cloud_engine.engine.planning.index import CandidateIndex, Group, ZoneIndex
+from cloud_engine.engine.planning.rules import Ask
+from cloud_engine.engine.planning.storage import PoolSet
 
 # (rank of the chosen host, pool id per volume)
 Found = tuple[int, tuple[UUID, ...]]

@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from typing import Final
 from uuid import UUID
 
-from engine.planning.candidates import PoolCandidate
+from cloud_engine.engine.planning.candidates import PoolCandidate
 
 # (size in bytes, storage tags) of one volume.
 Need = tuple[int, frozenset[str]]

@@ -11,8 +11,8 @@ from uuid import UUID
 
 from eventsourcing.domain import event
 
-from engine.aggregate import Aggregate
-from engine.virtual.network import parse_address
+from cloud_engine.engine.aggregate import Aggregate
+from cloud_engine.engine.virtual.network import parse_address
 
 IpState = Literal["Allocated", "Associated", "Released"]
 

@@ -17,8 +17,8 @@ from uuid import UUID
 
 from eventsourcing.domain import event
 
-from engine.aggregate import Aggregate, require, require_name
-from engine.errors import CapacityExceeded, Conflict, Validation
+from cloud_engine.engine.aggregate import Aggregate, require, require_name
+from cloud_engine.engine.errors import CapacityExceeded, Conflict, Validation
 
 NetworkState = Literal["Allocated", "Implemented", "Shutdown", "Destroyed"]
 Isolation = Literal["VLAN", "VXLAN", "none"]

@@ -12,9 +12,9 @@ from uuid import UUID
 
 from eventsourcing.domain import event
 
-from engine.aggregate import Aggregate, require
-from engine.errors import Validation
-from engine.virtual.network import parse_address
+from cloud_engine.engine.aggregate import Aggregate, require
+from cloud_engine.engine.errors import Validation
+from cloud_engine.engine.virtual.network import parse_address
 
 RuleState = Literal["Adding", "Active", "Revoking", "Revoked", "Error"]
 RuleKind = Literal["firewall", "port_forwarding", "static_nat"]

@@ -8,8 +8,8 @@ from uuid import UUID, uuid4
 
 from eventsourcing.domain import event
 
-from engine.aggregate import Aggregate, require
-from engine.virtual.network import parse_address
+from cloud_engine.engine.aggregate import Aggregate, require
+from cloud_engine.engine.virtual.network import parse_address
 
 NicState = Literal["Allocated", "Plugged", "Unplugged", "Released"]
 

@@ -15,8 +15,8 @@ from uuid import UUID
 
 from eventsourcing.domain import event
 
-from engine.aggregate import Aggregate, require, require_name
-from engine.virtual.vm import require_reason
+from cloud_engine.engine.aggregate import Aggregate, require, require_name
+from cloud_engine.engine.virtual.vm import require_reason
 
 SnapshotState = Literal["Creating", "Ready", "BackedUp", "Error", "Destroyed"]
 SNAPSHOT_STATES: Final[tuple[SnapshotState, ...]] = get_args(SnapshotState)

@@ -15,8 +15,8 @@ from uuid import UUID
 
 from eventsourcing.domain import event
 
-from engine.aggregate import Aggregate, require, require_name
-from engine.virtual.vm import require_reason
+from cloud_engine.engine.aggregate import Aggregate, require, require_name
+from cloud_engine.engine.virtual.vm import require_reason
 
 TemplateState = Literal["Registered", "Downloading", "Ready", "Error", "Inactive"]
 TEMPLATE_STATES: Final[tuple[TemplateState, ...]] = get_args(TemplateState)

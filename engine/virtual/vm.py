@@ -23,8 +23,8 @@ from uuid import UUID
 import msgspec
 from eventsourcing.domain import event
 
-from engine.aggregate import Aggregate, require, require_name
-from engine.errors import InvalidTransition, Validation
+from cloud_engine.engine.aggregate import Aggregate, require, require_name
+from cloud_engine.engine.errors import InvalidTransition, Validation
 
 VmState = Literal[
     "Allocated",

@@ -26,9 +26,9 @@ from uuid import UUID
 
 from eventsourcing.domain import event
 
-from engine.aggregate import Aggregate, require, require_name
-from engine.errors import InvalidTransition, Validation
-from engine.virtual.vm import require_reason
+from cloud_engine.engine.aggregate import Aggregate, require, require_name
+from cloud_engine.engine.errors import InvalidTransition, Validation
+from cloud_engine.engine.virtual.vm import require_reason
 
 VolumeState = Literal[
     "Allocated", "Creating", "Ready", "Attached", "Resizing", "Destroyed", "Error"

@@ -7,15 +7,15 @@ from uuid import UUID
 
 import msgspec
 
-from engine.commands.fabric import CreateCluster, CreatePod, CreateZone
-from engine.commands.hosts import RegisterHost
-from engine.commands.storage import (
+from cloud_engine.engine.commands.fabric import CreateCluster, CreatePod, CreateZone
+from cloud_engine.engine.commands.hosts import RegisterHost
+from cloud_engine.engine.commands.storage import (
     MarkTemplateDownloaded,
     RegisterTemplate,
     RequestTemplateDownload,
 )
-from engine.commands.storage_fabric import CreateStoragePool
-from engine.service import CommandService
+from cloud_engine.engine.commands.storage_fabric import CreateStoragePool
+from cloud_engine.engine.service import CommandService
 
 
 def register_template(service: CommandService, zone: UUID) -> UUID:

@@ -15,7 +15,7 @@ import psycopg
 import pytest
 from psycopg import sql
 
-from engine.database import DatabaseTarget
+from cloud_engine.engine.database import DatabaseTarget
 
 pytestmark = pytest.mark.postgres
 
@@ -43,7 +43,7 @@ def store(pg_server: DatabaseTarget) -> Iterator[Client]:
         dbname=f"store_{uuid.uuid4().hex[:10]}",
     )
     process = subprocess.Popen(
-        [sys.executable, "-m", "bus.broker_store", "--database-url", target.url()],
+        [sys.executable, "-m", "cloud_engine.bus.broker_store", "--database-url", target.url()],
         stdout=subprocess.PIPE,
         cwd=Path(__file__).resolve().parents[2],
     )

@@ -33,17 +33,17 @@ import pytest
 from aiokafka import AIOKafkaConsumer
 from jsonschema import Draft202012Validator
 
-from bus.cloudevents import CloudEvent
-from bus.consumer import ConsumerConfig, EventConsumer
-from bus.dedupe_pg import PostgresDeduplicator
-from bus.naming import all_event_types, topic_for
-from bus.pg import create_pool
-from bus.relay import Relay, RelayConfig
-from engine.commands import HANDLERS
-from engine.commands.fabric import CreateZone, DisableZone, EnableZone
-from engine.database import DatabaseTarget
-from engine.service import CommandService
-from engine.store import EventStore
+from cloud_engine.bus.cloudevents import CloudEvent
+from cloud_engine.bus.consumer import ConsumerConfig, EventConsumer
+from cloud_engine.bus.dedupe_pg import PostgresDeduplicator
+from cloud_engine.bus.naming import all_event_types, topic_for
+from cloud_engine.bus.pg import create_pool
+from cloud_engine.bus.relay import Relay, RelayConfig
+from cloud_engine.engine.commands import HANDLERS
+from cloud_engine.engine.commands.fabric import CreateZone, DisableZone, EnableZone
+from cloud_engine.engine.database import DatabaseTarget
+from cloud_engine.engine.service import CommandService
+from cloud_engine.engine.store import EventStore
 from tests import scenarios
 
 pytestmark = pytest.mark.postgres

@@ -20,19 +20,19 @@ import asyncpg
 import pytest
 from aiokafka import AIOKafkaConsumer
 
-from bus.broker import DevBroker
-from bus.cloudevents import CloudEvent, from_record
-from bus.consumer import ConsumerConfig, EventConsumer, MemoryDeduplicator
-from bus.dedupe_pg import PostgresDeduplicator
-from bus.naming import topic_for
-from bus.pg import create_pool
-from bus.relay import Relay, RelayConfig
-from engine.commands.fabric import CreateZone, DisableZone, EnableZone
-from engine.commands.network import AllocateIp, CreateNetwork
-from engine.database import DatabaseTarget
-from engine.fabric.zone import Zone
-from engine.service import CommandService
-from engine.store import EventStore
+from cloud_engine.bus.broker import DevBroker
+from cloud_engine.bus.cloudevents import CloudEvent, from_record
+from cloud_engine.bus.consumer import ConsumerConfig, EventConsumer, MemoryDeduplicator
+from cloud_engine.bus.dedupe_pg import PostgresDeduplicator
+from cloud_engine.bus.naming import topic_for
+from cloud_engine.bus.pg import create_pool
+from cloud_engine.bus.relay import Relay, RelayConfig
+from cloud_engine.engine.commands.fabric import CreateZone, DisableZone, EnableZone
+from cloud_engine.engine.commands.network import AllocateIp, CreateNetwork
+from cloud_engine.engine.database import DatabaseTarget
+from cloud_engine.engine.fabric.zone import Zone
+from cloud_engine.engine.service import CommandService
+from cloud_engine.engine.store import EventStore
 
 pytestmark = pytest.mark.postgres
 
@@ -157,7 +157,7 @@ def _relay_process(pg_target: DatabaseTarget, broker: str, prefix: str) -> subpr
         CLOUD_ENGINE_RELAY_BATCH_SIZE="200",
     )
     return subprocess.Popen(
-        [sys.executable, "-m", "runner.cli", "relay"],
+        [sys.executable, "-m", "cloud_engine.runner.cli", "relay"],
         env=env,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,

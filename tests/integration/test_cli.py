@@ -15,7 +15,7 @@ import urllib.request
 import pytest
 from aiokafka import AIOKafkaConsumer
 
-from bus.cloudevents import from_record
+from cloud_engine.bus.cloudevents import from_record
 
 pytestmark = pytest.mark.postgres
 
@@ -40,7 +40,7 @@ class Running:
         # An empty value unsets (CLOUD_ENGINE_LOG_FORMAT="": the default).
         environ = {k: v for k, v in environ.items() if v}
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "runner.cli", "up"],
+            [sys.executable, "-m", "cloud_engine.runner.cli", "up"],
             env=environ,
             stdout=subprocess.PIPE,
             stderr=self.log,
@@ -230,7 +230,7 @@ def test_up_runs_everything_and_resumes_with_data_kept(tmp_path):
 
 def test_bad_configuration_is_a_clear_error_not_a_traceback(tmp_path):
     result = subprocess.run(
-        [sys.executable, "-m", "runner.cli", "up"],
+        [sys.executable, "-m", "cloud_engine.runner.cli", "up"],
         env=_env(tmp_path, CLOUD_ENGINE_DB_POOL_SIZE="lots"),
         capture_output=True,
         text=True,
@@ -244,7 +244,7 @@ def test_bad_configuration_is_a_clear_error_not_a_traceback(tmp_path):
 
 def test_relay_without_broker_is_a_clear_error(tmp_path):
     result = subprocess.run(
-        [sys.executable, "-m", "runner.cli", "relay"],
+        [sys.executable, "-m", "cloud_engine.runner.cli", "relay"],
         env=_env(tmp_path),
         capture_output=True,
         text=True,

@@ -14,14 +14,14 @@ from collections.abc import Iterator
 
 import pytest
 
-from engine.commands.fabric import CreatePhysicalNetwork, CreateZone
-from engine.commands.network import AllocateIp, CreateNetwork
-from engine.commands.network_tags import AllocateNetworkTag
-from engine.fabric.physical_network import PhysicalNetwork, TagRange
-from engine.service import CommandService
-from engine.store import EventStore
-from engine.virtual.ip_address import IpAddress
-from engine.virtual.network import Network
+from cloud_engine.engine.commands.fabric import CreatePhysicalNetwork, CreateZone
+from cloud_engine.engine.commands.network import AllocateIp, CreateNetwork
+from cloud_engine.engine.commands.network_tags import AllocateNetworkTag
+from cloud_engine.engine.fabric.physical_network import PhysicalNetwork, TagRange
+from cloud_engine.engine.service import CommandService
+from cloud_engine.engine.store import EventStore
+from cloud_engine.engine.virtual.ip_address import IpAddress
+from cloud_engine.engine.virtual.network import Network
 
 pytestmark = pytest.mark.postgres
 

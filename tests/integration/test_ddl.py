@@ -7,10 +7,10 @@ import asyncio
 import asyncpg
 import pytest
 
-from api import tokens
-from bus.ddl import create_once
-from bus.relay_log import RelayLog
-from engine.database import DatabaseTarget
+from cloud_engine.api import tokens
+from cloud_engine.bus.ddl import create_once
+from cloud_engine.bus.relay_log import RelayLog
+from cloud_engine.engine.database import DatabaseTarget
 
 pytestmark = pytest.mark.postgres
 

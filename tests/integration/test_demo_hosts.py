@@ -15,21 +15,21 @@ from typing import Any
 import pytest
 import structlog
 
-import runner.demo
-from bus.pg import connect, create_pool
-from effectors.compute.driver import ComputeDriver
-from effectors.compute.spec import DomainSpec
-from effectors.desired import ReadModels
-from effectors.executor import Executor
-from effectors.reconciler import Reconciler, start_libvirt_event_loop
-from engine.database import DatabaseTarget
-from engine.errors import Conflict
-from engine.fabric.host import Host
-from engine.service import CommandService
-from engine.store import EventStore
-from projections import readmodel
-from projections.replay import Rebuild
-from runner.demo import (
+import cloud_engine.runner.demo
+from cloud_engine.bus.pg import connect, create_pool
+from cloud_engine.effectors.compute.driver import ComputeDriver
+from cloud_engine.effectors.compute.spec import DomainSpec
+from cloud_engine.effectors.desired import ReadModels
+from cloud_engine.effectors.executor import Executor
+from cloud_engine.effectors.reconciler import Reconciler, start_libvirt_event_loop
+from cloud_engine.engine.database import DatabaseTarget
+from cloud_engine.engine.errors import Conflict
+from cloud_engine.engine.fabric.host import Host
+from cloud_engine.engine.service import CommandService
+from cloud_engine.engine.store import EventStore
+from cloud_engine.projections import readmodel
+from cloud_engine.projections.replay import Rebuild
+from cloud_engine.runner.demo import (
     SAMPLE_DOMAIN,
     SHARED_TEST_DRIVER,
     DemoFabric,
@@ -155,7 +155,7 @@ def test_an_older_ups_demo_hosts_on_the_shared_driver_go_on_quietly(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     # A data directory an older up made: its demo hosts on test:///default.
-    monkeypatch.setattr(runner.demo, "demo_host_uri", lambda *_: SHARED_TEST_DRIVER)
+    monkeypatch.setattr(cloud_engine.runner.demo, "demo_host_uri", lambda *_: SHARED_TEST_DRIVER)
     older = _demo(service, store, pg_target, tmp_path)
     monkeypatch.undo()
 

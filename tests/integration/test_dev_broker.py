@@ -22,9 +22,9 @@ import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from psycopg import sql
 
-from bus.broker import BrokerError, BrokerState, DevBroker, broker_binary
-from bus.topics import ensure_topics
-from engine.database import DatabaseTarget
+from cloud_engine.bus.broker import BrokerError, BrokerState, DevBroker, broker_binary
+from cloud_engine.bus.topics import ensure_topics
+from cloud_engine.engine.database import DatabaseTarget
 from tests.integration.test_cli import Running, http, until
 
 pytestmark = pytest.mark.postgres
@@ -203,8 +203,8 @@ def test_a_stale_broker_is_stopped_and_anything_else_left_alone(tmp_path: Path) 
 STARTER = """
 import sys, time
 from pathlib import Path
-from bus.broker import DevBroker
-from engine.database import parse_database_url
+from cloud_engine.bus.broker import DevBroker
+from cloud_engine.engine.database import parse_database_url
 broker = DevBroker(database=parse_database_url(sys.argv[1]), state_dir=Path(sys.argv[2]))
 broker.start()
 print("pids", broker._process.pid, broker._store.pid, flush=True)

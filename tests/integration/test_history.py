@@ -15,18 +15,18 @@ import msgspec
 import pytest
 from eventsourcing.persistence import StoredEvent
 
-from engine.commands import CommandContext
-from engine.commands.fabric import CreateCluster, CreatePod, CreateZone
-from engine.commands.hosts import (
+from cloud_engine.engine.commands import CommandContext
+from cloud_engine.engine.commands.fabric import CreateCluster, CreatePod, CreateZone
+from cloud_engine.engine.commands.hosts import (
     DisableHost,
     EnableHost,
     RegisterHost,
     ReleaseHostCapacity,
     ReserveHostCapacity,
 )
-from engine.errors import NotFound, Validation
-from engine.fabric.host import Host, Reservation
-from projections.history import (
+from cloud_engine.engine.errors import NotFound, Validation
+from cloud_engine.engine.fabric.host import Host, Reservation
+from cloud_engine.projections.history import (
     HistoryEntry,
     entries_between,
     export,
@@ -280,7 +280,7 @@ def _cli(pg_target, tmp_path, *args: str) -> subprocess.CompletedProcess[str]:
         CLOUD_ENGINE_LOG_FORMAT="console",
     )
     return subprocess.run(
-        [sys.executable, "-m", "runner.cli", *args],
+        [sys.executable, "-m", "cloud_engine.runner.cli", *args],
         env=env,
         capture_output=True,
         text=True,

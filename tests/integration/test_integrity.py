@@ -6,10 +6,10 @@ from __future__ import annotations
 import pytest
 from psycopg.sql import SQL, Identifier
 
-from engine import integrity
-from engine.commands.fabric import CreateZone, DisableZone, EnableZone
-from engine.service import CommandService
-from engine.store import EventStore
+from cloud_engine.engine import integrity
+from cloud_engine.engine.commands.fabric import CreateZone, DisableZone, EnableZone
+from cloud_engine.engine.service import CommandService
+from cloud_engine.engine.store import EventStore
 
 pytestmark = pytest.mark.postgres
 
@@ -146,7 +146,7 @@ def _cli(store: EventStore, *args: str):
         CLOUD_ENGINE_LOG_LEVEL="warning",
     )
     return subprocess.run(
-        [sys.executable, "-m", "runner.cli", "audit", *args],
+        [sys.executable, "-m", "cloud_engine.runner.cli", "audit", *args],
         env=env,
         capture_output=True,
         text=True,

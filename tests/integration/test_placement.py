@@ -11,24 +11,29 @@ from uuid import UUID
 import msgspec
 import pytest
 
-from bus.pg import connect, create_pool
-from engine.commands.base import CommandContext
-from engine.commands.compute import MarkVmRunning, MarkVmStopped
-from engine.commands.hosts import DisableHost, UpdateHostOvercommit
-from engine.commands.network import CreateNetwork
-from engine.commands.operations import AdvanceOperation, DeployVm, PlaceOperation, VmOperation
-from engine.commands.storage import MarkVolumeCreated
-from engine.database import DatabaseTarget
-from engine.fabric.host import Host
-from engine.operations.operation import Operation
-from engine.planning.candidates import PlacementRequest, Refusal
-from engine.service import CommandService
-from engine.store import EventStore
-from engine.virtual.vm import VirtualMachine, VmSpec
-from orchestration.candidates import Candidates
-from orchestration.placement import Placer
-from projections import readmodel
-from projections.replay import Rebuild
+from cloud_engine.bus.pg import connect, create_pool
+from cloud_engine.engine.commands.base import CommandContext
+from cloud_engine.engine.commands.compute import MarkVmRunning, MarkVmStopped
+from cloud_engine.engine.commands.hosts import DisableHost, UpdateHostOvercommit
+from cloud_engine.engine.commands.network import CreateNetwork
+from cloud_engine.engine.commands.operations import (
+    AdvanceOperation,
+    DeployVm,
+    PlaceOperation,
+    VmOperation,
+)
+from cloud_engine.engine.commands.storage import MarkVolumeCreated
+from cloud_engine.engine.database import DatabaseTarget
+from cloud_engine.engine.fabric.host import Host
+from cloud_engine.engine.operations.operation import Operation
+from cloud_engine.engine.planning.candidates import PlacementRequest, Refusal
+from cloud_engine.engine.service import CommandService
+from cloud_engine.engine.store import EventStore
+from cloud_engine.engine.virtual.vm import VirtualMachine, VmSpec
+from cloud_engine.orchestration.candidates import Candidates
+from cloud_engine.orchestration.placement import Placer
+from cloud_engine.projections import readmodel
+from cloud_engine.projections.replay import Rebuild
 from tests.integration.catalog_setup import ready_template, small_cluster
 
 pytestmark = pytest.mark.postgres

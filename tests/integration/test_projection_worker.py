@@ -12,8 +12,8 @@ from typing import NamedTuple
 import asyncpg
 import pytest
 
-from bus.relay import Relay, RelayConfig
-from engine.commands.fabric import (
+from cloud_engine.bus.relay import Relay, RelayConfig
+from cloud_engine.engine.commands.fabric import (
     CreateCluster,
     CreatePod,
     CreateZone,
@@ -21,13 +21,13 @@ from engine.commands.fabric import (
     ReleaseHostCapacity,
     ReserveHostCapacity,
 )
-from engine.commands.network import AllocateIp, CreateNetwork, ReleaseIp
-from engine.database import DatabaseTarget
-from engine.errors import DomainError
-from engine.service import CommandService
-from engine.store import EventStore
-from projections.replay import Rebuild
-from projections.worker import ProjectionWorker, consumer_config
+from cloud_engine.engine.commands.network import AllocateIp, CreateNetwork, ReleaseIp
+from cloud_engine.engine.database import DatabaseTarget
+from cloud_engine.engine.errors import DomainError
+from cloud_engine.engine.service import CommandService
+from cloud_engine.engine.store import EventStore
+from cloud_engine.projections.replay import Rebuild
+from cloud_engine.projections.worker import ProjectionWorker, consumer_config
 from tests.integration.test_projections import checksum
 
 pytestmark = pytest.mark.postgres

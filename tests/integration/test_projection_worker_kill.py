@@ -29,15 +29,15 @@ from pathlib import Path
 import asyncpg
 import pytest
 
-from bus.relay import Relay, RelayConfig
-from engine.commands.fabric import ReleaseHostCapacity, ReserveHostCapacity
-from engine.commands.network import AllocateIp, ReleaseIp
-from engine.database import DatabaseTarget
-from engine.errors import DomainError
-from engine.service import CommandService
-from engine.store import EventStore
-from projections import readmodel
-from projections.replay import Rebuild
+from cloud_engine.bus.relay import Relay, RelayConfig
+from cloud_engine.engine.commands.fabric import ReleaseHostCapacity, ReserveHostCapacity
+from cloud_engine.engine.commands.network import AllocateIp, ReleaseIp
+from cloud_engine.engine.database import DatabaseTarget
+from cloud_engine.engine.errors import DomainError
+from cloud_engine.engine.service import CommandService
+from cloud_engine.engine.store import EventStore
+from cloud_engine.projections import readmodel
+from cloud_engine.projections.replay import Rebuild
 from tests.integration.test_projection_worker import setup_fabric
 from tests.integration.test_projections import _connect, checksum
 
@@ -116,7 +116,7 @@ class WorkerProcess:
         self.log = log
         self._out = log.open("wb")
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "runner.cli", "projections", "run"],
+            [sys.executable, "-m", "cloud_engine.runner.cli", "projections", "run"],
             env=env,
             stdout=self._out,
             stderr=subprocess.STDOUT,

@@ -6,13 +6,13 @@ import asyncpg
 import pytest
 from eventsourcing.persistence import StoredEvent
 
-from bus.relay_log import RelayLog
-from engine.database import DatabaseTarget
-from engine.mapper import MsgspecMapper
-from engine.service import CommandService
-from engine.store import EventStore
-from projections import readmodel
-from projections.replay import Rebuild
+from cloud_engine.bus.relay_log import RelayLog
+from cloud_engine.engine.database import DatabaseTarget
+from cloud_engine.engine.mapper import MsgspecMapper
+from cloud_engine.engine.service import CommandService
+from cloud_engine.engine.store import EventStore
+from cloud_engine.projections import readmodel
+from cloud_engine.projections.replay import Rebuild
 from tests.scenarios import through_service
 
 pytestmark = pytest.mark.postgres
@@ -101,7 +101,7 @@ def test_replay_and_status_commands(pg_target: DatabaseTarget, service: CommandS
 
     def cli(*args: str) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
-            [sys.executable, "-m", "runner.cli", *args],
+            [sys.executable, "-m", "cloud_engine.runner.cli", *args],
             env=env,
             capture_output=True,
             text=True,
@@ -125,7 +125,7 @@ def test_replay_and_status_commands(pg_target: DatabaseTarget, service: CommandS
 
 
 async def test_wait_for_position_is_bounded(pg_target: DatabaseTarget, store: EventStore):
-    from projections.status import NotYet, wait_for_position
+    from cloud_engine.projections.status import NotYet, wait_for_position
 
     conn = await _connect(pg_target)
     try:
@@ -144,8 +144,8 @@ async def test_wait_for_position_is_bounded(pg_target: DatabaseTarget, store: Ev
 async def test_wait_for_versions_waits_for_the_commands_own_rows(
     pg_target: DatabaseTarget, service: CommandService, store: EventStore
 ):
-    from engine.commands.fabric import CreateZone, DisableZone
-    from projections.status import NotYet, wait_for_versions
+    from cloud_engine.engine.commands.fabric import CreateZone, DisableZone
+    from cloud_engine.projections.status import NotYet, wait_for_versions
 
     zone = service.execute(CreateZone(name="z1"))
     disabled = service.execute(DisableZone(zone_id=zone.aggregate_id))

@@ -12,17 +12,17 @@ from typing import Any
 import asyncpg
 import pytest
 
-from api.cursor import Cursor
-from api.queries import fetch_page
-from api.resources import BY_TYPE, Filter
-from effectors.desired import ReadModels
-from engine.database import DatabaseTarget
-from engine.store import EventStore
-from engine.virtual.nic import Nic
-from engine.virtual.vm import VirtualMachine, VmSpec
-from engine.virtual.volume import Volume
-from projections import readmodel
-from projections.replay import Rebuild
+from cloud_engine.api.cursor import Cursor
+from cloud_engine.api.queries import fetch_page
+from cloud_engine.api.resources import BY_TYPE, Filter
+from cloud_engine.effectors.desired import ReadModels
+from cloud_engine.engine.database import DatabaseTarget
+from cloud_engine.engine.store import EventStore
+from cloud_engine.engine.virtual.nic import Nic
+from cloud_engine.engine.virtual.vm import VirtualMachine, VmSpec
+from cloud_engine.engine.virtual.volume import Volume
+from cloud_engine.projections import readmodel
+from cloud_engine.projections.replay import Rebuild
 
 pytestmark = pytest.mark.postgres
 

@@ -22,7 +22,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from psycopg import sql
 
-from engine.commands.compute import (
+from cloud_engine.engine.commands.compute import (
     CreateVm,
     MarkVmRunning,
     MarkVmStopped,
@@ -31,15 +31,15 @@ from engine.commands.compute import (
     RequestVmStart,
     RequestVmStop,
 )
-from engine.commands.hosts import ReleaseHostCapacity, ReserveHostCapacity
-from engine.commands.network import AllocateIp, ReleaseIp
-from engine.database import DatabaseTarget
-from engine.errors import DomainError
-from engine.service import CommandService
-from engine.store import EventStore
-from engine.virtual.vm import VmSpec
-from projections import readmodel
-from projections.replay import Rebuild
+from cloud_engine.engine.commands.hosts import ReleaseHostCapacity, ReserveHostCapacity
+from cloud_engine.engine.commands.network import AllocateIp, ReleaseIp
+from cloud_engine.engine.database import DatabaseTarget
+from cloud_engine.engine.errors import DomainError
+from cloud_engine.engine.service import CommandService
+from cloud_engine.engine.store import EventStore
+from cloud_engine.engine.virtual.vm import VmSpec
+from cloud_engine.projections import readmodel
+from cloud_engine.projections.replay import Rebuild
 from tests.integration.test_projection_worker import setup_fabric
 from tests.integration.test_projections import _connect, apply_live, checksum
 

@@ -9,13 +9,13 @@ from __future__ import annotations
 
 import pytest
 
-from engine.commands.compute import (
+from cloud_engine.engine.commands.compute import (
     CreateVm,
     MarkVmRunning,
     PlaceVm,
     RequestVmStart,
 )
-from engine.commands.fabric import (
+from cloud_engine.engine.commands.fabric import (
     AllocateTag,
     CreateCluster,
     CreateImageStore,
@@ -27,15 +27,15 @@ from engine.commands.fabric import (
     ReserveHostCapacity,
     ReserveStorage,
 )
-from engine.commands.network import (
+from cloud_engine.engine.commands.network import (
     AllocateIp,
     CreateNetwork,
     CreateNetworkRule,
     CreateNic,
     PlugNic,
 )
-from engine.commands.network_tags import AllocateNetworkTag
-from engine.commands.storage import (
+from cloud_engine.engine.commands.network_tags import AllocateNetworkTag
+from cloud_engine.engine.commands.storage import (
     AttachVolume,
     CreateSnapshot,
     CreateVolume,
@@ -45,10 +45,10 @@ from engine.commands.storage import (
     RequestTemplateDownload,
     RequestVolumeCreation,
 )
-from engine.fabric.physical_network import TagRange
-from engine.service import CommandService
-from engine.store import EventStore
-from engine.virtual.vm import VmSpec
+from cloud_engine.engine.fabric.physical_network import TagRange
+from cloud_engine.engine.service import CommandService
+from cloud_engine.engine.store import EventStore
+from cloud_engine.engine.virtual.vm import VmSpec
 
 pytestmark = pytest.mark.postgres
 

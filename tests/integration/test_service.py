@@ -8,16 +8,16 @@ from uuid import UUID
 
 import pytest
 
-from engine.aggregate import Aggregate
-from engine.commands import CommandContext
-from engine.commands.fabric import CreateZone, DisableZone, EnableZone
-from engine.commands.operations import DeployVm
-from engine.errors import Conflict, InvalidTransition, NotFound
-from engine.fabric.zone import Zone
-from engine.operations.operation import Operation
-from engine.service import CommandService
-from engine.store import EventStore
-from engine.virtual.vm import VmSpec
+from cloud_engine.engine.aggregate import Aggregate
+from cloud_engine.engine.commands import CommandContext
+from cloud_engine.engine.commands.fabric import CreateZone, DisableZone, EnableZone
+from cloud_engine.engine.commands.operations import DeployVm
+from cloud_engine.engine.errors import Conflict, InvalidTransition, NotFound
+from cloud_engine.engine.fabric.zone import Zone
+from cloud_engine.engine.operations.operation import Operation
+from cloud_engine.engine.service import CommandService
+from cloud_engine.engine.store import EventStore
+from cloud_engine.engine.virtual.vm import VmSpec
 from tests.integration.catalog_setup import ready_template
 
 pytestmark = pytest.mark.postgres
@@ -192,7 +192,7 @@ def test_store_refuses_an_oversized_transaction_instead_of_hanging(store):
 
 
 def test_a_cancelled_wait_drops_its_command_and_answers_the_rest(service, store):
-    from engine.submission import Submission
+    from cloud_engine.engine.submission import Submission
 
     batch = [Submission(CreateZone(name=f"c-{i}"), CommandContext()) for i in range(5)]
     assert batch[2].future.cancel()  # its caller gave up before the writer took it

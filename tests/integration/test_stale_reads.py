@@ -4,16 +4,16 @@ only read (cached), in the batched and the one-by-one path."""
 
 import pytest
 
-from engine.commands.fabric import CreateZone
-from engine.commands.operations import DeployVm
-from engine.commands.storage import (
+from cloud_engine.engine.commands.fabric import CreateZone
+from cloud_engine.engine.commands.operations import DeployVm
+from cloud_engine.engine.commands.storage import (
     DeactivateTemplate,
     MarkTemplateDownloaded,
     RequestTemplateDownload,
 )
-from engine.errors import InvalidTransition
-from engine.service import CommandService
-from engine.virtual.vm import VmSpec
+from cloud_engine.engine.errors import InvalidTransition
+from cloud_engine.engine.service import CommandService
+from cloud_engine.engine.virtual.vm import VmSpec
 from tests.integration.catalog_setup import ready_template, register_template, small_cluster
 
 pytestmark = pytest.mark.postgres
@@ -55,9 +55,9 @@ def test_a_placement_done_by_another_engine_while_loading_is_not_refused(store, 
     # holds the volume: on those mixed reads Y's placement was refused with a
     # Conflict, and the manager's FailOperation then compensated a deploy X
     # had placed correctly.
-    from engine.commands.operations import FailOperation, PlaceOperation
-    from engine.operations.operation import Operation
-    from engine.store import EventStore
+    from cloud_engine.engine.commands.operations import FailOperation, PlaceOperation
+    from cloud_engine.engine.operations.operation import Operation
+    from cloud_engine.engine.store import EventStore
 
     y_store = EventStore(pg_target)
     client, x, y = (

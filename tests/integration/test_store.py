@@ -9,9 +9,9 @@ import psycopg
 import pytest
 from eventsourcing.persistence import IntegrityError, StoredEvent
 
-from engine.fabric.zone import Zone
-from engine.metadata import EventMeta, bound_meta
-from engine.store import MAX_EVENTS_PER_TRANSACTION, EventStore
+from cloud_engine.engine.fabric.zone import Zone
+from cloud_engine.engine.metadata import EventMeta, bound_meta
+from cloud_engine.engine.store import MAX_EVENTS_PER_TRANSACTION, EventStore
 
 pytestmark = pytest.mark.postgres
 

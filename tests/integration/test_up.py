@@ -50,7 +50,7 @@ class Terminal:
         del env["CLOUD_ENGINE_LOG_FORMAT"]  # the default: auto
         self.pid, self.fd = pty.fork()
         if self.pid == 0:  # the child: becomes `up`
-            os.execve(sys.executable, [sys.executable, "-m", "runner.cli", "up"], env)
+            os.execve(sys.executable, [sys.executable, "-m", "cloud_engine.runner.cli", "up"], env)
         self.output = b""
         self._lock = threading.Lock()
         self._reader = threading.Thread(target=self._read, daemon=True)

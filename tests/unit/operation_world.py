@@ -5,27 +5,27 @@ network, a downloaded template."""
 import copy
 from uuid import UUID
 
-from engine.commands.base import dispatch
-from engine.commands.fabric import CreateCluster, CreatePod, CreateZone, RegisterHost
-from engine.commands.network import CreateNetwork
-from engine.commands.operations import (
+from cloud_engine.engine.commands.base import dispatch
+from cloud_engine.engine.commands.fabric import CreateCluster, CreatePod, CreateZone, RegisterHost
+from cloud_engine.engine.commands.network import CreateNetwork
+from cloud_engine.engine.commands.operations import (
     AdvanceOperation,
     DeployVm,
     PlaceOperation,
     VmOperation,
 )
-from engine.commands.physical_networks import CreatePhysicalNetwork
-from engine.commands.storage import (
+from cloud_engine.engine.commands.physical_networks import CreatePhysicalNetwork
+from cloud_engine.engine.commands.storage import (
     MarkTemplateDownloaded,
     RegisterTemplate,
     RequestTemplateDownload,
 )
-from engine.commands.storage_fabric import CreateStoragePool
-from engine.fabric.physical_network import TagRange
-from engine.operations.operation import Operation
-from engine.unit_of_work import InMemoryUnitOfWork
-from engine.virtual.vm import VirtualMachine, VmSpec
-from engine.virtual.volume import Volume
+from cloud_engine.engine.commands.storage_fabric import CreateStoragePool
+from cloud_engine.engine.fabric.physical_network import TagRange
+from cloud_engine.engine.operations.operation import Operation
+from cloud_engine.engine.unit_of_work import InMemoryUnitOfWork
+from cloud_engine.engine.virtual.vm import VirtualMachine, VmSpec
+from cloud_engine.engine.virtual.volume import Volume
 
 GIB = 1 << 30
 

@@ -20,7 +20,7 @@ import msgspec
 import pytest
 from hypothesis import strategies as st
 
-from engine.commands.base import dispatch
+from cloud_engine.engine.commands.base import dispatch
 
 # Refusals ----------------------------------------------------------------------------
 

@@ -6,7 +6,7 @@ import uuid
 
 import pytest
 
-from api.auth import (
+from cloud_engine.api.auth import (
     Principal,
     account_for,
     admin_only_field,
@@ -15,8 +15,8 @@ from api.auth import (
     require_access,
     valid_account,
 )
-from api.problems import ApiError
-from api.tokens import PREFIX, digest, new_secret
+from cloud_engine.api.problems import ApiError
+from cloud_engine.api.tokens import PREFIX, digest, new_secret
 
 ADMIN = Principal(token_id=uuid.uuid4(), role="admin", account="ops")
 ALICE = Principal(token_id=uuid.uuid4(), role="user", account="alice")

@@ -17,15 +17,15 @@ from hypothesis import strategies as st
 from jsonschema import Draft202012Validator
 from starlette.datastructures import Headers
 
-from api.codec import decode_json
-from api.context import idempotency_key
-from api.contract_fabric import HostRegister
-from api.contract_tenant import VolumeCreate
-from api.fields import Address, Cidr
-from api.openapi import IDEMPOTENCY_KEY_SCHEMA, build_document
-from api.problems import ApiError
-from api.resources import QUERY_TYPES, TYPES, EventQuery
-from api.route_table import COMMAND_ROUTES
+from cloud_engine.api.codec import decode_json
+from cloud_engine.api.context import idempotency_key
+from cloud_engine.api.contract_fabric import HostRegister
+from cloud_engine.api.contract_tenant import VolumeCreate
+from cloud_engine.api.fields import Address, Cidr
+from cloud_engine.api.openapi import IDEMPOTENCY_KEY_SCHEMA, build_document
+from cloud_engine.api.problems import ApiError
+from cloud_engine.api.resources import QUERY_TYPES, TYPES, EventQuery
+from cloud_engine.api.route_table import COMMAND_ROUTES
 
 DOCUMENT = build_document()
 FORMATS = Draft202012Validator.FORMAT_CHECKER

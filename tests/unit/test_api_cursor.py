@@ -11,8 +11,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from api.cursor import Cursor, decode_cursor, encode_cursor, query_digest
-from api.problems import ApiError
+from cloud_engine.api.cursor import Cursor, decode_cursor, encode_cursor, query_digest
+from cloud_engine.api.problems import ApiError
 
 MOMENTS = st.datetimes(
     min_value=datetime(2000, 1, 1), max_value=datetime(2100, 1, 1), timezones=st.just(UTC)

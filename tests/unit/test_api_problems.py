@@ -8,8 +8,15 @@ from typing import Annotated
 import msgspec
 import pytest
 
-from api.problems import MEDIA_TYPE, ApiError, field_of, from_domain, invalid_body, invalid_query
-from engine.errors import (
+from cloud_engine.api.problems import (
+    MEDIA_TYPE,
+    ApiError,
+    field_of,
+    from_domain,
+    invalid_body,
+    invalid_query,
+)
+from cloud_engine.engine.errors import (
     CapacityExceeded,
     Conflict,
     InvalidTransition,

@@ -9,11 +9,11 @@ import uuid
 import msgspec
 import pytest
 
-from api.auth import valid_account
-from api.cursor import decode_cursor, query_digest
-from api.fields import Address, Cidr, Description, Mac, Name, Tag, Url
-from api.problems import ApiError
-from api.resources import QUERY_TYPES
+from cloud_engine.api.auth import valid_account
+from cloud_engine.api.cursor import decode_cursor, query_digest
+from cloud_engine.api.fields import Address, Cidr, Description, Mac, Name, Tag, Url
+from cloud_engine.api.problems import ApiError
+from cloud_engine.api.resources import QUERY_TYPES
 
 
 def test_account_names_have_no_trailing_newline() -> None:

@@ -6,10 +6,10 @@ import json
 
 import msgspec
 
-from api.app import http_routes
-from api.openapi import CHECKED_IN, build_document, document_bytes
-from api.resources import TYPES
-from api.route_table import COMMAND_ROUTES
+from cloud_engine.api.app import http_routes
+from cloud_engine.api.openapi import CHECKED_IN, build_document, document_bytes
+from cloud_engine.api.resources import TYPES
+from cloud_engine.api.route_table import COMMAND_ROUTES
 
 
 def test_every_route_body_refuses_unknown_fields() -> None:
@@ -41,7 +41,7 @@ def test_openapi_document_is_3_1_and_checked_in() -> None:
     deploy = document["components"]["schemas"]["ComputeSpec"]["properties"]["cpus"]
     assert deploy["minimum"] == 1
     assert json.loads(CHECKED_IN.read_text()) == json.loads(document_bytes()), (
-        "schemas/openapi.json is out of date: run `python -m api.openapi`"
+        "schemas/openapi.json is out of date: run `python -m cloud_engine.api.openapi`"
     )
 
 

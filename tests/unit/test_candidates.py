@@ -10,9 +10,9 @@ from uuid import UUID, uuid4
 
 import msgspec
 
-from engine.fabric.host import Host
-from engine.planning.candidates import PlacementRequest, Refusal
-from orchestration.candidates import Candidates
+from cloud_engine.engine.fabric.host import Host
+from cloud_engine.engine.planning.candidates import PlacementRequest, Refusal
+from cloud_engine.orchestration.candidates import Candidates
 
 ZONE, POD, CLUSTER = uuid4(), uuid4(), uuid4()
 REQUEST = PlacementRequest(vm_id=uuid4(), zone_id=ZONE, cpus=1, ram_mb=64, root_size_bytes=1)

@@ -14,8 +14,8 @@ from typing import Any
 import pytest
 import yaml
 
-from engine.settings import PREFIX, Settings
-from runner.cli import _parser
+from cloud_engine.engine.settings import PREFIX, Settings
+from cloud_engine.runner.cli import _parser
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -62,8 +62,10 @@ def test_every_variable_is_a_documented_setting() -> None:
 def test_the_image_copies_every_package() -> None:
     dockerfile = (ROOT / "docker" / "Dockerfile").read_text()
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())
-    packages = [p.rstrip("*") for p in project["tool"]["setuptools"]["packages"]["find"]["include"]]
+    assert project["tool"]["setuptools"]["packages"]["find"]["include"] == ["cloud_engine*"]
+    # The package and every layer folder its links point to.
+    layers = {p.name for p in (ROOT / "cloud_engine").iterdir() if p.is_symlink()}
     copied = set(re.findall(r"^COPY (\w+) \./\1$", dockerfile, re.MULTILINE))
-    assert set(packages) <= copied, f"not copied: {set(packages) - copied}"
+    assert {"cloud_engine", *layers} <= copied, f"not copied: {layers - copied}"
     assert re.search(r"^COPY pyproject\.toml uv\.lock ", dockerfile, re.MULTILINE)
     assert "uv sync --locked" in dockerfile

@@ -3,9 +3,9 @@ from uuid import uuid4
 import msgspec
 import pytest
 
-from engine.commands import compute
-from engine.commands.base import HANDLERS, Command, dispatch
-from engine.commands.compute import (
+from cloud_engine.engine.commands import compute
+from cloud_engine.engine.commands.base import HANDLERS, Command, dispatch
+from cloud_engine.engine.commands.compute import (
     CompleteVmMigration,
     CreateVm,
     DestroyVm,
@@ -22,11 +22,11 @@ from engine.commands.compute import (
     RequestVmStart,
     RequestVmStop,
 )
-from engine.errors import Conflict, InvalidTransition, NotFound, Validation
-from engine.fabric.zone import Zone
-from engine.unit_of_work import InMemoryUnitOfWork
-from engine.virtual.template import Template
-from engine.virtual.vm import VirtualMachine, VmSpec
+from cloud_engine.engine.errors import Conflict, InvalidTransition, NotFound, Validation
+from cloud_engine.engine.fabric.zone import Zone
+from cloud_engine.engine.unit_of_work import InMemoryUnitOfWork
+from cloud_engine.engine.virtual.template import Template
+from cloud_engine.engine.virtual.vm import VirtualMachine, VmSpec
 
 GIB = 1 << 30
 SPEC = VmSpec(cpus=2, ram_mb=2048, root_disk_gb=20)

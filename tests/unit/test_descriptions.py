@@ -14,9 +14,13 @@ from typing import Any
 import msgspec
 import pytest
 
-from api.openapi import build_document
-from bus import schemas
-from bus.struct_schema import canonical_description, normalise_descriptions, struct_schema
+from cloud_engine.api.openapi import build_document
+from cloud_engine.bus import schemas
+from cloud_engine.bus.struct_schema import (
+    canonical_description,
+    normalise_descriptions,
+    struct_schema,
+)
 
 
 def _reindent(document: Any, margin: str) -> Any:

@@ -4,22 +4,22 @@ again. A deploy's compensation does not retry a refused expunge forever."""
 
 from uuid import UUID
 
-from engine.commands.compute import FailVmExpunge
-from engine.commands.operations import (
+from cloud_engine.engine.commands.compute import FailVmExpunge
+from cloud_engine.engine.commands.operations import (
     AdvanceOperation,
     FailOperation,
     PlaceOperation,
     VmOperation,
 )
-from engine.fabric.host import Host
-from engine.fabric.storage_pool import StoragePool
-from engine.operations import deploy_ids
-from engine.operations.guard import ResourceGuard, guard_id
-from engine.operations.operation import Operation
-from engine.virtual.ip_address import IpAddress
-from engine.virtual.nic import Nic
-from engine.virtual.vm import VirtualMachine
-from engine.virtual.volume import Volume
+from cloud_engine.engine.fabric.host import Host
+from cloud_engine.engine.fabric.storage_pool import StoragePool
+from cloud_engine.engine.operations import deploy_ids
+from cloud_engine.engine.operations.guard import ResourceGuard, guard_id
+from cloud_engine.engine.operations.operation import Operation
+from cloud_engine.engine.virtual.ip_address import IpAddress
+from cloud_engine.engine.virtual.nic import Nic
+from cloud_engine.engine.virtual.vm import VirtualMachine
+from cloud_engine.engine.virtual.volume import Volume
 from tests.unit.operation_world import World
 
 REFUSED = "unsupported flags (0x14) in function testDomainUndefineFlags"

@@ -4,9 +4,9 @@ from uuid import uuid4
 import msgspec
 import pytest
 
-from engine.commands import fabric
-from engine.commands.base import HANDLERS, Command, Outcome, dispatch
-from engine.commands.fabric import (
+from cloud_engine.engine.commands import fabric
+from cloud_engine.engine.commands.base import HANDLERS, Command, Outcome, dispatch
+from cloud_engine.engine.commands.fabric import (
     AllocateTag,
     CreateCluster,
     CreateImageStore,
@@ -40,16 +40,16 @@ from engine.commands.fabric import (
     ReserveStorage,
     UpdateHostOvercommit,
 )
-from engine.errors import CapacityExceeded, Conflict, NotFound, Validation
-from engine.fabric.cluster import Cluster
-from engine.fabric.host import Host
-from engine.fabric.image_store import ImageStore
-from engine.fabric.physical_network import PhysicalNetwork, TagRange
-from engine.fabric.pod import Pod
-from engine.fabric.storage_pool import StoragePool
-from engine.fabric.zone import Zone
-from engine.mapper import MsgspecMapper
-from engine.unit_of_work import InMemoryUnitOfWork
+from cloud_engine.engine.errors import CapacityExceeded, Conflict, NotFound, Validation
+from cloud_engine.engine.fabric.cluster import Cluster
+from cloud_engine.engine.fabric.host import Host
+from cloud_engine.engine.fabric.image_store import ImageStore
+from cloud_engine.engine.fabric.physical_network import PhysicalNetwork, TagRange
+from cloud_engine.engine.fabric.pod import Pod
+from cloud_engine.engine.fabric.storage_pool import StoragePool
+from cloud_engine.engine.fabric.zone import Zone
+from cloud_engine.engine.mapper import MsgspecMapper
+from cloud_engine.engine.unit_of_work import InMemoryUnitOfWork
 from tests.unit.support import assert_command_refused
 
 

@@ -3,8 +3,8 @@ from uuid import uuid4
 
 import pytest
 
-from engine.errors import CapacityExceeded, Conflict, InvalidTransition, Validation
-from engine.fabric.host import Host, Reservation
+from cloud_engine.engine.errors import CapacityExceeded, Conflict, InvalidTransition, Validation
+from cloud_engine.engine.fabric.host import Host, Reservation
 from tests.unit.support import (
     assert_refused,
     assert_transition,

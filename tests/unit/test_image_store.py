@@ -2,8 +2,8 @@ from uuid import uuid4
 
 import pytest
 
-from engine.errors import InvalidTransition, Validation
-from engine.fabric.image_store import ImageStore
+from cloud_engine.engine.errors import InvalidTransition, Validation
+from cloud_engine.engine.fabric.image_store import ImageStore
 from tests.unit.support import assert_disable_then_enable, assert_refused, event_names
 
 

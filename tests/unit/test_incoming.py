@@ -2,11 +2,11 @@
 
 from eventsourcing.utils import get_topic
 
-from bus.cloudevents import from_record
-from bus.incoming import domain_event
-from bus.naming import all_event_types
-from bus.outgoing import OutgoingCodec
-from engine.mapper import MsgspecMapper
+from cloud_engine.bus.cloudevents import from_record
+from cloud_engine.bus.incoming import domain_event
+from cloud_engine.bus.naming import all_event_types
+from cloud_engine.bus.outgoing import OutgoingCodec
+from cloud_engine.engine.mapper import MsgspecMapper
 from tests.scenarios import in_memory_scenario
 
 

@@ -13,7 +13,7 @@ from collections.abc import Iterator
 import pytest
 import structlog
 
-from engine.logs import configure_logging, lifecycle, resolve_format
+from cloud_engine.engine.logs import configure_logging, lifecycle, resolve_format
 
 
 class Tty(io.StringIO):

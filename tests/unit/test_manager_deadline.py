@@ -2,9 +2,9 @@
 
 import time
 
-from engine.commands.operations import PlaceOperation, VmOperation
-from engine.operations.operation import Operation
-from orchestration.manager import OperationManager
+from cloud_engine.engine.commands.operations import PlaceOperation, VmOperation
+from cloud_engine.engine.operations.operation import Operation
+from cloud_engine.orchestration.manager import OperationManager
 from tests.unit.operation_world import World
 
 

@@ -4,20 +4,20 @@ back, and a step the effectors never answer is failed and compensated."""
 
 import pytest
 
-from engine.commands.operations import (
+from cloud_engine.engine.commands.operations import (
     AdvanceOperation,
     FailOperation,
     PlaceOperation,
     VmOperation,
 )
-from engine.commands.storage_fabric import CreateStoragePool
-from engine.errors import CapacityExceeded, InvalidTransition, Validation
-from engine.fabric.host import Host
-from engine.fabric.storage_pool import StoragePool
-from engine.operations.guard import ResourceGuard, guard_id
-from engine.operations.operation import Operation
-from engine.virtual.vm import VirtualMachine
-from engine.virtual.volume import Volume
+from cloud_engine.engine.commands.storage_fabric import CreateStoragePool
+from cloud_engine.engine.errors import CapacityExceeded, InvalidTransition, Validation
+from cloud_engine.engine.fabric.host import Host
+from cloud_engine.engine.fabric.storage_pool import StoragePool
+from cloud_engine.engine.operations.guard import ResourceGuard, guard_id
+from cloud_engine.engine.operations.operation import Operation
+from cloud_engine.engine.virtual.vm import VirtualMachine
+from cloud_engine.engine.virtual.volume import Volume
 from tests.unit.operation_world import GIB, World
 
 

@@ -3,9 +3,9 @@ from uuid import uuid4
 
 import pytest
 
-from engine.errors import CapacityExceeded, Conflict, InvalidTransition, Validation
-from engine.mapper import MsgspecMapper
-from engine.virtual.network import Network
+from cloud_engine.engine.errors import CapacityExceeded, Conflict, InvalidTransition, Validation
+from cloud_engine.engine.mapper import MsgspecMapper
+from cloud_engine.engine.virtual.network import Network
 from tests.unit.support import assert_refused, event_names, replayed
 
 

@@ -3,8 +3,8 @@ from uuid import uuid4
 import msgspec
 import pytest
 
-from engine.commands.base import dispatch
-from engine.commands.network import (
+from cloud_engine.engine.commands.base import dispatch
+from cloud_engine.engine.commands.network import (
     ActivateNetworkRule,
     AllocateIp,
     AssignNetworkTag,
@@ -23,13 +23,13 @@ from engine.commands.network import (
     ShutdownNetwork,
     UnplugNic,
 )
-from engine.errors import Conflict, InvalidTransition, NotFound, Validation
-from engine.fabric.zone import Zone
-from engine.unit_of_work import InMemoryUnitOfWork
-from engine.virtual.ip_address import IpAddress
-from engine.virtual.network import Network
-from engine.virtual.network_rule import NetworkRule
-from engine.virtual.nic import Nic, mac_for
+from cloud_engine.engine.errors import Conflict, InvalidTransition, NotFound, Validation
+from cloud_engine.engine.fabric.zone import Zone
+from cloud_engine.engine.unit_of_work import InMemoryUnitOfWork
+from cloud_engine.engine.virtual.ip_address import IpAddress
+from cloud_engine.engine.virtual.network import Network
+from cloud_engine.engine.virtual.network_rule import NetworkRule
+from cloud_engine.engine.virtual.nic import Nic, mac_for
 from tests.unit.support import assert_command_refused
 
 
@@ -192,7 +192,7 @@ def test_allocate_ip_refusals_leave_nothing(uow):
 
 
 def test_allocate_ip_exhaustion(uow):
-    from engine.errors import CapacityExceeded
+    from cloud_engine.engine.errors import CapacityExceeded
 
     network_id = create_network(uow, cidr="10.0.0.0/30")
     dispatch(uow, AllocateIp(network_id=network_id))

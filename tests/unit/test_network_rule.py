@@ -2,8 +2,8 @@ from uuid import uuid4
 
 import pytest
 
-from engine.errors import InvalidTransition, Validation
-from engine.virtual.network_rule import NetworkRule
+from cloud_engine.engine.errors import InvalidTransition, Validation
+from cloud_engine.engine.virtual.network_rule import NetworkRule
 from tests.unit.support import assert_refused, event_names
 
 

@@ -7,9 +7,9 @@ from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, rule
 
-from engine.errors import CapacityExceeded, Conflict, InvalidTransition, Validation
-from engine.mapper import MsgspecMapper
-from engine.virtual.network import Network
+from cloud_engine.engine.errors import CapacityExceeded, Conflict, InvalidTransition, Validation
+from cloud_engine.engine.mapper import MsgspecMapper
+from cloud_engine.engine.virtual.network import Network
 from tests.unit.support import assert_refused, replayed
 
 

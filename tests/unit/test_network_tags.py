@@ -2,14 +2,14 @@ import uuid
 
 import pytest
 
-from engine.commands.base import dispatch
-from engine.commands.fabric import CreatePhysicalNetwork, CreateZone
-from engine.commands.network import CreateNetwork, ShutdownNetwork
-from engine.commands.network_tags import AllocateNetworkTag, ReturnNetworkTag
-from engine.errors import Conflict, InvalidTransition, Validation
-from engine.fabric.physical_network import PhysicalNetwork, TagRange
-from engine.unit_of_work import InMemoryUnitOfWork
-from engine.virtual.network import Network
+from cloud_engine.engine.commands.base import dispatch
+from cloud_engine.engine.commands.fabric import CreatePhysicalNetwork, CreateZone
+from cloud_engine.engine.commands.network import CreateNetwork, ShutdownNetwork
+from cloud_engine.engine.commands.network_tags import AllocateNetworkTag, ReturnNetworkTag
+from cloud_engine.engine.errors import Conflict, InvalidTransition, Validation
+from cloud_engine.engine.fabric.physical_network import PhysicalNetwork, TagRange
+from cloud_engine.engine.unit_of_work import InMemoryUnitOfWork
+from cloud_engine.engine.virtual.network import Network
 
 
 @pytest.fixture

@@ -2,8 +2,8 @@ from uuid import UUID, uuid4
 
 import pytest
 
-from engine.errors import InvalidTransition, Validation
-from engine.virtual.nic import Nic, mac_for, require_mac
+from cloud_engine.engine.errors import InvalidTransition, Validation
+from cloud_engine.engine.virtual.nic import Nic, mac_for, require_mac
 from tests.unit.support import assert_refused, event_names
 
 

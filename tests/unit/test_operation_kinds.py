@@ -6,18 +6,18 @@ from uuid import uuid4
 
 import pytest
 
-from engine.commands import dispatch
-from engine.commands.operations import (
+from cloud_engine.engine.commands import dispatch
+from cloud_engine.engine.commands.operations import (
     AdvanceOperation,
     FailOperation,
     PlaceOperation,
     VmOperationKind,
     VolumeOperationKind,
 )
-from engine.errors import Validation
-from engine.operations.operation import Operation
-from engine.operations.registry import KINDS, kind_of
-from engine.unit_of_work import InMemoryUnitOfWork
+from cloud_engine.engine.errors import Validation
+from cloud_engine.engine.operations.operation import Operation
+from cloud_engine.engine.operations.registry import KINDS, kind_of
+from cloud_engine.engine.unit_of_work import InMemoryUnitOfWork
 
 VM_KINDS = set(get_args(VmOperationKind))
 VOLUME_KINDS = set(get_args(VolumeOperationKind))

@@ -3,8 +3,8 @@ from uuid import uuid4
 
 import pytest
 
-from engine.errors import CapacityExceeded, Conflict, InvalidTransition, Validation
-from engine.fabric.physical_network import PhysicalNetwork, TagRange
+from cloud_engine.engine.errors import CapacityExceeded, Conflict, InvalidTransition, Validation
+from cloud_engine.engine.fabric.physical_network import PhysicalNetwork, TagRange
 from tests.unit.support import assert_disable_then_enable, assert_refused, event_names, replayed
 
 SMALL_RANGE = TagRange(100, 104)

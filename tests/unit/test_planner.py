@@ -17,10 +17,10 @@ import pytest
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
-from engine.errors import CapacityExceeded, InvalidTransition, Validation
-from engine.fabric.host import Host, HostState
-from engine.fabric.storage_pool import StoragePool, StoragePoolState
-from engine.planning import (
+from cloud_engine.engine.errors import CapacityExceeded, InvalidTransition, Validation
+from cloud_engine.engine.fabric.host import Host, HostState
+from cloud_engine.engine.fabric.storage_pool import StoragePool, StoragePoolState
+from cloud_engine.engine.planning import (
     AffinityGroup,
     HostCandidate,
     Placement,

@@ -6,7 +6,7 @@ from uuid import UUID, uuid4
 
 import msgspec
 
-from engine.planning import AffinityGroup, Planner
+from cloud_engine.engine.planning import AffinityGroup, Planner
 from tests.unit.test_planner import VM, ask, counts, host, placed, pool, refused, run
 
 

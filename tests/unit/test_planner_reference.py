@@ -15,7 +15,7 @@ from uuid import UUID
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from engine.planning import (
+from cloud_engine.engine.planning import (
     AffinityGroup,
     HostCandidate,
     Placement,

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from engine.planning import VolumeRequest
+from cloud_engine.engine.planning import VolumeRequest
 from tests.unit.test_planner import (
     GIB,
     OTHER_ZONE,

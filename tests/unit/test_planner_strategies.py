@@ -5,7 +5,7 @@ from __future__ import annotations
 import msgspec
 import pytest
 
-from engine.planning import HostCandidate
+from cloud_engine.engine.planning import HostCandidate
 from tests.unit.test_planner import GIB, ask, cluster, host, placed, pool, run
 
 

@@ -11,8 +11,8 @@ from collections.abc import Iterator
 import pytest
 import uvloop
 
-from bus.process import Stopping, StopSignals, run_component, run_on
-from engine.settings import EventLoop
+from cloud_engine.bus.process import Stopping, StopSignals, run_component, run_on
+from cloud_engine.engine.settings import EventLoop
 
 
 class Marker:

@@ -6,8 +6,8 @@ import uuid
 
 import msgspec
 
-from bus.work_results import EffectorResult
-from engine.commands.compute import (
+from cloud_engine.bus.work_results import EffectorResult
+from cloud_engine.engine.commands.compute import (
     CompleteVmMigration,
     FailVm,
     FailVmExpunge,
@@ -19,8 +19,8 @@ from engine.commands.compute import (
     MarkVmStopped,
     RecordVmDrift,
 )
-from engine.commands.hosts import DeclareHostDown
-from engine.commands.storage import (
+from cloud_engine.engine.commands.hosts import DeclareHostDown
+from cloud_engine.engine.commands.storage import (
     FailSnapshot,
     FailTemplate,
     FailVolume,
@@ -30,7 +30,7 @@ from engine.commands.storage import (
     MarkVolumeResized,
     MarkVolumeReverted,
 )
-from orchestration.recorder import command_for, context_for
+from cloud_engine.orchestration.recorder import command_for, context_for
 
 ID = uuid.uuid4()
 OP = uuid.uuid4()

@@ -3,9 +3,9 @@ from uuid import uuid4
 import msgspec
 import pytest
 
-from engine.commands import storage
-from engine.commands.base import HANDLERS, Command, dispatch
-from engine.commands.storage import (
+from cloud_engine.engine.commands import storage
+from cloud_engine.engine.commands.base import HANDLERS, Command, dispatch
+from cloud_engine.engine.commands.storage import (
     AttachVolume,
     CreateSnapshot,
     CreateVolume,
@@ -29,13 +29,13 @@ from engine.commands.storage import (
     RequestVolumeResize,
     RequestVolumeRevert,
 )
-from engine.errors import Conflict, InvalidTransition, NotFound, Validation
-from engine.fabric.zone import Zone
-from engine.unit_of_work import InMemoryUnitOfWork
-from engine.virtual.snapshot import Snapshot
-from engine.virtual.template import Template
-from engine.virtual.vm import VirtualMachine, VmSpec
-from engine.virtual.volume import Volume
+from cloud_engine.engine.errors import Conflict, InvalidTransition, NotFound, Validation
+from cloud_engine.engine.fabric.zone import Zone
+from cloud_engine.engine.unit_of_work import InMemoryUnitOfWork
+from cloud_engine.engine.virtual.snapshot import Snapshot
+from cloud_engine.engine.virtual.template import Template
+from cloud_engine.engine.virtual.vm import VirtualMachine, VmSpec
+from cloud_engine.engine.virtual.volume import Volume
 
 GIB = 1 << 30
 HOST, POOL = uuid4(), uuid4()

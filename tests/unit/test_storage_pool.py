@@ -3,8 +3,8 @@ from uuid import uuid4
 
 import pytest
 
-from engine.errors import CapacityExceeded, Conflict, InvalidTransition, Validation
-from engine.fabric.storage_pool import StoragePool
+from cloud_engine.engine.errors import CapacityExceeded, Conflict, InvalidTransition, Validation
+from cloud_engine.engine.fabric.storage_pool import StoragePool
 from tests.unit.support import (
     assert_refused,
     assert_transition,

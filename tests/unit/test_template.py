@@ -2,8 +2,8 @@ from uuid import uuid4
 
 import pytest
 
-from engine.errors import InvalidTransition, Validation
-from engine.virtual.template import TEMPLATE_STATES, Template
+from cloud_engine.engine.errors import InvalidTransition, Validation
+from cloud_engine.engine.virtual.template import TEMPLATE_STATES, Template
 from tests.unit.support import allowed_moves, assert_refused, event_names, refused_cases
 
 

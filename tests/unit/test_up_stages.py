@@ -8,8 +8,8 @@ import asyncio
 
 import pytest
 
-from runner import up as up_module
-from runner.up import Stage, run_in_stages
+from cloud_engine.runner import up as up_module
+from cloud_engine.runner.up import Stage, run_in_stages
 
 
 class Part:

@@ -2,9 +2,9 @@ from uuid import uuid4
 
 import pytest
 
-from engine.errors import InvalidTransition, Validation
-from engine.metadata import EventMeta, bound_meta
-from engine.virtual.vm import VM_STATES, VirtualMachine, VmSpec
+from cloud_engine.engine.errors import InvalidTransition, Validation
+from cloud_engine.engine.metadata import EventMeta, bound_meta
+from cloud_engine.engine.virtual.vm import VM_STATES, VirtualMachine, VmSpec
 from tests.unit.support import (
     allowed_cases,
     assert_refused,

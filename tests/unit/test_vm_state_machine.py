@@ -10,8 +10,8 @@ from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
 
-from engine.errors import InvalidTransition, Validation
-from engine.virtual.vm import VirtualMachine, VmSpec
+from cloud_engine.engine.errors import InvalidTransition, Validation
+from cloud_engine.engine.virtual.vm import VirtualMachine, VmSpec
 from tests.unit.support import assert_payload_round_trips, check_step, draw_action, replayed
 
 HOSTS = [uuid4() for _ in range(3)]

@@ -2,8 +2,8 @@ from uuid import uuid4
 
 import pytest
 
-from engine.errors import InvalidTransition, Validation
-from engine.virtual.volume import VOLUME_STATES, Volume
+from cloud_engine.engine.errors import InvalidTransition, Validation
+from cloud_engine.engine.virtual.volume import VOLUME_STATES, Volume
 from tests.unit.support import (
     allowed_moves,
     assert_refused,

@@ -8,21 +8,21 @@ from uuid import UUID, uuid4
 import msgspec
 import pytest
 
-from engine.commands.operations import (
+from cloud_engine.engine.commands.operations import (
     AdvanceOperation,
     FailOperation,
     VmOperation,
     VolumeOperation,
 )
-from engine.commands.storage import CreateVolume
-from engine.errors import CapacityExceeded, Conflict, Validation
-from engine.fabric.storage_pool import StoragePool
-from engine.mapper import MsgspecMapper
-from engine.operations.guard import ResourceGuard, guard_id
-from engine.operations.operation import Operation
-from engine.virtual.snapshot import Snapshot
-from engine.virtual.vm import VirtualMachine
-from engine.virtual.volume import Volume
+from cloud_engine.engine.commands.storage import CreateVolume
+from cloud_engine.engine.errors import CapacityExceeded, Conflict, Validation
+from cloud_engine.engine.fabric.storage_pool import StoragePool
+from cloud_engine.engine.mapper import MsgspecMapper
+from cloud_engine.engine.operations.guard import ResourceGuard, guard_id
+from cloud_engine.engine.operations.operation import Operation
+from cloud_engine.engine.virtual.snapshot import Snapshot
+from cloud_engine.engine.virtual.vm import VirtualMachine
+from cloud_engine.engine.virtual.volume import Volume
 from tests.unit.operation_world import GIB, World
 
 

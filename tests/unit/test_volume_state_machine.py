@@ -11,8 +11,8 @@ from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, rule
 
-from engine.errors import InvalidTransition, Validation
-from engine.virtual.volume import Volume
+from cloud_engine.engine.errors import InvalidTransition, Validation
+from cloud_engine.engine.virtual.volume import Volume
 from tests.unit.support import assert_payload_round_trips, check_step, draw_action, replayed
 
 GIB = 1 << 30

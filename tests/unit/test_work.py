@@ -6,9 +6,9 @@ import uuid
 
 import pytest
 
-from bus.cloudevents import CloudEvent
-from bus.naming import all_event_types
-from bus.work import KINDS, WorkItem, work_for, work_id
+from cloud_engine.bus.cloudevents import CloudEvent
+from cloud_engine.bus.naming import all_event_types
+from cloud_engine.bus.work import KINDS, WorkItem, work_for, work_id
 
 VM = uuid.uuid4()
 
@@ -101,7 +101,7 @@ def test_every_work_kinds_commands_take_its_aggregates_id_and_the_reason():
 
 
 def test_every_work_kind_has_one_effector_handler():
-    from effectors.handlers import HANDLERS
+    from cloud_engine.effectors.handlers import HANDLERS
 
     assert HANDLERS.keys() == KINDS.keys()
 

@@ -10,9 +10,9 @@ from typing import Literal
 import msgspec
 import pytest
 
-from bus.work import work_id
-from bus.work_results import EffectorResult, decode, encode
-from orchestration.recorder import command_for, context_for
+from cloud_engine.bus.work import work_id
+from cloud_engine.bus.work_results import EffectorResult, decode, encode
+from cloud_engine.orchestration.recorder import command_for, context_for
 
 AGGREGATE = uuid.UUID("00000000-0000-4000-8000-000000000001")
 WORK = work_id(AGGREGATE, 7)

@@ -1,10 +1,10 @@
 import pytest
 
-from engine.commands.base import dispatch
-from engine.commands.fabric import CreateZone, DisableZone, EnableZone
-from engine.errors import InvalidTransition, Validation
-from engine.fabric.zone import Zone
-from engine.unit_of_work import InMemoryUnitOfWork
+from cloud_engine.engine.commands.base import dispatch
+from cloud_engine.engine.commands.fabric import CreateZone, DisableZone, EnableZone
+from cloud_engine.engine.errors import InvalidTransition, Validation
+from cloud_engine.engine.fabric.zone import Zone
+from cloud_engine.engine.unit_of_work import InMemoryUnitOfWork
 from tests.unit.support import assert_disable_then_enable, assert_refused
 
 

@@ -15,15 +15,15 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
-from api import tokens
-from api.app import create_app
-from api.server import ApiServer
-from bus.pg import connect
-from engine.commands.storage import MarkTemplateDownloaded
-from engine.database import DatabaseTarget
-from engine.service import CommandService
-from engine.store import EventStore
-from projections.replay import Rebuild
+from cloud_engine.api import tokens
+from cloud_engine.api.app import create_app
+from cloud_engine.api.server import ApiServer
+from cloud_engine.bus.pg import connect
+from cloud_engine.engine.commands.storage import MarkTemplateDownloaded
+from cloud_engine.engine.database import DatabaseTarget
+from cloud_engine.engine.service import CommandService
+from cloud_engine.engine.store import EventStore
+from cloud_engine.projections.replay import Rebuild
 
 PROBLEM = "application/problem+json"
 

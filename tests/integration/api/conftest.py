@@ -11,9 +11,9 @@ from pathlib import Path
 import pytest
 from api_harness import Api, start_api
 
-from engine.database import DatabaseTarget
-from engine.service import CommandService
-from engine.store import EventStore
+from cloud_engine.engine.database import DatabaseTarget
+from cloud_engine.engine.service import CommandService
+from cloud_engine.engine.store import EventStore
 from tests.integration.effectors.template_server import qemu_img, serve
 
 

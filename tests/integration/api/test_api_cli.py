@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from engine.database import DatabaseTarget
+from cloud_engine.engine.database import DatabaseTarget
 
 pytestmark = pytest.mark.postgres
 
@@ -32,7 +32,7 @@ def _env(target: DatabaseTarget, data_dir: Path) -> dict[str, str]:
 
 def _cli(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "runner.cli", *args],
+        [sys.executable, "-m", "cloud_engine.runner.cli", *args],
         env=env,
         capture_output=True,
         text=True,
@@ -65,7 +65,7 @@ def test_token_create_and_api_command(pg_target: DatabaseTarget, tmp_path: Path)
 
     log = open(tmp_path / "api.log", "w")  # noqa: SIM115
     process = subprocess.Popen(
-        [sys.executable, "-m", "runner.cli", "api", "--port", "0"],
+        [sys.executable, "-m", "cloud_engine.runner.cli", "api", "--port", "0"],
         env=env,
         stdout=subprocess.PIPE,
         stderr=log,

@@ -15,12 +15,12 @@ from typing import Any
 import pytest
 from api_harness import Api, created
 
-from bus.relay import Relay, RelayConfig
-from effectors.naming import Names
-from effectors.service import EffectorService, effector_config
-from orchestration.manager import OperationManager, manager_config
-from orchestration.recorder import ResultRecorder
-from projections.worker import ProjectionWorker, consumer_config
+from cloud_engine.bus.relay import Relay, RelayConfig
+from cloud_engine.effectors.naming import Names
+from cloud_engine.effectors.service import EffectorService, effector_config
+from cloud_engine.orchestration.manager import OperationManager, manager_config
+from cloud_engine.orchestration.recorder import ResultRecorder
+from cloud_engine.projections.worker import ProjectionWorker, consumer_config
 
 pytestmark = pytest.mark.postgres
 

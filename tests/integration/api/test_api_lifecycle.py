@@ -51,14 +51,14 @@ import libvirt
 import pytest
 from api_harness import PROBLEM, Api, Reply, created
 
-from bus.relay import Relay, RelayConfig
-from bus.work import WorkItem
-from bus.work_results import EffectorResult
-from effectors.naming import Names
-from effectors.service import EffectorService, effector_config
-from orchestration.manager import OperationManager, manager_config
-from orchestration.recorder import ResultRecorder
-from projections.worker import ProjectionWorker, consumer_config
+from cloud_engine.bus.relay import Relay, RelayConfig
+from cloud_engine.bus.work import WorkItem
+from cloud_engine.bus.work_results import EffectorResult
+from cloud_engine.effectors.naming import Names
+from cloud_engine.effectors.service import EffectorService, effector_config
+from cloud_engine.orchestration.manager import OperationManager, manager_config
+from cloud_engine.orchestration.recorder import ResultRecorder
+from cloud_engine.projections.worker import ProjectionWorker, consumer_config
 from tests.integration.libvirt_cleanup import clean_up
 
 pytestmark = pytest.mark.postgres

@@ -9,7 +9,7 @@ import uuid
 
 from api_harness import Api, make_fabric, vm_body
 
-from api.openapi import CHECKED_IN
+from cloud_engine.api.openapi import CHECKED_IN
 
 
 async def _pages(api: Api, path: str, token: str) -> list[list[dict]]:
@@ -93,5 +93,5 @@ async def test_service_endpoints(api: Api) -> None:
     document = served.json()
     assert document["openapi"] == "3.1.0"
     assert document == json.loads(CHECKED_IN.read_text()), (
-        "schemas/openapi.json is out of date: run `python -m api.openapi`"
+        "schemas/openapi.json is out of date: run `python -m cloud_engine.api.openapi`"
     )

@@ -10,7 +10,7 @@ from collections.abc import AsyncIterator
 import asyncpg
 import pytest
 
-from api.metrics import (
+from cloud_engine.api.metrics import (
     FINISHED_COST_FACTOR,
     FINISHED_RECOUNT_S,
     FINISHED_RETRY_S,
@@ -18,11 +18,11 @@ from api.metrics import (
     ApiMetrics,
     operations_by_state_sql,
 )
-from bus.pg import create_pool
-from engine.database import DatabaseTarget
-from engine.operations.operation import FINISHED
-from engine.store import EventStore
-from projections import readmodel
+from cloud_engine.bus.pg import create_pool
+from cloud_engine.engine.database import DatabaseTarget
+from cloud_engine.engine.operations.operation import FINISHED
+from cloud_engine.engine.store import EventStore
+from cloud_engine.projections import readmodel
 
 pytestmark = pytest.mark.postgres
 

@@ -16,7 +16,7 @@ import psycopg
 import pytest
 from api_harness import Api, make_fabric, vm_body
 
-from api.cursor import query_digest
+from cloud_engine.api.cursor import query_digest
 
 PROBLEM = "application/problem+json"
 

@@ -20,7 +20,7 @@ import libvirt
 import pytest
 from template_server import Served, serve
 
-from effectors.hypervisor import Hypervisor
+from cloud_engine.effectors.hypervisor import Hypervisor
 from tests.integration.libvirt_cleanup import clean_up
 
 

@@ -16,12 +16,12 @@ from typing import TypeVar
 
 from psycopg.sql import SQL, Identifier
 
-from effectors.hypervisor import Hypervisor
-from effectors.naming import Names
-from engine.aggregate import Aggregate
-from engine.database import DatabaseTarget
-from engine.operations.operation import Operation
-from engine.store import EventStore
+from cloud_engine.effectors.hypervisor import Hypervisor
+from cloud_engine.effectors.naming import Names
+from cloud_engine.engine.aggregate import Aggregate
+from cloud_engine.engine.database import DatabaseTarget
+from cloud_engine.engine.operations.operation import Operation
+from cloud_engine.engine.store import EventStore
 
 REPO = Path(__file__).resolve().parents[3]
 
@@ -52,7 +52,7 @@ class EngineProcess:
         self.log = log
         self._out = log.open("wb")
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "runner.cli", "engine"],
+            [sys.executable, "-m", "cloud_engine.runner.cli", "engine"],
             cwd=REPO,
             env=environ,
             stdout=self._out,

@@ -12,13 +12,13 @@ from pathlib import Path
 from effector_pipeline import Pipeline, wait_for
 from template_server import Served, make_template_image
 
-from effectors.naming import Names
-from engine.commands.fabric import CreateCluster, CreatePod, CreateZone, RegisterHost
-from engine.commands.network import CreateNetwork
-from engine.commands.storage import RegisterTemplate, RequestTemplateDownload
-from engine.commands.storage_fabric import CreateImageStore, CreateStoragePool
-from engine.service import CommandService
-from engine.store import EventStore
+from cloud_engine.effectors.naming import Names
+from cloud_engine.engine.commands.fabric import CreateCluster, CreatePod, CreateZone, RegisterHost
+from cloud_engine.engine.commands.network import CreateNetwork
+from cloud_engine.engine.commands.storage import RegisterTemplate, RequestTemplateDownload
+from cloud_engine.engine.commands.storage_fabric import CreateImageStore, CreateStoragePool
+from cloud_engine.engine.service import CommandService
+from cloud_engine.engine.store import EventStore
 
 GiB = 1024**3
 

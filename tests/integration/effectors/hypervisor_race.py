@@ -19,7 +19,7 @@ import uuid
 import libvirt
 import structlog
 
-from effectors.hypervisor import Hypervisor, HypervisorError
+from cloud_engine.effectors.hypervisor import Hypervisor, HypervisorError
 
 
 class Flaky(Hypervisor):

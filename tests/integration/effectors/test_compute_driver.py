@@ -9,9 +9,9 @@ from pathlib import Path
 import libvirt
 import pytest
 
-from effectors.compute.driver import ComputeDriver, DomainMissing, DomainNotRunning
-from effectors.compute.spec import DiskSpec, DomainSpec, DomainState, NicSpec
-from effectors.hypervisor import Hypervisor, HypervisorError
+from cloud_engine.effectors.compute.driver import ComputeDriver, DomainMissing, DomainNotRunning
+from cloud_engine.effectors.compute.spec import DiskSpec, DomainSpec, DomainState, NicSpec
+from cloud_engine.effectors.hypervisor import Hypervisor, HypervisorError
 
 pytestmark = pytest.mark.libvirt
 

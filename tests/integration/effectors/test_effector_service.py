@@ -20,25 +20,25 @@ from typing import NamedTuple
 import pytest
 from effector_pipeline import Pipeline, domains_with_uuid, is_running, read_topic, wait_for
 
-from bus.cloudevents import CloudEvent, from_record
-from bus.consumer import ConsumerConfig
-from bus.naming import topic_for
-from bus.work import work_id
-from bus.work_results import EffectorResult, decode, results_topic
-from effectors.executor import FAULT_ENV
-from effectors.naming import Names
-from effectors.service import EffectorService, effector_config
-from engine.commands.compute import CreateVm, PlaceVm, RequestVmStart
-from engine.commands.fabric import CreateCluster, CreatePod, CreateZone, RegisterHost
-from engine.commands.storage import (
+from cloud_engine.bus.cloudevents import CloudEvent, from_record
+from cloud_engine.bus.consumer import ConsumerConfig
+from cloud_engine.bus.naming import topic_for
+from cloud_engine.bus.work import work_id
+from cloud_engine.bus.work_results import EffectorResult, decode, results_topic
+from cloud_engine.effectors.executor import FAULT_ENV
+from cloud_engine.effectors.naming import Names
+from cloud_engine.effectors.service import EffectorService, effector_config
+from cloud_engine.engine.commands.compute import CreateVm, PlaceVm, RequestVmStart
+from cloud_engine.engine.commands.fabric import CreateCluster, CreatePod, CreateZone, RegisterHost
+from cloud_engine.engine.commands.storage import (
     MarkTemplateDownloaded,
     RegisterTemplate,
     RequestTemplateDownload,
 )
-from engine.commands.storage_fabric import CreateStoragePool
-from engine.database import DatabaseTarget
-from engine.service import CommandService
-from engine.virtual.vm import VmSpec
+from cloud_engine.engine.commands.storage_fabric import CreateStoragePool
+from cloud_engine.engine.database import DatabaseTarget
+from cloud_engine.engine.service import CommandService
+from cloud_engine.engine.virtual.vm import VmSpec
 
 pytestmark = [pytest.mark.postgres, pytest.mark.libvirt]
 

@@ -51,25 +51,25 @@ from engine_process import (
 from fabric_setup import Fabric
 from template_server import make_template_image
 
-from effectors.hypervisor import Hypervisor
-from effectors.naming import Names
-from effectors.storage.templates import image_path
-from engine.commands.network import CreateNetwork
-from engine.commands.operations import DeployVm
-from engine.commands.storage import RegisterTemplate, RequestTemplateDownload
-from engine.commands.storage_fabric import CreateStoragePool
-from engine.fabric.host import Host
-from engine.fabric.storage_pool import StoragePool
-from engine.operations.guard import ResourceGuard
-from engine.operations.operation import Operation
-from engine.service import CommandService
-from engine.store import EventStore
-from engine.virtual.ip_address import IpAddress
-from engine.virtual.network import Network
-from engine.virtual.nic import Nic
-from engine.virtual.vm import VirtualMachine, VmSpec
-from engine.virtual.volume import Volume
-from projections.history import history
+from cloud_engine.effectors.hypervisor import Hypervisor
+from cloud_engine.effectors.naming import Names
+from cloud_engine.effectors.storage.templates import image_path
+from cloud_engine.engine.commands.network import CreateNetwork
+from cloud_engine.engine.commands.operations import DeployVm
+from cloud_engine.engine.commands.storage import RegisterTemplate, RequestTemplateDownload
+from cloud_engine.engine.commands.storage_fabric import CreateStoragePool
+from cloud_engine.engine.fabric.host import Host
+from cloud_engine.engine.fabric.storage_pool import StoragePool
+from cloud_engine.engine.operations.guard import ResourceGuard
+from cloud_engine.engine.operations.operation import Operation
+from cloud_engine.engine.service import CommandService
+from cloud_engine.engine.store import EventStore
+from cloud_engine.engine.virtual.ip_address import IpAddress
+from cloud_engine.engine.virtual.network import Network
+from cloud_engine.engine.virtual.nic import Nic
+from cloud_engine.engine.virtual.vm import VirtualMachine, VmSpec
+from cloud_engine.engine.virtual.volume import Volume
+from cloud_engine.projections.history import history
 
 pytestmark = [pytest.mark.postgres, pytest.mark.libvirt]
 

@@ -19,17 +19,17 @@ from aiokafka import AIOKafkaProducer
 from effector_pipeline import Pipeline, domains_with_uuid, is_running, wait_for
 from fabric_setup import Fabric
 
-from bus.work_results import EffectorResult, encode, results_topic
-from effectors.naming import Names
-from engine.commands.compute import CreateVm, PlaceVm, RequestVmStart
-from engine.commands.storage import (
+from cloud_engine.bus.work_results import EffectorResult, encode, results_topic
+from cloud_engine.effectors.naming import Names
+from cloud_engine.engine.commands.compute import CreateVm, PlaceVm, RequestVmStart
+from cloud_engine.engine.commands.storage import (
     AttachVolume,
     CreateVolume,
     RequestTemplateDownload,
     RequestVolumeCreation,
 )
-from engine.store import EventStore
-from engine.virtual.vm import VmSpec
+from cloud_engine.engine.store import EventStore
+from cloud_engine.engine.virtual.vm import VmSpec
 
 pytestmark = [pytest.mark.postgres, pytest.mark.libvirt]
 

@@ -14,13 +14,13 @@ import libvirt
 import msgspec
 import pytest
 
-from bus.work import WorkItem, work_id
-from effectors.desired import HostView, PoolView, VmSize, VmView, VolumeView
-from effectors.executor import Executor
-from effectors.handlers.vm import VmPlan
-from effectors.handlers.volume import VolumePlan
-from effectors.hypervisor import Hypervisor
-from effectors.naming import Names
+from cloud_engine.bus.work import WorkItem, work_id
+from cloud_engine.effectors.desired import HostView, PoolView, VmSize, VmView, VolumeView
+from cloud_engine.effectors.executor import Executor
+from cloud_engine.effectors.handlers.vm import VmPlan
+from cloud_engine.effectors.handlers.volume import VolumePlan
+from cloud_engine.effectors.hypervisor import Hypervisor
+from cloud_engine.effectors.naming import Names
 
 pytestmark = [pytest.mark.postgres, pytest.mark.libvirt]
 

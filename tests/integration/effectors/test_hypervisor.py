@@ -11,7 +11,7 @@ import libvirt
 import pytest
 from hypervisor_race import Flaky
 
-from effectors.hypervisor import Hypervisor, HypervisorError
+from cloud_engine.effectors.hypervisor import Hypervisor, HypervisorError
 
 pytestmark = pytest.mark.libvirt
 

@@ -20,15 +20,15 @@ import libvirt
 import msgspec
 import pytest
 
-from effectors.hypervisor import Hypervisor
-from effectors.network import vxlan
-from effectors.network.driver import (
+from cloud_engine.effectors.hypervisor import Hypervisor
+from cloud_engine.effectors.network import vxlan
+from cloud_engine.effectors.network.driver import (
     DhcpConflict,
     NetworkConflict,
     NetworkDriver,
     VlanUnsupported,
 )
-from effectors.network.spec import DhcpHost, NetworkSpec, VxlanSpec
+from cloud_engine.effectors.network.spec import DhcpHost, NetworkSpec, VxlanSpec
 
 pytestmark = pytest.mark.libvirt
 

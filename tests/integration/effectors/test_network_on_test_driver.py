@@ -4,12 +4,12 @@ must treat the live definition as the only one, idempotently."""
 
 import uuid
 
-from effectors.desired import NetworkView
-from effectors.hypervisor import Hypervisor
-from effectors.mapping import network_spec
-from effectors.naming import Names
-from effectors.network.driver import NetworkDriver
-from effectors.network.spec import DhcpHost
+from cloud_engine.effectors.desired import NetworkView
+from cloud_engine.effectors.hypervisor import Hypervisor
+from cloud_engine.effectors.mapping import network_spec
+from cloud_engine.effectors.naming import Names
+from cloud_engine.effectors.network.driver import NetworkDriver
+from cloud_engine.effectors.network.spec import DhcpHost
 
 
 def test_ensure_and_dhcp_hosts_are_idempotent_on_the_test_driver():

@@ -13,16 +13,16 @@ from uuid import UUID
 import msgspec
 import pytest
 
-from bus.work_results import EffectorResult
-from effectors.compute.driver import ComputeDriver
-from effectors.compute.spec import DomainSpec
-from effectors.desired import HostView, VmSize, VmView, VolumeView
-from effectors.hypervisor import Hypervisor
-from effectors.naming import Names
-from effectors.reconciler import Reconciler, start_libvirt_event_loop
-from effectors.storage.pools import ensure_pool
-from effectors.storage.spec import PoolSpec, VolumeSpec
-from effectors.storage.volumes import StorageDriver
+from cloud_engine.bus.work_results import EffectorResult
+from cloud_engine.effectors.compute.driver import ComputeDriver
+from cloud_engine.effectors.compute.spec import DomainSpec
+from cloud_engine.effectors.desired import HostView, VmSize, VmView, VolumeView
+from cloud_engine.effectors.hypervisor import Hypervisor
+from cloud_engine.effectors.naming import Names
+from cloud_engine.effectors.reconciler import Reconciler, start_libvirt_event_loop
+from cloud_engine.effectors.storage.pools import ensure_pool
+from cloud_engine.effectors.storage.spec import PoolSpec, VolumeSpec
+from cloud_engine.effectors.storage.volumes import StorageDriver
 
 pytestmark = pytest.mark.libvirt
 

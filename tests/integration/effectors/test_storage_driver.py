@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from effectors.hypervisor import Hypervisor
-from effectors.storage.pools import (
+from cloud_engine.effectors.hypervisor import Hypervisor
+from cloud_engine.effectors.storage.pools import (
     PoolMismatch,
     PoolMissing,
     UnknownPoolKind,
@@ -19,8 +19,8 @@ from effectors.storage.pools import (
     observe_pool,
     remove_pool,
 )
-from effectors.storage.spec import PoolSpec, VolumeSpec
-from effectors.storage.volumes import (
+from cloud_engine.effectors.storage.spec import PoolSpec, VolumeSpec
+from cloud_engine.effectors.storage.volumes import (
     ShrinkRefused,
     SnapshotMissing,
     StorageDriver,

@@ -14,13 +14,19 @@ import msgspec
 import pytest
 from template_server import make_template_image, qemu_img, qemu_io
 
-from bus.work import WorkItem, work_id
-from effectors.desired import HostView, ImageStoreView, PoolView, TemplateView, VolumeView
-from effectors.executor import Executor
-from effectors.handlers.template import TemplateSource
-from effectors.handlers.volume import VolumePlan
-from effectors.hypervisor import Hypervisor
-from effectors.naming import Names
+from cloud_engine.bus.work import WorkItem, work_id
+from cloud_engine.effectors.desired import (
+    HostView,
+    ImageStoreView,
+    PoolView,
+    TemplateView,
+    VolumeView,
+)
+from cloud_engine.effectors.executor import Executor
+from cloud_engine.effectors.handlers.template import TemplateSource
+from cloud_engine.effectors.handlers.volume import VolumePlan
+from cloud_engine.effectors.hypervisor import Hypervisor
+from cloud_engine.effectors.naming import Names
 
 pytestmark = [pytest.mark.libvirt]
 

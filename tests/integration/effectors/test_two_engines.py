@@ -84,32 +84,32 @@ from fabric_setup import Fabric
 from psycopg.sql import SQL, Identifier
 from template_server import Served
 
-from bus.naming import topic_for
-from bus.outgoing import partition_for
-from bus.work import work_id
-from effectors.hypervisor import Hypervisor
-from effectors.naming import Names
-from engine.aggregate import Aggregate
-from engine.catalog import PUBLIC_NAMES
-from engine.commands.base import Command, CommandResult
-from engine.commands.network import CreateNetwork
-from engine.commands.operations import DeployVm, VmOperation, VmOperationKind
-from engine.commands.storage import RequestTemplateDownload
-from engine.commands.storage_fabric import CreateStoragePool
-from engine.database import DatabaseTarget
-from engine.fabric.host import Host
-from engine.fabric.storage_pool import StoragePool
-from engine.metadata import EventMeta
-from engine.operations.guard import guard_id
-from engine.operations.operation import Operation
-from engine.service import CommandService
-from engine.store import EventStore
-from engine.virtual.ip_address import IpAddress
-from engine.virtual.network import Network
-from engine.virtual.nic import Nic
-from engine.virtual.vm import VirtualMachine, VmSpec
-from engine.virtual.volume import Volume
-from orchestration.manager import ENGINE, manager_config
+from cloud_engine.bus.naming import topic_for
+from cloud_engine.bus.outgoing import partition_for
+from cloud_engine.bus.work import work_id
+from cloud_engine.effectors.hypervisor import Hypervisor
+from cloud_engine.effectors.naming import Names
+from cloud_engine.engine.aggregate import Aggregate
+from cloud_engine.engine.catalog import PUBLIC_NAMES
+from cloud_engine.engine.commands.base import Command, CommandResult
+from cloud_engine.engine.commands.network import CreateNetwork
+from cloud_engine.engine.commands.operations import DeployVm, VmOperation, VmOperationKind
+from cloud_engine.engine.commands.storage import RequestTemplateDownload
+from cloud_engine.engine.commands.storage_fabric import CreateStoragePool
+from cloud_engine.engine.database import DatabaseTarget
+from cloud_engine.engine.fabric.host import Host
+from cloud_engine.engine.fabric.storage_pool import StoragePool
+from cloud_engine.engine.metadata import EventMeta
+from cloud_engine.engine.operations.guard import guard_id
+from cloud_engine.engine.operations.operation import Operation
+from cloud_engine.engine.service import CommandService
+from cloud_engine.engine.store import EventStore
+from cloud_engine.engine.virtual.ip_address import IpAddress
+from cloud_engine.engine.virtual.network import Network
+from cloud_engine.engine.virtual.nic import Nic
+from cloud_engine.engine.virtual.vm import VirtualMachine, VmSpec
+from cloud_engine.engine.virtual.volume import Volume
+from cloud_engine.orchestration.manager import ENGINE, manager_config
 
 pytestmark = [pytest.mark.postgres, pytest.mark.libvirt]
 

@@ -15,18 +15,18 @@ import pytest
 from effector_pipeline import Pipeline, domains_with_uuid, is_running, wait_for
 from fabric_setup import orchestrated_fabric
 
-from effectors.naming import Names
-from engine.commands.operations import DeployVm, VmOperation, VolumeOperation
-from engine.commands.storage import CreateVolume
-from engine.errors import Conflict
-from engine.fabric.host import Host
-from engine.fabric.storage_pool import StoragePool
-from engine.operations import deploy_ids
-from engine.operations.operation import Operation
-from engine.store import EventStore
-from engine.virtual.snapshot import Snapshot
-from engine.virtual.vm import VirtualMachine, VmSpec
-from engine.virtual.volume import Volume
+from cloud_engine.effectors.naming import Names
+from cloud_engine.engine.commands.operations import DeployVm, VmOperation, VolumeOperation
+from cloud_engine.engine.commands.storage import CreateVolume
+from cloud_engine.engine.errors import Conflict
+from cloud_engine.engine.fabric.host import Host
+from cloud_engine.engine.fabric.storage_pool import StoragePool
+from cloud_engine.engine.operations import deploy_ids
+from cloud_engine.engine.operations.operation import Operation
+from cloud_engine.engine.store import EventStore
+from cloud_engine.engine.virtual.snapshot import Snapshot
+from cloud_engine.engine.virtual.vm import VirtualMachine, VmSpec
+from cloud_engine.engine.virtual.volume import Volume
 
 pytestmark = [pytest.mark.postgres, pytest.mark.libvirt]
 

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from lab import Lab, LabHost
+from cloud_engine.lab import Lab, LabHost
 
 
 def new_state_dir() -> Path:

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import libvirt
 
-from lab import Lab
-from lab.model import Layout
+from cloud_engine.lab import Lab
+from cloud_engine.lab.model import Layout
 
 libvirt.registerErrorHandler(lambda _ctx, _err: None, None)
 

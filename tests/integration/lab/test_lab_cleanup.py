@@ -13,9 +13,9 @@ import libvirt
 import msgspec
 import pytest
 
-from lab import Lab
-from lab.model import LabState, Layout
-from lab.system import list_netns
+from cloud_engine.lab import Lab
+from cloud_engine.lab.model import LabState, Layout
+from cloud_engine.lab.system import list_netns
 from tests.integration.lab.lab_helpers import domain_name, domain_xml, leftovers, names, qemu_pids
 
 pytestmark = pytest.mark.libvirt
@@ -83,7 +83,7 @@ def test_supervisors_killed_then_up_cleans_and_starts_afresh(own_lab: Lab):
 
 
 def test_lab_up_killed_midway_is_finished_by_the_next_up(own_lab: Lab):
-    argv = [sys.executable, "-m", "runner.cli", "lab", "up", "--hosts", "2"]
+    argv = [sys.executable, "-m", "cloud_engine.runner.cli", "lab", "up", "--hosts", "2"]
     proc = subprocess.Popen([*argv, "--state-dir", str(own_lab.state_dir)])
     state_file = own_lab.state_dir / "lab.json"
     deadline = time.monotonic() + 30

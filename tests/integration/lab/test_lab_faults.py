@@ -7,8 +7,8 @@ import contextlib
 import libvirt
 import pytest
 
-from lab import Lab, LabHost
-from lab.system import list_netns, pids_in_netns
+from cloud_engine.lab import Lab, LabHost
+from cloud_engine.lab.system import list_netns, pids_in_netns
 from tests.integration.lab.lab_helpers import (
     domain_name,
     domain_xml,

@@ -9,7 +9,7 @@ from pathlib import Path
 import libvirt
 import pytest
 
-from lab import Lab, LabHost
+from cloud_engine.lab import Lab, LabHost
 from tests.integration.lab.lab_helpers import domain_name, domain_xml, names, reachable
 
 pytestmark = pytest.mark.libvirt

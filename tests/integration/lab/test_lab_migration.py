@@ -8,7 +8,7 @@ import time
 import libvirt
 import pytest
 
-from lab import Lab, LabHost
+from cloud_engine.lab import Lab, LabHost
 from tests.integration.lab.lab_helpers import domain_name, domain_xml, names, qemu_pids
 
 pytestmark = pytest.mark.libvirt

@@ -9,9 +9,9 @@ from collections.abc import Iterator
 
 import pytest
 
-from effectors.compute.driver import ComputeDriver
-from effectors.compute.spec import DiskSpec, DomainSpec
-from effectors.hypervisor import Hypervisor
+from cloud_engine.effectors.compute.driver import ComputeDriver
+from cloud_engine.effectors.compute.spec import DiskSpec, DomainSpec
+from cloud_engine.effectors.hypervisor import Hypervisor
 
 
 @pytest.fixture

@@ -3,8 +3,8 @@ from uuid import UUID, uuid4
 
 import pytest
 
-from effectors.compute.domain_xml import domain_xml
-from effectors.compute.spec import DiskSpec, DomainSpec, NicSpec
+from cloud_engine.effectors.compute.domain_xml import domain_xml
+from cloud_engine.effectors.compute.spec import DiskSpec, DomainSpec, NicSpec
 
 VM = UUID("6f1c2a52-1f0e-4c3e-9a55-0d7d8f1b2c3a")
 

@@ -7,9 +7,9 @@ from uuid import UUID
 import msgspec
 import pytest
 
-from effectors.compute.spec import DomainState
-from effectors.desired import VmSize, VmView
-from effectors.drift import Drift, compare, drift_operation_id
+from cloud_engine.effectors.compute.spec import DomainState
+from cloud_engine.effectors.desired import VmSize, VmView
+from cloud_engine.effectors.drift import Drift, compare, drift_operation_id
 
 HOST = uuid.uuid4()
 OTHER_HOST = uuid.uuid4()

@@ -6,9 +6,9 @@ import uuid
 
 import pytest
 
-from effectors.desired import NetworkView
-from effectors.mapping import Unsupported, Uplink, network_spec
-from effectors.naming import Names
+from cloud_engine.effectors.desired import NetworkView
+from cloud_engine.effectors.mapping import Unsupported, Uplink, network_spec
+from cloud_engine.effectors.naming import Names
 
 UPLINK = Uplink(device="eth1", local_ip="192.0.2.1", peers=("192.0.2.1", "192.0.2.2"))
 

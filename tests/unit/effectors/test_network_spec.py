@@ -7,14 +7,14 @@ import xml.etree.ElementTree as ET
 import msgspec
 import pytest
 
-from effectors.network.network_xml import (
+from cloud_engine.effectors.network.network_xml import (
     build_network_xml,
     dhcp_host_xml,
     dhcp_ranges,
     differences,
     parse_network_xml,
 )
-from effectors.network.spec import (
+from cloud_engine.effectors.network.spec import (
     DhcpHost,
     NetworkSpec,
     SpecError,
@@ -22,7 +22,7 @@ from effectors.network.spec import (
     validate_dhcp_host,
     validate_network,
 )
-from effectors.network.vxlan import device_name
+from cloud_engine.effectors.network.vxlan import device_name
 
 
 def spec(**overrides: object) -> NetworkSpec:

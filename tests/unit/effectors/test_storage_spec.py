@@ -6,9 +6,9 @@ import xml.etree.ElementTree as ET
 
 import pytest
 
-from effectors.storage.pools import BACKENDS, DirPool, UnknownPoolKind, backend_for
-from effectors.storage.spec import PoolSpec
-from effectors.storage.volumes import _check_snapshot_name, parse_volume, volume_xml
+from cloud_engine.effectors.storage.pools import BACKENDS, DirPool, UnknownPoolKind, backend_for
+from cloud_engine.effectors.storage.spec import PoolSpec
+from cloud_engine.effectors.storage.volumes import _check_snapshot_name, parse_volume, volume_xml
 
 NASTY = "a<b>&'\"c"
 

@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from bus.work import WorkItem, work_id
-from effectors.desired import (
+from cloud_engine.bus.work import WorkItem, work_id
+from cloud_engine.effectors.desired import (
     HostView,
     ImageStoreView,
     PoolView,
@@ -22,14 +22,14 @@ from effectors.desired import (
     VmView,
     VolumeView,
 )
-from effectors.executor import Executor
-from effectors.handlers.template import TemplateSource
-from effectors.handlers.vm import VmPlan
-from effectors.handlers.volume import VolumePlan
-from effectors.hypervisor import Hypervisor
-from effectors.naming import Names
-from effectors.storage.templates import image_path
-from effectors.storage.volumes import StorageDriver
+from cloud_engine.effectors.executor import Executor
+from cloud_engine.effectors.handlers.template import TemplateSource
+from cloud_engine.effectors.handlers.vm import VmPlan
+from cloud_engine.effectors.handlers.volume import VolumePlan
+from cloud_engine.effectors.hypervisor import Hypervisor
+from cloud_engine.effectors.naming import Names
+from cloud_engine.effectors.storage.templates import image_path
+from cloud_engine.effectors.storage.volumes import StorageDriver
 
 MiB = 1024 * 1024
 GiB = 1024 * MiB

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from effectors.storage.templates import TemplateError, parse_checksum
+from cloud_engine.effectors.storage.templates import TemplateError, parse_checksum
 
 MD5 = "d41d8cd98f00b204e9800998ecf8427e"
 SHA256 = "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"
