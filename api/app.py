@@ -27,10 +27,10 @@ from cloud_engine.api.problems import UNAVAILABLE, ApiError, unavailable
 from cloud_engine.api.reads import events_endpoint, get_endpoint, list_endpoint
 from cloud_engine.api.resources import TYPES
 from cloud_engine.api.route_table import COMMAND_ROUTES
-from cloud_engine.bus.pg import create_pool
-from cloud_engine.engine.database import DatabaseTarget
 from cloud_engine.engine.service import CommandService
 from cloud_engine.engine.store import EventStore
+from cloud_engine.infra.database import DatabaseTarget
+from cloud_engine.infra.pg import create_pool
 from cloud_engine.projections import readmodel
 
 Handler = Callable[[Request], Awaitable[Response]]

@@ -19,9 +19,8 @@ import asyncpg
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
-from cloud_engine.bus.relay_log import events_table
 from cloud_engine.engine.operations.operation import FINISHED, OPERATION_STATUSES
-from cloud_engine.projections.readmodel import POSITIONS, table_name
+from cloud_engine.infra.tables import events_table, positions_table, table_name
 
 CONTENT_TYPE = CONTENT_TYPE_LATEST
 BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
@@ -126,7 +125,7 @@ class ApiMetrics:
             self.operations.labels(name).set(n)
         self.projection_lag.clear()
         for name, position in await _rows(
-            pool, f'SELECT projection AS name, position AS n FROM "{schema}".{POSITIONS}'
+            pool, f"SELECT projection AS name, position AS n FROM {positions_table(schema)}"
         ):
             self.projection_lag.labels(name).set(max(0, latest - position))
         self.relay_lag.clear()

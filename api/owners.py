@@ -18,8 +18,8 @@ import msgspec
 
 from cloud_engine.api.resources import BY_TYPE
 from cloud_engine.bus.naming import event_type_of
-from cloud_engine.bus.relay_log import events_table
 from cloud_engine.engine.mapper import MsgspecMapper
+from cloud_engine.infra.tables import events_table
 
 REMEMBERED = 200_000
 

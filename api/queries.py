@@ -17,7 +17,7 @@ import msgspec
 from cloud_engine.api.cursor import Cursor
 from cloud_engine.api.resources import Child, Filter, ResourceType
 from cloud_engine.api.views import Resource
-from cloud_engine.projections.readmodel import table_name
+from cloud_engine.infra.tables import table_name
 
 _COLUMNS = (
     "t.id, t.version, t.position, t.state, t.name, {account} AS account, t.zone_id,"

@@ -16,7 +16,7 @@ from starlette.types import ASGIApp
 class _Server(uvicorn.Server):
     @contextlib.contextmanager
     def capture_signals(self) -> Generator[None, None, None]:
-        # The process decides what a signal means (bus.process sets the stop
+        # The process decides what a signal means (infra.process sets the stop
         # event); uvicorn must not install handlers of its own.
         yield
 

@@ -18,7 +18,7 @@ import asyncpg
 from asyncpg.pool import PoolConnectionProxy
 
 from cloud_engine.api.auth import Principal, Role, valid_account
-from cloud_engine.bus.ddl import create_once
+from cloud_engine.infra.ddl import create_once
 
 TABLE = "cloudengine_api_tokens"
 PREFIX = "ce_"

@@ -96,8 +96,6 @@ from cloud_engine.api.cursor import Cursor, encode_cursor, query_digest
 from cloud_engine.api.queries import fetch_one, fetch_page
 from cloud_engine.api.resources import BY_TYPE
 from cloud_engine.api.server import ApiServer
-from cloud_engine.bus.pg import connect, create_pool
-from cloud_engine.bus.process import run_on
 from cloud_engine.engine.commands import Command, CommandContext
 from cloud_engine.engine.commands.fabric import (
     CreateCluster,
@@ -113,12 +111,14 @@ from cloud_engine.engine.commands.storage import (
     RegisterTemplate,
     RequestTemplateDownload,
 )
-from cloud_engine.engine.database import DatabaseTarget, EmbeddedPostgres, parse_database_url
-from cloud_engine.engine.logs import configure_logging
 from cloud_engine.engine.service import CommandService
-from cloud_engine.engine.settings import EventLoop, load_settings
 from cloud_engine.engine.store import EventStore
 from cloud_engine.engine.virtual.vm import VirtualMachine, VmSpec
+from cloud_engine.infra.database import DatabaseTarget, EmbeddedPostgres, parse_database_url
+from cloud_engine.infra.logs import configure_logging
+from cloud_engine.infra.pg import connect, create_pool
+from cloud_engine.infra.process import run_on
+from cloud_engine.infra.settings import EventLoop, load_settings
 from cloud_engine.projections import readmodel
 from cloud_engine.projections.replay import Rebuild
 

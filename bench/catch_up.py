@@ -41,13 +41,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from deploy_fabric import one_cluster
 
-from cloud_engine.bus.pg import connect, create_pool
-from cloud_engine.bus.relay_log import events_table
 from cloud_engine.engine.commands.hosts import UpdateHostOvercommit
-from cloud_engine.engine.database import DatabaseTarget, EmbeddedPostgres
 from cloud_engine.engine.service import CommandService
-from cloud_engine.engine.settings import load_settings
 from cloud_engine.engine.store import EventStore
+from cloud_engine.infra.database import DatabaseTarget, EmbeddedPostgres
+from cloud_engine.infra.pg import connect, create_pool
+from cloud_engine.infra.settings import load_settings
+from cloud_engine.infra.tables import events_table, read_model
 from cloud_engine.orchestration.candidates import Candidates
 from cloud_engine.projections import readmodel
 
@@ -61,7 +61,7 @@ async def fill(target: DatabaseTarget, hosts: int, pools: int, events: int, behi
         await readmodel.prepare(conn, target.schema)
         started = time.perf_counter()
         for name, count, offset in (("host", hosts, 0), ("storage_pool", pools, hosts)):
-            table = f'"{target.schema}".{readmodel.table_name(name)}'
+            table = read_model(target.schema, name)
             await conn.execute(
                 f"INSERT INTO {events_table(target.schema)}"
                 " (originator_id, originator_version, topic, state)"

@@ -49,12 +49,12 @@ from cloud_engine.engine.commands.storage import (
     RegisterTemplate,
     RequestTemplateDownload,
 )
-from cloud_engine.engine.database import DatabaseTarget, EmbeddedPostgres, parse_database_url
 from cloud_engine.engine.errors import NotFound
 from cloud_engine.engine.service import CommandService
-from cloud_engine.engine.settings import load_settings
 from cloud_engine.engine.store import EventStore, _StoreApplication, store_environment
 from cloud_engine.engine.virtual.vm import VmSpec
+from cloud_engine.infra.database import DatabaseTarget, EmbeddedPostgres, parse_database_url
+from cloud_engine.infra.settings import load_settings
 
 A = TypeVar("A", bound=Aggregate)
 HOSTS = 8

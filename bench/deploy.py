@@ -104,12 +104,12 @@ from planner import planner_p99_ms
 
 from cloud_engine.bus.broker import DevBroker
 from cloud_engine.engine.commands.storage import MarkTemplateDownloaded, RequestTemplateDownload
-from cloud_engine.engine.database import EmbeddedPostgres
-from cloud_engine.engine.logs import configure_logging
 from cloud_engine.engine.service import CommandService
-from cloud_engine.engine.settings import EventLoop, load_settings
 from cloud_engine.engine.store import EventStore
 from cloud_engine.engine.virtual.template import Template
+from cloud_engine.infra.database import EmbeddedPostgres
+from cloud_engine.infra.logs import configure_logging
+from cloud_engine.infra.settings import EventLoop, load_settings
 
 HOST_KINDS = {False: "a test driver each", True: "all on one shared test:///default"}
 

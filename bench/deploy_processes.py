@@ -15,8 +15,8 @@ from pathlib import Path
 
 import psutil
 
-from cloud_engine.engine.database import DatabaseTarget
-from cloud_engine.engine.settings import EventLoop
+from cloud_engine.infra.database import DatabaseTarget
+from cloud_engine.infra.settings import EventLoop
 
 ROOT = Path(__file__).resolve().parent.parent
 TOPIC_PREFIX = "cloudengine"

@@ -60,7 +60,6 @@ from aiokafka import AIOKafkaConsumer
 
 from cloud_engine.bus.broker import DevBroker
 from cloud_engine.bus.cloudevents import CloudEvent
-from cloud_engine.bus.pg import connect
 from cloud_engine.bus.work import WorkItem, work_id
 from cloud_engine.bus.work_results import EffectorResult, decode, results_topic
 from cloud_engine.effectors.compute.domain_xml import domain_xml
@@ -87,12 +86,13 @@ from cloud_engine.engine.commands.storage import (
     RequestVolumeCreation,
 )
 from cloud_engine.engine.commands.storage_fabric import CreateStoragePool
-from cloud_engine.engine.database import DatabaseTarget, EmbeddedPostgres
-from cloud_engine.engine.logs import configure_logging
 from cloud_engine.engine.service import CommandService
-from cloud_engine.engine.settings import load_settings
 from cloud_engine.engine.store import EventStore
 from cloud_engine.engine.virtual.vm import VmSpec
+from cloud_engine.infra.database import DatabaseTarget, EmbeddedPostgres
+from cloud_engine.infra.logs import configure_logging
+from cloud_engine.infra.pg import connect
+from cloud_engine.infra.settings import load_settings
 from cloud_engine.projections.status import wait_for_position, wait_for_versions
 from cloud_engine.projections.worker import ProjectionWorker, consumer_config
 

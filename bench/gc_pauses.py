@@ -12,7 +12,7 @@ Rows, all in this process, one after the other:
 - baseline: the old default cache (100,000 aggregates), nothing frozen;
 - the new default (10,000), nothing frozen;
 - the new default with the start-up heap frozen (gc.freeze(), as
-  bus.process.run_on does before a component's loop starts), so that
+  infra.process.run_on does before a component's loop starts), so that
   collections skip the modules' own objects.
 
     python bench/gc_pauses.py [--churn 1.5] [--collections 5]
@@ -34,9 +34,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import cloud_engine.api.app
 import cloud_engine.engine.service  # noqa: F401
-from cloud_engine.engine.settings import Settings
 from cloud_engine.engine.virtual.vm import VirtualMachine, VmSpec
 from cloud_engine.engine.working_set import AggregateCache
+from cloud_engine.infra.settings import Settings
 
 OLD_DEFAULT = 100_000
 SPEC = VmSpec(cpus=1, ram_mb=512, root_disk_gb=10)

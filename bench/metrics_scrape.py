@@ -36,10 +36,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import asyncpg
 
 from cloud_engine.api.metrics import UNFINISHED, operations_by_state_sql
-from cloud_engine.bus.pg import connect
-from cloud_engine.engine.database import DatabaseTarget, EmbeddedPostgres
 from cloud_engine.engine.operations.operation import FINISHED
-from cloud_engine.engine.settings import load_settings
+from cloud_engine.infra.database import DatabaseTarget, EmbeddedPostgres
+from cloud_engine.infra.pg import connect
+from cloud_engine.infra.settings import load_settings
+from cloud_engine.infra.tables import read_model
 from cloud_engine.projections import readmodel
 
 FINISHED_MIX = ["succeeded", "succeeded", "succeeded", "failed", "compensated"]
@@ -61,7 +62,7 @@ async def run(
     conn = await connect(target)
     try:
         await readmodel.prepare(conn, target.schema)
-        table = f'"{target.schema}".{readmodel.table_name("operation")}'
+        table = read_model(target.schema, "operation")
         started = time.perf_counter()
         insert = (
             f"INSERT INTO {table} (id, version, position, state, name, account, zone_id,"

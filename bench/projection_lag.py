@@ -36,10 +36,10 @@ from relay import PARTITIONS, _write_steadily, percentile, store_events
 
 from cloud_engine.bus.broker import DevBroker
 from cloud_engine.bus.cloudevents import CloudEvent
-from cloud_engine.engine.database import DatabaseTarget, EmbeddedPostgres
 from cloud_engine.engine.fabric.zone import Zone
-from cloud_engine.engine.settings import load_settings
 from cloud_engine.engine.store import EventStore
+from cloud_engine.infra.database import DatabaseTarget, EmbeddedPostgres
+from cloud_engine.infra.settings import load_settings
 from cloud_engine.projections.worker import ProjectionWorker, consumer_config
 
 

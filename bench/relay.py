@@ -45,14 +45,14 @@ from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
 from cloud_engine.bus.broker import DevBroker
 from cloud_engine.bus.outgoing import OutgoingCodec, Record, partition_for
-from cloud_engine.bus.pg import connect
 from cloud_engine.bus.relay import Relay, RelayConfig
 from cloud_engine.engine.commands.fabric import DisableZone, EnableZone
-from cloud_engine.engine.database import DatabaseTarget, EmbeddedPostgres, parse_database_url
 from cloud_engine.engine.fabric.zone import Zone
 from cloud_engine.engine.service import CommandService
-from cloud_engine.engine.settings import load_settings
 from cloud_engine.engine.store import EventStore
+from cloud_engine.infra.database import DatabaseTarget, EmbeddedPostgres, parse_database_url
+from cloud_engine.infra.pg import connect
+from cloud_engine.infra.settings import load_settings
 from cloud_engine.runner.components import broker_database
 
 PARTITIONS = 8

@@ -34,14 +34,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import msgspec
 
-from cloud_engine.bus.pg import connect
 from cloud_engine.bus.relay_log import RelayLog
-from cloud_engine.engine.database import DatabaseTarget, EmbeddedPostgres, parse_database_url
 from cloud_engine.engine.fabric.host import Host
 from cloud_engine.engine.fabric.zone import Zone
-from cloud_engine.engine.settings import load_settings
 from cloud_engine.engine.store import EventStore
 from cloud_engine.engine.virtual.vm import VirtualMachine, VmSpec
+from cloud_engine.infra.database import DatabaseTarget, EmbeddedPostgres, parse_database_url
+from cloud_engine.infra.pg import connect
+from cloud_engine.infra.settings import load_settings
 from cloud_engine.projections import readmodel
 from cloud_engine.projections.fold import PAGE
 from cloud_engine.projections.replay import Rebuild

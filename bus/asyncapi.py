@@ -3,7 +3,7 @@
 One channel and one receive operation per aggregate topic, a message per event
 type (CloudEvents headers, aggregate id as the key, the event's JSON Schema as
 payload) and the dead-letter topics. Topic names and defaults come from
-engine.settings.Settings, independent of the environment of the generator.
+infra.settings.Settings, independent of the environment of the generator.
 bus.schemas writes the document next to the event and command schemas.
 """
 
@@ -23,7 +23,7 @@ from cloud_engine.bus.naming import (
 from cloud_engine.bus.naming import topic_for as _topic_for
 from cloud_engine.bus.struct_schema import JSONSchema, normalise_descriptions
 from cloud_engine.engine.catalog import AGGREGATES
-from cloud_engine.engine.settings import Settings
+from cloud_engine.infra.settings import Settings
 
 # Where bus.schemas writes the document; payload references are relative to it.
 ASYNCAPI_PATH = "schemas/asyncapi.json"
@@ -42,7 +42,7 @@ def _setting_default(name: str) -> Any:
     for info in msgspec.structs.fields(Settings):
         if info.name == name:
             return info.default
-    raise LookupError(f"engine.settings.Settings has no field {name!r}")
+    raise LookupError(f"infra.settings.Settings has no field {name!r}")
 
 
 def default_prefix() -> str:

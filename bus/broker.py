@@ -37,7 +37,7 @@ from typing import IO, Any
 import msgspec
 import structlog
 
-from cloud_engine.engine.database import DatabaseTarget
+from cloud_engine.infra.database import DatabaseTarget
 
 log = structlog.get_logger("bus.broker")
 

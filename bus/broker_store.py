@@ -38,8 +38,8 @@ from xml.sax.saxutils import escape
 import asyncpg
 import structlog
 
-from cloud_engine.bus.pg import connect, create_pool
-from cloud_engine.engine.database import DatabaseTarget, parse_database_url
+from cloud_engine.infra.database import DatabaseTarget, parse_database_url
+from cloud_engine.infra.pg import connect, create_pool
 
 log = structlog.get_logger("bus.broker_store")
 

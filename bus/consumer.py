@@ -8,7 +8,7 @@
   goes to the group's dead-letter topic with the error attached and the
   partition moves on. Infrastructure errors (connections, timeouts) are retried
   without limit instead: an outage must not empty the topic into the DLQ.
-- stop() (wired to SIGTERM by bus.process) finishes the current event,
+- stop() (wired to SIGTERM by infra.process) finishes the current event,
   commits what was handled and leaves the group. (The dev broker numbers a
   group's first generation 0, for which aiokafka skips LeaveGroup; a restarted
   member of such a group then waits out the session timeout before it joins.)

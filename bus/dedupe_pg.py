@@ -11,7 +11,7 @@ import asyncpg
 
 from cloud_engine.bus.cloudevents import CloudEvent
 from cloud_engine.bus.consumer import Work
-from cloud_engine.bus.ddl import create_once
+from cloud_engine.infra.ddl import create_once
 
 
 class PostgresDeduplicator:

@@ -29,10 +29,11 @@ from aiokafka.errors import KafkaError
 
 from cloud_engine.bus.naming import all_event_types, topic_for
 from cloud_engine.bus.outgoing import OutgoingCodec, partition_for
-from cloud_engine.bus.pg import connect
-from cloud_engine.bus.relay_log import CHANNEL, RelayLog
+from cloud_engine.bus.relay_log import RelayLog
 from cloud_engine.bus.topics import ensure_topics
-from cloud_engine.engine.database import DatabaseTarget
+from cloud_engine.infra.database import DatabaseTarget
+from cloud_engine.infra.pg import connect
+from cloud_engine.infra.tables import EVENTS_CHANNEL
 
 log = structlog.get_logger("bus.relay")
 
@@ -221,7 +222,7 @@ class Relay:
         listener = await connect(self.target)
         try:
             await self._log.prepare(conn)
-            await listener.add_listener(CHANNEL, lambda *_: self._wake.set())
+            await listener.add_listener(EVENTS_CHANNEL, lambda *_: self._wake.set())
             while not stop.is_set():
                 try:
                     await _until_stopped(self._session(conn, stop), stop)

@@ -6,15 +6,8 @@ import json
 
 import asyncpg
 
-from cloud_engine.bus.ddl import create_once
-
-EVENTS_TABLE = "cloudengine_events"
-CHANNEL = "cloudengine_events"  # the eventsourcing recorder NOTIFYs on it
-
-
-def events_table(schema: str) -> str:
-    """The event store's table, schema-qualified for SQL."""
-    return f'"{schema}".{EVENTS_TABLE}'
+from cloud_engine.infra.ddl import create_once
+from cloud_engine.infra.tables import events_table
 
 
 class RelayLog:

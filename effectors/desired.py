@@ -17,6 +17,7 @@ from uuid import UUID
 import asyncpg
 import msgspec
 
+from cloud_engine.infra.tables import read_model
 from cloud_engine.projections import readmodel
 
 T = TypeVar("T", bound=msgspec.Struct)
@@ -143,7 +144,7 @@ class ReadModels:
         self.interval_s = interval_s
 
     def _table(self, aggregate_type: str) -> str:
-        return f'"{self.schema}".rm_{aggregate_type}'
+        return read_model(self.schema, aggregate_type)
 
     async def get(
         self, cls: type[T], aggregate_type: str, aggregate_id: UUID, at_least: int = 0

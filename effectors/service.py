@@ -22,7 +22,6 @@ from aiokafka import AIOKafkaProducer
 from cloud_engine.bus.cloudevents import CloudEvent
 from cloud_engine.bus.consumer import ConsumerConfig, EventConsumer, MemoryDeduplicator
 from cloud_engine.bus.naming import topic_for
-from cloud_engine.bus.pg import create_pool
 from cloud_engine.bus.work import WORK_AGGREGATES, WorkItem, work_for
 from cloud_engine.bus.work_results import (
     EffectorResult,
@@ -37,7 +36,8 @@ from cloud_engine.effectors.handlers.base import Reads
 from cloud_engine.effectors.mapping import Uplink
 from cloud_engine.effectors.naming import Names
 from cloud_engine.effectors.reconciler import Reconciler, start_libvirt_event_loop
-from cloud_engine.engine.database import DatabaseTarget
+from cloud_engine.infra.database import DatabaseTarget
+from cloud_engine.infra.pg import create_pool
 
 log = structlog.get_logger("effectors.service")
 

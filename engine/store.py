@@ -35,8 +35,9 @@ from psycopg.sql import SQL, Identifier, Literal
 
 from cloud_engine.engine import integrity
 from cloud_engine.engine.aggregate import Aggregate
-from cloud_engine.engine.database import DatabaseTarget, advisory_key
 from cloud_engine.engine.mapper import MsgspecMapper
+from cloud_engine.infra.database import DatabaseTarget, advisory_key
+from cloud_engine.infra.tables import EVENTS_TABLE
 
 # Bounds how long one transaction holds the events table's write lock (every
 # other writer waits on it) and how much one failed batch has to redo.
@@ -261,6 +262,13 @@ class EventStore:
             )
             self.application = _StoreApplication(env=store_environment(target, pool_size))
             self.recorder = cast(CloudEngineRecorder, self.application.recorder)
+            # The library names the table after the application; every other
+            # reader names it from infra.tables.
+            if self.recorder.events_table_name != EVENTS_TABLE:
+                raise RuntimeError(
+                    f"the event store's table is {self.recorder.events_table_name},"
+                    f" not {EVENTS_TABLE} as infra.tables says"
+                )
             self.mapper = self.application.mapper
             with self.recorder.datastore.get_connection() as conn:
                 integrity.install(conn, target.schema, self.recorder.events_table_name)

@@ -21,7 +21,6 @@ from uuid import UUID
 import asyncpg
 import msgspec
 
-from cloud_engine.bus.relay_log import events_table
 from cloud_engine.engine.fabric.host import Host
 from cloud_engine.engine.fabric.storage_pool import StoragePool
 from cloud_engine.engine.planning.candidates import (
@@ -32,6 +31,7 @@ from cloud_engine.engine.planning.candidates import (
     reservable_cpus,
 )
 from cloud_engine.engine.planning.planner import Planner
+from cloud_engine.infra.tables import events_table, read_model
 
 
 class _HostRow(msgspec.Struct):
@@ -104,7 +104,7 @@ class Candidates:
         self._true_pools: dict[UUID, tuple[int, PoolCandidate]] = {}
 
     def _table(self, name: str) -> str:
-        return f'"{self.schema}".rm_{name}'
+        return read_model(self.schema, name)
 
     async def _fetch(self, name: str) -> list[Any]:
         try:

@@ -37,15 +37,16 @@ import structlog
 from cloud_engine.bus.cloudevents import CloudEvent
 from cloud_engine.bus.consumer import ConsumerConfig, EventConsumer, MemoryDeduplicator
 from cloud_engine.bus.naming import topic_for
-from cloud_engine.bus.pg import create_pool
 from cloud_engine.engine.commands.base import Command, CommandContext
 from cloud_engine.engine.commands.operations import AdvanceOperation, FailOperation
-from cloud_engine.engine.database import DatabaseTarget
 from cloud_engine.engine.errors import DomainError
 from cloud_engine.engine.operations.guard import ResourceGuard, guard_id
 from cloud_engine.engine.operations.operation import FINISHED, Operation
 from cloud_engine.engine.service import CommandService
 from cloud_engine.engine.store import EventStore
+from cloud_engine.infra.database import DatabaseTarget
+from cloud_engine.infra.pg import create_pool
+from cloud_engine.infra.tables import read_model
 from cloud_engine.orchestration.candidates import Candidates
 from cloud_engine.orchestration.placement import Placer
 
@@ -181,7 +182,7 @@ class OperationManager:
         assert self._db is not None
         try:
             rows = await self._db.fetch(
-                f'SELECT id FROM "{self.target.schema}".rm_operation'
+                f"SELECT id FROM {read_model(self.target.schema, 'operation')}"
                 " WHERE NOT (state = ANY($1::text[])) ORDER BY created_on",
                 list(FINISHED),
             )

@@ -26,12 +26,12 @@ from uuid import UUID
 
 import asyncpg
 
-from cloud_engine.bus.pg import connect
-from cloud_engine.bus.relay_log import events_table
 from cloud_engine.engine.catalog import AGGREGATES, PUBLIC_NAMES
-from cloud_engine.engine.database import DatabaseTarget
 from cloud_engine.engine.mapper import MsgspecMapper
-from cloud_engine.projections.readmodel import COLUMNS, Row, table_name
+from cloud_engine.infra.database import DatabaseTarget
+from cloud_engine.infra.pg import connect
+from cloud_engine.infra.tables import events_table, table_name
+from cloud_engine.projections.readmodel import COLUMNS, Row
 
 PAGE = 5_000  # events per cursor fetch
 COPY_ROWS = 5_000  # rows per COPY round

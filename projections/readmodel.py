@@ -38,14 +38,13 @@ from asyncpg.pool import PoolConnectionProxy
 from eventsourcing.utils import get_topic
 
 from cloud_engine.bus.naming import event_type_of
-from cloud_engine.bus.relay_log import events_table
 from cloud_engine.engine.aggregate import Aggregate
 from cloud_engine.engine.catalog import AGGREGATES, PUBLIC_NAMES
-from cloud_engine.engine.database import advisory_key
 from cloud_engine.engine.mapper import MsgspecMapper
+from cloud_engine.infra.database import advisory_key
+from cloud_engine.infra.tables import events_table, positions_table, table_name
 from cloud_engine.projections.history import state_view
 
-POSITIONS = "rm_positions"
 COLUMNS = (
     "id",
     "version",
@@ -76,10 +75,6 @@ class _Unpickler(pickle.Unpickler):
 
 def load_snapshot(data: bytes) -> Any:
     return _Unpickler(io.BytesIO(data)).load()
-
-
-def table_name(aggregate_type: str, suffix: str = "") -> str:
-    return f"rm_{aggregate_type}{suffix}"
 
 
 # What the list endpoints (api/resources.py) filter on, by equality, per read
@@ -168,7 +163,7 @@ async def prepare(conn: Conn, schema: str) -> None:
             "SELECT pg_advisory_xact_lock($1)", advisory_key(f"readmodel.prepare {schema}")
         )
         await conn.execute(
-            f'CREATE TABLE IF NOT EXISTS "{schema}".{POSITIONS} ('
+            f"CREATE TABLE IF NOT EXISTS {positions_table(schema)} ("
             " projection text PRIMARY KEY, position bigint NOT NULL,"
             " updated_at timestamptz NOT NULL DEFAULT now())"
         )
@@ -246,7 +241,7 @@ class Applier:
 
     async def position(self, conn: Conn) -> int:
         value = await conn.fetchval(
-            f'SELECT position FROM "{self.schema}".{POSITIONS} WHERE projection = $1',
+            f"SELECT position FROM {positions_table(self.schema)} WHERE projection = $1",
             self.projection,
         )
         return int(value or 0)
@@ -291,9 +286,9 @@ class Applier:
             if batch:
                 await _upsert(conn, self._table(aggregate_type), batch)
         await conn.execute(
-            f'INSERT INTO "{self.schema}".{POSITIONS} (projection, position) VALUES ($1, $2)'
+            f"INSERT INTO {positions_table(self.schema)} (projection, position) VALUES ($1, $2)"
             " ON CONFLICT (projection) DO UPDATE SET position ="
-            f' GREATEST("{self.schema}".{POSITIONS}.position, EXCLUDED.position),'
+            f" GREATEST({positions_table(self.schema)}.position, EXCLUDED.position),"
             " updated_at = now()",
             self.projection,
             max(position for position, _ in events),

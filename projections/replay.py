@@ -23,11 +23,12 @@ from dataclasses import dataclass
 
 import asyncpg
 
-from cloud_engine.bus.pg import connect
 from cloud_engine.bus.relay_log import RelayLog
 from cloud_engine.engine.catalog import AGGREGATES
-from cloud_engine.engine.database import DatabaseTarget
 from cloud_engine.engine.mapper import MsgspecMapper
+from cloud_engine.infra.database import DatabaseTarget
+from cloud_engine.infra.pg import connect
+from cloud_engine.infra.tables import positions_table, table_name
 from cloud_engine.projections.fold import (
     HIGHEST,
     LOWEST,
@@ -36,12 +37,10 @@ from cloud_engine.projections.fold import (
     fold_range,
 )
 from cloud_engine.projections.readmodel import (
-    POSITIONS,
     Applier,
     create_index_sql,
     create_table_sql,
     indexes,
-    table_name,
 )
 
 CATCH_UP_PAGE = 1_000
@@ -143,12 +142,12 @@ class Rebuild:
             # Blocks the live worker (it locks this row first in each of its
             # transactions) until the new tables are in place.
             await conn.execute(
-                f'INSERT INTO "{self.schema}".{POSITIONS} (projection, position) VALUES ($1, 0)'
+                f"INSERT INTO {positions_table(self.schema)} (projection, position) VALUES ($1, 0)"
                 " ON CONFLICT (projection) DO NOTHING",
                 self.projection,
             )
             await conn.fetchval(
-                f'SELECT position FROM "{self.schema}".{POSITIONS}'
+                f"SELECT position FROM {positions_table(self.schema)}"
                 " WHERE projection = $1 FOR UPDATE",
                 self.projection,
             )
@@ -165,7 +164,7 @@ class Rebuild:
                         f'ALTER INDEX "{self.schema}".{shadow}_{suffix} RENAME TO {live}_{suffix}'
                     )
             await conn.execute(
-                f'UPDATE "{self.schema}".{POSITIONS} SET position = $2, updated_at = now()'
+                f"UPDATE {positions_table(self.schema)} SET position = $2, updated_at = now()"
                 " WHERE projection = $1",
                 self.projection,
                 position,

@@ -10,10 +10,10 @@ from collections.abc import Sequence
 import asyncpg
 import msgspec
 
-from cloud_engine.bus.relay_log import RelayLog, events_table
+from cloud_engine.bus.relay_log import RelayLog
 from cloud_engine.engine.catalog import AGGREGATES, PUBLIC_BY_CLASS_NAME
 from cloud_engine.engine.commands.base import AggregateVersion
-from cloud_engine.projections.readmodel import POSITIONS, table_name
+from cloud_engine.infra.tables import events_table, positions_table, table_name
 
 
 class ProjectionStatus(msgspec.Struct, frozen=True):
@@ -25,7 +25,7 @@ class ProjectionStatus(msgspec.Struct, frozen=True):
 async def statuses(conn: asyncpg.Connection, schema: str) -> list[ProjectionStatus]:
     latest = await RelayLog(schema, "status").latest(conn)
     rows = await conn.fetch(
-        f'SELECT projection, position FROM "{schema}".{POSITIONS} ORDER BY projection'
+        f"SELECT projection, position FROM {positions_table(schema)} ORDER BY projection"
     )
     return [
         ProjectionStatus(r["projection"], int(r["position"]), max(0, latest - int(r["position"])))
@@ -50,7 +50,7 @@ async def wait_for_position(
     `position`; NotYet after `timeout`. An approximation across partitions
     (see wait_for_versions for the exact wait)."""
     deadline = time.monotonic() + timeout
-    query = f'SELECT position FROM "{schema}".{POSITIONS} WHERE projection = $1'
+    query = f"SELECT position FROM {positions_table(schema)} WHERE projection = $1"
     while True:
         reached = int(await conn.fetchval(query, projection) or 0)
         if reached >= position:
@@ -132,7 +132,7 @@ async def wait_caught_up(
 ) -> None:
     """Return once the read models reflect every event up to `position`
     (no bound: the caller decides how long to wait)."""
-    query = f'SELECT position FROM "{schema}".{POSITIONS} WHERE projection = $1'
+    query = f"SELECT position FROM {positions_table(schema)} WHERE projection = $1"
     while int(await conn.fetchval(query, projection) or 0) < position:
         await asyncio.sleep(interval)
     while await behind(conn, schema, position):

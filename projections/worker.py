@@ -18,8 +18,9 @@ from cloud_engine.bus.cloudevents import CloudEvent
 from cloud_engine.bus.consumer import ConsumerConfig
 from cloud_engine.bus.incoming import domain_event
 from cloud_engine.bus.naming import all_event_types, topic_for
-from cloud_engine.bus.pg import create_pool
-from cloud_engine.engine.database import DatabaseTarget
+from cloud_engine.infra.database import DatabaseTarget
+from cloud_engine.infra.pg import create_pool
+from cloud_engine.infra.tables import positions_table
 from cloud_engine.projections import readmodel
 
 log = structlog.get_logger("projections.worker")
@@ -54,7 +55,7 @@ class ProjectionWorker:
             async with pool.acquire() as conn:
                 await readmodel.prepare(conn, self.target.schema)
                 await conn.execute(
-                    f'INSERT INTO "{self.target.schema}".{readmodel.POSITIONS}'
+                    f"INSERT INTO {positions_table(self.target.schema)}"
                     " (projection, position) VALUES ($1, 0) ON CONFLICT DO NOTHING",
                     self.projection,
                 )
@@ -63,7 +64,7 @@ class ProjectionWorker:
                 positioned = [(e.position, domain_event(e)) for e in events]
                 async with pool.acquire() as conn, conn.transaction():
                     await conn.fetchval(
-                        f'SELECT position FROM "{self.target.schema}".{readmodel.POSITIONS}'
+                        f"SELECT position FROM {positions_table(self.target.schema)}"
                         " WHERE projection = $1 FOR UPDATE",
                         self.projection,
                     )

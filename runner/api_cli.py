@@ -11,10 +11,10 @@ from typing import Any
 
 from cloud_engine.api.app import create_app
 from cloud_engine.api.server import ApiServer
-from cloud_engine.bus.process import run_component
 from cloud_engine.engine.service import CommandService
-from cloud_engine.engine.settings import Settings
 from cloud_engine.engine.store import EventStore
+from cloud_engine.infra.process import run_component
+from cloud_engine.infra.settings import Settings
 from cloud_engine.runner.components import start_infrastructure
 
 COMMANDS = ("api",)

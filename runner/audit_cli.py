@@ -22,8 +22,8 @@ import msgspec
 
 from cloud_engine.engine import integrity
 from cloud_engine.engine.errors import NotFound, Validation
-from cloud_engine.engine.settings import Settings
 from cloud_engine.engine.store import EventStore
+from cloud_engine.infra.settings import Settings
 from cloud_engine.projections.history import HistoryEntry, export, history, state_at, state_view
 from cloud_engine.runner.components import start_infrastructure
 

@@ -10,11 +10,11 @@ import structlog
 from eventsourcing.persistence import PersistenceError
 
 from cloud_engine.bus.broker import BrokerError
-from cloud_engine.bus.process import run_component
 from cloud_engine.bus.relay import Relay
 from cloud_engine.engine.errors import DomainError
-from cloud_engine.engine.logs import configure_logging
-from cloud_engine.engine.settings import Settings, SettingsError, load_settings
+from cloud_engine.infra.logs import configure_logging
+from cloud_engine.infra.process import run_component
+from cloud_engine.infra.settings import Settings, SettingsError, load_settings
 from cloud_engine.runner import (
     api_cli,
     audit_cli,

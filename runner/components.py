@@ -11,9 +11,9 @@ from dataclasses import dataclass, field
 
 from cloud_engine.bus.broker import DevBroker
 from cloud_engine.bus.relay import RelayConfig
-from cloud_engine.engine.database import DatabaseTarget, EmbeddedPostgres, resolve_database
-from cloud_engine.engine.settings import Settings
 from cloud_engine.engine.store import EventStore
+from cloud_engine.infra.database import DatabaseTarget, EmbeddedPostgres, resolve_database
+from cloud_engine.infra.settings import Settings
 
 BROKER_DBNAME = "tansu"
 

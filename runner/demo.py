@@ -21,7 +21,6 @@ import msgspec
 import structlog
 
 from cloud_engine.api import tokens
-from cloud_engine.bus.pg import connect
 from cloud_engine.engine.aggregate import Aggregate
 from cloud_engine.engine.commands import Command, CommandContext
 from cloud_engine.engine.commands.fabric import (
@@ -35,7 +34,6 @@ from cloud_engine.engine.commands.fabric import (
 from cloud_engine.engine.commands.network import CreateNetwork, ImplementNetwork
 from cloud_engine.engine.commands.storage import RegisterTemplate, RequestTemplateDownload
 from cloud_engine.engine.commands.storage_fabric import CreateImageStore
-from cloud_engine.engine.database import DatabaseTarget
 from cloud_engine.engine.errors import Conflict
 from cloud_engine.engine.fabric.host import Host
 from cloud_engine.engine.fabric.physical_network import TagRange
@@ -45,6 +43,8 @@ from cloud_engine.engine.service import CommandService
 from cloud_engine.engine.store import EventStore
 from cloud_engine.engine.virtual.network import Network
 from cloud_engine.engine.virtual.template import Template
+from cloud_engine.infra.database import DatabaseTarget
+from cloud_engine.infra.pg import connect
 from cloud_engine.runner.demo_images import IMAGE, IMAGE_SIZE, ImageServer, ensure_image
 
 log = structlog.get_logger("runner.demo")

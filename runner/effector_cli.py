@@ -7,10 +7,10 @@ import ipaddress
 import uuid
 from typing import Any
 
-from cloud_engine.bus.process import run_component
 from cloud_engine.effectors.executor import Uplink
 from cloud_engine.effectors.service import EffectorService, effector_config
-from cloud_engine.engine.settings import Settings, SettingsError
+from cloud_engine.infra.process import run_component
+from cloud_engine.infra.settings import Settings, SettingsError
 from cloud_engine.runner.components import ensure_event_store, start_infrastructure
 
 COMMANDS = ("effector",)

@@ -9,10 +9,10 @@ import argparse
 import asyncio
 from typing import Any
 
-from cloud_engine.bus.process import run_component
 from cloud_engine.engine.service import CommandService
-from cloud_engine.engine.settings import Settings, SettingsError
 from cloud_engine.engine.store import EventStore
+from cloud_engine.infra.process import run_component
+from cloud_engine.infra.settings import Settings, SettingsError
 from cloud_engine.orchestration.manager import OperationManager, manager_config
 from cloud_engine.orchestration.recorder import ResultRecorder
 from cloud_engine.runner.components import ensure_event_store, start_infrastructure

@@ -11,7 +11,7 @@ from typing import Any
 
 import msgspec
 
-from cloud_engine.engine.settings import Settings
+from cloud_engine.infra.settings import Settings
 from cloud_engine.lab import DEFAULT_SUBNET, Lab, LabError, LabHost
 
 COMMANDS = ("lab",)

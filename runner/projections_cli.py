@@ -9,9 +9,9 @@ from typing import Any
 
 from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 
-from cloud_engine.bus.pg import connect
-from cloud_engine.bus.process import run_component
-from cloud_engine.engine.settings import Settings
+from cloud_engine.infra.pg import connect
+from cloud_engine.infra.process import run_component
+from cloud_engine.infra.settings import Settings
 from cloud_engine.projections import readmodel
 from cloud_engine.projections.replay import Progress as ReplayProgress
 from cloud_engine.projections.replay import Rebuild

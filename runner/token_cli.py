@@ -11,9 +11,9 @@ from typing import Any, get_args
 
 from cloud_engine.api import tokens
 from cloud_engine.api.auth import Principal, Role, valid_account
-from cloud_engine.bus.pg import connect
-from cloud_engine.engine.database import DatabaseTarget
-from cloud_engine.engine.settings import Settings
+from cloud_engine.infra.database import DatabaseTarget
+from cloud_engine.infra.pg import connect
+from cloud_engine.infra.settings import Settings
 from cloud_engine.runner.components import start_infrastructure
 
 COMMANDS = ("token",)

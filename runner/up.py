@@ -8,7 +8,7 @@ is read before it exists. "ready", with the API's URL and token, is printed
 once the read models reflect the whole log as it stood when the components
 started, so the first list a user asks for is complete.
 
-Stop, on SIGINT or SIGTERM at any moment (bus.process.StopSignals): the API,
+Stop, on SIGINT or SIGTERM at any moment (infra.process.StopSignals): the API,
 the engine and the effector first (nothing new is accepted, decided or
 done), then the relay and the projection worker, then the broker, and
 PostgreSQL last, so no client sees its server go away under it.
@@ -27,15 +27,15 @@ import structlog
 
 from cloud_engine.api.app import create_app
 from cloud_engine.api.server import ApiServer
-from cloud_engine.bus.pg import connect
-from cloud_engine.bus.process import Stopping, StopSignals, run_component
 from cloud_engine.bus.relay import Relay
 from cloud_engine.effectors.service import EffectorService, effector_config
-from cloud_engine.engine.database import DatabaseTarget
-from cloud_engine.engine.logs import lifecycle
 from cloud_engine.engine.service import CommandService
-from cloud_engine.engine.settings import Settings, SettingsError
 from cloud_engine.engine.store import EventStore
+from cloud_engine.infra.database import DatabaseTarget
+from cloud_engine.infra.logs import lifecycle
+from cloud_engine.infra.pg import connect
+from cloud_engine.infra.process import Stopping, StopSignals, run_component
+from cloud_engine.infra.settings import Settings, SettingsError
 from cloud_engine.projections import readmodel
 from cloud_engine.projections.status import wait_caught_up
 from cloud_engine.projections.worker import ProjectionWorker, consumer_config

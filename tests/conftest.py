@@ -21,10 +21,10 @@ import pytest
 from psycopg import sql
 
 from cloud_engine.bus.broker import DevBroker
-from cloud_engine.engine.database import DatabaseTarget, EmbeddedPostgres, parse_database_url
 from cloud_engine.engine.service import CommandService
-from cloud_engine.engine.settings import load_settings
 from cloud_engine.engine.store import EventStore
+from cloud_engine.infra.database import DatabaseTarget, EmbeddedPostgres, parse_database_url
+from cloud_engine.infra.settings import load_settings
 
 
 @pytest.fixture(scope="session")

@@ -23,7 +23,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from cloud_engine.bus.cloudevents import CloudEvent
 from cloud_engine.bus.consumer import ConsumerConfig, EventConsumer, MemoryDeduplicator
-from cloud_engine.bus.process import run_until_signalled
+from cloud_engine.infra.process import run_until_signalled
 
 
 async def consume(args: argparse.Namespace, stop: asyncio.Event) -> None:

@@ -15,7 +15,7 @@ import psycopg
 import pytest
 from psycopg import sql
 
-from cloud_engine.engine.database import DatabaseTarget
+from cloud_engine.infra.database import DatabaseTarget
 
 pytestmark = pytest.mark.postgres
 

@@ -37,13 +37,13 @@ from cloud_engine.bus.cloudevents import CloudEvent
 from cloud_engine.bus.consumer import ConsumerConfig, EventConsumer
 from cloud_engine.bus.dedupe_pg import PostgresDeduplicator
 from cloud_engine.bus.naming import all_event_types, topic_for
-from cloud_engine.bus.pg import create_pool
 from cloud_engine.bus.relay import Relay, RelayConfig
 from cloud_engine.engine.commands import HANDLERS
 from cloud_engine.engine.commands.fabric import CreateZone, DisableZone, EnableZone
-from cloud_engine.engine.database import DatabaseTarget
 from cloud_engine.engine.service import CommandService
 from cloud_engine.engine.store import EventStore
+from cloud_engine.infra.database import DatabaseTarget
+from cloud_engine.infra.pg import create_pool
 from tests import scenarios
 
 pytestmark = pytest.mark.postgres

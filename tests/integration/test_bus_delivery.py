@@ -25,14 +25,14 @@ from cloud_engine.bus.cloudevents import CloudEvent, from_record
 from cloud_engine.bus.consumer import ConsumerConfig, EventConsumer, MemoryDeduplicator
 from cloud_engine.bus.dedupe_pg import PostgresDeduplicator
 from cloud_engine.bus.naming import topic_for
-from cloud_engine.bus.pg import create_pool
 from cloud_engine.bus.relay import Relay, RelayConfig
 from cloud_engine.engine.commands.fabric import CreateZone, DisableZone, EnableZone
 from cloud_engine.engine.commands.network import AllocateIp, CreateNetwork
-from cloud_engine.engine.database import DatabaseTarget
 from cloud_engine.engine.fabric.zone import Zone
 from cloud_engine.engine.service import CommandService
 from cloud_engine.engine.store import EventStore
+from cloud_engine.infra.database import DatabaseTarget
+from cloud_engine.infra.pg import create_pool
 
 pytestmark = pytest.mark.postgres
 

@@ -8,9 +8,9 @@ import asyncpg
 import pytest
 
 from cloud_engine.api import tokens
-from cloud_engine.bus.ddl import create_once
 from cloud_engine.bus.relay_log import RelayLog
-from cloud_engine.engine.database import DatabaseTarget
+from cloud_engine.infra.database import DatabaseTarget
+from cloud_engine.infra.ddl import create_once
 
 pytestmark = pytest.mark.postgres
 

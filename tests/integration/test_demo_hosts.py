@@ -16,17 +16,17 @@ import pytest
 import structlog
 
 import cloud_engine.runner.demo
-from cloud_engine.bus.pg import connect, create_pool
 from cloud_engine.effectors.compute.driver import ComputeDriver
 from cloud_engine.effectors.compute.spec import DomainSpec
 from cloud_engine.effectors.desired import ReadModels
 from cloud_engine.effectors.executor import Executor
 from cloud_engine.effectors.reconciler import Reconciler, start_libvirt_event_loop
-from cloud_engine.engine.database import DatabaseTarget
 from cloud_engine.engine.errors import Conflict
 from cloud_engine.engine.fabric.host import Host
 from cloud_engine.engine.service import CommandService
 from cloud_engine.engine.store import EventStore
+from cloud_engine.infra.database import DatabaseTarget
+from cloud_engine.infra.pg import connect, create_pool
 from cloud_engine.projections import readmodel
 from cloud_engine.projections.replay import Rebuild
 from cloud_engine.runner.demo import (

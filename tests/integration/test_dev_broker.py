@@ -24,7 +24,7 @@ from psycopg import sql
 
 from cloud_engine.bus.broker import BrokerError, BrokerState, DevBroker, broker_binary
 from cloud_engine.bus.topics import ensure_topics
-from cloud_engine.engine.database import DatabaseTarget
+from cloud_engine.infra.database import DatabaseTarget
 from tests.integration.test_cli import Running, http, until
 
 pytestmark = pytest.mark.postgres
@@ -204,7 +204,7 @@ STARTER = """
 import sys, time
 from pathlib import Path
 from cloud_engine.bus.broker import DevBroker
-from cloud_engine.engine.database import parse_database_url
+from cloud_engine.infra.database import parse_database_url
 broker = DevBroker(database=parse_database_url(sys.argv[1]), state_dir=Path(sys.argv[2]))
 broker.start()
 print("pids", broker._process.pid, broker._store.pid, flush=True)

@@ -11,7 +11,6 @@ from uuid import UUID
 import msgspec
 import pytest
 
-from cloud_engine.bus.pg import connect, create_pool
 from cloud_engine.engine.commands.base import CommandContext
 from cloud_engine.engine.commands.compute import MarkVmRunning, MarkVmStopped
 from cloud_engine.engine.commands.hosts import DisableHost, UpdateHostOvercommit
@@ -23,13 +22,14 @@ from cloud_engine.engine.commands.operations import (
     VmOperation,
 )
 from cloud_engine.engine.commands.storage import MarkVolumeCreated
-from cloud_engine.engine.database import DatabaseTarget
 from cloud_engine.engine.fabric.host import Host
 from cloud_engine.engine.operations.operation import Operation
 from cloud_engine.engine.planning.candidates import PlacementRequest, Refusal
 from cloud_engine.engine.service import CommandService
 from cloud_engine.engine.store import EventStore
 from cloud_engine.engine.virtual.vm import VirtualMachine, VmSpec
+from cloud_engine.infra.database import DatabaseTarget
+from cloud_engine.infra.pg import connect, create_pool
 from cloud_engine.orchestration.candidates import Candidates
 from cloud_engine.orchestration.placement import Placer
 from cloud_engine.projections import readmodel

@@ -22,10 +22,10 @@ from cloud_engine.engine.commands.fabric import (
     ReserveHostCapacity,
 )
 from cloud_engine.engine.commands.network import AllocateIp, CreateNetwork, ReleaseIp
-from cloud_engine.engine.database import DatabaseTarget
 from cloud_engine.engine.errors import DomainError
 from cloud_engine.engine.service import CommandService
 from cloud_engine.engine.store import EventStore
+from cloud_engine.infra.database import DatabaseTarget
 from cloud_engine.projections.replay import Rebuild
 from cloud_engine.projections.worker import ProjectionWorker, consumer_config
 from tests.integration.test_projections import checksum

@@ -32,10 +32,11 @@ import pytest
 from cloud_engine.bus.relay import Relay, RelayConfig
 from cloud_engine.engine.commands.fabric import ReleaseHostCapacity, ReserveHostCapacity
 from cloud_engine.engine.commands.network import AllocateIp, ReleaseIp
-from cloud_engine.engine.database import DatabaseTarget
 from cloud_engine.engine.errors import DomainError
 from cloud_engine.engine.service import CommandService
 from cloud_engine.engine.store import EventStore
+from cloud_engine.infra import tables
+from cloud_engine.infra.database import DatabaseTarget
 from cloud_engine.projections import readmodel
 from cloud_engine.projections.replay import Rebuild
 from tests.integration.test_projection_worker import setup_fabric
@@ -148,7 +149,7 @@ async def applied_versions(conn: asyncpg.Connection, schema: str) -> int:
     aggregate's events are numbered 1..version, and a row is only ever moved
     forward one event at a time)."""
     parts = " UNION ALL ".join(
-        f'SELECT version FROM "{schema}".{readmodel.table_name(t)}' for t in readmodel.AGGREGATES
+        f'SELECT version FROM "{schema}".{tables.table_name(t)}' for t in readmodel.AGGREGATES
     )
     try:
         return int(await conn.fetchval(f"SELECT coalesce(sum(version), 0) FROM ({parts}) v"))
@@ -165,7 +166,7 @@ async def projection_position(conn: asyncpg.Connection, schema: str) -> int:
 
 async def newest_row_position(conn: asyncpg.Connection, schema: str) -> int:
     parts = " UNION ALL ".join(
-        f'SELECT position FROM "{schema}".{readmodel.table_name(t)}' for t in readmodel.AGGREGATES
+        f'SELECT position FROM "{schema}".{tables.table_name(t)}' for t in readmodel.AGGREGATES
     )
     return int(await conn.fetchval(f"SELECT coalesce(max(position), 0) FROM ({parts}) p"))
 

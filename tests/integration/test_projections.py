@@ -7,10 +7,10 @@ import pytest
 from eventsourcing.persistence import StoredEvent
 
 from cloud_engine.bus.relay_log import RelayLog
-from cloud_engine.engine.database import DatabaseTarget
 from cloud_engine.engine.mapper import MsgspecMapper
 from cloud_engine.engine.service import CommandService
 from cloud_engine.engine.store import EventStore
+from cloud_engine.infra.database import DatabaseTarget
 from cloud_engine.projections import readmodel
 from cloud_engine.projections.replay import Rebuild
 from tests.scenarios import through_service

@@ -16,11 +16,12 @@ from cloud_engine.api.cursor import Cursor
 from cloud_engine.api.queries import fetch_page
 from cloud_engine.api.resources import BY_TYPE, Filter
 from cloud_engine.effectors.desired import ReadModels
-from cloud_engine.engine.database import DatabaseTarget
 from cloud_engine.engine.store import EventStore
 from cloud_engine.engine.virtual.nic import Nic
 from cloud_engine.engine.virtual.vm import VirtualMachine, VmSpec
 from cloud_engine.engine.virtual.volume import Volume
+from cloud_engine.infra import tables
+from cloud_engine.infra.database import DatabaseTarget
 from cloud_engine.projections import readmodel
 from cloud_engine.projections.replay import Rebuild
 
@@ -38,9 +39,9 @@ async def _connect(target: DatabaseTarget) -> asyncpg.Connection:
 def expected_indexes() -> dict[str, set[str]]:
     """Every rm_* table's index names, key included."""
     return {
-        readmodel.table_name(t): {
-            f"{readmodel.table_name(t)}_pkey",
-            *(f"{readmodel.table_name(t)}_{i.suffix}" for i in readmodel.indexes(t)),
+        tables.table_name(t): {
+            f"{tables.table_name(t)}_pkey",
+            *(f"{tables.table_name(t)}_{i.suffix}" for i in readmodel.indexes(t)),
         }
         for t in readmodel.AGGREGATES
     }
@@ -223,7 +224,7 @@ async def test_effector_lookups_are_planned_on_their_index(pg_target: DatabaseTa
         models = ReadModels(None, schema)  # type: ignore[arg-type]  # only the SQL is asked
         await conn.execute("SET enable_seqscan = off; SET plan_cache_mode = force_generic_plan")
         for aggregate_type in readmodel.AGGREGATES:
-            table = readmodel.table_name(aggregate_type)
+            table = tables.table_name(aggregate_type)
             for key in readmodel.indexed_keys(aggregate_type):
                 await conn.execute(f"PREPARE lookup AS {models.where_sql(aggregate_type, key)}")
                 text = await conn.fetchval(

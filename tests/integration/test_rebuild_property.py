@@ -33,11 +33,11 @@ from cloud_engine.engine.commands.compute import (
 )
 from cloud_engine.engine.commands.hosts import ReleaseHostCapacity, ReserveHostCapacity
 from cloud_engine.engine.commands.network import AllocateIp, ReleaseIp
-from cloud_engine.engine.database import DatabaseTarget
 from cloud_engine.engine.errors import DomainError
 from cloud_engine.engine.service import CommandService
 from cloud_engine.engine.store import EventStore
 from cloud_engine.engine.virtual.vm import VmSpec
+from cloud_engine.infra.database import DatabaseTarget
 from cloud_engine.projections import readmodel
 from cloud_engine.projections.replay import Rebuild
 from tests.integration.test_projection_worker import setup_fabric

@@ -171,7 +171,7 @@ def _watchdog(up: Running) -> psutil.Process:
     return next(
         c
         for c in psutil.Process(up.process.pid).children()
-        if "engine.pg_handles" in " ".join(c.cmdline())
+        if "infra.pg_handles" in " ".join(c.cmdline())
     )
 
 

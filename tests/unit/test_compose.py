@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 import yaml
 
-from cloud_engine.engine.settings import PREFIX, Settings
+from cloud_engine.infra.settings import PREFIX, Settings
 from cloud_engine.runner.cli import _parser
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -1,4 +1,4 @@
-"""engine.logs: the format follows where output goes, a terminal is quiet
+"""infra.logs: the format follows where output goes, a terminal is quiet
 unless a level is asked for, and library logs share the format."""
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from collections.abc import Iterator
 import pytest
 import structlog
 
-from cloud_engine.engine.logs import configure_logging, lifecycle, resolve_format
+from cloud_engine.infra.logs import configure_logging, lifecycle, resolve_format
 
 
 class Tty(io.StringIO):

@@ -1,4 +1,4 @@
-"""bus.process: the loop kind asked for, the start-up heap frozen, stop signals."""
+"""infra.process: the loop kind asked for, the start-up heap frozen, stop signals."""
 
 from __future__ import annotations
 
@@ -11,8 +11,8 @@ from collections.abc import Iterator
 import pytest
 import uvloop
 
-from cloud_engine.bus.process import Stopping, StopSignals, run_component, run_on
-from cloud_engine.engine.settings import EventLoop
+from cloud_engine.infra.process import Stopping, StopSignals, run_component, run_on
+from cloud_engine.infra.settings import EventLoop
 
 
 class Marker:

@@ -2,8 +2,8 @@ from pathlib import Path
 
 import pytest
 
-from cloud_engine.engine.database import parse_database_url
-from cloud_engine.engine.settings import SettingsError, load_settings
+from cloud_engine.infra.database import parse_database_url
+from cloud_engine.infra.settings import SettingsError, load_settings
 
 
 def test_defaults_use_embedded_database():

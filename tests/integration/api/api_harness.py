@@ -18,11 +18,11 @@ from typing import Any
 from cloud_engine.api import tokens
 from cloud_engine.api.app import create_app
 from cloud_engine.api.server import ApiServer
-from cloud_engine.bus.pg import connect
 from cloud_engine.engine.commands.storage import MarkTemplateDownloaded
-from cloud_engine.engine.database import DatabaseTarget
 from cloud_engine.engine.service import CommandService
 from cloud_engine.engine.store import EventStore
+from cloud_engine.infra.database import DatabaseTarget
+from cloud_engine.infra.pg import connect
 from cloud_engine.projections.replay import Rebuild
 
 PROBLEM = "application/problem+json"

@@ -11,9 +11,9 @@ from pathlib import Path
 import pytest
 from api_harness import Api, start_api
 
-from cloud_engine.engine.database import DatabaseTarget
 from cloud_engine.engine.service import CommandService
 from cloud_engine.engine.store import EventStore
+from cloud_engine.infra.database import DatabaseTarget
 from tests.integration.effectors.template_server import qemu_img, serve
 
 

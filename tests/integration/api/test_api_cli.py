@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from cloud_engine.engine.database import DatabaseTarget
+from cloud_engine.infra.database import DatabaseTarget
 
 pytestmark = pytest.mark.postgres
 

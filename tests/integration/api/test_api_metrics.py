@@ -18,10 +18,11 @@ from cloud_engine.api.metrics import (
     ApiMetrics,
     operations_by_state_sql,
 )
-from cloud_engine.bus.pg import create_pool
-from cloud_engine.engine.database import DatabaseTarget
 from cloud_engine.engine.operations.operation import FINISHED
 from cloud_engine.engine.store import EventStore
+from cloud_engine.infra import tables
+from cloud_engine.infra.database import DatabaseTarget
+from cloud_engine.infra.pg import create_pool
 from cloud_engine.projections import readmodel
 
 pytestmark = pytest.mark.postgres
@@ -66,7 +67,7 @@ class FinishedCountControl:
 
 async def _add(pool: asyncpg.Pool, schema: str, state: str, count: int) -> None:
     await pool.execute(
-        f'INSERT INTO "{schema}".{readmodel.table_name("operation")}'
+        f'INSERT INTO "{schema}".{tables.table_name("operation")}'
         " (id, version, position, state, name, account, zone_id, created_on, modified_on, data)"
         " SELECT gen_random_uuid(), 1, g, $1, 'deploy', 'alice', NULL, now(), now(), '{}'"
         " FROM generate_series(1, $2::int) g",
@@ -185,10 +186,10 @@ async def test_counting_the_unfinished_reads_the_state_index(
     schema = pg_target.schema
     await _add(pool, schema, "succeeded", 20_000)
     await _add(pool, schema, "running", 3)
-    table = f'"{schema}".{readmodel.table_name("operation")}'
+    table = f'"{schema}".{tables.table_name("operation")}'
     await pool.execute(f"ANALYZE {table}")
     plan = "\n".join(
         r[0] for r in await pool.fetch("EXPLAIN " + operations_by_state_sql(schema), UNFINISHED)
     )
     assert "Seq Scan" not in plan, plan
-    assert f"{readmodel.table_name('operation')}_by_state" in plan, plan
+    assert f"{tables.table_name('operation')}_by_state" in plan, plan

@@ -8,9 +8,9 @@ import uuid
 
 from api_harness import Api, make_fabric, vm_body
 
-from cloud_engine.bus.pg import connect
 from cloud_engine.engine.commands import CommandContext
 from cloud_engine.engine.commands.network import ReleaseNic
+from cloud_engine.infra.pg import connect
 
 
 async def _vm_with_nics(api: Api) -> tuple[str, str, list[dict]]:

@@ -15,9 +15,9 @@ from cloud_engine.bus.relay import Relay, RelayConfig
 from cloud_engine.effectors.hypervisor import Hypervisor
 from cloud_engine.effectors.naming import Names
 from cloud_engine.effectors.service import EffectorService, effector_config
-from cloud_engine.engine.database import DatabaseTarget
 from cloud_engine.engine.service import CommandService
 from cloud_engine.engine.store import EventStore
+from cloud_engine.infra.database import DatabaseTarget
 from cloud_engine.orchestration.manager import OperationManager, manager_config
 from cloud_engine.orchestration.recorder import ResultRecorder
 from cloud_engine.projections.worker import ProjectionWorker, consumer_config

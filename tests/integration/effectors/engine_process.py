@@ -19,9 +19,9 @@ from psycopg.sql import SQL, Identifier
 from cloud_engine.effectors.hypervisor import Hypervisor
 from cloud_engine.effectors.naming import Names
 from cloud_engine.engine.aggregate import Aggregate
-from cloud_engine.engine.database import DatabaseTarget
 from cloud_engine.engine.operations.operation import Operation
 from cloud_engine.engine.store import EventStore
+from cloud_engine.infra.database import DatabaseTarget
 
 REPO = Path(__file__).resolve().parents[3]
 

@@ -36,9 +36,9 @@ from cloud_engine.engine.commands.storage import (
     RequestTemplateDownload,
 )
 from cloud_engine.engine.commands.storage_fabric import CreateStoragePool
-from cloud_engine.engine.database import DatabaseTarget
 from cloud_engine.engine.service import CommandService
 from cloud_engine.engine.virtual.vm import VmSpec
+from cloud_engine.infra.database import DatabaseTarget
 
 pytestmark = [pytest.mark.postgres, pytest.mark.libvirt]
 

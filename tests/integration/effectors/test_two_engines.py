@@ -96,7 +96,6 @@ from cloud_engine.engine.commands.network import CreateNetwork
 from cloud_engine.engine.commands.operations import DeployVm, VmOperation, VmOperationKind
 from cloud_engine.engine.commands.storage import RequestTemplateDownload
 from cloud_engine.engine.commands.storage_fabric import CreateStoragePool
-from cloud_engine.engine.database import DatabaseTarget
 from cloud_engine.engine.fabric.host import Host
 from cloud_engine.engine.fabric.storage_pool import StoragePool
 from cloud_engine.engine.metadata import EventMeta
@@ -109,6 +108,7 @@ from cloud_engine.engine.virtual.network import Network
 from cloud_engine.engine.virtual.nic import Nic
 from cloud_engine.engine.virtual.vm import VirtualMachine, VmSpec
 from cloud_engine.engine.virtual.volume import Volume
+from cloud_engine.infra.database import DatabaseTarget
 from cloud_engine.orchestration.manager import ENGINE, manager_config
 
 pytestmark = [pytest.mark.postgres, pytest.mark.libvirt]

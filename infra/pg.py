@@ -8,7 +8,7 @@ from typing import Any
 
 import asyncpg
 
-from cloud_engine.engine.database import DatabaseTarget, keep_session
+from cloud_engine.infra.database import DatabaseTarget, keep_session
 
 
 def _arguments(target: DatabaseTarget) -> dict[str, Any]:
@@ -30,7 +30,7 @@ async def create_pool(
 ) -> asyncpg.Pool:
     """single_reads: the pool only runs single reads and transactions
     (transaction-scoped locks only), so the reset round trip on every
-    release is skipped (engine.database.keep_session)."""
+    release is skipped (infra.database.keep_session)."""
     return await asyncpg.create_pool(
         **_arguments(target),
         min_size=min_size,

@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncpg
 from asyncpg.pool import PoolConnectionProxy
 
-from cloud_engine.engine.database import advisory_key
+from cloud_engine.infra.database import advisory_key
 
 
 async def create_once(conn: asyncpg.Connection | PoolConnectionProxy, statement: str) -> None:

@@ -14,7 +14,7 @@ from typing import Annotated, Literal
 import msgspec
 import platformdirs
 
-from cloud_engine.engine.logs import LogFormat, LogLevel
+from cloud_engine.infra.logs import LogFormat, LogLevel
 
 PREFIX = "CLOUD_ENGINE_"
 # Every component's event loop; asyncio's own only to rule uvloop out.
@@ -62,7 +62,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     # 503 at once instead of queueing more.
     api_max_pending: Annotated[int, msgspec.Meta(ge=1)] = 2000
     event_loop: EventLoop = "uvloop"
-    # auto: readable on a terminal, JSON otherwise (engine.logs).
+    # auto: readable on a terminal, JSON otherwise (infra.logs).
     log_format: LogFormat = "auto"
     # Unset: info in JSON; on a terminal only warnings and lifecycle lines.
     log_level: LogLevel | None = None

@@ -10,7 +10,7 @@ from typing import Any, TypeVar
 
 import uvloop
 
-from cloud_engine.engine.settings import EventLoop
+from cloud_engine.infra.settings import EventLoop
 
 T = TypeVar("T")
 

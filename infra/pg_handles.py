@@ -10,7 +10,7 @@ everything, holding the data directory.
 
 Here a listed pid counts only while its process is alive (a zombie is not),
 and a server that no live process uses is stale: it is stopped before a new
-one is started, and by a watchdog (`python -m cloud_engine.engine.pg_handles watch`) that
+one is started, and by a watchdog (`python -m cloud_engine.infra.pg_handles watch`) that
 each process using the server starts beside it and that stops the server as
 soon as that process is gone, however it ended. Both run under the wheel's
 own inter-process lock, so neither races a process adopting the server.
@@ -145,7 +145,7 @@ def start_watchdog(pgdata: Path, log: Path) -> subprocess.Popen[bytes]:
             [
                 sys.executable,
                 "-m",
-                "cloud_engine.engine.pg_handles",
+                "cloud_engine.infra.pg_handles",
                 "watch",
                 str(pgdata),
                 str(os.getpid()),
@@ -167,5 +167,5 @@ def _watch(pgdata: Path, parent: int) -> None:
 
 if __name__ == "__main__":
     if len(sys.argv) != 4 or sys.argv[1] != "watch":
-        sys.exit("usage: python -m cloud_engine.engine.pg_handles watch PGDATA PARENT_PID")
+        sys.exit("usage: python -m cloud_engine.infra.pg_handles watch PGDATA PARENT_PID")
     _watch(Path(sys.argv[2]), int(sys.argv[3]))

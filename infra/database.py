@@ -19,10 +19,10 @@ import psycopg
 import structlog
 from psycopg import sql
 
-from cloud_engine.engine import pg_handles
-from cloud_engine.engine.settings import Settings, SettingsError
+from cloud_engine.infra import pg_handles
+from cloud_engine.infra.settings import Settings, SettingsError
 
-log = structlog.get_logger("engine.database")
+log = structlog.get_logger("infra.database")
 
 EMBEDDED_DBNAME = "cloudengine"
 
@@ -104,7 +104,7 @@ class EmbeddedPostgres:
     A server found running on the data directory with no live process using
     it (its starter was killed outright) is stopped first, and one whose
     postmaster.pid names a process that is not a postgres is cleared
-    (engine.pg_handles), so a start never fails on, adopts or leaves behind
+    (infra.pg_handles), so a start never fails on, adopts or leaves behind
     what a killed process left. With watchdog, a separate process stops the
     server once this one is gone, however it ends (a SIGKILL included).
     """
