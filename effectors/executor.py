@@ -21,6 +21,7 @@ import structlog
 
 from cloud_engine.bus.work import WorkItem
 from cloud_engine.bus.work_results import EffectorResult
+from cloud_engine.effectors.compute.spec import DomainType
 from cloud_engine.effectors.handlers import HANDLERS
 from cloud_engine.effectors.handlers.base import Plan
 from cloud_engine.effectors.hypervisor import Hypervisor, HypervisorError
@@ -44,9 +45,13 @@ class Executor:
         names: Names | None = None,
         stop_timeout_s: float = 30.0,
         uplink: Uplink | None = None,
+        domain_type: DomainType = "qemu",
     ) -> None:
         self.effector = effector
         self.uplink = uplink
+        # The type of every domain this effector defines (kvm where the
+        # operator knows the hosts have it).
+        self.domain_type: DomainType = domain_type
         self.names = names or Names()
         self.stop_timeout_s = stop_timeout_s
         self._hypervisors: dict[str, Hypervisor] = {}

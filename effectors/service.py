@@ -29,6 +29,7 @@ from cloud_engine.bus.work_results import (
     ensure_results_topic,
     results_topic,
 )
+from cloud_engine.effectors.compute.spec import DomainType
 from cloud_engine.effectors.desired import ReadModels
 from cloud_engine.effectors.executor import Executor
 from cloud_engine.effectors.handlers import HANDLERS
@@ -68,6 +69,7 @@ class EffectorService:
         stop_timeout_s: float = 30.0,
         reconcile_interval_s: float = 30.0,
         uplink: Uplink | None = None,
+        domain_type: DomainType = "qemu",
     ) -> None:
         self.target = target
         self.reconcile_interval_s = reconcile_interval_s
@@ -75,7 +77,11 @@ class EffectorService:
         self.zones = zones or None
         self.name = name or f"effector@{socket.gethostname()}"
         self.executor = Executor(
-            self.name, names=names, stop_timeout_s=stop_timeout_s, uplink=uplink
+            self.name,
+            names=names,
+            stop_timeout_s=stop_timeout_s,
+            uplink=uplink,
+            domain_type=domain_type,
         )
         self.results = results_topic(config.topic_prefix)
         self.published: list[EffectorResult] = []  # this process's, for logs and tests

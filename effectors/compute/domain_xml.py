@@ -3,8 +3,9 @@
 Built with ElementTree so every user value (name, paths, network names) is
 escaped by the serialiser, never spliced into markup.
 
-Domains are type='qemu' (TCG): the hosts this engine is tested on have no
-/dev/kvm. Graphics are left out; a serial console on a pty is enough to debug.
+Domains are type='qemu' (TCG) unless the spec says kvm: the tests run
+anywhere under TCG, and `up` asks for KVM where /dev/kvm is usable. Graphics
+are left out; a serial console on a pty is enough to debug.
 
 VLAN: a NicSpec.vlan becomes <vlan><tag id='N'/></vlan> on the interface. That
 is only expressed in the XML: libvirt honours a vlan tag only on openvswitch,
@@ -23,7 +24,7 @@ from cloud_engine.effectors.compute.spec import DiskSpec, DomainSpec, NicSpec
 
 
 def domain_xml(spec: DomainSpec) -> str:
-    dom = ET.Element("domain", type="qemu")
+    dom = ET.Element("domain", type=spec.domain_type)
     ET.SubElement(dom, "name").text = spec.name
     ET.SubElement(dom, "uuid").text = str(spec.uuid)
     ET.SubElement(dom, "memory", unit="MiB").text = str(spec.memory_mb)

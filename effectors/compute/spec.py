@@ -8,6 +8,9 @@ from uuid import UUID
 import msgspec
 
 PowerState = Literal["absent", "running", "paused", "shutoff", "crashed", "other"]
+# libvirt's domain type: qemu runs guests under TCG (emulated, anywhere),
+# kvm on the host's /dev/kvm (the effector's setting, see Executor).
+DomainType = Literal["qemu", "kvm"]
 
 
 class DiskSpec(msgspec.Struct, frozen=True, kw_only=True):
@@ -31,6 +34,7 @@ class DomainSpec(msgspec.Struct, frozen=True, kw_only=True):
     memory_mb: int
     disks: tuple[DiskSpec, ...] = ()
     nics: tuple[NicSpec, ...] = ()
+    domain_type: DomainType = "qemu"
 
 
 class DomainState(msgspec.Struct, frozen=True, kw_only=True):

@@ -177,6 +177,7 @@ def _domain_spec(executor: Executor, plan: VmPlan) -> DomainSpec:
         memory_mb=plan.vm.spec.ram_mb,
         disks=disks,
         nics=nics,
+        domain_type=executor.domain_type,
     )
 
 
