@@ -7,13 +7,14 @@ from uuid import UUID
 
 from eventsourcing.domain import event
 
-from cloud_engine.engine.aggregate import Aggregate, require, require_name
+from cloud_engine.engine.aggregate import require, require_name
+from cloud_engine.engine.fabric.lifecycle import Switchable
 
 ClusterState = Literal["Enabled", "Disabled"]
 Hypervisor = Literal["kvm"]
 
 
-class Cluster(Aggregate):
+class Cluster(Switchable):
     entity = "cluster"
 
     @event("Created")
@@ -45,19 +46,3 @@ class Cluster(Aggregate):
             id=id, zone_id=zone_id, pod_id=pod_id, name=name, hypervisor=hypervisor
         )
         return cluster
-
-    def enable(self) -> None:
-        self.require_state(["Disabled"], "enable")
-        self._enabled()
-
-    def disable(self) -> None:
-        self.require_state(["Enabled"], "disable")
-        self._disabled()
-
-    @event("Enabled")
-    def _enabled(self) -> None:
-        self.state = "Enabled"
-
-    @event("Disabled")
-    def _disabled(self) -> None:
-        self.state = "Disabled"

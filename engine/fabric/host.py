@@ -14,7 +14,7 @@ from uuid import UUID
 
 from eventsourcing.domain import event
 
-from cloud_engine.engine.aggregate import Aggregate, require, require_name
+from cloud_engine.engine.aggregate import require, require_name
 from cloud_engine.engine.errors import CapacityExceeded, Conflict
 from cloud_engine.engine.fabric.capacity import (
     Reservation,
@@ -22,6 +22,7 @@ from cloud_engine.engine.fabric.capacity import (
     overcommitted,
     require_overcommit,
 )
+from cloud_engine.engine.fabric.lifecycle import Switchable
 
 # The capacity helpers moved to engine.fabric.capacity; they stay importable
 # from here.
@@ -41,7 +42,7 @@ HostState = Literal["Enabled", "Disabled", "Maintenance", "Down"]
 _LIBVIRT_URI = re.compile(r"^(qemu|test)(\+[a-z0-9]+)?://\S*$")
 
 
-class Host(Aggregate):
+class Host(Switchable):
     entity = "host"
 
     @event("Created")
@@ -206,15 +207,7 @@ class Host(Aggregate):
         self.cpu_overcommit = cpu_overcommit
         self.ram_overcommit = ram_overcommit
 
-    # Lifecycle ---------------------------------------------------------------
-
-    def enable(self) -> None:
-        self.require_state(["Disabled"], "enable")
-        self._enabled()
-
-    def disable(self) -> None:
-        self.require_state(["Enabled"], "disable")
-        self._disabled()
+    # Lifecycle (enable and disable: Switchable) -------------------------------
 
     def enter_maintenance(self) -> None:
         # Existing reservations stay: moving the VMs away is the orchestrator's
@@ -233,14 +226,6 @@ class Host(Aggregate):
     def declare_up(self) -> None:
         self.require_state(["Down"], "declare up")
         self._declared_up()
-
-    @event("Enabled")
-    def _enabled(self) -> None:
-        self.state = "Enabled"
-
-    @event("Disabled")
-    def _disabled(self) -> None:
-        self.state = "Disabled"
 
     @event("MaintenanceEntered")
     def _maintenance_entered(self) -> None:

@@ -8,7 +8,8 @@ from uuid import UUID
 
 from eventsourcing.domain import event
 
-from cloud_engine.engine.aggregate import Aggregate, require, require_name
+from cloud_engine.engine.aggregate import require, require_name
+from cloud_engine.engine.fabric.lifecycle import Switchable
 
 ImageStoreState = Literal["Enabled", "Disabled"]
 ImageStoreProtocol = Literal["nfs", "file", "http"]
@@ -34,7 +35,7 @@ def _require_store_url(url: str, protocol: ImageStoreProtocol) -> None:
     require(ok, f"url is not a valid {protocol} location", field="url")
 
 
-class ImageStore(Aggregate):
+class ImageStore(Switchable):
     entity = "image store"
 
     @event("Created")
@@ -64,19 +65,3 @@ class ImageStore(Aggregate):
         _require_store_url(url, protocol)
         store: ImageStore = cls._new(id=id, zone_id=zone_id, name=name, url=url, protocol=protocol)
         return store
-
-    def enable(self) -> None:
-        self.require_state(["Disabled"], "enable")
-        self._enabled()
-
-    def disable(self) -> None:
-        self.require_state(["Enabled"], "disable")
-        self._disabled()
-
-    @event("Enabled")
-    def _enabled(self) -> None:
-        self.state = "Enabled"
-
-    @event("Disabled")
-    def _disabled(self) -> None:
-        self.state = "Disabled"

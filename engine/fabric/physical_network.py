@@ -15,8 +15,9 @@ from uuid import UUID
 import msgspec
 from eventsourcing.domain import event
 
-from cloud_engine.engine.aggregate import Aggregate, require, require_name
+from cloud_engine.engine.aggregate import require, require_name
 from cloud_engine.engine.errors import CapacityExceeded, Conflict, InvalidTransition, Validation
+from cloud_engine.engine.fabric.lifecycle import Switchable
 
 PhysicalNetworkState = Literal["Enabled", "Disabled"]
 Isolation = Literal["VLAN", "VXLAN", "none"]
@@ -51,7 +52,7 @@ def _require_tag_range(isolation: Isolation, tag_range: TagRange | None) -> None
     )
 
 
-class PhysicalNetwork(Aggregate):
+class PhysicalNetwork(Switchable):
     entity = "physical network"
 
     @event("Created")
@@ -144,21 +145,3 @@ class PhysicalNetwork(Aggregate):
         del self._allocated[tag]
         del self._tags_by_owner[owner_id]
         self._lowest_free = min(self._lowest_free, tag)
-
-    # Lifecycle ---------------------------------------------------------------
-
-    def enable(self) -> None:
-        self.require_state(["Disabled"], "enable")
-        self._enabled()
-
-    def disable(self) -> None:
-        self.require_state(["Enabled"], "disable")
-        self._disabled()
-
-    @event("Enabled")
-    def _enabled(self) -> None:
-        self.state = "Enabled"
-
-    @event("Disabled")
-    def _disabled(self) -> None:
-        self.state = "Disabled"

@@ -8,8 +8,9 @@ from uuid import UUID
 
 from eventsourcing.domain import event
 
-from cloud_engine.engine.aggregate import Aggregate, require, require_name
+from cloud_engine.engine.aggregate import require, require_name
 from cloud_engine.engine.errors import Validation
+from cloud_engine.engine.fabric.lifecycle import Switchable
 
 PodState = Literal["Enabled", "Disabled"]
 
@@ -38,7 +39,7 @@ def _management_network(cidr: str, gateway: str) -> tuple[str, str]:
     return str(network), str(address)
 
 
-class Pod(Aggregate):
+class Pod(Switchable):
     entity = "pod"
 
     @event("Created")
@@ -65,19 +66,3 @@ class Pod(Aggregate):
     @property
     def prefix_length(self) -> int:
         return ipaddress.ip_network(self.cidr).prefixlen
-
-    def enable(self) -> None:
-        self.require_state(["Disabled"], "enable")
-        self._enabled()
-
-    def disable(self) -> None:
-        self.require_state(["Enabled"], "disable")
-        self._disabled()
-
-    @event("Enabled")
-    def _enabled(self) -> None:
-        self.state = "Enabled"
-
-    @event("Disabled")
-    def _disabled(self) -> None:
-        self.state = "Disabled"

@@ -14,9 +14,10 @@ from uuid import UUID
 
 from eventsourcing.domain import event
 
-from cloud_engine.engine.aggregate import Aggregate, require, require_name
+from cloud_engine.engine.aggregate import require, require_name
 from cloud_engine.engine.errors import CapacityExceeded, Conflict
 from cloud_engine.engine.fabric.capacity import normalise_tags, overcommitted, require_overcommit
+from cloud_engine.engine.fabric.lifecycle import Switchable
 
 StoragePoolState = Literal["Enabled", "Disabled", "Maintenance"]
 StorageScope = Literal["cluster", "zone"]
@@ -34,7 +35,7 @@ def require_pool_url(url: str) -> None:
     )
 
 
-class StoragePool(Aggregate):
+class StoragePool(Switchable):
     entity = "storage pool"
 
     @event("Created")
@@ -166,15 +167,7 @@ class StoragePool(Aggregate):
     def _storage_released(self, volume_id: UUID) -> None:
         del self._reservations[volume_id]
 
-    # Lifecycle ---------------------------------------------------------------
-
-    def enable(self) -> None:
-        self.require_state(["Disabled"], "enable")
-        self._enabled()
-
-    def disable(self) -> None:
-        self.require_state(["Enabled"], "disable")
-        self._disabled()
+    # Lifecycle (enable and disable: Switchable) -------------------------------
 
     def enter_maintenance(self) -> None:
         self.require_state(["Enabled", "Disabled"], "enter maintenance on")
@@ -183,14 +176,6 @@ class StoragePool(Aggregate):
     def exit_maintenance(self) -> None:
         self.require_state(["Maintenance"], "exit maintenance on")
         self._maintenance_exited()
-
-    @event("Enabled")
-    def _enabled(self) -> None:
-        self.state = "Enabled"
-
-    @event("Disabled")
-    def _disabled(self) -> None:
-        self.state = "Disabled"
 
     @event("MaintenanceEntered")
     def _maintenance_entered(self) -> None:

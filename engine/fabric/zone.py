@@ -8,13 +8,14 @@ from uuid import UUID
 from eventsourcing.domain import event
 
 from cloud_engine.engine.aggregate import Aggregate, require, require_name
+from cloud_engine.engine.fabric.lifecycle import Switchable
 
 ZoneState = Literal["Enabled", "Disabled"]
 # CloudStack's two zone models: Advanced (isolated guest networks) or Basic (flat).
 NetworkType = Literal["Advanced", "Basic"]
 
 
-class Zone(Aggregate):
+class Zone(Switchable):
     entity = "zone"
 
     class Created(Aggregate.Created):
@@ -53,19 +54,3 @@ class Zone(Aggregate):
         )
         zone: Zone = cls._new(id=id, name=name, description=description, network_type=network_type)
         return zone
-
-    def enable(self) -> None:
-        self.require_state(["Disabled"], "enable")
-        self._enabled()
-
-    def disable(self) -> None:
-        self.require_state(["Enabled"], "disable")
-        self._disabled()
-
-    @event("Enabled")
-    def _enabled(self) -> None:
-        self.state = "Enabled"
-
-    @event("Disabled")
-    def _disabled(self) -> None:
-        self.state = "Disabled"
