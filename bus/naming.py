@@ -17,15 +17,44 @@ TYPE_PREFIX = "io.cloudengine"
 SPEC_VERSION = "1.0"
 
 
-class EventType(msgspec.Struct, frozen=True):
+class TypeName(msgspec.Struct, frozen=True):
+    """A CloudEvents type's parts: io.cloudengine.<aggregate>.<name>.v<version>."""
+
     aggregate: str  # "vm"
     name: str  # "started"
     version: int  # the event class's class_version
-    cls: type[Any]
 
     @property
     def ce_type(self) -> str:
         return f"{TYPE_PREFIX}.{self.aggregate}.{self.name}.v{self.version}"
+
+    @property
+    def event(self) -> str:
+        """The event whatever its version, as the work kinds name it: "vm.started"."""
+        return f"{self.aggregate}.{self.name}"
+
+
+def parse_type(ce_type: str) -> TypeName | None:
+    """The parts of a ce_type header; None if it is not one of ours."""
+    head, _, rest = ce_type.rpartition(".v")
+    prefix, _, event = head.partition(f"{TYPE_PREFIX}.")
+    aggregate, dot, name = event.partition(".")
+    if prefix or not dot or "." in name or not (aggregate and name):
+        return None
+    if not (rest.isascii() and rest.isdigit()):
+        return None
+    return TypeName(aggregate, name, int(rest))
+
+
+def aggregate_of(event: str) -> str:
+    """The aggregate of an event named without its version ("vm.started")."""
+    return event.partition(".")[0]
+
+
+class EventType(TypeName, frozen=True):
+    """A published event type and the event class it is stored as."""
+
+    cls: type[Any]
 
     @property
     def schema_path(self) -> str:

@@ -29,6 +29,7 @@ from uuid import UUID
 import msgspec
 
 from cloud_engine.bus.cloudevents import CloudEvent
+from cloud_engine.bus.naming import aggregate_of, parse_type
 from cloud_engine.engine.commands.base import Command
 from cloud_engine.engine.commands.compute import (
     CompleteVmMigration,
@@ -70,7 +71,7 @@ class WorkKind(msgspec.Struct, frozen=True):
     def aggregate(self) -> str:
         """The aggregate type whose events ask for it (and whose topic the
         effectors consume)."""
-        return self.event.split(".", 1)[0]
+        return aggregate_of(self.event)
 
     def done_command(self, aggregate_id: UUID) -> Command | None:
         if self.done is None:
@@ -155,10 +156,10 @@ class _ForcedData(msgspec.Struct):
 
 def work_for(event: CloudEvent) -> WorkItem | None:
     """The work an event asks for, or None if it asks for none."""
-    parts = event.type.split(".")  # io.cloudengine.<aggregate>.<event>.v<N>
-    if len(parts) != 5:
+    parsed = parse_type(event.type)
+    if parsed is None:
         return None
-    kind = _BY_EVENT.get(f"{parts[2]}.{parts[3]}")
+    kind = _BY_EVENT.get(parsed.event)
     if kind is None:
         return None
     forced = False

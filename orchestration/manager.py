@@ -36,7 +36,7 @@ import structlog
 
 from cloud_engine.bus.cloudevents import CloudEvent
 from cloud_engine.bus.consumer import ConsumerConfig, EventConsumer, MemoryDeduplicator
-from cloud_engine.bus.naming import topic_for
+from cloud_engine.bus.naming import parse_type, topic_for
 from cloud_engine.engine.commands.base import Command, CommandContext
 from cloud_engine.engine.commands.operations import AdvanceOperation, FailOperation
 from cloud_engine.engine.errors import DomainError
@@ -131,9 +131,9 @@ class OperationManager:
             await self.drive(op_id, cause=event.id)
 
     async def _operation_of(self, event: CloudEvent) -> UUID | None:
-        parts = event.type.split(".")
-        if len(parts) == 5 and parts[2] == "operation":
-            if parts[3] != "created":
+        parsed = parse_type(event.type)
+        if parsed is not None and parsed.aggregate == "operation":
+            if parsed.name != "created":
                 return None
             # Its results will name it as their correlation id: no load then.
             self._remember(event.aggregate_id, True)
@@ -150,7 +150,8 @@ class OperationManager:
                 return candidate
         # Only effector results need the guard to find their operation: a
         # client's events come with the operation's own Created event.
-        if parts[2] not in ("vm", "volume", "snapshot") or not event.actor.startswith("effector:"):
+        aggregate = None if parsed is None else parsed.aggregate
+        if aggregate not in ("vm", "volume", "snapshot") or not event.actor.startswith("effector:"):
             return None
         held = await asyncio.to_thread(self.store.load, guard_id(event.aggregate_id))
         return held.operation_id if isinstance(held, ResourceGuard) else None
