@@ -12,9 +12,9 @@ from uuid import UUID, uuid4
 import msgspec
 
 from cloud_engine.engine.commands.base import Command, Outcome, handles
-from cloud_engine.engine.commands.lookups import require_new_id
 from cloud_engine.engine.errors import Conflict, Validation
 from cloud_engine.engine.fabric.zone import Zone
+from cloud_engine.engine.lookups import require_new_id
 from cloud_engine.engine.unit_of_work import UnitOfWork
 from cloud_engine.engine.virtual.ip_address import IpAddress
 from cloud_engine.engine.virtual.network import Isolation, Network

@@ -23,8 +23,8 @@ import msgspec
 from cloud_engine.engine.commands.base import Command, Outcome, handles
 from cloud_engine.engine.commands.compute import GIB, CreateVm, create_vm
 from cloud_engine.engine.commands.constraints import Name
-from cloud_engine.engine.commands.lookups import load_ref, require_new_id
 from cloud_engine.engine.commands.storage import Size
+from cloud_engine.engine.lookups import load_ref, require_new_id
 from cloud_engine.engine.operations import deploy_ids, guard
 from cloud_engine.engine.operations.kind import OperationKind, Request
 from cloud_engine.engine.operations.operation import Operation, OperationParams

@@ -15,8 +15,8 @@ import msgspec
 from cloud_engine.engine.aggregate import require
 from cloud_engine.engine.commands.base import Command, Outcome, handles
 from cloud_engine.engine.commands.compute import Name, Reason
-from cloud_engine.engine.commands.lookups import load_ref, require_enabled_zone, require_new_id
 from cloud_engine.engine.fabric.zone import Zone
+from cloud_engine.engine.lookups import load_ref, require_enabled_zone, require_new_id
 from cloud_engine.engine.unit_of_work import UnitOfWork
 from cloud_engine.engine.virtual.snapshot import REVERTIBLE, Snapshot, SnapshotKind
 from cloud_engine.engine.virtual.template import Template, TemplateFormat

@@ -5,8 +5,9 @@ the VM's next start, whose domain is defined with every attached volume."""
 from __future__ import annotations
 
 from cloud_engine.engine.aggregate import require
-from cloud_engine.engine.errors import Conflict, NotFound, Validation
+from cloud_engine.engine.errors import Conflict, Validation
 from cloud_engine.engine.fabric.storage_pool import StoragePool
+from cloud_engine.engine.lookups import load_ref
 from cloud_engine.engine.operations.kind import Request
 from cloud_engine.engine.operations.operation import Operation, OperationParams
 from cloud_engine.engine.operations.release import release_space
@@ -23,10 +24,7 @@ class VolumeAttach(VolumeKind):
     def prepare(self, uow: UnitOfWork, resource: Volume, request: Request) -> OperationParams:
         if request.vm_id is None:
             raise Validation(f"{self.name} needs vm_id", field="vm_id")
-        # As engine.commands.lookups.load_ref (not importable here: the
-        # commands import the kinds): the error names the request's field.
-        if uow.find(VirtualMachine, request.vm_id) is None:
-            raise NotFound(f"{VirtualMachine.entity} {request.vm_id} not found", field="vm_id")
+        load_ref(uow, VirtualMachine, request.vm_id, "vm_id")
         return OperationParams(
             vm_id=request.vm_id, size_bytes=request.new_size_bytes, target_id=request.snapshot_id
         )

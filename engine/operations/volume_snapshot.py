@@ -7,8 +7,7 @@ from uuid import uuid4
 
 import msgspec
 
-from cloud_engine.engine.aggregate import Aggregate
-from cloud_engine.engine.errors import Conflict
+from cloud_engine.engine.lookups import require_new_id
 from cloud_engine.engine.operations import guard
 from cloud_engine.engine.operations.kind import Request
 from cloud_engine.engine.operations.operation import Operation, OperationParams
@@ -29,10 +28,7 @@ class VolumeSnapshot(VolumeKind):
         if snapshot_id is None:
             snapshot_id = uuid4()
             uow.known_absent((snapshot_id, guard.guard_id(snapshot_id)))
-        # As engine.commands.lookups.require_new_id (not importable here: the
-        # commands import the kinds): a caller's id must be free.
-        if uow.find(Aggregate, snapshot_id) is not None:
-            raise Conflict(f"id {snapshot_id} is already in use", field="snapshot_id")
+        require_new_id(uow, snapshot_id, field="snapshot_id")
         params = super().prepare(uow, resource, request)
         return msgspec.structs.replace(params, target_id=snapshot_id)
 

@@ -1,8 +1,13 @@
-"""Lookups shared by the command handlers: the aggregates a command names.
+"""Lookups shared by the command handlers and the operation kinds: the
+aggregates a command or a request names.
 
 load_ref and require_enabled_zone raise NotFound naming the command's field
 (zone_id, template_id, ...), where UnitOfWork.get names "id"; require_new_id
 refuses a caller-chosen id that another aggregate already has.
+
+Not in engine/commands/: the operation kinds (engine/operations/) use them
+too, and engine.commands imports the kinds (its dispatch table), so a kind
+importing from engine.commands would be an import cycle.
 """
 
 from __future__ import annotations
