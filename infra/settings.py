@@ -19,6 +19,13 @@ from cloud_engine.infra.logs import LogFormat, LogLevel
 PREFIX = "CLOUD_ENGINE_"
 # Every component's event loop; asyncio's own only to rule uvloop out.
 EventLoop = Literal["uvloop", "asyncio"]
+# What `up`'s demo hosts run on: lab hosts (namespaces on this machine, each
+# its own libvirtd and real QEMU), libvirt's test driver, or auto: the lab
+# where this machine can run it.
+UpHypervisor = Literal["auto", "lab", "test"]
+# How lab hosts run guests: kvm, qemu (TCG, emulated) or auto: KVM when
+# /dev/kvm is usable and the hosts offer it.
+DomainType = Literal["auto", "kvm", "qemu"]
 
 
 class SettingsError(ValueError):
@@ -66,6 +73,12 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     log_format: LogFormat = "auto"
     # Unset: info in JSON; on a terminal only warnings and lifecycle lines.
     log_level: LogLevel | None = None
+    # `up`: its demo hosts' hypervisor and how many (unset: 3 lab hosts or 2
+    # test-driver hosts; a data directory keeps the hosts it has), and the
+    # domain type on lab hosts. The --hypervisor and --hosts flags override.
+    up_hypervisor: UpHypervisor = "auto"
+    up_hosts: Annotated[int, msgspec.Meta(ge=1, le=64)] | None = None
+    up_domain_type: DomainType = "auto"
 
     @property
     def pgdata(self) -> Path:

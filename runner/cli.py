@@ -15,6 +15,7 @@ from cloud_engine.engine.errors import DomainError
 from cloud_engine.infra.logs import configure_logging
 from cloud_engine.infra.process import run_component
 from cloud_engine.infra.settings import Settings, SettingsError, load_settings
+from cloud_engine.lab import LabError
 from cloud_engine.runner import (
     api_cli,
     audit_cli,
@@ -42,6 +43,20 @@ def _parser() -> argparse.ArgumentParser:
         " engine, effector) with a demo fabric",
     )
     up.add_argument("--data-dir", help="overrides CLOUD_ENGINE_DATA_DIR")
+    up.add_argument(
+        "--hypervisor",
+        dest="up_hypervisor",
+        choices=("auto", "lab", "test"),
+        help="demo hosts on lab hosts (real QEMU on this machine), libvirt's test driver,"
+        " or auto: the lab where it can run (CLOUD_ENGINE_UP_HYPERVISOR)",
+    )
+    up.add_argument(
+        "--hosts",
+        dest="up_hosts",
+        type=int,
+        help="how many demo hosts (CLOUD_ENGINE_UP_HOSTS; default 3 lab hosts, 2 test-driver"
+        " hosts; a data directory keeps those it has)",
+    )
     sub.add_parser(
         "relay",
         help="publish stored events to Kafka (needs CLOUD_ENGINE_KAFKA_BOOTSTRAP)",
@@ -78,7 +93,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         _parser().print_help()
         return 0
     try:
-        settings = load_settings(data_dir=getattr(args, "data_dir", None))
+        settings = load_settings(
+            data_dir=getattr(args, "data_dir", None),
+            up_hypervisor=getattr(args, "up_hypervisor", None),
+            up_hosts=getattr(args, "up_hosts", None),
+        )
         configure_logging(settings.log_format, settings.log_level)
         if args.command == "up":
             return up(settings)
@@ -109,6 +128,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
     except BrokerError as e:
         print(f"cloud-engine: broker error: {e}", file=sys.stderr)
+        return 1
+    except LabError as e:
+        print(f"cloud-engine: lab: {e}", file=sys.stderr)
         return 1
     return 0
 

@@ -3,18 +3,24 @@
 Every command carries an idempotency key, so a second start finds the same
 fabric instead of creating another one.
 
-The two demo hosts are libvirt test drivers, each started from a node file
-of its own in the data directory (demo_host_uri), so neither reports the
-other's domains. Data directories of an older up keep their hosts on the
-shared test:///default (hold_shared_test_driver quiets that).
+The demo hosts are lab hosts (runner/up_hosts.py chooses): each its own
+libvirtd on this machine, registered with its URI, with one primary pool on
+the lab's shared directory, which every host sees at the same path. Or they
+are libvirt test drivers, each started from a node file of its own in the
+data directory (demo_host_uri), so neither reports the other's domains; data
+directories of an older up keep those on the shared test:///default
+(hold_shared_test_driver quiets that).
 """
 
 from __future__ import annotations
 
+import os
+import shutil
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
-from uuid import UUID
+from uuid import UUID, uuid5
 
 import libvirt
 import msgspec
@@ -45,7 +51,9 @@ from cloud_engine.engine.virtual.network import Network
 from cloud_engine.engine.virtual.template import Template
 from cloud_engine.infra.database import DatabaseTarget
 from cloud_engine.infra.pg import connect
+from cloud_engine.lab import LabHost
 from cloud_engine.runner.demo_images import IMAGE, IMAGE_SIZE, ImageServer, ensure_image
+from cloud_engine.runner.up_hosts import lab_host_key, test_host_key
 
 log = structlog.get_logger("runner.demo")
 
@@ -57,6 +65,13 @@ SHARED_TEST_DRIVER = "test:///default"
 SAMPLE_DOMAIN = UUID("6695eb01-f6a4-8304-79aa-97f2502e193f")
 # A fixed id: a later start finds the template (and the URL it was given).
 DEMO_TEMPLATE = UUID("5d1c7a52-0b0e-4c1f-9f5e-7d3a2c1b0a01")
+# Lab hosts and their pool have ids derived from this and their names: a
+# later start finds them as they were first registered (their size is the
+# machine's, which may change; re-registering would be refused).
+LAB_IDS = UUID("0f5a3c2e-7b1d-4e8a-9c6f-2d4b8a1e5c70")
+# Lab hosts share this machine; each is registered with its CPUs and RAM
+# (so their sum overstates it) and the test driver's CPU overcommit.
+LAB_CPU_OVERCOMMIT = 4.0
 
 
 class DemoFabric(msgspec.Struct, frozen=True):
@@ -76,10 +91,16 @@ def _run(service: CommandService, key: str, command: Command) -> UUID:
 
 
 def ensure_demo_fabric(
-    service: CommandService, store: EventStore, data_dir: Path
+    service: CommandService,
+    store: EventStore,
+    data_dir: Path,
+    *,
+    hosts: int = 2,
+    lab: Sequence[LabHost] = (),
 ) -> tuple[DemoFabric, ImageServer | None]:
     """The demo fabric, and the server of its template's image while the
-    effector still has to fetch it (close it when done)."""
+    effector still has to fetch it (close it when done). Its hosts are the
+    lab's when lab hosts are given, else `hosts` test-driver hosts."""
     zone = _run(service, "zone", CreateZone(name="demo-zone", description="created by up"))
     pod = _run(
         service,
@@ -87,22 +108,28 @@ def ensure_demo_fabric(
         CreatePod(zone_id=zone, name="pod-1", gateway="10.0.0.1", cidr="10.0.0.0/24"),
     )
     cluster = _run(service, "cluster", CreateCluster(zone_id=zone, pod_id=pod, name="cluster-1"))
-    hosts = tuple(_register_host(service, zone, pod, cluster, n, data_dir) for n in (1, 2))
-    shared = [h for h in store.load_many(list(hosts)).values() if isinstance(h, Host)]
-    if any(h.libvirt_uri == SHARED_TEST_DRIVER for h in shared):
-        hold_shared_test_driver()
-    pool = _run(
-        service,
-        "pool",
-        CreateStoragePool(
-            zone_id=zone,
-            cluster_id=cluster,
-            name="primary-1",
-            scope="cluster",
-            capacity_bytes=2048 * GiB,
-            url="file:///var/lib/cloud-engine/primary-1",
-        ),
-    )
+    if lab:
+        host_ids = tuple(_register_lab_host(service, store, zone, pod, cluster, h) for h in lab)
+        pool = _lab_pool(service, store, zone, cluster, lab[0].shared_pool_path)
+    else:
+        host_ids = tuple(
+            _register_host(service, zone, pod, cluster, n, data_dir) for n in range(1, hosts + 1)
+        )
+        shared = [h for h in store.load_many(list(host_ids)).values() if isinstance(h, Host)]
+        if any(h.libvirt_uri == SHARED_TEST_DRIVER for h in shared):
+            hold_shared_test_driver()
+        pool = _run(
+            service,
+            "pool",
+            CreateStoragePool(
+                zone_id=zone,
+                cluster_id=cluster,
+                name="primary-1",
+                scope="cluster",
+                capacity_bytes=2048 * GiB,
+                url="file:///var/lib/cloud-engine/primary-1",
+            ),
+        )
     physical = _run(
         service,
         "physical-network",
@@ -133,7 +160,7 @@ def ensure_demo_fabric(
         ),
     )
     _run(service, "network-implement", ImplementNetwork(network_id=network))
-    return DemoFabric(zone, pod, cluster, hosts, pool, physical, template, network), server
+    return DemoFabric(zone, pod, cluster, host_ids, pool, physical, template, network), server
 
 
 def host_node_xml(cpu_cores: int, ram_mb: int) -> str:
@@ -182,7 +209,7 @@ def _register_host(
         ram_overcommit=1.5,
     )
     try:
-        return _run(service, name, command)
+        return _run(service, test_host_key(n).removeprefix("demo/"), command)
     except Conflict:
         # The key was used by an older up, which registered its hosts on the
         # shared test:///default: the same command as then finds that host,
@@ -200,6 +227,65 @@ def _register_host(
                 " back or start on a new data directory",
                 field="libvirt_uri",
             ) from None
+
+
+def lab_host_id(name: str) -> UUID:
+    return uuid5(LAB_IDS, f"host/{name}")
+
+
+def _register_lab_host(
+    service: CommandService, store: EventStore, zone: UUID, pod: UUID, cluster: UUID, host: LabHost
+) -> UUID:
+    host_id = lab_host_id(host.name)
+    existing = store.load(host_id)
+    if isinstance(existing, Host):
+        if existing.libvirt_uri != host.uri:
+            # The URI names the lab's state directory, under the data directory.
+            raise Conflict(
+                f"demo host {host.name} was registered with {existing.libvirt_uri}, not"
+                f" {host.uri}: was the data directory moved? Move it back or start on a"
+                " new data directory",
+                field="libvirt_uri",
+            )
+        return host_id
+    command = RegisterHost(
+        id=host_id,
+        zone_id=zone,
+        pod_id=pod,
+        cluster_id=cluster,
+        name=host.name,
+        cpu_cores=os.cpu_count() or 1,
+        ram_mb=_machine_ram_mb(),
+        libvirt_uri=host.uri,
+        cpu_overcommit=LAB_CPU_OVERCOMMIT,
+    )
+    return _run(service, lab_host_key(host.name).removeprefix("demo/"), command)
+
+
+def _machine_ram_mb() -> int:
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // 1024**2
+
+
+def _lab_pool(
+    service: CommandService, store: EventStore, zone: UUID, cluster: UUID, path: str
+) -> UUID:
+    """The cluster's primary pool on the lab's shared directory (every lab
+    host sees it at this path: CloudStack's SharedMountPoint), its capacity
+    that of the file system holding it when first created."""
+    pool_id = uuid5(LAB_IDS, "pool/shared")
+    if isinstance(store.load(pool_id), StoragePool):
+        return pool_id
+    Path(path).mkdir(parents=True, exist_ok=True)
+    command = CreateStoragePool(
+        id=pool_id,
+        zone_id=zone,
+        cluster_id=cluster,
+        name="primary-1",
+        scope="cluster",
+        capacity_bytes=shutil.disk_usage(path).total // GiB * GiB or GiB,
+        url=f"file://{path}",
+    )
+    return _run(service, "lab-pool", command)
 
 
 # Held for the life of the process: libvirt frees test:///default's state

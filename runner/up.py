@@ -2,16 +2,20 @@
 order and stopped in reverse.
 
 Start: PostgreSQL (one a killed `up` left running is stopped first), the
-dev broker, the event store's and the read models' tables, the demo fabric,
+dev broker, the event store's and the read models' tables, the demo hosts
+(lab hosts, or libvirt's test driver: runner/up_hosts.py), the demo fabric,
 then every component at once: each waits for what it consumes, and no table
 is read before it exists. "ready", with the API's URL and token, is printed
 once the read models reflect the whole log as it stood when the components
-started, so the first list a user asks for is complete.
+started, so the first list a user asks for is complete, and once VMs the
+log records Running but no host runs are recorded Stopped through the
+engine (runner/up_settle.py), so the record agrees with what runs.
 
 Stop, on SIGINT or SIGTERM at any moment (infra.process.StopSignals): the API,
 the engine and the effector first (nothing new is accepted, decided or
-done), then the relay and the projection worker, then the broker, and
-PostgreSQL last, so no client sees its server go away under it.
+done), then the relay and the projection worker, then the lab (its VMs and
+daemons), then the broker, and PostgreSQL last, so no client sees its
+server go away under it.
 """
 
 from __future__ import annotations
@@ -39,10 +43,12 @@ from cloud_engine.infra.settings import Settings, SettingsError
 from cloud_engine.projections import readmodel
 from cloud_engine.projections.status import wait_caught_up
 from cloud_engine.projections.worker import ProjectionWorker, consumer_config
-from cloud_engine.runner import engine_cli
+from cloud_engine.runner import engine_cli, up_hosts
 from cloud_engine.runner.components import relay_config, start_infrastructure
 from cloud_engine.runner.demo import admin_token, describe, ensure_demo_fabric
 from cloud_engine.runner.demo_images import ImageServer
+from cloud_engine.runner.up_hosts import DemoHosts
+from cloud_engine.runner.up_settle import Settle
 
 log = structlog.get_logger("runner.up")
 
@@ -77,6 +83,7 @@ def _up(settings: Settings, signals: StopSignals) -> int:
     began = time.monotonic()
     infra = start_infrastructure(settings)
     images: ImageServer | None = None
+    hosts: DemoHosts | None = None
     try:
         signals.check()
         store = EventStore(infra.target, pool_size=settings.db_pool_size)
@@ -92,7 +99,11 @@ def _up(settings: Settings, signals: StopSignals) -> int:
             # the tables only once it runs.
             asyncio.run(_prepare_read_models(infra.target))
             signals.check()
-            fabric, images = ensure_demo_fabric(service, store, settings.data_dir)
+            hosts = up_hosts.start(settings, store, signals)
+            signals.check()
+            fabric, images = ensure_demo_fabric(
+                service, store, settings.data_dir, hosts=hosts.count, lab=hosts.hosts
+            )
             signals.check()
             token = asyncio.run(admin_token(infra.target, settings.data_dir))
             try:
@@ -114,6 +125,8 @@ def _up(settings: Settings, signals: StopSignals) -> int:
             print("demo fabric:")
             for line in describe(store, fabric):
                 print(f"  {line}")
+            if hosts.kind == "lab":
+                print(up_hosts.describe(hosts))
             position = store.max_position()
             print(f"events stored: {position}", flush=True)
             # Started in this order, stopped in the reverse one: what feeds
@@ -132,12 +145,25 @@ def _up(settings: Settings, signals: StopSignals) -> int:
             )
             actors: dict[str, Component] = {type(part).__name__: part for part in engine}
             actors["effector"] = EffectorService(
-                infra.target, effector_config(infra.bootstrap, settings.topic_prefix)
+                infra.target,
+                effector_config(infra.bootstrap, settings.topic_prefix),
+                domain_type=hosts.domain_type,
             )
+
+            settle = Settle(service, store, infra.target)
+
+            async def caught_up_and_settled() -> None:
+                await _wait_caught_up(infra.target, position)
+                await settle.stop()
+                if settle.stopped:
+                    # The reconciler reads them Stopping, not drifted.
+                    await _wait_caught_up(infra.target, store.max_position())
+
             stages = [
                 Stage(feeds),
-                Stage(actors, needs=lambda: _wait_caught_up(infra.target, position)),
-                Stage({"api": api}),
+                Stage(actors, needs=caught_up_and_settled),
+                # The effector has carried out the stops the record needed.
+                Stage({"api": api}, needs=settle.finished),
             ]
 
             async def announce() -> None:
@@ -160,6 +186,12 @@ def _up(settings: Settings, signals: StopSignals) -> int:
     finally:
         if images is not None:
             images.close()
+        # After the effector (stopped with the components), before the
+        # broker and PostgreSQL: QEMU gets SIGTERM and flushes its images.
+        if hosts is not None and hosts.lab is not None:
+            began = time.monotonic()
+            hosts.stop()
+            lifecycle(log, "lab stopped", took_s=round(time.monotonic() - began, 2))
         # The broker before PostgreSQL (the durable broker keeps its
         # records there); each timed, as a supervisor gives `up` 2 s or so.
         if infra.dev_broker is not None:

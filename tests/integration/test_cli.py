@@ -24,6 +24,8 @@ def _env(data_dir, **extra: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("CLOUD_ENGINE_")}
     env["CLOUD_ENGINE_DATA_DIR"] = str(data_dir)
     env["CLOUD_ENGINE_LOG_FORMAT"] = "console"
+    # The demo hosts as `up` always had them (test_up_lab.py runs lab hosts).
+    env["CLOUD_ENGINE_UP_HYPERVISOR"] = "test"
     env.update(extra)
     return env
 
