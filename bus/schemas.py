@@ -2,7 +2,7 @@
 
 - schemas/events/<ce_type>.json: JSON Schema (draft 2020-12) of the data of every
   event type, exactly what the relay publishes (bus.cloudevents.data_struct);
-- schemas/commands/<Command>.json: JSON Schema of every command Struct;
+- schemas/commands/<Command>.json: JSON Schema of every published command Struct;
 - schemas/asyncapi.json: AsyncAPI 3.0.0 description of the Kafka topics, the
   CloudEvents headers and the dead-letter topics.
 
@@ -54,7 +54,9 @@ DIALECT = "https://json-schema.org/draft/2020-12/schema"
 
 
 def command_types() -> list[type[Command]]:
-    return sorted(HANDLERS, key=lambda cls: cls.__name__)
+    """The published commands (Command.published); the engine handles a few
+    more that only its tests and benchmarks send."""
+    return sorted((c for c in HANDLERS if c.published), key=lambda cls: cls.__name__)
 
 
 def command_path(cls: type[Command]) -> str:

@@ -9,7 +9,7 @@ aggregates; the command service persists whatever events they produced.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import Any, ClassVar, TypeVar
 from uuid import UUID
 
 import msgspec
@@ -19,6 +19,12 @@ from cloud_engine.engine.unit_of_work import UnitOfWork
 
 class Command(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     """Base class of every command. The class name is the command's type."""
+
+    # In the public contract (a JSON Schema in schemas/commands/) unless the
+    # command sets it False: nothing but the engine's own tests and
+    # benchmarks sends it, so no integrator should build on it
+    # (schemas/README.md lists them and why). Not a field: never encoded.
+    published: ClassVar[bool] = True
 
 
 class Outcome(msgspec.Struct, frozen=True, kw_only=True):

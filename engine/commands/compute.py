@@ -37,12 +37,23 @@ class CreateVm(Command, frozen=True, kw_only=True):
 
 
 class PlaceVm(Command, frozen=True, kw_only=True):
+    """Puts a VM on a host and pool WITHOUT reserving their capacity: for
+    tests and benchmarks that set a VM up by hand. A deploy places through
+    its operation (PlaceOperation), which reserves."""
+
+    published = False  # for tests and benchmarks only (Command.published)
+
     vm_id: UUID
     host_id: UUID
     pool_id: UUID
 
 
 class RequestVmStart(Command, frozen=True, kw_only=True):
+    """Asks an effector to start a placed VM, outside any operation: for
+    tests and benchmarks (clients start VMs with the vm.start operation)."""
+
+    published = False  # for tests and benchmarks only (Command.published)
+
     vm_id: UUID
     host_id: UUID
 

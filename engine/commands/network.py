@@ -164,10 +164,12 @@ class CreateNic(Command, frozen=True, kw_only=True):
 
 
 class PlugNic(Command, frozen=True, kw_only=True):
+    published = False  # no sender yet: not in the contract (Command.published)
     nic_id: UUID
 
 
 class UnplugNic(Command, frozen=True, kw_only=True):
+    published = False  # no sender yet: not in the contract (Command.published)
     nic_id: UUID
 
 
@@ -240,6 +242,7 @@ class CreateNetworkRule(Command, frozen=True, kw_only=True):
 
 
 class ActivateNetworkRule(Command, frozen=True, kw_only=True):
+    published = False  # no sender yet: not in the contract (Command.published)
     rule_id: UUID
 
 
@@ -248,10 +251,12 @@ class RevokeNetworkRule(Command, frozen=True, kw_only=True):
 
 
 class MarkNetworkRuleRevoked(Command, frozen=True, kw_only=True):
+    published = False  # no sender yet: not in the contract (Command.published)
     rule_id: UUID
 
 
 class FailNetworkRule(Command, frozen=True, kw_only=True):
+    published = False  # no sender yet: not in the contract (Command.published)
     rule_id: UUID
     reason: Reason
 

@@ -133,6 +133,7 @@ class MarkSnapshotCreated(Command, frozen=True, kw_only=True):
 
 
 class MarkSnapshotBackedUp(Command, frozen=True, kw_only=True):
+    published = False  # no sender yet: not in the contract (Command.published)
     snapshot_id: UUID
 
 
