@@ -74,6 +74,10 @@ class HostRegister(Body, frozen=True, kw_only=True):
     cpu_overcommit: Overcommit = 1.0
     ram_overcommit: Overcommit = 1.0
     tags: Tags = ()
+    # The address other hosts reach it at (live migration's stream, VXLAN
+    # tunnels) and the device it is on; both or neither.
+    underlay_address: Name | None = None
+    underlay_device: Name | None = None
 
 
 class StoragePoolCreate(Body, frozen=True, kw_only=True):
@@ -85,6 +89,8 @@ class StoragePoolCreate(Body, frozen=True, kw_only=True):
     cluster_id: UUID | None = None
     tags: Tags = ()
     overcommit: Overcommit = 1.0
+    # Scope "host": the host whose local storage it is (its cluster is the host's).
+    host_id: UUID | None = None
 
 
 class ImageStoreCreate(Body, frozen=True, kw_only=True):

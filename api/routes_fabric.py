@@ -30,6 +30,7 @@ from cloud_engine.engine.fabric.physical_network import TagRange
 ZONE = ("zone", "zone_id")
 POD = ("pod", "pod_id")
 CLUSTER = ("cluster", "cluster_id")
+HOST = ("host", "host_id")
 
 
 def _toggles(
@@ -72,7 +73,8 @@ FABRIC_ROUTES: list[CommandRoute[Any]] = [
                name=c.body.name, cpu_cores=c.body.cpu_cores, ram_mb=c.body.ram_mb,
                libvirt_uri=c.body.libvirt_uri, cpu_mhz=c.body.cpu_mhz,
                cpu_overcommit=c.body.cpu_overcommit, ram_overcommit=c.body.ram_overcommit,
-               tags=c.body.tags),
+               tags=c.body.tags, underlay_address=c.body.underlay_address,
+               underlay_device=c.body.underlay_device),
            access="fabric", refs=named(ZONE, POD, CLUSTER)),
     *_toggles("host", "host", lambda i: f.EnableHost(host_id=i),
               lambda i: f.DisableHost(host_id=i)),
@@ -85,8 +87,9 @@ FABRIC_ROUTES: list[CommandRoute[Any]] = [
            lambda c: f.CreateStoragePool(
                zone_id=c.body.zone_id, name=c.body.name, scope=c.body.scope,
                capacity_bytes=c.body.capacity_bytes, url=c.body.url,
-               cluster_id=c.body.cluster_id, tags=c.body.tags, overcommit=c.body.overcommit),
-           access="fabric", refs=named(ZONE, CLUSTER)),
+               cluster_id=c.body.cluster_id, tags=c.body.tags, overcommit=c.body.overcommit,
+               host_id=c.body.host_id),
+           access="fabric", refs=named(ZONE, CLUSTER, HOST)),
     *_toggles("storage_pool", "storage pool", lambda i: f.EnableStoragePool(pool_id=i),
               lambda i: f.DisableStoragePool(pool_id=i)),
     action("storage_pool", "enter-maintenance", "enterStoragePoolMaintenance",

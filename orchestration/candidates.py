@@ -54,6 +54,7 @@ class _PoolRow(msgspec.Struct):
     total_bytes: int
     used_bytes: int
     tags: list[str] = []
+    host_id: UUID | None = None
 
 
 _host = msgspec.json.Decoder(_HostRow)
@@ -86,6 +87,7 @@ def pool_from_row(pool_id: UUID, data: bytes | str) -> PoolCandidate:
         total_bytes=row.total_bytes,
         used_bytes=row.used_bytes,
         tags=frozenset(row.tags),
+        host_id=row.host_id,
     )
 
 
@@ -154,9 +156,11 @@ class Candidates:
                 self._true_pools[a.id] = (a.version, pool_candidate(a))
         self._planner = None
 
-    def restricted(self, cluster_id: UUID) -> Planner:
-        """A planner over one cluster's hosts (a stopped VM's disks are there)."""
-        return Planner([h for h in self._hosts if h.cluster_id == cluster_id], self._pools)
+    def restricted(self, cluster_id: UUID, host_id: UUID | None = None) -> Planner:
+        """A planner over one cluster's hosts (a stopped VM's disks are
+        there), or over one host (they are on its local storage)."""
+        hosts = [h for h in self._hosts if h.cluster_id == cluster_id and host_id in (None, h.id)]
+        return Planner(hosts, self._pools)
 
 
 C = TypeVar("C", HostCandidate, PoolCandidate)

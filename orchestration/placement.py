@@ -72,15 +72,15 @@ class Placer:
         if not isinstance(vm, VirtualMachine):
             return "the VM is gone"
         volumes = [v for v in loaded.values() if isinstance(v, Volume)]
-        requests, cluster = await self._requests(op, vm, volumes)
+        requests, home = await self._requests(op, vm, volumes)
         strategy: Strategy = "dispersing" if op.params.strategy == "dispersing" else "first-fit"
         fresh = False  # the first plan may use the cached rows
         caught_up = False  # the rows behind the log were corrected from it
         for _ in range(PLACE_ATTEMPTS):
             groups = await self._groups(op, vm)
             planner = await candidates.planner(fresh=fresh)
-            if cluster is not None:
-                planner = candidates.restricted(cluster)
+            if home is not None:
+                planner = candidates.restricted(*home)
             for request in requests:
                 result = planner.plan(request, groups, strategy)
                 if not isinstance(result, Refusal):
@@ -165,18 +165,19 @@ class Placer:
 
     async def _requests(
         self, op: Operation, vm: VirtualMachine, volumes: list[Volume]
-    ) -> tuple[list[PlacementRequest], UUID | None]:
+    ) -> tuple[list[PlacementRequest], tuple[UUID, UUID | None] | None]:
         """What to ask the planner, in order of preference, and the cluster a
-        started VM must stay in (its disks are there)."""
-        cluster: UUID | None = None
+        started VM must stay in (its disks are there), with the host when
+        they are on its local storage."""
+        home: tuple[UUID, UUID | None] | None = None
         by_id = {v.id: v.size_bytes for v in volumes}
         # Root first: the order of Placement.pool_ids and of the place step.
         sizes = [by_id[v] for v in op.params.volume_ids if v in by_id]
         if kind_of(op.kind).keeps_disks:
             if vm.pool_id is not None:
                 pool = await asyncio.to_thread(self.store.load, vm.pool_id)
-                if isinstance(pool, StoragePool):
-                    cluster = pool.cluster_id
+                if isinstance(pool, StoragePool) and pool.cluster_id is not None:
+                    home = (pool.cluster_id, pool.host_id)
             sizes = [1]  # the disks exist: only reachability counts
         request = PlacementRequest(
             vm_id=vm.id,
@@ -194,5 +195,5 @@ class Placer:
         if op.kind == "vm.start" and op.params.host_id is None and vm.last_host_id:
             # Where it ran before first (its caches, CloudStack's habit).
             last = msgspec.structs.replace(request, required_host_id=vm.last_host_id)
-            return [last, request], cluster
-        return [request], cluster
+            return [last, request], home
+        return [request], home

@@ -29,6 +29,9 @@ class RegisterHost(Command, frozen=True, kw_only=True):
     cpu_overcommit: Overcommit = 1.0
     ram_overcommit: Overcommit = 1.0
     tags: tuple[Tag, ...] = ()
+    # Where other hosts reach it (live migration, VXLAN), and on which device.
+    underlay_address: str | None = None
+    underlay_device: str | None = None
     id: UUID | None = None
 
 
@@ -99,6 +102,8 @@ def register_host(uow: UnitOfWork, cmd: RegisterHost) -> Outcome:
         ram_overcommit=cmd.ram_overcommit,
         tags=cmd.tags,
         libvirt_uri=cmd.libvirt_uri,
+        underlay_address=cmd.underlay_address,
+        underlay_device=cmd.underlay_device,
         id=cmd.id,
     )
     uow.add(host)

@@ -2,7 +2,8 @@
 
 Both are created in an existing zone (NotFound otherwise); a pool that names a
 cluster needs that cluster to exist and be in the same zone (Validation
-otherwise). Volumes reserve bytes on the pool itself; see
+otherwise), and a host-scoped pool a host of that zone (its cluster is the
+host's). Volumes reserve bytes on the pool itself; see
 engine.fabric.storage_pool. Not to be confused with engine.commands.storage,
 which handles volumes, templates and snapshots.
 """
@@ -15,6 +16,7 @@ from cloud_engine.engine.aggregate import require
 from cloud_engine.engine.commands.base import Command, Outcome, handles
 from cloud_engine.engine.commands.constraints import Name, Overcommit, Positive, Tag
 from cloud_engine.engine.fabric.cluster import Cluster
+from cloud_engine.engine.fabric.host import Host
 from cloud_engine.engine.fabric.image_store import ImageStore, ImageStoreProtocol
 from cloud_engine.engine.fabric.storage_pool import StoragePool, StorageScope
 from cloud_engine.engine.fabric.zone import Zone
@@ -30,6 +32,8 @@ class CreateStoragePool(Command, frozen=True, kw_only=True):
     cluster_id: UUID | None = None
     tags: tuple[Tag, ...] = ()
     overcommit: Overcommit = 1.0
+    # Scope "host": the host whose local storage it is.
+    host_id: UUID | None = None
     id: UUID | None = None
 
 
@@ -79,8 +83,22 @@ class DisableImageStore(Command, frozen=True, kw_only=True):
 @handles(CreateStoragePool)
 def create_storage_pool(uow: UnitOfWork, cmd: CreateStoragePool) -> Outcome:
     uow.get(Zone, cmd.zone_id)
-    if cmd.cluster_id is not None:
-        cluster = uow.get(Cluster, cmd.cluster_id)
+    cluster_id = cmd.cluster_id
+    if cmd.host_id is not None:
+        host = uow.get(Host, cmd.host_id)
+        require(
+            host.zone_id == cmd.zone_id,
+            f"host {host.id} is not in zone {cmd.zone_id}",
+            field="host_id",
+        )
+        require(
+            cluster_id in (None, host.cluster_id),
+            f"host {host.id} is not in cluster {cluster_id}",
+            field="cluster_id",
+        )
+        cluster_id = host.cluster_id
+    elif cluster_id is not None:
+        cluster = uow.get(Cluster, cluster_id)
         require(
             cluster.zone_id == cmd.zone_id,
             f"cluster {cluster.id} is not in zone {cmd.zone_id}",
@@ -88,13 +106,14 @@ def create_storage_pool(uow: UnitOfWork, cmd: CreateStoragePool) -> Outcome:
         )
     pool = StoragePool.create(
         zone_id=cmd.zone_id,
-        cluster_id=cmd.cluster_id,
+        cluster_id=cluster_id,
         name=cmd.name,
         scope=cmd.scope,
         capacity_bytes=cmd.capacity_bytes,
         url=cmd.url,
         tags=cmd.tags,
         overcommit=cmd.overcommit,
+        host_id=cmd.host_id,
         id=cmd.id,
     )
     uow.add(pool)

@@ -6,6 +6,7 @@ last free vCPU conflict on the host's version instead of both succeeding.
 
 from __future__ import annotations
 
+import ipaddress
 import re
 from collections.abc import Iterable, Mapping
 from types import MappingProxyType
@@ -14,7 +15,7 @@ from uuid import UUID
 
 from eventsourcing.domain import event
 
-from cloud_engine.engine.aggregate import require, require_name
+from cloud_engine.engine.aggregate import Aggregate, require, require_name
 from cloud_engine.engine.errors import CapacityExceeded, Conflict
 from cloud_engine.engine.fabric.capacity import (
     Reservation,
@@ -40,12 +41,54 @@ HostState = Literal["Enabled", "Disabled", "Maintenance", "Down"]
 # The libvirt test driver ("test:///default") is accepted so effectors can be
 # exercised without a hypervisor.
 _LIBVIRT_URI = re.compile(r"^(qemu|test)(\+[a-z0-9]+)?://\S*$")
+# A Linux interface name (IFNAMSIZ - 1 characters at most).
+_IFNAME = re.compile(r"^[A-Za-z0-9_.\-]{1,15}$")
+
+
+def require_underlay(address: str | None, device: str | None) -> None:
+    """The host's underlay: the address its peers reach it at (live
+    migration's stream, VXLAN tunnels) and the device that address is on.
+    Both or neither."""
+    require(
+        (address is None) == (device is None),
+        "underlay_address and underlay_device go together",
+        field="underlay_address" if address is None else "underlay_device",
+    )
+    if address is None or device is None:
+        return
+    try:
+        ipaddress.IPv4Address(address)
+        valid = True
+    except ValueError:
+        valid = False
+    require(valid, "underlay_address must be an IPv4 address", field="underlay_address")
+    require(
+        bool(_IFNAME.match(device)) and device not in (".", ".."),
+        "underlay_device must be an interface name of 1-15 letters, digits, '_', '.', '-'",
+        field="underlay_device",
+    )
 
 
 class Host(Switchable):
     entity = "host"
 
-    @event("Created")
+    class Created(Aggregate.Created):
+        zone_id: UUID
+        pod_id: UUID
+        cluster_id: UUID
+        name: str
+        cpu_cores: int
+        cpu_mhz: int | None
+        ram_mb: int
+        cpu_overcommit: float
+        ram_overcommit: float
+        tags: tuple[str, ...]
+        libvirt_uri: str
+        # Added later, optional (same version): absent in older records.
+        underlay_address: str | None = None
+        underlay_device: str | None = None
+
+    @event(Created)
     def __init__(
         self,
         zone_id: UUID,
@@ -59,6 +102,8 @@ class Host(Switchable):
         ram_overcommit: float,
         tags: tuple[str, ...],
         libvirt_uri: str,
+        underlay_address: str | None = None,
+        underlay_device: str | None = None,
     ) -> None:
         self.zone_id = zone_id
         self.pod_id = pod_id
@@ -71,6 +116,10 @@ class Host(Switchable):
         self.ram_overcommit = ram_overcommit
         self.tags = tags
         self.libvirt_uri = libvirt_uri
+        # Where other hosts reach this one (None: not registered): effectors
+        # send live migrations to it and tunnel VXLAN networks over it.
+        self.underlay_address = underlay_address
+        self.underlay_device = underlay_device
         self.state: HostState = "Enabled"
         self._reservations: dict[UUID, Reservation] = {}
 
@@ -89,6 +138,8 @@ class Host(Switchable):
         cpu_overcommit: float = 1.0,
         ram_overcommit: float = 1.0,
         tags: Iterable[str] = (),
+        underlay_address: str | None = None,
+        underlay_device: str | None = None,
         id: UUID | None = None,
     ) -> Host:
         require_name(name)
@@ -102,6 +153,7 @@ class Host(Switchable):
             "libvirt_uri must be a qemu URI such as qemu+ssh://host/system",
             field="libvirt_uri",
         )
+        require_underlay(underlay_address, underlay_device)
         host: Host = cls._new(
             id=id,
             zone_id=zone_id,
@@ -115,6 +167,8 @@ class Host(Switchable):
             ram_overcommit=float(ram_overcommit),
             tags=normalise_tags(tags),
             libvirt_uri=libvirt_uri,
+            underlay_address=underlay_address,
+            underlay_device=underlay_device,
         )
         return host
 

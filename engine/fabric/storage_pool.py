@@ -1,4 +1,6 @@
-"""StoragePool: primary storage for volumes, shared by a cluster or a whole zone.
+"""StoragePool: primary storage for volumes, shared by a cluster or a whole
+zone, or local to one host (scope "host": its disks, which only that host's
+VMs reach; such a pool also names the host's cluster).
 
 Like a host, the pool records each volume's reservation itself, so concurrent
 placements cannot both take the last free bytes.
@@ -14,13 +16,13 @@ from uuid import UUID
 
 from eventsourcing.domain import event
 
-from cloud_engine.engine.aggregate import require, require_name
+from cloud_engine.engine.aggregate import Aggregate, require, require_name
 from cloud_engine.engine.errors import CapacityExceeded, Conflict
 from cloud_engine.engine.fabric.capacity import normalise_tags, overcommitted, require_overcommit
 from cloud_engine.engine.fabric.lifecycle import Switchable
 
 StoragePoolState = Literal["Enabled", "Disabled", "Maintenance"]
-StorageScope = Literal["cluster", "zone"]
+StorageScope = Literal["cluster", "zone", "host"]
 
 
 def require_pool_url(url: str) -> None:
@@ -38,7 +40,19 @@ def require_pool_url(url: str) -> None:
 class StoragePool(Switchable):
     entity = "storage pool"
 
-    @event("Created")
+    class Created(Aggregate.Created):
+        zone_id: UUID
+        cluster_id: UUID | None
+        name: str
+        scope: StorageScope
+        capacity_bytes: int
+        url: str
+        tags: tuple[str, ...]
+        overcommit: float
+        # Added with scope "host", optional (same version): absent in older records.
+        host_id: UUID | None = None
+
+    @event(Created)
     def __init__(
         self,
         zone_id: UUID,
@@ -49,9 +63,12 @@ class StoragePool(Switchable):
         url: str,
         tags: tuple[str, ...],
         overcommit: float,
+        host_id: UUID | None = None,
     ) -> None:
         self.zone_id = zone_id
         self.cluster_id = cluster_id
+        # Scope "host": the only host that reaches it.
+        self.host_id = host_id
         self.name = name
         self.scope: StorageScope = scope
         self.capacity_bytes = capacity_bytes
@@ -73,13 +90,20 @@ class StoragePool(Switchable):
         cluster_id: UUID | None = None,
         tags: Iterable[str] = (),
         overcommit: float = 1.0,
+        host_id: UUID | None = None,
         id: UUID | None = None,
     ) -> StoragePool:
         require_name(name)
-        require(scope in get_args(StorageScope), "scope must be cluster or zone", field="scope")
-        if scope == "cluster":
+        require(
+            scope in get_args(StorageScope), "scope must be cluster, zone or host", field="scope"
+        )
+        if scope == "host":
+            require(host_id is not None, "a host-scoped pool needs a host_id", field="host_id")
+        else:
+            require(host_id is None, f"a {scope}-scoped pool takes no host_id", field="host_id")
+        if scope in ("cluster", "host"):
             needs = cluster_id is not None
-            require(needs, "a cluster-scoped pool needs a cluster_id", field="cluster_id")
+            require(needs, f"a {scope}-scoped pool needs a cluster_id", field="cluster_id")
         else:
             forbidden = cluster_id is not None
             require(not forbidden, "a zone-scoped pool takes no cluster_id", field="cluster_id")
@@ -96,6 +120,7 @@ class StoragePool(Switchable):
             url=url,
             tags=normalise_tags(tags),
             overcommit=float(overcommit),
+            host_id=host_id,
         )
         return pool
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 from uuid import UUID
 
 from cloud_engine.engine.errors import Conflict, Validation
+from cloud_engine.engine.fabric.storage_pool import StoragePool
 from cloud_engine.engine.operations import affinity
 from cloud_engine.engine.operations.kind import Request
 from cloud_engine.engine.operations.operation import Operation, OperationParams
@@ -35,6 +36,14 @@ class VmMigrate(PlacedVmKind):
         if op.params.host_id is not None and op.params.host_id == resource.host_id:
             raise Validation(
                 f"vm {resource.id} already runs on host {resource.host_id}", field="host_id"
+            )
+        pool = None if resource.pool_id is None else uow.find(StoragePool, resource.pool_id)
+        if pool is not None and pool.host_id is not None:
+            # Its disks would have to be copied while the guest writes them.
+            raise Conflict(
+                f"vm {resource.id} has its disks on host {pool.host_id}'s local pool"
+                f" {pool.id}: a running VM migrates only on shared storage",
+                field="vm_id",
             )
 
     def before_reserve(self, op: Operation, vm: VirtualMachine, host_id: UUID) -> None:

@@ -62,6 +62,13 @@ class VolumeAttach(VolumeKind):
                 f" vm {vm.id} runs in cluster {home.cluster_id}",
                 field="volume_id",
             )
+        if pool.host_id is not None and pool.host_id != home.host_id:
+            # A host's local disk reaches only that host's VMs.
+            raise Validation(
+                f"volume {volume.id} is on host {pool.host_id}'s local pool {pool.id};"
+                f" vm {vm.id}'s disks are not on that host",
+                field="volume_id",
+            )
 
     def advance_volume(self, uow: UnitOfWork, op: Operation, volume: Volume) -> None:
         if op.current_step == "create":

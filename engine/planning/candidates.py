@@ -99,7 +99,8 @@ class HostCandidate(msgspec.Struct, frozen=True, kw_only=True, gc=False):
 
 
 class PoolCandidate(msgspec.Struct, frozen=True, kw_only=True, gc=False):
-    """A primary storage pool; cluster_id is None for a zone-scoped pool."""
+    """A primary storage pool; cluster_id is None for a zone-scoped pool,
+    host_id names the only host reaching a host-scoped (local) one."""
 
     id: UUID
     zone_id: UUID
@@ -108,6 +109,7 @@ class PoolCandidate(msgspec.Struct, frozen=True, kw_only=True, gc=False):
     total_bytes: int
     used_bytes: int
     tags: frozenset[str] = frozenset()
+    host_id: UUID | None = None
 
 
 class AffinityGroup(msgspec.Struct, frozen=True, kw_only=True):
@@ -188,4 +190,5 @@ def pool_candidate(pool: StoragePool) -> PoolCandidate:
         total_bytes=pool.total_bytes,
         used_bytes=pool.used_bytes,
         tags=frozenset(pool.tags),
+        host_id=pool.host_id,
     )

@@ -236,7 +236,7 @@ def check_host(
     for name, ranks in rules.affinity:
         if rank not in ranks:
             fail("affinity", name)
-    pools = ask.storage(index.pool_set(host.zone_id, host.cluster_id))
+    pools = ask.storage(index.pool_set(host.zone_id, host.cluster_id, host.id))
     if isinstance(pools, str):
         fail("storage", pools)
     return broken, (() if isinstance(pools, str) else pools)

@@ -126,14 +126,18 @@ class CandidateIndex:
         self.rank_of: dict[UUID, int] = {host_id: r for r, host_id in enumerate(self.ids)}
         self._cluster_pools: dict[UUID, list[PoolCandidate]] = {}
         self._zone_pools: dict[UUID, list[PoolCandidate]] = {}
+        # A host's local pools: only that host reaches them.
+        self._host_pools: dict[UUID, list[PoolCandidate]] = {}
         for pool in pools:
             if pool.state != "Enabled":
                 continue
-            if pool.cluster_id is None:
+            if pool.host_id is not None:
+                self._host_pools.setdefault(pool.host_id, []).append(pool)
+            elif pool.cluster_id is None:
                 self._zone_pools.setdefault(pool.zone_id, []).append(pool)
             else:
                 self._cluster_pools.setdefault(pool.cluster_id, []).append(pool)
-        self._pool_sets: dict[tuple[UUID, UUID], PoolSet] = {}
+        self._pool_sets: dict[tuple[UUID, UUID, UUID | None], PoolSet] = {}
         self.zones: dict[UUID, ZoneIndex] = {}
         # rank -> (group, position in group), for enabled hosts only.
         self.where: dict[int, tuple[Group, int]] = {}
@@ -151,21 +155,25 @@ class CandidateIndex:
             if group is None:
                 group = groups[key] = Group(host.zone_id, host.tags)
                 zone.groups.append(group)
-            reach = self.pool_set(host.zone_id, host.cluster_id)
+            reach = self.pool_set(host.zone_id, host.cluster_id, host.id)
             self.where[rank] = (group, group.add(rank, host, reach))
         for group in groups.values():
             group.finish()
         for zone in self.zones.values():
             zone.groups_by_load = sorted(zone.groups, key=lambda g: g.load[g.by_load[0]])
 
-    def pool_set(self, zone_id: UUID, cluster_id: UUID) -> PoolSet:
-        """The enabled pools a host of this zone and cluster reaches."""
-        key = (zone_id, cluster_id)
+    def pool_set(self, zone_id: UUID, cluster_id: UUID, host_id: UUID | None = None) -> PoolSet:
+        """The enabled pools a host of this zone and cluster reaches: one set
+        per cluster, shared by its hosts, except for a host with local pools
+        of its own (remembered per host: the storage answers are per set)."""
+        local = [] if host_id is None else self._host_pools.get(host_id, [])
+        # A local pool recorded in another zone or cluster is a data error;
+        # it is not reachable from here either way.
+        local = [p for p in local if p.zone_id == zone_id and p.cluster_id == cluster_id]
+        key = (zone_id, cluster_id, host_id if local else None)
         found = self._pool_sets.get(key)
         if found is None:
-            # A cluster pool recorded in another zone is a data error; it is
-            # not reachable from here either way.
             own = [p for p in self._cluster_pools.get(cluster_id, ()) if p.zone_id == zone_id]
             shared = self._zone_pools.get(zone_id, [])
-            found = self._pool_sets[key] = PoolSet([*own, *shared])
+            found = self._pool_sets[key] = PoolSet([*own, *shared, *local])
         return found

@@ -1,8 +1,9 @@
 """Choosing a pool for each of a VM's volumes among the pools one cluster reaches.
 
-Which pools a host reaches depends only on its cluster (the cluster's own pools
-plus its zone's zone-scoped ones), so the planner asks this once per cluster and
-plan, not once per host.
+Which pools a host reaches depends on its cluster (the cluster's own pools
+plus its zone's zone-scoped ones) and, for a host with local storage, on the
+host (its host-scoped pools too), so the planner asks this once per cluster
+(or such host) and plan, not once per host.
 """
 
 from __future__ import annotations
