@@ -96,21 +96,8 @@ from cloud_engine.api.cursor import Cursor, encode_cursor, query_digest
 from cloud_engine.api.queries import fetch_one, fetch_page
 from cloud_engine.api.resources import BY_TYPE
 from cloud_engine.api.server import ApiServer
-from cloud_engine.engine.commands import Command, CommandContext
-from cloud_engine.engine.commands.fabric import (
-    CreateCluster,
-    CreatePod,
-    CreateStoragePool,
-    CreateZone,
-    RegisterHost,
-)
-from cloud_engine.engine.commands.network import CreateNetwork
+from cloud_engine.engine.commands import CommandContext
 from cloud_engine.engine.commands.operations import DeployVm
-from cloud_engine.engine.commands.storage import (
-    MarkTemplateDownloaded,
-    RegisterTemplate,
-    RequestTemplateDownload,
-)
 from cloud_engine.engine.service import CommandService
 from cloud_engine.engine.store import EventStore
 from cloud_engine.engine.virtual.vm import VirtualMachine, VmSpec
@@ -121,6 +108,7 @@ from cloud_engine.infra.process import run_on
 from cloud_engine.infra.settings import EventLoop, load_settings
 from cloud_engine.projections import readmodel
 from cloud_engine.projections.replay import Rebuild
+from tests.fabric import FabricSpec, NetworkSpec, PoolSpec, TemplateSpec, build, hosts
 
 ACCOUNTS = [f"tenant-{n:02d}" for n in range(20)]
 HOSTS = 100
@@ -134,71 +122,38 @@ WARM_UP = 2  # untimed requests per client before each timed phase
 # Setup -------------------------------------------------------------------------
 
 
-@dataclass
-class Fabric:
-    zone: UUID = field(default_factory=uuid.uuid4)
-    pod: UUID = field(default_factory=uuid.uuid4)
-    cluster: UUID = field(default_factory=uuid.uuid4)
-    pool: UUID = field(default_factory=uuid.uuid4)
-    hosts: list[UUID] = field(default_factory=lambda: [uuid.uuid4() for _ in range(HOSTS)])
-    templates: list[UUID] = field(default_factory=lambda: [uuid.uuid4() for _ in range(TEMPLATES)])
-    networks: dict[str, UUID] = field(default_factory=lambda: {a: uuid.uuid4() for a in ACCOUNTS})
+FABRIC = FabricSpec(
+    zone="bench",
+    hosts=hosts(HOSTS, "qemu:///system", cpu_cores=4096, ram_mb=2**24),
+    pools=(PoolSpec(name="pool", url="/srv/pool", capacity_bytes=10**16),),
+    templates=tuple(
+        TemplateSpec(
+            name=f"t{n}", url=f"http://127.0.0.1/t{n}.qcow2", size_bytes=10**8, os_type="linux"
+        )
+        for n in range(TEMPLATES)
+    ),
+    networks=tuple(
+        NetworkSpec(name="net", account=account, cidr=f"10.{100 + n}.0.0/16")
+        for n, account in enumerate(ACCOUNTS)
+    ),
+)
 
-    def commands(self) -> list[Command]:
-        z = self.zone
-        out: list[Command] = [
-            CreateZone(name="bench", id=z),
-            CreatePod(zone_id=z, name="p", gateway="10.0.0.1", cidr="10.0.0.0/24", id=self.pod),
-            CreateCluster(zone_id=z, pod_id=self.pod, name="c", id=self.cluster),
-            CreateStoragePool(
-                zone_id=z,
-                cluster_id=self.cluster,
-                name="pool",
-                scope="cluster",
-                capacity_bytes=10**16,
-                url="/srv/pool",
-                id=self.pool,
-            ),
-        ]
-        for n, host in enumerate(self.hosts):
-            out.append(
-                RegisterHost(
-                    zone_id=z,
-                    pod_id=self.pod,
-                    cluster_id=self.cluster,
-                    name=f"h{n}",
-                    cpu_cores=4096,
-                    ram_mb=2**24,
-                    libvirt_uri="qemu:///system",
-                    id=host,
-                )
-            )
-        for n, template in enumerate(self.templates):
-            out += [
-                RegisterTemplate(
-                    name=f"t{n}",
-                    zone_id=z,
-                    url=f"http://127.0.0.1/t{n}.qcow2",
-                    format="qcow2",
-                    size_bytes=10**8,
-                    os_type="linux",
-                    id=template,
-                ),
-                RequestTemplateDownload(template_id=template),
-                MarkTemplateDownloaded(template_id=template),
-            ]
-        for n, (account, network) in enumerate(self.networks.items()):
-            out.append(
-                CreateNetwork(
-                    account=account,
-                    name="net",
-                    zone_id=z,
-                    cidr=f"10.{100 + n}.0.0/16",
-                    isolation="none",
-                    id=network,
-                )
-            )
-        return out
+
+@dataclass(frozen=True)
+class Fabric:
+    """What the bench reads of FABRIC once built: its ids, a network per account."""
+
+    zone: UUID
+    pool: UUID
+    hosts: tuple[UUID, ...]
+    templates: tuple[UUID, ...]
+    networks: dict[str, UUID]
+
+
+def create_fabric(service: CommandService) -> Fabric:
+    made = build(service, FABRIC)
+    networks = dict(zip(ACCOUNTS, made.networks, strict=True))
+    return Fabric(made.zone, made.pool, made.hosts, made.templates, networks)
 
 
 @dataclass(frozen=True)
@@ -752,9 +707,7 @@ async def run(target: DatabaseTarget, args: argparse.Namespace) -> dict[str, Tim
     store = EventStore(target, pool_size=4)
     service = CommandService(store)
     try:
-        fabric = Fabric()
-        for command in fabric.commands():
-            service.execute(command)
+        fabric = create_fabric(service)
         started = time.perf_counter()
         refs = store_vms(store, fabric, args.vms, rng)
         events = store.max_position()

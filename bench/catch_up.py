@@ -116,7 +116,7 @@ async def run(target: DatabaseTarget, args: argparse.Namespace) -> tuple[float, 
 
 def log_hosts(service: CommandService, hosts: int, events: int) -> list[UUID]:
     """Hosts in the log with `events` events each, through the service."""
-    _, _, ids = one_cluster(service, "bench", ["test:///default"] * hosts)
+    ids = list(one_cluster(service, "bench", ["test:///default"] * hosts).hosts)
     commands = [
         UpdateHostOvercommit(host_id=h, cpu_overcommit=1.0 + (n % 2), ram_overcommit=1.0)
         for n in range(events - 1)

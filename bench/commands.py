@@ -35,95 +35,46 @@ from eventsourcing.application import AggregateNotFoundError
 from cloud_engine.engine.aggregate import Aggregate
 from cloud_engine.engine.commands import Command, dispatch
 from cloud_engine.engine.commands.compute import CreateVm, PlaceVm, RequestVmStart
-from cloud_engine.engine.commands.fabric import (
-    CreateCluster,
-    CreatePod,
-    CreateStoragePool,
-    CreateZone,
-    RegisterHost,
-    ReserveHostCapacity,
-)
-from cloud_engine.engine.commands.network import AllocateIp, CreateNetwork
-from cloud_engine.engine.commands.storage import (
-    MarkTemplateDownloaded,
-    RegisterTemplate,
-    RequestTemplateDownload,
-)
+from cloud_engine.engine.commands.hosts import ReserveHostCapacity
+from cloud_engine.engine.commands.network import AllocateIp
 from cloud_engine.engine.errors import NotFound
 from cloud_engine.engine.service import CommandService
 from cloud_engine.engine.store import EventStore, _StoreApplication, store_environment
 from cloud_engine.engine.virtual.vm import VmSpec
 from cloud_engine.infra.database import DatabaseTarget, EmbeddedPostgres, parse_database_url
 from cloud_engine.infra.settings import load_settings
+from tests.fabric import FabricSpec, NetworkSpec, PoolSpec, TemplateSpec, hosts, plan
 
 A = TypeVar("A", bound=Aggregate)
 HOSTS = 8
 NETWORKS = 4
 
+SPEC = FabricSpec(
+    zone="bench",
+    hosts=hosts(HOSTS, "qemu:///system", cpu_cores=4096, ram_mb=2**24),
+    pools=(PoolSpec(name="pool", url="/srv/pool", capacity_bytes=10**15),),
+    templates=(
+        TemplateSpec(name="t", url="http://127.0.0.1/t.qcow2", size_bytes=10**8, os_type="linux"),
+    ),
+    networks=tuple(
+        NetworkSpec(name=f"n{n}", account="bench", cidr=f"10.{100 + n}.0.0/16")
+        for n in range(NETWORKS)
+    ),
+)
+
 
 class Fabric:
+    """The fabric's commands (ids drawn up front: both sides run the same
+    ones) and the VMs' commands on it."""
+
     def __init__(self) -> None:
-        self.zone = uuid.uuid4()
-        self.pod = uuid.uuid4()
-        self.cluster = uuid.uuid4()
-        self.pool = uuid.uuid4()
-        self.template = uuid.uuid4()
-        self.hosts = [uuid.uuid4() for _ in range(HOSTS)]
-        self.networks = [uuid.uuid4() for _ in range(NETWORKS)]
+        commands, made = plan(SPEC)
+        self._setup = commands
+        self.zone, self.pool, self.template = made.zone, made.pool, made.template
+        self.hosts, self.networks = made.hosts, made.networks
 
     def setup_commands(self) -> list[Command]:
-        commands: list[Command] = [
-            CreateZone(name="bench", id=self.zone),
-            CreatePod(
-                zone_id=self.zone, name="p", gateway="10.0.0.1", cidr="10.0.0.0/24", id=self.pod
-            ),
-            CreateCluster(zone_id=self.zone, pod_id=self.pod, name="c", id=self.cluster),
-            CreateStoragePool(
-                zone_id=self.zone,
-                cluster_id=self.cluster,
-                name="pool",
-                scope="cluster",
-                capacity_bytes=10**15,
-                url="/srv/pool",
-                id=self.pool,
-            ),
-            RegisterTemplate(
-                name="t",
-                zone_id=self.zone,
-                url="http://127.0.0.1/t.qcow2",
-                format="qcow2",
-                size_bytes=10**8,
-                os_type="linux",
-                id=self.template,
-            ),
-            RequestTemplateDownload(template_id=self.template),
-            MarkTemplateDownloaded(template_id=self.template),
-        ]
-        for n, host in enumerate(self.hosts):
-            commands.append(
-                RegisterHost(
-                    zone_id=self.zone,
-                    pod_id=self.pod,
-                    cluster_id=self.cluster,
-                    name=f"h{n}",
-                    cpu_cores=4096,
-                    ram_mb=2**24,
-                    libvirt_uri="qemu:///system",
-                    id=host,
-                )
-            )
-        for n, network in enumerate(self.networks):
-            commands.append(
-                CreateNetwork(
-                    account="bench",
-                    name=f"n{n}",
-                    zone_id=self.zone,
-                    cidr=f"10.{100 + n}.0.0/16",
-                    isolation="none",
-                    id=network,
-                )
-            )
-        return commands
+        return list(self._setup)
 
     def vm_commands(self, n: int) -> list[Command]:
         vm = uuid.uuid4()

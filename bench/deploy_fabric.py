@@ -1,7 +1,7 @@
 """bench/deploy.py's fabric: the VM size and host shape, one zone, pod and
 cluster with a host per libvirt URI, a dir pool, a file image store, and a
-small qcow2 template served over loopback HTTP; the DeployVm each client
-submits."""
+small qcow2 template served over loopback HTTP (built by tests/fabric.py,
+the builder the tests use); the DeployVm each client submits."""
 
 from __future__ import annotations
 
@@ -12,15 +12,13 @@ import subprocess
 import threading
 from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import NamedTuple
 from uuid import UUID
 
-from cloud_engine.engine.commands.fabric import CreateCluster, CreatePod, CreateZone, RegisterHost
 from cloud_engine.engine.commands.operations import DeployVm
-from cloud_engine.engine.commands.storage import RegisterTemplate
-from cloud_engine.engine.commands.storage_fabric import CreateImageStore, CreateStoragePool
 from cloud_engine.engine.service import CommandService
 from cloud_engine.engine.virtual.vm import VmSpec
+from tests.fabric import Fabric as BuiltFabric
+from tests.fabric import FabricSpec, ImageStoreSpec, PoolSpec, TemplateSpec, build, hosts_on
 
 MiB = 1024 * 1024
 GiB = 1024 * MiB
@@ -31,11 +29,7 @@ HOST_CPU_OVERCOMMIT = 2.0  # 64 VMs of 1 vCPU per host
 HOST_RAM_MB = 65536
 
 
-class Fabric(NamedTuple):
-    zone: UUID
-    hosts: list[UUID]
-    pool: UUID
-    template: UUID
+Fabric = BuiltFabric[UUID]
 
 
 def host_uris(count: int, directory: Path, shared: bool) -> list[str]:
@@ -50,33 +44,16 @@ def host_uris(count: int, directory: Path, shared: bool) -> list[str]:
     return uris
 
 
-def one_cluster(
-    service: CommandService, name: str, uris: Sequence[str]
-) -> tuple[UUID, UUID, list[UUID]]:
+def one_cluster(service: CommandService, name: str, uris: Sequence[str]) -> Fabric:
     """Zone, pod, cluster and one host per URI (registered together, so the
-    service batches them): (zone, cluster, hosts)."""
-    run = service.execute
-    zone = run(CreateZone(name=name)).aggregate_id
-    pod = run(
-        CreatePod(zone_id=zone, name="p", gateway="10.0.0.1", cidr="10.0.0.0/24")
-    ).aggregate_id
-    cluster = run(CreateCluster(zone_id=zone, pod_id=pod, name="c")).aggregate_id
-    futures = [
-        service.submit(
-            RegisterHost(
-                zone_id=zone,
-                pod_id=pod,
-                cluster_id=cluster,
-                name=f"h{n}",
-                cpu_cores=HOST_CORES,
-                cpu_overcommit=HOST_CPU_OVERCOMMIT,
-                ram_mb=HOST_RAM_MB,
-                libvirt_uri=uri,
-            )
-        )
-        for n, uri in enumerate(uris)
-    ]
-    return zone, cluster, [f.result(60).aggregate_id for f in futures]
+    service batches them)."""
+    spec = FabricSpec(
+        zone=name,
+        hosts=hosts_on(
+            uris, cpu_cores=HOST_CORES, cpu_overcommit=HOST_CPU_OVERCOMMIT, ram_mb=HOST_RAM_MB
+        ),
+    )
+    return build(service, spec)
 
 
 def create_fabric(
@@ -84,35 +61,23 @@ def create_fabric(
 ) -> Fabric:
     """Zone, pod, cluster, one host per URI, a dir pool, a file image store
     and a registered template (Ready only once downloaded)."""
-    run = service.execute
-    zone, cluster, hosts = one_cluster(service, name, uris)
-    pool = run(
-        CreateStoragePool(
-            zone_id=zone,
-            cluster_id=cluster,
-            name="primary",
-            scope="cluster",
-            capacity_bytes=1 << 50,
-            url=str(tmp / f"{name}-primary"),
-        )
-    ).aggregate_id
-    run(
-        CreateImageStore(
-            zone_id=zone, name="secondary", url=str(tmp / f"{name}-secondary"), protocol="file"
-        )
+    spec = FabricSpec(
+        zone=name,
+        hosts=hosts_on(
+            uris, cpu_cores=HOST_CORES, cpu_overcommit=HOST_CPU_OVERCOMMIT, ram_mb=HOST_RAM_MB
+        ),
+        pools=(PoolSpec(url=str(tmp / f"{name}-primary"), capacity_bytes=1 << 50),),
+        image_stores=(ImageStoreSpec(url=str(tmp / f"{name}-secondary")),),
+        templates=(
+            TemplateSpec(
+                url=template_url,
+                size_bytes=TEMPLATE_BYTES,
+                checksum=template_checksum(tmp),
+                state="registered",
+            ),
+        ),
     )
-    template = run(
-        RegisterTemplate(
-            name="tiny",
-            zone_id=zone,
-            url=template_url,
-            format="qcow2",
-            size_bytes=TEMPLATE_BYTES,
-            os_type="None",
-            checksum=template_checksum(tmp),
-        )
-    ).aggregate_id
-    return Fabric(zone, hosts, pool, template)
+    return build(service, spec)
 
 
 def make_template_image(directory: Path) -> Path:

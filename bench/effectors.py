@@ -50,7 +50,6 @@ import time
 import uuid
 from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import NamedTuple
 from uuid import UUID
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -75,17 +74,12 @@ from cloud_engine.effectors.storage.spec import VolumeSpec
 from cloud_engine.effectors.storage.volumes import StorageDriver
 from cloud_engine.engine.commands import AggregateVersion, Command, CommandResult
 from cloud_engine.engine.commands.compute import CreateVm, PlaceVm, RequestVmStart
-from cloud_engine.engine.commands.fabric import CreateCluster, CreatePod, CreateZone, RegisterHost
 from cloud_engine.engine.commands.storage import (
     AttachVolume,
     CreateVolume,
-    MarkTemplateDownloaded,
     MarkVolumeCreated,
-    RegisterTemplate,
-    RequestTemplateDownload,
     RequestVolumeCreation,
 )
-from cloud_engine.engine.commands.storage_fabric import CreateStoragePool
 from cloud_engine.engine.service import CommandService
 from cloud_engine.engine.store import EventStore
 from cloud_engine.engine.virtual.vm import VmSpec
@@ -95,6 +89,8 @@ from cloud_engine.infra.pg import connect
 from cloud_engine.infra.settings import load_settings
 from cloud_engine.projections.status import wait_for_position, wait_for_versions
 from cloud_engine.projections.worker import ProjectionWorker, consumer_config
+from tests.fabric import Fabric as BuiltFabric
+from tests.fabric import FabricSpec, HostSpec, PoolSpec, TemplateSpec, build
 
 ROOT = Path(__file__).resolve().parent.parent
 TEST_URI = "test:///default"
@@ -109,55 +105,18 @@ ROOT_VOLUME_BYTES = 64 * MiB
 # -- fabric and commands ----------------------------------------------------------
 
 
-class Fabric(NamedTuple):
-    zone: UUID
-    host: UUID
-    pool: UUID
-    template: UUID
+Fabric = BuiltFabric[UUID]
 
 
 def create_fabric(service: CommandService, name: str, libvirt_uri: str, pool_url: str) -> Fabric:
     """Zone, pod, cluster, one host on libvirt_uri, a dir pool and a ready template."""
-    run = service.execute
-    zone = run(CreateZone(name=name)).aggregate_id
-    pod = run(
-        CreatePod(zone_id=zone, name="p", gateway="10.0.0.1", cidr="10.0.0.0/24")
-    ).aggregate_id
-    cluster = run(CreateCluster(zone_id=zone, pod_id=pod, name="c")).aggregate_id
-    host = run(
-        RegisterHost(
-            zone_id=zone,
-            pod_id=pod,
-            cluster_id=cluster,
-            name="h",
-            cpu_cores=4096,
-            ram_mb=2**24,
-            libvirt_uri=libvirt_uri,
-        )
-    ).aggregate_id
-    pool = run(
-        CreateStoragePool(
-            zone_id=zone,
-            cluster_id=cluster,
-            name="primary",
-            scope="cluster",
-            capacity_bytes=1 << 40,
-            url=pool_url,
-        )
-    ).aggregate_id
-    template = run(
-        RegisterTemplate(
-            name="tiny",
-            zone_id=zone,
-            url="https://images.example/tiny.qcow2",
-            format="qcow2",
-            size_bytes=MiB,
-            os_type="None",
-        )
-    ).aggregate_id
-    run(RequestTemplateDownload(template_id=template))
-    run(MarkTemplateDownloaded(template_id=template))
-    return Fabric(zone, host, pool, template)
+    spec = FabricSpec(
+        zone=name,
+        hosts=(HostSpec(libvirt_uri=libvirt_uri, cpu_cores=4096, ram_mb=2**24),),
+        pools=(PoolSpec(url=pool_url, capacity_bytes=1 << 40),),
+        templates=(TemplateSpec(url="https://images.example/tiny.qcow2", size_bytes=MiB),),
+    )
+    return build(service, spec)
 
 
 def execute_all(service: CommandService, commands: Sequence[Command]) -> list[CommandResult]:

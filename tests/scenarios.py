@@ -51,7 +51,6 @@ from cloud_engine.engine.commands.hosts import (
     EnableHost,
     EnterHostMaintenance,
     ExitHostMaintenance,
-    RegisterHost,
     ReleaseHostCapacity,
     ReserveHostCapacity,
     UpdateHostOvercommit,
@@ -86,7 +85,6 @@ from cloud_engine.engine.commands.operations import (
 )
 from cloud_engine.engine.commands.physical_networks import (
     AllocateTag,
-    CreatePhysicalNetwork,
     DisablePhysicalNetwork,
     EnablePhysicalNetwork,
     ReleaseTag,
@@ -109,15 +107,12 @@ from cloud_engine.engine.commands.storage import (
     MarkVolumeResized,
     MarkVolumeReverted,
     ReactivateTemplate,
-    RegisterTemplate,
     RequestTemplateDownload,
     RequestVolumeCreation,
     RequestVolumeResize,
     RequestVolumeRevert,
 )
 from cloud_engine.engine.commands.storage_fabric import (
-    CreateImageStore,
-    CreateStoragePool,
     DisableImageStore,
     DisableStoragePool,
     EnableImageStore,
@@ -128,9 +123,6 @@ from cloud_engine.engine.commands.storage_fabric import (
     ReserveStorage,
 )
 from cloud_engine.engine.commands.zones import (
-    CreateCluster,
-    CreatePod,
-    CreateZone,
     DisableCluster,
     DisablePod,
     DisableZone,
@@ -138,14 +130,66 @@ from cloud_engine.engine.commands.zones import (
     EnablePod,
     EnableZone,
 )
-from cloud_engine.engine.fabric.physical_network import TagRange
 from cloud_engine.engine.metadata import EventMeta, bound_meta
 from cloud_engine.engine.operations import deploy_ids
 from cloud_engine.engine.service import CommandService
 from cloud_engine.engine.unit_of_work import InMemoryUnitOfWork
 from cloud_engine.engine.virtual.vm import VmSpec
+from tests.fabric import (
+    FabricSpec,
+    HostSpec,
+    ImageStoreSpec,
+    NetworkSpec,
+    PhysicalNetworkSpec,
+    PoolSpec,
+    TemplateSpec,
+    build_with,
+)
 
 GIB = 1 << 30
+
+# The fabric the scenario runs on (built by tests/fabric.py through `do`).
+FABRIC = FabricSpec(
+    zone="zone-1",
+    zone_description="first zone",
+    pod="pod-1",
+    cluster="cluster-1",
+    hosts=(
+        HostSpec(
+            name="host-1",
+            cpu_cores=16,
+            cpu_mhz=2400,
+            ram_mb=65536,
+            libvirt_uri="qemu+tcp://10.0.0.11/system",
+            tags=("ssd",),
+        ),
+        HostSpec(
+            name="host-2", cpu_cores=16, ram_mb=65536, libvirt_uri="qemu+tcp://10.0.0.12/system"
+        ),
+    ),
+    pools=(PoolSpec(name="pool-1", url="nfs://10.0.0.5/export", tags=("ssd",)),),
+    image_stores=(ImageStoreSpec(name="images", url="nfs://10.0.0.6/images", protocol="nfs"),),
+    physical_networks=(PhysicalNetworkSpec(name="physnet-1", isolation="VLAN", tags=(100, 199)),),
+    templates=(
+        TemplateSpec(
+            name="ubuntu-24.04",
+            url="https://images.example/ubuntu.qcow2",
+            size_bytes=2 * GIB,
+            os_type="Ubuntu",
+            checksum="sha256:0123",
+            state="registered",
+        ),
+    ),
+    networks=(
+        NetworkSpec(
+            name="net-1",
+            cidr="10.1.0.0/24",
+            gateway="10.1.0.1",
+            isolation="VLAN",
+            physical=True,
+        ),
+    ),
+)
 
 # Who the scenario's events are recorded for (EventMeta in memory, CommandContext
 # through the service): the same values either way.
@@ -171,42 +215,18 @@ class Scenario(typing.NamedTuple):
 
 def run_every_command(do: Callable[[typing.Any], Done]) -> None:
     """Every command once or more, in an order the state machines accept."""
-    zone = do(CreateZone(name="zone-1", description="first zone")).aggregate_id
+    made = build_with(lambda command: do(command).aggregate_id, FABRIC)
+    zone, pod, cluster = made.zone, made.pod, made.cluster
+    host, other_host = made.hosts
+    pool, store, physical = made.pool, made.image_store, made.physical_network
+    template, network = made.template, made.network
     do(DisableZone(zone_id=zone))
     do(EnableZone(zone_id=zone))
-    pod = do(
-        CreatePod(zone_id=zone, name="pod-1", gateway="10.0.0.1", cidr="10.0.0.0/24")
-    ).aggregate_id
     do(DisablePod(pod_id=pod))
     do(EnablePod(pod_id=pod))
-    cluster = do(CreateCluster(zone_id=zone, pod_id=pod, name="cluster-1")).aggregate_id
     do(DisableCluster(cluster_id=cluster))
     do(EnableCluster(cluster_id=cluster))
 
-    host = do(
-        RegisterHost(
-            zone_id=zone,
-            pod_id=pod,
-            cluster_id=cluster,
-            name="host-1",
-            cpu_cores=16,
-            cpu_mhz=2400,
-            ram_mb=65536,
-            libvirt_uri="qemu+tcp://10.0.0.11/system",
-            tags=("ssd",),
-        )
-    ).aggregate_id
-    other_host = do(
-        RegisterHost(
-            zone_id=zone,
-            pod_id=pod,
-            cluster_id=cluster,
-            name="host-2",
-            cpu_cores=16,
-            ram_mb=65536,
-            libvirt_uri="qemu+tcp://10.0.0.12/system",
-        )
-    ).aggregate_id
     do(DisableHost(host_id=host))
     do(EnableHost(host_id=host))
     do(EnterHostMaintenance(host_id=host))
@@ -215,49 +235,19 @@ def run_every_command(do: Callable[[typing.Any], Done]) -> None:
     do(DeclareHostUp(host_id=host))
     do(UpdateHostOvercommit(host_id=host, cpu_overcommit=2.0, ram_overcommit=1.5))
 
-    pool = do(
-        CreateStoragePool(
-            zone_id=zone,
-            cluster_id=cluster,
-            name="pool-1",
-            scope="cluster",
-            capacity_bytes=1 << 40,
-            url="nfs://10.0.0.5/export",
-            tags=("ssd",),
-        )
-    ).aggregate_id
     do(DisableStoragePool(pool_id=pool))
     do(EnableStoragePool(pool_id=pool))
     do(EnterStoragePoolMaintenance(pool_id=pool))
     do(ExitStoragePoolMaintenance(pool_id=pool))
-    store = do(
-        CreateImageStore(zone_id=zone, name="images", url="nfs://10.0.0.6/images", protocol="nfs")
-    ).aggregate_id
     do(DisableImageStore(image_store_id=store))
     do(EnableImageStore(image_store_id=store))
 
-    physical = do(
-        CreatePhysicalNetwork(
-            zone_id=zone, name="physnet-1", isolation="VLAN", tag_range=TagRange(100, 199)
-        )
-    ).aggregate_id
     do(DisablePhysicalNetwork(physical_network_id=physical))
     do(EnablePhysicalNetwork(physical_network_id=physical))
     owner = uuid4()
     tag = do(AllocateTag(physical_network_id=physical, owner_id=owner)).value
     do(ReleaseTag(physical_network_id=physical, tag=tag, owner_id=owner))
 
-    template = do(
-        RegisterTemplate(
-            name="ubuntu-24.04",
-            zone_id=zone,
-            url="https://images.example/ubuntu.qcow2",
-            format="qcow2",
-            size_bytes=2 * GIB,
-            os_type="Ubuntu",
-            checksum="sha256:0123",
-        )
-    ).aggregate_id
     do(RequestTemplateDownload(template_id=template))
     do(FailTemplate(template_id=template, reason="mirror unreachable"))
     do(RequestTemplateDownload(template_id=template))
@@ -265,16 +255,6 @@ def run_every_command(do: Callable[[typing.Any], Done]) -> None:
     do(DeactivateTemplate(template_id=template))
     do(ReactivateTemplate(template_id=template))
 
-    network = do(
-        CreateNetwork(
-            account="acme",
-            name="net-1",
-            zone_id=zone,
-            cidr="10.1.0.0/24",
-            gateway="10.1.0.1",
-            physical_network_id=physical,
-        )
-    ).aggregate_id
     do(AllocateNetworkTag(network_id=network))  # an isolated network: now Implemented
 
     vm = do(

@@ -8,7 +8,6 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from uuid import UUID
 
-import msgspec
 import pytest
 
 from cloud_engine.engine.commands.base import CommandContext
@@ -34,7 +33,8 @@ from cloud_engine.orchestration.candidates import Candidates
 from cloud_engine.orchestration.placement import Placer
 from cloud_engine.projections import readmodel
 from cloud_engine.projections.replay import Rebuild
-from tests.integration.catalog_setup import ready_template, small_cluster
+from tests.fabric import Fabric, FabricSpec, PoolSpec, TemplateSpec, hosts
+from tests.fabric import build as build_fabric
 
 pytestmark = pytest.mark.postgres
 
@@ -42,17 +42,17 @@ SPEC = VmSpec(cpus=1, ram_mb=64, root_disk_gb=1)
 CONTEXT = CommandContext(actor="engine", correlation_id="test")
 
 
-class World(msgspec.Struct, frozen=True):
-    zone: UUID
-    hosts: tuple[UUID, ...]
-    pool: UUID
-    template: UUID
+World = Fabric[UUID]
 
 
-def build(service: CommandService) -> World:
-    """Two hosts of 2 vCPUs in one cluster, one roomy pool, a Ready template."""
-    c = small_cluster(service, cpu_cores=2, pool_bytes=64 << 30)
-    return World(c.zone, c.hosts, c.pool, ready_template(service, c.zone))
+def build(service: CommandService, host_count: int = 2) -> World:
+    """Hosts of 2 vCPUs in one cluster, one roomy pool, a Ready template."""
+    spec = FabricSpec(
+        hosts=hosts(host_count, cpu_cores=2),
+        pools=(PoolSpec(name="p", capacity_bytes=64 << 30),),
+        templates=(TemplateSpec(name="t", url="http://127.0.0.1/t.qcow2"),),
+    )
+    return build_fabric(service, spec)
 
 
 def deploy(
@@ -280,8 +280,7 @@ async def test_a_start_whose_last_host_filled_behind_the_rows_goes_elsewhere(
 async def test_a_migration_to_a_host_filled_behind_the_rows_goes_to_one_with_room(
     pg_target: DatabaseTarget, store: EventStore, service: CommandService, candidates: Candidates
 ) -> None:
-    c = small_cluster(service, cpu_cores=2, pool_bytes=64 << 30, hosts=3)
-    w = World(c.zone, c.hosts, c.pool, ready_template(service, c.zone))
+    w = build(service, host_count=3)
     source = w.hosts[0]
     vm = running_on(service, store, w, source, "vm")
     await project(pg_target)

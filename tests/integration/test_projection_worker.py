@@ -7,62 +7,31 @@ import asyncio
 import random
 import time
 import uuid
-from typing import NamedTuple
 
 import asyncpg
 import pytest
 
 from cloud_engine.bus.relay import Relay, RelayConfig
-from cloud_engine.engine.commands.fabric import (
-    CreateCluster,
-    CreatePod,
-    CreateZone,
-    RegisterHost,
-    ReleaseHostCapacity,
-    ReserveHostCapacity,
-)
-from cloud_engine.engine.commands.network import AllocateIp, CreateNetwork, ReleaseIp
+from cloud_engine.engine.commands.hosts import ReleaseHostCapacity, ReserveHostCapacity
+from cloud_engine.engine.commands.network import AllocateIp, ReleaseIp
 from cloud_engine.engine.errors import DomainError
 from cloud_engine.engine.service import CommandService
 from cloud_engine.engine.store import EventStore
 from cloud_engine.infra.database import DatabaseTarget
 from cloud_engine.projections.replay import Rebuild
 from cloud_engine.projections.worker import ProjectionWorker, consumer_config
+from tests.fabric import Fabric, FabricSpec, NetworkSpec, build, hosts
 from tests.integration.test_projections import checksum
 
 pytestmark = pytest.mark.postgres
 
 
-class Fabric(NamedTuple):
-    zone: uuid.UUID
-    hosts: list[uuid.UUID]
-    network: uuid.UUID
-
-
-def setup_fabric(service: CommandService) -> Fabric:
-    zone = service.execute(CreateZone(name="z")).aggregate_id
-    pod = service.execute(
-        CreatePod(zone_id=zone, name="p", gateway="10.0.0.1", cidr="10.0.0.0/24")
-    ).aggregate_id
-    cluster = service.execute(CreateCluster(zone_id=zone, pod_id=pod, name="c")).aggregate_id
-    hosts = [
-        service.execute(
-            RegisterHost(
-                zone_id=zone,
-                pod_id=pod,
-                cluster_id=cluster,
-                name=f"h{i}",
-                cpu_cores=8,
-                ram_mb=8192,
-                libvirt_uri="qemu:///system",
-            )
-        ).aggregate_id
-        for i in range(3)
-    ]
-    network = service.execute(
-        CreateNetwork(account="a", name="n", zone_id=zone, cidr="10.9.0.0/26", isolation="none")
-    ).aggregate_id
-    return Fabric(zone, hosts, network)
+def setup_fabric(service: CommandService) -> Fabric[uuid.UUID]:
+    spec = FabricSpec(
+        hosts=hosts(3, "qemu:///system", cpu_cores=8, ram_mb=8192),
+        networks=(NetworkSpec(name="n", account="a", cidr="10.9.0.0/26"),),
+    )
+    return build(service, spec)
 
 
 def random_workload(service: CommandService, rng: random.Random, steps: int) -> None:

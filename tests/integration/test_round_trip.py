@@ -17,19 +17,12 @@ from cloud_engine.engine.commands.compute import (
 )
 from cloud_engine.engine.commands.fabric import (
     AllocateTag,
-    CreateCluster,
-    CreateImageStore,
     CreatePhysicalNetwork,
-    CreatePod,
-    CreateStoragePool,
-    CreateZone,
-    RegisterHost,
     ReserveHostCapacity,
     ReserveStorage,
 )
 from cloud_engine.engine.commands.network import (
     AllocateIp,
-    CreateNetwork,
     CreateNetworkRule,
     CreateNic,
     PlugNic,
@@ -39,16 +32,23 @@ from cloud_engine.engine.commands.storage import (
     AttachVolume,
     CreateSnapshot,
     CreateVolume,
-    MarkTemplateDownloaded,
     MarkVolumeCreated,
-    RegisterTemplate,
-    RequestTemplateDownload,
     RequestVolumeCreation,
 )
 from cloud_engine.engine.fabric.physical_network import TagRange
 from cloud_engine.engine.service import CommandService
 from cloud_engine.engine.store import EventStore
 from cloud_engine.engine.virtual.vm import VmSpec
+from tests.fabric import (
+    FabricSpec,
+    HostSpec,
+    ImageStoreSpec,
+    NetworkSpec,
+    PhysicalNetworkSpec,
+    PoolSpec,
+    TemplateSpec,
+    build,
+)
 
 pytestmark = pytest.mark.postgres
 
@@ -57,62 +57,43 @@ def test_every_aggregate_type_round_trips(service: CommandService, pg_target):
     def run(command) -> object:
         return service.execute(command).aggregate_id
 
-    zone = run(CreateZone(name="z", network_type="Basic"))
-    pod = run(CreatePod(zone_id=zone, name="p", gateway="10.0.0.1", cidr="10.0.0.0/24"))
-    cluster = run(CreateCluster(zone_id=zone, pod_id=pod, name="c"))
-    host = run(
-        RegisterHost(
-            zone_id=zone,
-            pod_id=pod,
-            cluster_id=cluster,
-            name="h",
-            cpu_cores=8,
-            ram_mb=16384,
-            libvirt_uri="qemu:///system",
-            cpu_overcommit=2.0,
-            tags=("ssd", "gpu"),
-        )
+    made = build(
+        service,
+        FabricSpec(
+            network_type="Basic",
+            hosts=(
+                HostSpec(
+                    libvirt_uri="qemu:///system",
+                    cpu_cores=8,
+                    ram_mb=16384,
+                    cpu_overcommit=2.0,
+                    tags=("ssd", "gpu"),
+                ),
+            ),
+            pools=(PoolSpec(name="pool", url="/srv/pool", capacity_bytes=10**12),),
+            image_stores=(
+                ImageStoreSpec(name="img", url="nfs://127.0.0.1/export", protocol="nfs"),
+            ),
+            physical_networks=(PhysicalNetworkSpec(name="pn", isolation="VLAN", tags=(10, 20)),),
+            templates=(
+                TemplateSpec(
+                    name="t", url="http://127.0.0.1/t.qcow2", size_bytes=10**8, os_type="linux"
+                ),
+            ),
+            networks=(
+                NetworkSpec(
+                    account="acct",
+                    name="n",
+                    cidr="192.168.10.0/24",
+                    isolation="VLAN",
+                    physical=True,
+                ),
+            ),
+        ),
     )
-    pool = run(
-        CreateStoragePool(
-            zone_id=zone,
-            cluster_id=cluster,
-            name="pool",
-            scope="cluster",
-            capacity_bytes=10**12,
-            url="/srv/pool",
-        )
-    )
-    image_store = run(
-        CreateImageStore(zone_id=zone, name="img", url="nfs://127.0.0.1/export", protocol="nfs")
-    )
-    physical = run(
-        CreatePhysicalNetwork(
-            zone_id=zone, name="pn", isolation="VLAN", tag_range=TagRange(first=10, last=20)
-        )
-    )
-    template = run(
-        RegisterTemplate(
-            name="t",
-            zone_id=zone,
-            url="http://127.0.0.1/t.qcow2",
-            format="qcow2",
-            size_bytes=10**8,
-            os_type="linux",
-        )
-    )
-    run(RequestTemplateDownload(template_id=template))
-    run(MarkTemplateDownloaded(template_id=template))
-    network = run(
-        CreateNetwork(
-            account="acct",
-            name="n",
-            zone_id=zone,
-            cidr="192.168.10.0/24",
-            isolation="VLAN",
-            physical_network_id=physical,
-        )
-    )
+    zone, pod, cluster, host, pool = made.zone, made.pod, made.cluster, made.host, made.pool
+    image_store, physical, template = made.image_store, made.physical_network, made.template
+    network = made.network
     run(AllocateNetworkTag(network_id=network))
     vm = run(
         CreateVm(

@@ -18,7 +18,7 @@ from cloud_engine.engine.operations.operation import Operation
 from cloud_engine.engine.service import CommandService
 from cloud_engine.engine.store import EventStore
 from cloud_engine.engine.virtual.vm import VmSpec
-from tests.integration.catalog_setup import ready_template
+from tests.fabric import FabricSpec, TemplateSpec, build
 
 pytestmark = pytest.mark.postgres
 
@@ -213,8 +213,10 @@ def test_deploys_of_new_vms_load_nothing_one_at_a_time(store: EventStore) -> Non
     # serial in the writer thread) was most of a deploy's cost.
     service = CommandService(store)
     try:
-        zone = service.execute(CreateZone(name="z")).aggregate_id
-        template = ready_template(service, zone)
+        fabric = build(
+            service, FabricSpec(templates=(TemplateSpec(name="t", url="http://127.0.0.1/t.qcow2"),))
+        )
+        zone, template = fabric.zone, fabric.template
         loads: list[int] = []
         real = store.load_many
 

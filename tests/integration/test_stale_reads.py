@@ -4,7 +4,6 @@ only read (cached), in the batched and the one-by-one path."""
 
 import pytest
 
-from cloud_engine.engine.commands.fabric import CreateZone
 from cloud_engine.engine.commands.operations import DeployVm
 from cloud_engine.engine.commands.storage import (
     DeactivateTemplate,
@@ -14,11 +13,14 @@ from cloud_engine.engine.commands.storage import (
 from cloud_engine.engine.errors import InvalidTransition
 from cloud_engine.engine.service import CommandService
 from cloud_engine.engine.virtual.vm import VmSpec
-from tests.integration.catalog_setup import ready_template, register_template, small_cluster
+from tests.fabric import FabricSpec, PoolSpec, TemplateSpec, build
+from tests.fabric import hosts as fabric_hosts
 
 pytestmark = pytest.mark.postgres
 
 SPEC = VmSpec(cpus=1, ram_mb=64, root_disk_gb=1)
+# Registered: the tests ask for its download themselves.
+TEMPLATE = TemplateSpec(name="t", url="http://127.0.0.1/t.qcow2", state="registered")
 
 
 def deploy(zone, template, name: str) -> DeployVm:
@@ -29,8 +31,8 @@ def deploy(zone, template, name: str) -> DeployVm:
 def test_a_read_changed_by_another_process_is_seen(store, batched):
     api, engine = CommandService(store), CommandService(store)
     try:
-        zone = api.execute(CreateZone(name="z")).aggregate_id
-        template = register_template(api, zone)
+        fabric = build(api, FabricSpec(templates=(TEMPLATE,)))
+        zone, template = fabric.zone, fabric.template
         api.execute(RequestTemplateDownload(template_id=template))  # api caches Downloading
         engine.execute(MarkTemplateDownloaded(template_id=template))  # engine caches Ready
         if batched:
@@ -67,9 +69,15 @@ def test_a_placement_done_by_another_engine_while_loading_is_not_refused(store, 
     )
     try:
         run = client.execute
-        fabric = small_cluster(client, cpu_cores=4, pool_bytes=8 << 30)
-        zone, hosts, pool = fabric.zone, fabric.hosts, fabric.pool
-        template = ready_template(client, zone)
+        fabric = build(
+            client,
+            FabricSpec(
+                hosts=fabric_hosts(2),
+                pools=(PoolSpec(name="p", capacity_bytes=8 << 30),),
+                templates=(TemplateSpec(name="t", url="http://127.0.0.1/t.qcow2"),),
+            ),
+        )
+        zone, hosts, pool, template = fabric.zone, fabric.hosts, fabric.pool, fabric.template
         op_id = run(deploy(zone, template, "vm")).aggregate_id
 
         original = y_store.load_many

@@ -3,97 +3,60 @@ one zone, pod, cluster and host, a cluster pool, a plain and a VXLAN
 network, a downloaded template."""
 
 import copy
+import dataclasses
 from uuid import UUID
 
 from cloud_engine.engine.commands.base import dispatch
-from cloud_engine.engine.commands.fabric import CreateCluster, CreatePod, CreateZone, RegisterHost
-from cloud_engine.engine.commands.network import CreateNetwork
 from cloud_engine.engine.commands.operations import (
     AdvanceOperation,
     DeployVm,
     PlaceOperation,
     VmOperation,
 )
-from cloud_engine.engine.commands.physical_networks import CreatePhysicalNetwork
-from cloud_engine.engine.commands.storage import (
-    MarkTemplateDownloaded,
-    RegisterTemplate,
-    RequestTemplateDownload,
-)
-from cloud_engine.engine.commands.storage_fabric import CreateStoragePool
-from cloud_engine.engine.fabric.physical_network import TagRange
 from cloud_engine.engine.operations.operation import Operation
 from cloud_engine.engine.unit_of_work import InMemoryUnitOfWork
 from cloud_engine.engine.virtual.vm import VirtualMachine, VmSpec
 from cloud_engine.engine.virtual.volume import Volume
+from tests.fabric import (
+    FabricSpec,
+    HostSpec,
+    NetworkSpec,
+    PhysicalNetworkSpec,
+    PoolSpec,
+    TemplateSpec,
+    build_with,
+    host_command,
+)
 
 GIB = 1 << 30
+
+HOST = HostSpec(cpu_cores=8, ram_mb=16384)
+FABRIC = FabricSpec(
+    hosts=(HOST,),
+    pools=(PoolSpec(url="/var/lib/pool", capacity_bytes=100 * GIB),),
+    physical_networks=(PhysicalNetworkSpec(name="phys", tags=(5000, 5010)),),
+    templates=(
+        TemplateSpec(
+            name="t", url="https://images.example/t.qcow2", size_bytes=GIB, os_type="Linux"
+        ),
+    ),
+    networks=(
+        NetworkSpec(name="flat", cidr="10.1.0.0/24"),
+        NetworkSpec(name="overlay", cidr="10.2.0.0/24", isolation="VXLAN", physical=True),
+    ),
+)
 
 
 class World:
     def __init__(self) -> None:
         self.uow = InMemoryUnitOfWork()
-        run = self.run
-        self.zone = run(CreateZone(name="z"))
-        pod = run(CreatePod(zone_id=self.zone, name="p", gateway="10.0.0.1", cidr="10.0.0.0/24"))
-        cluster = run(CreateCluster(zone_id=self.zone, pod_id=pod, name="c"))
-        self.pod, self.cluster = pod, cluster
-        self.host = self.add_host("h")
-        self.pool = run(
-            CreateStoragePool(
-                zone_id=self.zone,
-                cluster_id=cluster,
-                name="primary",
-                scope="cluster",
-                capacity_bytes=100 * GIB,
-                url="/var/lib/pool",
-            )
-        )
-        physical = run(
-            CreatePhysicalNetwork(
-                zone_id=self.zone, name="phys", isolation="VXLAN", tag_range=TagRange(5000, 5010)
-            )
-        )
-        self.flat = run(
-            CreateNetwork(
-                account="acme", name="flat", zone_id=self.zone, cidr="10.1.0.0/24", isolation="none"
-            )
-        )
-        self.overlay = run(
-            CreateNetwork(
-                account="acme",
-                name="overlay",
-                zone_id=self.zone,
-                cidr="10.2.0.0/24",
-                isolation="VXLAN",
-                physical_network_id=physical,
-            )
-        )
-        self.template = run(
-            RegisterTemplate(
-                name="t",
-                zone_id=self.zone,
-                url="https://images.example/t.qcow2",
-                format="qcow2",
-                size_bytes=GIB,
-                os_type="Linux",
-            )
-        )
-        run(RequestTemplateDownload(template_id=self.template))
-        run(MarkTemplateDownloaded(template_id=self.template))
+        self.fabric = fabric = build_with(self.run, FABRIC)
+        self.zone, self.pod, self.cluster = fabric.zone, fabric.pod, fabric.cluster
+        self.host, self.pool, self.template = fabric.host, fabric.pool, fabric.template
+        self.flat, self.overlay = fabric.networks
 
     def add_host(self, name: str) -> UUID:
-        return self.run(
-            RegisterHost(
-                zone_id=self.zone,
-                pod_id=self.pod,
-                cluster_id=self.cluster,
-                name=name,
-                cpu_cores=8,
-                ram_mb=16384,
-                libvirt_uri="test:///default",
-            )
-        )
+        return self.run(host_command(self.fabric, dataclasses.replace(HOST, name=name)))
 
     def running_vm(self, **overrides) -> tuple[UUID, UUID]:
         """A deployed VM, Running on self.host: (operation id, vm id)."""

@@ -18,12 +18,12 @@ from typing import Any
 from cloud_engine.api import tokens
 from cloud_engine.api.app import create_app
 from cloud_engine.api.server import ApiServer
-from cloud_engine.engine.commands.storage import MarkTemplateDownloaded
 from cloud_engine.engine.service import CommandService
 from cloud_engine.engine.store import EventStore
 from cloud_engine.infra.database import DatabaseTarget
 from cloud_engine.infra.pg import connect
 from cloud_engine.projections.replay import Rebuild
+from tests import fabric
 
 PROBLEM = "application/problem+json"
 
@@ -136,16 +136,7 @@ async def start_api(
 
 # A fabric to deploy on -----------------------------------------------------------
 
-
-@dataclass
-class Fabric:
-    zone: str
-    pod: str
-    cluster: str
-    hosts: list[str]
-    pool: str
-    physical_network: str
-    template: str
+Fabric = fabric.Fabric[str]
 
 
 async def created(reply: Reply) -> str:
@@ -160,77 +151,19 @@ async def make_fabric(
     hosts: int = 1,
     pool_url: str = "file:///var/lib/cloud-engine/pool",
 ) -> Fabric:
-    zone = await created(await api.post("/v1/zones", {"name": "z1"}))
-    pod = await created(
-        await api.post(
-            "/v1/pods",
-            {"zone_id": zone, "name": "p1", "gateway": "10.0.0.1", "cidr": "10.0.0.0/24"},
-        )
+    """Over HTTP as the admin: zone, pod, cluster, hosts, a cluster pool, a
+    VXLAN physical network and a template, Ready as if the effector had
+    downloaded it."""
+    spec = fabric.FabricSpec(
+        zone="z1",
+        pod="p1",
+        cluster="c1",
+        hosts=fabric.hosts(hosts, libvirt_uri, cpu_cores=16, ram_mb=32768),
+        pools=(fabric.PoolSpec(url=pool_url),),
+        physical_networks=(fabric.PhysicalNetworkSpec(),),
+        templates=(fabric.TemplateSpec(size_bytes=64 << 20, os_type="linux"),),
     )
-    cluster = await created(
-        await api.post("/v1/clusters", {"zone_id": zone, "pod_id": pod, "name": "c1"})
-    )
-    host_ids = [
-        await created(
-            await api.post(
-                "/v1/hosts",
-                {
-                    "zone_id": zone,
-                    "pod_id": pod,
-                    "cluster_id": cluster,
-                    "name": f"h{n}",
-                    "cpu_cores": 16,
-                    "ram_mb": 32768,
-                    "libvirt_uri": libvirt_uri,
-                },
-            )
-        )
-        for n in range(hosts)
-    ]
-    pool = await created(
-        await api.post(
-            "/v1/storage-pools",
-            {
-                "zone_id": zone,
-                "cluster_id": cluster,
-                "name": "primary",
-                "scope": "cluster",
-                "capacity_bytes": 1 << 40,
-                "url": pool_url,
-            },
-        )
-    )
-    physical = await created(
-        await api.post(
-            "/v1/physical-networks",
-            {
-                "zone_id": zone,
-                "name": "guest",
-                "isolation": "VXLAN",
-                "tag_range": {"first": 5000, "last": 5999},
-            },
-        )
-    )
-    template = await created(
-        await api.post(
-            "/v1/templates",
-            {
-                "name": "tiny",
-                "zone_id": zone,
-                "url": "http://127.0.0.1:9/tiny.qcow2",
-                "format": "qcow2",
-                "size_bytes": 64 << 20,
-                "os_type": "linux",
-            },
-        )
-    )
-    download = await api.post(f"/v1/templates/{template}/download")
-    assert download.status == 202, download.body
-    # What the effector reports once the image is in the image store.
-    await asyncio.to_thread(
-        api.service.execute, MarkTemplateDownloaded(template_id=uuid.UUID(template)), None, 30
-    )
-    return Fabric(zone, pod, cluster, host_ids, pool, physical, template)
+    return await fabric.build_http(api, spec, admin=api.admin, effector=api.service)
 
 
 def vm_body(fabric: Fabric, name: str = "vm", **extra: Any) -> dict[str, Any]:

@@ -21,6 +21,7 @@ from cloud_engine.effectors.service import EffectorService, effector_config
 from cloud_engine.orchestration.manager import OperationManager, manager_config
 from cloud_engine.orchestration.recorder import ResultRecorder
 from cloud_engine.projections.worker import ProjectionWorker, consumer_config
+from tests import fabric
 
 pytestmark = pytest.mark.postgres
 
@@ -71,69 +72,22 @@ async def test_deploy_to_running_and_stop_over_http(
     api: Api, pipeline: list[asyncio.Task], template_url: tuple[str, str], tmp_path: Path
 ) -> None:
     url, sha256 = template_url
-    zone = await created(await api.post("/v1/zones", {"name": "z"}))
-    pod = await created(
-        await api.post(
-            "/v1/pods", {"zone_id": zone, "name": "p", "gateway": "10.0.0.1", "cidr": "10.0.0.0/24"}
-        )
+    spec = fabric.FabricSpec(
+        hosts=fabric.hosts(2, cpu_cores=8, ram_mb=8192),
+        pools=(fabric.PoolSpec(url=str(tmp_path / "primary"), capacity_bytes=64 << 30),),
+        image_stores=(fabric.ImageStoreSpec(url=str(tmp_path / "secondary")),),
+        templates=(
+            fabric.TemplateSpec(
+                url=url,
+                size_bytes=4 << 20,
+                os_type="linux",
+                checksum=f"sha256:{sha256}",
+                state="requested",
+            ),
+        ),
     )
-    cluster = await created(
-        await api.post("/v1/clusters", {"zone_id": zone, "pod_id": pod, "name": "c"})
-    )
-    for n in range(2):
-        await created(
-            await api.post(
-                "/v1/hosts",
-                {
-                    "zone_id": zone,
-                    "pod_id": pod,
-                    "cluster_id": cluster,
-                    "name": f"h{n}",
-                    "cpu_cores": 8,
-                    "ram_mb": 8192,
-                    "libvirt_uri": "test:///default",
-                },
-            )
-        )
-    await created(
-        await api.post(
-            "/v1/storage-pools",
-            {
-                "zone_id": zone,
-                "cluster_id": cluster,
-                "name": "primary",
-                "scope": "cluster",
-                "capacity_bytes": 64 << 30,
-                "url": str(tmp_path / "primary"),
-            },
-        )
-    )
-    await created(
-        await api.post(
-            "/v1/image-stores",
-            {
-                "zone_id": zone,
-                "name": "secondary",
-                "url": str(tmp_path / "secondary"),
-                "protocol": "file",
-            },
-        )
-    )
-    template = await created(
-        await api.post(
-            "/v1/templates",
-            {
-                "name": "tiny",
-                "zone_id": zone,
-                "url": url,
-                "format": "qcow2",
-                "size_bytes": 4 << 20,
-                "os_type": "linux",
-                "checksum": f"sha256:{sha256}",
-            },
-        )
-    )
-    assert (await api.post(f"/v1/templates/{template}/download")).status == 202
+    made = await fabric.build_http(api, spec, admin=api.admin)
+    zone, template = made.zone, made.template
 
     async def template_ready() -> bool:
         reply = await api.get(f"/v1/templates/{template}", token=api.alice)

@@ -37,6 +37,7 @@ reboot operation provably still holds the VM.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import random
 import subprocess
@@ -59,6 +60,7 @@ from cloud_engine.effectors.service import EffectorService, effector_config
 from cloud_engine.orchestration.manager import OperationManager, manager_config
 from cloud_engine.orchestration.recorder import ResultRecorder
 from cloud_engine.projections.worker import ProjectionWorker, consumer_config
+from tests import fabric
 from tests.integration.libvirt_cleanup import clean_up
 
 pytestmark = pytest.mark.postgres
@@ -162,13 +164,7 @@ class TimedOut(AssertionError):
     pass
 
 
-@dataclass
-class Fabric:
-    zone: str
-    hosts: list[str]
-    pool: str
-    template: str
-    network: str
+Fabric = fabric.Fabric[str]
 
 
 @dataclass
@@ -295,73 +291,32 @@ async def make_fabric(
     image store, a VXLAN physical network, a template (downloaded by the
     effector) and alice's isolated network."""
     url, sha256 = template
-    admin = flow.api.admin
-    zone = await flow.create("/v1/zones", {"name": "z"}, token=admin)
-    pod = await flow.create(
-        "/v1/pods",
-        {"zone_id": zone, "name": "p", "gateway": "10.0.0.1", "cidr": "10.0.0.0/24"},
-        token=admin,
+    spec = fabric.FabricSpec(
+        hosts=fabric.hosts(2, backend.uri),
+        pools=(fabric.PoolSpec(url=str(tmp_path / "primary"), capacity_bytes=64 * GIB),),
+        image_stores=(fabric.ImageStoreSpec(url=str(tmp_path / "secondary")),),
+        physical_networks=(fabric.PhysicalNetworkSpec(),),
+        templates=(
+            fabric.TemplateSpec(
+                url=url,
+                size_bytes=4 << 20,
+                os_type="linux",
+                checksum=f"sha256:{sha256}",
+                state="requested",
+            ),
+        ),
     )
-    cluster = await flow.create(
-        "/v1/clusters", {"zone_id": zone, "pod_id": pod, "name": "c"}, token=admin
-    )
-    hosts = [
-        await flow.create(
-            "/v1/hosts",
-            {
-                "zone_id": zone,
-                "pod_id": pod,
-                "cluster_id": cluster,
-                "name": f"h{n}",
-                "cpu_cores": 4,
-                "ram_mb": 4096,
-                "libvirt_uri": backend.uri,
-            },
-            token=admin,
-        )
-        for n in range(2)
-    ]
-    pool = await flow.create(
-        "/v1/storage-pools",
-        {
-            "zone_id": zone,
-            "cluster_id": cluster,
-            "name": "primary",
-            "scope": "cluster",
-            "capacity_bytes": 64 * GIB,
-            "url": str(tmp_path / "primary"),
-        },
-        token=admin,
-    )
-    await flow.create(
-        "/v1/image-stores",
-        {"zone_id": zone, "name": "secondary", "url": str(tmp_path / "secondary"),
-         "protocol": "file"},
-        token=admin,
-    )  # fmt: skip
-    await flow.create(
-        "/v1/physical-networks",
-        {"zone_id": zone, "name": "guest", "isolation": "VXLAN",
-         "tag_range": {"first": 5000, "last": 5999}},
-        token=admin,
-    )  # fmt: skip
-    template_id = await flow.create(
-        "/v1/templates",
-        {"name": "tiny", "zone_id": zone, "url": url, "format": "qcow2",
-         "size_bytes": 4 << 20, "os_type": "linux", "checksum": f"sha256:{sha256}"},
-        token=admin,
-    )  # fmt: skip
-    download = await flow.api.post(f"/v1/templates/{template_id}/download")
-    assert download.status == 202, download.body
-    await flow.read(f"/v1/templates/{template_id}", state="Ready")
+    made = await fabric.build_http(flow.api, spec, admin=flow.api.admin)
+    await flow.read(f"/v1/templates/{made.template}", state="Ready")
     # A subnet of its own: on a real libvirtd the network's bridge and DHCP
-    # server exist for real, beside other tests' networks.
+    # server exist for real, beside other tests' networks. Alice's, on the
+    # zone's VXLAN physical network, which the API finds for her.
     rng = random.Random()
     cidr = f"10.{rng.randrange(200, 250)}.{rng.randrange(256)}.0/24"
     network = await flow.create(
-        "/v1/networks", {"name": "net", "zone_id": zone, "cidr": cidr, "isolation": "VXLAN"}
+        "/v1/networks", {"name": "net", "zone_id": made.zone, "cidr": cidr, "isolation": "VXLAN"}
     )
-    return Fabric(zone, hosts, pool, template_id, network)
+    return dataclasses.replace(made, networks=(network,))
 
 
 # The test ------------------------------------------------------------------------

@@ -29,16 +29,10 @@ from cloud_engine.effectors.executor import FAULT_ENV
 from cloud_engine.effectors.naming import Names
 from cloud_engine.effectors.service import EffectorService, effector_config
 from cloud_engine.engine.commands.compute import CreateVm, PlaceVm, RequestVmStart
-from cloud_engine.engine.commands.fabric import CreateCluster, CreatePod, CreateZone, RegisterHost
-from cloud_engine.engine.commands.storage import (
-    MarkTemplateDownloaded,
-    RegisterTemplate,
-    RequestTemplateDownload,
-)
-from cloud_engine.engine.commands.storage_fabric import CreateStoragePool
 from cloud_engine.engine.service import CommandService
 from cloud_engine.engine.virtual.vm import VmSpec
 from cloud_engine.infra.database import DatabaseTarget
+from tests.fabric import FabricSpec, HostSpec, PoolSpec, TemplateSpec, build
 
 pytestmark = [pytest.mark.postgres, pytest.mark.libvirt]
 
@@ -54,44 +48,16 @@ class Placed(NamedTuple):
 def place_vm(service: CommandService, libvirt_uri: str, pool_dir: Path) -> Placed:
     """A zone, pod, cluster, host (on the test's libvirtd), dir pool and
     template, and a 64 MiB VM placed on the host (no disks, no NICs)."""
-    zone = service.execute(CreateZone(name="z")).aggregate_id
-    pod = service.execute(
-        CreatePod(zone_id=zone, name="p", gateway="10.0.0.1", cidr="10.0.0.0/24")
-    ).aggregate_id
-    cluster = service.execute(CreateCluster(zone_id=zone, pod_id=pod, name="c")).aggregate_id
-    host = service.execute(
-        RegisterHost(
-            zone_id=zone,
-            pod_id=pod,
-            cluster_id=cluster,
-            name="h",
-            cpu_cores=4,
-            ram_mb=4096,
-            libvirt_uri=libvirt_uri,
-        )
-    ).aggregate_id
-    pool = service.execute(
-        CreateStoragePool(
-            zone_id=zone,
-            cluster_id=cluster,
-            name="primary",
-            scope="cluster",
-            capacity_bytes=1 << 30,
-            url=str(pool_dir / "primary"),
-        )
-    ).aggregate_id
-    template = service.execute(
-        RegisterTemplate(
-            name="tiny",
-            zone_id=zone,
-            url="http://127.0.0.1:9/tiny.qcow2",  # loopback, nothing listens: fails fast
-            format="qcow2",
-            size_bytes=MiB,
-            os_type="None",
-        )
-    ).aggregate_id
-    service.execute(RequestTemplateDownload(template_id=template))
-    service.execute(MarkTemplateDownloaded(template_id=template))
+    made = build(
+        service,
+        FabricSpec(
+            hosts=(HostSpec(libvirt_uri=libvirt_uri),),
+            pools=(PoolSpec(url=str(pool_dir / "primary"), capacity_bytes=1 << 30),),
+            # Loopback, where nothing listens: fails fast.
+            templates=(TemplateSpec(url="http://127.0.0.1:9/tiny.qcow2", size_bytes=MiB),),
+        ),
+    )
+    zone, host, pool, template = made.zone, made.host, made.pool, made.template
     vm = service.execute(
         CreateVm(
             account="acme",

@@ -48,7 +48,7 @@ from engine_process import (
     statuses,
     volume_files,
 )
-from fabric_setup import Fabric
+from fabric_setup import effector_fabric
 from template_server import make_template_image
 
 from cloud_engine.effectors.hypervisor import Hypervisor
@@ -134,7 +134,14 @@ async def test_engine_killed_during_deploys_leaves_nothing_stuck_or_leaked(
         engine = start_engine()
         # 16 vCPUs a host: neither takes all 20 VMs, so both get some.
         fabric = await asyncio.to_thread(
-            Fabric, client, libvirt_uri, tmp_path, served, hosts=2, cpu_cores=16, ram_mb=2048
+            effector_fabric,
+            client,
+            libvirt_uri,
+            tmp_path,
+            served,
+            hosts=2,
+            cpu_cores=16,
+            ram_mb=2048,
         )
         # Fabric's pool holds 8 root disks: a second pool of the same cluster
         # takes the rest, so pool accounting is checked on both.

@@ -17,7 +17,7 @@ import uuid
 import pytest
 from aiokafka import AIOKafkaProducer
 from effector_pipeline import Pipeline, domains_with_uuid, is_running, wait_for
-from fabric_setup import Fabric
+from fabric_setup import effector_fabric
 
 from cloud_engine.bus.work_results import EffectorResult, encode, results_topic
 from cloud_engine.effectors.naming import Names
@@ -57,7 +57,7 @@ async def test_results_come_back_as_events(
         pipeline.start_engine_side()
         recorder = pipeline.start_recorder(service)
         effector = pipeline.start_effector(names, reconcile_interval_s=1.0)
-        fabric = await asyncio.to_thread(Fabric, service, libvirt_uri, tmp_path, served)
+        fabric = await asyncio.to_thread(effector_fabric, service, libvirt_uri, tmp_path, served)
 
         await run(RequestTemplateDownload(template_id=fabric.template))
         await wait_for(

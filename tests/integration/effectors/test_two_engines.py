@@ -80,7 +80,7 @@ from engine_process import (
     volume_files,
 )
 from eventsourcing.persistence import StoredEvent
-from fabric_setup import Fabric
+from fabric_setup import effector_fabric
 from psycopg.sql import SQL, Identifier
 from template_server import Served
 
@@ -446,7 +446,14 @@ async def test_two_engines_share_the_work_and_do_no_step_twice(
             running.add(name)
         # 16 vCPUs a host: dispersing puts about 8 VMs on each.
         fabric = await asyncio.to_thread(
-            Fabric, client, libvirt_uri, tmp_path, served, hosts=2, cpu_cores=16, ram_mb=2048
+            effector_fabric,
+            client,
+            libvirt_uri,
+            tmp_path,
+            served,
+            hosts=2,
+            cpu_cores=16,
+            ram_mb=2048,
         )
         # Fabric's pool holds 8 root disks, a second pool of its cluster the rest.
         first_pool = store.load(fabric.pool)
