@@ -11,11 +11,9 @@ from typing import Any
 
 from cloud_engine.api.app import create_app
 from cloud_engine.api.server import ApiServer
-from cloud_engine.engine.service import CommandService
-from cloud_engine.engine.store import EventStore
 from cloud_engine.infra.process import run_component
 from cloud_engine.infra.settings import Settings
-from cloud_engine.runner.components import start_infrastructure
+from cloud_engine.runner.components import command_service, start_infrastructure
 
 COMMANDS = ("api",)
 DEFAULT_PORT = 8080
@@ -42,14 +40,7 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
         return 2
     infra = start_infrastructure(settings, broker=False)
     try:
-        store = EventStore(infra.target, pool_size=settings.db_pool_size)
-        service = CommandService(
-            store,
-            batch_max=settings.command_batch_max,
-            max_retries=settings.command_max_retries,
-            cache_size=settings.aggregate_cache_size,
-        )
-        try:
+        with command_service(infra.target, settings) as (service, store):
             app = create_app(service, store, infra.target, max_pending=settings.api_max_pending)
             try:
                 server = ApiServer(app, args.host, args.port)
@@ -59,9 +50,6 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
                 return 1
             print(f"API: {server.url} (event store {infra.target.describe()})", flush=True)
             run_component(server.run, settings.event_loop)
-        finally:
-            service.close()
-            store.close()
     finally:
         infra.stop()
     print("stopped", flush=True)

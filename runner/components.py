@@ -7,10 +7,13 @@ CLOUD_ENGINE_KAFKA_BOOTSTRAP name them.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 from cloud_engine.bus.broker import DevBroker
 from cloud_engine.bus.relay import RelayConfig
+from cloud_engine.engine.service import CommandService
 from cloud_engine.engine.store import EventStore
 from cloud_engine.infra.database import DatabaseTarget, EmbeddedPostgres, resolve_database
 from cloud_engine.infra.settings import Settings
@@ -67,6 +70,28 @@ def broker_database(events: DatabaseTarget) -> DatabaseTarget:
         password=events.password,
         dbname=BROKER_DBNAME,
     )
+
+
+@contextmanager
+def command_service(
+    target: DatabaseTarget, settings: Settings
+) -> Iterator[tuple[CommandService, EventStore]]:
+    """The event store and a command service on it, sized and tuned by the
+    settings: what every process that writes commands opens (up, api,
+    engine). Both are closed on the way out, the service (its writer
+    thread) first."""
+    store = EventStore(target, pool_size=settings.db_pool_size)
+    service = CommandService(
+        store,
+        batch_max=settings.command_batch_max,
+        max_retries=settings.command_max_retries,
+        cache_size=settings.aggregate_cache_size,
+    )
+    try:
+        yield service, store
+    finally:
+        service.close()
+        store.close()
 
 
 def ensure_event_store(target: DatabaseTarget) -> None:

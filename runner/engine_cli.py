@@ -15,7 +15,11 @@ from cloud_engine.infra.process import run_component
 from cloud_engine.infra.settings import Settings, SettingsError
 from cloud_engine.orchestration.manager import OperationManager, manager_config
 from cloud_engine.orchestration.recorder import ResultRecorder
-from cloud_engine.runner.components import ensure_event_store, start_infrastructure
+from cloud_engine.runner.components import (
+    command_service,
+    ensure_event_store,
+    start_infrastructure,
+)
 
 COMMANDS = ("engine",)
 
@@ -52,23 +56,13 @@ def run(_: argparse.Namespace, settings: Settings) -> int:
     infra = start_infrastructure(settings, broker=False)
     try:
         ensure_event_store(infra.target)
-        store = EventStore(infra.target, pool_size=settings.db_pool_size)
-        service = CommandService(
-            store,
-            batch_max=settings.command_batch_max,
-            max_retries=settings.command_max_retries,
-            cache_size=settings.aggregate_cache_size,
-        )
-        try:
+        with command_service(infra.target, settings) as (service, store):
             parts = engine_components(service, store, settings, infra.target, infra.bootstrap)
 
             async def components(stop: asyncio.Event) -> None:
                 await asyncio.gather(*(p.run(stop) for p in parts))
 
             run_component(components, settings.event_loop)
-        finally:
-            service.close()
-            store.close()
     finally:
         infra.stop()
     return 0

@@ -33,8 +33,6 @@ from cloud_engine.api.app import create_app
 from cloud_engine.api.server import ApiServer
 from cloud_engine.bus.relay import Relay
 from cloud_engine.effectors.service import EffectorService, effector_config
-from cloud_engine.engine.service import CommandService
-from cloud_engine.engine.store import EventStore
 from cloud_engine.infra.database import DatabaseTarget
 from cloud_engine.infra.logs import lifecycle
 from cloud_engine.infra.pg import connect
@@ -44,7 +42,7 @@ from cloud_engine.projections import readmodel
 from cloud_engine.projections.status import wait_caught_up
 from cloud_engine.projections.worker import ProjectionWorker, consumer_config
 from cloud_engine.runner import engine_cli, up_hosts
-from cloud_engine.runner.components import relay_config, start_infrastructure
+from cloud_engine.runner.components import command_service, relay_config, start_infrastructure
 from cloud_engine.runner.demo import admin_token, describe, ensure_demo_fabric
 from cloud_engine.runner.demo_images import ImageServer
 from cloud_engine.runner.up_hosts import DemoHosts
@@ -86,14 +84,7 @@ def _up(settings: Settings, signals: StopSignals) -> int:
     hosts: DemoHosts | None = None
     try:
         signals.check()
-        store = EventStore(infra.target, pool_size=settings.db_pool_size)
-        service = CommandService(
-            store,
-            batch_max=settings.command_batch_max,
-            max_retries=settings.command_max_retries,
-            cache_size=settings.aggregate_cache_size,
-        )
-        try:
+        with command_service(infra.target, settings) as (service, store):
             # The effector's reconciler and the API read the read models
             # from their first moment; the projection worker would create
             # the tables only once it runs.
@@ -180,9 +171,6 @@ def _up(settings: Settings, signals: StopSignals) -> int:
                 failed.extend(await run_in_stages(stop, stages, announce, signals))
 
             run_component(components, settings.event_loop, signals)
-        finally:
-            service.close()
-            store.close()
     finally:
         if images is not None:
             images.close()
