@@ -109,3 +109,8 @@ def test_secrets_are_random_and_only_hashed() -> None:
 )  # fmt: skip
 def test_account_names(name: str, ok: bool) -> None:
     assert valid_account(name) is ok
+
+
+def test_account_names_have_no_trailing_newline() -> None:
+    assert valid_account("alice")
+    assert not valid_account("alice\n")

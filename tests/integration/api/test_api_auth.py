@@ -1,5 +1,6 @@
 """The ACL over real HTTP: no or bad token 401, a user on the fabric 403,
-another account's resource 404 (exactly like a missing one), admin sees all."""
+another account's resource 404 (exactly like a missing one, also when an
+untyped reference names a fabric resource), admin sees all."""
 
 from __future__ import annotations
 
@@ -97,3 +98,28 @@ async def test_admin_sees_and_acts_for_every_account(api: Api) -> None:
     assert shown.status == 200
     nics = await api.get("/v1/nics")
     assert nics.status == 200
+
+
+async def test_untyped_ref_cannot_name_a_fabric_resource_for_a_user(api: Api) -> None:
+    fabric = await make_fabric(api)
+    net = await api.post(
+        "/v1/networks",
+        {"name": "n", "zone_id": fabric.zone, "cidr": "10.4.0.0/24", "isolation": "none"},
+        token=api.alice,
+    )
+    net_id = net.json()["resource_id"]
+    on_host = {"network_id": net_id, "owner_id": fabric.hosts[0]}
+    on_nothing = {"network_id": net_id, "owner_id": str(uuid.uuid4())}
+    host = await api.post("/v1/ip-addresses", on_host, token=api.alice)
+    absent = await api.post("/v1/ip-addresses", on_nothing, token=api.alice)
+    # Exactly like an id that does not exist: the user learns nothing of hosts.
+    assert (host.status, absent.status) == (404, 404)
+    assert host.json()["field"] == absent.json()["field"] == "owner_id"
+    assert host.json()["detail"].replace(fabric.hosts[0], "?") == absent.json()["detail"].replace(
+        on_nothing["owner_id"], "?"
+    )
+    # The user's own VM is a fine owner; an admin may name anything.
+    vm = await api.post("/v1/vms", vm_body(fabric), token=api.alice)
+    mine = {"network_id": net_id, "owner_id": vm.json()["resource_id"]}
+    assert (await api.post("/v1/ip-addresses", mine, token=api.alice)).status == 202
+    assert (await api.post("/v1/ip-addresses", on_host)).status == 202

@@ -1,12 +1,14 @@
 """Inputs the OpenAPI document allows are taken and the ones it does not are
 refused, over real HTTP: integers written as 2.0, empty and "null" query
-values, the Idempotency-Key in quotes, and the links a 202 leads to."""
+values, the Idempotency-Key in quotes, and the links a 202 leads to; NUL
+characters and trailing newlines refused before they reach the log (they
+broke the projections or answered 500), a MAC in upper case taken."""
 
 from __future__ import annotations
 
 import uuid
 
-from api_harness import Api, make_fabric
+from api_harness import PROBLEM, Api, make_fabric, vm_body
 
 
 async def test_an_integral_number_is_taken_for_an_integer(api: Api) -> None:
@@ -86,3 +88,73 @@ async def test_the_links_of_a_202_lead_somewhere(api: Api) -> None:
         reply = await api.get(path, token=api.alice)
         assert reply.status == 200, (name, path, reply.body)
     assert deploy.headers["location"] == f"/v1/operations/{answer['operation_id']}"
+
+
+async def test_nul_in_strings_is_refused_before_it_reaches_the_log(api: Api) -> None:
+    fabric = await make_fabric(api)
+    refused = [
+        (await api.post("/v1/zones", {"name": "a\u0000b"}), "name"),
+        (await api.post("/v1/zones", {"name": "z", "description": "\u0000"}), "description"),
+        (
+            await api.post("/v1/vms", vm_body(fabric, affinity_group="g\u0000"), token=api.alice),
+            "affinity_group",
+        ),
+        (
+            await api.post(
+                "/v1/vms",
+                vm_body(fabric, spec={"cpus": 1, "ram_mb": 256, "root_disk_gb": 1,
+                                      "tags": ["\u0000"]}),
+                token=api.alice,
+            ),
+            "spec.tags[0]",
+        ),
+    ]  # fmt: skip
+    for reply, field in refused:
+        assert reply.status == 422, reply.body
+        assert reply.content_type == PROBLEM
+        assert reply.json()["field"] == field
+    # Nothing of it was recorded: the projections still rebuild.
+    await api.project()
+    assert (await api.get("/v1/zones")).status == 200
+    # In a text filter PostgreSQL would refuse it: a 400, not a 500.
+    for path in ("/v1/zones?name=a%00", "/v1/vms?state=%00", "/v1/operations?kind=x%00"):
+        reply = await api.get(path, token=api.alice)
+        assert reply.status == 400, (path, reply.body)
+        assert reply.json()["type"].endswith(":invalid-query")
+
+
+async def test_patterns_do_not_accept_a_trailing_newline(api: Api) -> None:
+    fabric = await make_fabric(api)
+    other = await api.post("/v1/vms", vm_body(fabric, account="alice\n"))
+    assert other.status == 422 and other.json()["field"] == "account"
+    net = {"name": "n", "zone_id": fabric.zone, "isolation": "none"}
+    reply = await api.post("/v1/networks", {**net, "cidr": "10.1.0.0/24\n"}, token=api.alice)
+    assert reply.status == 422 and reply.json()["field"] == "cidr"
+    made = await api.post("/v1/networks", {**net, "cidr": "10.1.0.0/24"}, token=api.alice)
+    assert made.status == 202
+    net_id = made.json()["resource_id"]
+    reply = await api.post(
+        "/v1/ip-addresses", {"network_id": net_id, "address": "10.1.0.9\n"}, token=api.alice
+    )
+    assert reply.status == 422 and reply.json()["field"] == "address"
+
+
+async def test_upper_case_mac_is_taken_as_the_contract_says(api: Api) -> None:
+    fabric = await make_fabric(api)
+    net = await api.post(
+        "/v1/networks",
+        {"name": "n", "zone_id": fabric.zone, "cidr": "10.3.0.0/24", "isolation": "none"},
+        token=api.alice,
+    )
+    vm = await api.post("/v1/vms", vm_body(fabric), token=api.alice)
+    body = {
+        "vm_id": vm.json()["resource_id"],
+        "network_id": net.json()["resource_id"],
+        "device_id": 1,
+        "mac": "02:AB:CD:EF:00:01",
+    }
+    nic = await api.post("/v1/nics", body, token=api.alice)
+    assert nic.status == 202, nic.body
+    assert nic.json()["value"] == "02:ab:cd:ef:00:01"
+    bad = await api.post("/v1/nics", {**body, "mac": "02:ab:cd:ef:00:02\n"}, token=api.alice)
+    assert bad.status == 422 and bad.json()["field"] == "mac"

@@ -4,11 +4,15 @@ built from the log, and the health, metrics and OpenAPI endpoints."""
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
 import uuid
 
+import msgspec
+import pytest
 from api_harness import Api, make_fabric, vm_body
 
+from cloud_engine.api.cursor import query_digest
 from cloud_engine.api.openapi import CHECKED_IN
 
 
@@ -95,3 +99,12 @@ async def test_service_endpoints(api: Api) -> None:
     assert document == json.loads(CHECKED_IN.read_text()), (
         "schemas/openapi.json is out of date: run `python -m cloud_engine.api.openapi`"
     )
+
+
+@pytest.mark.parametrize("stamp", ["0001-01-01T00:00:00+23:59", "9999-12-31T23:59:59-23:59"])
+async def test_cursor_edited_out_of_range_is_400(api: Api, stamp: str) -> None:
+    raw = msgspec.json.encode([stamp, str(uuid.uuid4()), query_digest([])])
+    cursor = base64.urlsafe_b64encode(raw).decode().rstrip("=")
+    reply = await api.get(f"/v1/vms?cursor={cursor}", token=api.alice)
+    assert reply.status == 400, reply.body
+    assert reply.json()["field"] == "cursor"

@@ -107,7 +107,7 @@ async def test_engine_killed_during_deploys_leaves_nothing_stuck_or_leaked(
     # This process is a client beside the engine process, like an API: its
     # cached copy of the template stays Downloading while the engine marks
     # it Ready; the service's read validation must see that (it did not
-    # before, tests/integration/test_stale_reads.py).
+    # before, tests/integration/test_read_validation.py).
     client = CommandService(store)
     pipeline = Pipeline(pg_target, broker, topic_prefix)
     engines: list[EngineProcess] = []

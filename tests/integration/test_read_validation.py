@@ -1,6 +1,7 @@
-"""Two command services on one store (an API process beside an engine
-process): each decides on current state even when the other changed what it
-only read (cached), in the batched and the one-by-one path."""
+"""Read validation (docs/architecture.md, "Write path"): two command
+services on one store (an API process beside an engine process) each decide
+on current state even when the other changed what it only read (cached),
+in the batched and the one-by-one path."""
 
 import pytest
 
