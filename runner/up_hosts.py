@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import os
 import platform
+import time
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass
 from pathlib import Path
@@ -181,8 +182,11 @@ def _count(settings: Settings, kind: HostKind, registered: int) -> int:
 
 
 def _start_lab(lab: Lab, hosts: int) -> list[LabHost]:
+    began = time.monotonic()
     try:
-        return lab.up(hosts)
+        started = lab.up(hosts)
+        lifecycle(log, "lab hosts up", hosts=hosts, took_s=round(time.monotonic() - began, 2))
+        return started
     except BaseException:
         # Whatever started (a host, the switch) goes: nothing is left running
         # for a lab `up` does not use.

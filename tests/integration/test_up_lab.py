@@ -204,6 +204,33 @@ def test_up_on_lab_hosts_runs_real_qemu_and_the_record_agrees_after_ctrl_c(data_
     _nothing_left(data_dir, vm["id"])
 
 
+def test_a_killed_up_leaves_its_lab_running_and_the_next_up_keeps_it(data_dir: Path):
+    """As hypervisors outlive a management server that crashes: the VM runs
+    on, the next `up` adopts the hosts and leaves the VM Running."""
+    first = Running(data_dir, CLOUD_ENGINE_UP_HYPERVISOR="lab")
+    try:
+        vm = _deploy(first, "web-1")
+        (qemu,) = _qemu(vm["id"])
+    finally:
+        first.process.kill()
+        first.process.wait(10)
+        first.log.close()
+    postgres = pids_with(f"{data_dir}/pgdata")
+    until("the killed up's PostgreSQL gone", lambda: not pids_with(f"{data_dir}/pgdata"), 20)
+    assert postgres, "PostgreSQL ran"
+    assert _qemu(vm["id"]) == [qemu]
+
+    second = Running(data_dir, CLOUD_ENGINE_UP_HYPERVISOR="lab")
+    try:
+        assert _get(second, f"/v1/vms/{vm['id']}")["state"] == "Running"
+        assert _qemu(vm["id"]) == [qemu]  # the same process: nothing restarted
+        assert "recorded stopped" not in second.logs
+    finally:
+        code, logs = _ctrl_c(second)
+    assert code == 0, logs
+    _nothing_left(data_dir, vm["id"])
+
+
 def test_the_test_driver_when_asked_and_a_data_directory_keeps_its_kind(tmp_path: Path):
     # Forced: up as it always was (two hosts on libvirt's test driver).
     first = Running(tmp_path, CLOUD_ENGINE_UP_HYPERVISOR="test")
