@@ -1,11 +1,12 @@
 """One fabric builder, for the tests and the benches.
 
 A fabric to deploy on (one zone, pod and cluster; hosts, each with its own
-libvirt URI; storage pools, image stores, physical networks, templates and
-guest networks) is described by a FabricSpec. One generator, `steps`, turns
-it into the engine commands that make it, stage by stage (the commands of a
-stage do not depend on each other), and learns each new aggregate's id from
-whatever runs them. So the same fabric is built through any transport:
+libvirt URI and underlay; storage pools, shared or a host's own; image
+stores, physical networks, templates and guest networks) is described by a
+FabricSpec. One generator, `steps`, turns it into the engine commands that
+make it, stage by stage (the commands of a stage do not depend on each
+other), and learns each new aggregate's id from whatever runs them. So the
+same fabric is built through any transport:
 
 - build(service, spec): a CommandService (each stage submitted together,
   so the service group-commits it);
@@ -65,6 +66,9 @@ class HostSpec:
     cpu_mhz: int | None = None
     cpu_overcommit: float = 1.0
     tags: tuple[str, ...] = ()
+    # Where other hosts reach it (live migration, VXLAN) and on which device.
+    underlay_address: str | None = None
+    underlay_device: str | None = None
 
 
 def hosts(count: int, uri: str = TEST_URI, **shape: Any) -> tuple[HostSpec, ...]:
@@ -82,8 +86,10 @@ class PoolSpec:
     name: str = "primary"
     url: str = "/var/lib/cloud-engine/pool"
     capacity_bytes: int = 1 << 40
-    # A cluster-scoped pool belongs to the fabric's cluster.
+    # A cluster-scoped pool belongs to the fabric's cluster; a host-scoped
+    # one is the local storage of the spec's host at index `host`.
     scope: StorageScope = "cluster"
+    host: int | None = None
     tags: tuple[str, ...] = ()
 
 
@@ -222,8 +228,8 @@ def host_command(fabric: Fabric[UUID], host: HostSpec) -> RegisterHost:
 
 
 def pool_command(fabric: Fabric[UUID], pool: PoolSpec) -> CreateStoragePool:
-    """Another pool in the fabric's zone (and cluster, if cluster-scoped)."""
-    return _pool(fabric.zone, fabric.cluster, pool)
+    """Another pool in the fabric's zone (and cluster, or host, by its scope)."""
+    return _pool(fabric.zone, fabric.cluster, fabric.hosts, pool)
 
 
 def _register(zone: UUID, pod: UUID, cluster: UUID, h: HostSpec) -> RegisterHost:
@@ -238,13 +244,18 @@ def _register(zone: UUID, pod: UUID, cluster: UUID, h: HostSpec) -> RegisterHost
         cpu_mhz=h.cpu_mhz,
         cpu_overcommit=h.cpu_overcommit,
         tags=h.tags,
+        underlay_address=h.underlay_address,
+        underlay_device=h.underlay_device,
     )
 
 
-def _pool(zone: UUID, cluster: UUID, p: PoolSpec) -> CreateStoragePool:
+def _pool(zone: UUID, cluster: UUID, hosts: Sequence[UUID], p: PoolSpec) -> CreateStoragePool:
+    if (p.scope == "host") != (p.host is not None):
+        raise ValueError(f"pool {p.name}: a host index exactly when its scope is host")
     return CreateStoragePool(
         zone_id=zone,
         cluster_id=cluster if p.scope == "cluster" else None,
+        host_id=None if p.host is None else hosts[p.host],
         name=p.name,
         scope=p.scope,
         capacity_bytes=p.capacity_bytes,
@@ -263,7 +274,7 @@ def steps(spec: FabricSpec) -> Steps:
     [pod] = yield [CreatePod(zone_id=zone, name=spec.pod, gateway=spec.gateway, cidr=spec.cidr)]
     [cluster] = yield [CreateCluster(zone_id=zone, pod_id=pod, name=spec.cluster)]
     host_ids = yield [_register(zone, pod, cluster, h) for h in spec.hosts]
-    pool_ids = yield [_pool(zone, cluster, p) for p in spec.pools]
+    pool_ids = yield [_pool(zone, cluster, host_ids, p) for p in spec.pools]
     store_ids = yield [
         CreateImageStore(zone_id=zone, name=s.name, url=s.url, protocol=s.protocol)
         for s in spec.image_stores
