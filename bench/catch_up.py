@@ -1,14 +1,14 @@
 """What a placement refusal's catch-up costs over 10,000 hosts.
 
 Before "no host fits" is final, the placer asks which hosts and pools have
-read-model rows older than the log (orchestration.candidates.Candidates.behind,
+read-model rows older than the log (orchestration.candidate_source.CandidateSource.behind,
 one index probe per row) and reads those from the log. This times that query
 over an embedded PostgreSQL holding --hosts hosts and --pools pools, each
 with --events events in the log, their rows caught up except --behind of
 them. Vacuumed and analyzed first.
 
 The baseline, in the same process: the read of every host and pool row that
-the planner makes on each snapshot (Candidates._fetch), which every plan on
+the planner makes on each snapshot (CandidateSource._fetch), which every plan on
 a cold or expired cache already pays.
 
 Then what the placer does with those it found: read them from the log
@@ -48,7 +48,7 @@ from cloud_engine.infra.database import DatabaseTarget, EmbeddedPostgres
 from cloud_engine.infra.pg import connect, create_pool
 from cloud_engine.infra.settings import load_settings
 from cloud_engine.infra.tables import events_table, read_model
-from cloud_engine.orchestration.candidates import Candidates
+from cloud_engine.orchestration.candidate_source import CandidateSource
 from cloud_engine.projections import readmodel
 
 
@@ -96,7 +96,7 @@ async def run(target: DatabaseTarget, args: argparse.Namespace) -> tuple[float, 
     await fill(target, args.hosts, args.pools, args.events, args.behind)
     pool = await create_pool(target, max_size=2)
     try:
-        candidates = Candidates(pool, target.schema)
+        candidates = CandidateSource(pool, target.schema)
         found = await candidates.behind()
         assert len(found) == args.behind, f"behind() found {len(found)}, not {args.behind}"
         behind_ms: list[float] = []

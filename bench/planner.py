@@ -32,8 +32,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from cloud_engine.engine.fabric.capacity import overcommitted
 from cloud_engine.engine.planning import (
     STRATEGIES,
-    AffinityGroup,
     AffinityKind,
+    AffinityRule,
     HostCandidate,
     Placement,
     PlacementRequest,
@@ -47,7 +47,7 @@ GIB = 1 << 30
 CLUSTERS = 100
 PODS = 5
 ZONE_POOLS = 20
-Request = tuple[PlacementRequest, list[AffinityGroup]]
+Request = tuple[PlacementRequest, list[AffinityRule]]
 
 
 def make_id(rng: random.Random) -> UUID:
@@ -107,14 +107,14 @@ def build_requests(
     host_ids = [h.id for h in hosts]
     out: list[Request] = []
     for n in range(count):
-        groups: list[AffinityGroup] = []
+        groups: list[AffinityRule] = []
         roll = rng.random()
         if roll < 0.30:
             kind: AffinityKind = "anti-affinity" if roll < 0.20 else "affinity"
             members = rng.sample(host_ids, rng.randint(1, 30 if kind == "anti-affinity" else 3))
             strict = rng.random() < 0.5
             groups.append(
-                AffinityGroup(name=f"g{n}", kind=kind, strict=strict, host_ids=tuple(members))
+                AffinityRule(name=f"g{n}", kind=kind, strict=strict, host_ids=tuple(members))
             )
         impossible = rng.random() < 0.02
         data = tuple(

@@ -25,7 +25,9 @@ import msgspec
 from cloud_engine.bus.topics import ensure_topics
 from cloud_engine.bus.work import KINDS
 
-Outcome = Literal["succeeded", "failed"]
+# Not engine.commands.base.Outcome (what a command handler returns): whether
+# the effector did the work.
+ResultOutcome = Literal["succeeded", "failed"]
 
 # What the reconciler reports besides the answers to work items (whose
 # kinds are those of bus.work.KINDS).
@@ -46,7 +48,7 @@ class EffectorResult(msgspec.Struct, frozen=True, kw_only=True):
     kind: str  # a work kind (bus.work.KINDS) or one of REPORT_KINDS
     aggregate_id: UUID
     version: int  # the requesting event's version (0 for drift reports)
-    outcome: Outcome
+    outcome: ResultOutcome
     host_id: UUID | None = None
     observed: str | None = None  # the state seen on the hypervisor
     expected: str | None = None  # the state the engine recorded (drift)

@@ -47,7 +47,7 @@ from cloud_engine.engine.store import EventStore
 from cloud_engine.infra.database import DatabaseTarget
 from cloud_engine.infra.pg import create_pool
 from cloud_engine.infra.tables import read_model
-from cloud_engine.orchestration.candidates import Candidates
+from cloud_engine.orchestration.candidate_source import CandidateSource
 from cloud_engine.orchestration.placement import Placer
 
 log = structlog.get_logger("orchestration.manager")
@@ -100,7 +100,7 @@ class OperationManager:
         t = self.target
         # Single reads only: the sweep, the planner's rows.
         self._db = await create_pool(t, max_size=4, single_reads=True)
-        self._placer = Placer(self.service, self.store, Candidates(self._db, t.schema))
+        self._placer = Placer(self.service, self.store, CandidateSource(self._db, t.schema))
         self.consumer = EventConsumer(self.config, self.handle, MemoryDeduplicator())
         consumer_task = asyncio.create_task(self.consumer.run())
         sweeper = asyncio.create_task(self._sweep_every(stop))

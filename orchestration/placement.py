@@ -1,6 +1,6 @@
 """Placing an operation's VM: plan on the read models, reserve on the log.
 
-The planner works on read-model rows (orchestration.candidates); the place
+The planner works on read-model rows (orchestration.candidate_source); the place
 step then reserves on the Host and StoragePool aggregates, which refuse what
 no longer fits. A capacity or state refusal names the aggregate that
 refused (DomainError.owner): if it is the chosen host or a chosen pool, the
@@ -34,8 +34,8 @@ from cloud_engine.engine.fabric.storage_pool import StoragePool
 from cloud_engine.engine.operations.affinity import AffinityGroup, group_id
 from cloud_engine.engine.operations.operation import Operation
 from cloud_engine.engine.operations.registry import kind_of
-from cloud_engine.engine.planning.candidates import AffinityGroup as PlannerGroup
 from cloud_engine.engine.planning.candidates import (
+    AffinityRule,
     PlacementRequest,
     Refusal,
     Strategy,
@@ -45,7 +45,7 @@ from cloud_engine.engine.service import CommandService
 from cloud_engine.engine.store import EventStore
 from cloud_engine.engine.virtual.vm import VirtualMachine
 from cloud_engine.engine.virtual.volume import Volume
-from cloud_engine.orchestration.candidates import Candidates
+from cloud_engine.orchestration.candidate_source import CandidateSource
 
 log = structlog.get_logger("orchestration.placement")
 
@@ -56,7 +56,9 @@ CATCH_UP_MAX = 1_000  # hosts and pools read from the log before a refusal
 
 
 class Placer:
-    def __init__(self, service: CommandService, store: EventStore, candidates: Candidates) -> None:
+    def __init__(
+        self, service: CommandService, store: EventStore, candidates: CandidateSource
+    ) -> None:
         self.service = service
         self.store = store
         self.candidates = candidates
@@ -140,7 +142,7 @@ class Placer:
         loaded = await asyncio.to_thread(self.store.load_many, ids)
         self.candidates.correct(a for a in loaded.values() if isinstance(a, Host | StoragePool))
 
-    async def _groups(self, op: Operation, vm: VirtualMachine) -> list[PlannerGroup]:
+    async def _groups(self, op: Operation, vm: VirtualMachine) -> list[AffinityRule]:
         """The VM's affinity group, read from the log (not a read model): two
         members placed at once must each see where the other went."""
         if vm.affinity_group is None:
@@ -155,7 +157,7 @@ class Placer:
         if kind not in ("affinity", "anti-affinity"):
             return []
         return [
-            PlannerGroup(
+            AffinityRule(
                 name=vm.affinity_group,
                 kind=kind,  # type: ignore[arg-type]
                 strict=strict,

@@ -30,6 +30,7 @@ from cloud_engine.engine.operations.kind import OperationKind, Request
 from cloud_engine.engine.operations.operation import Operation, OperationParams
 from cloud_engine.engine.operations.registry import kind_of
 from cloud_engine.engine.operations.vm_deploy import VmDeploy
+from cloud_engine.engine.planning.candidates import Strategy
 from cloud_engine.engine.unit_of_work import UnitOfWork
 from cloud_engine.engine.virtual.snapshot import SnapshotKind
 from cloud_engine.engine.virtual.vm import VirtualMachine, VmSpec
@@ -37,7 +38,6 @@ from cloud_engine.engine.virtual.volume import Volume
 
 Reason = Annotated[str, msgspec.Meta(min_length=1, max_length=2000)]
 DiskGb = Annotated[int, msgspec.Meta(ge=1, le=65536)]
-Strategy = Literal["first-fit", "dispersing"]
 # The kinds clients start, by command; each is a kind in
 # engine/operations/registry.py (tests/unit/test_operation_kinds.py checks).
 VmOperationKind = Literal[

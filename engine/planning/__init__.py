@@ -2,8 +2,8 @@
 
 from cloud_engine.engine.planning.candidates import (
     STRATEGIES,
-    AffinityGroup,
     AffinityKind,
+    AffinityRule,
     Constraint,
     Elimination,
     HostCandidate,
@@ -21,8 +21,8 @@ from cloud_engine.engine.planning.planner import Planner, plan
 
 __all__ = [
     "STRATEGIES",
-    "AffinityGroup",
     "AffinityKind",
+    "AffinityRule",
     "Constraint",
     "Elimination",
     "HostCandidate",

@@ -112,8 +112,11 @@ class PoolCandidate(msgspec.Struct, frozen=True, kw_only=True, gc=False):
     host_id: UUID | None = None
 
 
-class AffinityGroup(msgspec.Struct, frozen=True, kw_only=True):
-    """host_ids: the hosts the group's other members occupy right now."""
+class AffinityRule(msgspec.Struct, frozen=True, kw_only=True):
+    """An affinity group as the planner applies it: its rule, and in
+    host_ids the hosts the group's other members occupy right now. Not the
+    AffinityGroup aggregate (engine/operations/affinity.py), which records
+    the members; the placer builds one of these from it for each plan."""
 
     name: str
     kind: AffinityKind

@@ -30,7 +30,7 @@ from uuid import UUID
 from cloud_engine.engine.aggregate import require
 from cloud_engine.engine.planning.candidates import (
     STRATEGIES,
-    AffinityGroup,
+    AffinityRule,
     HostCandidate,
     Placement,
     PlacementRequest,
@@ -59,7 +59,7 @@ class Planner:
     def plan(
         self,
         request: PlacementRequest,
-        groups: Iterable[AffinityGroup] = (),
+        groups: Iterable[AffinityRule] = (),
         strategy: Strategy = "first-fit",
     ) -> Placement | Refusal:
         _validate(request, strategy)
@@ -111,7 +111,7 @@ def plan(
     request: PlacementRequest,
     hosts: Iterable[HostCandidate],
     pools: Iterable[PoolCandidate],
-    groups: Iterable[AffinityGroup] = (),
+    groups: Iterable[AffinityRule] = (),
     strategy: Strategy = "first-fit",
 ) -> Placement | Refusal:
     """One-off planning; indexes the snapshot each call (see Planner)."""

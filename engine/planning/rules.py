@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from uuid import UUID
 
-from cloud_engine.engine.planning.candidates import AffinityGroup, PlacementRequest
+from cloud_engine.engine.planning.candidates import AffinityRule, PlacementRequest
 from cloud_engine.engine.planning.storage import Need, PoolSet, assign
 
 
@@ -47,14 +47,14 @@ class Rules:
     def __init__(
         self,
         request: PlacementRequest,
-        groups: Iterable[AffinityGroup],
+        groups: Iterable[AffinityRule],
         rank_of: dict[UUID, int],
     ) -> None:
         by_name = {group.name: group for group in groups}
         self.avoided = {rank_of[h] for h in request.avoid_host_ids if h in rank_of}
         self.anti: list[tuple[str, set[int]]] = []
         self.affinity: list[tuple[str, set[int]]] = []
-        self.soft: list[tuple[AffinityGroup, set[int]]] = []
+        self.soft: list[tuple[AffinityRule, set[int]]] = []
         for name in dict.fromkeys(request.affinity_groups):
             group = by_name.get(name)
             if group is None or not group.host_ids:

@@ -29,7 +29,7 @@ from cloud_engine.engine.store import EventStore
 from cloud_engine.engine.virtual.vm import VirtualMachine, VmSpec
 from cloud_engine.infra.database import DatabaseTarget
 from cloud_engine.infra.pg import connect, create_pool
-from cloud_engine.orchestration.candidates import Candidates
+from cloud_engine.orchestration.candidate_source import CandidateSource
 from cloud_engine.orchestration.placement import Placer
 from cloud_engine.projections import readmodel
 from cloud_engine.projections.replay import Rebuild
@@ -111,17 +111,20 @@ async def project(target: DatabaseTarget) -> None:
 
 
 @pytest.fixture
-async def candidates(pg_target: DatabaseTarget) -> AsyncIterator[Candidates]:
+async def candidates(pg_target: DatabaseTarget) -> AsyncIterator[CandidateSource]:
     pool = await create_pool(pg_target, max_size=2, single_reads=True)
     try:
         # No cache: each plan reads the rows as they are now.
-        yield Candidates(pool, pg_target.schema, ttl_s=0)
+        yield CandidateSource(pool, pg_target.schema, ttl_s=0)
     finally:
         await pool.close()
 
 
 async def test_a_plan_on_rows_behind_the_log_goes_to_a_host_with_room(
-    pg_target: DatabaseTarget, store: EventStore, service: CommandService, candidates: Candidates
+    pg_target: DatabaseTarget,
+    store: EventStore,
+    service: CommandService,
+    candidates: CandidateSource,
 ) -> None:
     w = build(service)
     await project(pg_target)  # the rows: both hosts empty
@@ -159,7 +162,10 @@ async def test_a_plan_on_rows_behind_the_log_goes_to_a_host_with_room(
 
 
 async def test_a_host_disabled_behind_the_rows_is_left_for_another(
-    pg_target: DatabaseTarget, store: EventStore, service: CommandService, candidates: Candidates
+    pg_target: DatabaseTarget,
+    store: EventStore,
+    service: CommandService,
+    candidates: CandidateSource,
 ) -> None:
     w = build(service)
     await project(pg_target)
@@ -177,7 +183,10 @@ async def test_a_host_disabled_behind_the_rows_is_left_for_another(
 
 
 async def test_room_released_behind_the_rows_is_not_refused(
-    pg_target: DatabaseTarget, store: EventStore, service: CommandService, candidates: Candidates
+    pg_target: DatabaseTarget,
+    store: EventStore,
+    service: CommandService,
+    candidates: CandidateSource,
 ) -> None:
     w = build(service)
     for i in range(4):  # both hosts full, and so are their rows
@@ -199,7 +208,10 @@ async def test_room_released_behind_the_rows_is_not_refused(
 
 
 async def test_a_refusal_not_about_the_host_or_pools_is_the_reason(
-    pg_target: DatabaseTarget, store: EventStore, service: CommandService, candidates: Candidates
+    pg_target: DatabaseTarget,
+    store: EventStore,
+    service: CommandService,
+    candidates: CandidateSource,
 ) -> None:
     w = build(service)
     network = service.execute(
@@ -227,7 +239,10 @@ async def test_a_refusal_not_about_the_host_or_pools_is_the_reason(
 
 
 async def test_a_refusal_on_cached_rows_is_planned_again_on_fresh_ones(
-    pg_target: DatabaseTarget, store: EventStore, service: CommandService, candidates: Candidates
+    pg_target: DatabaseTarget,
+    store: EventStore,
+    service: CommandService,
+    candidates: CandidateSource,
 ) -> None:
     w = build(service)
     for i in range(4):  # both hosts full
@@ -236,7 +251,7 @@ async def test_a_refusal_on_cached_rows_is_planned_again_on_fresh_ones(
             PlaceOperation(operation_id=op.id, host_id=w.hosts[i % 2], pool_ids=(w.pool,))
         )
     await project(pg_target)
-    cached = Candidates(candidates.pool, pg_target.schema, ttl_s=3600)
+    cached = CandidateSource(candidates.pool, pg_target.schema, ttl_s=3600)
     await cached.planner()  # the rows now: no room anywhere
 
     # Room appears, and the read model has it, but not the cached rows.
@@ -258,7 +273,10 @@ async def test_a_refusal_on_cached_rows_is_planned_again_on_fresh_ones(
 
 
 async def test_a_start_whose_last_host_filled_behind_the_rows_goes_elsewhere(
-    pg_target: DatabaseTarget, store: EventStore, service: CommandService, candidates: Candidates
+    pg_target: DatabaseTarget,
+    store: EventStore,
+    service: CommandService,
+    candidates: CandidateSource,
 ) -> None:
     w = build(service)
     first, other = w.hosts
@@ -278,7 +296,10 @@ async def test_a_start_whose_last_host_filled_behind_the_rows_goes_elsewhere(
 
 
 async def test_a_migration_to_a_host_filled_behind_the_rows_goes_to_one_with_room(
-    pg_target: DatabaseTarget, store: EventStore, service: CommandService, candidates: Candidates
+    pg_target: DatabaseTarget,
+    store: EventStore,
+    service: CommandService,
+    candidates: CandidateSource,
 ) -> None:
     w = build(service, host_count=3)
     source = w.hosts[0]

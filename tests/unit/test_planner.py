@@ -21,7 +21,7 @@ from cloud_engine.engine.errors import CapacityExceeded, InvalidTransition, Vali
 from cloud_engine.engine.fabric.host import Host, HostState
 from cloud_engine.engine.fabric.storage_pool import StoragePool, StoragePoolState
 from cloud_engine.engine.planning import (
-    AffinityGroup,
+    AffinityRule,
     HostCandidate,
     Placement,
     PlacementRequest,
@@ -133,7 +133,7 @@ def run(
     request: PlacementRequest | None = None,
     *,
     pools: Iterable[PoolCandidate] | None = None,
-    groups: Iterable[AffinityGroup] = (),
+    groups: Iterable[AffinityRule] = (),
     strategy: Strategy = "first-fit",
 ) -> PlanResult:
     pool_list = [pool(1)] if pools is None else list(pools)

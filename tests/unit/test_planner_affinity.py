@@ -6,14 +6,14 @@ from uuid import UUID, uuid4
 
 import msgspec
 
-from cloud_engine.engine.planning import AffinityGroup, Planner
+from cloud_engine.engine.planning import AffinityRule, Planner
 from tests.unit.test_planner import VM, ask, counts, host, placed, pool, refused, run
 
 
-def group(name: str, kind: str, strict: bool, *hosts: int) -> AffinityGroup:
+def group(name: str, kind: str, strict: bool, *hosts: int) -> AffinityRule:
     return msgspec.convert(
         {"name": name, "kind": kind, "strict": strict, "host_ids": [UUID(int=h) for h in hosts]},
-        AffinityGroup,
+        AffinityRule,
     )
 
 

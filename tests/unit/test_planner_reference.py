@@ -16,7 +16,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from cloud_engine.engine.planning import (
-    AffinityGroup,
+    AffinityRule,
     HostCandidate,
     Placement,
     PlacementRequest,
@@ -90,10 +90,10 @@ def snapshots(draw: Any, crowded: bool = False) -> tuple[list[HostCandidate], li
 
 
 @st.composite
-def requests(draw: Any, host_ids: list[UUID]) -> tuple[PlacementRequest, list[AffinityGroup]]:
+def requests(draw: Any, host_ids: list[UUID]) -> tuple[PlacementRequest, list[AffinityRule]]:
     some_hosts = st.lists(st.sampled_from(host_ids or [UUID(int=99)]), max_size=3)
     groups = [
-        AffinityGroup(
+        AffinityRule(
             name=f"g{i}",
             kind=draw(st.sampled_from(["affinity", "anti-affinity"])),
             strict=draw(st.booleans()),
@@ -148,7 +148,7 @@ def valid_pools(choice: tuple[PoolCandidate, ...], request: PlacementRequest) ->
 
 
 def first_broken(
-    h: HostCandidate, pools: list[PoolCandidate], r: PlacementRequest, groups: list[AffinityGroup]
+    h: HostCandidate, pools: list[PoolCandidate], r: PlacementRequest, groups: list[AffinityRule]
 ) -> str | None:
     strict = [g for g in groups if g.strict and g.host_ids]
     checks = [
@@ -168,7 +168,7 @@ def first_broken(
     return next((name for name, ok in checks if not ok), None)
 
 
-def honours(h: HostCandidate, group: AffinityGroup) -> bool:
+def honours(h: HostCandidate, group: AffinityRule) -> bool:
     return (h.id in group.host_ids) == (group.kind == "affinity")
 
 
@@ -176,7 +176,7 @@ def reference(
     hosts: list[HostCandidate],
     pools: list[PoolCandidate],
     r: PlacementRequest,
-    groups: list[AffinityGroup],
+    groups: list[AffinityRule],
     strategy: Strategy,
 ) -> tuple[UUID, tuple[str, ...]] | None:
     fitting = [h for h in hosts if first_broken(h, pools, r, groups) is None]

@@ -1,4 +1,4 @@
-"""orchestration.candidates with a fake row source (the real one is in
+"""orchestration.candidate_source with a fake row source (the real one is in
 tests/integration/test_placement.py): what correct() hands in replaces a
 row until the row reaches its version, also when made during a rebuild."""
 
@@ -12,7 +12,7 @@ import msgspec
 
 from cloud_engine.engine.fabric.host import Host
 from cloud_engine.engine.planning.candidates import PlacementRequest, Refusal
-from cloud_engine.orchestration.candidates import Candidates
+from cloud_engine.orchestration.candidate_source import CandidateSource
 
 ZONE, POD, CLUSTER = uuid4(), uuid4(), uuid4()
 REQUEST = PlacementRequest(vm_id=uuid4(), zone_id=ZONE, cpus=1, ram_mb=64, root_size_bytes=1)
@@ -87,7 +87,7 @@ def chosen(planner: Any) -> UUID | None:
 async def test_the_log_replaces_an_older_row_until_the_row_catches_up() -> None:
     a = host("a")
     rows = Rows([row(a)])
-    candidates = Candidates(rows, "s", ttl_s=3600)  # type: ignore[arg-type]
+    candidates = CandidateSource(rows, "s", ttl_s=3600)  # type: ignore[arg-type]
     assert chosen(await candidates.planner()) == a.id
 
     a.reserve(uuid4(), 1, 64)  # full in the log, not in its row
@@ -103,7 +103,7 @@ async def test_the_log_replaces_an_older_row_until_the_row_catches_up() -> None:
 async def test_a_correction_made_while_the_rows_are_read_is_in_the_snapshot() -> None:
     a = host("a")
     rows = Rows([row(a)])
-    candidates = Candidates(rows, "s", ttl_s=3600)  # type: ignore[arg-type]
+    candidates = CandidateSource(rows, "s", ttl_s=3600)  # type: ignore[arg-type]
     a.reserve(uuid4(), 1, 64)
     # The correction lands after the host rows were read, before the pools'.
     rows.on_pools = lambda: candidates.correct([a])

@@ -1,4 +1,6 @@
-"""What the planner plans against, read from the read models.
+"""Where the planner's candidates come from: the read models, corrected
+from the log. (What a candidate is, the planner's input and answer types,
+is engine/planning/candidates.py.)
 
 Hosts and pools come from rm_host / rm_storage_pool, so a plan can be stale:
 the place step reserves on the Host and StoragePool aggregates themselves,
@@ -91,7 +93,7 @@ def pool_from_row(pool_id: UUID, data: bytes | str) -> PoolCandidate:
     )
 
 
-class Candidates:
+class CandidateSource:
     def __init__(self, pool: asyncpg.Pool, schema: str, *, ttl_s: float = 0.5) -> None:
         self.pool = pool
         self.schema = schema
