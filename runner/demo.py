@@ -4,8 +4,9 @@ Every command carries an idempotency key, so a second start finds the same
 fabric instead of creating another one.
 
 The demo hosts are lab hosts (runner/up_hosts.py chooses): each its own
-libvirtd on this machine, registered with its URI, with one primary pool on
-the lab's shared directory, which every host sees at the same path. Or they
+libvirtd on this machine, registered with its URI and underlay address,
+with one primary pool on the lab's shared directory, which every host sees
+at the same path, and a local pool each. Or they
 are libvirt test drivers, each started from a node file of its own in the
 data directory (demo_host_uri), so neither reports the other's domains; data
 directories of an older up keep those on the shared test:///default
@@ -83,6 +84,7 @@ class DemoFabric(msgspec.Struct, frozen=True):
     physical_network: UUID
     template: UUID
     network: UUID
+    local_pools: tuple[UUID, ...] = ()  # lab hosts': one each
 
 
 def _run(service: CommandService, key: str, command: Command) -> UUID:
@@ -111,7 +113,12 @@ def ensure_demo_fabric(
     if lab:
         host_ids = tuple(_register_lab_host(service, store, zone, pod, cluster, h) for h in lab)
         pool = _lab_pool(service, store, zone, cluster, lab[0].shared_pool_path)
+        local_pools = tuple(
+            _lab_local_pool(service, store, zone, host_id, host)
+            for host, host_id in zip(lab, host_ids, strict=True)
+        )
     else:
+        local_pools = ()
         host_ids = tuple(
             _register_host(service, zone, pod, cluster, n, data_dir) for n in range(1, hosts + 1)
         )
@@ -160,7 +167,10 @@ def ensure_demo_fabric(
         ),
     )
     _run(service, "network-implement", ImplementNetwork(network_id=network))
-    return DemoFabric(zone, pod, cluster, host_ids, pool, physical, template, network), server
+    fabric = DemoFabric(
+        zone, pod, cluster, host_ids, pool, physical, template, network, local_pools
+    )
+    return fabric, server
 
 
 def host_node_xml(cpu_cores: int, ram_mb: int) -> str:
@@ -258,6 +268,9 @@ def _register_lab_host(
         ram_mb=_machine_ram_mb(),
         libvirt_uri=host.uri,
         cpu_overcommit=LAB_CPU_OVERCOMMIT,
+        # Where the other hosts reach it: live migration, VXLAN.
+        underlay_address=host.address,
+        underlay_device=host.underlay_device,
     )
     return _run(service, lab_host_key(host.name).removeprefix("demo/"), command)
 
@@ -266,26 +279,59 @@ def _machine_ram_mb() -> int:
     return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // 1024**2
 
 
+LAB_SHARED_POOL = uuid5(LAB_IDS, "pool/shared")
+
+
 def _lab_pool(
     service: CommandService, store: EventStore, zone: UUID, cluster: UUID, path: str
 ) -> UUID:
     """The cluster's primary pool on the lab's shared directory (every lab
     host sees it at this path: CloudStack's SharedMountPoint), its capacity
     that of the file system holding it when first created."""
-    pool_id = uuid5(LAB_IDS, "pool/shared")
-    if isinstance(store.load(pool_id), StoragePool):
-        return pool_id
-    Path(path).mkdir(parents=True, exist_ok=True)
+    if isinstance(store.load(LAB_SHARED_POOL), StoragePool):
+        return LAB_SHARED_POOL
     command = CreateStoragePool(
-        id=pool_id,
+        id=LAB_SHARED_POOL,
         zone_id=zone,
         cluster_id=cluster,
         name="primary-1",
         scope="cluster",
-        capacity_bytes=shutil.disk_usage(path).total // GiB * GiB or GiB,
+        capacity_bytes=_capacity(path),
         url=f"file://{path}",
     )
     return _run(service, "lab-pool", command)
+
+
+def lab_local_pool_id(host: LabHost) -> UUID:
+    # Just above the shared pool's id: first-fit, the default placement,
+    # tries a host's pools in id order, so a VM's disks go to the shared
+    # pool (which live migration needs) while it has room.
+    return UUID(int=LAB_SHARED_POOL.int + int(host.name.removeprefix("h")))
+
+
+def _lab_local_pool(
+    service: CommandService, store: EventStore, zone: UUID, host_id: UUID, host: LabHost
+) -> UUID:
+    """The host's local pool: a directory only that host sees (and the
+    effector, at the same path)."""
+    pool_id = lab_local_pool_id(host)
+    if isinstance(store.load(pool_id), StoragePool):
+        return pool_id
+    command = CreateStoragePool(
+        id=pool_id,
+        zone_id=zone,
+        host_id=host_id,
+        name=f"local-{host.name}",
+        scope="host",
+        capacity_bytes=_capacity(host.local_pool_path),
+        url=f"file://{host.local_pool_path}",
+    )
+    return _run(service, f"lab-local-{host.name}", command)
+
+
+def _capacity(path: str) -> int:
+    Path(path).mkdir(parents=True, exist_ok=True)
+    return shutil.disk_usage(path).total // GiB * GiB or GiB
 
 
 # Held for the life of the process: libvirt frees test:///default's state
@@ -351,7 +397,7 @@ def _ensure_template(
 
 
 def describe(store: EventStore, fabric: DemoFabric) -> list[str]:
-    ids = [fabric.zone, fabric.pod, fabric.cluster, *fabric.hosts, fabric.pool]
+    ids = [fabric.zone, fabric.pod, fabric.cluster, *fabric.hosts, fabric.pool, *fabric.local_pools]
     ids += [fabric.physical_network, fabric.template, fabric.network]
     loaded = store.load_many(ids)
     return [_line(loaded[i]) for i in ids if i in loaded]

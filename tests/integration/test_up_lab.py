@@ -93,7 +93,11 @@ def _get(up: Running, path: str) -> dict:
 
 def _hosts(up: Running) -> dict[str, str]:
     """The demo hosts' names and ids as `up` printed them."""
-    return {x.split()[1]: x.split()[2] for x in up.lines if x.split()[:1] == ["Host"]}
+    return _named(up, "Host")
+
+
+def _named(up: Running, kind: str) -> dict[str, str]:
+    return {x.split()[1]: x.split()[2] for x in up.lines if x.split()[:1] == [kind]}
 
 
 def _qemu(vm_id: str) -> list[int]:
@@ -145,11 +149,17 @@ def test_up_on_lab_hosts_runs_real_qemu_and_the_record_agrees_after_ctrl_c(data_
         assert sorted(hosts) == ["h1", "h2", "h3"], first.lines
         line = next(x for x in first.lines if x.startswith("lab hosts: "))
         assert line.startswith(f"lab hosts: h1 h2 h3 ({'KVM' if kvm else 'QEMU TCG'}"), line
+        pools = _named(first, "StoragePool")
+        assert sorted(pools) == ["local-h1", "local-h2", "local-h3", "primary-1"]
+        shared = _get(first, f"/v1/storage-pools/{pools['primary-1']}")["attributes"]
+        assert (shared["url"], shared["scope"]) == (f"file://{data_dir}/lab/shared", "cluster")
         for name, host_id in hosts.items():
-            host = _get(first, f"/v1/hosts/{host_id}")
-            assert host["attributes"]["libvirt_uri"] == lab.host(name).uri, host
-        pool = _get(first, f"/v1/storage-pools/{first.fabric_id('StoragePool')}")
-        assert pool["attributes"]["url"] == f"file://{data_dir}/lab/shared", pool
+            host = _get(first, f"/v1/hosts/{host_id}")["attributes"]
+            assert host["libvirt_uri"] == lab.host(name).uri, host
+            assert host["underlay_address"] == lab.host(name).address, host
+            local = _get(first, f"/v1/storage-pools/{pools[f'local-{name}']}")["attributes"]
+            assert local["url"] == f"file://{lab.host(name).local_pool_path}", local
+            assert (local["scope"], local["host_id"]) == ("host", host_id), local
 
         vm = _deploy(first, "web-1")
         host = next(n for n, i in hosts.items() if i == vm["attributes"]["host_id"])
