@@ -12,6 +12,7 @@ from uuid import UUID
 from cloud_engine.engine.aggregate import require
 from cloud_engine.engine.commands.base import Command, Outcome, handles
 from cloud_engine.engine.commands.constraints import Name, Overcommit, Positive, Tag
+from cloud_engine.engine.commands.switches import handles_switch
 from cloud_engine.engine.fabric.cluster import Cluster
 from cloud_engine.engine.fabric.host import Host
 from cloud_engine.engine.unit_of_work import UnitOfWork
@@ -110,16 +111,7 @@ def register_host(uow: UnitOfWork, cmd: RegisterHost) -> Outcome:
     return Outcome(aggregate_id=host.id)
 
 
-@handles(EnableHost)
-def enable_host(uow: UnitOfWork, cmd: EnableHost) -> Outcome:
-    uow.get(Host, cmd.host_id).enable()
-    return Outcome(aggregate_id=cmd.host_id)
-
-
-@handles(DisableHost)
-def disable_host(uow: UnitOfWork, cmd: DisableHost) -> Outcome:
-    uow.get(Host, cmd.host_id).disable()
-    return Outcome(aggregate_id=cmd.host_id)
+enable_host, disable_host = handles_switch(EnableHost, DisableHost, Host)
 
 
 @handles(EnterHostMaintenance)

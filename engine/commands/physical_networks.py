@@ -9,6 +9,7 @@ from uuid import UUID
 
 from cloud_engine.engine.commands.base import Command, Outcome, handles
 from cloud_engine.engine.commands.constraints import Name, Positive
+from cloud_engine.engine.commands.switches import handles_switch
 from cloud_engine.engine.fabric.physical_network import Isolation, PhysicalNetwork, TagRange
 from cloud_engine.engine.fabric.zone import Zone
 from cloud_engine.engine.unit_of_work import UnitOfWork
@@ -55,16 +56,9 @@ def create_physical_network(uow: UnitOfWork, cmd: CreatePhysicalNetwork) -> Outc
     return Outcome(aggregate_id=network.id)
 
 
-@handles(EnablePhysicalNetwork)
-def enable_physical_network(uow: UnitOfWork, cmd: EnablePhysicalNetwork) -> Outcome:
-    uow.get(PhysicalNetwork, cmd.physical_network_id).enable()
-    return Outcome(aggregate_id=cmd.physical_network_id)
-
-
-@handles(DisablePhysicalNetwork)
-def disable_physical_network(uow: UnitOfWork, cmd: DisablePhysicalNetwork) -> Outcome:
-    uow.get(PhysicalNetwork, cmd.physical_network_id).disable()
-    return Outcome(aggregate_id=cmd.physical_network_id)
+enable_physical_network, disable_physical_network = handles_switch(
+    EnablePhysicalNetwork, DisablePhysicalNetwork, PhysicalNetwork
+)
 
 
 @handles(AllocateTag)

@@ -15,6 +15,7 @@ from uuid import UUID
 from cloud_engine.engine.aggregate import require
 from cloud_engine.engine.commands.base import Command, Outcome, handles
 from cloud_engine.engine.commands.constraints import Name, Overcommit, Positive, Tag
+from cloud_engine.engine.commands.switches import handles_switch
 from cloud_engine.engine.fabric.cluster import Cluster
 from cloud_engine.engine.fabric.host import Host
 from cloud_engine.engine.fabric.image_store import ImageStore, ImageStoreProtocol
@@ -120,16 +121,9 @@ def create_storage_pool(uow: UnitOfWork, cmd: CreateStoragePool) -> Outcome:
     return Outcome(aggregate_id=pool.id)
 
 
-@handles(EnableStoragePool)
-def enable_storage_pool(uow: UnitOfWork, cmd: EnableStoragePool) -> Outcome:
-    uow.get(StoragePool, cmd.pool_id).enable()
-    return Outcome(aggregate_id=cmd.pool_id)
-
-
-@handles(DisableStoragePool)
-def disable_storage_pool(uow: UnitOfWork, cmd: DisableStoragePool) -> Outcome:
-    uow.get(StoragePool, cmd.pool_id).disable()
-    return Outcome(aggregate_id=cmd.pool_id)
+enable_storage_pool, disable_storage_pool = handles_switch(
+    EnableStoragePool, DisableStoragePool, StoragePool
+)
 
 
 @handles(EnterStoragePoolMaintenance)
@@ -166,13 +160,6 @@ def create_image_store(uow: UnitOfWork, cmd: CreateImageStore) -> Outcome:
     return Outcome(aggregate_id=store.id)
 
 
-@handles(EnableImageStore)
-def enable_image_store(uow: UnitOfWork, cmd: EnableImageStore) -> Outcome:
-    uow.get(ImageStore, cmd.image_store_id).enable()
-    return Outcome(aggregate_id=cmd.image_store_id)
-
-
-@handles(DisableImageStore)
-def disable_image_store(uow: UnitOfWork, cmd: DisableImageStore) -> Outcome:
-    uow.get(ImageStore, cmd.image_store_id).disable()
-    return Outcome(aggregate_id=cmd.image_store_id)
+enable_image_store, disable_image_store = handles_switch(
+    EnableImageStore, DisableImageStore, ImageStore
+)

@@ -12,6 +12,7 @@ from uuid import UUID
 from cloud_engine.engine.aggregate import require
 from cloud_engine.engine.commands.base import Command, Outcome, handles
 from cloud_engine.engine.commands.constraints import Name
+from cloud_engine.engine.commands.switches import handles_switch
 from cloud_engine.engine.fabric.cluster import Cluster, Hypervisor
 from cloud_engine.engine.fabric.pod import Pod
 from cloud_engine.engine.fabric.zone import NetworkType, Zone
@@ -42,16 +43,7 @@ def create_zone(uow: UnitOfWork, cmd: CreateZone) -> Outcome:
     return Outcome(aggregate_id=zone.id)
 
 
-@handles(EnableZone)
-def enable_zone(uow: UnitOfWork, cmd: EnableZone) -> Outcome:
-    uow.get(Zone, cmd.zone_id).enable()
-    return Outcome(aggregate_id=cmd.zone_id)
-
-
-@handles(DisableZone)
-def disable_zone(uow: UnitOfWork, cmd: DisableZone) -> Outcome:
-    uow.get(Zone, cmd.zone_id).disable()
-    return Outcome(aggregate_id=cmd.zone_id)
+enable_zone, disable_zone = handles_switch(EnableZone, DisableZone, Zone)
 
 
 # Pods and clusters -------------------------------------------------------------
@@ -99,16 +91,7 @@ def create_pod(uow: UnitOfWork, cmd: CreatePod) -> Outcome:
     return Outcome(aggregate_id=pod.id)
 
 
-@handles(EnablePod)
-def enable_pod(uow: UnitOfWork, cmd: EnablePod) -> Outcome:
-    uow.get(Pod, cmd.pod_id).enable()
-    return Outcome(aggregate_id=cmd.pod_id)
-
-
-@handles(DisablePod)
-def disable_pod(uow: UnitOfWork, cmd: DisablePod) -> Outcome:
-    uow.get(Pod, cmd.pod_id).disable()
-    return Outcome(aggregate_id=cmd.pod_id)
+enable_pod, disable_pod = handles_switch(EnablePod, DisablePod, Pod)
 
 
 @handles(CreateCluster)
@@ -125,13 +108,4 @@ def create_cluster(uow: UnitOfWork, cmd: CreateCluster) -> Outcome:
     return Outcome(aggregate_id=cluster.id)
 
 
-@handles(EnableCluster)
-def enable_cluster(uow: UnitOfWork, cmd: EnableCluster) -> Outcome:
-    uow.get(Cluster, cmd.cluster_id).enable()
-    return Outcome(aggregate_id=cmd.cluster_id)
-
-
-@handles(DisableCluster)
-def disable_cluster(uow: UnitOfWork, cmd: DisableCluster) -> Outcome:
-    uow.get(Cluster, cmd.cluster_id).disable()
-    return Outcome(aggregate_id=cmd.cluster_id)
+enable_cluster, disable_cluster = handles_switch(EnableCluster, DisableCluster, Cluster)

@@ -5,8 +5,9 @@ taken before, the pool keeps only what the volume then is."""
 from __future__ import annotations
 
 from cloud_engine.engine.aggregate import require
-from cloud_engine.engine.errors import NotFound, Validation
+from cloud_engine.engine.errors import Validation
 from cloud_engine.engine.fabric.storage_pool import StoragePool
+from cloud_engine.engine.lookups import load_ref
 from cloud_engine.engine.operations.kind import Request
 from cloud_engine.engine.operations.operation import Operation, OperationParams
 from cloud_engine.engine.operations.volume_kind import (
@@ -40,9 +41,7 @@ class VolumeRevert(VolumeKind):
     ) -> None:
         target = op.params.target_id
         assert target is not None  # prepare checked it
-        snapshot = uow.find(Snapshot, target)
-        if snapshot is None:
-            raise NotFound(f"snapshot {target} not found", field="snapshot_id")
+        snapshot = load_ref(uow, Snapshot, target, "snapshot_id")
         require(
             snapshot.volume_id == volume.id, "snapshot is of another volume", field="snapshot_id"
         )
