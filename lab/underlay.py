@@ -52,6 +52,7 @@ def add_host(layout: Layout, name: str, index: int) -> None:
     ip(
         "link", "add", name, "netns", sw, "mtu", str(MTU), "type", "veth",
         "peer", "name", UNDERLAY_DEVICE, "netns", ns, "mtu", str(MTU),
+        "address", underlay_mac(layout, index),
     )  # fmt: skip
     ip_batch(
         [f"link set {name} addrgenmode none", f"link set {name} master {BRIDGE} up"],
@@ -66,6 +67,15 @@ def add_host(layout: Layout, name: str, index: int) -> None:
         ],
         netns=ns,
     )
+
+
+def underlay_mac(layout: Layout, index: int) -> str:
+    """The host's underlay MAC, the same on every boot, as a machine's NIC
+    keeps its own: the other hosts' ARP entries for its address stay right
+    across a power cycle (a new MAC left them pointing at the old one for
+    seconds after power-on). 02: locally administered."""
+    lab = layout.lab_id
+    return f"02:1a:{lab[0:2]}:{lab[2:4]}:{lab[4:6]}:{index:02x}"
 
 
 def remove_host(layout: Layout, name: str) -> None:
