@@ -56,6 +56,9 @@ class HostView(msgspec.Struct, frozen=True, kw_only=True):
     zone_id: UUID
     state: str
     libvirt_uri: str
+    # Where other hosts reach it (live migration, VXLAN); None: not registered.
+    underlay_address: str | None = None
+    underlay_device: str | None = None
 
 
 class PoolView(msgspec.Struct, frozen=True, kw_only=True):
@@ -64,6 +67,13 @@ class PoolView(msgspec.Struct, frozen=True, kw_only=True):
     zone_id: UUID
     state: str
     url: str
+    scope: str = "cluster"
+    host_id: UUID | None = None  # scope "host": the only host that reaches it
+
+    @property
+    def shared(self) -> bool:
+        """Every host of its cluster (or zone) sees the same files."""
+        return self.host_id is None
 
 
 class VolumeView(msgspec.Struct, frozen=True, kw_only=True):

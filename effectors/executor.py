@@ -7,8 +7,9 @@ half-way, does what is left and reports the same outcome. A failure becomes
 a failed result carrying libvirt's error; nothing is swallowed.
 
 The executor is what handlers share: one libvirt connection per host URI
-(its worker threads and the reconciler use the same), the naming on the
-hosts, this effector's uplink and its stop timeout.
+(its worker threads and the reconciler use the same), the network namespace
+each host's libvirtd runs in, the naming on the hosts, this effector's
+uplink and its stop timeout.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from cloud_engine.bus.work_results import EffectorResult
 from cloud_engine.effectors.compute.spec import DomainType
 from cloud_engine.effectors.handlers import HANDLERS
 from cloud_engine.effectors.handlers.base import Plan
+from cloud_engine.effectors.host_netns import HostNamespaces
 from cloud_engine.effectors.hypervisor import Hypervisor, HypervisorError
 from cloud_engine.effectors.mapping import (
     Uplink as Uplink,
@@ -33,7 +35,9 @@ from cloud_engine.effectors.naming import Names
 log = structlog.get_logger("effectors.executor")
 
 # Fault injection for the crash tests: "after-define:<seconds>" sleeps between
-# defining and starting a domain, so a test can kill the process there.
+# defining and starting a domain, "after-migrate:<seconds>" between a guest's
+# arrival on its destination and its DHCP moving there, so a test can kill
+# the process there.
 FAULT_ENV = "CLOUD_ENGINE_EFFECTOR_FAULT"
 
 
@@ -55,6 +59,7 @@ class Executor:
         self.names = names or Names()
         self.stop_timeout_s = stop_timeout_s
         self._hypervisors: dict[str, Hypervisor] = {}
+        self._namespaces = HostNamespaces()
 
     def hypervisor(self, uri: str) -> Hypervisor:
         hv = self._hypervisors.get(uri)
@@ -63,6 +68,10 @@ class Executor:
             # URI, whoever gets here first.
             hv = self._hypervisors.setdefault(uri, Hypervisor(uri))
         return hv
+
+    def netns(self, uri: str) -> str | None:
+        """Where the host's network commands run (None: here)."""
+        return self._namespaces.netns(uri)
 
     def close(self) -> None:
         for hv in list(self._hypervisors.values()):

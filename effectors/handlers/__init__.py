@@ -10,10 +10,15 @@ from __future__ import annotations
 from typing import Any
 
 from cloud_engine.bus.work import KINDS
-from cloud_engine.effectors.handlers import template, vm, volume
+from cloud_engine.effectors.handlers import template, vm, vm_migrate, volume
 from cloud_engine.effectors.handlers.base import Handler
 
-_FAMILIES: tuple[dict[str, Handler[Any]], ...] = (vm.HANDLERS, volume.HANDLERS, template.HANDLERS)
+_FAMILIES: tuple[dict[str, Handler[Any]], ...] = (
+    vm.HANDLERS,
+    vm_migrate.HANDLERS,
+    volume.HANDLERS,
+    template.HANDLERS,
+)
 
 HANDLERS: dict[str, Handler[Any]] = {k: h for f in _FAMILIES for k, h in f.items()}
 

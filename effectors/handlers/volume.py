@@ -74,18 +74,21 @@ async def _read_volume_plan(
     if volume is None or not reads.serves(volume.zone_id) or volume.pool_id is None:
         return None
     pool = await models.get(PoolView, "storage_pool", volume.pool_id)
-    host = await _host(reads, volume)
+    host = None if pool is None else await _host(reads, volume, pool)
     if pool is None or host is None:
         log.warning("volume_work_unplaceable", volume_id=str(volume.id))
         return None
     return VolumePlan(volume=volume, pool=pool, host=host, snapshot_id=snapshot_id)
 
 
-async def _host(reads: Reads, volume: VolumeView) -> HostView | None:
-    # A dir pool lives on a host: the attached VM's host if there is one,
+async def _host(reads: Reads, volume: VolumeView, pool: PoolView) -> HostView | None:
+    # A host's local pool is on that host only. A shared pool is reached
+    # through any of its hosts: the attached VM's host if there is one,
     # else the host named when its creation was asked, else the first
     # enabled host of the volume's zone.
     models = reads.models
+    if pool.host_id is not None:
+        return await models.get(HostView, "host", pool.host_id)
     if volume.vm_id is not None:
         vm = await models.get(VmView, "vm", volume.vm_id)
         if vm is not None and vm.host_id is not None:
@@ -173,8 +176,9 @@ def _base_image(
 ) -> str:
     """The template's base image in the pool (copied there on first use),
     which the volume backs onto."""
-    # Work items run concurrently: the base image is made once per pool.
-    with shared(storage.hv.uri, "base", pool, str(source.template.id)):
+    # Work items run concurrently: the base image is made once per pool,
+    # whichever host reaches it (hosts share a cluster's pool).
+    with shared("base", pool, str(source.template.id)):
         image = source.fetch()
         if volume.size_bytes < image.virtual_size:
             # The engine's recorded size must stay the disk's real size.

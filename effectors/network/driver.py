@@ -4,7 +4,9 @@ Every method observes first and acts only on the difference, so repeating a
 call after it succeeded reports changed=False and the same state; a call
 interrupted half-way is finished by the next one. libvirt objects are looked
 up inside each Hypervisor.call so a retry after a reconnect never uses a
-handle from the dead connection.
+handle from the dead connection. netns is the network namespace libvirt's
+bridges are in (effectors/host_netns.py; None: this process's): VXLAN
+devices are made and bridges looked at there.
 """
 
 from __future__ import annotations
@@ -61,8 +63,9 @@ class DhcpConflict(NetworkDriverError):
 
 
 class NetworkDriver:
-    def __init__(self, hv: Hypervisor) -> None:
+    def __init__(self, hv: Hypervisor, netns: str | None = None) -> None:
         self.hv = hv
+        self.netns = netns
 
     # -- libvirt plumbing -------------------------------------------------
 
@@ -108,7 +111,11 @@ class NetworkDriver:
             return NetworkState(name=name, exists=False, active=False)
         active, _persistent, _autostart, live, _config = facts
         parsed = parse_network_xml(live)
-        attached = active and parsed.bridge is not None and bool(vxlan.vxlan_ports(parsed.bridge))
+        attached = (
+            active
+            and parsed.bridge is not None
+            and bool(vxlan.vxlan_ports(parsed.bridge, self.netns))
+        )
         return NetworkState(
             name=name,
             exists=True,
@@ -162,11 +169,11 @@ class NetworkDriver:
         wanted = vxlan.device_name(spec.vxlan.vni) if spec.vxlan is not None else None
         changed = False
         # A port left from an earlier VNI would join two segments: drop it.
-        for port in vxlan.vxlan_ports(spec.bridge):
+        for port in vxlan.vxlan_ports(spec.bridge, self.netns):
             if port.get("ifname") != wanted:
-                changed |= vxlan.remove_vxlan(str(port["ifname"]))
+                changed |= vxlan.remove_vxlan(str(port["ifname"]), self.netns)
         if spec.vxlan is not None and wanted is not None:
-            changed |= vxlan.ensure_vxlan(wanted, spec.vxlan, spec.bridge)
+            changed |= vxlan.ensure_vxlan(wanted, spec.vxlan, spec.bridge, self.netns)
         return changed
 
     def remove(self, spec_or_name: NetworkSpec | str) -> Outcome:
@@ -179,11 +186,11 @@ class NetworkDriver:
         if facts is not None:
             bridge = parse_network_xml(facts[3]).bridge
             if facts[0] and bridge is not None:
-                devices |= {str(p["ifname"]) for p in vxlan.vxlan_ports(bridge)}
+                devices |= {str(p["ifname"]) for p in vxlan.vxlan_ports(bridge, self.netns)}
         # The VXLAN port goes first: once the bridge is gone it is no longer
         # findable by name-only removal.
         for dev in sorted(devices):
-            changed |= vxlan.remove_vxlan(dev)
+            changed |= vxlan.remove_vxlan(dev, self.netns)
         if facts is not None:
             if facts[0]:
                 self._with_net(name, "stop network", lambda net: net.destroy())

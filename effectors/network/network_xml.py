@@ -5,7 +5,12 @@ here, so a hostile name cannot inject markup.
 
 What is expressed: an isolated network (no <forward>): guests reach each
 other and the host on the bridge, nothing is routed or NATed off it; the
-VXLAN device enslaved to the bridge is the only way out. For isolation='vlan'
+VXLAN device enslaved to the bridge is the only way out. A spec's
+gateway_mac fixes the bridge's MAC; dhcp_known_only adds the dnsmasq option
+`dhcp-ignore=tag:!known` (libvirt's dnsmasq XML namespace), so dnsmasq
+stays silent (no offer, no ACK, no NAK) to every client without a <host>
+entry. Neither is compared with an existing definition: they are set when
+a network is defined. For isolation='vlan'
 the tag is written as <vlan><tag id='N'/></vlan>; libvirt 9.0 refuses that on
 any Linux-bridge network (only Open vSwitch and hostdev networks take it), so
 the driver reports VlanUnsupported instead of defining an untagged network.
@@ -48,6 +53,12 @@ def dhcp_ranges(spec: NetworkSpec) -> list[tuple[str, str]]:
     return [(str(a), str(b)) for a, b in ranges]
 
 
+DNSMASQ_NS = "http://libvirt.org/schemas/network/dnsmasq/1.0"
+ET.register_namespace("dnsmasq", DNSMASQ_NS)
+# dnsmasq tags a client "known" when a dhcp-host line matches it.
+IGNORE_UNKNOWN = "dhcp-ignore=tag:!known"
+
+
 def build_network_xml(spec: NetworkSpec) -> str:
     net = network_of(spec)
     root = ET.Element("network")
@@ -55,6 +66,8 @@ def build_network_xml(spec: NetworkSpec) -> str:
     # stp off: the bridge has one uplink at most (the VXLAN port), so STP only
     # delays new ports by the forwarding delay.
     ET.SubElement(root, "bridge", {"name": spec.bridge, "stp": "off", "delay": "0"})
+    if spec.gateway_mac is not None:
+        ET.SubElement(root, "mac", {"address": spec.gateway_mac})
     if spec.mtu is not None:
         ET.SubElement(root, "mtu", {"size": str(spec.mtu)})
     if spec.isolation == "vlan" and spec.vlan is not None:
@@ -65,7 +78,16 @@ def build_network_xml(spec: NetworkSpec) -> str:
         dhcp = ET.SubElement(ip, "dhcp")
         for start, end in dhcp_ranges(spec):
             ET.SubElement(dhcp, "range", {"start": start, "end": end})
+        if spec.dhcp_known_only:
+            options = ET.SubElement(root, f"{{{DNSMASQ_NS}}}options")
+            ET.SubElement(options, f"{{{DNSMASQ_NS}}}option", {"value": IGNORE_UNKNOWN})
     return ET.tostring(root, encoding="unicode")
+
+
+def ignores_unknown(xml: str) -> bool:
+    """Whether a defined network's dnsmasq ignores clients it has no entry for."""
+    found = ET.fromstring(xml).findall(f"{{{DNSMASQ_NS}}}options/{{{DNSMASQ_NS}}}option")
+    return any(o.get("value") == IGNORE_UNKNOWN for o in found)
 
 
 def dhcp_host_xml(host: DhcpHost) -> str:

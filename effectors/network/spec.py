@@ -48,6 +48,14 @@ class NetworkSpec(msgspec.Struct, frozen=True, kw_only=True):
     vlan: int | None = None
     vxlan: VxlanSpec | None = None
     mtu: int | None = None
+    # The bridge's MAC; one network gets the same on every host, so a guest
+    # moved to another host finds its gateway at the address it knew.
+    gateway_mac: str | None = None
+    # DHCP answers only the MACs given to it (add_dhcp_host) and ignores
+    # every other client, instead of leasing from its ranges: of the DHCP
+    # servers of a network that spans hosts, only the one on the guest's
+    # host knows the guest.
+    dhcp_known_only: bool = False
 
 
 class DhcpHost(msgspec.Struct, frozen=True, kw_only=True):
@@ -122,6 +130,8 @@ def validate_network(spec: NetworkSpec) -> None:
         raise SpecError("gateway", f"{spec.gateway} is not a host address of {spec.cidr}")
     if spec.dhcp and net.num_addresses < 4:
         raise SpecError("cidr", f"{spec.cidr} leaves no addresses for DHCP besides the gateway")
+    if spec.gateway_mac is not None and not _MAC.match(spec.gateway_mac):
+        raise SpecError("gateway_mac", f"{spec.gateway_mac!r} is not a lower-case MAC")
     if spec.mtu is not None and not 68 <= spec.mtu <= 65_535:
         raise SpecError("mtu", f"{spec.mtu} is outside 68..65535")
     if spec.vlan is not None and not 1 <= spec.vlan <= 4094:

@@ -7,8 +7,9 @@ answers for which MAC, so no per-guest FDB management is needed.
 
 Everything observes with `ip -j` / `bridge -j` before acting, so each call
 converges and repeating it changes nothing. netns runs the same commands in a
-network namespace (`ip netns exec`), which is how the tests build several
-"hosts" on one machine.
+network namespace: a name (`ip netns exec`, how the driver tests build
+several "hosts") or a path (`nsenter --net=`, how the effector reaches the
+namespace of a host's libvirtd: effectors/host_netns.py).
 """
 
 from __future__ import annotations
@@ -52,7 +53,11 @@ def device_name(vni: int) -> str:
 
 
 def _argv(argv: list[str], netns: str | None) -> list[str]:
-    return ["ip", "netns", "exec", netns, *argv] if netns else argv
+    if not netns:
+        return argv
+    if netns.startswith("/"):
+        return ["nsenter", f"--net={netns}", "--", *argv]
+    return ["ip", "netns", "exec", netns, *argv]
 
 
 def run(argv: list[str], netns: str | None = None) -> str:

@@ -101,6 +101,17 @@ def parse_volume(pool: str, name: str, xml: str) -> VolumeState:
     )
 
 
+def _fresh(
+    pool: libvirt.virStoragePool, look: Callable[[libvirt.virStoragePool], str | None]
+) -> str | None:
+    try:
+        pool.refresh(0)
+    except libvirt.libvirtError:
+        # Refused while a volume is being built in it: as listed, then.
+        return None
+    return look(pool)
+
+
 def _check_snapshot_name(snapshot: str) -> None:
     # qemu-img matches -a/-d arguments against snapshot ids as well as names,
     # so a numeric name could select another snapshot.
@@ -132,6 +143,11 @@ class StorageDriver:
                 raise
 
         xml = self._in_pool("observe volume", pool, look)
+        if xml is None and not self.in_memory:
+            # libvirt lists a dir pool's files as of its last refresh: in a
+            # pool that hosts share, another host's libvirtd may have made
+            # the file since.
+            xml = self._in_pool("refresh and observe volume", pool, lambda p: _fresh(p, look))
         if xml is None:
             return VolumeState(pool=pool, name=name, exists=False)
         return parse_volume(pool, name, xml)

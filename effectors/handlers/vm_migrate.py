@@ -1,0 +1,86 @@
+"""vm.migrate: a running VM moved to the host the engine placed it on.
+
+Live, with its disks where they are: every disk must be on a shared pool
+(a host's local pool is refused: its guest would write it during the copy).
+The QEMU stream goes to the destination's registered underlay address
+(tcp://<address>), else wherever its libvirtd says. UNSAFE is asked for
+because the engine's pool scope says the disks are shared, which libvirt
+cannot tell of a plain directory (see ComputeDriver.migrate).
+
+Whatever the outcome, the hosts are observed before anything is reported
+(compute/migration.py): a migration asked again after the effector was
+killed, or one libvirt reported failed, is reported as where the guest
+runs: succeeded when on the destination (the engine moves the record and
+the capacity), failed with libvirt's error when on the source.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from cloud_engine.bus.work import WorkItem
+from cloud_engine.effectors.compute.driver import ComputeDriver, DomainNotRunning
+from cloud_engine.effectors.compute.migration import live_migrate, settle
+from cloud_engine.effectors.compute.spec import DomainState
+from cloud_engine.effectors.handlers import vm_network
+from cloud_engine.effectors.handlers.base import Handler
+from cloud_engine.effectors.handlers.vm import ERRORS, compute
+from cloud_engine.effectors.handlers.vm_plan import VmPlan, read_migration_plan
+from cloud_engine.effectors.mapping import Unsupported
+
+if TYPE_CHECKING:
+    from cloud_engine.effectors.executor import Executor
+
+
+class NotSettled(TimeoutError):
+    """The guest runs on the destination but its networks there are not
+    right yet: retried by the consumer (a TimeoutError), so the result is
+    reported once they are, never as a failure that would put the record
+    back on the source."""
+
+
+def migrate(executor: Executor, item: WorkItem, plan: VmPlan) -> str:
+    target = plan.destination
+    if target is None:
+        raise Unsupported(f"vm {plan.vm.id} has no migration target")
+    local = [pool.id for _, pool in plan.disks if not pool.shared]
+    if local:
+        raise Unsupported(
+            f"vm {plan.vm.id} has disks on local pools {', '.join(map(str, local))}:"
+            " live migration needs shared storage"
+        )
+    there = plan.on(target)
+    if target.libvirt_uri == plan.host.libvirt_uri:
+        # Two engine hosts on one hypervisor (a demo or test fabric): the
+        # domain already runs "there"; libvirt refuses a migration to itself.
+        observed: DomainState = compute(executor, plan).observe(plan.vm.id)
+        if observed.state != "running":
+            raise DomainNotRunning(plan.vm.id, observed.state)
+        vm_network.realise(executor, there)
+        return observed.state
+    source = executor.hypervisor(plan.host.libvirt_uri)
+    destination = executor.hypervisor(target.libvirt_uri)
+    if settle(ComputeDriver(source), ComputeDriver(destination), plan.vm.id) == "source":
+        # The destination's networks exist before the guest arrives; its
+        # DHCP learns the guest's NICs only once it runs there.
+        vm_network.realise(executor, there, dhcp=False)
+        address = target.underlay_address
+        live_migrate(
+            source,
+            destination,
+            plan.vm.id,
+            migration_uri=None if address is None else f"tcp://{address}",
+            unsafe=bool(plan.disks),
+        )
+    executor.fault("after-migrate")
+    vm_network.forget(executor, plan, plan.host, strict=False)
+    try:
+        vm_network.realise(executor, there)
+    except ERRORS as e:
+        raise NotSettled(f"vm {plan.vm.id} runs on host {target.id}; its networks: {e}") from e
+    return ComputeDriver(destination).observe(plan.vm.id).state
+
+
+HANDLERS: dict[str, Handler[VmPlan]] = {
+    "vm.migrate": Handler(read_migration_plan, migrate, ERRORS),
+}

@@ -1,0 +1,114 @@
+"""What VM work reads before it acts: the VM, its host, its disks and NICs,
+and (for a migration) the host it moves to, from the read models."""
+
+from __future__ import annotations
+
+from uuid import UUID
+
+import msgspec
+import structlog
+
+from cloud_engine.bus.work import WorkItem
+from cloud_engine.effectors.desired import (
+    HostView,
+    NetworkView,
+    NicView,
+    PoolView,
+    VmView,
+    VolumeView,
+)
+from cloud_engine.effectors.handlers.base import Reads
+
+log = structlog.get_logger("effectors.handlers.vm")
+
+
+class VmPlan(msgspec.Struct, frozen=True):
+    """Everything a VM's domain needs, read from the read models."""
+
+    vm: VmView
+    host: HostView
+    disks: tuple[tuple[VolumeView, PoolView], ...] = ()
+    nics: tuple[tuple[NicView, NetworkView], ...] = ()
+    destination: HostView | None = None  # vm.migrate: the target host
+    # The zone's hosts, when a NIC is on a VXLAN network: their underlay
+    # addresses are its tunnels' peers.
+    zone_hosts: tuple[HostView, ...] = ()
+    # Where the VM ran before, if elsewhere (a start: its DHCP forgets it).
+    last_host: HostView | None = None
+
+    @property
+    def host_id(self) -> UUID:
+        return self.host.id
+
+    def on(self, host: HostView) -> VmPlan:
+        """The same VM as seen on another host (a migration's target)."""
+        return msgspec.structs.replace(self, host=host, destination=None)
+
+
+async def read_plan(reads: Reads, item: WorkItem) -> VmPlan | None:
+    models = reads.models
+    vm = await models.get(VmView, "vm", item.aggregate_id, item.version)
+    if vm is None or not reads.serves(vm.zone_id):
+        return None
+    # A destroyed or expunging VM has left its host; its domain is still there.
+    host_id = vm.host_id or vm.last_host_id
+    if host_id is None:
+        log.warning("vm_work_without_host", vm_id=str(vm.id), kind=item.kind)
+        return None
+    host = await models.get(HostView, "host", host_id)
+    if host is None:
+        return None
+    disks: list[tuple[VolumeView, PoolView]] = []
+    for volume in await _disks(reads, vm):
+        if volume.pool_id is None or volume.state in ("Destroyed", "Error"):
+            continue
+        pool = await models.get(PoolView, "storage_pool", volume.pool_id)
+        if pool is not None:
+            disks.append((volume, pool))
+    disks.sort(key=lambda d: d[0].device_id or 0)
+    nics: list[tuple[NicView, NetworkView]] = []
+    for nic in await models.where(NicView, "nic", "vm_id", vm.id):
+        if nic.state == "Released":
+            continue
+        network = await models.get(NetworkView, "network", nic.network_id)
+        if network is not None:
+            nics.append((nic, network))
+    nics.sort(key=lambda n: n[0].device_id)
+    zone_hosts: list[HostView] = []
+    if any(network.isolation.lower() == "vxlan" for _, network in nics):
+        zone_hosts = await models.where(HostView, "host", "zone_id", vm.zone_id)
+    last_host = None
+    if vm.host_id is not None and vm.last_host_id not in (None, vm.host_id):
+        assert vm.last_host_id is not None
+        last_host = await models.get(HostView, "host", vm.last_host_id)
+    return VmPlan(
+        vm=vm,
+        host=host,
+        disks=tuple(disks),
+        nics=tuple(nics),
+        zone_hosts=tuple(zone_hosts),
+        last_host=last_host,
+    )
+
+
+async def read_migration_plan(reads: Reads, item: WorkItem) -> VmPlan | None:
+    """The VM's plan and the host it moves to."""
+    found = await read_plan(reads, item)
+    if found is None or found.vm.migration_target_id is None:
+        return found
+    target = await reads.models.get(HostView, "host", found.vm.migration_target_id)
+    return msgspec.structs.replace(found, destination=target)
+
+
+async def _disks(reads: Reads, vm: VmView) -> list[VolumeView]:
+    """The VM's volumes as of the VM's version: its own list of disks (the
+    volumes' rows may lag behind it), else (VMs recorded before VMs listed
+    their disks) the volumes whose rows name it."""
+    if not vm.disks:
+        return await reads.models.where(VolumeView, "volume", "vm_id", vm.id)
+    found = []
+    for device, volume_id in sorted((int(d), v) for d, v in vm.disks.items()):
+        volume = await reads.models.get(VolumeView, "volume", volume_id, 1)
+        if volume is not None:
+            found.append(msgspec.structs.replace(volume, device_id=device))
+    return found

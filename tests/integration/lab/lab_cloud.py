@@ -1,0 +1,427 @@
+"""The engine's whole pipeline on lab hosts: a fabric whose hosts are the
+lab's (each its own libvirtd, registered with its underlay), a shared pool
+on the lab's shared directory, a local pool per host, a VXLAN physical
+network, a template served over loopback; the relay, the projection worker,
+the engine (operation manager and result recorder) and an effector (in this
+process or as `cloud-engine effector`), and what the tests look at on the
+hosts."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import random
+import shutil
+import signal
+import subprocess
+import sys
+import uuid
+from collections.abc import AsyncIterator, Mapping
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import libvirt
+import pytest
+
+from cloud_engine.effectors.host_netns import HostNamespaces
+from cloud_engine.effectors.hypervisor import Hypervisor, HypervisorError
+from cloud_engine.effectors.naming import Names
+from cloud_engine.effectors.network.driver import NetworkDriver
+from cloud_engine.effectors.service import EffectorService, effector_config
+from cloud_engine.engine.commands.fabric import CreateCluster, CreatePod, CreateZone, RegisterHost
+from cloud_engine.engine.commands.network import CreateNetwork
+from cloud_engine.engine.commands.operations import DeployVm, VmOperation
+from cloud_engine.engine.commands.physical_networks import CreatePhysicalNetwork
+from cloud_engine.engine.commands.storage import RegisterTemplate, RequestTemplateDownload
+from cloud_engine.engine.commands.storage_fabric import CreateImageStore, CreateStoragePool
+from cloud_engine.engine.fabric.host import Host
+from cloud_engine.engine.fabric.physical_network import TagRange
+from cloud_engine.engine.operations.operation import Operation
+from cloud_engine.engine.service import CommandService
+from cloud_engine.engine.store import EventStore
+from cloud_engine.engine.virtual.vm import VirtualMachine, VmSpec
+from cloud_engine.infra.database import DatabaseTarget
+from cloud_engine.lab import LabHost
+from tests.integration.effectors.effector_pipeline import Pipeline, wait_for
+from tests.integration.effectors.template_server import Served, make_template_image, serve
+
+libvirt.registerErrorHandler(lambda _ctx, _err: None, None)
+
+GiB = 1 << 30
+REPO = Path(__file__).resolve().parents[3]
+# The names the effector gives on a host (the CLI's too): every test's
+# leftovers are found by them (lab hosts run nothing else of the engine).
+NAMES = Names()
+
+
+@dataclass
+class LabFabric:
+    zone: uuid.UUID
+    hosts: dict[uuid.UUID, LabHost]  # engine host id -> lab host
+    shared_pool: uuid.UUID
+    local_pools: dict[uuid.UUID, uuid.UUID]  # engine host id -> its local pool
+    template: uuid.UUID
+    network: uuid.UUID  # VXLAN
+    dirs: list[Path] = field(default_factory=list)
+
+    def lab_host(self, host_id: uuid.UUID | None) -> LabHost:
+        assert host_id is not None
+        return self.hosts[host_id]
+
+    def host_of(self, lab_host: LabHost) -> uuid.UUID:
+        return next(h for h, lh in self.hosts.items() if lh.name == lab_host.name)
+
+
+def build_fabric(
+    service: CommandService, hosts: list[LabHost], served: Served, tmp: Path
+) -> LabFabric:
+    run = service.execute
+    tag = uuid.uuid4().hex[:8]
+    zone = run(CreateZone(name=f"lab-{tag}")).aggregate_id
+    pod = run(
+        CreatePod(zone_id=zone, name="p", gateway="10.0.0.1", cidr="10.0.0.0/24")
+    ).aggregate_id
+    cluster = run(CreateCluster(zone_id=zone, pod_id=pod, name="c")).aggregate_id
+    registered: dict[uuid.UUID, LabHost] = {}
+    for lab_host in hosts:
+        host_id = run(
+            RegisterHost(
+                zone_id=zone,
+                pod_id=pod,
+                cluster_id=cluster,
+                name=lab_host.name,
+                cpu_cores=4,
+                ram_mb=2048,
+                libvirt_uri=lab_host.uri,
+                underlay_address=lab_host.address,
+                underlay_device=lab_host.underlay_device,
+            )
+        ).aggregate_id
+        registered[host_id] = lab_host
+    shared_dir = Path(hosts[0].shared_pool_path) / f"t{tag}"
+    dirs = [shared_dir]
+    shared = run(
+        CreateStoragePool(
+            zone_id=zone,
+            cluster_id=cluster,
+            name="shared",
+            scope="cluster",
+            capacity_bytes=64 * GiB,
+            url=str(shared_dir),
+        )
+    ).aggregate_id
+    local: dict[uuid.UUID, uuid.UUID] = {}
+    for host_id, lab_host in registered.items():
+        local_dir = Path(lab_host.local_pool_path) / f"t{tag}"
+        dirs.append(local_dir)
+        local[host_id] = run(
+            CreateStoragePool(
+                zone_id=zone,
+                name=f"local-{lab_host.name}",
+                scope="host",
+                host_id=host_id,
+                capacity_bytes=8 * GiB,
+                url=str(local_dir),
+            )
+        ).aggregate_id
+    run(CreateImageStore(zone_id=zone, name="images", url=str(tmp / "images"), protocol="file"))
+    _, digest = make_template_image(served.root, "tiny.qcow2")
+    template = run(
+        RegisterTemplate(
+            name="tiny",
+            zone_id=zone,
+            url=f"{served.base_url}/tiny.qcow2",
+            format="qcow2",
+            size_bytes=4 * 1024 * 1024,
+            os_type="None",
+            checksum=f"sha256:{digest}",
+        )
+    ).aggregate_id
+    # VNIs of this test's own: a device another test left cannot answer.
+    first = random.randrange(10_000, 1_000_000)
+    physical = run(
+        CreatePhysicalNetwork(
+            zone_id=zone,
+            name="underlay",
+            isolation="VXLAN",
+            tag_range=TagRange(first=first, last=first + 9),
+        )
+    ).aggregate_id
+    network = run(
+        CreateNetwork(
+            account="acme",
+            name="overlay",
+            zone_id=zone,
+            cidr="10.60.0.0/24",
+            isolation="VXLAN",
+            physical_network_id=physical,
+        )
+    ).aggregate_id
+    return LabFabric(
+        zone=zone,
+        hosts=registered,
+        shared_pool=shared,
+        local_pools=local,
+        template=template,
+        network=network,
+        dirs=dirs,
+    )
+
+
+def start_effector(pipeline: Pipeline) -> EffectorService:
+    effector = EffectorService(
+        pipeline.target,
+        effector_config(pipeline.broker, pipeline.prefix),
+        names=NAMES,
+        name="effector@lab-test",
+        stop_timeout_s=5.0,
+        reconcile_interval_s=5.0,
+    )
+    pipeline.tasks.append(asyncio.create_task(effector.run(pipeline.stop)))
+    return effector
+
+
+def start_engine(pipeline: Pipeline, service: CommandService, store: EventStore) -> None:
+    pipeline.start_engine_side()
+    pipeline.start_recorder(service)
+    pipeline.start_manager(service, store, sweep_interval_s=1.0)
+
+
+async def template_ready(
+    pipeline: Pipeline, service: CommandService, store: EventStore, fabric: LabFabric
+) -> None:
+    await service.execute_async(RequestTemplateDownload(template_id=fabric.template))
+    await wait_for(
+        "template Ready",
+        lambda: getattr(store.load(fabric.template), "state", "") == "Ready",
+        pipeline,
+    )
+
+
+async def finish(pipeline: Pipeline, store: EventStore, op_id: uuid.UUID) -> Operation:
+    def done() -> bool:
+        op = store.load(op_id)
+        return isinstance(op, Operation) and op.finished
+
+    await wait_for(f"operation {op_id}", done, pipeline)
+    op = store.load(op_id)
+    assert isinstance(op, Operation)
+    return op
+
+
+def reserved_on(store: EventStore, fabric: LabFabric, vm_id: uuid.UUID) -> list[str]:
+    """The lab hosts whose engine Host holds a reservation for the VM."""
+    found = []
+    for host_id, lab_host in fabric.hosts.items():
+        host = store.load(host_id)
+        assert isinstance(host, Host)
+        if vm_id in host.reservations:
+            found.append(lab_host.name)
+    return found
+
+
+# What the hosts show -------------------------------------------------------------
+
+
+def domain_states(hosts: list[LabHost], vm_id: uuid.UUID) -> dict[str, int]:
+    """Lab host name -> libvirt state of the VM's domain, where it is defined."""
+    found = {}
+    for lab_host in hosts:
+        conn = libvirt.open(lab_host.uri)
+        try:
+            dom = conn.lookupByUUIDString(str(vm_id))
+            found[lab_host.name] = dom.state()[0]
+        except libvirt.libvirtError:
+            pass
+        finally:
+            conn.close()
+    return found
+
+
+def running_on(hosts: list[LabHost], vm_id: uuid.UUID) -> list[str]:
+    return [
+        name
+        for name, state in domain_states(hosts, vm_id).items()
+        if state == libvirt.VIR_DOMAIN_RUNNING
+    ]
+
+
+def domain_uuids(lab_host: LabHost) -> set[uuid.UUID]:
+    conn = libvirt.open(lab_host.uri)
+    try:
+        return {uuid.UUID(d.UUIDString()) for d in conn.listAllDomains()}
+    finally:
+        conn.close()
+
+
+def clean_up(hosts: list[LabHost], fabric: LabFabric | None) -> None:
+    """The engine's domains, networks (with their VXLAN ports) and pools
+    off every lab host, and the test's pool directories."""
+    namespaces = HostNamespaces()
+    for lab_host in hosts:
+        hv = Hypervisor(lab_host.uri, attempts=1)
+        try:
+            try:
+                conn = hv.conn
+            except HypervisorError:
+                continue  # a host the test took down has nothing left
+
+            for dom in conn.listAllDomains():
+                if dom.name().startswith(f"{NAMES.prefix}vm-"):
+                    if dom.isActive():
+                        dom.destroy()
+                    dom.undefineFlags(libvirt.VIR_DOMAIN_UNDEFINE_SNAPSHOTS_METADATA)
+            driver = NetworkDriver(hv, netns=namespaces.netns(lab_host.uri))
+            for net in conn.listAllNetworks():
+                if net.name().startswith(f"{NAMES.prefix}net-"):
+                    driver.remove(net.name())
+            for pool in conn.listAllStoragePools():
+                if pool.name().startswith(f"{NAMES.prefix}pool-"):
+                    if pool.isActive():
+                        pool.destroy()
+                    pool.undefine()
+        finally:
+            hv.close()
+    for path in [] if fabric is None else fabric.dirs:
+        shutil.rmtree(path, ignore_errors=True)
+
+
+# `cloud-engine effector` as a process ---------------------------------------------
+
+
+class EffectorProcess:
+    """`cloud-engine effector` on the test's schema and topic prefix."""
+
+    def __init__(
+        self,
+        target: DatabaseTarget,
+        broker: str,
+        prefix: str,
+        log: Path,
+        env: Mapping[str, str] | None = None,
+    ) -> None:
+        environ = {k: v for k, v in os.environ.items() if not k.startswith("CLOUD_ENGINE_")}
+        environ.update(
+            CLOUD_ENGINE_DATABASE_URL=target.url(),
+            CLOUD_ENGINE_DATABASE_SCHEMA=target.schema,
+            CLOUD_ENGINE_KAFKA_BOOTSTRAP=broker,
+            CLOUD_ENGINE_TOPIC_PREFIX=prefix,
+            CLOUD_ENGINE_LOG_LEVEL="info",
+            CLOUD_ENGINE_EVENT_LOOP="asyncio",
+        )
+        environ.update(env or {})
+        self._out = log.open("ab")
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "cloud_engine.runner.cli", "effector"],
+            cwd=REPO,
+            env=environ,
+            stdout=self._out,
+            stderr=subprocess.STDOUT,
+        )
+
+    def kill(self) -> None:
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGKILL)
+        self.process.wait(10)
+        self._out.close()
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(30)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(10)
+        self._out.close()
+
+
+# The whole of it, for a test -------------------------------------------------------
+
+
+class Cloud:
+    def __init__(
+        self, pipeline: Pipeline, service: CommandService, store: EventStore, fabric: LabFabric
+    ) -> None:
+        self.pipeline, self.service, self.store, self.fabric = pipeline, service, store, fabric
+
+    async def deploy(self, name: str, **options: object) -> uuid.UUID:
+        # Dispersing also takes the pool with the most room for its disks:
+        # the shared one (a host's local pool is smaller).
+        options.setdefault("strategy", "dispersing")
+        result = await self.service.execute_async(
+            DeployVm(
+                account="acme",
+                name=name,
+                zone_id=self.fabric.zone,
+                template_id=self.fabric.template,
+                spec=VmSpec(cpus=1, ram_mb=128, root_disk_gb=1),
+                network_ids=(self.fabric.network,),
+                **options,  # type: ignore[arg-type]
+            )
+        )
+        op = await finish(self.pipeline, self.store, result.aggregate_id)
+        assert op.status == "succeeded", op.error
+        return uuid.UUID(str(result.value))
+
+    async def operate(self, kind: str, vm_id: uuid.UUID, **options: object) -> tuple[str, str]:
+        result = await self.service.execute_async(
+            VmOperation(kind=kind, vm_id=vm_id, **options)  # type: ignore[arg-type]
+        )
+        op = await finish(self.pipeline, self.store, result.aggregate_id)
+        return op.status, op.error or ""
+
+    def vm(self, vm_id: uuid.UUID) -> VirtualMachine:
+        found = self.store.load(vm_id)
+        assert isinstance(found, VirtualMachine)
+        return found
+
+    async def template_ready(self) -> None:
+        await template_ready(self.pipeline, self.service, self.store, self.fabric)
+
+    def where(self, vm_id: uuid.UUID) -> str:
+        """The lab host the record puts the VM on."""
+        return self.fabric.lab_host(self.vm(vm_id).host_id).name
+
+
+@asynccontextmanager
+async def lab_cloud(
+    pg_target: DatabaseTarget,
+    service: CommandService,
+    store: EventStore,
+    broker: str,
+    prefix: str,
+    hosts: list[LabHost],
+    tmp_path: Path,
+    *,
+    effector: bool = True,
+) -> AsyncIterator[Cloud]:
+    """The pipeline on a fabric of the lab's hosts; without an effector in
+    this process, the caller starts one (EffectorProcess) and then asks for
+    template_ready()."""
+    pipeline = Pipeline(pg_target, broker, prefix)
+    fabric = None
+    root = tmp_path / "www"
+    root.mkdir()
+    try:
+        with serve(root) as served:
+            start_engine(pipeline, service, store)
+            if effector:
+                start_effector(pipeline)
+            fabric = build_fabric(service, hosts, served, tmp_path)
+            made = Cloud(pipeline, service, store, fabric)
+            if effector:
+                await made.template_ready()
+            yield made
+    finally:
+        await pipeline.close()
+        clean_up(hosts, fabric)
+
+
+@pytest.fixture
+async def cloud(
+    pg_target, service, store, broker, topic_prefix, hosts: list[LabHost], tmp_path: Path
+) -> AsyncIterator[Cloud]:
+    async with lab_cloud(pg_target, service, store, broker, topic_prefix, hosts, tmp_path) as made:
+        yield made
