@@ -79,7 +79,14 @@ def up(settings: Settings) -> int:
 
 def _up(settings: Settings, signals: StopSignals) -> int:
     began = time.monotonic()
-    infra = start_infrastructure(settings)
+    # Alongside PostgreSQL and the broker: seconds either way, mostly waits.
+    early = up_hosts.begin(settings)
+    try:
+        infra = start_infrastructure(settings)
+    except BaseException:
+        if early is not None:
+            early.discard()
+        raise
     images: ImageServer | None = None
     hosts: DemoHosts | None = None
     try:
@@ -90,7 +97,7 @@ def _up(settings: Settings, signals: StopSignals) -> int:
             # the tables only once it runs.
             asyncio.run(_prepare_read_models(infra.target))
             signals.check()
-            hosts = up_hosts.start(settings, store, signals)
+            hosts = up_hosts.start(settings, store, signals, early)
             signals.check()
             fabric, images = ensure_demo_fabric(
                 service, store, settings.data_dir, hosts=hosts.count, lab=hosts.hosts
@@ -180,6 +187,8 @@ def _up(settings: Settings, signals: StopSignals) -> int:
             began = time.monotonic()
             hosts.stop()
             lifecycle(log, "lab stopped", took_s=round(time.monotonic() - began, 2))
+        elif early is not None:
+            early.discard()  # stopped before it was taken over
         # The broker before PostgreSQL (the durable broker keeps its
         # records there); each timed, as a supervisor gives `up` 2 s or so.
         if infra.dev_broker is not None:

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import os
 import platform
+import threading
 import time
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass
@@ -109,10 +110,75 @@ def lab_unavailable(state_dir: Path) -> str | None:
     return None
 
 
-def start(settings: Settings, store: EventStore, signals: StopSignals) -> DemoHosts:
+class EarlyLab:
+    """The lab started in a thread while PostgreSQL and the broker start
+    (each takes seconds, mostly waiting), before the log can tell whether
+    this data directory wants it. start() takes it over or takes it down."""
+
+    def __init__(self, lab: Lab, hosts: int) -> None:
+        self.lab = lab
+        self.taken = False
+        self.hosts: list[LabHost] | None = None
+        self._thread = threading.Thread(target=self._up, args=(hosts,), name="lab-up", daemon=True)
+        self._thread.start()
+
+    def _up(self, hosts: int) -> None:
+        # A failure is not reported from here: start() starts the lab again
+        # (lab.up is idempotent) and reports what fails then.
+        try:
+            self.hosts = _start_lab(self.lab, hosts)
+        except BaseException as e:
+            log.debug("early lab start failed", error=str(e))
+
+    def wait(self) -> None:
+        self._thread.join()
+
+    def discard(self) -> None:
+        """Down, unless start() took it over."""
+        if not self.taken:
+            self.taken = True
+            self.wait()
+            self.lab.down()
+
+
+def begin(settings: Settings) -> EarlyLab | None:
+    """Start the lab now if this data directory will most likely want it:
+    lab hosts are not ruled out, the lab can run here, and the data
+    directory is new (no event store yet) or had a lab before."""
+    if settings.up_hypervisor == "test":
+        return None
+    state_dir = lab_state_dir(settings)
+    if lab_unavailable(state_dir) is not None:
+        return None
+    fresh = settings.database_url is None and not settings.pgdata.exists()
+    if not fresh and not (state_dir / "lab.json").exists():
+        return None
+    return EarlyLab(Lab(state_dir), settings.up_hosts or DEFAULT_HOSTS["lab"])
+
+
+def start(
+    settings: Settings, store: EventStore, signals: StopSignals, early: EarlyLab | None = None
+) -> DemoHosts:
     """Choose the demo hosts' kind for this data directory and start them
     (the lab's hosts; nothing for the test driver). Every refusal is one
-    line: a SettingsError or a LabError."""
+    line: a SettingsError or a LabError. An early lab is taken over when
+    the choice is the lab, taken down otherwise (also when this raises)."""
+    try:
+        hosts = _start(settings, store, signals, early)
+    except BaseException:
+        if early is not None:
+            early.discard()
+        raise
+    if early is not None:
+        if hosts.lab is None:
+            early.discard()
+        early.taken = True
+    return hosts
+
+
+def _start(
+    settings: Settings, store: EventStore, signals: StopSignals, early: EarlyLab | None
+) -> DemoHosts:
     asked = settings.up_hypervisor
     kind, count = registered(store)
     state_dir = lab_state_dir(settings)
@@ -145,8 +211,15 @@ def start(settings: Settings, store: EventStore, signals: StopSignals) -> DemoHo
         return DemoHosts("test", _count(settings, "test", 0))
     lab = Lab(state_dir)
     wanted = _count(settings, "lab", count)
+    if early is not None:
+        early.wait()
     try:
-        hosts = _start_lab(lab, wanted)
+        if early is not None and early.hosts is not None and len(early.hosts) == wanted:
+            hosts = early.hosts
+        else:
+            # What the early start could not do (more hosts registered than
+            # it knew, or it failed) is done, or fails, now.
+            hosts = _start_lab(lab, wanted)
     except LabError as e:
         if kind == "lab" or asked == "lab" or signals.received is not None:
             raise
