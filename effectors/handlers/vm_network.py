@@ -7,9 +7,10 @@ has a DHCP server on each of them, on one L2 segment; each one answers only
 the MACs it was given (dhcp_known_only) and is given exactly those of the
 VMs that run on its host: a MAC is added when its VM starts there (and
 removed from the host it ran on before), removed when it stops, is
-destroyed or expunged, and moved after a migration (removed from the
-source first, then added on the destination). So at most one server answers
-any guest (none for the moments between the two steps of a move).
+destroyed or expunged, and moved by a migration (removed from the source
+while the guest moves, put back if it stays there, added on the
+destination once it runs there). So at most one server answers any guest
+(none while it moves).
 """
 
 from __future__ import annotations

@@ -16,6 +16,7 @@ import signal
 import subprocess
 import sys
 import uuid
+import xml.etree.ElementTree as ET
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -253,6 +254,27 @@ def domain_uuids(lab_host: LabHost) -> set[uuid.UUID]:
         return {uuid.UUID(d.UUIDString()) for d in conn.listAllDomains()}
     finally:
         conn.close()
+
+
+def nic_mac(lab_host: LabHost, vm_id: uuid.UUID) -> str:
+    conn = libvirt.open(lab_host.uri)
+    try:
+        xml = conn.lookupByUUIDString(str(vm_id)).XMLDesc(0)
+    finally:
+        conn.close()
+    mac = ET.fromstring(xml).find("devices/interface/mac")
+    assert mac is not None
+    return str(mac.get("address"))
+
+
+def dhcp_known(lab_host: LabHost, network: str) -> dict[str, str]:
+    """MAC -> address the host's DHCP of the network knows."""
+    hv = Hypervisor(lab_host.uri)
+    try:
+        state = NetworkDriver(hv).observe(network)
+    finally:
+        hv.close()
+    return {h.mac: h.ip for h in state.dhcp_hosts}
 
 
 def clean_up(hosts: list[LabHost], fabric: LabFabric | None) -> None:

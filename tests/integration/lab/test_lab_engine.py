@@ -18,9 +18,11 @@ from cloud_engine.lab import Lab, LabHost
 from tests.integration.lab.lab_cloud import (
     NAMES,
     Cloud,
+    dhcp_known,
     domain_states,
     domain_uuids,
     lab_cloud,
+    nic_mac,
     reserved_on,
     running_on,
 )
@@ -122,6 +124,9 @@ async def test_a_refused_migration_leaves_the_vm_running_on_its_source(
         assert (vm.state, cloud.where(vm_id)) == ("Running", "h1")
         assert running_on(hosts, vm_id) == ["h1"]
         assert reserved_on(cloud.store, cloud.fabric, vm_id) == ["h1"]
+        # Its host's DHCP (which forgot it while it was to move) knows it again.
+        network = NAMES.network(cloud.fabric.network)
+        assert nic_mac(source, vm_id) in dhcp_known(source, network)
     finally:
         squatter.lookupByName(NAMES.domain(vm_id)).undefine()
         squatter.close()

@@ -14,18 +14,21 @@ import json
 import subprocess
 import sys
 import uuid
-import xml.etree.ElementTree as ET
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-import libvirt
 import pytest
 
-from cloud_engine.effectors.hypervisor import Hypervisor
-from cloud_engine.effectors.network.driver import NetworkDriver
 from cloud_engine.lab import Lab, LabHost
-from tests.integration.lab.lab_cloud import NAMES, Cloud, domain_states, running_on
+from tests.integration.lab.lab_cloud import (
+    NAMES,
+    Cloud,
+    dhcp_known,
+    domain_states,
+    nic_mac,
+    running_on,
+)
 
 pytestmark = [pytest.mark.postgres, pytest.mark.libvirt]
 
@@ -90,27 +93,6 @@ def bridge_ports(lab_host: LabHost, bridge: str) -> dict[str, str]:
     return {
         link["ifname"]: link.get("linkinfo", {}).get("info_kind", "") for link in json.loads(out)
     }
-
-
-def nic_mac(lab_host: LabHost, vm_id: uuid.UUID) -> str:
-    conn = libvirt.open(lab_host.uri)
-    try:
-        xml = conn.lookupByUUIDString(str(vm_id)).XMLDesc(0)
-    finally:
-        conn.close()
-    mac = ET.fromstring(xml).find("devices/interface/mac")
-    assert mac is not None
-    return str(mac.get("address"))
-
-
-def dhcp_known(lab_host: LabHost, network: str) -> dict[str, str]:
-    """MAC -> address the host's DHCP of the network knows."""
-    hv = Hypervisor(lab_host.uri)
-    try:
-        state = NetworkDriver(hv).observe(network)
-    finally:
-        hv.close()
-    return {h.mac: h.ip for h in state.dhcp_hosts}
 
 
 async def test_a_vxlan_network_spans_hosts_with_one_dhcp_answer(
