@@ -36,7 +36,7 @@ class Components:
         self.logs = logs
         self.processes: dict[str, subprocess.Popen[bytes]] = {}
 
-    def start(self, name: str, *args: str) -> None:
+    def start(self, name: str, *args: str, level: str = "warning") -> None:
         env = {k: v for k, v in os.environ.items() if not k.startswith("CLOUD_ENGINE_")}
         env.update(
             CLOUD_ENGINE_DATABASE_URL=self.target.url(),
@@ -44,7 +44,7 @@ class Components:
             CLOUD_ENGINE_KAFKA_BOOTSTRAP=self.bootstrap,
             CLOUD_ENGINE_TOPIC_PREFIX=TOPIC_PREFIX,
             CLOUD_ENGINE_TOPIC_PARTITIONS=str(PARTITIONS),
-            CLOUD_ENGINE_LOG_LEVEL="warning",
+            CLOUD_ENGINE_LOG_LEVEL=level,
             CLOUD_ENGINE_EVENT_LOOP=self.event_loop,
             CLOUD_ENGINE_LOG_FORMAT="console",
         )
