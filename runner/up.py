@@ -183,12 +183,13 @@ def _up(settings: Settings, signals: StopSignals) -> int:
             images.close()
         # After the effector (stopped with the components), before the
         # broker and PostgreSQL: QEMU gets SIGTERM and flushes its images.
-        if hosts is not None and hosts.lab is not None:
+        if (hosts is not None and hosts.lab is not None) or (early and not early.taken):
             began = time.monotonic()
-            hosts.stop()
+            if hosts is not None and hosts.lab is not None:
+                hosts.stop()
+            elif early is not None:
+                early.discard()  # stopped before start() took it over
             lifecycle(log, "lab stopped", took_s=round(time.monotonic() - began, 2))
-        elif early is not None:
-            early.discard()  # stopped before it was taken over
         # The broker before PostgreSQL (the durable broker keeps its
         # records there); each timed, as a supervisor gives `up` 2 s or so.
         if infra.dev_broker is not None:
