@@ -11,6 +11,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Iterator
 
 import pytest
 from aiokafka import AIOKafkaConsumer
@@ -33,6 +34,10 @@ def _env(data_dir, **extra: str) -> dict[str, str]:
 class Running:
     """`cloud-engine up` in the background, read until it says it is ready."""
 
+    # Every instance, so a test that fails half-way does not leave one
+    # running (stop_leftovers).
+    started: list[Running] = []
+
     def __init__(self, data_dir, **env: str) -> None:
         # stderr (the logs) goes to a file: an unread pipe would fill and block.
         self.log_path = data_dir / f"up-{time.monotonic_ns()}.log"
@@ -48,6 +53,7 @@ class Running:
             stderr=self.log,
             text=True,
         )
+        Running.started.append(self)
         self.lines: list[str] = []
         deadline = time.monotonic() + 120
         assert self.process.stdout is not None
@@ -86,6 +92,23 @@ class Running:
         self.lines += out.splitlines()
         self.log.close()
         return self.process.returncode, self.log_path.read_text()
+
+
+@pytest.fixture(autouse=True)
+def stop_leftovers() -> Iterator[None]:
+    """An `up` a failed test did not stop is stopped as a user would (SIGINT:
+    its broker, PostgreSQL and lab go with it; SIGKILL would leave them)."""
+    yield
+    while Running.started:
+        running = Running.started.pop()
+        if running.process.poll() is None:
+            running.process.send_signal(signal.SIGINT)
+            try:
+                running.process.communicate(timeout=60)
+            except subprocess.TimeoutExpired:
+                running.process.kill()
+                running.process.communicate()
+        running.log.close()
 
 
 async def _consume_all(bootstrap: str, topic: str, expected: int) -> list:

@@ -19,7 +19,14 @@ from pathlib import Path
 import psutil
 import pytest
 
-from tests.integration.test_cli import Running, _env, deploy_and_stop_over_http, http, until
+from tests.integration.test_cli import (  # stop_leftovers: autouse, stops any up left
+    Running,
+    _env,
+    deploy_and_stop_over_http,
+    http,
+    stop_leftovers,  # noqa: F401
+    until,
+)
 
 pytestmark = pytest.mark.postgres
 

@@ -23,7 +23,13 @@ import pytest
 from cloud_engine.lab import Lab, LabError
 from cloud_engine.runner.up_hosts import kvm_unavailable
 from tests.integration.lab.lab_helpers import leftovers, pids_with
-from tests.integration.test_cli import Running, _env, http, until
+from tests.integration.test_cli import (  # stop_leftovers: autouse, stops any up left
+    Running,
+    _env,
+    http,
+    stop_leftovers,  # noqa: F401
+    until,
+)
 
 pytestmark = [pytest.mark.postgres, pytest.mark.libvirt]
 
