@@ -45,6 +45,8 @@ class VmView(msgspec.Struct, frozen=True, kw_only=True):
     pool_id: UUID | None = None
     migration_target_id: UUID | None = None
     last_host_id: UUID | None = None  # where a stopped or destroyed VM ran
+    # A stopped VM migrating (offline): its disks are on last_host_id's side.
+    migrating_stopped: bool = False
     # Attached volumes by device number (JSON object keys), at this version.
     disks: dict[str, UUID] = {}
 
@@ -89,6 +91,7 @@ class VolumeView(msgspec.Struct, frozen=True, kw_only=True):
     reverting_to: UUID | None = None
     template_id: UUID | None = None
     host_id: UUID | None = None  # the host asked to create it
+    moving_to: UUID | None = None  # the pool a pending move copies it to
 
 
 class TemplateView(msgspec.Struct, frozen=True, kw_only=True):

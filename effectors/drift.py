@@ -47,6 +47,9 @@ def _claims(vm: VmView, host_id: UUID) -> bool:
     a domain here any more (e.g. migrated away)."""
     if vm.migration_target_id == host_id:
         return True
+    if vm.migrating_stopped:
+        # Its domain stays defined where its disks are until they moved.
+        return vm.last_host_id == host_id
     return vm.host_id is None or vm.host_id == host_id
 
 

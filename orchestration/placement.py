@@ -176,11 +176,21 @@ class Placer:
         # Root first: the order of Placement.pool_ids and of the place step.
         sizes = [by_id[v] for v in op.params.volume_ids if v in by_id]
         if kind_of(op.kind).keeps_disks:
-            if vm.pool_id is not None:
-                pool = await asyncio.to_thread(self.store.load, vm.pool_id)
-                if isinstance(pool, StoragePool) and pool.cluster_id is not None:
-                    home = (pool.cluster_id, pool.host_id)
-            sizes = [1]  # the disks exist: only reachability counts
+            pools = await asyncio.to_thread(
+                self.store.load_many, [p for p in {vm.pool_id, *(v.pool_id for v in volumes)} if p]
+            )
+            root = pools.get(vm.pool_id) if vm.pool_id is not None else None
+            if isinstance(root, StoragePool) and root.cluster_id is not None:
+                home = (root.cluster_id, root.host_id)
+            # A stopped VM migrating with disks on a host's local pool: they
+            # are copied, so they need room where it goes (in its cluster).
+            moving = op.kind == "vm.migrate" and any(
+                isinstance(p, StoragePool) and p.host_id is not None for p in pools.values()
+            )
+            if moving and home is not None:
+                home = (home[0], None)
+            else:
+                sizes = [1]  # the disks stay: only reachability counts
         request = PlacementRequest(
             vm_id=vm.id,
             zone_id=vm.zone_id,
@@ -191,8 +201,10 @@ class Placer:
             host_tags=vm.spec.tags,
             affinity_groups=(vm.affinity_group,) if vm.affinity_group else (),
             required_host_id=op.params.host_id,
-            # A migration goes elsewhere.
-            avoid_host_ids=(vm.host_id,) if op.kind == "vm.migrate" and vm.host_id else (),
+            # A migration goes elsewhere (from where a stopped VM's disks are).
+            avoid_host_ids=(op.params.source_host_id,)
+            if op.kind == "vm.migrate" and op.params.source_host_id
+            else (),
         )
         if op.kind == "vm.start" and op.params.host_id is None and vm.last_host_id:
             # Where it ran before first (its caches, CloudStack's habit).

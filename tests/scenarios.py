@@ -113,6 +113,7 @@ from cloud_engine.engine.commands.storage import (
     RequestVolumeRevert,
 )
 from cloud_engine.engine.commands.storage_fabric import (
+    CreateStoragePool,
     DisableImageStore,
     DisableStoragePool,
     EnableImageStore,
@@ -372,6 +373,36 @@ def run_every_command(do: Callable[[typing.Any], Done]) -> None:
     do(PlaceOperation(operation_id=start, host_id=host))
     do(MarkVmRunning(vm_id=deployed))
     do(AdvanceOperation(operation_id=start))
+    # A stopped VM on a host's local pool migrated offline: a failed copy
+    # (its disk stays), then a move.
+    local = {
+        on: do(
+            CreateStoragePool(
+                zone_id=zone,
+                name=f"local-{n}",
+                scope="host",
+                host_id=on,
+                capacity_bytes=100 * GIB,
+                url=f"/var/lib/local-{n}",
+            )
+        ).aggregate_id
+        for n, on in enumerate((host, other_host))
+    }
+    local_deploy = do(msgspec.structs.replace(deploy, name="op-3"))
+    op, on_local = local_deploy.aggregate_id, UUID(str(local_deploy.value))
+    do(PlaceOperation(operation_id=op, host_id=host, pool_ids=(local[host],)))
+    do(MarkVolumeCreated(volume_id=deploy_ids.volume_id(op, 0)))
+    do(AdvanceOperation(operation_id=op))
+    do(MarkVmRunning(vm_id=on_local))
+    do(AdvanceOperation(operation_id=op))
+    stop = do(VmOperation(kind="vm.stop", vm_id=on_local)).aggregate_id
+    do(MarkVmStopped(vm_id=on_local))
+    do(AdvanceOperation(operation_id=stop))
+    for outcome in (FailVmMigration(vm_id=on_local, reason="copy failed"), None):
+        move = do(VmOperation(kind="vm.migrate", vm_id=on_local)).aggregate_id
+        do(PlaceOperation(operation_id=move, host_id=other_host, pool_ids=(local[other_host],)))
+        do(outcome or CompleteVmMigration(vm_id=on_local))
+        do(AdvanceOperation(operation_id=move))
     failing = do(msgspec.structs.replace(deploy, name="op-2", affinity_group="grp"))
     op = failing.aggregate_id
     do(PlaceOperation(operation_id=op, host_id=host, pool_ids=(pool,)))

@@ -1,4 +1,5 @@
-"""vm.migrate: a running VM moved to the host the engine placed it on.
+"""vm.migrate: a running VM moved to the host the engine placed it on, or
+a stopped one with its disks (offline, see migrate_stopped).
 
 Live, with its disks where they are: every disk must be on a shared pool
 (a host's local pool is refused: its guest would write it during the copy).
@@ -23,11 +24,15 @@ from cloud_engine.bus.work import WorkItem
 from cloud_engine.effectors.compute.driver import ComputeDriver, DomainNotRunning
 from cloud_engine.effectors.compute.migration import live_migrate, settle
 from cloud_engine.effectors.compute.spec import DomainState
+from cloud_engine.effectors.desired import HostView
 from cloud_engine.effectors.handlers import vm_network
-from cloud_engine.effectors.handlers.base import Handler
+from cloud_engine.effectors.handlers.base import Handler, shared
 from cloud_engine.effectors.handlers.vm import ERRORS, compute
 from cloud_engine.effectors.handlers.vm_plan import VmPlan, read_migration_plan
-from cloud_engine.effectors.mapping import Unsupported
+from cloud_engine.effectors.mapping import Unsupported, pool_spec
+from cloud_engine.effectors.storage.motion import move_volume
+from cloud_engine.effectors.storage.pools import ensure_pool
+from cloud_engine.effectors.storage.volumes import StorageDriver
 
 if TYPE_CHECKING:
     from cloud_engine.effectors.executor import Executor
@@ -42,8 +47,11 @@ class NotSettled(TimeoutError):
 
 def migrate(executor: Executor, item: WorkItem, plan: VmPlan) -> str:
     target = plan.destination
-    if target is None:
-        raise Unsupported(f"vm {plan.vm.id} has no migration target")
+    if plan.vm.state != "Migrating" or target is None:
+        # Redelivered after the engine settled it: nothing to do.
+        raise Unsupported(f"vm {plan.vm.id} is {plan.vm.state}, not migrating")
+    if plan.vm.migrating_stopped:
+        return migrate_stopped(executor, plan, target)
     local = [pool.id for _, pool in plan.disks if not pool.shared]
     if local:
         raise Unsupported(
@@ -92,6 +100,28 @@ def migrate(executor: Executor, item: WorkItem, plan: VmPlan) -> str:
     except ERRORS as e:
         raise NotSettled(f"vm {plan.vm.id} runs on host {target.id}; its networks: {e}") from e
     return ComputeDriver(destination).observe(plan.vm.id).state
+
+
+def migrate_stopped(executor: Executor, plan: VmPlan, target: HostView) -> str:
+    """Offline: each disk on a local pool moved to the pool the engine chose
+    on the destination (storage/motion.py), then the domain's definition
+    removed from the source; the destination defines it at the next start."""
+    source = compute(executor, plan)
+    here = source.observe(plan.vm.id)
+    if here.state not in ("absent", "shutoff"):
+        raise Unsupported(f"vm {plan.vm.id} is {here.state} on its host, not stopped")
+    from_storage = StorageDriver(executor.hypervisor(plan.host.libvirt_uri))
+    to_storage = StorageDriver(executor.hypervisor(target.libvirt_uri))
+    names = executor.names
+    pools = {volume.id: pool for volume, pool in plan.disks}
+    for volume, to_pool in plan.moves:
+        from_spec, to_spec = pool_spec(names, pools[volume.id]), pool_spec(names, to_pool)
+        for storage, spec in ((from_storage, from_spec), (to_storage, to_spec)):
+            with shared(storage.hv.uri, "pool", spec.name):
+                ensure_pool(storage.hv, spec)
+        move_volume(from_storage, from_spec.name, names.volume(volume.id), to_storage, to_spec.name)
+    executor.fault("after-move")
+    return source.undefine(plan.vm.id).state.state
 
 
 HANDLERS: dict[str, Handler[VmPlan]] = {

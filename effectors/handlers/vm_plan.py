@@ -35,6 +35,8 @@ class VmPlan(msgspec.Struct, frozen=True):
     zone_hosts: tuple[HostView, ...] = ()
     # Where the VM ran before, if elsewhere (a start: its DHCP forgets it).
     last_host: HostView | None = None
+    # An offline migration: each disk that moves, with the pool it goes to.
+    moves: tuple[tuple[VolumeView, PoolView], ...] = ()
 
     @property
     def host_id(self) -> UUID:
@@ -50,8 +52,9 @@ async def read_plan(reads: Reads, item: WorkItem) -> VmPlan | None:
     vm = await models.get(VmView, "vm", item.aggregate_id, item.version)
     if vm is None or not reads.serves(vm.zone_id):
         return None
-    # A destroyed or expunging VM has left its host; its domain is still there.
-    host_id = vm.host_id or vm.last_host_id
+    # A destroyed or expunging VM has left its host; its domain is still
+    # there, as it is for a stopped VM migrating (it holds its destination).
+    host_id = vm.last_host_id if vm.migrating_stopped else vm.host_id or vm.last_host_id
     if host_id is None:
         log.warning("vm_work_without_host", vm_id=str(vm.id), kind=item.kind)
         return None
@@ -78,7 +81,7 @@ async def read_plan(reads: Reads, item: WorkItem) -> VmPlan | None:
     if any(network.isolation.lower() == "vxlan" for _, network in nics):
         zone_hosts = await models.where(HostView, "host", "zone_id", vm.zone_id)
     last_host = None
-    if vm.host_id is not None and vm.last_host_id not in (None, vm.host_id):
+    if vm.host_id is not None and vm.last_host_id not in (None, vm.host_id, host_id):
         assert vm.last_host_id is not None
         last_host = await models.get(HostView, "host", vm.last_host_id)
     return VmPlan(
@@ -97,7 +100,17 @@ async def read_migration_plan(reads: Reads, item: WorkItem) -> VmPlan | None:
     if found is None or found.vm.migration_target_id is None:
         return found
     target = await reads.models.get(HostView, "host", found.vm.migration_target_id)
-    return msgspec.structs.replace(found, destination=target)
+    moves = []
+    for disk, pool in found.disks:
+        volume: VolumeView | None = disk
+        if found.vm.migrating_stopped and not pool.shared and disk.moving_to is None:
+            # Its move was recorded with the VM's request: the row lags.
+            volume = await reads.models.get(VolumeView, "volume", disk.id, disk.version + 1)
+        if volume is not None and volume.moving_to is not None:
+            to = await reads.models.get(PoolView, "storage_pool", volume.moving_to)
+            if to is not None:
+                moves.append((volume, to))
+    return msgspec.structs.replace(found, destination=target, moves=tuple(moves))
 
 
 async def _disks(reads: Reads, vm: VmView) -> list[VolumeView]:

@@ -4,6 +4,11 @@ host_id is set exactly while the VM holds a host: once placed (still Allocated)
 and in Starting, Running, Stopping and Migrating. Every way out of those states
 moves it to last_host_id, so capacity accounting can rely on host_id alone.
 
+A stopped VM migrates too (offline: its disks on a host's local pool are
+copied to the destination's): while it does, it holds the destination
+(host_id), and it ends Stopped again, with the destination as its
+last_host_id, or, if the move failed, where it was.
+
 Error has no direct reset. The way out is destroy() and then recover() (to
 Stopped) or expunge_requested(): bringing a broken VM back is an explicit,
 audited two-step operator decision rather than a silent state flip.
@@ -50,7 +55,7 @@ VM_TRANSITIONS: Final[Mapping[str, tuple[VmState, ...]]] = MappingProxyType(
         "stop_requested": ("Running",),
         "mark_stopped": ("Stopping",),
         "reboot": ("Running",),
-        "migrate_requested": ("Running",),
+        "migrate_requested": ("Running", "Stopped"),
         "migration_completed": ("Migrating",),
         "migration_failed": ("Migrating",),
         "destroy": ("Allocated", "Stopped", "Running", "Error"),
@@ -119,6 +124,8 @@ class VirtualMachine(Aggregate):
         self.pool_id: UUID | None = None
         self.last_host_id: UUID | None = None
         self.migration_target_id: UUID | None = None
+        # The migration in progress is of a stopped VM (it ends Stopped).
+        self.migrating_stopped = False
         self.forced_stop = False
         self.last_error: str | None = None
         self.reboot_pending = False
@@ -197,6 +204,12 @@ class VirtualMachine(Aggregate):
             )
         self._disk_attached(volume_id, device)
 
+    def root_pool_moved(self, pool_id: UUID) -> None:
+        """Its root disk is in another pool now (an offline migration)."""
+        self.require_state(["Stopped"], "move the root disk of")
+        if pool_id != self.pool_id:
+            self._root_pool_moved(pool_id)
+
     def disk_detached(self, volume_id: UUID) -> None:
         if volume_id in self._disks.values():
             self._disk_detached(volume_id)
@@ -253,7 +266,7 @@ class VirtualMachine(Aggregate):
 
     def migrate_requested(self, target_host_id: UUID) -> None:
         self._require("migrate_requested")
-        if target_host_id == self.host_id:
+        if target_host_id == (self.host_id if self.state == "Running" else self.last_host_id):
             raise Validation(
                 f"vm {self.id} already runs on host {target_host_id}", field="target_host_id"
             )
@@ -307,10 +320,17 @@ class VirtualMachine(Aggregate):
         self._drift_observed(observed=observed, expected=expected)
 
     def _release_host(self) -> None:
-        if self.host_id is not None:
+        # A stopped VM that was migrating held its destination, not the
+        # host its disks are on: that one stays its last host.
+        if self.host_id is not None and not self._stopped_migration():
             self.last_host_id = self.host_id
         self.host_id = None
         self.migration_target_id = None
+        self.migrating_stopped = False
+
+    def _stopped_migration(self) -> bool:
+        # VMs recorded (and pickled) before offline migrations lack it.
+        return bool(getattr(self, "migrating_stopped", False))
 
     @event("Placed")
     def _placed(self, host_id: UUID, pool_id: UUID) -> None:
@@ -355,20 +375,35 @@ class VirtualMachine(Aggregate):
 
     @event("MigrationRequested")
     def _migration_requested(self, target_host_id: UUID) -> None:
+        # Which kind of migration follows from the state it was asked in.
+        self.migrating_stopped = self.state == "Stopped"
+        if self.migrating_stopped:
+            self.host_id = target_host_id
         self.state = "Migrating"
         self.migration_target_id = target_host_id
 
     @event("MigrationCompleted")
     def _migration_completed(self, host_id: UUID) -> None:
-        self.state = "Running"
-        self.last_host_id = self.host_id
-        self.host_id = host_id
+        if self._stopped_migration():
+            self.state = "Stopped"
+            self.last_host_id = host_id
+            self.host_id = None
+        else:
+            self.state = "Running"
+            self.last_host_id = self.host_id
+            self.host_id = host_id
         self.migration_target_id = None
+        self.migrating_stopped = False
 
     @event("MigrationFailed")
     def _migration_failed(self, reason: str) -> None:
-        self.state = "Running"
+        if self._stopped_migration():
+            self.state = "Stopped"
+            self.host_id = None  # it stays on its last host
+        else:
+            self.state = "Running"
         self.migration_target_id = None
+        self.migrating_stopped = False
         self.last_error = reason
 
     @event("Destroyed")
@@ -398,6 +433,10 @@ class VirtualMachine(Aggregate):
     @event("DriftObserved")
     def _drift_observed(self, observed: str, expected: str) -> None:
         self.last_error = f"the hypervisor shows {observed}; the engine recorded {expected}"
+
+    @event("RootPoolMoved")
+    def _root_pool_moved(self, pool_id: UUID) -> None:
+        self.pool_id = pool_id
 
     @event("DiskAttached")
     def _disk_attached(self, volume_id: UUID, device: int) -> None:

@@ -13,6 +13,9 @@ Rules that are not plain source-state checks:
   one while the VM is stopped, the disk unused) is a sub-state of that state:
   until reverted() or fail() nothing else may touch the disk. A failed revert
   leaves the volume in Error, keeping its attachment like a failed resize.
+* So is a move to another pool (a stopped VM's offline migration, its disk
+  on a host's local pool): until moved() or move_cancelled() nothing else
+  may touch it, and a cancelled move leaves it where it was.
 
 All of these sub-state refusals raise InvalidTransition like plain state ones.
 """
@@ -51,11 +54,15 @@ VOLUME_TRANSITIONS: Final[Mapping[str, tuple[VolumeState, ...]]] = MappingProxyT
         "destroy": ("Allocated", "Ready", "Error"),  # Error only once detached
         # Ready and Attached only while reverting.
         "fail": ("Creating", "Resizing", "Ready", "Attached"),
+        "move_requested": ("Ready", "Attached"),
+        "moved": ("Ready", "Attached"),  # only while a move is pending
+        "move_cancelled": ("Ready", "Attached"),  # likewise
     }
 )
 
-# While a revert is pending only these may run.
+# While a revert is pending only these may run; while a move is, those.
 _DURING_REVERT: Final = frozenset({"reverted", "fail"})
+_DURING_MOVE: Final = frozenset({"moved", "move_cancelled"})
 
 
 class Volume(Aggregate):
@@ -87,6 +94,9 @@ class Volume(Aggregate):
         self.reverting_to: UUID | None = None
         # The size the pending revert brings back (the snapshot's), if known.
         self.reverting_size: int | None = None
+        # A pending move: the pool and the host it goes to.
+        self.moving_to: UUID | None = None
+        self.moving_host_id: UUID | None = None
         self.last_error: str | None = None
 
     @classmethod
@@ -126,6 +136,10 @@ class Volume(Aggregate):
         self.require_state(VOLUME_TRANSITIONS[action], action)
         if self.reverting_to is not None and action not in _DURING_REVERT:
             raise self._refuse(action)
+        # Volumes recorded before moves have no such attribute.
+        moving = getattr(self, "moving_to", None) is not None
+        if moving != (action in _DURING_MOVE):
+            raise self._refuse(action)
 
     def _refuse(self, action: str) -> InvalidTransition:
         return InvalidTransition(f"{self.entity} {self.id}", self.state, action, owner=self.id)
@@ -134,7 +148,7 @@ class Volume(Aggregate):
         """Refuse a snapshot unless the disk is settled (not being created, resized
         or reverted); emits nothing, the Snapshot aggregate records the snapshot."""
         self.require_state(("Ready", "Attached"), "snapshot")
-        if self.reverting_to is not None:
+        if self.reverting_to is not None or getattr(self, "moving_to", None) is not None:
             raise self._refuse("snapshot")
 
     def create_requested(self, pool_id: UUID, host_id: UUID | None = None) -> None:
@@ -192,6 +206,23 @@ class Volume(Aggregate):
         if self.reverting_to is None:
             raise self._refuse("reverted")
         self._reverted(self.reverting_to)
+
+    def move_requested(self, pool_id: UUID, host_id: UUID) -> None:
+        """Its file is to be copied to pool_id (reached from host_id)."""
+        self._require("move_requested")
+        if pool_id == self.pool_id:
+            raise Validation(f"volume {self.id} is on pool {pool_id} already", field="pool_id")
+        self._move_requested(pool_id, host_id)
+
+    def moved(self) -> None:
+        """The copy is in the new pool (and gone from the old one)."""
+        self._require("moved")
+        self._moved()
+
+    def move_cancelled(self) -> None:
+        """The move did not happen: it stays where it was."""
+        self._require("move_cancelled")
+        self._move_cancelled()
 
     def destroy(self) -> None:
         self._require("destroy")
@@ -258,6 +289,23 @@ class Volume(Aggregate):
             self.size_bytes = self.reverting_size
         self.reverting_to = None
         self.reverting_size = None
+
+    @event("MoveRequested")
+    def _move_requested(self, pool_id: UUID, host_id: UUID) -> None:
+        self.moving_to = pool_id
+        self.moving_host_id = host_id
+
+    @event("Moved")
+    def _moved(self) -> None:
+        self.pool_id = self.moving_to
+        self.host_id = self.moving_host_id
+        self.moving_to = None
+        self.moving_host_id = None
+
+    @event("MoveCancelled")
+    def _move_cancelled(self) -> None:
+        self.moving_to = None
+        self.moving_host_id = None
 
     @event("Destroyed")
     def _destroyed(self) -> None:

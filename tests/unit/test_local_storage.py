@@ -1,7 +1,8 @@
 """Host-scoped (local) storage pools and hosts' underlays: a local pool is
 reached by its host only, the planner keeps VMs whose disks are there on
-that host, a running VM on one is not live-migrated, and a host registers
-the underlay its peers reach it at (older records without one decode)."""
+that host, a running VM on one is not live-migrated (a stopped one
+migrates offline, its disks moved), and a host registers the underlay its
+peers reach it at (older records without one decode)."""
 
 from uuid import UUID, uuid4
 
@@ -9,14 +10,21 @@ import msgspec
 import pytest
 
 from cloud_engine.engine.commands.hosts import RegisterHost
-from cloud_engine.engine.commands.operations import VmOperation, VolumeOperation
+from cloud_engine.engine.commands.operations import (
+    AdvanceOperation,
+    PlaceOperation,
+    VmOperation,
+    VolumeOperation,
+)
 from cloud_engine.engine.commands.storage import CreateVolume
 from cloud_engine.engine.commands.storage_fabric import CreateStoragePool
 from cloud_engine.engine.errors import Conflict, Validation
 from cloud_engine.engine.fabric.host import Host
 from cloud_engine.engine.fabric.storage_pool import StoragePool
 from cloud_engine.engine.mapper import MsgspecMapper
+from cloud_engine.engine.operations.operation import Operation
 from cloud_engine.engine.planning import VolumeRequest
+from cloud_engine.engine.virtual.vm import VirtualMachine
 from cloud_engine.engine.virtual.volume import Volume
 from tests.unit.operation_world import GIB, World
 from tests.unit.test_planner import ask, host, placed, pool, refused, run
@@ -186,3 +194,77 @@ def test_a_host_recorded_before_underlays_decodes_without_one():
     old = mapper.decode(stored.originator_id, 1, stored.topic, msgspec.json.encode(state))
     assert stored.topic == "engine.fabric.host:Host.Created"
     assert old.underlay_address is None and old.underlay_device is None  # type: ignore[attr-defined]
+
+
+# Offline migration -----------------------------------------------------------------
+
+
+def local_pool_on(world: World, host_id: UUID, name: str) -> UUID:
+    return world.run(
+        CreateStoragePool(
+            zone_id=world.zone,
+            name=name,
+            scope="host",
+            capacity_bytes=100 * GIB,
+            url=f"/var/lib/{name}",
+            host_id=host_id,
+        )
+    )
+
+
+def test_a_stopped_vm_migrates_with_its_local_disks(world: World):
+    here, there = world.host, world.add_host("h2")
+    local = {here: local_pool_on(world, here, "l1"), there: local_pool_on(world, there, "l2")}
+    shared, world.pool = world.pool, local[here]
+    _, vm_id = world.stopped_vm(network_ids=(), data_disks_gb=())
+    world.pool = shared
+    vm = world.get(VirtualMachine, vm_id)
+    root = world.get(Volume, vm.disks[0])
+
+    op_id = world.run(VmOperation(kind="vm.migrate", vm_id=vm_id))
+    op = world.get(Operation, op_id)
+    assert (op.params.source_host_id, op.params.volume_ids) == (here, (root.id,))
+    with pytest.raises(Validation, match="no pool on host"):  # the one it is on
+        world.run(PlaceOperation(operation_id=op_id, host_id=there, pool_ids=(local[here],)))
+    world.run(PlaceOperation(operation_id=op_id, host_id=there, pool_ids=(local[there],)))
+    # It holds the destination while its disk is copied there.
+    assert (vm.state, vm.host_id, vm.migration_target_id) == ("Migrating", there, there)
+    assert (root.moving_to, root.moving_host_id) == (local[there], there)
+    assert root.id in world.get(StoragePool, local[there]).reservations
+    assert vm_id in world.get(Host, there).reservations
+
+    vm.migration_completed()  # the effector copied it
+    world.run(AdvanceOperation(operation_id=op_id))
+    assert op.status == "succeeded"
+    assert (vm.state, vm.host_id, vm.last_host_id, vm.pool_id) == (
+        "Stopped", None, there, local[there],
+    )  # fmt: skip
+    assert (root.pool_id, root.host_id, root.moving_to) == (local[there], there, None)
+    assert root.id not in world.get(StoragePool, local[here]).reservations
+    assert root.id in world.get(StoragePool, local[there]).reservations
+    assert vm_id not in world.get(Host, there).reservations
+
+    # A copy back that fails leaves it where it is, the space given back.
+    back = world.run(VmOperation(kind="vm.migrate", vm_id=vm_id, host_id=here))
+    world.run(PlaceOperation(operation_id=back, host_id=here, pool_ids=(local[here],)))
+    vm.migration_failed("copy failed: disk full")
+    world.run(AdvanceOperation(operation_id=back))
+    failed = world.get(Operation, back)
+    assert (failed.status, failed.error) == ("failed", "copy failed: disk full")
+    assert (vm.state, vm.host_id, vm.last_host_id) == ("Stopped", None, there)
+    assert (root.pool_id, root.moving_to) == (local[there], None)
+    assert root.id not in world.get(StoragePool, local[here]).reservations
+    assert world.get(Host, here).reservations == {}
+
+
+def test_a_stopped_vm_on_shared_disks_migrates_without_moving_them(world: World):
+    there = world.add_host("h2")
+    _, vm_id = world.stopped_vm(network_ids=(), data_disks_gb=())
+    vm = world.get(VirtualMachine, vm_id)
+    root = world.get(Volume, vm.disks[0])
+    op_id = world.run(VmOperation(kind="vm.migrate", vm_id=vm_id))
+    world.run(PlaceOperation(operation_id=op_id, host_id=there, pool_ids=(world.pool,)))
+    assert root.moving_to is None
+    vm.migration_completed()
+    world.run(AdvanceOperation(operation_id=op_id))
+    assert (vm.state, vm.last_host_id, root.pool_id) == ("Stopped", there, world.pool)

@@ -82,7 +82,7 @@ ALLOWED = {
     "stop_requested": {"Running"},
     "mark_stopped": {"Stopping"},
     "reboot": {"Running"},
-    "migrate_requested": {"Running"},
+    "migrate_requested": {"Running", "Stopped"},
     "migration_completed": {"Migrating"},
     "migration_failed": {"Migrating"},
     "destroy": {"Allocated", "Placed", "Stopped", "Running", "Error"},

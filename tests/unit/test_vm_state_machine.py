@@ -38,7 +38,7 @@ MODEL_SOURCES = {
     "stop_requested": {"Running"},
     "mark_stopped": {"Stopping"},
     "reboot": {"Running"},
-    "migrate_requested": {"Running"},
+    "migrate_requested": {"Running", "Stopped"},
     "migration_completed": {"Migrating"},
     "migration_failed": {"Migrating"},
     "destroy": {"Allocated", "Stopped", "Running", "Error"},
@@ -58,6 +58,11 @@ class VmModel:
         self.host = None
         self.last_host = None
         self.target = None
+        self.offline = False  # a stopped VM's migration
+
+    def current(self):
+        """Where a migration starts from: a stopped VM's disks are on its last host."""
+        return self.host if self.state == "Running" else self.last_host
 
     def refusal(self, action, arg):
         """The error the command must raise, or None when it must succeed."""
@@ -70,17 +75,18 @@ class VmModel:
                 return InvalidTransition
             if arg != self.host:
                 return Validation
-        if action == "migrate_requested" and arg == self.host:
+        if action == "migrate_requested" and arg == self.current():
             return Validation
         if action in ("fail", "migration_failed", "expunge_failed") and not arg.strip():
             return Validation
         return None
 
     def release(self):
-        if self.host is not None:
+        if self.host is not None and not self.offline:
             self.last_host = self.host
         self.host = None
         self.target = None
+        self.offline = False
 
     def apply(self, action, arg):
         if action == "place":
@@ -95,16 +101,23 @@ class VmModel:
             self.state = "Stopped"
             self.release()
         elif action == "migrate_requested":
+            # A stopped VM holds its destination while its disks move.
+            self.offline = self.state == "Stopped"
+            if self.offline:
+                self.host = arg
             self.state, self.target = "Migrating", arg
         elif action == "migration_completed":
-            self.state, self.last_host, self.host, self.target = (
-                "Running",
-                self.host,
-                self.target,
-                None,
-            )
+            if self.offline:
+                self.state, self.last_host, self.host = "Stopped", self.target, None
+            else:
+                self.state, self.last_host, self.host = "Running", self.host, self.target
+            self.target, self.offline = None, False
         elif action == "migration_failed":
-            self.state, self.target = "Running", None
+            if self.offline:
+                self.state, self.host = "Stopped", None
+            else:
+                self.state = "Running"
+            self.target, self.offline = None, False
         elif action == "destroy":
             self.state = "Destroyed"
             self.release()
@@ -151,7 +164,8 @@ class VmMachine(RuleBasedStateMachine):
         if action == "stop_requested":
             return st.booleans()
         if action == "migrate_requested":
-            return hosts.filter(lambda h: h != self.model.host) if valid else hosts
+            here = self.model.current()
+            return hosts.filter(lambda h: h != here) if valid else hosts
         if action in ("fail", "migration_failed", "expunge_failed"):
             return st.sampled_from(["boom", "link down"]) if valid else reasons
         return st.none()

@@ -62,6 +62,7 @@ class LabFabric:
     hosts: dict[uuid.UUID, LabHost]  # engine host id -> lab host
     shared_pool: uuid.UUID
     local_pools: dict[uuid.UUID, uuid.UUID]  # engine host id -> its local pool
+    local_dirs: dict[uuid.UUID, Path]  # engine host id -> its local pool's directory
     template: uuid.UUID
     network: uuid.UUID  # VXLAN
     dirs: list[Path] = field(default_factory=list)
@@ -113,8 +114,9 @@ def build_fabric(
         )
     ).aggregate_id
     local: dict[uuid.UUID, uuid.UUID] = {}
+    local_dirs: dict[uuid.UUID, Path] = {}
     for host_id, lab_host in registered.items():
-        local_dir = Path(lab_host.local_pool_path) / f"t{tag}"
+        local_dir = local_dirs[host_id] = Path(lab_host.local_pool_path) / f"t{tag}"
         dirs.append(local_dir)
         local[host_id] = run(
             CreateStoragePool(
@@ -164,6 +166,7 @@ def build_fabric(
         hosts=registered,
         shared_pool=shared,
         local_pools=local,
+        local_dirs=local_dirs,
         template=template,
         network=network,
         dirs=dirs,

@@ -2,7 +2,9 @@
 the planner chose and only there, each host's reconciler sees only its own
 domains, a running VM live-migrates for real (capacity follows), a
 migration the destination refuses leaves the VM running on its source with
-the record saying so, and `lab down` under running VMs leaves nothing."""
+the record saying so, a stopped VM on a host's local disk migrates offline
+(the disk copied to the destination's local pool), and `lab down` under
+running VMs leaves nothing."""
 
 from __future__ import annotations
 
@@ -12,9 +14,13 @@ import pytest
 from cloud_engine.effectors.desired import ReadModels
 from cloud_engine.effectors.executor import Executor
 from cloud_engine.effectors.reconciler import Reconciler
+from cloud_engine.engine.commands.operations import VmOperation
+from cloud_engine.engine.commands.storage_fabric import DisableStoragePool
+from cloud_engine.engine.errors import Conflict
 from cloud_engine.engine.virtual.volume import Volume
 from cloud_engine.infra.pg import create_pool
 from cloud_engine.lab import Lab, LabHost
+from tests.integration.effectors.template_server import qemu_io
 from tests.integration.lab.lab_cloud import (
     NAMES,
     Cloud,
@@ -151,3 +157,44 @@ async def test_lab_down_under_the_engines_vms_leaves_nothing(
         assert leftovers(own_lab.state_dir) == []
         assert [qemu_pids(NAMES.domain(vm_id)) for vm_id in vms] == [[], []]
         assert pids_with(f"{network}.conf") == []
+
+
+async def test_a_stopped_vm_migrates_offline_with_its_local_disk(
+    cloud: Cloud, hosts: list[LabHost]
+):
+    h1, h2 = hosts[0], hosts[1]
+    fabric = cloud.fabric
+    one, two = fabric.host_of(h1), fabric.host_of(h2)
+    # Only the hosts' local pools: its root disk goes on h1's.
+    await cloud.service.execute_async(DisableStoragePool(pool_id=fabric.shared_pool))
+    vm_id = await cloud.deploy("local", host_id=one)
+    root_id = cloud.vm(vm_id).disks[0]
+    assert cloud.vm(vm_id).pool_id == fabric.local_pools[one]
+    with pytest.raises(Conflict, match="migrates only on shared storage"):
+        await cloud.service.execute_async(VmOperation(kind="vm.migrate", vm_id=vm_id))
+
+    assert await cloud.operate("vm.stop", vm_id) == ("succeeded", "")
+    source = fabric.local_dirs[one] / f"{root_id}.qcow2"
+    target = fabric.local_dirs[two] / f"{root_id}.qcow2"
+    write = qemu_io(source, "qcow2", "write -P 0x6b 1M 64k")  # the guest's own data
+    assert write.returncode == 0, write.stderr
+
+    assert await cloud.operate("vm.migrate", vm_id, host_id=two) == ("succeeded", "")
+    vm = cloud.vm(vm_id)
+    assert (vm.state, vm.host_id, vm.last_host_id) == ("Stopped", None, two)
+    assert vm.pool_id == fabric.local_pools[two]
+    root = cloud.store.load(root_id)
+    assert isinstance(root, Volume) and root.pool_id == fabric.local_pools[two]
+    assert not source.exists() and target.exists()
+    # A standalone copy: the template's bytes (from the base image it
+    # backed onto) and the guest's.
+    read = qemu_io(target, "qcow2", "read -P 0x5a 0 64k")
+    assert read.returncode == 0 and "Pattern verification failed" not in read.stdout
+    read = qemu_io(target, "qcow2", "read -P 0x6b 1M 64k")
+    assert read.returncode == 0 and "Pattern verification failed" not in read.stdout
+    assert domain_states(hosts, vm_id) == {}  # defined again where it starts
+    pools = {p: cloud.store.load(fabric.local_pools[h]) for p, h in (("h1", one), ("h2", two))}
+    assert [root_id in pools[p].reservations for p in ("h1", "h2")] == [False, True]
+
+    assert await cloud.operate("vm.start", vm_id) == ("succeeded", "")
+    assert running_on(hosts, vm_id) == ["h2"]
