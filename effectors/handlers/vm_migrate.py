@@ -47,9 +47,9 @@ class NotSettled(TimeoutError):
 
 def migrate(executor: Executor, item: WorkItem, plan: VmPlan) -> str:
     target = plan.destination
-    if plan.vm.state != "Migrating" or target is None:
-        # Redelivered after the engine settled it: nothing to do.
-        raise Unsupported(f"vm {plan.vm.id} is {plan.vm.state}, not migrating")
+    if target is None:
+        # Not asked, or redelivered after the engine settled it.
+        raise Unsupported(f"vm {plan.vm.id} has no migration target")
     if plan.vm.migrating_stopped:
         return migrate_stopped(executor, plan, target)
     local = [pool.id for _, pool in plan.disks if not pool.shared]
