@@ -127,10 +127,13 @@ def create_app(
     pool_size: int = 8,
     command_timeout: float = 30.0,
     max_pending: int = 2000,
+    metrics: ApiMetrics | None = None,
 ) -> Starlette:
     """An app on an existing command service and event store (the caller
-    owns and closes both); it opens its own asyncpg pool for reads."""
-    metrics = ApiMetrics()
+    owns and closes both); it opens its own asyncpg pool for reads.
+    metrics: kept across apps (`up` makes a new app when it restarts the
+    API, and its counters go on)."""
+    metrics = metrics if metrics is not None else ApiMetrics()
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:

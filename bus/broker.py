@@ -351,6 +351,11 @@ class DevBroker:
             _stop_process(pid)
         return state
 
+    def running(self) -> bool:
+        """Whether the broker (and its store, when durable) still run."""
+        processes = [self._process] + ([self._store] if self.durable else [])
+        return all(p is not None and p.poll() is None for p in processes)
+
     def stop(self) -> None:
         """The broker first, then its store (the broker writes to it until
         it has stopped). The state file stays: it keeps the port."""

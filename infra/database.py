@@ -145,6 +145,31 @@ class EmbeddedPostgres:
             self.stop()
             raise
 
+    def running(self) -> bool:
+        return pg_handles.postmaster(self.pgdata) is not None
+
+    def restart(self) -> None:
+        """Start the server again after it died (a crash, a kill -9), on the
+        same socket, so every client's next connection reaches it. Its own
+        crash recovery replays the WAL: nothing committed is lost."""
+        with pg_handles.server_lock():
+            if pg_handles.postmaster(self.pgdata) is not None:
+                return
+            # The wheel takes a live pid in postmaster.pid for its server;
+            # one reused by another program is cleared (a dead one is left:
+            # PostgreSQL checks its shared memory is free before starting).
+            pg_handles.clear_reused_pid(self.pgdata)
+            if pg_handles.exiting(self.pgdata):
+                # A zombie the wheel would take for a running server.
+                raise RuntimeError("the last server has not exited yet")
+            self._server.ensure_postgres_running()
+        info = self._server.get_postmaster_info()
+        if (str(info.socket_dir), int(info.port or 5432)) != (self.socket_dir, self.port):
+            raise RuntimeError(
+                f"PostgreSQL came back on {info.socket_dir}:{info.port},"
+                f" not {self.socket_dir}:{self.port} where its clients connect"
+            )
+
     def stop(self) -> None:
         self._server.cleanup()
         watchdog, self._watchdog = self._watchdog, None

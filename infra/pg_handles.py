@@ -78,6 +78,29 @@ def postmaster(pgdata: Path) -> psutil.Process | None:
     return None
 
 
+def clear_reused_pid(pgdata: Path) -> None:
+    """Remove postmaster.pid when the pid it names now belongs to a live
+    process that is not a postgres (the wheel would take it for a running
+    server). Call it under server_lock()."""
+    try:
+        pid = int((pgdata / "postmaster.pid").read_text().split("\n", 1)[0])
+    except (OSError, ValueError):
+        return
+    if alive(pid) and postmaster(pgdata) is None:
+        with contextlib.suppress(FileNotFoundError):
+            (pgdata / "postmaster.pid").unlink()
+
+
+def exiting(pgdata: Path) -> bool:
+    """Whether the pid in postmaster.pid is a process that died but was
+    not reaped yet (a zombie)."""
+    try:
+        pid = int((pgdata / "postmaster.pid").read_text().split("\n", 1)[0])
+        return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+    except (OSError, ValueError, psutil.Error):
+        return False
+
+
 def _handles(pgdata: Path) -> list[int]:
     try:
         return [int(p) for p in json.loads((pgdata / HANDLES).read_text())]

@@ -30,6 +30,7 @@ from typing import Protocol
 import structlog
 
 from cloud_engine.api.app import create_app
+from cloud_engine.api.metrics import ApiMetrics
 from cloud_engine.api.server import ApiServer
 from cloud_engine.bus.relay import Relay
 from cloud_engine.effectors.service import EffectorService, effector_config
@@ -45,6 +46,7 @@ from cloud_engine.runner import engine_cli, up_hosts
 from cloud_engine.runner.components import command_service, relay_config, start_infrastructure
 from cloud_engine.runner.demo import admin_token, describe, ensure_demo_fabric
 from cloud_engine.runner.demo_images import ImageServer
+from cloud_engine.runner.supervise import InfraWatch, Restarts, Supervised
 from cloud_engine.runner.up_hosts import DemoHosts
 from cloud_engine.runner.up_settle import Settle
 
@@ -104,17 +106,32 @@ def _up(settings: Settings, signals: StopSignals) -> int:
             )
             signals.check()
             token = asyncio.run(admin_token(infra.target, settings.data_dir))
-            try:
-                api = ApiServer(
-                    create_app(service, store, infra.target, max_pending=settings.api_max_pending),
-                    settings.api_host,
-                    settings.api_port,
+            restarts = Restarts()
+            metrics = ApiMetrics()
+            metrics.registry.register(restarts)
+
+            def api_server(port: int) -> ApiServer:
+                app = create_app(
+                    service,
+                    store,
+                    infra.target,
+                    max_pending=settings.api_max_pending,
+                    metrics=metrics,
                 )
+                return ApiServer(app, settings.api_host, port)
+
+            try:
+                first_api = api_server(settings.api_port)
             except OSError as error:
                 raise SettingsError(
                     f"CLOUD_ENGINE_API_PORT: cannot listen on"
                     f" {settings.api_host}:{settings.api_port}: {error}"
                 ) from None
+            # A restarted API listens where the first one did.
+            apis = iter([first_api])
+            api = Supervised(
+                "api", lambda: next(apis, None) or api_server(first_api.port), restarts
+            )
             print(f"event store: {infra.target.describe()}")
             if infra.embedded_db is not None:
                 print(f"embedded PostgreSQL data: {settings.pgdata}")
@@ -132,20 +149,43 @@ def _up(settings: Settings, signals: StopSignals) -> int:
             # log, what reads them to decide and act (the engine places VMs
             # on hosts' rows, the effector finds a template's image store in
             # them); the API last, so it is the first to stop taking commands.
+            # Each made anew when it ended on its own (runner.supervise).
+            domain_type = hosts.domain_type
             feeds: dict[str, Component] = {
-                "relay": Relay(infra.target, relay_config(settings, infra.bootstrap)),
-                "projections": ProjectionWorker(
-                    infra.target, consumer_config(infra.bootstrap, settings.topic_prefix)
+                "relay": Supervised(
+                    "relay",
+                    lambda: Relay(infra.target, relay_config(settings, infra.bootstrap)),
+                    restarts,
+                ),
+                "projections": Supervised(
+                    "projections",
+                    lambda: ProjectionWorker(
+                        infra.target, consumer_config(infra.bootstrap, settings.topic_prefix)
+                    ),
+                    restarts,
                 ),
             }
+
+            def engine_part(index: int) -> Callable[[], Component]:
+                return lambda: engine_cli.engine_components(
+                    service, store, settings, infra.target, infra.bootstrap
+                )[index]
+
             engine = engine_cli.engine_components(
                 service, store, settings, infra.target, infra.bootstrap
             )
-            actors: dict[str, Component] = {type(part).__name__: part for part in engine}
-            actors["effector"] = EffectorService(
-                infra.target,
-                effector_config(infra.bootstrap, settings.topic_prefix),
-                domain_type=hosts.domain_type,
+            actors: dict[str, Component] = {
+                type(part).__name__: Supervised(type(part).__name__, engine_part(i), restarts)
+                for i, part in enumerate(engine)
+            }
+            actors["effector"] = Supervised(
+                "effector",
+                lambda: EffectorService(
+                    infra.target,
+                    effector_config(infra.bootstrap, settings.topic_prefix),
+                    domain_type=domain_type,
+                ),
+                restarts,
             )
 
             settle = Settle(service, store, infra.target)
@@ -165,9 +205,9 @@ def _up(settings: Settings, signals: StopSignals) -> int:
             ]
 
             async def announce() -> None:
-                while not api.started:
+                while not first_api.started:
                     await asyncio.sleep(0.01)
-                print(f"API: {api.url}")
+                print(f"API: {first_api.url}")
                 print(f"admin token: {token}")
                 print("ready; Ctrl-C stops everything", flush=True)
                 lifecycle(log, "ready", took_s=round(time.monotonic() - began, 2))
@@ -177,7 +217,13 @@ def _up(settings: Settings, signals: StopSignals) -> int:
             async def components(stop: asyncio.Event) -> None:
                 failed.extend(await run_in_stages(stop, stages, announce, signals))
 
-            run_component(components, settings.event_loop, signals)
+            # From here on a dead PostgreSQL or broker is started again.
+            watch = InfraWatch(infra, restarts)
+            watch.start()
+            try:
+                run_component(components, settings.event_loop, signals)
+            finally:
+                watch.stop()
     finally:
         if images is not None:
             images.close()
