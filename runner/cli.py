@@ -11,6 +11,7 @@ from eventsourcing.persistence import PersistenceError
 
 from cloud_engine.bus.broker import BrokerError
 from cloud_engine.bus.relay import Relay
+from cloud_engine.client import main as client
 from cloud_engine.engine.errors import DomainError
 from cloud_engine.infra.logs import configure_logging
 from cloud_engine.infra.process import run_component
@@ -68,6 +69,7 @@ def _parser() -> argparse.ArgumentParser:
     api_cli.register(sub)
     token_cli.register(sub)
     lab_cli.register(sub)
+    client.register_help(sub)
     return parser
 
 
@@ -88,6 +90,9 @@ def relay(settings: Settings) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if client.handles(argv):  # the client commands: HTTP only (client/)
+        return client.main(argv)
     args = _parser().parse_args(argv)
     if args.command is None:
         _parser().print_help()
