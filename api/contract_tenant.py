@@ -118,6 +118,17 @@ class VmMigrate(Body, frozen=True, kw_only=True):
     host_id: UUID | None = None
 
 
+class VmScale(Body, frozen=True, kw_only=True):
+    # The new size of a stopped VM; a field left out keeps its value.
+    cpus: Cpus | None = None
+    ram_mb: RamMb | None = None
+
+
+class VolumeMigrate(Body, frozen=True, kw_only=True):
+    # The pool to move to: in the volume's zone, reached by its VM's host.
+    pool_id: UUID
+
+
 class VolumeAttach(Body, frozen=True, kw_only=True):
     vm_id: UUID
 

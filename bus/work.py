@@ -46,9 +46,11 @@ from cloud_engine.engine.commands.storage import (
     FailSnapshot,
     FailTemplate,
     FailVolume,
+    FailVolumeMove,
     MarkSnapshotCreated,
     MarkTemplateDownloaded,
     MarkVolumeCreated,
+    MarkVolumeMoved,
     MarkVolumeResized,
     MarkVolumeReverted,
 )
@@ -110,6 +112,11 @@ KINDS: dict[str, WorkKind] = _table(
     WorkKind("volume.delete", "volume.destroyed"),
     WorkKind(
         "volume.revert", "volume.revert_requested", done=MarkVolumeReverted, failed=FailVolume
+    ),
+    # A volume's own migration (volume.migrate); an offline VM migration's
+    # disks move as part of vm.migrate (volume.move_requested is no work).
+    WorkKind(
+        "volume.move", "volume.migration_requested", done=MarkVolumeMoved, failed=FailVolumeMove
     ),
     WorkKind("snapshot.create", "snapshot.created", done=MarkSnapshotCreated, failed=FailSnapshot),
     WorkKind(

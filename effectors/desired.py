@@ -58,6 +58,7 @@ class HostView(msgspec.Struct, frozen=True, kw_only=True):
     zone_id: UUID
     state: str
     libvirt_uri: str
+    cluster_id: UUID | None = None
     # Where other hosts reach it (live migration, VXLAN); None: not registered.
     underlay_address: str | None = None
     underlay_device: str | None = None
@@ -71,6 +72,7 @@ class PoolView(msgspec.Struct, frozen=True, kw_only=True):
     url: str
     scope: str = "cluster"
     host_id: UUID | None = None  # scope "host": the only host that reaches it
+    cluster_id: UUID | None = None  # scope "cluster": whose hosts reach it
 
     @property
     def shared(self) -> bool:
@@ -92,6 +94,7 @@ class VolumeView(msgspec.Struct, frozen=True, kw_only=True):
     template_id: UUID | None = None
     host_id: UUID | None = None  # the host asked to create it
     moving_to: UUID | None = None  # the pool a pending move copies it to
+    moving_host_id: UUID | None = None  # ... from this host (None: any of the pool's)
 
 
 class TemplateView(msgspec.Struct, frozen=True, kw_only=True):

@@ -100,10 +100,12 @@ from cloud_engine.engine.commands.storage import (
     FailSnapshot,
     FailTemplate,
     FailVolume,
+    FailVolumeMove,
     MarkSnapshotBackedUp,
     MarkSnapshotCreated,
     MarkTemplateDownloaded,
     MarkVolumeCreated,
+    MarkVolumeMoved,
     MarkVolumeResized,
     MarkVolumeReverted,
     ReactivateTemplate,
@@ -403,6 +405,14 @@ def run_every_command(do: Callable[[typing.Any], Done]) -> None:
         do(PlaceOperation(operation_id=move, host_id=other_host, pool_ids=(local[other_host],)))
         do(outcome or CompleteVmMigration(vm_id=on_local))
         do(AdvanceOperation(operation_id=move))
+    # Scaled while stopped; its disk moved to the shared pool: a failed copy
+    # (it stays), then a move.
+    do(VmOperation(kind="vm.scale", vm_id=on_local, cpus=2, ram_mb=1024))
+    local_root = deploy_ids.volume_id(op, 0)
+    for moved in (FailVolumeMove(volume_id=local_root, reason="copy failed"), None):
+        move = do(VolumeOperation(kind="volume.migrate", volume_id=local_root, pool_id=pool))
+        do(moved or MarkVolumeMoved(volume_id=local_root))
+        do(AdvanceOperation(operation_id=move.aggregate_id))
     failing = do(msgspec.structs.replace(deploy, name="op-2", affinity_group="grp"))
     op = failing.aggregate_id
     do(PlaceOperation(operation_id=op, host_id=host, pool_ids=(pool,)))

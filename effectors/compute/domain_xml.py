@@ -55,6 +55,20 @@ def domain_xml(spec: DomainSpec) -> str:
     return ET.tostring(dom, encoding="unicode")
 
 
+_KIB = {"KiB": 1, "k": 1, "MiB": 1024, "M": 1024, "GiB": 1 << 20, "G": 1 << 20}
+
+
+def size_of(xml: str) -> tuple[str, int]:
+    """The vCPUs and the RAM in KiB of a domain XML: what a scale changes
+    between two starts (libvirt gives the RAM back in KiB, we write MiB)."""
+    root = ET.fromstring(xml)
+    memory = root.find("memory")
+    kib = 0
+    if memory is not None and memory.text is not None:
+        kib = int(memory.text) * _KIB.get(memory.get("unit", "KiB"), 1)
+    return (root.findtext("vcpu") or "").strip(), kib
+
+
 def devices_of(xml: str) -> tuple[tuple[str, ...], tuple[str, ...]]:
     """The disk sources (with their targets) and interface MACs of a domain
     XML: what an attach or detach changes between two starts."""

@@ -40,7 +40,7 @@ from uuid import UUID
 import libvirt
 import structlog
 
-from cloud_engine.effectors.compute.domain_xml import devices_of, domain_xml
+from cloud_engine.effectors.compute.domain_xml import devices_of, domain_xml, size_of
 from cloud_engine.effectors.compute.spec import DomainSpec, DomainState, Outcome, PowerState
 from cloud_engine.effectors.hypervisor import Hypervisor, HypervisorError
 
@@ -141,16 +141,16 @@ class ComputeDriver:
 
     def define(self, spec: DomainSpec) -> Outcome:
         """Define the domain unless one with spec.uuid exists with the spec's
-        disks and interfaces. A stopped domain whose disks or interfaces
-        differ (a volume attached or detached since) is redefined; a running
-        one is left as it runs (its new definition applies at its next start)."""
+        vCPUs, RAM, disks and interfaces. A stopped domain whose size, disks
+        or interfaces differ (a scale, a volume attached, detached or moved
+        since) is redefined; a running one is left as it runs (its new
+        definition applies at its next start)."""
         current = self.observe(spec.uuid)
+        xml = domain_xml(spec)
         if current.exists and (
-            current.state not in _INACTIVE
-            or devices_of(self._inactive_xml(spec.uuid)) == (devices_of(domain_xml(spec)))
+            current.state not in _INACTIVE or _same(self._inactive_xml(spec.uuid), xml)
         ):
             return Outcome(changed=False, state=current)
-        xml = domain_xml(spec)
         self.hypervisor.call("define", lambda conn: conn.defineXML(xml))
         log.info("domain_defined", uuid=str(spec.uuid), name=spec.name)
         return Outcome(changed=True, state=self.observe(spec.uuid))
@@ -358,3 +358,8 @@ def _is_inactive(state: DomainState) -> bool:
 
 def _is_absent(state: DomainState) -> bool:
     return not state.exists
+
+
+def _same(defined: str, wanted: str) -> bool:
+    """What the engine decides of a domain is what libvirt has defined."""
+    return size_of(defined) == size_of(wanted) and devices_of(defined) == devices_of(wanted)

@@ -10,13 +10,14 @@ from __future__ import annotations
 from typing import Any
 
 from cloud_engine.bus.work import KINDS
-from cloud_engine.effectors.handlers import template, vm, vm_migrate, volume
+from cloud_engine.effectors.handlers import template, vm, vm_migrate, volume, volume_move
 from cloud_engine.effectors.handlers.base import Handler
 
 _FAMILIES: tuple[dict[str, Handler[Any]], ...] = (
     vm.HANDLERS,
     vm_migrate.HANDLERS,
     volume.HANDLERS,
+    volume_move.HANDLERS,
     template.HANDLERS,
 )
 

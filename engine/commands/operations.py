@@ -41,11 +41,25 @@ DiskGb = Annotated[int, msgspec.Meta(ge=1, le=65536)]
 # The kinds clients start, by command; each is a kind in
 # engine/operations/registry.py (tests/unit/test_operation_kinds.py checks).
 VmOperationKind = Literal[
-    "vm.start", "vm.stop", "vm.reboot", "vm.destroy", "vm.recover", "vm.expunge", "vm.migrate"
+    "vm.start",
+    "vm.stop",
+    "vm.reboot",
+    "vm.destroy",
+    "vm.recover",
+    "vm.expunge",
+    "vm.migrate",
+    "vm.scale",
 ]
 VolumeOperationKind = Literal[
-    "volume.attach", "volume.detach", "volume.resize", "volume.snapshot", "volume.revert"
+    "volume.attach",
+    "volume.detach",
+    "volume.resize",
+    "volume.snapshot",
+    "volume.revert",
+    "volume.migrate",
 ]
+Cpus = Annotated[int, msgspec.Meta(ge=1, le=1024)]
+RamMb = Annotated[int, msgspec.Meta(ge=64, le=1 << 32)]
 
 
 class DeployVm(Command, frozen=True, kw_only=True):
@@ -71,6 +85,8 @@ class VmOperation(Command, frozen=True, kw_only=True):
     vm_id: UUID
     forced: bool = False  # vm.stop: power off instead of a guest shutdown
     host_id: UUID | None = None  # vm.start, vm.migrate: on this host
+    cpus: Cpus | None = None  # vm.scale: the new vCPUs (None: unchanged)
+    ram_mb: RamMb | None = None  # vm.scale: the new RAM (None: unchanged)
     operation_id: UUID | None = None
 
 
@@ -82,6 +98,7 @@ class VolumeOperation(Command, frozen=True, kw_only=True):
     snapshot_id: UUID | None = None  # volume.revert: to this one; volume.snapshot: its id
     snapshot_name: Name = "snapshot"  # volume.snapshot
     snapshot_kind: SnapshotKind = "internal"  # volume.snapshot
+    pool_id: UUID | None = None  # volume.migrate: to this pool
     operation_id: UUID | None = None
 
 
@@ -156,7 +173,7 @@ def deploy_vm(uow: UnitOfWork, cmd: DeployVm) -> Outcome:
 def vm_operation(uow: UnitOfWork, cmd: VmOperation) -> Outcome:
     vm = uow.get(VirtualMachine, cmd.vm_id)
     kind = kind_of(cmd.kind)
-    request = Request(forced=cmd.forced, host_id=cmd.host_id)
+    request = Request(forced=cmd.forced, host_id=cmd.host_id, cpus=cmd.cpus, ram_mb=cmd.ram_mb)
     params = kind.prepare(uow, vm, request)
     op = _start(uow, kind, vm.id, vm.account, params, _operation_id(uow, cmd.operation_id))
     kind.begin(uow, op, vm, request)
@@ -173,6 +190,7 @@ def volume_operation(uow: UnitOfWork, cmd: VolumeOperation) -> Outcome:
         snapshot_id=cmd.snapshot_id,
         snapshot_name=cmd.snapshot_name,
         snapshot_kind=cmd.snapshot_kind,
+        pool_id=cmd.pool_id,
     )
     params = kind.prepare(uow, volume, request)
     op = _start(uow, kind, volume.id, volume.account, params, _operation_id(uow, cmd.operation_id))

@@ -89,6 +89,19 @@ class FailVolume(Command, frozen=True, kw_only=True):
     reason: Reason
 
 
+class MarkVolumeMoved(Command, frozen=True, kw_only=True):
+    """The effector copied the volume to the pool its migration asked for."""
+
+    volume_id: UUID
+
+
+class FailVolumeMove(Command, frozen=True, kw_only=True):
+    """The effector could not: it stays where it was."""
+
+    volume_id: UUID
+    reason: Reason
+
+
 class RegisterTemplate(Command, frozen=True, kw_only=True):
     id: UUID | None = None
     name: Name
@@ -239,6 +252,18 @@ def destroy_volume(uow: UnitOfWork, cmd: DestroyVolume) -> Outcome:
 @handles(FailVolume)
 def fail_volume(uow: UnitOfWork, cmd: FailVolume) -> Outcome:
     uow.get(Volume, cmd.volume_id).fail(cmd.reason)
+    return Outcome(aggregate_id=cmd.volume_id)
+
+
+@handles(MarkVolumeMoved)
+def mark_volume_moved(uow: UnitOfWork, cmd: MarkVolumeMoved) -> Outcome:
+    uow.get(Volume, cmd.volume_id).moved()
+    return Outcome(aggregate_id=cmd.volume_id)
+
+
+@handles(FailVolumeMove)
+def fail_volume_move(uow: UnitOfWork, cmd: FailVolumeMove) -> Outcome:
+    uow.get(Volume, cmd.volume_id).move_failed(cmd.reason)
     return Outcome(aggregate_id=cmd.volume_id)
 
 

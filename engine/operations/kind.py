@@ -57,6 +57,9 @@ class Request(msgspec.Struct, frozen=True, kw_only=True):
     snapshot_id: UUID | None = None  # volume.revert: to this one; volume.snapshot: its id
     snapshot_name: str = "snapshot"  # volume.snapshot
     snapshot_kind: SnapshotKind = "internal"  # volume.snapshot
+    cpus: int | None = None  # vm.scale: the new vCPUs (None: unchanged)
+    ram_mb: int | None = None  # vm.scale: the new RAM (None: unchanged)
+    pool_id: UUID | None = None  # volume.migrate: to this pool
 
 
 class OperationKind(ABC, Generic[R]):

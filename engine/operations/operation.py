@@ -48,6 +48,10 @@ class OperationParams(msgspec.Struct, frozen=True, kw_only=True):
     volume_ids: tuple[UUID, ...] = ()  # volumes the operation created
     affinity: str | None = None  # "affinity" or "anti-affinity" for the VM's group
     affinity_strict: bool = True
+    cpus: int | None = None  # vm.scale: the new size
+    ram_mb: int | None = None
+    pool_id: UUID | None = None  # volume.migrate: the pool it moves to ...
+    source_pool_id: UUID | None = None  # ... from this one
 
 
 class Step(msgspec.Struct, frozen=True, kw_only=True):

@@ -19,10 +19,12 @@ from cloud_engine.engine.operations.vm_expunge import VmExpunge
 from cloud_engine.engine.operations.vm_migrate import VmMigrate
 from cloud_engine.engine.operations.vm_reboot import VmReboot
 from cloud_engine.engine.operations.vm_recover import VmRecover
+from cloud_engine.engine.operations.vm_scale import VmScale
 from cloud_engine.engine.operations.vm_start import VmStart
 from cloud_engine.engine.operations.vm_stop import VmStop
 from cloud_engine.engine.operations.volume_attach import VolumeAttach
 from cloud_engine.engine.operations.volume_detach import VolumeDetach
+from cloud_engine.engine.operations.volume_migrate import VolumeMigrate
 from cloud_engine.engine.operations.volume_resize import VolumeResize
 from cloud_engine.engine.operations.volume_revert import VolumeRevert
 from cloud_engine.engine.operations.volume_snapshot import VolumeSnapshot
@@ -40,11 +42,13 @@ KINDS: Final[dict[str, OperationKind[Any]]] = {
         VmRecover(),
         VmExpunge(),
         VmMigrate(),
+        VmScale(),
         VolumeAttach(),
         VolumeDetach(),
         VolumeResize(),
         VolumeSnapshot(),
         VolumeRevert(),
+        VolumeMigrate(),
     )
 }
 

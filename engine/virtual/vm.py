@@ -204,6 +204,18 @@ class VirtualMachine(Aggregate):
             )
         self._disk_attached(volume_id, device)
 
+    def scale(self, cpus: int, ram_mb: int) -> None:
+        """Its vCPUs and RAM changed (a stopped VM: QEMU fixes them at
+        start); the next start defines the domain with them."""
+        self.require_state(["Stopped"], "scale")
+        spec = msgspec.structs.replace(self.spec, cpus=cpus, ram_mb=ram_mb)
+        validate_spec(spec)
+        if spec == self.spec:
+            raise Validation(
+                f"vm {self.id} has {cpus} vCPUs and {ram_mb} MiB already", field="cpus"
+            )
+        self._scaled(cpus=cpus, ram_mb=ram_mb)
+
     def root_pool_moved(self, pool_id: UUID) -> None:
         """Its root disk is in another pool now (an offline migration)."""
         self.require_state(["Stopped"], "move the root disk of")
@@ -433,6 +445,10 @@ class VirtualMachine(Aggregate):
     @event("DriftObserved")
     def _drift_observed(self, observed: str, expected: str) -> None:
         self.last_error = f"the hypervisor shows {observed}; the engine recorded {expected}"
+
+    @event("Scaled")
+    def _scaled(self, cpus: int, ram_mb: int) -> None:
+        self.spec = msgspec.structs.replace(self.spec, cpus=cpus, ram_mb=ram_mb)
 
     @event("RootPoolMoved")
     def _root_pool_moved(self, pool_id: UUID) -> None:

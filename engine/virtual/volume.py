@@ -14,8 +14,10 @@ Rules that are not plain source-state checks:
   until reverted() or fail() nothing else may touch the disk. A failed revert
   leaves the volume in Error, keeping its attachment like a failed resize.
 * So is a move to another pool (a stopped VM's offline migration, its disk
-  on a host's local pool): until moved() or move_cancelled() nothing else
-  may touch it, and a cancelled move leaves it where it was.
+  on a host's local pool; or the volume's own migration, asked with
+  migration_requested, which the effectors copy as work of its own): until
+  moved(), move_cancelled() or move_failed() nothing else may touch it, and
+  a cancelled or failed move leaves it where it was.
 
 All of these sub-state refusals raise InvalidTransition like plain state ones.
 """
@@ -57,12 +59,14 @@ VOLUME_TRANSITIONS: Final[Mapping[str, tuple[VolumeState, ...]]] = MappingProxyT
         "move_requested": ("Ready", "Attached"),
         "moved": ("Ready", "Attached"),  # only while a move is pending
         "move_cancelled": ("Ready", "Attached"),  # likewise
+        "migration_requested": ("Ready", "Attached"),
+        "move_failed": ("Ready", "Attached"),  # only while a move is pending
     }
 )
 
 # While a revert is pending only these may run; while a move is, those.
 _DURING_REVERT: Final = frozenset({"reverted", "fail"})
-_DURING_MOVE: Final = frozenset({"moved", "move_cancelled"})
+_DURING_MOVE: Final = frozenset({"moved", "move_cancelled", "move_failed"})
 
 
 class Volume(Aggregate):
@@ -214,6 +218,20 @@ class Volume(Aggregate):
             raise Validation(f"volume {self.id} is on pool {pool_id} already", field="pool_id")
         self._move_requested(pool_id, host_id)
 
+    def migration_requested(self, pool_id: UUID, host_id: UUID | None) -> None:
+        """Its file is to be copied to pool_id by an effector (work of its
+        own, volume.move), reached from host_id (None: any host of the pool)."""
+        self._require("migration_requested")
+        if pool_id == self.pool_id:
+            raise Validation(f"volume {self.id} is on pool {pool_id} already", field="pool_id")
+        self._migration_requested(pool_id, host_id)
+
+    def move_failed(self, reason: str) -> None:
+        """The effector could not copy it: it stays where it was."""
+        self._require("move_failed")
+        require_reason(reason)
+        self._move_failed(reason)
+
     def moved(self) -> None:
         """The copy is in the new pool (and gone from the old one)."""
         self._require("moved")
@@ -294,6 +312,17 @@ class Volume(Aggregate):
     def _move_requested(self, pool_id: UUID, host_id: UUID) -> None:
         self.moving_to = pool_id
         self.moving_host_id = host_id
+
+    @event("MigrationRequested")
+    def _migration_requested(self, pool_id: UUID, host_id: UUID | None) -> None:
+        self.moving_to = pool_id
+        self.moving_host_id = host_id
+
+    @event("MoveFailed")
+    def _move_failed(self, reason: str) -> None:
+        self.moving_to = None
+        self.moving_host_id = None
+        self.last_error = reason
 
     @event("Moved")
     def _moved(self) -> None:
