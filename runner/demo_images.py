@@ -1,8 +1,10 @@
 """The demo template's image and the loopback HTTP server `up` fetches it from.
 
 Templates are fetched by the effector over http(s) like any other: `up`
-makes a small empty qcow2 image under the data directory once and serves
-that directory on 127.0.0.1 while it runs. The port goes into the template's
+copies the tiny-linux guest image (runner/guest_image.py: a Linux that
+boots, takes its address by DHCP and serves its page on port 80) from its
+cache into the data directory once and serves that directory on 127.0.0.1
+while it runs. The port goes into the template's
 URL at its registration, so a later `up` serves on the same port when the
 template still needs fetching.
 """
@@ -10,8 +12,6 @@ template still needs fetching.
 from __future__ import annotations
 
 import functools
-import hashlib
-import subprocess
 import threading
 from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -19,25 +19,18 @@ from typing import Any
 
 import structlog
 
+from cloud_engine.runner import guest_image
+
 log = structlog.get_logger("runner.demo_images")
 
-IMAGE = "tiny-linux.qcow2"
-IMAGE_SIZE = 64 * 1024 * 1024
+IMAGE = guest_image.IMAGE
+IMAGE_SIZE = guest_image.DISK_MIB * 1024 * 1024
 
 
 def ensure_image(root: Path) -> tuple[Path, str]:
-    """The demo image (made once with qemu-img) and its sha256."""
-    root.mkdir(parents=True, exist_ok=True)
-    path = root / IMAGE
-    if not path.exists():
-        partial = path.with_suffix(".partial")
-        subprocess.run(
-            ["qemu-img", "create", "-q", "-f", "qcow2", str(partial), str(IMAGE_SIZE)],
-            check=True,
-            capture_output=True,
-        )
-        partial.rename(path)
-    return path, hashlib.sha256(path.read_bytes()).hexdigest()
+    """The demo image (the guest image, copied once) and its sha256."""
+    image = guest_image.copy_to(root)
+    return Path(image.path), image.sha256
 
 
 class _Quiet(SimpleHTTPRequestHandler):

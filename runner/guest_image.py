@@ -44,6 +44,8 @@ from pathlib import Path
 
 import msgspec
 
+from cloud_engine.effectors.compute import seed
+
 NAME = "tiny-linux"
 IMAGE = "tiny-linux.qcow2"
 MANIFEST = "tiny-linux.json"
@@ -483,25 +485,19 @@ def make_seed(
     user_data: str | bytes = b"",
     public_keys: Sequence[str] = (),
 ) -> Path:
-    """A NoCloud seed: an ISO 9660 image labelled cidata with meta-data and
-    user-data (what cloud-init's docs make with genisoimage)."""
+    """A NoCloud seed (effectors/compute/seed.py, which the effector uses),
+    after installing genisoimage if it is missing."""
     ensure_host_tools()
-    meta = [f"instance-id: {instance_id}"]
-    if hostname:
-        meta.append(f"local-hostname: {hostname}")
-    if public_keys:
-        meta += ["public-keys:", *(f"  - {k}" for k in public_keys)]
-    with tempfile.TemporaryDirectory() as tmp:
-        d = Path(tmp)
-        (d / "meta-data").write_text("\n".join(meta) + "\n")
-        (d / "user-data").write_bytes(
-            user_data.encode() if isinstance(user_data, str) else user_data
+    try:
+        return seed.make_seed(
+            path,
+            instance_id=instance_id,
+            hostname=hostname,
+            user_data=user_data,
+            public_keys=public_keys,
         )
-        _run(
-            "genisoimage", "-quiet", "-output", str(path), "-volid", "cidata", "-joliet", "-rock",
-            str(d / "user-data"), str(d / "meta-data"),
-        )  # fmt: skip
-    return path
+    except seed.SeedError as e:
+        raise GuestImageError(str(e)) from e
 
 
 def main(argv: Sequence[str] | None = None) -> int:

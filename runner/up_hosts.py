@@ -280,13 +280,26 @@ def resolve_domain_type(settings: Settings, hosts: list[LabHost]) -> DomainType:
         return "kvm"
     if asked == "kvm":
         raise SettingsError(f"CLOUD_ENGINE_UP_DOMAIN_TYPE=kvm: {why}")
+    lifecycle(log, "guests run under QEMU TCG, not KVM", reason=why)
     return "qemu"
+
+
+# A KVM that opens and that libvirt offers, yet cannot boot a real guest:
+# kvm_pvm (a paravirtualised KVM for nested clouds) stops a syslinux boot
+# with "KVM internal error: emulation failure" and hangs a direct kernel
+# boot. Its module is named in /sys/module.
+BROKEN_KVM_MODULES = ("kvm_pvm",)
+SYS_MODULE = Path("/sys/module")
 
 
 def kvm_unavailable(uri: str) -> str | None:
     """Why a lab host cannot run KVM guests (None: it can): /dev/kvm must
-    open read-write here (the lab's QEMU runs as root on this kernel) and
-    the host's libvirt must offer the kvm domain type for this machine."""
+    open read-write here (the lab's QEMU runs as root on this kernel), be a
+    KVM that boots real guests (not kvm_pvm), and the host's libvirt must
+    offer the kvm domain type for this machine."""
+    for module in BROKEN_KVM_MODULES:
+        if (SYS_MODULE / module).exists():
+            return f"/dev/kvm is {module}, which cannot boot a real guest (emulation failure)"
     try:
         fd = os.open("/dev/kvm", os.O_RDWR | os.O_CLOEXEC)
     except OSError as e:

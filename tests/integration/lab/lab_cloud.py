@@ -44,6 +44,7 @@ from cloud_engine.engine.store import EventStore
 from cloud_engine.engine.virtual.vm import VirtualMachine, VmSpec
 from cloud_engine.infra.database import DatabaseTarget
 from cloud_engine.lab import LabHost
+from cloud_engine.runner import guest_image
 from tests.integration.effectors.effector_pipeline import Pipeline, wait_for
 from tests.integration.effectors.template_server import Served, make_template_image, serve
 
@@ -76,7 +77,7 @@ class LabFabric:
 
 
 def build_fabric(
-    service: CommandService, hosts: list[LabHost], served: Served, tmp: Path
+    service: CommandService, hosts: list[LabHost], served: Served, tmp: Path, *, guest: bool = False
 ) -> LabFabric:
     run = service.execute
     tag = uuid.uuid4().hex[:8]
@@ -129,15 +130,22 @@ def build_fabric(
             )
         ).aggregate_id
     run(CreateImageStore(zone_id=zone, name="images", url=str(tmp / "images"), protocol="file"))
-    _, digest = make_template_image(served.root, "tiny.qcow2")
+    if guest:
+        # The tiny-linux image: a Linux that boots (runner/guest_image.py).
+        image = guest_image.copy_to(served.root)
+        name, size, digest = Path(image.path).name, image.virtual_size, image.sha256
+    else:
+        # An empty disk: the guest sits in firmware, which most tests need.
+        path, digest = make_template_image(served.root, "tiny.qcow2")
+        name, size = path.name, 4 * 1024 * 1024
     template = run(
         RegisterTemplate(
             name="tiny",
             zone_id=zone,
-            url=f"{served.base_url}/tiny.qcow2",
+            url=f"{served.base_url}/{name}",
             format="qcow2",
-            size_bytes=4 * 1024 * 1024,
-            os_type="None",
+            size_bytes=size,
+            os_type="linux" if guest else "None",
             checksum=f"sha256:{digest}",
         )
     ).aggregate_id
@@ -375,6 +383,7 @@ class Cloud:
         # Dispersing also takes the pool with the most room for its disks:
         # the shared one (a host's local pool is smaller).
         options.setdefault("strategy", "dispersing")
+        options.setdefault("network_ids", (self.fabric.network,))
         result = await self.service.execute_async(
             DeployVm(
                 account="acme",
@@ -382,7 +391,6 @@ class Cloud:
                 zone_id=self.fabric.zone,
                 template_id=self.fabric.template,
                 spec=VmSpec(cpus=1, ram_mb=128, root_disk_gb=1),
-                network_ids=(self.fabric.network,),
                 **options,  # type: ignore[arg-type]
             )
         )
@@ -421,10 +429,12 @@ async def lab_cloud(
     tmp_path: Path,
     *,
     effector: bool = True,
+    guest: bool = False,
 ) -> AsyncIterator[Cloud]:
     """The pipeline on a fabric of the lab's hosts; without an effector in
     this process, the caller starts one (EffectorProcess) and then asks for
-    template_ready()."""
+    template_ready(). With guest, the template is the tiny-linux image:
+    its VMs boot Linux (under TCG: see runner/up_hosts.py)."""
     pipeline = Pipeline(pg_target, broker, prefix)
     fabric = None
     root = tmp_path / "www"
@@ -434,7 +444,7 @@ async def lab_cloud(
             start_engine(pipeline, service, store)
             if effector:
                 start_effector(pipeline)
-            fabric = build_fabric(service, hosts, served, tmp_path)
+            fabric = build_fabric(service, hosts, served, tmp_path, guest=guest)
             made = Cloud(pipeline, service, store, fabric)
             if effector:
                 await made.template_ready()
