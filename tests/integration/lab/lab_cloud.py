@@ -38,9 +38,11 @@ from cloud_engine.engine.commands.storage import RegisterTemplate, RequestTempla
 from cloud_engine.engine.commands.storage_fabric import CreateImageStore, CreateStoragePool
 from cloud_engine.engine.fabric.host import Host
 from cloud_engine.engine.fabric.physical_network import TagRange
+from cloud_engine.engine.operations.deploy_ids import nic_id
 from cloud_engine.engine.operations.operation import Operation
 from cloud_engine.engine.service import CommandService
 from cloud_engine.engine.store import EventStore
+from cloud_engine.engine.virtual.nic import Nic
 from cloud_engine.engine.virtual.vm import VirtualMachine, VmSpec
 from cloud_engine.infra.database import DatabaseTarget
 from cloud_engine.lab import LabHost
@@ -181,13 +183,13 @@ def build_fabric(
     )
 
 
-def start_effector(pipeline: Pipeline) -> EffectorService:
+def start_effector(pipeline: Pipeline, *, stop_timeout_s: float = 5.0) -> EffectorService:
     effector = EffectorService(
         pipeline.target,
         effector_config(pipeline.broker, pipeline.prefix),
         names=NAMES,
         name="effector@lab-test",
-        stop_timeout_s=5.0,
+        stop_timeout_s=stop_timeout_s,
         reconcile_interval_s=5.0,
     )
     pipeline.tasks.append(asyncio.create_task(effector.run(pipeline.stop)))
@@ -378,6 +380,7 @@ class Cloud:
         self, pipeline: Pipeline, service: CommandService, store: EventStore, fabric: LabFabric
     ) -> None:
         self.pipeline, self.service, self.store, self.fabric = pipeline, service, store, fabric
+        self.deploys: dict[uuid.UUID, uuid.UUID] = {}  # VM id -> its deploy operation
 
     async def deploy(self, name: str, **options: object) -> uuid.UUID:
         # Dispersing also takes the pool with the most room for its disks:
@@ -396,7 +399,18 @@ class Cloud:
         )
         op = await finish(self.pipeline, self.store, result.aggregate_id)
         assert op.status == "succeeded", op.error
-        return uuid.UUID(str(result.value))
+        vm_id = uuid.UUID(str(result.value))
+        self.deploys[vm_id] = result.aggregate_id
+        return vm_id
+
+    def addresses(self, vm_id: uuid.UUID) -> list[str]:
+        """The addresses the engine allocated to the VM's NICs, in order."""
+        found = []
+        for index in range(len(self.vm(vm_id).network_ids)):
+            nic = self.store.load(nic_id(self.deploys[vm_id], index))
+            assert isinstance(nic, Nic) and nic.address is not None
+            found.append(nic.address)
+        return found
 
     async def operate(self, kind: str, vm_id: uuid.UUID, **options: object) -> tuple[str, str]:
         result = await self.service.execute_async(
@@ -443,7 +457,9 @@ async def lab_cloud(
         with serve(root) as served:
             start_engine(pipeline, service, store)
             if effector:
-                start_effector(pipeline)
+                # A booted guest powers off on ACPI within seconds (under
+                # TCG, on a busy machine: allow for it); an empty one never.
+                start_effector(pipeline, stop_timeout_s=60.0 if guest else 5.0)
             fabric = build_fabric(service, hosts, served, tmp_path, guest=guest)
             made = Cloud(pipeline, service, store, fabric)
             if effector:
