@@ -27,6 +27,7 @@ from uuid import UUID
 import structlog
 from eventsourcing.persistence import IntegrityError
 
+from cloud_engine.engine import aggregate_snapshots as snapshots
 from cloud_engine.engine.commands import Command, CommandContext, CommandResult, dispatch
 from cloud_engine.engine.errors import Conflict, DomainError
 from cloud_engine.engine.idempotency import IdempotencyKeys
@@ -49,8 +50,11 @@ class CommandService:
         batch_max: int = 256,
         max_retries: int = 8,
         cache_size: int = 10_000,
+        snapshot_every: int = snapshots.SNAPSHOT_EVERY,
     ) -> None:
         self.store = store
+        # 0: no aggregate snapshots taken (loads still use stored ones).
+        self.snapshot_every = snapshot_every
         self.batch_max = batch_max
         self.max_retries = max_retries
         self._cache = AggregateCache(cache_size)
@@ -270,7 +274,20 @@ class CommandService:
             return records
 
         keyed = any(item.submission.key is not None for item in executed)
-        positions = self.store.append(events, idempotency=build if keyed else None, reads=reads)  # type: ignore[arg-type]
+        # Aggregates whose new events crossed a multiple of the interval:
+        # snapshotted with those events, in the same transaction.
+        snapshot = [
+            aggregate
+            for item in executed
+            for aggregate, aggregate_events in item.collected
+            if snapshots.due(aggregate.version, len(aggregate_events), self.snapshot_every)
+        ]
+        positions = self.store.append(
+            events,  # type: ignore[arg-type]
+            idempotency=build if keyed else None,
+            reads=reads,
+            snapshot=snapshot,
+        )
         if not keyed:
             build(positions)
         for item, result in zip(executed, results, strict=True):

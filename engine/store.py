@@ -14,6 +14,7 @@ from uuid import UUID
 
 import msgspec
 import psycopg
+import structlog
 from eventsourcing.application import Application
 from eventsourcing.domain import DomainEventProtocol
 from eventsourcing.persistence import (
@@ -30,14 +31,17 @@ from eventsourcing.postgres import (
 )
 from eventsourcing.utils import get_topic, retry
 from psycopg import Cursor
-from psycopg.rows import DictRow
+from psycopg.rows import DictRow, tuple_row
 from psycopg.sql import SQL, Identifier, Literal
 
+from cloud_engine.engine import aggregate_snapshots as snapshots
 from cloud_engine.engine import integrity
 from cloud_engine.engine.aggregate import Aggregate
 from cloud_engine.engine.mapper import MsgspecMapper
 from cloud_engine.infra.database import DatabaseTarget, advisory_key
 from cloud_engine.infra.tables import EVENTS_TABLE
+
+log = structlog.get_logger("engine.store")
 
 # Bounds how long one transaction holds the events table's write lock (every
 # other writer waits on it) and how much one failed batch has to redo.
@@ -106,6 +110,10 @@ class CloudEngineRecorder(PostgresApplicationRecorder):
             " WHERE r.version IS DISTINCT FROM (SELECT max(originator_version)"
             " FROM {schema}.{table} WHERE originator_id = r.id) LIMIT 1"
         ).format(schema=schema, table=Identifier(events_table_name))
+        self.sql_create_statements.append(snapshots.create_table_sql(self.datastore.schema))
+        self._upsert_snapshots = snapshots.upsert_sql(self.datastore.schema)
+        self._select_from_snapshots = snapshots.load_sql(self.datastore.schema, events_table_name)
+        self._snapshot_query: bytes | None = None
         self._select_many = SQL(
             "SELECT originator_id, originator_version, topic, state FROM {schema}.{table}"
             " WHERE originator_id = ANY(%s) ORDER BY originator_id, originator_version"
@@ -163,6 +171,10 @@ class CloudEngineRecorder(PostgresApplicationRecorder):
         # own override would take the lock and notify a second time.
         PostgresAggregateRecorder._insert_stored_events(self, curs, stored_events, **kwargs)
 
+    def upsert_snapshots(self, curs: Cursor[DictRow], rows: list[snapshots.SnapshotRow]) -> None:
+        if rows:
+            curs.execute(self._upsert_snapshots, snapshots.upsert_params(rows))
+
     def _check_reads(self, curs: Cursor[DictRow], reads: Sequence[tuple[UUID, int]]) -> None:
         if not reads:
             return
@@ -178,6 +190,9 @@ class CloudEngineRecorder(PostgresApplicationRecorder):
         **kwargs: Any,
     ) -> Sequence[int] | None:
         ids = super()._fetch_ids_after_insert_events(curs, stored_events, **kwargs)
+        # With the events that reach their versions (once the cursor gave
+        # their positions): a snapshot never holds a state the log does not.
+        self.upsert_snapshots(curs, kwargs.get("snapshots") or [])
         builder: IdempotencyBuilder | None = kwargs.get("idempotency")
         if builder is not None:
             self._insert_idempotency(curs, builder(ids or ()))
@@ -209,6 +224,20 @@ class CloudEngineRecorder(PostgresApplicationRecorder):
                 )
                 for r in curs.fetchall()
             ]
+
+    def select_from_snapshots(self, ids: Sequence[UUID]) -> list[tuple[Any, ...]]:
+        """(id, version, topic, state, fingerprint) rows: each aggregate's
+        snapshot (fingerprint set) and the events after it, in order."""
+        with self.datastore.get_connection() as conn, conn.cursor(row_factory=tuple_row) as curs:
+            if self._snapshot_query is None:
+                # Composed once: composing it costs more than running it.
+                self._snapshot_query = self._select_from_snapshots.as_bytes(conn)
+            curs.execute(self._snapshot_query, {"ids": list(ids)}, prepare=True)
+            return curs.fetchall()
+
+    def save_snapshots(self, rows: list[snapshots.SnapshotRow]) -> None:
+        with self.datastore.get_connection() as conn, conn.transaction(), conn.cursor() as curs:
+            self.upsert_snapshots(curs, rows)
 
     def select_events_of(self, ids: Sequence[UUID]) -> list[StoredEvent]:
         """Every event of several aggregates in one round trip."""
@@ -283,21 +312,62 @@ class EventStore:
         return self.load_many([aggregate_id]).get(aggregate_id)
 
     def load_many(self, ids: Iterable[UUID]) -> dict[UUID, Aggregate]:
+        """The aggregates' current states: from each one's snapshot and the
+        events after it; from every event when it has none, or one the
+        running code did not take (then a fresh one is written)."""
         wanted = list(dict.fromkeys(ids))
         if not wanted:
             return {}
         loaded: dict[UUID, Aggregate] = {}
-        for stored in self.recorder.select_events_of(wanted):
+        stale: set[UUID] = set()
+        decode = cast(MsgspecMapper, self.mapper).decode
+        rows = self.recorder.select_from_snapshots(wanted)
+        for aggregate_id, version, topic, state, fingerprint in rows:
+            if fingerprint is not None:
+                restored = snapshots.restore(aggregate_id, version, topic, fingerprint, state)
+                if restored is None:
+                    stale.add(aggregate_id)
+                else:
+                    loaded[aggregate_id] = restored
+                continue
+            if aggregate_id in stale:
+                continue
+            event = decode(aggregate_id, version, topic, state)
+            current = loaded.get(aggregate_id)
+            loaded[aggregate_id] = cast(Aggregate, event.mutate(current))  # type: ignore[attr-defined]
+        if stale:
+            rebuilt = self.load_from_events(stale)
+            loaded.update(rebuilt)
+            self._resnapshot(list(rebuilt.values()))
+        return loaded
+
+    def load_from_events(self, ids: Iterable[UUID]) -> dict[UUID, Aggregate]:
+        """Every event of each aggregate folded, no snapshot used."""
+        loaded: dict[UUID, Aggregate] = {}
+        for stored in self.recorder.select_events_of(list(ids)):
             event = self.mapper.to_domain_event(stored)
             current = loaded.get(event.originator_id)
             loaded[event.originator_id] = cast(Aggregate, event.mutate(current))  # type: ignore[attr-defined]
         return loaded
+
+    def _resnapshot(self, aggregates: list[Aggregate]) -> None:
+        """Replace snapshots other code took by ones of this code (the
+        states just folded from the log). Best effort: the next load
+        rebuilds again if this fails."""
+        rows = _snapshot_rows(aggregates)
+        try:
+            self.recorder.save_snapshots(rows)
+        except Exception as error:
+            log.warning("could not replace stale aggregate snapshots", error=repr(error))
+        else:
+            log.info("aggregate snapshots rebuilt from events", aggregates=len(rows))
 
     def append(
         self,
         events: Sequence[DomainEventProtocol[UUID]],
         idempotency: IdempotencyBuilder | None = None,
         reads: Sequence[tuple[UUID, int]] = (),
+        snapshot: Sequence[Aggregate] = (),
     ) -> list[int]:
         """Store events atomically; return their global positions in order.
 
@@ -310,7 +380,9 @@ class EventStore:
                 f"{len(events)} events in one transaction; at most {MAX_EVENTS_PER_TRANSACTION}"
             )
         stored = [self.mapper.to_stored_event(e) for e in events]
-        ids = self.recorder.insert_events(stored, idempotency=idempotency, reads=reads)
+        ids = self.recorder.insert_events(
+            stored, idempotency=idempotency, reads=reads, snapshots=_snapshot_rows(snapshot)
+        )
         return list(ids or [])
 
     def reads_current(self, reads: Sequence[tuple[UUID, int]]) -> bool:
@@ -323,3 +395,15 @@ class EventStore:
 
     def max_position(self) -> int:
         return self.recorder.max_notification_id() or 0
+
+
+def _snapshot_rows(aggregates: Iterable[Aggregate]) -> list[snapshots.SnapshotRow]:
+    rows = []
+    for aggregate in aggregates:
+        try:
+            rows.append(snapshots.take(aggregate))
+        except Exception as error:  # an unpicklable state must not stop a write
+            log.warning(
+                "could not snapshot an aggregate", aggregate_id=str(aggregate.id), error=repr(error)
+            )
+    return rows
