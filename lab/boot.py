@@ -191,7 +191,8 @@ def sweep(layout: Layout, *, names: Iterable[str] = (), keep: Iterable[str] | No
     doomed = set(names)
     if keep is not None:
         kept = set(keep)
-        found = {ns[len(layout.netns_prefix) :] for ns in list_netns()}
+        # A host's own namespace and those made on its behalf (h1, h1-vr...).
+        found = {ns[len(layout.netns_prefix) :].split("-", 1)[0] for ns in list_netns()}
         found.discard(layout.switch_netns[len(layout.netns_prefix) :])
         doomed |= (found | set(underlay.ports(layout))) - kept
     victims: list[int] = []

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import libvirt
 
-from cloud_engine.lab import boot, hostfs, state, underlay
+from cloud_engine.lab import boot, hostfs, public, state, underlay
 from cloud_engine.lab.model import (
     MAX_HOSTS,
     HostRecord,
@@ -88,6 +88,9 @@ class Lab:
             running = {r.name for r in wanted if r.power == "on" and self._healthy(layout, r)}
             boot.sweep(layout, keep=running)
             underlay.ensure_switch(layout)
+            if not lab_state.public_subnet:
+                lab_state.public_subnet = public.choose_subnet(layout)
+            public.ensure(layout, lab_state.public_subnet)
             hostfs.write_names(layout, [(r.name, layout.address(r.index)) for r in wanted])
             todo = [r for r in wanted if r.name not in running]
             for r in lab_state.hosts:
@@ -120,6 +123,7 @@ class Lab:
             for record in wave:
                 hostfs.prepare(layout, record.name, record.index, wipe=wipe)
                 underlay.add_host(layout, record.name, record.index)
+                public.add_host(layout, record.name)
                 boot.spawn(layout, record)
                 # Recorded at once: a process killed now leaves a lab the
                 # next `up` can find.
@@ -139,6 +143,7 @@ class Lab:
             lab_state, layout = self._open()
             boot.stop([h for h in lab_state.hosts if h.power == "on"], self.stop_grace_s + 1)
             boot.sweep(layout, names=[h.name for h in lab_state.hosts], keep=())
+            public.remove(layout)
             underlay.remove_switch(layout)
             for record in lab_state.hosts:
                 record.power, record.partitioned = "off", False
@@ -148,6 +153,14 @@ class Lab:
                 shutil.rmtree(layout.shared_dir, ignore_errors=True)
                 lab_state.hosts = []
             self._save(lab_state)
+
+    def public_network(self) -> tuple[str, str]:
+        """The public network's CIDR and the root namespace's address on it
+        (its gateway), once the lab has been up."""
+        subnet = state.load(self.state_dir / "lab.json").public_subnet
+        if not subnet:
+            raise LabError("the lab has no public network yet: `lab up` first")
+        return subnet, public.gateway(subnet)
 
     def hosts(self) -> list[LabHost]:
         """The hosts that are on, as recorded."""
@@ -199,6 +212,9 @@ class Lab:
                 return layout.view(record)
             boot.sweep(layout, names=[name])
             underlay.ensure_switch(layout)
+            if not lab_state.public_subnet:
+                lab_state.public_subnet = public.choose_subnet(layout)
+            public.ensure(layout, lab_state.public_subnet)
             self._boot(layout, lab_state, [record], wipe=wipe)
             return layout.view(record)
 

@@ -56,6 +56,8 @@ class LabHost(msgspec.Struct, frozen=True, kw_only=True):
     netns: str
     # The host's pid 1 in the root namespace (`nsenter -t <pid> -a`).
     pid: int
+    # The host's bridge onto the lab's public network (lab/public.py).
+    public_bridge: str = "cepublic"
 
 
 HostPower = Literal["on", "off"]
@@ -77,6 +79,8 @@ class HostRecord(msgspec.Struct, kw_only=True):
 class LabState(msgspec.Struct, kw_only=True):
     version: int = 1
     subnet: str = DEFAULT_SUBNET
+    # The public network's /24, chosen at the first `up` (lab/public.py).
+    public_subnet: str = ""
     hosts: list[HostRecord] = msgspec.field(default_factory=list)
 
     def host(self, name: str) -> HostRecord:

@@ -11,6 +11,7 @@ address and no default route.
 
 from __future__ import annotations
 
+from cloud_engine.lab import public
 from cloud_engine.lab.model import BRIDGE, UNDERLAY_DEVICE, Layout
 from cloud_engine.lab.system import ip, ip_batch, list_netns, run
 
@@ -42,6 +43,7 @@ def ports(layout: Layout, *, include_bridge: bool = False) -> list[str]:
         return []
     out = run(["ip", "-n", sw, "-o", "link", "show"]).stdout
     names = [line.split(":")[1].strip().split("@")[0] for line in out.splitlines()]
+    names = [n for n in names if not public.is_public_port(n)]
     return [n for n in names if n != "lo" and (include_bridge or n != BRIDGE)]
 
 
@@ -83,6 +85,10 @@ def remove_host(layout: Layout, name: str) -> None:
     once; a namespace's own links go only when the kernel frees it, later."""
     if name in ports(layout):
         ip("link", "del", name, netns=layout.switch_netns, check=False)
+    ip("link", "del", f"pub-{name}", netns=layout.switch_netns, check=False)
+    # What was made on the host's behalf (the engine's routers) goes with it.
+    for ns in public.host_namespaces(layout, name):
+        ip("netns", "del", ns, check=False)
     if layout.netns(name) in list_netns():
         ip("netns", "del", layout.netns(name))
 

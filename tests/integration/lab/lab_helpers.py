@@ -78,8 +78,8 @@ def reachable(lab: Lab, source: str, address: str, timeout_s: float = 2.0) -> bo
 
 
 def leftovers(state_dir: Path) -> list[str]:
-    """Anything of the lab still on the machine: namespaces, links, mounts,
-    processes."""
+    """Anything of the lab still on the machine: namespaces, links, nftables
+    tables, mounts, processes."""
     layout = Layout(state_dir)
     found = []
     netns = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
@@ -89,6 +89,8 @@ def leftovers(state_dir: Path) -> list[str]:
     addresses = subprocess.run(["ip", "-o", "addr"], capture_output=True, text=True).stdout
     prefix = str(layout.subnet.network_address).rsplit(".", 1)[0] + "."
     found += [f"address {line}" for line in addresses.splitlines() if prefix in line]
+    tables = subprocess.run(["nft", "list", "tables"], capture_output=True, text=True).stdout
+    found += [f"nft {line}" for line in tables.splitlines() if layout.lab_id in line]
     mounts = Path("/proc/mounts").read_text().splitlines()
     found += [f"mount {m}" for m in mounts if str(state_dir) in m or layout.netns_prefix in m]
     found += [f"process {pid}" for pid in pids_with(str(state_dir))]
