@@ -27,7 +27,7 @@ from cloud_engine.api.fields import (
     RamMb,
     Tag,
 )
-from cloud_engine.engine.virtual.network import Isolation
+from cloud_engine.engine.virtual.network import Isolation, Purpose
 from cloud_engine.engine.virtual.network_rule import Protocol, RuleKind
 from cloud_engine.engine.virtual.snapshot import SnapshotKind
 
@@ -84,6 +84,13 @@ class NetworkCreate(Body, frozen=True, kw_only=True):
     # network with the same isolation.
     physical_network_id: UUID | None = None
     account: Account | None = None
+    # "public" (admins): the zone's public network, whose addresses are
+    # public IPs (POST /v1/ip-addresses on it), with isolation none.
+    purpose: Purpose | None = None
+    # An isolated network's way out: it gets a virtual router with a public
+    # IP of this public network for source NAT. Left out: the zone's public
+    # network, if it has one (then every new isolated network has egress).
+    public_network_id: UUID | None = None
 
 
 class NicCreate(Body, frozen=True, kw_only=True):
@@ -100,6 +107,9 @@ class IpAddressAllocate(Body, frozen=True, kw_only=True):
     address: Address | None = None
     # The resource (a VM, say) the address is for.
     owner_id: UUID | None = None
+    # On a public network: the account the public IP is for (left out: the
+    # caller's; admins may name another).
+    account: Account | None = None
 
 
 class NetworkRuleCreate(Body, frozen=True, kw_only=True):
@@ -111,6 +121,10 @@ class NetworkRuleCreate(Body, frozen=True, kw_only=True):
     end_port: Port | None = None
     public_ip_address_id: UUID | None = None
     private_ip: Address | None = None
+    # Port forwarding: where the public ports go on the VM (the same number
+    # of ports; private_end_port may be left out).
+    private_port: Port | None = None
+    private_end_port: Port | None = None
 
 
 class VmMigrate(Body, frozen=True, kw_only=True):

@@ -27,6 +27,8 @@ REMEMBERED = 200_000
 class Owner(msgspec.Struct, frozen=True):
     type: str  # public aggregate name: "vm"
     account: str | None  # None: fabric and catalog resources belong to no account
+    # A public network: every account takes public IPs from it.
+    public: bool = False
 
 
 class Owners:
@@ -60,7 +62,11 @@ class Owners:
                 # An orphan (its parent not in the log): nobody's but the
                 # admins'; do not remember, the parent may still appear.
                 return Owner(aggregate_type, None)
-        owner = Owner(aggregate_type, account if isinstance(account, str) else None)
+        owner = Owner(
+            aggregate_type,
+            account if isinstance(account, str) else None,
+            public=getattr(created, "purpose", None) == "public",
+        )
         self._known[resource_id] = owner
         if len(self._known) > REMEMBERED:
             self._known.popitem(last=False)

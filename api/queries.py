@@ -157,6 +157,17 @@ async def children_of(
     return decoded if isinstance(decoded, dict) else {}
 
 
+async def public_network_of(pool: asyncpg.Pool, schema: str, zone_id: UUID) -> UUID | None:
+    """The zone's public network (its oldest, should there be several)."""
+    found = await pool.fetchval(
+        f'SELECT id FROM "{schema}".{table_name("network")}'
+        " WHERE zone_id = $1 AND state <> 'Destroyed' AND data ->> 'purpose' = 'public'"
+        " ORDER BY created_on, id LIMIT 1",
+        zone_id,
+    )
+    return found if isinstance(found, UUID) else None
+
+
 async def first_physical_network(
     pool: asyncpg.Pool, schema: str, zone_id: UUID, isolation: str
 ) -> UUID | None:

@@ -34,7 +34,7 @@ from cloud_engine.api.contract_tenant import (
     VolumeSnapshot,
 )
 from cloud_engine.api.problems import ApiError
-from cloud_engine.api.queries import first_physical_network
+from cloud_engine.api.queries import first_physical_network, public_network_of
 from cloud_engine.api.routing import Call, CommandRoute, Ref, action, create, named
 from cloud_engine.engine.commands import network as n
 from cloud_engine.engine.commands.compute import GIB
@@ -81,8 +81,17 @@ def _vm_operation(kind: VmOperationKind, summary: str) -> CommandRoute[NoBody]:
                   lambda c: VmOperation(kind=kind, vm_id=c.id), operation=True)  # fmt: skip
 
 
-async def _physical_network(c: Call[NetworkCreate], ctx: ApiContext) -> NetworkCreate:
+async def _network_defaults(c: Call[NetworkCreate], ctx: ApiContext) -> NetworkCreate:
     b = c.body
+    admin_only_field(c.principal, "purpose", b.purpose)
+    if b.purpose in (None, "isolated") and b.public_network_id is None:
+        found_public = await public_network_of(ctx.pool, ctx.schema, b.zone_id)
+        if found_public is not None:
+            b = msgspec.structs.replace(b, public_network_id=found_public)
+    return await _physical_network(b, ctx)
+
+
+async def _physical_network(b: NetworkCreate, ctx: ApiContext) -> NetworkCreate:
     if b.physical_network_id is not None or b.isolation == "none":
         return b
     found = await first_physical_network(ctx.pool, ctx.schema, b.zone_id, b.isolation)
@@ -94,6 +103,20 @@ async def _physical_network(c: Call[NetworkCreate], ctx: ApiContext) -> NetworkC
             field="physical_network_id",
         )
     return msgspec.structs.replace(b, physical_network_id=found)
+
+
+async def _public_ip_account(c: Call[IpAddressAllocate], ctx: ApiContext) -> IpAddressAllocate:
+    # On a public network the address is the caller's account's (an
+    # admin's may name another); elsewhere it is the network's.
+    network = await ctx.owners.of(c.body.network_id)
+    if network is None or not network.public:
+        return c.body  # the engine refuses any account but the network's
+    return msgspec.structs.replace(c.body, account=c.account)
+
+
+def _allocate_ip(c: Call[IpAddressAllocate]) -> n.AllocateIp:
+    return n.AllocateIp(network_id=c.body.network_id, owner_id=c.body.owner_id,
+                        address=c.body.address, account=c.body.account)  # fmt: skip
 
 
 ZONE = ("zone", "zone_id")
@@ -115,10 +138,18 @@ def _nic_refs(c: Call[NicCreate]) -> list[Ref]:
 
 
 def _ip_refs(c: Call[IpAddressAllocate]) -> list[Ref]:
-    refs = [Ref("network", c.body.network_id, "network_id")]
+    # Anyone may take a public IP from a public network.
+    refs = [Ref("network", c.body.network_id, "network_id", public_ok=True)]
     if c.body.owner_id is not None:
         refs.append(Ref(None, c.body.owner_id, "owner_id"))
     return refs
+
+
+def _network_refs(c: Call[NetworkCreate]) -> list[Ref]:
+    refs = named(ZONE, ("physical_network", "physical_network_id"))(c)
+    if c.body.public_network_id is not None:
+        refs.append(Ref("network", c.body.public_network_id, "public_network_id", public_ok=True))
+    return list(refs)
 
 
 def _rule_refs(c: Call[NetworkRuleCreate]) -> list[Ref]:
@@ -180,9 +211,10 @@ TENANT_ROUTES: list[CommandRoute[Any]] = [
            lambda c: n.CreateNetwork(account=c.account, name=c.body.name,
                                      zone_id=c.body.zone_id, cidr=c.body.cidr,
                                      gateway=c.body.gateway, isolation=c.body.isolation,
-                                     physical_network_id=c.body.physical_network_id),
-           refs=named(ZONE, ("physical_network", "physical_network_id")),
-           resolve=_physical_network),
+                                     physical_network_id=c.body.physical_network_id,
+                                     purpose=c.body.purpose or "isolated",
+                                     public_network_id=c.body.public_network_id),
+           refs=_network_refs, resolve=_network_defaults),
     action("network", "destroy", "destroyNetwork",
            "Destroy a network that holds no addresses and no tag", NoBody,
            lambda c: n.DestroyNetwork(network_id=c.id)),
@@ -194,11 +226,9 @@ TENANT_ROUTES: list[CommandRoute[Any]] = [
            refs=_nic_refs),
     action("nic", "release", "releaseNic", "Release an unplugged NIC", NoBody,
            lambda c: n.ReleaseNic(nic_id=c.id)),
-    create("ip_address", "allocateIpAddress", "Allocate an IP address on a network",
-           IpAddressAllocate,
-           lambda c: n.AllocateIp(network_id=c.body.network_id, owner_id=c.body.owner_id,
-                                  address=c.body.address),
-           refs=_ip_refs),
+    create("ip_address", "allocateIpAddress",
+           "Allocate an IP address on a network (on a public network: a public IP)",
+           IpAddressAllocate, _allocate_ip, refs=_ip_refs, resolve=_public_ip_account),
     action("ip_address", "release", "releaseIpAddress", "Give an IP address back", NoBody,
            lambda c: n.ReleaseIp(ip_id=c.id)),
     create("network_rule", "createNetworkRule",
@@ -207,7 +237,8 @@ TENANT_ROUTES: list[CommandRoute[Any]] = [
                network_id=c.body.network_id, kind=c.body.kind, protocol=c.body.protocol,
                source_cidr=c.body.source_cidr, start_port=c.body.start_port,
                end_port=c.body.end_port, public_ip_id=c.body.public_ip_address_id,
-               private_ip=c.body.private_ip),
+               private_ip=c.body.private_ip, private_port=c.body.private_port,
+               private_end_port=c.body.private_end_port),
            refs=_rule_refs),
     action("network_rule", "revoke", "revokeNetworkRule", "Revoke a network rule", NoBody,
            lambda c: n.RevokeNetworkRule(rule_id=c.id)),

@@ -33,6 +33,8 @@ class Ref(msgspec.Struct, frozen=True):
     type: str | None
     id: UUID
     field: str  # where the request named it: "network_ids[1]", "id" for the path
+    # A public network may be named by any account (to take a public IP).
+    public_ok: bool = False
 
 
 class Call(Generic[B]):

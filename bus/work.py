@@ -42,6 +42,11 @@ from cloud_engine.engine.commands.compute import (
     MarkVmRunning,
     MarkVmStopped,
 )
+from cloud_engine.engine.commands.network import (
+    ActivateNetworkRule,
+    FailNetworkRule,
+    MarkNetworkRuleRevoked,
+)
 from cloud_engine.engine.commands.storage import (
     FailSnapshot,
     FailTemplate,
@@ -124,6 +129,22 @@ KINDS: dict[str, WorkKind] = _table(
         "template.download_requested",
         done=MarkTemplateDownloaded,
         failed=FailTemplate,
+    ),
+    # The network's virtual router, once its segment has a tag to ride on
+    # (nothing to record: the reconciler keeps it, rules need it first).
+    WorkKind("network.router", "network.tag_assigned"),
+    WorkKind("network.router_remove", "network.destroyed"),
+    WorkKind(
+        "network_rule.apply",
+        "network_rule.created",
+        done=ActivateNetworkRule,
+        failed=FailNetworkRule,
+    ),
+    WorkKind(
+        "network_rule.revoke",
+        "network_rule.revoking",
+        done=MarkNetworkRuleRevoked,
+        failed=FailNetworkRule,
     ),
 )
 

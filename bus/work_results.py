@@ -37,6 +37,7 @@ REPORT_KINDS = frozenset(
         "drift.unknown_domain",  # a domain on a host that the engine does not know
         "drift.volume",  # a volume missing or of the wrong size
         "host.unreachable",  # the host's libvirt connection keeps failing
+        "drift.network_rule",  # a rule missing on its router, put back
     }
 )
 

@@ -141,7 +141,38 @@ class NetworkView(msgspec.Struct, frozen=True, kw_only=True):
     gateway: str
     isolation: str
     tag: int | None = None
+    zone_id: UUID | None = None
+    purpose: str = "isolated"
+    # Its virtual router's address (the guests' default route) and source
+    # NAT address, when it has one.
+    router_address: str | None = None
+    source_nat_ip_id: UUID | None = None
+    source_nat_ip: str | None = None
     state: str
+
+
+class IpView(msgspec.Struct, frozen=True, kw_only=True):
+    id: UUID
+    version: int
+    network_id: UUID
+    address: str
+    state: str
+
+
+class RuleView(msgspec.Struct, frozen=True, kw_only=True):
+    id: UUID
+    version: int
+    network_id: UUID
+    kind: str
+    protocol: str
+    state: str
+    source_cidr: str | None = None
+    start_port: int | None = None
+    end_port: int | None = None
+    public_ip_id: UUID | None = None
+    private_ip: str | None = None
+    private_port: int | None = None
+    private_end_port: int | None = None
 
 
 def _view(cls: type[T], row: asyncpg.Record) -> T:

@@ -50,9 +50,14 @@ class Executor:
         stop_timeout_s: float = 30.0,
         uplink: Uplink | None = None,
         domain_type: DomainType = "qemu",
+        public_bridge: str = "cepublic",
     ) -> None:
         self.effector = effector
         self.uplink = uplink
+        # The bridge, in every host's network namespace, onto the zone's
+        # public network: where virtual routers attach (CloudStack's
+        # public traffic label).
+        self.public_bridge = public_bridge
         # The type of every domain this effector defines (kvm where the
         # operator knows the hosts have it).
         self.domain_type: DomainType = domain_type

@@ -82,6 +82,7 @@ def network_spec(names: Names, network: NetworkView, uplink: Uplink | None = Non
         # starts: an unknown client has nothing to get, and on a network
         # that spans hosts it is another host's guest.
         dhcp_known_only=True,
+        router=network.router_address,
     )
     if isolation == "none" or uplink is None:
         return base

@@ -122,7 +122,10 @@ class Reconciler:
         check_volumes: bool = True,
         lifecycle_events: bool = False,
         event_settle_s: float = 0.5,
+        routers: Callable[[], Awaitable[list[EffectorResult]]] | None = None,
     ) -> None:
+        # The virtual routers' round (effectors/router_reconciler.py).
+        self.routers = routers
         self.read_models = read_models
         self.publish = publish
         self.zones = zones
@@ -170,6 +173,15 @@ class Reconciler:
                 if result.kind == "host.unreachable":
                     # Once per outage, and only once it was published.
                     self._reported_down.add(host.id)
+            results.extend(found)
+        if self.routers is not None:
+            try:
+                found = await self.routers()
+            except Exception:
+                log.exception("reconcile_routers_failed")
+                found = []
+            for result in found:
+                await self.publish(result)
             results.extend(found)
         if results:
             log.info("reconcile_reported", results=len(results))

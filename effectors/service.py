@@ -37,6 +37,7 @@ from cloud_engine.effectors.handlers.base import Reads
 from cloud_engine.effectors.mapping import Uplink
 from cloud_engine.effectors.naming import Names
 from cloud_engine.effectors.reconciler import Reconciler, start_libvirt_event_loop
+from cloud_engine.effectors.router_reconciler import reconcile_routers
 from cloud_engine.infra.database import DatabaseTarget
 from cloud_engine.infra.pg import create_pool
 
@@ -98,7 +99,7 @@ class EffectorService:
         producer = AIOKafkaProducer(bootstrap_servers=self.config.bootstrap, acks="all")
         await producer.start()
         models = ReadModels(pool, self.target.schema)
-        self._reads = Reads(models, self.zones)
+        reads = self._reads = Reads(models, self.zones)
         self._producer = producer
         self.consumer = EventConsumer(self.config, self.handle, MemoryDeduplicator())
         reconciler = Reconciler(
@@ -110,6 +111,7 @@ class EffectorService:
             interval_s=self.reconcile_interval_s,
             names=self.executor.names,
             lifecycle_events=True,
+            routers=lambda: reconcile_routers(self.executor, reads),
         )
         consumer_task = asyncio.create_task(self.consumer.run())
         reconciler_stop = asyncio.Event()

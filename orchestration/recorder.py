@@ -28,6 +28,7 @@ from cloud_engine.bus.work_results import (
 from cloud_engine.engine.commands.base import Command, CommandContext
 from cloud_engine.engine.commands.compute import RecordVmDrift
 from cloud_engine.engine.commands.hosts import DeclareHostDown
+from cloud_engine.engine.commands.network import RecordNetworkRuleDrift
 from cloud_engine.engine.errors import DomainError
 from cloud_engine.engine.service import CommandService
 
@@ -50,6 +51,10 @@ def command_for(result: EffectorResult) -> Command | None:
         )
     if result.kind == "host.unreachable":
         return DeclareHostDown(host_id=target)
+    if result.kind == "drift.network_rule":
+        return RecordNetworkRuleDrift(
+            network_rule_id=target, detail=_text(result.observed, 2000, "repaired")
+        )
     kind = KINDS.get(result.kind)
     if kind is None:
         return None

@@ -67,6 +67,7 @@ from cloud_engine.engine.commands.network import (
     ImplementNetwork,
     MarkNetworkRuleRevoked,
     PlugNic,
+    RecordNetworkRuleDrift,
     ReleaseIp,
     ReleaseNetworkTag,
     ReleaseNic,
@@ -280,21 +281,58 @@ def run_every_command(do: Callable[[typing.Any], Done]) -> None:
     do(ReleaseNic(nic_id=nic))
     do(ReleaseIp(ip_id=ip))
 
+    # The zone's public network, a network with a router leaving through
+    # it, a public IP of the account's and rules on it.
+    public = do(
+        CreateNetwork(
+            account="ops",
+            name="public",
+            zone_id=zone,
+            cidr="100.64.5.0/24",
+            isolation="none",
+            purpose="public",
+        )
+    ).aggregate_id
+    routed = do(
+        CreateNetwork(
+            account="acme",
+            name="net-r",
+            zone_id=zone,
+            cidr="10.3.0.0/24",
+            isolation="none",
+            public_network_id=public,
+        )
+    ).aggregate_id
+    public_ip = do(AllocateIp(network_id=public, account="acme")).aggregate_id
     rule = do(
         CreateNetworkRule(
-            network_id=network,
+            network_id=routed,
             kind="firewall",
             protocol="tcp",
             source_cidr="0.0.0.0/0",
             start_port=22,
             end_port=22,
+            public_ip_id=public_ip,
         )
     ).aggregate_id
-    do(ActivateNetworkRule(rule_id=rule))
+    do(ActivateNetworkRule(network_rule_id=rule))
     do(RevokeNetworkRule(rule_id=rule))
-    do(FailNetworkRule(rule_id=rule, reason="agent timeout"))
+    do(FailNetworkRule(network_rule_id=rule, reason="agent timeout"))
     do(RevokeNetworkRule(rule_id=rule))
-    do(MarkNetworkRuleRevoked(rule_id=rule))
+    do(MarkNetworkRuleRevoked(network_rule_id=rule))
+    forward = do(
+        CreateNetworkRule(
+            network_id=routed,
+            kind="port_forwarding",
+            protocol="tcp",
+            start_port=8080,
+            public_ip_id=public_ip,
+            private_ip="10.3.0.5",
+            private_port=80,
+        )
+    ).aggregate_id
+    do(ActivateNetworkRule(network_rule_id=forward))
+    do(RecordNetworkRuleDrift(network_rule_id=forward, detail="missing on its router: put back"))
 
     volume = do(
         CreateVolume(account="acme", name="data-1", zone_id=zone, size_bytes=10 * GIB)

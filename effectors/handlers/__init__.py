@@ -10,7 +10,14 @@ from __future__ import annotations
 from typing import Any
 
 from cloud_engine.bus.work import KINDS
-from cloud_engine.effectors.handlers import template, vm, vm_migrate, volume, volume_move
+from cloud_engine.effectors.handlers import (
+    network,
+    template,
+    vm,
+    vm_migrate,
+    volume,
+    volume_move,
+)
 from cloud_engine.effectors.handlers.base import Handler
 
 _FAMILIES: tuple[dict[str, Handler[Any]], ...] = (
@@ -19,6 +26,7 @@ _FAMILIES: tuple[dict[str, Handler[Any]], ...] = (
     volume.HANDLERS,
     volume_move.HANDLERS,
     template.HANDLERS,
+    network.HANDLERS,
 )
 
 HANDLERS: dict[str, Handler[Any]] = {k: h for f in _FAMILIES for k, h in f.items()}

@@ -78,9 +78,14 @@ def build_network_xml(spec: NetworkSpec) -> str:
         dhcp = ET.SubElement(ip, "dhcp")
         for start, end in dhcp_ranges(spec):
             ET.SubElement(dhcp, "range", {"start": start, "end": end})
-        if spec.dhcp_known_only:
+        values = [IGNORE_UNKNOWN] if spec.dhcp_known_only else []
+        if spec.router is not None:
+            # Guests leave through the virtual router, not the bridge.
+            values.append(f"dhcp-option=option:router,{spec.router}")
+        if values:
             options = ET.SubElement(root, f"{{{DNSMASQ_NS}}}options")
-            ET.SubElement(options, f"{{{DNSMASQ_NS}}}option", {"value": IGNORE_UNKNOWN})
+            for value in values:
+                ET.SubElement(options, f"{{{DNSMASQ_NS}}}option", {"value": value})
     return ET.tostring(root, encoding="unicode")
 
 

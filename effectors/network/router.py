@@ -52,7 +52,7 @@ def _run(argv: list[str], netns: str | None) -> str:
         raise RouterError(str(e)) from e
 
 
-def _netns_names() -> set[str]:
+def netns_names() -> set[str]:
     out = subprocess.run(
         ["ip", "-j", "netns", "list"], capture_output=True, text=True, check=False
     ).stdout.strip()
@@ -199,7 +199,7 @@ def ensure(spec: RouterSpec, host_ns: str | None) -> list[str]:
     (empty: it was as asked, nothing done)."""
     validate_router(spec)
     repaired: list[str] = []
-    if spec.netns not in _netns_names():
+    if spec.netns not in netns_names():
         _run(["ip", "netns", "add", spec.netns], None)
         repaired.append("namespace")
     if _veth(spec, spec.host_tenant_link, TENANT_LINK, spec.tenant_bridge, host_ns):
@@ -226,7 +226,7 @@ def remove(netns: str, host_ns: str | None, host_links: tuple[str, ...]) -> bool
     """Delete the router: its namespace (its table and links go with it) and
     the host ends of its veths, should the namespace be gone already."""
     changed = False
-    if netns in _netns_names():
+    if netns in netns_names():
         _run(["ip", "netns", "del", netns], None)
         changed = True
     present = _links(host_ns)

@@ -56,6 +56,9 @@ class NetworkSpec(msgspec.Struct, frozen=True, kw_only=True):
     # servers of a network that spans hosts, only the one on the guest's
     # host knows the guest.
     dhcp_known_only: bool = False
+    # The default route DHCP gives guests when it is not the bridge's own
+    # address: the network's virtual router (effectors/network/router.py).
+    router: str | None = None
 
 
 class DhcpHost(msgspec.Struct, frozen=True, kw_only=True):
@@ -130,6 +133,8 @@ def validate_network(spec: NetworkSpec) -> None:
         raise SpecError("gateway", f"{spec.gateway} is not a host address of {spec.cidr}")
     if spec.dhcp and net.num_addresses < 4:
         raise SpecError("cidr", f"{spec.cidr} leaves no addresses for DHCP besides the gateway")
+    if spec.router is not None and check_ipv4("router", spec.router) not in net:
+        raise SpecError("router", f"{spec.router} is not an address of {spec.cidr}")
     if spec.gateway_mac is not None and not _MAC.match(spec.gateway_mac):
         raise SpecError("gateway_mac", f"{spec.gateway_mac!r} is not a lower-case MAC")
     if spec.mtu is not None and not 68 <= spec.mtu <= 65_535:

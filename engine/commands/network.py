@@ -17,7 +17,7 @@ from cloud_engine.engine.fabric.zone import Zone
 from cloud_engine.engine.lookups import require_new_id
 from cloud_engine.engine.unit_of_work import UnitOfWork
 from cloud_engine.engine.virtual.ip_address import IpAddress
-from cloud_engine.engine.virtual.network import Isolation, Network
+from cloud_engine.engine.virtual.network import Isolation, Network, Purpose
 from cloud_engine.engine.virtual.network_rule import NetworkRule, Protocol, RuleKind
 from cloud_engine.engine.virtual.nic import MAX_DEVICE_ID, Nic
 
@@ -43,6 +43,10 @@ class CreateNetwork(Command, frozen=True, kw_only=True):
     isolation: Isolation = "VLAN"
     physical_network_id: UUID | None = None
     id: UUID | None = None
+    purpose: Purpose = "isolated"
+    # The zone's public network: the network gets a virtual router that
+    # leaves through a public IP allocated for it there (source NAT).
+    public_network_id: UUID | None = None
 
 
 class ImplementNetwork(Command, frozen=True, kw_only=True):
@@ -66,6 +70,15 @@ class DestroyNetwork(Command, frozen=True, kw_only=True):
     network_id: UUID
 
 
+def public_network(uow: UnitOfWork, network_id: UUID, zone_id: UUID, field: str) -> Network:
+    public = uow.get(Network, network_id)
+    if public.purpose != "public":
+        raise Validation(f"network {network_id} is not a public network", field=field)
+    if public.zone_id != zone_id:
+        raise Validation(f"public network {network_id} is in another zone", field=field)
+    return public
+
+
 @handles(CreateNetwork)
 def create_network(uow: UnitOfWork, cmd: CreateNetwork) -> Outcome:
     uow.get(Zone, cmd.zone_id)
@@ -77,8 +90,26 @@ def create_network(uow: UnitOfWork, cmd: CreateNetwork) -> Outcome:
         gateway=cmd.gateway,
         physical_network_id=cmd.physical_network_id,
         isolation=cmd.isolation,
+        purpose=cmd.purpose,
         id=cmd.id,
     )
+    if cmd.public_network_id is not None:
+        if cmd.purpose != "isolated":
+            raise Validation("only isolated networks have a router", field="public_network_id")
+        public = public_network(uow, cmd.public_network_id, cmd.zone_id, "public_network_id")
+        # The source NAT address is the network account's public IP.
+        ip_id = uuid4()
+        address = public.allocate_ip(ip_id, network.id)
+        uow.add(
+            IpAddress.create(
+                network_id=public.id,
+                address=address,
+                owner_id=network.id,
+                account=cmd.account,
+                id=ip_id,
+            )
+        )
+        network.add_router(ip_id, address)
     uow.add(network)
     return Outcome(aggregate_id=network.id)
 
@@ -109,7 +140,14 @@ def release_network_tag(uow: UnitOfWork, cmd: ReleaseNetworkTag) -> Outcome:
 
 @handles(DestroyNetwork)
 def destroy_network(uow: UnitOfWork, cmd: DestroyNetwork) -> Outcome:
-    uow.get(Network, cmd.network_id).destroy()
+    network = uow.get(Network, cmd.network_id)
+    network.destroy()
+    # Its router's source NAT address goes back to the public network.
+    if network.source_nat_ip_id is not None:
+        ip = uow.get(IpAddress, network.source_nat_ip_id)
+        if ip.state != "Released":
+            uow.get(Network, ip.network_id).release_ip(ip.address)
+            ip.release()
     return Outcome(aggregate_id=cmd.network_id)
 
 
@@ -121,6 +159,9 @@ class AllocateIp(Command, frozen=True, kw_only=True):
     owner_id: UUID | None = None
     address: Address | None = None
     ip_id: UUID | None = None
+    # Whose the address is: required on a public network (a public IP),
+    # refused elsewhere (an address belongs to its network's account).
+    account: Name | None = None
 
 
 class ReleaseIp(Command, frozen=True, kw_only=True):
@@ -133,10 +174,23 @@ def allocate_ip(uow: UnitOfWork, cmd: AllocateIp) -> Outcome:
     # A chosen id already in use is refused before the network hands out an
     # address for it, so the command does not half-apply.
     require_new_id(uow, cmd.ip_id)
+    if network.purpose == "public" and cmd.account is None:
+        raise Validation("a public IP needs the account it is for", field="account")
+    if network.purpose != "public" and cmd.account not in (None, network.account):
+        raise Validation(
+            f"an address of network {network.id} belongs to its account", field="account"
+        )
     ip_id = uuid4() if cmd.ip_id is None else cmd.ip_id
     address = network.allocate_ip(ip_id, cmd.owner_id, cmd.address)
+    account = cmd.account if network.purpose == "public" else None
     uow.add(
-        IpAddress.create(network_id=network.id, address=address, owner_id=cmd.owner_id, id=ip_id)
+        IpAddress.create(
+            network_id=network.id,
+            address=address,
+            owner_id=cmd.owner_id,
+            account=account,
+            id=ip_id,
+        )
     )
     return Outcome(aggregate_id=ip_id, value=address)
 
@@ -238,12 +292,14 @@ class CreateNetworkRule(Command, frozen=True, kw_only=True):
     end_port: Port | None = None
     public_ip_id: UUID | None = None
     private_ip: Address | None = None
+    private_port: Port | None = None
+    private_end_port: Port | None = None
     id: UUID | None = None
 
 
+# The effector's results (bus/work.py): the rule as `network_rule_id`.
 class ActivateNetworkRule(Command, frozen=True, kw_only=True):
-    published = False  # no sender yet: not in the contract (Command.published)
-    rule_id: UUID
+    network_rule_id: UUID
 
 
 class RevokeNetworkRule(Command, frozen=True, kw_only=True):
@@ -251,14 +307,25 @@ class RevokeNetworkRule(Command, frozen=True, kw_only=True):
 
 
 class MarkNetworkRuleRevoked(Command, frozen=True, kw_only=True):
-    published = False  # no sender yet: not in the contract (Command.published)
-    rule_id: UUID
+    network_rule_id: UUID
 
 
 class FailNetworkRule(Command, frozen=True, kw_only=True):
-    published = False  # no sender yet: not in the contract (Command.published)
-    rule_id: UUID
+    network_rule_id: UUID
     reason: Reason
+
+
+class RecordNetworkRuleDrift(Command, frozen=True, kw_only=True):
+    """The reconciler put back a rule found missing on its router."""
+
+    network_rule_id: UUID
+    detail: Reason
+
+
+@handles(RecordNetworkRuleDrift)
+def record_network_rule_drift(uow: UnitOfWork, cmd: RecordNetworkRuleDrift) -> Outcome:
+    uow.get(NetworkRule, cmd.network_rule_id).record_drift(cmd.detail)
+    return Outcome(aggregate_id=cmd.network_rule_id)
 
 
 @handles(CreateNetworkRule)
@@ -274,22 +341,42 @@ def create_network_rule(uow: UnitOfWork, cmd: CreateNetworkRule) -> Outcome:
         end_port=cmd.end_port,
         public_ip_id=cmd.public_ip_id,
         private_ip=cmd.private_ip,
+        private_port=cmd.private_port,
+        private_end_port=cmd.private_end_port,
         id=cmd.id,
     )
+    if network.router_address is None:
+        raise Conflict(f"network {network.id} has no router to program", field="network_id")
+    if cmd.public_ip_id is None:
+        # Every kind acts on a public IP (a firewall guards one's ingress).
+        raise Validation(f"{cmd.kind} needs a public_ip_address_id", field="public_ip_id")
     if rule.private_ip is not None and not network.contains(rule.private_ip):
         raise Validation(f"private_ip must lie inside {network.cidr}", field="private_ip")
+    if rule.private_ip in (network.gateway, network.router_address):
+        raise Validation("private_ip must be a guest's address", field="private_ip")
     if cmd.public_ip_id is not None:
         public_ip = uow.get(IpAddress, cmd.public_ip_id)
         if public_ip.state == "Released":
             raise Conflict(f"ip {public_ip.id} has been released", field="public_ip_id")
+        if uow.get(Network, public_ip.network_id).purpose != "public":
+            raise Validation(f"ip {public_ip.id} is not a public IP", field="public_ip_id")
+        if public_ip.account != network.account:
+            raise Validation(
+                f"ip {public_ip.id} is not a public IP of account {network.account}",
+                field="public_ip_id",
+            )
+        if public_ip.id == network.source_nat_ip_id and rule.kind == "static_nat":
+            raise Conflict(
+                "the router's source NAT address takes no static NAT", field="public_ip_id"
+            )
     uow.add(rule)
     return Outcome(aggregate_id=rule.id)
 
 
 @handles(ActivateNetworkRule)
 def activate_network_rule(uow: UnitOfWork, cmd: ActivateNetworkRule) -> Outcome:
-    uow.get(NetworkRule, cmd.rule_id).activate()
-    return Outcome(aggregate_id=cmd.rule_id)
+    uow.get(NetworkRule, cmd.network_rule_id).activate()
+    return Outcome(aggregate_id=cmd.network_rule_id)
 
 
 @handles(RevokeNetworkRule)
@@ -300,11 +387,11 @@ def revoke_network_rule(uow: UnitOfWork, cmd: RevokeNetworkRule) -> Outcome:
 
 @handles(MarkNetworkRuleRevoked)
 def mark_network_rule_revoked(uow: UnitOfWork, cmd: MarkNetworkRuleRevoked) -> Outcome:
-    uow.get(NetworkRule, cmd.rule_id).mark_revoked()
-    return Outcome(aggregate_id=cmd.rule_id)
+    uow.get(NetworkRule, cmd.network_rule_id).mark_revoked()
+    return Outcome(aggregate_id=cmd.network_rule_id)
 
 
 @handles(FailNetworkRule)
 def fail_network_rule(uow: UnitOfWork, cmd: FailNetworkRule) -> Outcome:
-    uow.get(NetworkRule, cmd.rule_id).fail(cmd.reason)
-    return Outcome(aggregate_id=cmd.rule_id)
+    uow.get(NetworkRule, cmd.network_rule_id).fail(cmd.reason)
+    return Outcome(aggregate_id=cmd.network_rule_id)

@@ -6,7 +6,7 @@ same id in the same transaction, so the pool and the address never disagree.
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 from uuid import UUID
 
 from eventsourcing.domain import event
@@ -20,9 +20,27 @@ IpState = Literal["Allocated", "Associated", "Released"]
 class IpAddress(Aggregate):
     entity = "ip"
 
-    @event("Created")
-    def __init__(self, network_id: UUID, address: str, owner_id: UUID | None) -> None:
+    class Created(Aggregate.Created):
+        """v2 added account: whose a public IP is (None: its network's
+        account's, as every address recorded before)."""
+
+        network_id: UUID
+        address: str
+        owner_id: UUID | None
+        account: str | None
+
+        class_version = 2
+
+        @staticmethod
+        def upcast_v1_v2(state: dict[str, Any]) -> None:
+            state["account"] = None
+
+    @event(Created)
+    def __init__(
+        self, network_id: UUID, address: str, owner_id: UUID | None, account: str | None
+    ) -> None:
         self.network_id = network_id
+        self.account = account
         self.address = address
         self.owner_id = owner_id
         self.nic_id: UUID | None = None
@@ -35,6 +53,7 @@ class IpAddress(Aggregate):
         network_id: UUID,
         address: str,
         owner_id: UUID | None = None,
+        account: str | None = None,
         id: UUID | None = None,  # the library's keyword
     ) -> IpAddress:
         created: IpAddress = cls._create(
@@ -43,6 +62,7 @@ class IpAddress(Aggregate):
             network_id=network_id,
             address=str(parse_address(address)),
             owner_id=owner_id,
+            account=account,
         )
         return created
 

@@ -12,7 +12,7 @@ import ipaddress
 import socket
 from collections.abc import Mapping
 from types import MappingProxyType
-from typing import Literal
+from typing import Any, Literal
 from uuid import UUID
 
 from eventsourcing.domain import event
@@ -22,6 +22,10 @@ from cloud_engine.engine.errors import CapacityExceeded, Conflict, Validation
 
 NetworkState = Literal["Allocated", "Implemented", "Shutdown", "Destroyed"]
 Isolation = Literal["VLAN", "VXLAN", "none"]
+# isolated: one account's guest network; public: the zone's network onto the
+# outside, whose addresses are public IPs handed to accounts.
+Purpose = Literal["isolated", "public"]
+PURPOSES: tuple[Purpose, ...] = ("isolated", "public")
 
 ISOLATIONS: tuple[Isolation, ...] = ("VLAN", "VXLAN", "none")
 # 802.1Q reserves VLAN ids 0 and 4095; a VXLAN network identifier has 24 bits.
@@ -80,8 +84,30 @@ def _gateway_for(network: ipaddress.IPv4Network, gateway: str | None) -> str:
 
 class Network(Aggregate):
     entity = "network"
+    # Set by add_router (RouterAdded); networks recorded before have none.
+    router_address: str | None = None
+    source_nat_ip_id: UUID | None = None
+    source_nat_ip: str | None = None
 
-    @event("Created")
+    class Created(Aggregate.Created):
+        """v2 added purpose; networks created before were all isolated."""
+
+        account: str
+        name: str
+        zone_id: UUID
+        cidr: str
+        gateway: str
+        physical_network_id: UUID | None
+        isolation: Isolation
+        purpose: Purpose
+
+        class_version = 2
+
+        @staticmethod
+        def upcast_v1_v2(state: dict[str, Any]) -> None:
+            state["purpose"] = "isolated"
+
+    @event(Created)
     def __init__(
         self,
         account: str,
@@ -91,8 +117,10 @@ class Network(Aggregate):
         gateway: str,
         physical_network_id: UUID | None,
         isolation: Isolation,
+        purpose: Purpose,
     ) -> None:
         self.account = account
+        self.purpose: Purpose = purpose
         self.name = name
         self.zone_id = zone_id
         self.cidr = cidr
@@ -122,11 +150,19 @@ class Network(Aggregate):
         gateway: str | None = None,
         physical_network_id: UUID | None = None,
         isolation: Isolation = "VLAN",
+        purpose: Purpose = "isolated",
         id: UUID | None = None,  # the library's keyword
     ) -> Network:
         require_name(account, "account")
         require_name(name)
         require(isolation in ISOLATIONS, "isolation must be VLAN, VXLAN or none", field="isolation")
+        require(purpose in PURPOSES, "purpose must be isolated or public", field="purpose")
+        # The public network is the outside's wire itself: nothing to isolate.
+        require(
+            purpose != "public" or isolation == "none",
+            "a public network has isolation none",
+            field="isolation",
+        )
         # Tags come from a physical network's range; without one there is none to use.
         require(
             isolation == "none" or physical_network_id is not None,
@@ -144,6 +180,7 @@ class Network(Aggregate):
             gateway=_gateway_for(network, gateway),
             physical_network_id=physical_network_id,
             isolation=isolation,
+            purpose=purpose,
         )
         return created
 
@@ -210,6 +247,37 @@ class Network(Aggregate):
         self._taken.discard(number)
         del self._by_address[address]
         self._hint = min(self._hint, number)
+
+    # Virtual router -----------------------------------------------------------
+
+    def add_router(self, source_nat_ip_id: UUID, source_nat_ip: str) -> str:
+        """Give the network a virtual router: it takes the last host address
+        (from now on never handed to a NIC) and leaves through the public IP
+        source_nat_ip. Returns the router's address."""
+        self.require_state(["Allocated"], "add a router to")
+        if self.purpose != "isolated":
+            raise Conflict(f"a {self.purpose} network has no router", field="public_network_id")
+        if self.router_address is not None:
+            raise Conflict(f"network {self.id} has a router already", field="public_network_id")
+        if self._last in self._taken or self._last == self._gateway or self._last < self._first:
+            raise Conflict(
+                f"network {self.id} has no free last address for its router", field="cidr"
+            )
+        address = _to_str(self._last)
+        self._router_added(
+            router_address=address, source_nat_ip_id=source_nat_ip_id, source_nat_ip=source_nat_ip
+        )
+        return address
+
+    @event("RouterAdded")
+    def _router_added(
+        self, router_address: str, source_nat_ip_id: UUID, source_nat_ip: str
+    ) -> None:
+        self.router_address = router_address
+        self.source_nat_ip_id = source_nat_ip_id
+        self.source_nat_ip = source_nat_ip
+        # Out of the pool: the hint never reaches it, free_count leaves it out.
+        self._last = _to_int(router_address) - 1
 
     # Lifecycle ----------------------------------------------------------------
 

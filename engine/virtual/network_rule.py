@@ -7,7 +7,7 @@ programmed the virtual router; revoking goes through Revoking the same way.
 from __future__ import annotations
 
 import ipaddress
-from typing import Literal
+from typing import Any, Literal
 from uuid import UUID
 
 from eventsourcing.domain import event
@@ -23,6 +23,8 @@ Protocol = Literal["tcp", "udp", "icmp", "all"]
 KINDS: tuple[RuleKind, ...] = ("firewall", "port_forwarding", "static_nat")
 PROTOCOLS: tuple[Protocol, ...] = ("tcp", "udp", "icmp", "all")
 MIN_PORT, MAX_PORT = 1, 65535
+# Port forwarding is programmed port by port: a bound on a range's length.
+MAX_FORWARDED_PORTS = 100
 
 
 def _source_cidr(cidr: str) -> str:
@@ -61,10 +63,61 @@ def _ports(
     return start_port, end
 
 
+def _private_ports(
+    start: int | None, end: int | None, private_port: int | None, private_end_port: int | None
+) -> tuple[int, int]:
+    """A port forwarding rule's private range: as long as its public one."""
+    if start is None or end is None:
+        raise Validation("port_forwarding needs tcp or udp ports", field="start_port")
+    if private_port is None:  # the same ports on the VM
+        private_port = start
+    count = end - start + 1
+    require(
+        count <= MAX_FORWARDED_PORTS,
+        f"port_forwarding forwards at most {MAX_FORWARDED_PORTS} ports",
+        field="end_port",
+    )
+    private_end = private_port + count - 1 if private_end_port is None else private_end_port
+    require(
+        private_end - private_port + 1 == count,
+        f"private_end_port must make the private range {count} ports long, as the public one",
+        field="private_end_port",
+    )
+    require(
+        private_port >= MIN_PORT and private_end <= MAX_PORT,
+        f"private ports must be {MIN_PORT}..{MAX_PORT}",
+        field="private_end_port",
+    )
+    return private_port, private_end
+
+
 class NetworkRule(Aggregate):
     entity = "rule"
 
-    @event("Created")
+    class Created(Aggregate.Created):
+        """v2 added private_port and private_end_port (port forwarding's
+        target range; rules recorded before forwarded to the same ports)."""
+
+        network_id: UUID
+        kind: RuleKind
+        protocol: Protocol
+        source_cidr: str | None
+        start_port: int | None
+        end_port: int | None
+        public_ip_id: UUID | None
+        private_ip: str | None
+        private_port: int | None
+        private_end_port: int | None
+
+        class_version = 2
+
+        @staticmethod
+        def upcast_v1_v2(state: dict[str, Any]) -> None:
+            forwarding = state.get("kind") == "port_forwarding"
+            state["private_port"] = state.get("start_port") if forwarding else None
+            state["private_end_port"] = state.get("end_port") if forwarding else None
+
+    @event(Created)
     def __init__(
         self,
         network_id: UUID,
@@ -75,7 +128,11 @@ class NetworkRule(Aggregate):
         end_port: int | None,
         public_ip_id: UUID | None,
         private_ip: str | None,
+        private_port: int | None,
+        private_end_port: int | None,
     ) -> None:
+        self.private_port = private_port
+        self.private_end_port = private_end_port
         self.network_id = network_id
         self.kind: RuleKind = kind
         self.protocol: Protocol = protocol
@@ -99,6 +156,8 @@ class NetworkRule(Aggregate):
         end_port: int | None = None,
         public_ip_id: UUID | None = None,
         private_ip: str | None = None,
+        private_port: int | None = None,
+        private_end_port: int | None = None,
         id: UUID | None = None,  # the library's keyword
     ) -> NetworkRule:
         require(kind in KINDS, "kind must be firewall, port_forwarding or static_nat", field="kind")
@@ -107,8 +166,16 @@ class NetworkRule(Aggregate):
             # One-to-one NAT maps the whole address, never single protocols or ports.
             require(protocol == "all", "static_nat rules use protocol all", field="protocol")
         start, end = _ports(protocol, start_port, end_port)
+        private: tuple[int | None, int | None] = (None, None)
         if kind == "port_forwarding":
             require(start is not None, "port_forwarding needs tcp or udp ports", field="protocol")
+            private = _private_ports(start, end, private_port, private_end_port)
+        else:
+            require(
+                private_port is None and private_end_port is None,
+                f"{kind} rules take no private ports",
+                field="private_port",
+            )
         if kind == "firewall":
             require(
                 source_cidr is not None, "firewall rules need a source_cidr", field="source_cidr"
@@ -131,6 +198,8 @@ class NetworkRule(Aggregate):
             end_port=end,
             public_ip_id=public_ip_id,
             private_ip=None if private_ip is None else str(parse_address(private_ip, "private_ip")),
+            private_port=private[0],
+            private_end_port=private[1],
         )
         return created
 
@@ -151,6 +220,16 @@ class NetworkRule(Aggregate):
         self.require_state(["Adding", "Revoking"], "fail")
         require(bool(reason.strip()), "reason must not be empty", field="reason")
         self._failed(reason=reason)
+
+    def record_drift(self, detail: str) -> None:
+        """The reconciler found the rule missing on its router and put it back."""
+        self.require_state(["Active"], "record drift on")
+        require(bool(detail.strip()), "detail must not be empty", field="detail")
+        self._drift_repaired(detail=detail)
+
+    @event("DriftRepaired")
+    def _drift_repaired(self, detail: str) -> None:
+        self.last_drift = detail
 
     @event("Activated")
     def _activated(self) -> None:

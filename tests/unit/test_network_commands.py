@@ -301,46 +301,116 @@ def test_nic_transitions_refused(uow):
 # Rules ---------------------------------------------------------------------------------
 
 
+def routed(uow, account="acct"):
+    """A public network, a network with a router leaving through it, and
+    a public IP of the account's: (network, public network, public IP)."""
+    public = create_network(
+        uow, cidr="203.0.113.0/24", account="ops", isolation="none", purpose="public",
+        physical_network_id=None,
+    )  # fmt: skip
+    network = create_network(uow, account=account, public_network_id=public)
+    ip = dispatch(uow, AllocateIp(network_id=public, account=account)).aggregate_id
+    uow.commit()
+    return network, public, ip
+
+
+def test_a_network_with_a_router(uow):
+    network_id, public_id, _ip = routed(uow)
+    network, public = uow.get(Network, network_id), uow.get(Network, public_id)
+    assert network.router_address == "10.0.0.254"  # the last host: the guests' way out
+    assert network.source_nat_ip == "203.0.113.2"  # .1: the public network's gateway
+    snat = uow.get(IpAddress, network.source_nat_ip_id)
+    assert (snat.network_id, snat.account, snat.owner_id) == (public_id, "acct", network_id)
+    assert public.allocated["203.0.113.2"] == snat.id
+    # The router's address is never a NIC's.
+    assert network.free_count == 253 - 1
+    taken = {dispatch(uow, AllocateIp(network_id=network_id)).value for _ in range(252)}
+    assert "10.0.0.254" not in taken and "10.0.0.1" not in taken
+    # Destroyed, the network gives its source NAT address back.
+    for address in taken:
+        ip_id = network.allocated[address]
+        dispatch(uow, ReleaseIp(ip_id=ip_id))
+    dispatch(uow, DestroyNetwork(network_id=network_id))
+    assert "203.0.113.2" not in public.allocated
+    assert snat.state == "Released"
+
+
+def test_public_ips_and_router_refusals(uow):
+    network_id, public_id, _ip = routed(uow)
+    # A public IP is an account's; another network's addresses are not.
+    assert (
+        assert_command_refused(uow, Validation, AllocateIp(network_id=public_id)).field == "account"
+    )
+    assert (
+        assert_command_refused(
+            uow, Validation, AllocateIp(network_id=network_id, account="x")
+        ).field
+        == "account"
+    )
+    # Only a public network gives routers their way out.
+    other = create_network(uow, cidr="10.9.0.0/24")
+    refused = assert_command_refused(
+        uow, Validation, CreateNetwork(account="a", name="n", zone_id=uow.zone_id,
+                                       cidr="10.8.0.0/24", isolation="none",
+                                       public_network_id=other)
+    )  # fmt: skip
+    assert refused.field == "public_network_id"
+    refused = assert_command_refused(
+        uow, Validation, CreateNetwork(account="a", name="n", zone_id=uow.zone_id,
+                                       cidr="10.8.0.0/24", purpose="public", isolation="VXLAN")
+    )  # fmt: skip
+    assert refused.field == "isolation"
+
+
 def test_rule_lifecycle(uow):
-    network_id = create_network(uow)
-    public_ip = dispatch(uow, AllocateIp(network_id=create_network(uow, cidr="203.0.113.0/24")))
+    network_id, _public, public_ip = routed(uow)
     rule_id = dispatch(
         uow,
         CreateNetworkRule(
             network_id=network_id,
             kind="port_forwarding",
             protocol="tcp",
-            start_port=443,
-            public_ip_id=public_ip.aggregate_id,
+            start_port=8080,
+            end_port=8081,
+            public_ip_id=public_ip,
             private_ip="10.0.0.10",
+            private_port=80,
         ),
     ).aggregate_id
     rule = uow.get(NetworkRule, rule_id)
-    assert (rule.state, rule.start_port, rule.end_port) == ("Adding", 443, 443)
-    dispatch(uow, ActivateNetworkRule(rule_id=rule_id))
+    assert (rule.state, rule.start_port, rule.end_port) == ("Adding", 8080, 8081)
+    assert (rule.private_port, rule.private_end_port) == (80, 81)
+    dispatch(uow, ActivateNetworkRule(network_rule_id=rule_id))
     dispatch(uow, RevokeNetworkRule(rule_id=rule_id))
-    dispatch(uow, MarkNetworkRuleRevoked(rule_id=rule_id))
+    dispatch(uow, MarkNetworkRuleRevoked(network_rule_id=rule_id))
     assert rule.state == "Revoked"
-    assert_command_refused(uow, InvalidTransition, FailNetworkRule(rule_id=rule_id, reason="late"))
+    assert_command_refused(
+        uow, InvalidTransition, FailNetworkRule(network_rule_id=rule_id, reason="late")
+    )
 
 
 def test_rule_failure(uow):
-    network_id = create_network(uow)
+    network_id, _public, public_ip = routed(uow)
     rule_id = dispatch(
         uow,
         CreateNetworkRule(
-            network_id=network_id, kind="firewall", protocol="icmp", source_cidr="0.0.0.0/0"
+            network_id=network_id, kind="firewall", protocol="icmp", source_cidr="0.0.0.0/0",
+            public_ip_id=public_ip,
         ),
-    ).aggregate_id
-    dispatch(uow, FailNetworkRule(rule_id=rule_id, reason="router down"))
+    ).aggregate_id  # fmt: skip
+    dispatch(uow, FailNetworkRule(network_rule_id=rule_id, reason="router down"))
     assert uow.get(NetworkRule, rule_id).error == "router down"
-    assert_command_refused(uow, InvalidTransition, ActivateNetworkRule(rule_id=rule_id))
+    assert_command_refused(uow, InvalidTransition, ActivateNetworkRule(network_rule_id=rule_id))
 
 
 def test_create_rule_refusals(uow):
-    network_id = create_network(uow)
-    released = dispatch(uow, AllocateIp(network_id=network_id)).aggregate_id
+    network_id, public_id, public_ip = routed(uow)
+    released = dispatch(uow, AllocateIp(network_id=public_id, account="acct")).aggregate_id
     dispatch(uow, ReleaseIp(ip_id=released))
+    theirs = dispatch(uow, AllocateIp(network_id=public_id, account="other")).aggregate_id
+    private = dispatch(uow, AllocateIp(network_id=network_id)).aggregate_id
+    plain = create_network(uow, cidr="10.7.0.0/24")
+    uow.commit()
     count = len(uow.aggregates)
 
     def nat(**kwargs):
@@ -348,23 +418,30 @@ def test_create_rule_refusals(uow):
             **{
                 "network_id": network_id,
                 "kind": "static_nat",
-                "public_ip_id": uuid4(),
+                "public_ip_id": public_ip,
                 "private_ip": "10.0.0.10",
                 **kwargs,
             }
         )
 
-    assert (
-        assert_command_refused(uow, Validation, nat(private_ip="10.1.0.10")).field == "private_ip"
-    )
-    assert_command_refused(uow, NotFound, nat())
-    assert assert_command_refused(uow, Conflict, nat(public_ip_id=released)).field == "public_ip_id"
+    def refused(error, command):
+        return assert_command_refused(uow, error, command).field
+
+    assert refused(Validation, nat(private_ip="10.1.0.10")) == "private_ip"
+    assert refused(Validation, nat(private_ip="10.0.0.254")) == "private_ip"  # the router
+    assert_command_refused(uow, NotFound, nat(public_ip_id=uuid4()))
+    assert refused(Conflict, nat(public_ip_id=released)) == "public_ip_id"
+    assert refused(Validation, nat(public_ip_id=theirs)) == "public_ip_id"  # another account's
+    assert refused(Validation, nat(public_ip_id=private)) == "public_ip_id"  # not public
+    assert refused(Validation, nat(public_ip_id=None)) == "public_ip_id"
+    assert refused(Conflict, nat(network_id=plain)) == "network_id"  # no router
     assert_command_refused(uow, NotFound, nat(network_id=uuid4()))
-    assert assert_command_refused(uow, Validation, nat(private_ip=None)).field == "private_ip"
-    dispatch(uow, DestroyNetwork(network_id=network_id))
-    assert_command_refused(
-        uow,
-        InvalidTransition,
-        CreateNetworkRule(network_id=network_id, kind="firewall", source_cidr="0.0.0.0/0"),
+    assert refused(Validation, nat(private_ip=None)) == "private_ip"
+    forward = {"kind": "port_forwarding", "protocol": "tcp", "start_port": 8080, "end_port": 8081}
+    assert refused(Validation, nat(**forward, private_port=80, private_end_port=80)) == (
+        "private_end_port"
     )
+    assert refused(Validation, nat(**forward, private_port=65535)) == "private_end_port"
+    assert refused(Validation, nat(**{**forward, "end_port": 8300}, private_port=80)) == "end_port"
+    assert refused(Validation, nat(private_port=80)) == "private_port"
     assert len(uow.aggregates) == count
