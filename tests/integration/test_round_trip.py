@@ -23,6 +23,7 @@ from cloud_engine.engine.commands.fabric import (
 )
 from cloud_engine.engine.commands.network import (
     AllocateIp,
+    CreateNetwork,
     CreateNetworkRule,
     CreateNic,
     PlugNic,
@@ -118,13 +119,28 @@ def test_every_aggregate_type_round_trips(service: CommandService, pg_target):
     ip = run(AllocateIp(network_id=network, owner_id=vm))
     nic = run(CreateNic(vm_id=vm, network_id=network, device_id=0, ip_id=ip))
     run(PlugNic(nic_id=nic))
+    # Rules need a network with a router, leaving through a public network.
+    public = run(
+        CreateNetwork(
+            account="ops", name="public", zone_id=zone, cidr="100.64.9.0/24",
+            isolation="none", purpose="public",
+        )
+    )  # fmt: skip
+    routed = run(
+        CreateNetwork(
+            account="acct", name="routed", zone_id=zone, cidr="10.9.0.0/24",
+            isolation="none", public_network_id=public,
+        )
+    )  # fmt: skip
+    public_ip = run(AllocateIp(network_id=public, account="acct"))
     rule = run(
         CreateNetworkRule(
-            network_id=network,
+            network_id=routed,
             kind="firewall",
             protocol="tcp",
             source_cidr="0.0.0.0/0",
             start_port=22,
+            public_ip_id=public_ip,
         )
     )
     other_pn = run(
