@@ -25,6 +25,7 @@ from cloud_engine.api.routing import CommandRoute, action, create, named
 from cloud_engine.engine.commands import Command
 from cloud_engine.engine.commands import fabric as f
 from cloud_engine.engine.commands import storage as s
+from cloud_engine.engine.commands.maintenance import CancelHostMaintenance, HostOperation
 from cloud_engine.engine.fabric.physical_network import TagRange
 
 ZONE = ("zone", "zone_id")
@@ -78,8 +79,13 @@ FABRIC_ROUTES: list[CommandRoute[Any]] = [
            access="fabric", refs=named(ZONE, POD, CLUSTER)),
     *_toggles("host", "host", lambda i: f.EnableHost(host_id=i),
               lambda i: f.DisableHost(host_id=i)),
-    action("host", "enter-maintenance", "enterHostMaintenance", "Put a host in maintenance",
-           NoBody, lambda c: f.EnterHostMaintenance(host_id=c.id), access="fabric"),
+    action("host", "enter-maintenance", "enterHostMaintenance",
+           "Drain a host into maintenance (an operation: its VMs move to other hosts)",
+           NoBody, lambda c: HostOperation(kind="host.maintenance", host_id=c.id),
+           access="fabric", operation=True),
+    action("host", "cancel-maintenance", "cancelHostMaintenance",
+           "Stop a drain or leave maintenance: the host is placeable again", NoBody,
+           lambda c: CancelHostMaintenance(host_id=c.id), access="fabric"),
     action("host", "exit-maintenance", "exitHostMaintenance", "Take a host out of maintenance",
            NoBody, lambda c: f.ExitHostMaintenance(host_id=c.id), access="fabric"),
     create("storage_pool", "createStoragePool", "Create a primary storage pool",

@@ -42,6 +42,7 @@ from cloud_engine.engine.commands.operations import AdvanceOperation, FailOperat
 from cloud_engine.engine.errors import DomainError
 from cloud_engine.engine.operations.guard import ResourceGuard, guard_id
 from cloud_engine.engine.operations.operation import FINISHED, Operation
+from cloud_engine.engine.operations.registry import KINDS
 from cloud_engine.engine.service import CommandService
 from cloud_engine.engine.store import EventStore
 from cloud_engine.infra.database import DatabaseTarget
@@ -241,6 +242,8 @@ class OperationManager:
         """A step that waits on the effectors for too long. Placing is the
         engine's own (never overdue)."""
         if op.status not in ("pending", "running") or op.current_step in (None, "place"):
+            return False
+        if op.kind in KINDS and not KINDS[op.kind].deadline:
             return False
         waited = (datetime.now(UTC) - op.waiting_since).total_seconds()
         return waited > self.step_deadline_s

@@ -20,6 +20,7 @@ from cloud_engine.lab import LabError
 from cloud_engine.runner import (
     api_cli,
     audit_cli,
+    drain_cli,
     effector_cli,
     engine_cli,
     lab_cli,
@@ -66,6 +67,7 @@ def _parser() -> argparse.ArgumentParser:
     projections_cli.register(sub)
     effector_cli.register(sub)
     engine_cli.register(sub)
+    drain_cli.register(sub)
     api_cli.register(sub)
     token_cli.register(sub)
     lab_cli.register(sub)
@@ -116,6 +118,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return effector_cli.run(args, settings)
         if args.command in engine_cli.COMMANDS:
             return engine_cli.run(args, settings)
+        if args.command in drain_cli.COMMANDS:
+            return drain_cli.run(args, settings)
         if args.command in api_cli.COMMANDS:
             return api_cli.run(args, settings)
         if args.command in token_cli.COMMANDS:

@@ -32,6 +32,7 @@ import structlog
 from cloud_engine.api.app import create_app
 from cloud_engine.api.metrics import ApiMetrics
 from cloud_engine.api.server import ApiServer
+from cloud_engine.automation.drain import Drainer
 from cloud_engine.bus.relay import Relay
 from cloud_engine.effectors.service import EffectorService, effector_config
 from cloud_engine.infra.database import DatabaseTarget
@@ -178,6 +179,9 @@ def _up(settings: Settings, signals: StopSignals) -> int:
                 type(part).__name__: Supervised(type(part).__name__, engine_part(i), restarts)
                 for i, part in enumerate(engine)
             }
+            actors["Drainer"] = Supervised(
+                "Drainer", lambda: Drainer(service, store, infra.target), restarts
+            )
             actors["effector"] = Supervised(
                 "effector",
                 lambda: EffectorService(

@@ -55,6 +55,12 @@ from cloud_engine.engine.commands.hosts import (
     ReserveHostCapacity,
     UpdateHostOvercommit,
 )
+from cloud_engine.engine.commands.maintenance import (
+    CancelHostMaintenance,
+    HostOperation,
+    MigrateOffHost,
+    ReportHostDrain,
+)
 from cloud_engine.engine.commands.network import (
     ActivateNetworkRule,
     AllocateIp,
@@ -234,6 +240,13 @@ def run_every_command(do: Callable[[typing.Any], Done]) -> None:
     do(DisableHost(host_id=host))
     do(EnableHost(host_id=host))
     do(EnterHostMaintenance(host_id=host))
+    do(ExitHostMaintenance(host_id=host))
+    # A drain blocked by a VM, cancelled; a drain that finds nothing to move.
+    drain = do(HostOperation(kind="host.maintenance", host_id=host)).aggregate_id
+    do(ReportHostDrain(operation_id=drain, remaining=1, blocked=("vm x: no host fits",)))
+    do(CancelHostMaintenance(host_id=host))
+    drain = do(HostOperation(kind="host.maintenance", host_id=host)).aggregate_id
+    do(ReportHostDrain(operation_id=drain, remaining=0))
     do(ExitHostMaintenance(host_id=host))
     do(DeclareHostDown(host_id=host))
     do(DeclareHostUp(host_id=host))
@@ -451,6 +464,11 @@ def run_every_command(do: Callable[[typing.Any], Done]) -> None:
         move = do(VolumeOperation(kind="volume.migrate", volume_id=local_root, pool_id=pool))
         do(moved or MarkVolumeMoved(volume_id=local_root))
         do(AdvanceOperation(operation_id=move.aggregate_id))
+    # A drain of its host asks for its migration, which finds no room; cancelled.
+    drain = do(HostOperation(kind="host.maintenance", host_id=other_host)).aggregate_id
+    off = do(MigrateOffHost(operation_id=drain, vm_id=on_local)).aggregate_id
+    do(FailOperation(operation_id=off, reason="no host fits"))
+    do(CancelHostMaintenance(host_id=other_host))
     failing = do(msgspec.structs.replace(deploy, name="op-2", affinity_group="grp"))
     op = failing.aggregate_id
     do(PlaceOperation(operation_id=op, host_id=host, pool_ids=(pool,)))

@@ -36,7 +36,13 @@ __all__ = [
     "require_overcommit",
 ]
 
-HostState = Literal["Enabled", "Disabled", "Maintenance", "Down"]
+# PrepareForMaintenance: being drained (no new placements, its VMs moving
+# away); ErrorInMaintenance: some of them cannot move (the reasons in
+# maintenance_blockers); both CloudStack's names.
+HostState = Literal[
+    "Enabled", "Disabled", "PrepareForMaintenance", "ErrorInMaintenance", "Maintenance", "Down"
+]
+DRAINING: tuple[HostState, ...] = ("PrepareForMaintenance", "ErrorInMaintenance")
 
 # The libvirt test driver ("test:///default") is accepted so effectors can be
 # exercised without a hypervisor.
@@ -263,15 +269,57 @@ class Host(Switchable):
 
     # Lifecycle (enable and disable: Switchable) -------------------------------
 
+    @property
+    def maintenance_blockers(self) -> tuple[str, ...]:
+        """Why a drain cannot finish: one line per VM that cannot move."""
+        # Hosts recorded (and pickled) before drains lack it.
+        return tuple(getattr(self, "_blockers", ()))
+
+    def prepare_for_maintenance(self) -> None:
+        """A drain begins (host.maintenance): no new placements (capacity is
+        reserved on Enabled hosts only) while its VMs move away. From
+        ErrorInMaintenance, an admin tries again."""
+        self.require_state(["Enabled", "Disabled", "ErrorInMaintenance"], "drain")
+        self._maintenance_prepared()
+
+    def maintenance_blocked(self, blockers: tuple[str, ...]) -> None:
+        """Some VMs cannot move (each line says which and why): the host
+        waits in ErrorInMaintenance until they are dealt with or the admin
+        cancels."""
+        self.require_state(DRAINING, "block the drain of")
+        require(bool(blockers), "blockers must name a VM", field="blockers")
+        if self.state != "ErrorInMaintenance" or blockers != self.maintenance_blockers:
+            self._maintenance_blocked(blockers=tuple(blockers))
+
     def enter_maintenance(self) -> None:
-        # Existing reservations stay: moving the VMs away is the orchestrator's
-        # job; maintenance only stops new placements.
-        self.require_state(["Enabled", "Disabled"], "enter maintenance on")
+        # Straight from Enabled or Disabled (the state flag alone, VMs left
+        # where they are), or at the end of a drain.
+        self.require_state(["Enabled", "Disabled", *DRAINING], "enter maintenance on")
         self._maintenance_entered()
+
+    def cancel_maintenance(self) -> None:
+        """Placeable again; VMs that moved stay where they are."""
+        self.require_state([*DRAINING, "Maintenance"], "cancel maintenance on")
+        self._maintenance_cancelled()
 
     def exit_maintenance(self) -> None:
         self.require_state(["Maintenance"], "exit maintenance on")
         self._maintenance_exited()
+
+    @event("MaintenancePrepared")
+    def _maintenance_prepared(self) -> None:
+        self.state = "PrepareForMaintenance"
+        self._blockers: tuple[str, ...] = ()
+
+    @event("MaintenanceBlocked")
+    def _maintenance_blocked(self, blockers: tuple[str, ...]) -> None:
+        self.state = "ErrorInMaintenance"
+        self._blockers = blockers
+
+    @event("MaintenanceCancelled")
+    def _maintenance_cancelled(self) -> None:
+        self.state = "Enabled"
+        self._blockers = ()
 
     def declare_down(self) -> None:
         self.require_state(["Enabled", "Disabled", "Maintenance"], "declare down")
@@ -284,6 +332,7 @@ class Host(Switchable):
     @event("MaintenanceEntered")
     def _maintenance_entered(self) -> None:
         self.state = "Maintenance"
+        self._blockers = ()
 
     @event("MaintenanceExited")
     def _maintenance_exited(self) -> None:

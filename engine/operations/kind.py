@@ -40,7 +40,7 @@ from cloud_engine.engine.operations.operation import Operation, OperationParams
 from cloud_engine.engine.unit_of_work import UnitOfWork
 from cloud_engine.engine.virtual.snapshot import SnapshotKind
 
-ResourceType = Literal["vm", "volume"]
+ResourceType = Literal["vm", "volume", "host"]
 R = TypeVar("R", bound=Aggregate)
 
 
@@ -77,6 +77,10 @@ class OperationKind(ABC, Generic[R]):
     # keeps the VM in their pool's cluster and plans no new volume. A deploy
     # places disks it creates.
     keeps_disks: ClassVar[bool] = False
+    # A step waiting longer than the step deadline is failed (the manager's
+    # sweep); a kind that waits on people, not effectors (a host's drain),
+    # has none.
+    deadline: ClassVar[bool] = True
 
     @abstractmethod
     def prepare(self, uow: UnitOfWork, resource: R, request: Request) -> OperationParams:

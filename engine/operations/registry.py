@@ -12,6 +12,7 @@ from __future__ import annotations
 from typing import Any, Final
 
 from cloud_engine.engine.errors import Validation
+from cloud_engine.engine.operations.host_maintenance import HostMaintenance
 from cloud_engine.engine.operations.kind import OperationKind
 from cloud_engine.engine.operations.vm_deploy import VmDeploy
 from cloud_engine.engine.operations.vm_destroy import VmDestroy
@@ -49,6 +50,7 @@ KINDS: Final[dict[str, OperationKind[Any]]] = {
         VolumeSnapshot(),
         VolumeRevert(),
         VolumeMigrate(),
+        HostMaintenance(),
     )
 }
 
