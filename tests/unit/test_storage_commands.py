@@ -105,7 +105,7 @@ def test_every_storage_command_has_a_handler():
         for c in vars(storage).values()
         if isinstance(c, type) and issubclass(c, Command) and c.__module__ == storage.__name__
     ]
-    assert len(commands) == 22
+    assert len(commands) == 24
     assert all(c in HANDLERS for c in commands)
 
 
