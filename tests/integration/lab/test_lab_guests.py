@@ -1,0 +1,145 @@
+"""Real guests on the lab: VMs of the tiny-linux template boot Linux
+(under TCG), and what a tenant notices holds.
+
+One scenario, one set of booted guests (booting is the slow part): a and b
+in one isolated (VXLAN) network on two hosts, c in another isolated network
+on a's host. Each guest reports (on its own page, served from inside it)
+exactly the address the engine allocated to its NIC; a reaches b (a ping
+typed on a's serial console); c reaches neither. A stop ends with the
+guest powering itself off on the ACPI power button (libvirt records the
+shutoff reason "shutdown", not "destroyed", and the console shows the
+guest's own power-off line)."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import subprocess
+import time
+import uuid
+
+import libvirt
+import pytest
+
+from cloud_engine.effectors.compute.console import SerialConsole
+from cloud_engine.engine.commands.network import CreateNetwork
+from cloud_engine.engine.virtual.network import Network
+from cloud_engine.lab import LabHost
+from tests.integration.lab.lab_cloud import NAMES, Cloud, dhcp_known, lab_cloud, nic_mac
+
+# Three guests booting under TCG on a shared machine: above the default 240 s.
+pytestmark = [pytest.mark.postgres, pytest.mark.libvirt, pytest.mark.timeout(600)]
+
+# Booting under TCG on a machine shared with other work: generous, and
+# only a bound on waiting (figures are bench/guests.py's).
+BOOT_S = 240.0
+
+
+def page(lab_host: LabHost, address: str) -> str | None:
+    """The guest's page, fetched from the host's namespace (its bridge has
+    the network's gateway address); None while it does not answer."""
+    done = subprocess.run(
+        ["ip", "netns", "exec", lab_host.netns, "curl", "-s", "-m", "3", f"http://{address}/"],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    return done.stdout if done.returncode == 0 and "hostname:" in done.stdout else None
+
+
+async def wait_page(lab_host: LabHost, vm: uuid.UUID, address: str) -> str:
+    deadline = time.monotonic() + BOOT_S
+    while (found := await asyncio.to_thread(page, lab_host, address)) is None:
+        if time.monotonic() > deadline:
+            with SerialConsole(lab_host.uri, vm) as console:
+                _, seen = shell(console, "ip -o addr; ip route; cat /run/tiny/lease.*")
+            raise AssertionError(f"no page from {address} on {lab_host.name}; guest: {seen}")
+        await asyncio.sleep(1.0)
+    return found
+
+
+def reported(found: str) -> list[str]:
+    """The addresses the guest's page lists ("address: eth0 10.60.0.5/24")."""
+    return re.findall(r"^address: \S+ (\S+)/\d+$", found, re.MULTILINE)
+
+
+def shell(console: SerialConsole, command: str, timeout_s: float = 60.0) -> tuple[int, str]:
+    """Type a command at the guest's root shell: its exit status and what
+    the console showed."""
+    marker = uuid.uuid4().hex[:8]
+    console.read(0.2)  # what was there before
+    # Quoted apart so the echo of the typed line does not match.
+    console.write(f"{command}; echo done-{marker[:4]}''{marker[4:]}-$?\n".encode())
+    seen = ""
+    deadline = time.monotonic() + timeout_s
+    while not (end := re.search(f"done-{marker}-(\\d+)\r?\n", seen)):
+        assert time.monotonic() < deadline, f"{command!r} did not finish: {seen[-500:]!r}"
+        seen += console.read(1.0).decode(errors="replace")
+    return int(end.group(1)), seen
+
+
+def ping(console: SerialConsole, address: str) -> bool:
+    return shell(console, f"ping -c 3 -W 2 {address} >/dev/null 2>&1")[0] == 0
+
+
+async def test_guests_get_the_engines_addresses_reach_their_network_only_and_stop_by_acpi(
+    pg_target, service, store, broker, topic_prefix, hosts: list[LabHost], tmp_path
+):
+    async with lab_cloud(
+        pg_target, service, store, broker, topic_prefix, hosts, tmp_path, guest=True
+    ) as cloud:
+        await _scenario(cloud, hosts)
+
+
+async def _scenario(cloud: Cloud, hosts: list[LabHost]) -> None:
+    h1, h2, _ = hosts
+    first = cloud.store.load(cloud.fabric.network)
+    assert isinstance(first, Network)
+    other = (
+        await cloud.service.execute_async(
+            CreateNetwork(
+                account="acme",
+                name="other",
+                zone_id=cloud.fabric.zone,
+                cidr="10.61.0.0/24",
+                isolation="VXLAN",
+                physical_network_id=first.physical_network_id,
+            )
+        )
+    ).aggregate_id
+    a, b, c = await asyncio.gather(
+        cloud.deploy("a", host_id=cloud.fabric.host_of(h1)),
+        cloud.deploy("b", host_id=cloud.fabric.host_of(h2)),
+        cloud.deploy("c", host_id=cloud.fabric.host_of(h1), network_ids=(other,)),
+    )
+    where = {a: h1, b: h2, c: h1}
+    (address_a,), (address_b,), (address_c,) = map(cloud.addresses, (a, b, c))
+    assert address_a.startswith("10.60.0.") and address_b.startswith("10.60.0.")
+    assert address_c.startswith("10.61.0.")
+
+    # Each guest took by DHCP exactly the address the engine allocated.
+    for vm, address in ((a, address_a), (b, address_b), (c, address_c)):
+        found = await wait_page(where[vm], vm, address)
+        assert reported(found) == [address], found
+    # Only the VM's own host's DHCP knows it: one server can answer it.
+    network = NAMES.network(cloud.fabric.network)
+    assert dhcp_known(h1, network) == {nic_mac(h1, a): address_a}
+    assert dhcp_known(h2, network) == {nic_mac(h2, b): address_b}
+
+    with SerialConsole(h1.uri, a) as console_a, SerialConsole(h1.uri, c) as console_c:
+        # a reaches b across hosts (VXLAN); c, on a's own host, neither.
+        assert await asyncio.to_thread(ping, console_a, address_b)
+        assert not await asyncio.to_thread(ping, console_c, address_a)
+        assert not await asyncio.to_thread(ping, console_c, address_b)
+
+        # Graceful stop: the guest's acpid powers it off.
+        assert await cloud.operate("vm.stop", a) == ("succeeded", "")
+        said = await asyncio.to_thread(console_a.expect, "ACPI power button: powering off", 10.0)
+        assert "powering off" in said
+    conn = libvirt.open(h1.uri)
+    try:
+        state, reason = conn.lookupByUUIDString(str(a)).state()
+    finally:
+        conn.close()
+    assert (state, reason) == (libvirt.VIR_DOMAIN_SHUTOFF, libvirt.VIR_DOMAIN_SHUTOFF_SHUTDOWN)
+    assert cloud.vm(a).state == "Stopped"
