@@ -14,17 +14,18 @@ from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import Response
-from starlette.routing import Route
+from starlette.routing import BaseRoute, Route
 
-from cloud_engine.api import health, tokens
+from cloud_engine.api import health, tokens, ui
 from cloud_engine.api.codec import problem_response
 from cloud_engine.api.commands import endpoint
 from cloud_engine.api.context import ApiContext
+from cloud_engine.api.live import LiveConfig, LiveFeed, stream_endpoint
 from cloud_engine.api.metrics import ApiMetrics
 from cloud_engine.api.middleware import RequestMiddleware
 from cloud_engine.api.owners import Owners
 from cloud_engine.api.problems import UNAVAILABLE, ApiError, unavailable
-from cloud_engine.api.reads import events_endpoint, get_endpoint, list_endpoint
+from cloud_engine.api.reads import events_endpoint, get_endpoint, list_endpoint, state_endpoint
 from cloud_engine.api.resources import TYPES
 from cloud_engine.api.route_table import COMMAND_ROUTES
 from cloud_engine.engine.service import CommandService
@@ -49,12 +50,14 @@ def http_routes() -> list[Route]:
         add(base, "GET", list_endpoint(resource))
         add(f"{base}/{{id}}", "GET", get_endpoint(resource))
         add(f"{base}/{{id}}/events", "GET", events_endpoint(resource))
+        add(f"{base}/{{id}}/state", "GET", state_endpoint(resource))
     for route in COMMAND_ROUTES:
         add(route.path, route.method, endpoint(route))
     add("/livez", "GET", health.livez)
     add("/readyz", "GET", health.readyz)
     add("/metrics", "GET", health.metrics)
     add("/openapi.json", "GET", health.openapi)
+    add("/v1/stream", "GET", stream_endpoint)
     # One Route per path, so a wrong method answers 405 with every allowed one.
     return [
         Route(path, _by_method(methods), methods=list(methods)) for path, methods in by_path.items()
@@ -128,37 +131,48 @@ def create_app(
     command_timeout: float = 30.0,
     max_pending: int = 2000,
     metrics: ApiMetrics | None = None,
+    live: LiveConfig | None = None,
 ) -> Starlette:
     """An app on an existing command service and event store (the caller
-    owns and closes both); it opens its own asyncpg pool for reads.
+    owns and closes both); it opens its own asyncpg pool for reads and,
+    given a broker (`live`), the consumer of the live event stream.
     metrics: kept across apps (`up` makes a new app when it restarts the
     API, and its counters go on)."""
     metrics = metrics if metrics is not None else ApiMetrics()
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        feed: LiveFeed | None = None
         # Single reads and DDL in transactions (transaction-scoped locks
         # only): no session state for a reset round trip to undo.
         pool = await create_pool(target, max_size=pool_size, single_reads=True)
         try:
             await _prepare(pool, target.schema)
+            owners = Owners(pool, target.schema)
+            feed = None if live is None else LiveFeed(live, owners)
             app.state.api = ApiContext(
                 service=service,
                 store=store,
                 schema=target.schema,
                 pool=pool,
                 tokens=tokens.TokenStore(pool, target.schema),
-                owners=Owners(pool, target.schema),
+                owners=owners,
                 metrics=metrics,
                 command_timeout=command_timeout,
                 max_pending=max_pending,
+                live=feed,
             )
+            if feed is not None:
+                await feed.start()
             yield
         finally:
+            if feed is not None:
+                await feed.close()
             await pool.close()
 
+    routes: list[BaseRoute] = [*http_routes(), ui.mount()]
     return Starlette(
-        routes=http_routes(),
+        routes=routes,
         middleware=[Middleware(RequestMiddleware, metrics=metrics)],
         exception_handlers={
             ApiError: _api_error,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from typing import cast
+from typing import TYPE_CHECKING, cast
 
 import asyncpg
 from starlette.datastructures import Headers
@@ -17,6 +17,9 @@ from cloud_engine.api.problems import bad_request, unauthorized, unavailable
 from cloud_engine.api.tokens import TokenStore
 from cloud_engine.engine.service import CommandService
 from cloud_engine.engine.store import EventStore
+
+if TYPE_CHECKING:
+    from cloud_engine.api.live import LiveFeed
 
 _KEY = re.compile(r"^[\x21-\x7e]{1,255}$")
 
@@ -38,6 +41,8 @@ class ApiContext:
     # queued behind minutes of work its client will have given up on.
     max_pending: int = 2000
     pending: int = 0
+    # The live event stream (/v1/stream); None when the process has no broker.
+    live: LiveFeed | None = None
 
 
 def context_of(request: Request) -> ApiContext:

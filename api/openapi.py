@@ -19,11 +19,19 @@ from typing import Any, Union, get_args, get_origin
 import msgspec
 
 from cloud_engine.api.problems import MEDIA_TYPE, Problem
-from cloud_engine.api.resources import BY_TYPE, QUERY_TYPES, TYPES, EventQuery, ResourceType
+from cloud_engine.api.resources import (
+    BY_TYPE,
+    QUERY_TYPES,
+    TYPES,
+    EventQuery,
+    ResourceType,
+    StateQuery,
+)
 from cloud_engine.api.route_table import COMMAND_ROUTES
 from cloud_engine.api.routing import CommandRoute
 from cloud_engine.api.views import CommandAccepted, EventPage, Health, ResourcePage
 from cloud_engine.bus.struct_schema import normalise_descriptions
+from cloud_engine.projections.history import StateView
 
 CHECKED_IN = Path(__file__).resolve().parent.parent / "schemas" / "openapi.json"
 REF = "#/components/schemas/{name}"
@@ -216,7 +224,40 @@ def _reads(resource: ResourceType) -> dict[str, dict[str, Any]]:
                               **_problems(400, 401, 403, 404, 503)},
             }
         },
+        f"{base}/{{id}}/state": {
+            "get": {
+                "operationId": f"get{camel}State",
+                "summary": f"One {resource.title} as it was after a version or at a time,"
+                           " rebuilt from the log",
+                "description": access,
+                "tags": [resource.type],
+                "parameters": [_ID, *_query(StateQuery)],
+                "responses": {"200": {"description": "Its state then",
+                                      "content": _json("StateView")},
+                              **_problems(400, 401, 403, 404, 422, 503)},
+            }
+        },
     }  # fmt: skip
+
+
+STREAM = {
+    "get": {
+        "operationId": "streamEvents",
+        "summary": "Live events (server-sent events) fed from Kafka",
+        "description": "Every event as it is published, from now on: an administrator's"
+        " stream has all of them, a user's only its own account's resources'. Each"
+        " message is `event: cloudevent`, `id: <ce_id>` and one JSON data line (see"
+        " docs/api.md). 503 when this API process has no broker.",
+        "tags": ["service"],
+        "responses": {
+            "200": {
+                "description": "An endless text/event-stream",
+                "content": {"text/event-stream": {"schema": {"type": "string"}}},
+            },
+            **_problems(401, 503),
+        },
+    }
+}
 
 
 def _plain(summary: str, content: dict[str, Any], *problems: int) -> dict[str, Any]:
@@ -233,7 +274,7 @@ def _plain(summary: str, content: dict[str, Any], *problems: int) -> dict[str, A
 
 def build_document() -> dict[str, Any]:
     bodies = list(dict.fromkeys(r.body for r in COMMAND_ROUTES))
-    outputs = [CommandAccepted, ResourcePage, EventPage, Health, Problem]
+    outputs = [CommandAccepted, ResourcePage, EventPage, StateView, Health, Problem]
     _, schemas = msgspec.json.schema_components([*bodies, *outputs], ref_template=REF)
     paths: dict[str, dict[str, Any]] = {}
     for resource in TYPES:
@@ -244,6 +285,7 @@ def build_document() -> dict[str, Any]:
     paths["/livez"] = _plain("The process is alive", _json("Health"))
     paths["/readyz"] = _plain("The database answers", _json("Health"), 503)
     paths["/metrics"] = _plain("Prometheus metrics", {"text/plain": {"schema": {"type": "string"}}})
+    paths["/v1/stream"] = STREAM
     paths["/openapi.json"] = _plain("This document", {"application/json": {"schema": {}}})
     document: dict[str, Any] = {
         "openapi": "3.1.0",

@@ -32,12 +32,14 @@ from cloud_engine.api.resources import (
     EventQuery,
     Filter,
     ResourceType,
+    StateQuery,
     filter_values,
 )
 from cloud_engine.api.views import EventPage, Resource, ResourcePage
+from cloud_engine.engine.aggregate import Aggregate
 from cloud_engine.engine.catalog import PUBLIC_NAMES
-from cloud_engine.engine.errors import DomainError
-from cloud_engine.projections.history import history, state_view
+from cloud_engine.engine.errors import DomainError, NotFound
+from cloud_engine.projections.history import history, state_at, state_view
 
 Handler = Callable[[Request], Awaitable[Response]]
 
@@ -53,6 +55,8 @@ def _integer_fields(kind: type[msgspec.Struct]) -> frozenset[str]:
     found = set()
     for field in info.fields:
         t = field.type
+        if isinstance(t, msgspec.inspect.UnionType):  # an optional one: int | None
+            t = next((x for x in t.types if not isinstance(x, msgspec.inspect.NoneType)), t)
         while isinstance(t, msgspec.inspect.Metadata):
             t = t.type
         if isinstance(t, msgspec.inspect.IntType):
@@ -168,6 +172,44 @@ def events_endpoint(resource: ResourceType) -> Handler:
 
     handle.__name__ = f"events_{resource.type}"
     return handle
+
+
+def state_endpoint(resource: ResourceType) -> Handler:
+    async def handle(request: Request) -> Response:
+        ctx = context_of(request)
+        principal = await principal_of(request)
+        require_access(principal, resource.access, write=False)
+        resource_id: UUID = request.path_params["id"]
+        owner = await ctx.owners.of(resource_id)
+        if owner is None or owner.type != resource.type:
+            raise not_found(f"{resource.title} {resource_id} not found")
+        require_visible(
+            principal, resource.access, owner.account, f"{resource.title} {resource_id}"
+        )
+        query = parse_query(request, StateQuery)
+        try:
+            aggregate = await asyncio.to_thread(_state, ctx, resource_id, query)
+        except DomainError as error:
+            raise from_domain(error) from None
+        return json_response(state_view(aggregate))
+
+    handle.__name__ = f"state_{resource.type}"
+    return handle
+
+
+def _state(ctx: ApiContext, resource_id: UUID, query: StateQuery) -> Aggregate:
+    """Neither: now. Both: the earlier of the two states."""
+    if query.at is None:
+        if query.version is None:
+            aggregate = ctx.store.load(resource_id)
+            if aggregate is None:
+                raise NotFound(f"{resource_id} not found")
+            return aggregate
+        return state_at(ctx.store, resource_id, version=query.version)
+    aggregate = state_at(ctx.store, resource_id, at=query.at)
+    if query.version is not None and query.version < aggregate.version:
+        aggregate = state_at(ctx.store, resource_id, version=query.version)
+    return aggregate
 
 
 async def require_owner(

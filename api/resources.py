@@ -9,6 +9,7 @@ endpoint takes.
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Annotated, Any, Literal
 from uuid import UUID
 
@@ -155,6 +156,15 @@ class EventQuery(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_field
 
     after_version: Annotated[int, msgspec.Meta(ge=0)] = 0
     limit: Limit = MAX_LIMIT
+
+
+class StateQuery(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """Time travel: the resource as it was after a version, or at a time
+    (after every event recorded at or before it); with both, the earlier of
+    the two; with neither, as it is now (from the log, never behind)."""
+
+    version: Annotated[int, msgspec.Meta(ge=1, le=2**62)] | None = None
+    at: Annotated[datetime, msgspec.Meta(tz=True)] | None = None
 
 
 def _filter_type(kind: FilterKind) -> Any:

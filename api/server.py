@@ -12,6 +12,8 @@ from collections.abc import Generator
 import uvicorn
 from starlette.types import ASGIApp
 
+from cloud_engine.api.live import end_streams
+
 
 class _Server(uvicorn.Server):
     @contextlib.contextmanager
@@ -34,6 +36,7 @@ class ApiServer:
         except OSError:
             self.socket.close()
             raise
+        self.app = app
         self.host = host
         self.port = int(self.socket.getsockname()[1])
         config = uvicorn.Config(
@@ -66,6 +69,7 @@ class ApiServer:
             await asyncio.wait({serving, stopping}, return_when=asyncio.FIRST_COMPLETED)
         finally:
             stopping.cancel()
+            end_streams(self.app)
             self.server.should_exit = True
             try:
                 await serving

@@ -10,6 +10,7 @@ import sys
 from typing import Any
 
 from cloud_engine.api.app import create_app
+from cloud_engine.api.live import LiveConfig
 from cloud_engine.api.server import ApiServer
 from cloud_engine.infra.process import run_component
 from cloud_engine.infra.settings import Settings
@@ -41,7 +42,13 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
     infra = start_infrastructure(settings, broker=False)
     try:
         with command_service(infra.target, settings) as (service, store):
-            app = create_app(service, store, infra.target, max_pending=settings.api_max_pending)
+            # The live event stream (/v1/stream, the console's) needs a broker.
+            live = None
+            if settings.kafka_bootstrap:
+                live = LiveConfig(settings.kafka_bootstrap, settings.topic_prefix)
+            app = create_app(
+                service, store, infra.target, max_pending=settings.api_max_pending, live=live
+            )
             try:
                 server = ApiServer(app, args.host, args.port)
             except OSError as error:

@@ -31,6 +31,7 @@ import structlog
 
 from cloud_engine.api.app import create_app
 from cloud_engine.api.metrics import ApiMetrics
+from cloud_engine.api.live import LiveConfig
 from cloud_engine.api.server import ApiServer
 from cloud_engine.automation.drain import Drainer
 from cloud_engine.bus.relay import Relay
@@ -118,6 +119,7 @@ def _up(settings: Settings, signals: StopSignals) -> int:
                     infra.target,
                     max_pending=settings.api_max_pending,
                     metrics=metrics,
+                    live=LiveConfig(infra.bootstrap, settings.topic_prefix),
                 )
                 return ApiServer(app, settings.api_host, port)
 
@@ -212,6 +214,7 @@ def _up(settings: Settings, signals: StopSignals) -> int:
                 while not first_api.started:
                     await asyncio.sleep(0.01)
                 print(f"API: {first_api.url}")
+                print(f"web console: {first_api.url}/ui/")
                 print(f"admin token: {token}")
                 print("ready; Ctrl-C stops everything", flush=True)
                 lifecycle(log, "ready", took_s=round(time.monotonic() - began, 2))

@@ -42,6 +42,7 @@ SUMMARY = (
     "  ",
     "events stored: ",
     "API: ",
+    "web console: ",
     "admin token: ",
     "ready; ",
     "stopped",

@@ -17,6 +17,7 @@ from typing import Any
 
 from cloud_engine.api import tokens
 from cloud_engine.api.app import create_app
+from cloud_engine.api.live import LiveConfig
 from cloud_engine.api.server import ApiServer
 from cloud_engine.engine.service import CommandService
 from cloud_engine.engine.store import EventStore
@@ -116,9 +117,12 @@ class Api:
 
 
 async def start_api(
-    target: DatabaseTarget, service: CommandService, store: EventStore
+    target: DatabaseTarget,
+    service: CommandService,
+    store: EventStore,
+    live: LiveConfig | None = None,
 ) -> tuple[Api, asyncio.Event, asyncio.Task[None]]:
-    server = ApiServer(create_app(service, store, target), "127.0.0.1", 0)
+    server = ApiServer(create_app(service, store, target, live=live), "127.0.0.1", 0)
     stop = asyncio.Event()
     task = asyncio.create_task(server.run(stop))
     deadline = time.monotonic() + 60

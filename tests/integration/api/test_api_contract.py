@@ -68,6 +68,12 @@ def _config(fabric: Fabric, network: str, vm: str) -> str:
         "vm_id": "vm",
     }
     lines = [
+        # An endless text/event-stream (and 503 on this API without a
+        # broker): test_console.py tests it.
+        "[[operations]]",
+        'include-path = "/v1/stream"',
+        "enabled = false",
+        "",
         "[checks.positive_data_acceptance]",
         f"expected-statuses = {json.dumps(ACCEPTED)}",
         "",
