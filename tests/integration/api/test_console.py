@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import re
 import shutil
 import time
 import uuid
@@ -197,8 +198,9 @@ async def test_log_in_deploy_see_running_live_open_history(
             # The state at version 1, rebuilt from the log.
             await page.get_by_role("spinbutton", name="Version").fill("1")
             await page.get_by_role("button", name="Show").click()
-            shown = await page.get_by_label("State then").inner_text()
-            assert shown.startswith("version 1,")
+            state = page.get_by_label("State then")
+            await expect(state).to_have_text(re.compile(r"^version 1,"))
+            shown = await state.inner_text()
             assert json.loads(shown.split("\n", 1)[1])["state"] == "Allocated"
         finally:
             await context.close()
