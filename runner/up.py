@@ -30,8 +30,8 @@ from typing import Protocol
 import structlog
 
 from cloud_engine.api.app import create_app
-from cloud_engine.api.metrics import ApiMetrics
 from cloud_engine.api.live import LiveConfig
+from cloud_engine.api.metrics import ApiMetrics
 from cloud_engine.api.server import ApiServer
 from cloud_engine.automation.drain import Drainer
 from cloud_engine.bus.relay import Relay
