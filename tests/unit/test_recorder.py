@@ -20,6 +20,12 @@ from cloud_engine.engine.commands.compute import (
     RecordVmDrift,
 )
 from cloud_engine.engine.commands.hosts import DeclareHostDown
+from cloud_engine.engine.commands.network import (
+    ActivateNetworkRule,
+    FailNetworkRule,
+    MarkNetworkRuleRevoked,
+    RecordNetworkRuleDrift,
+)
 from cloud_engine.engine.commands.storage import (
     FailSnapshot,
     FailTemplate,
@@ -117,6 +123,17 @@ def test_drift_and_unreachable_hosts_are_recorded():
     )
     assert command_for(drift) == RecordVmDrift(vm_id=ID, observed="shutoff", expected="running")
     assert command_for(result("host.unreachable")) == DeclareHostDown(host_id=ID)
+
+
+def test_network_rules_are_recorded_programmed_revoked_failed_or_put_back():
+    assert command_for(result("network_rule.apply")) == ActivateNetworkRule(network_rule_id=ID)
+    assert command_for(result("network_rule.revoke")) == MarkNetworkRuleRevoked(network_rule_id=ID)
+    assert command_for(result("network_rule.apply", "failed", "nft: syntax")) == (
+        FailNetworkRule(network_rule_id=ID, reason="nft: syntax")
+    )
+    drift = msgspec.structs.replace(result("drift.network_rule"), observed="put back")
+    assert command_for(drift) == RecordNetworkRuleDrift(network_rule_id=ID, detail="put back")
+    assert command_for(result("network.router")) is None  # nothing to record
 
 
 def test_nul_characters_in_effector_messages_are_dropped():

@@ -41,6 +41,10 @@ def event(ce_type: str, version: int = 4, data: bytes = b"{}") -> CloudEvent:
         ("io.cloudengine.volume.destroyed.v1", "volume.delete"),
         ("io.cloudengine.template.download_requested.v1", "template.download"),
         ("io.cloudengine.snapshot.created.v1", "snapshot.create"),
+        ("io.cloudengine.network.tag_assigned.v1", "network.router"),
+        ("io.cloudengine.network.destroyed.v1", "network.router_remove"),
+        ("io.cloudengine.network_rule.created.v2", "network_rule.apply"),
+        ("io.cloudengine.network_rule.revoking.v1", "network_rule.revoke"),
     ],
 )
 def test_request_events_are_work(ce_type, kind):
