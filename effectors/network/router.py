@@ -20,8 +20,12 @@ namespace is named and reached with `ip netns exec`.
 
 from __future__ import annotations
 
+import ctypes
 import json
+import os
+import socket
 import subprocess
+import threading
 from collections import Counter
 from typing import Any
 
@@ -107,6 +111,45 @@ def table_comments(netns: str, table: str) -> Counter[str] | None:
     return found
 
 
+_CLONE_NEWNET = 0x40000000
+_ETH_P_ARP = 0x0806
+
+
+def _send_garp(netns: str, link: str, mac: str, addresses: list[str]) -> None:
+    """In a thread of its own, which enters the router's namespace (setns
+    is per thread) and ends there: the packet socket belongs to it."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    fd = os.open(f"/run/netns/{netns}", os.O_RDONLY)
+    try:
+        if libc.setns(fd, _CLONE_NEWNET) != 0:
+            return
+    finally:
+        os.close(fd)
+    hw = bytes.fromhex(mac.replace(":", ""))
+    with socket.socket(socket.AF_PACKET, socket.SOCK_RAW) as s:
+        s.bind((link, _ETH_P_ARP))
+        for address in addresses:
+            ip = socket.inet_aton(address)
+            # A gratuitous ARP request: sender and target both the address.
+            arp = bytes.fromhex("0001080006040001") + hw + ip + bytes(6) + ip
+            s.send(b"\xff" * 6 + hw + _ETH_P_ARP.to_bytes(2, "big") + arp)
+
+
+def announce(netns: str, link: str, addresses: list[str]) -> None:
+    """Tell the segment at once that these addresses are here now (as
+    CloudStack's router does with arping): a neighbour that asked for a
+    public IP a moment before it was programmed would otherwise retry
+    only after a second. Best effort: a lost announcement only delays."""
+    if not addresses:
+        return
+    mac = _links(netns).get(link, {}).get("address")
+    if not mac:
+        return
+    thread = threading.Thread(target=_send_garp, args=(netns, link, mac, addresses), daemon=True)
+    thread.start()
+    thread.join(5.0)
+
+
 def _veth(spec: RouterSpec, host_end: str, inner: str, bridge: str, host_ns: str | None) -> bool:
     """The veth from the router's inner link to a bridge on the host."""
     host_links = _links(host_ns)
@@ -146,9 +189,11 @@ def _veth(spec: RouterSpec, host_end: str, inner: str, bridge: str, host_ns: str
     return changed
 
 
-def _inside(spec: RouterSpec) -> list[str]:
-    """Addresses, links and routes in the router's namespace: what was repaired."""
+def _inside(spec: RouterSpec) -> tuple[list[str], dict[str, list[str]]]:
+    """Addresses, links and routes in the router's namespace: what was
+    repaired, and the addresses added to each link."""
     repaired: list[str] = []
+    added: dict[str, list[str]] = {}
     links = _links(spec.netns)
     tenant_prefix = spec.tenant_cidr.split("/")[1]
     public_prefix = spec.public_cidr.split("/")[1]
@@ -171,6 +216,7 @@ def _inside(spec: RouterSpec) -> list[str]:
         for dev in (name, "lo"):
             if "UP" not in links.get(dev, {}).get("flags", []):
                 _run(["ip", "link", "set", dev, "up"], spec.netns)
+        added[name] = sorted(a.split("/")[0] for a in addresses - have)
     forward = _run(["sysctl", "-n", "net.ipv4.ip_forward"], spec.netns).strip()
     if forward != "1":
         _run(["sysctl", "-q", "-w", "net.ipv4.ip_forward=1"], spec.netns)
@@ -191,7 +237,7 @@ def _inside(spec: RouterSpec) -> list[str]:
                 spec.netns,
             )
             repaired.append("default route")
-    return repaired
+    return repaired, added
 
 
 def ensure(spec: RouterSpec, host_ns: str | None) -> list[str]:
@@ -206,7 +252,8 @@ def ensure(spec: RouterSpec, host_ns: str | None) -> list[str]:
         repaired.append("tenant link")
     if _veth(spec, spec.host_public_link, PUBLIC_LINK, spec.public_bridge, host_ns):
         repaired.append("public link")
-    repaired += _inside(spec)
+    inside, added = _inside(spec)
+    repaired += inside
     have = table_comments(spec.netns, spec.table)
     want = expected_comments(spec)
     if have != want:
@@ -217,6 +264,9 @@ def ensure(spec: RouterSpec, host_ns: str | None) -> list[str]:
             missing = sorted((want - have).keys())
             extra = sorted((have - want).keys())
             repaired.append(f"rules (missing {missing}, unexpected {extra})")
+    # Announced once the table is in place: what answers them is programmed.
+    for link, addresses in added.items():
+        announce(spec.netns, link, addresses)
     if repaired:
         log.info("router_ensured", router=spec.netns, repaired=repaired)
     return repaired
