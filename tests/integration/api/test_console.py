@@ -303,3 +303,11 @@ async def test_console_is_static_files_with_a_strict_policy(api: Api) -> None:
     assert "default-src 'self'" in page.headers["content-security-policy"]
     script = await api.call("GET", "/ui/app.js")
     assert script.status == 200 and "javascript" in script.content_type
+    again = await api.call("GET", "/ui/app.js", headers={"If-None-Match": script.headers["etag"]})
+    assert again.status == 304 and again.body == b""
+    for missing in ("/ui/nope.js", "/ui/../pyproject.toml", "/ui/ui.py"):
+        reply = await api.call("GET", missing)
+        assert reply.status == 404, missing
+        assert reply.content_type == "application/problem+json"
+    bare = await api.call("GET", "/ui")
+    assert bare.status in (307, 308) and bare.headers["location"].endswith("/ui/")
