@@ -8,7 +8,22 @@ export function token() {
 
 export function setToken(value) {
   if (value) sessionStorage.setItem(KEY, value);
-  else sessionStorage.removeItem(KEY);
+  else {
+    sessionStorage.removeItem(KEY);
+    sessionStorage.removeItem(ROLE);
+  }
+}
+
+// The role found at login, so a reload draws its first view at once; any
+// request the token may no longer make logs the tab out (401) or is refused.
+const ROLE = "cloud-engine.role";
+
+export function role() {
+  return sessionStorage.getItem(ROLE);
+}
+
+export function setRole(value) {
+  sessionStorage.setItem(ROLE, value);
 }
 
 export class ApiError extends Error {

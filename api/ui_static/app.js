@@ -1,7 +1,7 @@
 // The console: log in, then one view per hash route. Views read the JSON
 // API; the live stream updates what is on screen as events arrive.
 
-import { ApiError, follow, get, setToken, token } from "./api.js";
+import { ApiError, follow, get, role, setRole, setToken, token } from "./api.js";
 import { h } from "./dom.js";
 import { events } from "./events.js";
 import { fabric } from "./fabric.js";
@@ -74,7 +74,8 @@ function logout() {
 
 async function start() {
   try {
-    session.admin = await whoami();
+    if (role() === null) setRole((await whoami()) ? "admin" : "user");
+    session.admin = role() === "admin";
   } catch (error) {
     setToken(null);
     showLogin(error instanceof ApiError && error.status === 401 ? "That token is not valid." : error.message);
@@ -140,6 +141,7 @@ document.getElementById("login-form").addEventListener("submit", (e) => {
     document.getElementById("login-error").textContent = "Enter a token.";
     return;
   }
+  setToken(null); // forget the role of any token before
   setToken(value);
   document.getElementById("token").value = "";
   start();
