@@ -22,7 +22,7 @@ export function table(caption, headings, rows) {
     {},
     h("caption", { text: caption }),
     h("thead", {}, h("tr", {}, headings.map((t) => h("th", { scope: "col", text: t })))),
-    h("tbody", {}, rows),
+    rows instanceof HTMLTableSectionElement ? rows : h("tbody", {}, rows),
   );
 }
 

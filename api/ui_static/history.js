@@ -65,7 +65,7 @@ export async function history(root, ui, [collection, id]) {
     h("h1", { text: `History of ${title}` }),
     h("p", {}, `Now: `, h("span", { class: `state s-${resource.state}`, text: resource.state ?? "" }),
       ` · version ${resource.version} · account ${resource.account ?? "none"}`),
-    table("Events, oldest first: who, when, why", ["Version", "Time", "Event", "Actor", "Why", "Summary"], [rows]),
+    table("Events, oldest first: who, when, why", ["Version", "Time", "Event", "Actor", "Why", "Summary"], rows),
     form,
     output,
   );
