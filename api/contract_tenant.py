@@ -54,6 +54,14 @@ class VmDeploy(Body, frozen=True, kw_only=True):
     # Administrators only: deploy on this host (the planner still checks it).
     host_id: UUID | None = None
     account: Account | None = None
+    # Restarted elsewhere if its host dies, highest priority first.
+    ha: bool = False
+    ha_priority: Annotated[int, msgspec.Meta(ge=0, le=1000)] = 0
+
+
+class VmHa(Body, frozen=True, kw_only=True):
+    ha: bool
+    ha_priority: Annotated[int, msgspec.Meta(ge=0, le=1000)] = 0
 
 
 class VmStart(Body, frozen=True, kw_only=True):

@@ -25,6 +25,7 @@ from cloud_engine.api.routing import CommandRoute, action, create, named
 from cloud_engine.engine.commands import Command
 from cloud_engine.engine.commands import fabric as f
 from cloud_engine.engine.commands import storage as s
+from cloud_engine.engine.commands.liveness import DeclareHostAlive
 from cloud_engine.engine.commands.maintenance import CancelHostMaintenance, HostOperation
 from cloud_engine.engine.fabric.physical_network import TagRange
 
@@ -88,6 +89,9 @@ FABRIC_ROUTES: list[CommandRoute[Any]] = [
            lambda c: CancelHostMaintenance(host_id=c.id), access="fabric"),
     action("host", "exit-maintenance", "exitHostMaintenance", "Take a host out of maintenance",
            NoBody, lambda c: f.ExitHostMaintenance(host_id=c.id), access="fabric"),
+    action("host", "declare-up", "declareHostUp",
+           "Declare a Suspect or Down host up (its liveness back to Up)", NoBody,
+           lambda c: DeclareHostAlive(host_id=c.id), access="fabric"),
     create("storage_pool", "createStoragePool", "Create a primary storage pool",
            StoragePoolCreate,
            lambda c: f.CreateStoragePool(

@@ -22,6 +22,7 @@ from cloud_engine.api.contract_tenant import (
     NetworkRuleCreate,
     NicCreate,
     VmDeploy,
+    VmHa,
     VmMigrate,
     VmScale,
     VmStart,
@@ -38,6 +39,7 @@ from cloud_engine.api.queries import first_physical_network, public_network_of
 from cloud_engine.api.routing import Call, CommandRoute, Ref, action, create, named
 from cloud_engine.engine.commands import network as n
 from cloud_engine.engine.commands.compute import GIB
+from cloud_engine.engine.commands.liveness import UpdateVmHa
 from cloud_engine.engine.commands.operations import (
     DeployVm,
     VmOperation,
@@ -67,6 +69,8 @@ def _deploy(c: Call[VmDeploy]) -> DeployVm:
         affinity_strict=b.affinity_strict,
         host_id=b.host_id,
         strategy=b.strategy,
+        ha=b.ha,
+        ha_priority=b.ha_priority,
     )  # fmt: skip
 
 
@@ -170,6 +174,8 @@ TENANT_ROUTES: list[CommandRoute[Any]] = [
     _vm_operation("vm.destroy", "Destroy a VM (recoverable until expunged)"),
     _vm_operation("vm.recover", "Recover a destroyed VM (it comes back stopped)"),
     _vm_operation("vm.expunge", "Expunge a destroyed VM and its volumes for good"),
+    action("vm", "ha", "updateVmHa", "Set whether a VM is restarted when its host dies",
+           VmHa, lambda c: UpdateVmHa(vm_id=c.id, ha=c.body.ha, ha_priority=c.body.ha_priority)),
     action("vm", "migrate", "migrateVm",
            "Move a VM to another host (live, or stopped with its disks)", VmMigrate,
            lambda c: VmOperation(kind="vm.migrate", vm_id=c.id, host_id=c.body.host_id),

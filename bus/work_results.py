@@ -38,6 +38,7 @@ REPORT_KINDS = frozenset(
         "drift.volume",  # a volume missing or of the wrong size
         "host.unreachable",  # the host's libvirt connection keeps failing
         "drift.network_rule",  # a rule missing on its router, put back
+        "host.reachable",  # a host not recorded Up answers (again)
     }
 )
 

@@ -62,6 +62,8 @@ class HostView(msgspec.Struct, frozen=True, kw_only=True):
     # Where other hosts reach it (live migration, VXLAN); None: not registered.
     underlay_address: str | None = None
     underlay_device: str | None = None
+    # Up, Suspect or Down as the engine recorded it (automation decides).
+    liveness: str = "Up"
 
 
 class PoolView(msgspec.Struct, frozen=True, kw_only=True):

@@ -123,6 +123,7 @@ class Reconciler:
         lifecycle_events: bool = False,
         event_settle_s: float = 0.5,
         routers: Callable[[], Awaitable[list[EffectorResult]]] | None = None,
+        retry_s: float = 0.5,
     ) -> None:
         # The virtual routers' round (effectors/router_reconciler.py).
         self.routers = routers
@@ -137,6 +138,9 @@ class Reconciler:
         self.check_volumes = check_volumes
         self.lifecycle_events = lifecycle_events
         self.event_settle_s = event_settle_s
+        # While a host fails, the next round comes this soon: a host that
+        # died is reported in seconds, not down_after whole intervals.
+        self.retry_s = retry_s
         # host id -> consecutive failed rounds, when the outage began, and
         # whether it has been reported.
         self._failures: dict[UUID, int] = {}
@@ -196,7 +200,7 @@ class Reconciler:
             # In a thread: letting go of the callback may ask the daemon.
             await asyncio.to_thread(self._unwatch, host.id)
             return self._host_failed(host, e)
-        self._host_answered(host)
+        answered = self._host_answered(host)
         after = await self._vms_of(host.id)
         # A VM that changed while the domains were listed had work in flight.
         unstable = {i for i in before.keys() | after.keys() if before.get(i) != after.get(i)}
@@ -213,7 +217,7 @@ class Reconciler:
                 observed=drift.observed,
                 expected=drift.expected,
             )
-        return [self._result(host.id, d) for d in drifts]
+        return [*answered, *(self._result(host.id, d) for d in drifts)]
 
     async def _vms_of(self, host_id: UUID) -> dict[UUID, VmView]:
         found: dict[UUID, VmView] = {}
@@ -274,11 +278,27 @@ class Reconciler:
             )
         ]
 
-    def _host_answered(self, host: HostView) -> None:
+    def _host_answered(self, host: HostView) -> list[EffectorResult]:
         if self._failures.pop(host.id, 0):
             log.info("host_connection_restored", host_id=str(host.id), uri=host.libvirt_uri)
         self._down_since.pop(host.id, None)
         self._reported_down.discard(host.id)
+        if host.liveness == "Up":
+            return []
+        # Recorded Suspect or Down, and it answers: say so (once per host
+        # version: the engine records it once, automation decides).
+        return [
+            EffectorResult(
+                work_id=uuid.uuid5(DRIFT_IDS, f"{host.id}:host.reachable:{host.version}"),
+                kind="host.reachable",
+                aggregate_id=host.id,
+                version=0,
+                outcome="succeeded",
+                host_id=host.id,
+                observed="answering",
+                effector=self.effector,
+            )
+        ]
 
     # -- volumes ---------------------------------------------------------------
 
@@ -346,8 +366,9 @@ class Reconciler:
             stopping = asyncio.ensure_future(stop.wait())
             woken = asyncio.ensure_future(self._wake.wait())
             try:
+                interval = min(self.interval_s, self.retry_s) if self._failures else self.interval_s
                 await asyncio.wait(
-                    {stopping, woken}, timeout=self.interval_s, return_when=asyncio.FIRST_COMPLETED
+                    {stopping, woken}, timeout=interval, return_when=asyncio.FIRST_COMPLETED
                 )
             finally:
                 for task in (stopping, woken):
@@ -379,6 +400,10 @@ class Reconciler:
                 log.warning("lifecycle_events_unavailable", host_id=str(host_id), error=str(e))
                 return
             self._callbacks[id(conn)] = (conn, int(callback))
+            # A connection that drops (the host died, its libvirtd ended)
+            # wakes the loop too: the next round finds out which.
+            with contextlib.suppress(libvirt.libvirtError):
+                conn.registerCloseCallback(self._on_close, None)
         self._watched[host_id] = conn
 
     def _unwatch(self, host_id: UUID) -> None:
@@ -394,12 +419,21 @@ class Reconciler:
         # connection lets go of it too.
         with contextlib.suppress(libvirt.libvirtError):
             conn.domainEventDeregisterAny(callback)
+        with contextlib.suppress(libvirt.libvirtError):
+            conn.unregisterCloseCallback()
+
+    def _on_close(self, _conn: Any, reason: int, _opaque: Any) -> None:
+        log.info("libvirt_connection_closed", reason=reason)
+        self._wake_loop()
 
     def _on_lifecycle(self, _conn: Any, dom: Any, event: int, detail: int, uri: Any) -> None:
+        self._wake_loop()
+        log.debug("lifecycle_event", uri=uri, lifecycle=event, detail=detail)
+
+    def _wake_loop(self) -> None:
         # Called on libvirt's event thread: hand over to the asyncio loop.
         loop, wake = self._loop, self._wake
         if loop is not None and wake is not None and not loop.is_closed():
             # The loop may close between the check and the call (shutdown).
             with contextlib.suppress(RuntimeError):
                 loop.call_soon_threadsafe(wake.set)
-        log.debug("lifecycle_event", uri=uri, lifecycle=event, detail=detail)

@@ -69,11 +69,15 @@ class EffectorService:
         name: str | None = None,
         stop_timeout_s: float = 30.0,
         reconcile_interval_s: float = 30.0,
+        down_after: int = 3,
         uplink: Uplink | None = None,
         domain_type: DomainType = "qemu",
     ) -> None:
         self.target = target
         self.reconcile_interval_s = reconcile_interval_s
+        # Failed rounds (each a connect retried for ~2 s, 0.5 s apart)
+        # before a host is reported unreachable (then Suspect).
+        self.down_after = down_after
         self.config = config
         self.zones = zones or None
         self.name = name or f"effector@{socket.gethostname()}"
@@ -109,6 +113,7 @@ class EffectorService:
             effector=self.name,
             hypervisor_for=self.executor.hypervisor,
             interval_s=self.reconcile_interval_s,
+            down_after=self.down_after,
             names=self.executor.names,
             lifecycle_events=True,
             routers=lambda: reconcile_routers(self.executor, reads),

@@ -12,6 +12,8 @@ from pathlib import Path
 from cloud_engine.lab.model import Layout
 
 SYSTEM_ETC = Path("/etc/libvirt")
+# Under the shared directory: virtlockd's leases, one file per disk.
+LOCKSPACE = ".ce-locks"
 # Where libvirtd keeps what it probed from each QEMU binary.
 CAPS_SUBDIR = Path("qemu/capabilities")
 # The host's directories bound over the system paths (host dir name, path).
@@ -82,11 +84,22 @@ def _write_config(layout: Layout, name: str, index: int) -> None:
         # hostname resolves to.
         f'migration_address = "{address}"',
         f'migration_host = "{address}"',
+        # Leases through virtlockd (qemu-lockd.conf): see below.
+        'lock_manager = "lockd"',
     ]
     (etc / "qemu.conf").write_text("\n".join(lines) + "\n")
     (etc / "libvirtd.conf").write_text(
         f'host_uuid = "{layout.host_uuid(name)}"\n'
         'log_outputs = "3:file:/var/log/libvirt/libvirtd.log"\n'
+    )
+    # Every disk under libvirt's lock manager, its leases in one directory
+    # on the shared storage: a second QEMU for a disk that runs anywhere in
+    # the lab is refused, whichever host asks (a lease is a lock on a file
+    # named by the disk's path, which is the same on every host).
+    locks = layout.shared_dir / LOCKSPACE
+    locks.mkdir(parents=True, exist_ok=True)
+    (etc / "qemu-lockd.conf").write_text(
+        f'auto_disk_leases = 1\nrequire_lease_for_disks = 1\nfile_lockspace_dir = "{locks}"\n'
     )
     for daemon in ("virtlogd", "virtlockd"):
         (etc / f"{daemon}.conf").write_text(

@@ -47,6 +47,7 @@ class _HostRow(msgspec.Struct):
     cpus_used: int
     ram_used_mb: int
     tags: list[str] = []
+    liveness: str = "Up"
 
 
 class _PoolRow(msgspec.Struct):
@@ -70,7 +71,8 @@ def host_from_row(host_id: UUID, data: bytes | str) -> HostCandidate:
         zone_id=row.zone_id,
         pod_id=row.pod_id,
         cluster_id=row.cluster_id,
-        state=row.state,  # type: ignore[arg-type]
+        # A host not known alive takes nothing, whatever its admin state.
+        state=(row.state if row.liveness == "Up" else "Down"),  # type: ignore[arg-type]
         cpu_total=reservable_cpus(row.cpu_cores, row.cpu_overcommit),
         cpu_used=row.cpus_used,
         ram_total_mb=row.ram_total_mb,

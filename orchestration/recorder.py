@@ -27,7 +27,7 @@ from cloud_engine.bus.work_results import (
 )
 from cloud_engine.engine.commands.base import Command, CommandContext
 from cloud_engine.engine.commands.compute import RecordVmDrift
-from cloud_engine.engine.commands.hosts import DeclareHostDown
+from cloud_engine.engine.commands.liveness import RecordHostAnswered, SuspectHost
 from cloud_engine.engine.commands.network import RecordNetworkRuleDrift
 from cloud_engine.engine.errors import DomainError
 from cloud_engine.engine.service import CommandService
@@ -50,7 +50,14 @@ def command_for(result: EffectorResult) -> Command | None:
             expected=_text(result.expected, 200, "unknown"),
         )
     if result.kind == "host.unreachable":
-        return DeclareHostDown(host_id=target)
+        # Suspect only: Down needs the heartbeat's word too (automation).
+        seen = result.observed or "unreachable"
+        return SuspectHost(
+            host_id=target,
+            reason=_text(f"libvirt {seen}: {result.error or 'no error text'}", REASON_MAX, seen),
+        )
+    if result.kind == "host.reachable":
+        return RecordHostAnswered(host_id=target)
     if result.kind == "drift.network_rule":
         return RecordNetworkRuleDrift(
             network_rule_id=target, detail=_text(result.observed, 2000, "repaired")

@@ -20,6 +20,7 @@ from cloud_engine.lab import LabError
 from cloud_engine.runner import (
     api_cli,
     audit_cli,
+    automation_cli,
     drain_cli,
     effector_cli,
     engine_cli,
@@ -68,6 +69,7 @@ def _parser() -> argparse.ArgumentParser:
     effector_cli.register(sub)
     engine_cli.register(sub)
     drain_cli.register(sub)
+    automation_cli.register(sub)
     api_cli.register(sub)
     token_cli.register(sub)
     lab_cli.register(sub)
@@ -120,6 +122,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return engine_cli.run(args, settings)
         if args.command in drain_cli.COMMANDS:
             return drain_cli.run(args, settings)
+        if args.command in automation_cli.COMMANDS:
+            return automation_cli.run(args, settings)
         if args.command in api_cli.COMMANDS:
             return api_cli.run(args, settings)
         if args.command in token_cli.COMMANDS:

@@ -34,6 +34,8 @@ from cloud_engine.api.live import LiveConfig
 from cloud_engine.api.metrics import ApiMetrics
 from cloud_engine.api.server import ApiServer
 from cloud_engine.automation.drain import Drainer
+from cloud_engine.automation.fencing import Fencer, NoFencer
+from cloud_engine.automation.service import Automation
 from cloud_engine.bus.relay import Relay
 from cloud_engine.effectors.service import EffectorService, effector_config
 from cloud_engine.infra.database import DatabaseTarget
@@ -48,6 +50,7 @@ from cloud_engine.runner import engine_cli, up_hosts
 from cloud_engine.runner.components import command_service, relay_config, start_infrastructure
 from cloud_engine.runner.demo import admin_token, describe, ensure_demo_fabric
 from cloud_engine.runner.demo_images import ImageServer
+from cloud_engine.runner.lab_fencer import LabFencer
 from cloud_engine.runner.supervise import InfraWatch, Restarts, Supervised
 from cloud_engine.runner.up_hosts import DemoHosts
 from cloud_engine.runner.up_settle import Settle
@@ -183,6 +186,15 @@ def _up(settings: Settings, signals: StopSignals) -> int:
             }
             actors["Drainer"] = Supervised(
                 "Drainer", lambda: Drainer(service, store, infra.target), restarts
+            )
+            # Liveness, fencing (lab hosts: a power cut), HA and convergence.
+            fencer: Fencer = LabFencer(hosts.lab) if hosts.lab is not None else NoFencer()
+            actors["automation"] = Supervised(
+                "automation",
+                lambda: Automation(
+                    service, store, infra.target, infra.bootstrap, settings.topic_prefix, fencer
+                ),
+                restarts,
             )
             actors["effector"] = Supervised(
                 "effector",

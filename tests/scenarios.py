@@ -55,6 +55,15 @@ from cloud_engine.engine.commands.hosts import (
     ReserveHostCapacity,
     UpdateHostOvercommit,
 )
+from cloud_engine.engine.commands.liveness import (
+    ConfirmHostDown,
+    ConvergeVm,
+    DeclareHostAlive,
+    RecordHostAnswered,
+    RecordHostFenced,
+    SuspectHost,
+    UpdateVmHa,
+)
 from cloud_engine.engine.commands.maintenance import (
     CancelHostMaintenance,
     HostOperation,
@@ -251,6 +260,13 @@ def run_every_command(do: Callable[[typing.Any], Done]) -> None:
     do(DeclareHostDown(host_id=host))
     do(DeclareHostUp(host_id=host))
     do(UpdateHostOvercommit(host_id=host, cpu_overcommit=2.0, ram_overcommit=1.5))
+    do(SuspectHost(host_id=host, reason="libvirt unreachable"))
+    do(RecordHostAnswered(host_id=host))
+    do(SuspectHost(host_id=host, reason="libvirt unreachable"))
+    do(ConfirmHostDown(host_id=host, reason="heartbeat stale"))
+    do(RecordHostFenced(host_id=host, fencer="lab-power"))
+    do(RecordHostAnswered(host_id=host))
+    do(DeclareHostAlive(host_id=host))
 
     do(DisableStoragePool(pool_id=pool))
     do(EnableStoragePool(pool_id=pool))
@@ -375,6 +391,9 @@ def run_every_command(do: Callable[[typing.Any], Done]) -> None:
         PlaceVm(vm_id=vm, host_id=host, pool_id=pool),
         RequestVmStart(vm_id=vm, host_id=host),
         MarkVmRunning(vm_id=vm),
+        UpdateVmHa(vm_id=vm, ha=True, ha_priority=5),
+        ConvergeVm(vm_id=vm, to="Stopped", reason="its domain was found shutoff"),
+        ConvergeVm(vm_id=vm, to="Running", reason="its domain runs", host_id=host),
         RebootVm(vm_id=vm),
         MarkVmRebooted(vm_id=vm),
         RebootVm(vm_id=vm),

@@ -3,6 +3,7 @@
 from cloud_engine.engine.commands import (  # noqa: F401
     compute,
     fabric,
+    liveness,
     maintenance,
     network,
     network_tags,

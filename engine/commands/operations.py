@@ -78,6 +78,9 @@ class DeployVm(Command, frozen=True, kw_only=True):
     host_id: UUID | None = None  # deploy on this host (still checked by the planner)
     strategy: Strategy = "first-fit"
     vm_id: UUID | None = None
+    # Restarted elsewhere if its host dies (automation/ha.py), highest first.
+    ha: bool = False
+    ha_priority: Annotated[int, msgspec.Meta(ge=0, le=1000)] = 0
 
 
 class VmOperation(Command, frozen=True, kw_only=True):
@@ -140,6 +143,8 @@ def deploy_vm(uow: UnitOfWork, cmd: DeployVm) -> Outcome:
             affinity_group=cmd.affinity_group,
         ),
     )
+    if cmd.ha or cmd.ha_priority:
+        uow.get(VirtualMachine, vm_id).set_ha(cmd.ha, cmd.ha_priority)
     op_id = deploy_ids.operation_id(vm_id)
     sizes = (cmd.spec.root_disk_gb, *cmd.data_disks_gb)
     volume_ids = tuple(deploy_ids.volume_id(op_id, i) for i in range(len(sizes)))

@@ -9,6 +9,7 @@ from __future__ import annotations
 import ipaddress
 import re
 from collections.abc import Iterable, Mapping
+from datetime import UTC, datetime
 from types import MappingProxyType
 from typing import Literal
 from uuid import UUID
@@ -16,7 +17,7 @@ from uuid import UUID
 from eventsourcing.domain import event
 
 from cloud_engine.engine.aggregate import Aggregate, require, require_name
-from cloud_engine.engine.errors import CapacityExceeded, Conflict
+from cloud_engine.engine.errors import CapacityExceeded, Conflict, InvalidTransition
 from cloud_engine.engine.fabric.capacity import (
     Reservation,
     normalise_tags,
@@ -29,6 +30,7 @@ from cloud_engine.engine.fabric.lifecycle import Switchable
 # from here.
 __all__ = [
     "Host",
+    "HostLiveness",
     "HostState",
     "Reservation",
     "normalise_tags",
@@ -43,6 +45,11 @@ HostState = Literal[
     "Enabled", "Disabled", "PrepareForMaintenance", "ErrorInMaintenance", "Maintenance", "Down"
 ]
 DRAINING: tuple[HostState, ...] = ("PrepareForMaintenance", "ErrorInMaintenance")
+# Whether the host is alive, apart from its administrative state: Up,
+# Suspect (its libvirt stopped answering the effector; not yet confirmed),
+# Down (confirmed by a stale heartbeat on its shared storage). See
+# automation/liveness.py.
+HostLiveness = Literal["Up", "Suspect", "Down"]
 
 # The libvirt test driver ("test:///default") is accepted so effectors can be
 # exercised without a hypervisor.
@@ -77,6 +84,14 @@ def require_underlay(address: str | None, device: str | None) -> None:
 
 class Host(Switchable):
     entity = "host"
+
+    # Hosts recorded (and pickled) before liveness was: alive, never fenced.
+    liveness: HostLiveness = "Up"
+    fenced = False
+    liveness_reason: str | None = None
+    last_heartbeat_at: datetime | None = None
+    answering_since: datetime | None = None
+    fenced_at: datetime | None = None
 
     class Created(Aggregate.Created):
         zone_id: UUID
@@ -128,6 +143,12 @@ class Host(Switchable):
         self.underlay_device = underlay_device
         self.state: HostState = "Enabled"
         self._reservations: dict[UUID, Reservation] = {}
+        self.liveness: HostLiveness = "Up"
+        self.fenced = False
+        self.liveness_reason: str | None = None
+        self.last_heartbeat_at: datetime | None = None
+        self.answering_since: datetime | None = None
+        self.fenced_at: datetime | None = None
 
     @classmethod
     def create(
@@ -212,6 +233,13 @@ class Host(Switchable):
         require(cpus >= 1, "cpus must be at least 1", field="cpus")
         require(ram_mb >= 1, "ram_mb must be at least 1", field="ram_mb")
         self.require_state(["Enabled"], "reserve capacity on")
+        if self.liveness != "Up":
+            raise InvalidTransition(
+                f"host {self.id}",
+                f"{self.state}/{self.liveness}",
+                "reserve capacity on",
+                owner=self.id,
+            )
         if vm_id in self._reservations:
             raise Conflict(f"vm {vm_id} already holds a reservation on host {self.id}")
         if self.cpus_used + cpus > overcommitted(self.cpu_cores, self.cpu_overcommit):
@@ -345,3 +373,79 @@ class Host(Switchable):
     @event("DeclaredUp")
     def _declared_up(self) -> None:
         self.state = "Enabled"
+
+    # Liveness (automation/liveness.py decides; these record) ---------------------
+
+    def _require_liveness(self, allowed: tuple[HostLiveness, ...], action: str) -> None:
+        if self.liveness not in allowed:
+            raise InvalidTransition(f"host {self.id}", self.liveness, action, owner=self.id)
+
+    def suspect(self, reason: str) -> None:
+        """Its libvirt stopped answering: no placements until it is judged."""
+        require(bool(reason.strip()), "reason must not be empty", field="reason")
+        self._require_liveness(("Up",), "suspect")
+        self._suspected(reason=reason)
+
+    def confirm_down(self, reason: str, last_heartbeat_at: datetime | None) -> None:
+        """The second signal agrees (its heartbeat is stale): Down, to be
+        fenced before anything it ran is started elsewhere."""
+        require(bool(reason.strip()), "reason must not be empty", field="reason")
+        self._require_liveness(("Suspect",), "declare down")
+        self._down(reason=reason, last_heartbeat_at=last_heartbeat_at)
+
+    def record_fenced(self, fencer: str) -> None:
+        """Powered off (or its hypervisor killed) by the fencer: nothing it
+        ran can still write to a disk."""
+        require(bool(fencer.strip()), "fencer must not be empty", field="fencer")
+        self._require_liveness(("Down",), "record fenced")
+        if not self.fenced:
+            self._fenced(fencer=fencer, at=datetime.now(UTC))
+
+    def answered(self) -> bool:
+        """Its libvirt answers again. A Suspect host is Up at once (it never
+        went down); a Down one only notes since when (automation declares it
+        up once it has been fenced and healthy long enough). False: nothing
+        to record."""
+        if self.liveness == "Suspect":
+            self._up(reason="its hypervisor answers again")
+            return True
+        if self.liveness == "Down" and self.answering_since is None:
+            self._answered(at=datetime.now(UTC))
+            return True
+        return False
+
+    def declare_alive(self, reason: str) -> None:
+        """Up again: by automation (fenced, then healthy long enough) or by
+        an admin (declare-up)."""
+        require(bool(reason.strip()), "reason must not be empty", field="reason")
+        self._require_liveness(("Suspect", "Down"), "declare up")
+        self._up(reason=reason)
+
+    @event("Suspected")
+    def _suspected(self, reason: str) -> None:
+        self.liveness = "Suspect"
+        self.liveness_reason = reason
+
+    @event("Down")
+    def _down(self, reason: str, last_heartbeat_at: datetime | None) -> None:
+        self.liveness = "Down"
+        self.liveness_reason = reason
+        self.last_heartbeat_at = last_heartbeat_at
+        self.answering_since = None
+
+    @event("Fenced")
+    def _fenced(self, fencer: str, at: datetime) -> None:
+        self.fenced = True
+        self.fenced_at = at
+        self.liveness_reason = f"fenced by {fencer}"
+
+    @event("Answered")
+    def _answered(self, at: datetime) -> None:
+        self.answering_since = at
+
+    @event("Up")
+    def _up(self, reason: str) -> None:
+        self.liveness = "Up"
+        self.liveness_reason = reason
+        self.fenced = False
+        self.answering_since = None

@@ -175,7 +175,8 @@ def host_candidate(host: Host) -> HostCandidate:
         zone_id=host.zone_id,
         pod_id=host.pod_id,
         cluster_id=host.cluster_id,
-        state=host.state,
+        # A host not known alive takes nothing, whatever its admin state.
+        state=host.state if host.liveness == "Up" else "Down",
         cpu_total=cpu_total,
         cpu_used=host.cpus_used,
         ram_total_mb=host.ram_total_mb,

@@ -101,6 +101,11 @@ MAX_DEVICE = 25
 class VirtualMachine(Aggregate):
     entity = "vm"
 
+    # VMs recorded (and pickled) before HA was: not HA-enabled.
+    ha = False
+    ha_priority = 0
+    converged_reason: str | None = None
+
     @event("Created")
     def __init__(
         self,
@@ -133,6 +138,12 @@ class VirtualMachine(Aggregate):
         # Why the last expunge could not remove the domain (None once asked again).
         self.expunge_error: str | None = None
         self._disks: dict[int, UUID] = {}  # attached volumes by device number
+        # Restarted elsewhere when its host dies, or when found stopped
+        # (automation/ha.py), highest priority first.
+        self.ha = False
+        self.ha_priority = 0
+        # Why the record last followed the hypervisor (automation/convergence.py).
+        self.converged_reason: str | None = None
 
     @classmethod
     def create(
@@ -331,6 +342,31 @@ class VirtualMachine(Aggregate):
         require(bool(expected.strip()), "expected must not be empty", field="expected")
         self._drift_observed(observed=observed, expected=expected)
 
+    def set_ha(self, enabled: bool, priority: int) -> None:
+        require(0 <= priority <= 1000, "ha_priority must be 0-1000", field="ha_priority")
+        if self.state in ("Expunging", "Expunged"):
+            raise self._refuse("set ha on")
+        if (enabled, priority) != (self.ha, self.ha_priority):
+            self._ha_updated(enabled=enabled, priority=priority)
+
+    def converge(
+        self, to: Literal["Stopped", "Running"], reason: str, host_id: UUID | None = None
+    ) -> None:
+        """The record follows what the hypervisor shows (the hypervisor is
+        the authority on what runs): a Running VM whose domain is gone or
+        shut off is Stopped; a Stopped one whose domain runs on host_id is
+        Running there. Capacity is the caller's (automation's command
+        handler) to give back or reserve in the same transaction."""
+        require_reason(reason)
+        if to == "Stopped":
+            if self.state != "Running":
+                raise self._refuse("converge to Stopped")
+            self._power_converged(state="Stopped", reason=reason, host_id=None)
+            return
+        if self.state != "Stopped" or host_id is None:
+            raise self._refuse("converge to Running")
+        self._power_converged(state="Running", reason=reason, host_id=host_id)
+
     def _release_host(self) -> None:
         # A stopped VM that was migrating held its destination, not the
         # host its disks are on: that one stays its last host.
@@ -449,6 +485,23 @@ class VirtualMachine(Aggregate):
     @event("Scaled")
     def _scaled(self, cpus: int, ram_mb: int) -> None:
         self.spec = msgspec.structs.replace(self.spec, cpus=cpus, ram_mb=ram_mb)
+
+    @event("HaUpdated")
+    def _ha_updated(self, enabled: bool, priority: int) -> None:
+        self.ha = enabled
+        self.ha_priority = priority
+
+    @event("PowerStateConverged")
+    def _power_converged(self, state: str, reason: str, host_id: UUID | None) -> None:
+        self.converged_reason = reason
+        self.last_error = reason
+        if state == "Stopped":
+            self.state = "Stopped"
+            self.reboot_pending = False
+            self._release_host()
+        else:
+            self.state = "Running"
+            self.host_id = host_id
 
     @event("RootPoolMoved")
     def _root_pool_moved(self, pool_id: UUID) -> None:

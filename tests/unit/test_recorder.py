@@ -19,7 +19,7 @@ from cloud_engine.engine.commands.compute import (
     MarkVmStopped,
     RecordVmDrift,
 )
-from cloud_engine.engine.commands.hosts import DeclareHostDown
+from cloud_engine.engine.commands.liveness import RecordHostAnswered, SuspectHost
 from cloud_engine.engine.commands.network import (
     ActivateNetworkRule,
     FailNetworkRule,
@@ -122,7 +122,14 @@ def test_drift_and_unreachable_hosts_are_recorded():
         result("drift.vm_state"), observed="shutoff", expected="running"
     )
     assert command_for(drift) == RecordVmDrift(vm_id=ID, observed="shutoff", expected="running")
-    assert command_for(result("host.unreachable")) == DeclareHostDown(host_id=ID)
+    # Only Suspect: automation confirms Down with the heartbeat.
+    unreachable = msgspec.structs.replace(
+        result("host.unreachable"), observed="unreachable for 2 rounds", error="no socket"
+    )
+    assert command_for(unreachable) == SuspectHost(
+        host_id=ID, reason="libvirt unreachable for 2 rounds: no socket"
+    )
+    assert command_for(result("host.reachable")) == RecordHostAnswered(host_id=ID)
 
 
 def test_network_rules_are_recorded_programmed_revoked_failed_or_put_back():

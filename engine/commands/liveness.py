@@ -1,0 +1,133 @@
+"""Commands automation records its decisions with: host liveness (Suspect,
+Down, fenced, Up again), a VM's HA settings, and a VM's record following
+what its hypervisor shows (convergence).
+
+Each is an ordinary command (an admin or any client may send it too), so
+every automatic step is an event with its actor and reason in the log.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated, Literal
+from uuid import UUID
+
+import msgspec
+
+from cloud_engine.engine.commands.base import Command, Outcome, handles
+from cloud_engine.engine.errors import Conflict
+from cloud_engine.engine.fabric.host import Host
+from cloud_engine.engine.lookups import load_ref
+from cloud_engine.engine.operations.guard import ResourceGuard, guard_id
+from cloud_engine.engine.operations.release import release_on
+from cloud_engine.engine.unit_of_work import UnitOfWork
+from cloud_engine.engine.virtual.vm import VirtualMachine
+
+Reason = Annotated[str, msgspec.Meta(min_length=1, max_length=500)]
+Priority = Annotated[int, msgspec.Meta(ge=0, le=1000)]
+
+
+class SuspectHost(Command, frozen=True, kw_only=True):
+    host_id: UUID
+    reason: Reason
+
+
+class RecordHostAnswered(Command, frozen=True, kw_only=True):
+    host_id: UUID
+
+
+class ConfirmHostDown(Command, frozen=True, kw_only=True):
+    host_id: UUID
+    reason: Reason
+    last_heartbeat_at: datetime | None = None
+
+
+class RecordHostFenced(Command, frozen=True, kw_only=True):
+    host_id: UUID
+    fencer: Annotated[str, msgspec.Meta(min_length=1, max_length=100)]
+
+
+class DeclareHostAlive(Command, frozen=True, kw_only=True):
+    host_id: UUID
+    reason: Reason = "declared up by an administrator"
+
+
+class UpdateVmHa(Command, frozen=True, kw_only=True):
+    vm_id: UUID
+    ha: bool
+    ha_priority: Priority = 0
+
+
+class ConvergeVm(Command, frozen=True, kw_only=True):
+    """Record the VM as the hypervisor shows it. expected_version: the VM
+    version the observation was judged against (refused if it moved on)."""
+
+    vm_id: UUID
+    to: Literal["Stopped", "Running"]
+    reason: Reason
+    host_id: UUID | None = None  # to Running: where its domain runs
+    expected_version: int | None = None
+
+
+@handles(SuspectHost)
+def suspect_host(uow: UnitOfWork, cmd: SuspectHost) -> Outcome:
+    load_ref(uow, Host, cmd.host_id, "host_id").suspect(cmd.reason)
+    return Outcome(aggregate_id=cmd.host_id)
+
+
+@handles(RecordHostAnswered)
+def record_host_answered(uow: UnitOfWork, cmd: RecordHostAnswered) -> Outcome:
+    load_ref(uow, Host, cmd.host_id, "host_id").answered()
+    return Outcome(aggregate_id=cmd.host_id)
+
+
+@handles(ConfirmHostDown)
+def confirm_host_down(uow: UnitOfWork, cmd: ConfirmHostDown) -> Outcome:
+    load_ref(uow, Host, cmd.host_id, "host_id").confirm_down(cmd.reason, cmd.last_heartbeat_at)
+    return Outcome(aggregate_id=cmd.host_id)
+
+
+@handles(RecordHostFenced)
+def record_host_fenced(uow: UnitOfWork, cmd: RecordHostFenced) -> Outcome:
+    load_ref(uow, Host, cmd.host_id, "host_id").record_fenced(cmd.fencer)
+    return Outcome(aggregate_id=cmd.host_id)
+
+
+@handles(DeclareHostAlive)
+def declare_host_alive(uow: UnitOfWork, cmd: DeclareHostAlive) -> Outcome:
+    load_ref(uow, Host, cmd.host_id, "host_id").declare_alive(cmd.reason)
+    return Outcome(aggregate_id=cmd.host_id)
+
+
+@handles(UpdateVmHa)
+def update_vm_ha(uow: UnitOfWork, cmd: UpdateVmHa) -> Outcome:
+    load_ref(uow, VirtualMachine, cmd.vm_id, "vm_id").set_ha(cmd.ha, cmd.ha_priority)
+    return Outcome(aggregate_id=cmd.vm_id)
+
+
+@handles(ConvergeVm)
+def converge_vm(uow: UnitOfWork, cmd: ConvergeVm) -> Outcome:
+    vm = load_ref(uow, VirtualMachine, cmd.vm_id, "vm_id")
+    if cmd.expected_version is not None and vm.version != cmd.expected_version:
+        raise Conflict(
+            f"vm {vm.id} is at version {vm.version}, observed at {cmd.expected_version}",
+            owner=vm.id,
+        )
+    guard = uow.find(ResourceGuard, guard_id(vm.id))
+    if guard is not None and guard.operation_id is not None:
+        # The operation's own effector result will bring the record up to date.
+        raise Conflict(
+            f"vm {vm.id} is held by operation {guard.operation_id} ({guard.operation_kind})",
+            owner=vm.id,
+        )
+    if cmd.to == "Stopped":
+        held = vm.host_id
+        vm.converge("Stopped", cmd.reason)
+        release_on(uow, held, vm)
+    else:
+        if cmd.host_id is None:
+            raise Conflict(f"converging vm {vm.id} to Running needs the host it runs on")
+        host = load_ref(uow, Host, cmd.host_id, "host_id")
+        host.reserve(vm.id, vm.spec.cpus, vm.spec.ram_mb)
+        vm.converge("Running", cmd.reason, cmd.host_id)
+    return Outcome(aggregate_id=vm.id)

@@ -1,0 +1,216 @@
+"""HA, fencing, the lock manager and convergence on a real 3-host lab: the
+engine, an effector and automation in this process, a lab host's power cut
+as the failure, the lab's power cut as the fence."""
+
+from __future__ import annotations
+
+import asyncio
+import fcntl
+import hashlib
+import os
+import uuid
+import xml.etree.ElementTree as ET
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import libvirt
+import pytest
+
+from cloud_engine.automation.service import Automation
+from cloud_engine.effectors.service import EffectorService, effector_config
+from cloud_engine.engine.commands.hosts import UpdateHostOvercommit
+from cloud_engine.engine.fabric.host import Host
+from cloud_engine.lab import Lab, LabHost
+from cloud_engine.runner.lab_fencer import LabFencer
+from tests.integration.effectors.effector_pipeline import wait_for
+from tests.integration.lab.lab_cloud import NAMES, Cloud, lab_cloud, running_on
+
+pytestmark = [pytest.mark.postgres, pytest.mark.libvirt]
+
+
+@pytest.fixture
+async def ha_cloud(
+    pg_target, service, store, broker, topic_prefix, lab: Lab, hosts: list[LabHost], tmp_path: Path
+) -> AsyncIterator[tuple[Cloud, Automation]]:
+    async with lab_cloud(
+        pg_target, service, store, broker, topic_prefix, hosts, tmp_path, effector=False
+    ) as cloud:
+        pipeline = cloud.pipeline
+        effector = EffectorService(
+            pg_target,
+            effector_config(broker, topic_prefix),
+            names=NAMES,
+            name="effector@lab-ha",
+            stop_timeout_s=5.0,
+            reconcile_interval_s=3.0,
+            down_after=2,
+        )
+        automation = Automation(
+            service,
+            store,
+            pg_target,
+            broker,
+            topic_prefix,
+            LabFencer(lab),
+            check_s=0.5,
+            heartbeat_timeout_s=4.0,
+            up_after_s=3.0,
+        )
+        pipeline.tasks.append(asyncio.create_task(effector.run(pipeline.stop)))
+        pipeline.tasks.append(asyncio.create_task(automation.run(pipeline.stop)))
+        await cloud.template_ready()
+        yield cloud, automation
+
+
+def _lease_held(shared: Path, disk: str) -> bool:
+    """Whether virtlockd holds the disk's lease: a lock on the file named
+    by the sha256 of the disk's path in the lockspace on the shared pool."""
+    lease = shared / ".ce-locks" / hashlib.sha256(disk.encode()).hexdigest()
+    fd = os.open(lease, os.O_RDWR)
+    try:
+        fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB, 1, 0)
+    except BlockingIOError:
+        return True
+    else:
+        fcntl.lockf(fd, fcntl.LOCK_UN, 1, 0)
+        return False
+    finally:
+        os.close(fd)
+
+
+def _host(cloud: Cloud, host_id: uuid.UUID) -> Host:
+    host = cloud.store.load(host_id)
+    assert isinstance(host, Host)
+    return host
+
+
+async def test_a_dead_hosts_ha_vms_run_elsewhere_once_and_the_others_are_stopped(
+    ha_cloud: tuple[Cloud, Automation], lab: Lab, hosts: list[LabHost]
+):
+    cloud, automation = ha_cloud
+    dead_id = next(iter(cloud.fabric.hosts))
+    dead = cloud.fabric.hosts[dead_id]
+    # Five 1-vCPU VMs on a 4-core host.
+    await cloud.service.execute_async(
+        UpdateHostOvercommit(host_id=dead_id, cpu_overcommit=2.0, ram_overcommit=1.0)
+    )
+    ha = [await cloud.deploy(f"ha-{p}", host_id=dead_id, ha=True, ha_priority=p) for p in (1, 5, 9)]
+    plain = [await cloud.deploy(f"plain-{i}", host_id=dead_id) for i in range(2)]
+    for vm_id in (*ha, *plain):
+        assert running_on([dead], vm_id) == [dead.name]
+
+    lab.power_off(dead.name)
+
+    def recovered() -> bool:
+        vms = [cloud.vm(v) for v in ha]
+        others = [cloud.vm(v) for v in plain]
+        return all(v.state == "Running" and v.host_id != dead_id for v in vms) and all(
+            v.state == "Stopped" for v in others
+        )
+
+    await wait_for("HA VMs running elsewhere", recovered, cloud.pipeline)
+    host = _host(cloud, dead_id)
+    assert (host.liveness, host.fenced) == ("Down", True)
+    assert "heartbeat" in (host.liveness_reason or "") or host.fenced
+    alive = [h for h in hosts if h.name != dead.name]
+    for vm_id in ha:
+        # Exactly one QEMU for it, on the host the record names.
+        assert running_on(alive, vm_id) == [cloud.where(vm_id)]
+    for vm_id in plain:
+        vm = cloud.vm(vm_id)
+        assert running_on(alive, vm_id) == []
+        assert "fenced" in (vm.converged_reason or ""), vm.converged_reason
+        assert vm.last_host_id == dead_id
+    # Highest priority first: the HA starts were asked in that order.
+    assert len(automation.ha.started if automation.ha else []) == 3
+
+    # The fenced host boots again with its disk (its old definitions kept):
+    # it comes back Up by itself and resumes none of the old copies.
+    lab.power_on(dead.name, wipe=False)
+    await wait_for("host Up again", lambda: _host(cloud, dead_id).liveness == "Up", cloud.pipeline)
+    for vm_id in (*ha, *plain):
+        assert running_on([dead], vm_id) == []
+    for vm_id in ha:
+        assert len(running_on(hosts, vm_id)) == 1
+
+
+async def test_a_second_qemu_on_a_running_vms_disk_is_refused_by_the_lock_manager(
+    ha_cloud: tuple[Cloud, Automation], hosts: list[LabHost]
+):
+    cloud, _ = ha_cloud
+    vm_id = await cloud.deploy("locked")
+    home = cloud.fabric.lab_host(cloud.vm(vm_id).host_id)
+    other = next(h for h in hosts if h.name != home.name)
+    source = libvirt.open(home.uri)
+    target = libvirt.open(other.uri)
+    try:
+        xml = ET.fromstring(source.lookupByUUIDString(str(vm_id)).XMLDesc(0))
+        # The same disks under another name and UUID, with no NIC (the
+        # copy needs none to open its disk).
+        xml.find("name").text = f"ce-copy-{uuid.uuid4().hex[:8]}"  # type: ignore[union-attr]
+        xml.find("uuid").text = str(uuid.uuid4())  # type: ignore[union-attr]
+        devices = xml.find("devices")
+        assert devices is not None
+        for nic in devices.findall("interface"):
+            devices.remove(nic)
+        copy = target.defineXML(ET.tostring(xml, encoding="unicode"))
+        try:
+            with pytest.raises(libvirt.libvirtError) as refused:
+                copy.create()
+            assert not copy.isActive()
+        finally:
+            copy.undefine()
+        # QEMU's own image locking answers first on one kernel ("Failed to
+        # get write lock"); virtlockd's lease is the guard that holds
+        # whatever the storage: each disk's lease is a file on the shared
+        # pool that the running VM's host holds locked.
+        assert "lock" in str(refused.value).lower(), refused.value
+        # The disks themselves (their backing templates are read-only: no lease).
+        disks = [s.get("file") or "" for s in xml.findall("./devices/disk/source")]
+        assert disks
+        for disk in disks:
+            assert _lease_held(Path(home.shared_pool_path), disk)
+        assert running_on(hosts, vm_id) == [home.name]
+    finally:
+        source.close()
+        target.close()
+
+
+async def test_a_domain_destroyed_behind_the_engines_back_converges_by_policy(
+    ha_cloud: tuple[Cloud, Automation], hosts: list[LabHost]
+):
+    cloud, _ = ha_cloud
+    restarted = await cloud.deploy("conv-ha", ha=True)
+    stopped = await cloud.deploy("conv-plain")
+    first_versions = {v: cloud.vm(v).version for v in (restarted, stopped)}
+    for vm_id in (restarted, stopped):
+        conn = libvirt.open(cloud.fabric.lab_host(cloud.vm(vm_id).host_id).uri)
+        try:
+            conn.lookupByUUIDString(str(vm_id)).destroy()
+        finally:
+            conn.close()
+
+    def converged() -> bool:
+        ha_vm, plain_vm = cloud.vm(restarted), cloud.vm(stopped)
+        return (
+            ha_vm.state == "Running"
+            and ha_vm.version > first_versions[restarted] + 2
+            and plain_vm.state == "Stopped"
+        )
+
+    await wait_for("drift converged", converged, cloud.pipeline)
+    assert running_on(hosts, restarted) == [cloud.where(restarted)]
+    assert running_on(hosts, stopped) == []
+    assert "not HA-enabled" in (cloud.vm(stopped).converged_reason or "")
+    assert "restarted (HA)" in (cloud.vm(restarted).converged_reason or "")
+
+    # A domain started by hand that the log says Stopped: recorded Running.
+    home = cloud.fabric.lab_host(cloud.vm(stopped).last_host_id)
+    conn = libvirt.open(home.uri)
+    try:
+        conn.lookupByUUIDString(str(stopped)).create()
+    finally:
+        conn.close()
+    await wait_for("recorded Running", lambda: cloud.vm(stopped).state == "Running", cloud.pipeline)
+    assert cloud.vm(stopped).host_id == cloud.fabric.host_of(home)
+    assert stopped in _host(cloud, cloud.fabric.host_of(home)).reservations

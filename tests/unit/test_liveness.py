@@ -1,0 +1,79 @@
+"""Host liveness and a VM's record following its hypervisor, on the
+aggregates (automation decides; these record)."""
+
+from uuid import uuid4
+
+import pytest
+
+from cloud_engine.engine.errors import InvalidTransition
+from cloud_engine.engine.mapper import MsgspecMapper
+from cloud_engine.engine.virtual.vm import VirtualMachine, VmSpec
+from tests.unit.support import replayed
+from tests.unit.test_host import make_host
+
+
+def test_a_host_goes_suspect_down_fenced_and_up_again():
+    host = make_host()
+    assert (host.liveness, host.fenced) == ("Up", False)
+    host.suspect("libvirt unreachable")
+    with pytest.raises(InvalidTransition):
+        host.reserve(uuid4(), 1, 64)  # a host not known alive takes nothing
+    host.confirm_down("heartbeat 9 s old", None)
+    host.record_fenced("lab-power")
+    host.record_fenced("lab-power")  # once
+    assert (host.liveness, host.fenced) == ("Down", True)
+    assert host.answered() and host.answering_since is not None
+    assert not host.answered()  # noted once
+    host.declare_alive("fenced, then healthy for 10 s")
+    assert (host.liveness, host.fenced, host.answering_since) == ("Up", False, None)
+    host.reserve(uuid4(), 1, 64)
+    events = host.collect_events()
+    names = [type(e).__name__ for e in events]
+    assert names[1:6] == ["Suspected", "Down", "Fenced", "Answered", "Up"]
+    again = replayed(events, MsgspecMapper())  # through the stored form
+    assert (again.liveness, again.fenced, again.fenced_at) == ("Up", False, host.fenced_at)
+
+
+def test_a_suspect_host_that_answers_is_up_at_once_and_down_needs_suspect():
+    host = make_host()
+    with pytest.raises(InvalidTransition):
+        host.confirm_down("no heartbeat", None)
+    with pytest.raises(InvalidTransition):
+        host.record_fenced("lab-power")
+    with pytest.raises(InvalidTransition):
+        host.declare_alive("admin")
+    host.suspect("libvirt unreachable")
+    assert host.answered()
+    assert host.liveness == "Up"
+
+
+def _running_vm() -> VirtualMachine:
+    vm = VirtualMachine.create(
+        "acme", "web", uuid4(), uuid4(), VmSpec(cpus=1, ram_mb=128, root_disk_gb=1)
+    )
+    host = uuid4()
+    vm.place(host, uuid4())
+    vm.start_requested(host)
+    vm.mark_running()
+    return vm
+
+
+def test_a_running_vm_converges_to_stopped_and_back_with_the_reason():
+    vm = _running_vm()
+    host = vm.host_id
+    vm.set_ha(True, 7)
+    vm.converge("Stopped", "its domain was found absent")
+    assert (vm.state, vm.host_id, vm.last_host_id) == ("Stopped", None, host)
+    assert vm.converged_reason == "its domain was found absent"
+    with pytest.raises(InvalidTransition):
+        vm.converge("Stopped", "again")
+    with pytest.raises(InvalidTransition):
+        vm.converge("Running", "no host named")
+    vm.converge("Running", "its domain runs", host)
+    assert (vm.state, vm.host_id, vm.ha, vm.ha_priority) == ("Running", host, True, 7)
+    again = replayed(vm.collect_events(), MsgspecMapper())
+    assert (again.state, again.ha_priority, again.converged_reason) == (
+        "Running",
+        7,
+        "its domain runs",
+    )
