@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 
+import asyncpg
 import structlog
 
 from cloud_engine.automation.convergence import Converger, convergence_config
@@ -69,6 +70,9 @@ class Automation:
             while not stop.is_set():
                 try:
                     await monitor.check_once()
+                except asyncpg.UndefinedTableError:
+                    # The projection worker has not made the read models yet.
+                    log.info("read_models_not_ready")
                 except Exception:
                     # The database away for a moment must not end HA.
                     log.exception("liveness_round_failed")
