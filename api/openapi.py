@@ -18,6 +18,7 @@ from typing import Any, Union, get_args, get_origin
 
 import msgspec
 
+from cloud_engine.api import token_routes
 from cloud_engine.api.problems import MEDIA_TYPE, Problem
 from cloud_engine.api.resources import (
     BY_TYPE,
@@ -272,9 +273,66 @@ def _plain(summary: str, content: dict[str, Any], *problems: int) -> dict[str, A
     }  # fmt: skip
 
 
+def _token_paths() -> dict[str, dict[str, Any]]:
+    admin = "Administrators only. Tokens are not engine commands: no Idempotency-Key."
+    revoke = (
+        "Revoke a token: every API process refuses it within half a second (a second"
+        " revoke keeps the first time)"
+    )
+    return {
+        "/v1/tokens": {
+            "get": {
+                "operationId": "listTokens",
+                "summary": "List tokens, oldest first, without their secrets",
+                "description": admin,
+                "tags": ["token"],
+                "parameters": _query(token_routes.TokenQuery, "token"),
+                "responses": {"200": {"description": "The tokens", "content": _json("TokenPage")},
+                              **_problems(400, 401, 403, 503)},
+            },
+            "post": {
+                "operationId": "createToken",
+                "summary": "Create a token; its secret is in the answer, once",
+                "description": admin,
+                "tags": ["token"],
+                "requestBody": {"required": True, "content": _json("TokenCreate")},
+                "responses": {"201": {"description": "Created", "content": _json("TokenCreated"),
+                                      "headers": {"Location": {"schema": {"type": "string"}}}},
+                              **_problems(400, 401, 403, 413, 415, 422, 503)},
+            },
+        },
+        "/v1/tokens/{id}": {
+            "get": {
+                "operationId": "getToken",
+                "summary": "One token, without its secret",
+                "description": admin,
+                "tags": ["token"],
+                "parameters": [_ID],
+                "responses": {"200": {"description": "The token", "content": _json("Token")},
+                              **_problems(401, 403, 404, 503)},
+            }
+        },
+        "/v1/tokens/{id}/revoke": {
+            "post": {
+                "operationId": "revokeToken",
+                "summary": revoke,
+                "description": admin,
+                "tags": ["token"],
+                "parameters": [_ID],
+                "responses": {"200": {"description": "The revoked token",
+                                      "content": _json("Token")},
+                              **_problems(401, 403, 404, 503)},
+            }
+        },
+    }  # fmt: skip
+
+
 def build_document() -> dict[str, Any]:
     bodies = list(dict.fromkeys(r.body for r in COMMAND_ROUTES))
-    outputs = [CommandAccepted, ResourcePage, EventPage, StateView, Health, Problem]
+    outputs = [
+        CommandAccepted, ResourcePage, EventPage, StateView, Health, Problem,
+        *token_routes.BODIES,
+    ]  # fmt: skip
     _, schemas = msgspec.json.schema_components([*bodies, *outputs], ref_template=REF)
     paths: dict[str, dict[str, Any]] = {}
     for resource in TYPES:
@@ -282,6 +340,7 @@ def build_document() -> dict[str, Any]:
             paths.setdefault(path, {}).update(item)
     for route in COMMAND_ROUTES:
         paths.setdefault(route.path, {})[route.method.lower()] = _command(route)
+    paths.update(_token_paths())
     paths["/livez"] = _plain("The process is alive", _json("Health"))
     paths["/readyz"] = _plain("The database answers", _json("Health"), 503)
     paths["/metrics"] = _plain("Prometheus metrics", {"text/plain": {"schema": {"type": "string"}}})

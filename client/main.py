@@ -311,6 +311,8 @@ def _run_verb(noun: str, args: argparse.Namespace) -> int:
             return _print_events(client, path, query, args)
         if spec["method"] == "GET":
             return _get(client, noun, args, path, query)
+        if not spec["command"]:  # not an engine command (tokens): the answer is the document
+            return _post(client, noun, spec, args, path)
         return _command(client, noun, spec, args, path)
     finally:
         client.close()
@@ -341,6 +343,23 @@ def _get(
         print(output.details(document))
     else:
         print(document)
+    return OK
+
+
+def _post(
+    client: Client, noun: str, spec: dict[str, Any], args: argparse.Namespace, path: str
+) -> int:
+    document = client.request("POST", path, body=_body(client, spec, args)).body
+    if args.output != "table":
+        print(output.emit(document, args.output))
+    elif isinstance(document, dict) and "token" in document:
+        # A new token: its secret alone on stdout (a script captures it), as
+        # the server-side `token create` prints it; the rest on stderr.
+        print(f"created {document['role']} token {document['id']} for account"
+              f" {document['account']}", file=sys.stderr)  # fmt: skip
+        print(document["token"], flush=True)
+    else:
+        print(output.details(document))
     return OK
 
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import sys
+from datetime import timedelta
 from typing import Any, get_args
 
 from cloud_engine.api import tokens
@@ -25,6 +26,8 @@ def register(sub: Any) -> None:
     create = actions.add_parser("create", help="create a token and print it (shown only once)")
     create.add_argument("--role", choices=get_args(Role), required=True)
     create.add_argument("--account", required=True, help="the account the token acts for")
+    create.add_argument("--expires-in-s", type=int, help="seconds until it stops working")
+    create.add_argument("--description", default="", help="what the token is for")
     create.add_argument("--data-dir", help="overrides CLOUD_ENGINE_DATA_DIR")
 
 
@@ -36,9 +39,14 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
             file=sys.stderr,
         )
         return 2
+    if args.expires_in_s is not None and args.expires_in_s < 1:
+        print("cloud-engine: invalid: --expires-in-s must be at least 1", file=sys.stderr)
+        return 2
     infra = start_infrastructure(settings, broker=False)
     try:
-        secret, principal = asyncio.run(_create(infra.target, args.role, args.account))
+        secret, principal = asyncio.run(
+            _create(infra.target, args.role, args.account, args.expires_in_s, args.description)
+        )
     finally:
         infra.stop()
     print(
@@ -49,9 +57,14 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
-async def _create(target: DatabaseTarget, role: Role, account: str) -> tuple[str, Principal]:
+async def _create(
+    target: DatabaseTarget, role: Role, account: str, expires_in_s: int | None, description: str
+) -> tuple[str, Principal]:
+    expires = None if expires_in_s is None else timedelta(seconds=expires_in_s)
     conn = await connect(target)
     try:
-        return await tokens.create(conn, target.schema, role, account)
+        return await tokens.create(
+            conn, target.schema, role, account, expires_in=expires, description=description
+        )
     finally:
         await conn.close()
