@@ -16,7 +16,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 
-from cloud_engine.api import health, token_routes, tokens, ui
+from cloud_engine.api import health, quota_routes, token_routes, tokens, ui
 from cloud_engine.api.codec import problem_response
 from cloud_engine.api.commands import endpoint
 from cloud_engine.api.context import ApiContext
@@ -53,7 +53,7 @@ def http_routes() -> list[Route]:
         add(f"{base}/{{id}}/state", "GET", state_endpoint(resource))
     for route in COMMAND_ROUTES:
         add(route.path, route.method, endpoint(route))
-    for path, method, handler in token_routes.ROUTES:
+    for path, method, handler in [*token_routes.ROUTES, *quota_routes.ROUTES]:
         add(path, method, handler)
     add("/livez", "GET", health.livez)
     add("/readyz", "GET", health.readyz)

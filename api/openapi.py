@@ -18,7 +18,7 @@ from typing import Any, Union, get_args, get_origin
 
 import msgspec
 
-from cloud_engine.api import token_routes
+from cloud_engine.api import quota_routes, token_routes
 from cloud_engine.api.problems import MEDIA_TYPE, Problem
 from cloud_engine.api.resources import (
     BY_TYPE,
@@ -327,11 +327,41 @@ def _token_paths() -> dict[str, dict[str, Any]]:
     }  # fmt: skip
 
 
+def _quota_paths() -> dict[str, dict[str, Any]]:
+    return {
+        "/v1/quotas": {
+            "get": {
+                "operationId": "getQuotas",
+                "summary": "An account's limits and current usage (your own; admins any)",
+                "description": "Users read their own account's; administrators any (?account=).",
+                "tags": ["quota"],
+                "parameters": _query(quota_routes.QuotaQuery, "quota"),
+                "responses": {"200": {"description": "Limits and usage",
+                                      "content": _json("QuotaPage")},
+                              **_problems(400, 401, 403, 503)},
+            },
+            "post": {
+                "operationId": "setQuotas",
+                "summary": "Set or lift an account's limits (vms, vcpus, ram_mb, volume_gb,"
+                " public_ips); a command past one is refused 409 quota-exceeded",
+                "description": ACCESS["fabric"],
+                "tags": ["quota"],
+                "parameters": [{"$ref": "#/components/parameters/IdempotencyKey"}],
+                "requestBody": {"required": True, "content": _json("QuotaSet")},
+                "responses": {"202": {"description": "Recorded",
+                                      "headers": {"Location": {"schema": {"type": "string"}}},
+                                      "content": _json("CommandAccepted")},
+                              **_problems(400, 401, 403, 409, 413, 415, 422, 503)},
+            },
+        }
+    }  # fmt: skip
+
+
 def build_document() -> dict[str, Any]:
     bodies = list(dict.fromkeys(r.body for r in COMMAND_ROUTES))
     outputs = [
         CommandAccepted, ResourcePage, EventPage, StateView, Health, Problem,
-        *token_routes.BODIES,
+        *token_routes.BODIES, *quota_routes.BODIES,
     ]  # fmt: skip
     _, schemas = msgspec.json.schema_components([*bodies, *outputs], ref_template=REF)
     paths: dict[str, dict[str, Any]] = {}
@@ -341,6 +371,7 @@ def build_document() -> dict[str, Any]:
     for route in COMMAND_ROUTES:
         paths.setdefault(route.path, {})[route.method.lower()] = _command(route)
     paths.update(_token_paths())
+    paths.update(_quota_paths())
     paths["/livez"] = _plain("The process is alive", _json("Health"))
     paths["/readyz"] = _plain("The database answers", _json("Health"), 503)
     paths["/metrics"] = _plain("Prometheus metrics", {"text/plain": {"schema": {"type": "string"}}})

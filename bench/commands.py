@@ -128,6 +128,9 @@ class ApplicationUnitOfWork:
     def known_absent(self, ids: Iterable[UUID]) -> None:
         pass  # the library's repository asks the store either way
 
+    def changed(self) -> list[Aggregate]:
+        return [a for a in self.touched.values() if a.pending_events]
+
 
 def run_baseline(target: DatabaseTarget, fabric: Fabric, vms: int) -> tuple[float, int]:
     env = store_environment(target, pool_size=4)

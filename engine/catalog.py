@@ -24,6 +24,7 @@ from cloud_engine.engine.fabric.zone import Zone
 from cloud_engine.engine.operations.affinity import AffinityGroup
 from cloud_engine.engine.operations.guard import ResourceGuard
 from cloud_engine.engine.operations.operation import Operation
+from cloud_engine.engine.virtual.account import Account
 from cloud_engine.engine.virtual.ip_address import IpAddress
 from cloud_engine.engine.virtual.network import Network
 from cloud_engine.engine.virtual.network_rule import NetworkRule
@@ -52,6 +53,7 @@ AGGREGATES: dict[str, type[Aggregate]] = {
     "operation": Operation,
     "resource_guard": ResourceGuard,
     "affinity_group": AffinityGroup,
+    "account": Account,
 }
 
 PUBLIC_NAMES: dict[type[Aggregate], str] = {cls: name for name, cls in AGGREGATES.items()}

@@ -49,6 +49,13 @@ class CapacityExceeded(DomainError):
     code = "capacity-exceeded"
 
 
+class QuotaExceeded(DomainError):
+    """The command would take an account past a limit an administrator set;
+    field names the limit (vms, vcpus, ram_mb, volume_gb, public_ips)."""
+
+    code = "quota-exceeded"
+
+
 class PlacementRefused(DomainError):
     """The chosen host breaks a placement rule (an affinity group's) that
     another placement made true meanwhile; the engine plans again."""

@@ -29,6 +29,11 @@ class UnitOfWork(Protocol):
         one yet, so looking them up may answer None without asking the store."""
         ...
 
+    def changed(self) -> list[Aggregate]:
+        """The aggregates with events not stored yet (engine/quotas.py reads
+        them after the handler, in the same transaction)."""
+        ...
+
 
 def checked(cls: type[A], aggregate: Aggregate | None, aggregate_id: UUID) -> A:
     """Narrow a loaded aggregate to the expected type or raise NotFound."""
@@ -55,6 +60,9 @@ class InMemoryUnitOfWork:
 
     def known_absent(self, ids: Iterable[UUID]) -> None:
         pass  # every lookup is a dict read here
+
+    def changed(self) -> list[Aggregate]:
+        return [a for a in self.aggregates.values() if a.pending_events]
 
     def commit(self) -> list[object]:
         """Collect pending events, as the real store would persist them."""

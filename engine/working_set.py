@@ -117,6 +117,9 @@ class WorkingSet:
         self._missing.discard(aggregate.id)
         self.aggregates[aggregate.id] = aggregate
 
+    def changed(self) -> list[Aggregate]:
+        return [a for a in self.aggregates.values() if a.pending_events]
+
     def pending_count(self) -> int:
         return sum(len(a.pending_events) for a in self.aggregates.values())
 

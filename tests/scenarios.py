@@ -23,6 +23,7 @@ from uuid import UUID, uuid4
 import msgspec
 
 from cloud_engine.engine.commands import CommandContext, dispatch
+from cloud_engine.engine.commands.accounts import SetAccountLimits
 from cloud_engine.engine.commands.compute import (
     CompleteVmMigration,
     CreateVm,
@@ -241,6 +242,9 @@ def run_every_command(do: Callable[[typing.Any], Done]) -> None:
     template, network = made.template, made.network
     do(DisableZone(zone_id=zone))
     do(EnableZone(zone_id=zone))
+    # Limits far above what the scenario uses: its VMs, volumes and IPs hold
+    # and release their shares (account.held, account.released).
+    do(SetAccountLimits(account="acme", vms=1000, volume_gb=100_000))
     do(DisablePod(pod_id=pod))
     do(EnablePod(pod_id=pod))
     do(DisableCluster(cluster_id=cluster))

@@ -1,6 +1,7 @@
 """Typed commands and their handlers; importing this package registers them all."""
 
 from cloud_engine.engine.commands import (  # noqa: F401
+    accounts,
     compute,
     fabric,
     liveness,
