@@ -9,7 +9,8 @@ effector programs them. An "outside" server is a namespace of the test's
 own on the lab's public bridge. The guest has no console here, so the
 outbound direction (source NAT, static NAT's way out) is shown by a
 namespace plugged into the network's bridge on the guest's host with an
-address the engine allocated, as a VM's port would be.
+address the engine allocated, as a VM's port would be. Deleting the
+network at the end removes its router and table.
 """
 
 from __future__ import annotations
@@ -27,8 +28,12 @@ from cloud_engine.engine.commands.network import (
     AllocateIp,
     CreateNetwork,
     CreateNetworkRule,
+    DestroyNetwork,
+    ReleaseIp,
     RevokeNetworkRule,
+    ShutdownNetwork,
 )
+from cloud_engine.engine.commands.network_tags import ReturnNetworkTag
 from cloud_engine.engine.virtual.network import Network
 from cloud_engine.engine.virtual.network_rule import NetworkRule
 from cloud_engine.lab import Lab, LabHost
@@ -281,6 +286,21 @@ async def test_egress_public_ips_and_rules(
             await rule_state(cloud, nat, "Active")
             assert name in fetch_until(f"http://{nat_ip.value}/", str(name), wait_s=10)
         assert fetch(f"http://{prefix}.200/", stand_in) == f"outside {nat_ip.value}"
+
+        # The network deleted (its VM expunged, its addresses and tag given
+        # back): its router goes, with its table; nothing passes.
+        for kind in ("vm.destroy", "vm.expunge"):
+            status, error = await cloud.operate(kind, vm)
+            assert status == "succeeded", error
+        now = cloud.store.load(routed)
+        assert isinstance(now, Network)
+        run(ReleaseIp(ip_id=now.allocated[str(port_ip)]))
+        run(ShutdownNetwork(network_id=routed))
+        run(ReturnNetworkTag(network_id=routed))
+        run(DestroyNetwork(network_id=routed))
+        await wait_for("the router removed", lambda: not routers_of(routed), cloud.pipeline)
+        assert not any(table in line for line in sh("nft", "list", "tables").splitlines())
+        assert fetch(f"http://{nat_ip.value}/", timeout=1.0).startswith("FAILED")
     finally:
         for ns in routers_of(routed):
             sh("ip", "netns", "del", ns, check=False)
