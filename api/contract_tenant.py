@@ -57,6 +57,13 @@ class VmDeploy(Body, frozen=True, kw_only=True):
     # Restarted elsewhere if its host dies, highest priority first.
     ha: bool = False
     ha_priority: Annotated[int, msgspec.Meta(ge=0, le=1000)] = 0
+    # The guest's first boot (a cloud-init NoCloud seed on a CD-ROM):
+    # base64 user data (a #! script or #cloud-config, at most 32 KiB
+    # decoded) and OpenSSH public keys. The engine checks them (422 naming
+    # the field); shown back to the VM's owner and admins only.
+    user_data: str | None = None
+    ssh_keys: Annotated[tuple[str, ...], msgspec.Meta(max_length=16)] = ()
+
 
 
 class VmHa(Body, frozen=True, kw_only=True):

@@ -71,6 +71,8 @@ def _deploy(c: Call[VmDeploy]) -> DeployVm:
         strategy=b.strategy,
         ha=b.ha,
         ha_priority=b.ha_priority,
+        user_data=b.user_data,
+        ssh_keys=b.ssh_keys,
     )  # fmt: skip
 
 

@@ -49,6 +49,9 @@ class VmView(msgspec.Struct, frozen=True, kw_only=True):
     migrating_stopped: bool = False
     # Attached volumes by device number (JSON object keys), at this version.
     disks: dict[str, UUID] = {}
+    # The guest's first-boot data: base64 user data and SSH keys (a seed).
+    user_data: str | None = None
+    ssh_keys: tuple[str, ...] = ()
 
 
 class HostView(msgspec.Struct, frozen=True, kw_only=True):

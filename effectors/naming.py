@@ -27,6 +27,10 @@ class Names(msgspec.Struct, frozen=True):
     def snapshot(self, snapshot_id: UUID) -> str:
         return f"ce-{snapshot_id}"  # qemu-img also matches ids: never all digits
 
+    def seed(self, vm_id: UUID) -> str:
+        """The file of a VM's NoCloud seed ISO (in its root disk's pool)."""
+        return f"{self.prefix}seed-{vm_id.hex}.iso"
+
     def network(self, network_id: UUID) -> str:
         return f"{self.prefix}net-{network_id.hex[:12]}"
 

@@ -85,10 +85,12 @@ def devices_of(xml: str) -> tuple[tuple[str, ...], tuple[str, ...]]:
 
 
 def _disk(disk: DiskSpec) -> ET.Element:
-    el = ET.Element("disk", type="file", device="disk")
+    el = ET.Element("disk", type="file", device=disk.device)
     ET.SubElement(el, "driver", name="qemu", type=disk.format)
     ET.SubElement(el, "source", file=disk.path)
     ET.SubElement(el, "target", dev=disk.target, bus=disk.bus)
+    if disk.device == "cdrom":
+        ET.SubElement(el, "readonly")
     return el
 
 

@@ -18,6 +18,7 @@ class DiskSpec(msgspec.Struct, frozen=True, kw_only=True):
     format: str = "qcow2"
     target: str = "vda"
     bus: str = "virtio"
+    device: Literal["disk", "cdrom"] = "disk"  # a cdrom is read-only
 
 
 class NicSpec(msgspec.Struct, frozen=True, kw_only=True):

@@ -3,12 +3,14 @@ the VM's host (the migration is vm_migrate.py's)."""
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from cloud_engine.bus.work import WorkItem
 from cloud_engine.effectors.compute.driver import ComputeDriver, DomainMissing, DomainNotRunning
 from cloud_engine.effectors.compute.migration import RunsTwice
+from cloud_engine.effectors.compute.seed import SeedError, make_seed
 from cloud_engine.effectors.compute.spec import DiskSpec, DomainSpec, NicSpec
 from cloud_engine.effectors.handlers import vm_network
 from cloud_engine.effectors.handlers.base import Handler, shared
@@ -21,6 +23,7 @@ from cloud_engine.effectors.network.driver import NetworkDriverError
 from cloud_engine.effectors.network.vxlan import VxlanConflict, VxlanError
 from cloud_engine.effectors.storage.pools import StorageError, ensure_pool
 from cloud_engine.effectors.storage.volumes import StorageDriver
+from cloud_engine.engine.virtual.guest_data import decode_user_data
 
 if TYPE_CHECKING:
     from cloud_engine.effectors.executor import Executor
@@ -37,6 +40,7 @@ def start(executor: Executor, item: WorkItem, plan: VmPlan) -> str:
         vm_network.forget(executor, plan, plan.last_host, strict=False)
     vm_network.realise(executor, plan)
     _ensure_volumes_exist(executor, plan)
+    write_seed(executor, plan)
     driver.define(domain_spec(executor, plan))
     executor.fault("after-define")
     return driver.start(plan.vm.id).state.state
@@ -63,7 +67,44 @@ def destroy(executor: Executor, item: WorkItem, plan: VmPlan) -> str:
 def expunge(executor: Executor, item: WorkItem, plan: VmPlan) -> str:
     undefined = compute(executor, plan).undefine(plan.vm.id)
     vm_network.forget(executor, plan, plan.host)
+    seed = seed_path(executor, plan)
+    if seed is not None:
+        seed.unlink(missing_ok=True)
     return undefined.state.state
+
+
+def seed_path(executor: Executor, plan: VmPlan) -> Path | None:
+    """Where the VM's NoCloud seed goes: beside its root disk. None: the VM
+    has no user data or keys (or no disk)."""
+    vm = plan.vm
+    if (vm.user_data is None and not vm.ssh_keys) or not plan.disks:
+        return None
+    _, pool = plan.disks[0]
+    return Path(pool_spec(executor.names, pool).path) / executor.names.seed(vm.id)
+
+
+def write_seed(executor: Executor, plan: VmPlan) -> None:
+    """The VM's seed ISO, made at each start (the same content: the guest
+    runs user data once per instance-id, the VM id). The effector writes
+    it into the pool's directory, which it shares with the host (the lab's
+    and up's pools are directories of this machine)."""
+    path = seed_path(executor, plan)
+    if path is None:
+        return
+    vm = plan.vm
+    make_seed(
+        path,
+        instance_id=str(vm.id),
+        hostname=_hostname(vm.name),
+        user_data=decode_user_data(vm.user_data) if vm.user_data is not None else b"",
+        public_keys=vm.ssh_keys,
+    )
+
+
+def _hostname(name: str) -> str | None:
+    """The VM's name as a host name (letters, digits, hyphens; 63 at most)."""
+    cleaned = re.sub(r"[^A-Za-z0-9-]+", "-", name).strip("-")[:63].strip("-")
+    return cleaned or None
 
 
 def domain_spec(executor: Executor, plan: VmPlan) -> DomainSpec:
@@ -75,6 +116,10 @@ def domain_spec(executor: Executor, plan: VmPlan) -> DomainSpec:
         )
         for volume, pool in plan.disks
     )
+    seed = seed_path(executor, plan)
+    if seed is not None:
+        # IDE: the i440fx machine has it, and the guest's ata_piix drives it.
+        disks += (DiskSpec(path=str(seed), format="raw", target="hdc", bus="ide", device="cdrom"),)
     nics = tuple(
         NicSpec(mac=nic.mac, network=names.network(network.id)) for nic, network in plan.nics
     )
@@ -111,6 +156,7 @@ ERRORS = (
     NetworkDriverError,
     VxlanError,
     VxlanConflict,
+    SeedError,
     ValueError,
 )
 

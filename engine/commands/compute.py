@@ -34,6 +34,8 @@ class CreateVm(Command, frozen=True, kw_only=True):
     spec: VmSpec
     network_ids: tuple[UUID, ...] = ()
     affinity_group: Name | None = None
+    user_data: str | None = None  # base64 (engine/virtual/guest_data.py)
+    ssh_keys: tuple[str, ...] = ()
 
 
 class PlaceVm(Command, frozen=True, kw_only=True):
@@ -151,6 +153,8 @@ def create_vm(uow: UnitOfWork, cmd: CreateVm) -> Outcome:
         cmd.network_ids,
         cmd.affinity_group,
         id=cmd.id,
+        user_data=cmd.user_data,
+        ssh_keys=cmd.ssh_keys,
     )
     uow.add(vm)
     return Outcome(aggregate_id=vm.id)

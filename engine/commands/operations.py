@@ -81,6 +81,9 @@ class DeployVm(Command, frozen=True, kw_only=True):
     # Restarted elsewhere if its host dies (automation/ha.py), highest first.
     ha: bool = False
     ha_priority: Annotated[int, msgspec.Meta(ge=0, le=1000)] = 0
+    # The guest's first-boot data (engine/virtual/guest_data.py).
+    user_data: str | None = None
+    ssh_keys: tuple[str, ...] = ()
 
 
 class VmOperation(Command, frozen=True, kw_only=True):
@@ -141,6 +144,8 @@ def deploy_vm(uow: UnitOfWork, cmd: DeployVm) -> Outcome:
             spec=cmd.spec,
             network_ids=cmd.network_ids,
             affinity_group=cmd.affinity_group,
+            user_data=cmd.user_data,
+            ssh_keys=cmd.ssh_keys,
         ),
     )
     if cmd.ha or cmd.ha_priority:

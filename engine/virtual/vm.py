@@ -30,6 +30,7 @@ from eventsourcing.domain import event
 
 from cloud_engine.engine.aggregate import Aggregate, require, require_name
 from cloud_engine.engine.errors import InvalidTransition, Validation
+from cloud_engine.engine.virtual.guest_data import decode_user_data, require_ssh_keys
 
 VmState = Literal[
     "Allocated",
@@ -116,6 +117,8 @@ class VirtualMachine(Aggregate):
         spec: VmSpec,
         network_ids: tuple[UUID, ...],
         affinity_group: str | None,
+        user_data: str | None = None,
+        ssh_keys: tuple[str, ...] = (),
     ) -> None:
         self.account = account
         self.name = name
@@ -124,6 +127,11 @@ class VirtualMachine(Aggregate):
         self.spec = spec
         self.network_ids = network_ids
         self.affinity_group = affinity_group
+        # The guest's first-boot data (guest_data.py), for the effector's
+        # NoCloud seed. In the read model, shown to the VM's owner and to
+        # admins only (as the VM is); never in a log line.
+        self.user_data = user_data
+        self.ssh_keys = tuple(ssh_keys)
         self.state: VmState = "Allocated"
         self.host_id: UUID | None = None
         self.pool_id: UUID | None = None
@@ -157,6 +165,8 @@ class VirtualMachine(Aggregate):
         affinity_group: str | None = None,
         *,
         id: UUID | None = None,  # the library's keyword
+        user_data: str | None = None,
+        ssh_keys: tuple[str, ...] = (),
     ) -> VirtualMachine:
         require_name(account, "account")
         require_name(name)
@@ -168,6 +178,9 @@ class VirtualMachine(Aggregate):
         )
         if affinity_group is not None:
             require_name(affinity_group, "affinity_group")
+        if user_data is not None:
+            decode_user_data(user_data)
+        require_ssh_keys(tuple(ssh_keys))
         # Calling cls(...) would refuse id=: the metaclass only forwards it when
         # __init__ names it, so go through _create with the Created event.
         vm: VirtualMachine = cls._create(
@@ -180,6 +193,8 @@ class VirtualMachine(Aggregate):
             spec=spec,
             network_ids=tuple(network_ids),
             affinity_group=affinity_group,
+            user_data=user_data,
+            ssh_keys=tuple(ssh_keys),
         )
         return vm
 

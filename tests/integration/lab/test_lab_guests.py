@@ -4,7 +4,9 @@
 One scenario, one set of booted guests (booting is the slow part): a and b
 in one isolated (VXLAN) network on two hosts, c in another isolated network
 on a's host. Each guest reports (on its own page, served from inside it)
-exactly the address the engine allocated to its NIC; a reaches b (a ping
+exactly the address the engine allocated to its NIC; a's user data (a
+script) and SSH key came with its NoCloud seed and were applied at first
+boot; a reaches b (a ping
 typed on a's serial console); c reaches neither. A stop ends with the
 guest powering itself off on the ACPI power button (libvirt records the
 shutoff reason "shutdown", not "destroyed", and the console shows the
@@ -13,7 +15,9 @@ guest's own power-off line)."""
 from __future__ import annotations
 
 import asyncio
+import base64
 import re
+import struct
 import subprocess
 import time
 import uuid
@@ -29,6 +33,19 @@ from tests.integration.lab.lab_cloud import NAMES, Cloud, dhcp_known, lab_cloud,
 
 # Three guests booting under TCG on a shared machine: above the default 240 s.
 pytestmark = [pytest.mark.postgres, pytest.mark.libvirt, pytest.mark.timeout(600)]
+
+
+def ed25519_key(comment: str) -> str:
+    """An OpenSSH public key line (made up: only its form matters)."""
+    kind = b"ssh-ed25519"
+    blob = struct.pack(">I", len(kind)) + kind + struct.pack(">I", 32) + bytes(range(32))
+    return f"ssh-ed25519 {base64.b64encode(blob).decode()} {comment}"
+
+
+USER_DATA = base64.b64encode(
+    b"#!/bin/sh\nhostname from-user-data 2>&1\necho written by user data $(hostname) > /etc/motd\n"
+).decode()
+KEY = ed25519_key("tester@lab")
 
 # Booting under TCG on a machine shared with other work: generous, and
 # only a bound on waiting (figures are bench/guests.py's).
@@ -108,7 +125,7 @@ async def _scenario(cloud: Cloud, hosts: list[LabHost]) -> None:
         )
     ).aggregate_id
     a, b, c = await asyncio.gather(
-        cloud.deploy("a", host_id=cloud.fabric.host_of(h1)),
+        cloud.deploy("a", host_id=cloud.fabric.host_of(h1), user_data=USER_DATA, ssh_keys=(KEY,)),
         cloud.deploy("b", host_id=cloud.fabric.host_of(h2)),
         cloud.deploy("c", host_id=cloud.fabric.host_of(h1), network_ids=(other,)),
     )
@@ -121,12 +138,21 @@ async def _scenario(cloud: Cloud, hosts: list[LabHost]) -> None:
     for vm, address in ((a, address_a), (b, address_b), (c, address_c)):
         found = await wait_page(where[vm], vm, address)
         assert reported(found) == [address], found
+        if vm == a:
+            # Its user data's script ran at first boot, after its seed's
+            # hostname (the VM's name) was set.
+            assert "hostname: from-user-data" in found and "user-data: exit 0" in found, found
+        else:
+            assert "user-data: none" in found, found
     # Only the VM's own host's DHCP knows it: one server can answer it.
     network = NAMES.network(cloud.fabric.network)
     assert dhcp_known(h1, network) == {nic_mac(h1, a): address_a}
     assert dhcp_known(h2, network) == {nic_mac(h2, b): address_b}
 
     with SerialConsole(h1.uri, a) as console_a, SerialConsole(h1.uri, c) as console_c:
+        # The keys of the seed, where sshd would read them.
+        status, shown = await asyncio.to_thread(shell, console_a, "cat /root/.ssh/authorized_keys")
+        assert status == 0 and KEY in shown, shown
         # a reaches b across hosts (VXLAN); c, on a's own host, neither.
         assert await asyncio.to_thread(ping, console_a, address_b)
         assert not await asyncio.to_thread(ping, console_c, address_a)
