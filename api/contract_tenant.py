@@ -65,7 +65,6 @@ class VmDeploy(Body, frozen=True, kw_only=True):
     ssh_keys: Annotated[tuple[str, ...], msgspec.Meta(max_length=16)] = ()
 
 
-
 class VmHa(Body, frozen=True, kw_only=True):
     ha: bool
     ha_priority: Annotated[int, msgspec.Meta(ge=0, le=1000)] = 0
