@@ -8,9 +8,13 @@ const GIB = 1 << 30;
 
 function hostItem(host, ui, reload) {
   const a = host.attributes;
-  const maintenance = host.state === "Maintenance" || a.maintenance === true;
-  const action = maintenance ? "exit-maintenance" : "enter-maintenance";
-  const label = maintenance ? "Exit maintenance" : "Enter maintenance";
+  // Entering maintenance drains the host (an operation); while it drains
+  // (PrepareForMaintenance, ErrorInMaintenance) it can be cancelled.
+  const [action, label] =
+    host.state === "Maintenance" ? ["exit-maintenance", "Exit maintenance"]
+    : ["PrepareForMaintenance", "ErrorInMaintenance"].includes(host.state)
+      ? ["cancel-maintenance", "Cancel maintenance"]
+      : ["enter-maintenance", "Enter maintenance"];
   return h(
     "li",
     { "data-host": host.id },
