@@ -219,7 +219,7 @@ class EventConsumer:
             try:
                 ran = await self.dedupe.apply_once(event, lambda ctx: self.handler(event, ctx))
             except INFRASTRUCTURE_ERRORS as e:
-                log.warning("infrastructure error, retrying", error=repr(e), event=event.id)
+                log.warning("infrastructure error, retrying", error=repr(e), event_id=event.id)
                 await asyncio.sleep(self.config.retry_backoff)
                 continue
             except Exception as e:
