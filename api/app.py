@@ -14,11 +14,12 @@ from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import Response
-from starlette.routing import BaseRoute, Route
+from starlette.routing import BaseRoute, Route, WebSocketRoute
 
 from cloud_engine.api import health, quota_routes, token_routes, tokens, ui
 from cloud_engine.api.codec import problem_response
 from cloud_engine.api.commands import endpoint
+from cloud_engine.api.console import console_endpoint
 from cloud_engine.api.context import ApiContext
 from cloud_engine.api.live import LiveConfig, LiveFeed, stream_endpoint
 from cloud_engine.api.metrics import ApiMetrics
@@ -172,7 +173,12 @@ def create_app(
                 await feed.close()
             await pool.close()
 
-    routes: list[BaseRoute] = [*http_routes(), ui.mount()]
+    routes: list[BaseRoute] = [
+        *http_routes(),
+        # The serial console: a WebSocket, beside the HTTP endpoints.
+        WebSocketRoute("/v1/vms/{id:uuid}/console", console_endpoint),
+        ui.mount(),
+    ]
     return Starlette(
         routes=routes,
         middleware=[Middleware(RequestMiddleware, metrics=metrics)],

@@ -11,6 +11,7 @@ from eventsourcing.persistence import PersistenceError
 
 from cloud_engine.bus.broker import BrokerError
 from cloud_engine.bus.relay import Relay
+from cloud_engine.client import console
 from cloud_engine.client import main as client
 from cloud_engine.engine.errors import DomainError
 from cloud_engine.infra.logs import configure_logging
@@ -95,6 +96,8 @@ def relay(settings: Settings) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["console"]:  # a VM's serial console (client/console.py)
+        return console.main(argv[1:])
     if client.handles(argv):  # the client commands: HTTP only (client/)
         return client.main(argv)
     args = _parser().parse_args(argv)

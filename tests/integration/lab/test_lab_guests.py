@@ -6,7 +6,8 @@ in one isolated (VXLAN) network on two hosts, c in another isolated network
 on a's host. Each guest reports (on its own page, served from inside it)
 exactly the address the engine allocated to its NIC; a's user data (a
 script) and SSH key came with its NoCloud seed and were applied at first
-boot; a reaches b (a ping
+boot; b's console, through the API and `cloud-engine console`, takes a
+typed command for its owner and refuses another account; a reaches b (a ping
 typed on a's serial console); c reaches neither. A stop ends with the
 guest powering itself off on the ACPI power button (libvirt records the
 shutoff reason "shutdown", not "destroyed", and the console shows the
@@ -16,18 +17,24 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import os
 import re
 import struct
 import subprocess
+import sys
 import time
 import uuid
 
 import libvirt
 import pytest
 
+from cloud_engine.api import tokens
+from cloud_engine.api.app import create_app
+from cloud_engine.api.server import ApiServer
 from cloud_engine.effectors.compute.console import SerialConsole
 from cloud_engine.engine.commands.network import CreateNetwork
 from cloud_engine.engine.virtual.network import Network
+from cloud_engine.infra.pg import connect
 from cloud_engine.lab import LabHost
 from tests.integration.lab.lab_cloud import NAMES, Cloud, dhcp_known, lab_cloud, nic_mac
 
@@ -99,6 +106,41 @@ def ping(console: SerialConsole, address: str) -> bool:
     return shell(console, f"ping -c 3 -W 2 {address} >/dev/null 2>&1")[0] == 0
 
 
+async def console_client(
+    cloud: Cloud, vm: uuid.UUID, account: str, typed: str
+) -> tuple[int, str, str]:
+    """`cloud-engine console VM` against an API on the test's log, as a
+    user of account, with typed on its stdin: exit status, stdout, stderr."""
+    server = ApiServer(
+        create_app(cloud.service, cloud.store, cloud.pipeline.target), "127.0.0.1", 0
+    )
+    stop = asyncio.Event()
+    task = asyncio.create_task(server.run(stop))
+    try:
+        while not server.started:
+            assert not task.done(), task
+            await asyncio.sleep(0.05)
+        conn = await connect(cloud.pipeline.target)
+        try:
+            token, _ = await tokens.create(conn, cloud.pipeline.target.schema, "user", account)
+        finally:
+            await conn.close()
+        env = {**os.environ, "CLOUD_ENGINE_URL": server.url, "CLOUD_ENGINE_TOKEN": token}
+        done = await asyncio.to_thread(
+            subprocess.run,
+            [sys.executable, "-m", "cloud_engine.runner.cli", "console", str(vm), "--linger", "20"],
+            input=typed,
+            capture_output=True,
+            text=True,
+            env=env,
+            timeout=120,
+        )
+        return done.returncode, done.stdout, done.stderr
+    finally:
+        stop.set()
+        await task
+
+
 async def test_guests_get_the_engines_addresses_reach_their_network_only_and_stop_by_acpi(
     pg_target, service, store, broker, topic_prefix, hosts: list[LabHost], tmp_path
 ):
@@ -157,6 +199,15 @@ async def _scenario(cloud: Cloud, hosts: list[LabHost]) -> None:
         assert await asyncio.to_thread(ping, console_a, address_b)
         assert not await asyncio.to_thread(ping, console_c, address_a)
         assert not await asyncio.to_thread(ping, console_c, address_b)
+
+        # b's console through the API, with `cloud-engine console`: its
+        # owner types a command and reads the output (the kernel's boot
+        # messages among it); another account is refused.
+        typed = "dmesg | grep -m1 'Linux version'; echo typed-$((6*7))\n"
+        code, out, err = await console_client(cloud, b, "acme", typed)
+        assert code == 0 and "typed-42" in out and "Linux version" in out, (out, err)
+        code, out, err = await console_client(cloud, b, "intruder", typed)
+        assert code == 1 and "4404" in err and "typed-42" not in out, (out, err)
 
         # Graceful stop: the guest's acpid powers it off.
         assert await cloud.operate("vm.stop", a) == ("succeeded", "")
