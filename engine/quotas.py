@@ -4,9 +4,9 @@ After a command's handler ran, and before its events are stored, every VM,
 volume and IP address it changed is compared with what it holds against
 its account (engine/virtual/account.py): a new VM holds one vm, its vCPUs
 and RAM until it is expunged; a volume its size in GiB (rounded up, a
-requested resize included) until it is destroyed; an IP address allocated
-on its own (POST /v1/ip-addresses, not a VM's NIC) one public IP until it
-is released. Settled from the aggregates' state rather than in each
+requested resize included) until it is destroyed; a public IP (an address
+on a public network, which names the account it is for) one public IP
+until it is released. Settled from the aggregates' state rather than in each
 handler, so no path that makes or removes a resource (a deploy, its
 compensation, an expunge, a release) can forget it. A limit it would pass
 raises QuotaExceeded and the command records nothing.
@@ -20,7 +20,6 @@ from cloud_engine.engine.aggregate import Aggregate
 from cloud_engine.engine.unit_of_work import UnitOfWork
 from cloud_engine.engine.virtual.account import Account, account_id
 from cloud_engine.engine.virtual.ip_address import IpAddress
-from cloud_engine.engine.virtual.network import Network
 from cloud_engine.engine.virtual.vm import VirtualMachine
 from cloud_engine.engine.virtual.volume import Volume
 
@@ -50,19 +49,17 @@ def _volume_share(volume: Volume) -> dict[str, int]:
     return {"volume_gb": -(-size // GIB)}
 
 
-def settle(ws: UnitOfWork, *, allocated_ip: UUID | None = None) -> None:
-    """allocated_ip: the IP an AllocateIp command made (a public IP)."""
+def settle(ws: UnitOfWork) -> None:
     for aggregate in ws.changed():
         if isinstance(aggregate, VirtualMachine) and _names(aggregate) & _VM_EVENTS:
             _hold(ws, aggregate.account, aggregate.id, _vm_share(aggregate))
         elif isinstance(aggregate, Volume) and _names(aggregate) & _VOLUME_EVENTS:
             _hold(ws, aggregate.account, aggregate.id, _volume_share(aggregate))
         elif isinstance(aggregate, IpAddress) and _names(aggregate) & _IP_EVENTS:
-            network = ws.find(Network, aggregate.network_id)
-            if network is None:
-                continue
-            public = aggregate.id == allocated_ip and aggregate.state != "Released"
-            _hold(ws, network.account, aggregate.id, {"public_ips": 1} if public else {})
+            if aggregate.account is None:
+                continue  # an address of its network's account, not a public IP
+            held = {"public_ips": 1} if aggregate.state != "Released" else {}
+            _hold(ws, aggregate.account, aggregate.id, held)
 
 
 def _hold(ws: UnitOfWork, name: str, resource_id: UUID, share: dict[str, int]) -> None:

@@ -25,8 +25,6 @@ class Command(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=T
     # benchmarks sends it, so no integrator should build on it
     # (schemas/README.md lists them and why). Not a field: never encoded.
     published: ClassVar[bool] = True
-    # The IP address it makes is a public IP of its account (engine/quotas.py).
-    allocates_public_ip: ClassVar[bool] = False
 
 
 class Outcome(msgspec.Struct, frozen=True, kw_only=True):
@@ -102,6 +100,5 @@ def dispatch(uow: UnitOfWork, command: Command) -> Outcome:
     outcome = handler_for(command)(uow, command)
     # In the same transaction: what the command's resources hold against
     # their accounts' limits; past one, QuotaExceeded and nothing is stored.
-    allocated = outcome.aggregate_id if command.allocates_public_ip else None
-    quotas.settle(uow, allocated_ip=allocated)
+    quotas.settle(uow)
     return outcome

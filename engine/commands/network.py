@@ -155,8 +155,6 @@ def destroy_network(uow: UnitOfWork, cmd: DestroyNetwork) -> Outcome:
 
 
 class AllocateIp(Command, frozen=True, kw_only=True):
-    allocates_public_ip = True
-
     network_id: UUID
     owner_id: UUID | None = None
     address: Address | None = None

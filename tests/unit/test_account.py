@@ -42,3 +42,44 @@ def test_shares_are_held_released_and_checked_against_the_limits() -> None:
     assert names.count("LimitsSet") == 3  # an unchanged set records nothing
     with pytest.raises(ValueError, match="cores"):
         account.set_limits({"cores": 1})
+
+
+def test_usage_after_every_command_is_what_the_resources_hold() -> None:
+    """The whole command scenario (deploys, their compensation, expunges,
+    volume resizes and destroys, public IPs allocated and released) through
+    each handler: the account's usage is what its live resources add up to."""
+    from cloud_engine.engine.commands import dispatch
+    from cloud_engine.engine.metadata import EventMeta, bound_meta
+    from cloud_engine.engine.unit_of_work import InMemoryUnitOfWork
+    from cloud_engine.engine.virtual.ip_address import IpAddress
+    from cloud_engine.engine.virtual.vm import VirtualMachine
+    from cloud_engine.engine.virtual.volume import Volume
+    from tests.scenarios import run_every_command
+
+    uow = InMemoryUnitOfWork()
+
+    def do(command):
+        return dispatch(uow, command)
+
+    with bound_meta(EventMeta(actor="test", request_id="r", correlation_id="c")):
+        run_every_command(do)
+    accounts = [a for a in uow.aggregates.values() if isinstance(a, Account)]
+    assert accounts
+    for account in accounts:
+        mine = [a for a in uow.aggregates.values() if getattr(a, "account", None) == account.name]
+        vms = [v for v in mine if isinstance(v, VirtualMachine) and v.state != "Expunged"]
+        volumes = [v for v in mine if isinstance(v, Volume) and v.state != "Destroyed"]
+        ips = [i for i in mine if isinstance(i, IpAddress) and i.state != "Released"]
+        gib = sum(
+            -(-max(v.size_bytes, v.resize_to or 0, v.reverting_size or 0) // (1 << 30))
+            for v in volumes
+        )
+        assert account.used == {
+            "vms": len(vms),
+            "vcpus": sum(v.spec.cpus for v in vms),
+            "ram_mb": sum(v.spec.ram_mb for v in vms),
+            "volume_gb": gib,
+            "public_ips": len(ips),
+        }
+    names = {type(e).__name__ for e in uow.commit() if type(e).__qualname__.startswith("Account")}
+    assert {"Held", "Released"} <= names  # the scenario both takes and gives back

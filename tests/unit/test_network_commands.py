@@ -26,7 +26,6 @@ from cloud_engine.engine.commands.network import (
 from cloud_engine.engine.errors import Conflict, InvalidTransition, NotFound, Validation
 from cloud_engine.engine.fabric.zone import Zone
 from cloud_engine.engine.unit_of_work import InMemoryUnitOfWork
-from cloud_engine.engine.virtual.account import LIMITS, Account, account_id
 from cloud_engine.engine.virtual.ip_address import IpAddress
 from cloud_engine.engine.virtual.network import Network
 from cloud_engine.engine.virtual.network_rule import NetworkRule
@@ -164,16 +163,11 @@ def test_allocate_ip_creates_the_ip_aggregate_with_the_same_id(uow):
     )
     assert uow.get(Network, network_id).allocated["10.0.0.2"] == ip.id
     events = uow.commit()
-    # An allocated address is a public IP its account holds (engine/quotas.py).
     assert sorted(type(e).__qualname__ for e in events) == [
-        "Account.Created",
-        "Account.Held",
         "IpAddress.Created",
         "Network.IpAllocated",
     ]
-    account = account_id(uow.get(Network, network_id).account)
-    assert {e.originator_id for e in events} == {network_id, ip.id, account}
-    assert uow.get(Account, account).used["public_ips"] == 1
+    assert {e.originator_id for e in events} == {network_id, ip.id}
 
 
 def test_allocate_ip_with_chosen_id_and_address(uow):
@@ -212,10 +206,7 @@ def test_release_ip_on_both_aggregates(uow):
     assert dispatch(uow, ReleaseIp(ip_id=ip_id)).value == "10.0.0.2"
     assert uow.get(IpAddress, ip_id).state == "Released"
     assert "10.0.0.2" not in uow.get(Network, network_id).allocated
-    assert event_names(uow) == ["Account.Released", "IpAddress.Released", "Network.IpReleased"]
-    assert uow.get(Account, account_id(uow.get(Network, network_id).account)).used == dict.fromkeys(
-        LIMITS, 0
-    )
+    assert event_names(uow) == ["IpAddress.Released", "Network.IpReleased"]
     assert_command_refused(uow, InvalidTransition, ReleaseIp(ip_id=ip_id))
     assert_command_refused(uow, NotFound, ReleaseIp(ip_id=uuid4()))
     # The address is free again.
