@@ -8,6 +8,9 @@ import asyncio
 import fcntl
 import hashlib
 import os
+import signal
+import subprocess
+import sys
 import uuid
 import xml.etree.ElementTree as ET
 from collections.abc import AsyncIterator
@@ -23,9 +26,23 @@ from cloud_engine.engine.fabric.host import Host
 from cloud_engine.lab import Lab, LabHost
 from cloud_engine.runner.lab_fencer import LabFencer
 from tests.integration.effectors.effector_pipeline import wait_for
-from tests.integration.lab.lab_cloud import NAMES, Cloud, lab_cloud, running_on
+from tests.integration.lab.lab_cloud import NAMES, REPO, Cloud, lab_cloud, running_on
 
 pytestmark = [pytest.mark.postgres, pytest.mark.libvirt]
+
+
+def _start_effector(cloud: Cloud, pg_target, broker: str, prefix: str) -> None:
+    # Checks every 3 s, a failing host every 0.5 s; Suspect after 2 misses.
+    effector = EffectorService(
+        pg_target,
+        effector_config(broker, prefix),
+        names=NAMES,
+        name="effector@lab-ha",
+        stop_timeout_s=5.0,
+        reconcile_interval_s=3.0,
+        down_after=2,
+    )
+    cloud.pipeline.tasks.append(asyncio.create_task(effector.run(cloud.pipeline.stop)))
 
 
 @pytest.fixture
@@ -35,16 +52,7 @@ async def ha_cloud(
     async with lab_cloud(
         pg_target, service, store, broker, topic_prefix, hosts, tmp_path, effector=False
     ) as cloud:
-        pipeline = cloud.pipeline
-        effector = EffectorService(
-            pg_target,
-            effector_config(broker, topic_prefix),
-            names=NAMES,
-            name="effector@lab-ha",
-            stop_timeout_s=5.0,
-            reconcile_interval_s=3.0,
-            down_after=2,
-        )
+        _start_effector(cloud, pg_target, broker, topic_prefix)
         automation = Automation(
             service,
             store,
@@ -56,10 +64,40 @@ async def ha_cloud(
             heartbeat_timeout_s=4.0,
             up_after_s=3.0,
         )
-        pipeline.tasks.append(asyncio.create_task(effector.run(pipeline.stop)))
-        pipeline.tasks.append(asyncio.create_task(automation.run(pipeline.stop)))
+        cloud.pipeline.tasks.append(asyncio.create_task(automation.run(cloud.pipeline.stop)))
         await cloud.template_ready()
         yield cloud, automation
+
+
+class AutomationProcess:
+    """`cloud-engine automation` on the test's schema, fencing the lab."""
+
+    def __init__(self, pg_target, broker: str, prefix: str, lab: Lab, log: Path) -> None:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("CLOUD_ENGINE_")}
+        env.update(
+            CLOUD_ENGINE_DATABASE_URL=pg_target.url(),
+            CLOUD_ENGINE_DATABASE_SCHEMA=pg_target.schema,
+            CLOUD_ENGINE_KAFKA_BOOTSTRAP=broker,
+            CLOUD_ENGINE_TOPIC_PREFIX=prefix,
+            CLOUD_ENGINE_LOG_LEVEL="info",
+            CLOUD_ENGINE_EVENT_LOOP="asyncio",
+        )
+        self._out = log.open("ab")
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "cloud_engine.runner.cli", "automation",
+             "--lab-state", str(lab.state_dir), "--up-after", "3"],
+            cwd=REPO, env=env, stdout=self._out, stderr=subprocess.STDOUT,
+        )  # fmt: skip
+
+    def stop(self, sig: int = signal.SIGTERM) -> None:
+        if self.process.poll() is None:
+            self.process.send_signal(sig)
+        try:
+            self.process.wait(30)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait(10)
+        self._out.close()
 
 
 def _lease_held(shared: Path, disk: str) -> bool:
@@ -214,3 +252,50 @@ async def test_a_domain_destroyed_behind_the_engines_back_converges_by_policy(
     await wait_for("recorded Running", lambda: cloud.vm(stopped).state == "Running", cloud.pipeline)
     assert cloud.vm(stopped).host_id == cloud.fabric.host_of(home)
     assert stopped in _host(cloud, cloud.fabric.host_of(home)).reservations
+
+
+async def test_automation_killed_in_the_middle_of_an_ha_run_finishes_it_after_restart(
+    pg_target, service, store, broker, topic_prefix, lab: Lab, hosts: list[LabHost], tmp_path: Path
+):
+    async with lab_cloud(
+        pg_target, service, store, broker, topic_prefix, hosts, tmp_path, effector=False
+    ) as cloud:
+        _start_effector(cloud, pg_target, broker, topic_prefix)
+        log = tmp_path / "automation.log"
+        first = AutomationProcess(pg_target, broker, topic_prefix, lab, log)
+        try:
+            await cloud.template_ready()
+            dead_id = next(iter(cloud.fabric.hosts))
+            dead = cloud.fabric.hosts[dead_id]
+            ha = [
+                await cloud.deploy(f"kill-{p}", host_id=dead_id, ha=True, ha_priority=p)
+                for p in (1, 2)
+            ]
+            lab.power_off(dead.name)
+
+            # SIGKILL as soon as the run began: the host fenced, its VMs
+            # being recorded Stopped and started elsewhere.
+            await wait_for("host fenced", lambda: _host(cloud, dead_id).fenced, cloud.pipeline)
+            first.stop(signal.SIGKILL)
+            stage = [cloud.vm(v).state for v in ha]
+        finally:
+            first.stop(signal.SIGKILL)
+        second = AutomationProcess(pg_target, broker, topic_prefix, lab, log)
+        try:
+            await wait_for(
+                "HA VMs running elsewhere",
+                lambda: all(
+                    cloud.vm(v).state == "Running" and cloud.vm(v).host_id != dead_id for v in ha
+                ),
+                cloud.pipeline,
+            )
+        finally:
+            second.stop()
+        alive = [h for h in hosts if h.name != dead.name]
+        for vm_id in ha:
+            assert running_on(alive, vm_id) == [cloud.where(vm_id)], stage
+        # One start each, whoever asked it (the killed process or the new one).
+        starts = [
+            e for v in ha for e in cloud.store.events_of(v) if type(e).__name__ == "StartRequested"
+        ]
+        assert len(starts) == 2 * len(ha), stage  # the deploy's and HA's
