@@ -14,7 +14,7 @@ if TYPE_CHECKING:
     from typing import Any
 
 COMMON = "--profile --output -o --help"
-TOP = ("login", "events", "completion")
+TOP = ("login", "events", "completion", "console")
 
 
 def _options(spec: dict[str, Any]) -> str:

@@ -31,7 +31,7 @@ TYPE_CHECKING = False
 if TYPE_CHECKING:
     from typing import Any
 
-EXTRA = ("login", "events", "completion")
+EXTRA = ("login", "events", "completion", "console")
 # What `<noun> <verb>` the client answers; `token create` is also the
 # server-side bootstrap command (runner/token_cli.py), see handles().
 NOUNS = tuple(VERBS)
@@ -193,6 +193,10 @@ def register_help(sub: Any) -> None:
 
 def main(argv: Sequence[str], prog: str = "cloud-engine") -> int:
     argv = list(argv)
+    if argv[0] == "console":  # a VM's serial console (client/console.py)
+        from cloud_engine.client import console
+
+        return console.main(argv[1:])
     try:
         if argv[0] in NOUNS:
             args = _noun_parser(prog, argv[0]).parse_args(argv[1:])

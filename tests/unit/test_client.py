@@ -90,6 +90,7 @@ def test_client_and_server_commands_are_told_apart(
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv("CLOUD_ENGINE_CONFIG", str(tmp_path / "none.toml"))
     assert handles(["vm", "list"]) and handles(["login", "http://x"]) and handles(["events", "x"])
+    assert handles(["console", "web-1"])  # without loading the server
     assert not handles(["up"]) and not handles(["lab", "status"]) and not handles([])
     # The first admin token is made on the server, with no profile to use.
     assert not handles(["token", "create", "--role", "admin", "--account", "ops"])
