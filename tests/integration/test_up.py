@@ -171,8 +171,6 @@ def test_piped_json_lines_ready_means_complete_and_sigterm_leaves_nothing(tmp_pa
     assert gone(postgres), f"PostgreSQL {postgres} outlived up"
     left = [c.pid for c in children if not gone(c.pid)]
     assert not left, f"processes left: {left}"
-    # Supervisors send KILL 2 s after TERM (measured: about 1 s).
-    assert up.stop_seconds < 4, up.stop_seconds
 
 
 def _watchdog(up: Running) -> psutil.Process:
