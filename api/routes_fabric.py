@@ -26,7 +26,12 @@ from cloud_engine.engine.commands import Command
 from cloud_engine.engine.commands import fabric as f
 from cloud_engine.engine.commands import storage as s
 from cloud_engine.engine.commands.liveness import DeclareHostAlive
-from cloud_engine.engine.commands.maintenance import CancelHostMaintenance, HostOperation
+from cloud_engine.engine.commands.maintenance import (
+    CancelHostMaintenance,
+    CancelStoragePoolMaintenance,
+    HostOperation,
+    PoolOperation,
+)
 from cloud_engine.engine.fabric.physical_network import TagRange
 
 ZONE = ("zone", "zone_id")
@@ -103,8 +108,13 @@ FABRIC_ROUTES: list[CommandRoute[Any]] = [
     *_toggles("storage_pool", "storage pool", lambda i: f.EnableStoragePool(pool_id=i),
               lambda i: f.DisableStoragePool(pool_id=i)),
     action("storage_pool", "enter-maintenance", "enterStoragePoolMaintenance",
-           "Put a storage pool in maintenance", NoBody,
-           lambda c: f.EnterStoragePoolMaintenance(pool_id=c.id), access="fabric"),
+           "Drain a storage pool into maintenance (an operation: its volumes move to"
+           " another pool of its scope; 409 while one is in use)", NoBody,
+           lambda c: PoolOperation(kind="storage_pool.maintenance", pool_id=c.id),
+           access="fabric", operation=True),
+    action("storage_pool", "cancel-maintenance", "cancelStoragePoolMaintenance",
+           "Stop a pool's drain or leave maintenance", NoBody,
+           lambda c: CancelStoragePoolMaintenance(pool_id=c.id), access="fabric"),
     action("storage_pool", "exit-maintenance", "exitStoragePoolMaintenance",
            "Take a storage pool out of maintenance", NoBody,
            lambda c: f.ExitStoragePoolMaintenance(pool_id=c.id), access="fabric"),

@@ -1,6 +1,10 @@
 """The drainer: moves the VMs of a host in maintenance away (the
 host.maintenance operation's migrate step, engine/operations/
-host_maintenance.py), through the commands any client sends.
+host_maintenance.py), and the volumes of a storage pool in maintenance to
+another pool of its scope (storage_pool.maintenance, pool_maintenance.py:
+one volume.migrate each, via MoveOffPool, to the Enabled pool of the same
+zone, cluster or host with the most room), through the commands any
+client sends. What follows is said of hosts; pools go the same way.
 
 Every `interval_s` it looks at each unfinished drain and at the VMs the
 log puts on its host (running there, or stopped with it as their last
@@ -31,20 +35,29 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
+from typing import Any
 from uuid import UUID
 
 import asyncpg
 import structlog
 
 from cloud_engine.engine.commands.base import CommandContext
-from cloud_engine.engine.commands.maintenance import MigrateOffHost, ReportHostDrain
+from cloud_engine.engine.commands.maintenance import (
+    MigrateOffHost,
+    MoveOffPool,
+    ReportHostDrain,
+    ReportPoolDrain,
+)
 from cloud_engine.engine.errors import DomainError
 from cloud_engine.engine.operations.guard import ResourceGuard, guard_id
 from cloud_engine.engine.operations.host_maintenance import migration_id
 from cloud_engine.engine.operations.operation import FINISHED, Operation
+from cloud_engine.engine.operations.pool_maintenance import move_id
 from cloud_engine.engine.service import CommandService
 from cloud_engine.engine.store import EventStore
 from cloud_engine.engine.virtual.vm import VirtualMachine
+from cloud_engine.engine.virtual.volume import Volume
 from cloud_engine.infra.database import DatabaseTarget
 from cloud_engine.infra.pg import create_pool
 from cloud_engine.infra.tables import read_model
@@ -53,6 +66,7 @@ from cloud_engine.projections.readmodel import key_sql
 log = structlog.get_logger("automation.drain")
 
 KIND = "host.maintenance"
+POOL_KIND = "storage_pool.maintenance"
 ACTOR = "drainer"
 # VM states that are gone from any host (nothing to move).
 GONE = ("Destroyed", "Expunging", "Expunged")
@@ -93,9 +107,9 @@ class Drainer:
         try:
             rows = await self._db.fetch(
                 f"SELECT id FROM {read_model(self.target.schema, 'operation')}"
-                " WHERE NOT (state = ANY($1::text[])) AND (data ->> 'kind') = $2",
+                " WHERE NOT (state = ANY($1::text[])) AND (data ->> 'kind') = ANY($2::text[])",
                 list(FINISHED),
-                KIND,
+                [KIND, POOL_KIND],
             )
         except asyncpg.UndefinedTableError:
             return 0
@@ -107,6 +121,10 @@ class Drainer:
         op = await asyncio.to_thread(self.store.load, op_id)
         if not isinstance(op, Operation) or op.finished or op.current_step != "migrate":
             return
+        if op.kind == POOL_KIND:
+            remaining, blocked = await self._pool_round(op)
+            await self._report(op, remaining, blocked)
+            return
         host_id = op.resource_id
         remaining, blocked = 0, []
         for vm_id in await self._vms_on(host_id):
@@ -117,14 +135,18 @@ class Drainer:
             reason = await self._move(op, vm)
             if reason is not None:
                 blocked.append(f"vm {vm.id} ({vm.name}): {reason}")
+        await self._report(op, remaining, blocked)
+
+    async def _report(self, op: Operation, remaining: int, blocked: list[str]) -> None:
+        op_id = op.id
         found = (remaining, tuple(sorted(blocked)))
         if self._reported.get(op_id) == found:
             return
         context = CommandContext(actor=ACTOR, correlation_id=str(op_id))
+        report = ReportPoolDrain if op.kind == POOL_KIND else ReportHostDrain
         try:
             await self.service.execute_async(
-                ReportHostDrain(operation_id=op_id, remaining=remaining, blocked=found[1]),
-                context,
+                report(operation_id=op_id, remaining=remaining, blocked=found[1]), context
             )
         except DomainError as e:
             log.warning("drain_report_refused", operation_id=str(op_id), reason=str(e))
@@ -133,10 +155,92 @@ class Drainer:
         log.info(
             "drain_reported",
             operation_id=str(op_id),
-            host_id=str(host_id),
+            resource_id=str(op.resource_id),
             remaining=remaining,
             blocked=len(blocked),
         )
+
+    async def _pool_round(self, drain: Operation) -> tuple[int, list[str]]:
+        """The volumes in the drained pool, each moved (or on its way) or
+        blocked with its reason."""
+        assert self._db is not None
+        pool_id = drain.resource_id
+        pool = await self._pool_row(pool_id)
+        rows = await self._db.fetch(
+            f"SELECT id FROM {read_model(self.target.schema, 'volume')}"
+            f" WHERE {key_sql('pool_id')} = $1",
+            str(pool_id),
+        )
+        remaining, blocked = 0, []
+        for row in sorted(rows, key=lambda r: r["id"]):
+            volume = await asyncio.to_thread(self.store.load, row["id"])
+            if not isinstance(volume, Volume) or volume.pool_id != pool_id:
+                continue
+            if volume.state == "Destroyed":
+                continue
+            remaining += 1
+            reason = await self._move_volume(drain, volume, pool)
+            if reason is not None:
+                blocked.append(f"volume {volume.id} ({volume.name}): {reason}")
+        return remaining, blocked
+
+    async def _pool_row(self, pool_id: UUID) -> dict[str, Any]:
+        assert self._db is not None
+        row = await self._db.fetchrow(
+            f"SELECT state, data FROM {read_model(self.target.schema, 'storage_pool')}"
+            " WHERE id = $1",
+            pool_id,
+        )
+        return {} if row is None else dict(json.loads(row["data"]), id=pool_id)
+
+    async def _target_pool(self, pool: dict[str, Any], size: int) -> UUID | None:
+        """An Enabled pool of the same scope (zone, cluster, host) with room,
+        the one with the most."""
+        assert self._db is not None
+        rows = await self._db.fetch(
+            f"SELECT id, data FROM {read_model(self.target.schema, 'storage_pool')}"
+            " WHERE zone_id = $1 AND state = 'Enabled' AND id <> $2",
+            UUID(str(pool.get("zone_id"))),
+            pool["id"],
+        )
+        same = ("scope", "cluster_id", "host_id")
+        fits = [
+            (int(d.get("free_bytes", 0)), r["id"])
+            for r in rows
+            if all((d := json.loads(r["data"])).get(k) == pool.get(k) for k in same)
+            and int(d.get("free_bytes", 0)) >= size
+        ]
+        return max(fits)[1] if fits else None
+
+    async def _move_volume(
+        self, drain: Operation, volume: Volume, pool: dict[str, Any]
+    ) -> str | None:
+        child_id = move_id(drain.id, volume.id)
+        child = await asyncio.to_thread(self.store.load, child_id)
+        if isinstance(child, Operation):
+            if child.status in ("failed", "compensated"):
+                return child.error or f"its move {child.id} {child.status}"
+            return None
+        held = await asyncio.to_thread(self.store.load, guard_id(volume.id))
+        if isinstance(held, ResourceGuard) and held.operation_id is not None:
+            return None  # busy with an operation of its own: waited for
+        target = await self._target_pool(pool, volume.size_bytes)
+        if target is None:
+            return f"no other Enabled {pool.get('scope')} pool of its scope has room"
+        context = CommandContext(actor=ACTOR, correlation_id=str(drain.id))
+        try:
+            await self.service.execute_async(
+                MoveOffPool(operation_id=drain.id, volume_id=volume.id, pool_id=target), context
+            )
+        except DomainError as e:
+            if await asyncio.to_thread(self.store.load, child_id) is not None:
+                return None
+            if "is not in pool" in str(e) or str(e).startswith(f"drain {drain.id} is"):
+                return None
+            log.info("drain_volume_blocked", volume_id=str(volume.id), reason=str(e))
+            return str(e)
+        log.info("drain_volume_moving", volume_id=str(volume.id), operation_id=str(child_id))
+        return None
 
     async def _vms_on(self, host_id: UUID) -> list[UUID]:
         assert self._db is not None

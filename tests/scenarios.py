@@ -67,9 +67,13 @@ from cloud_engine.engine.commands.liveness import (
 )
 from cloud_engine.engine.commands.maintenance import (
     CancelHostMaintenance,
+    CancelStoragePoolMaintenance,
     HostOperation,
     MigrateOffHost,
+    MoveOffPool,
+    PoolOperation,
     ReportHostDrain,
+    ReportPoolDrain,
 )
 from cloud_engine.engine.commands.network import (
     ActivateNetworkRule,
@@ -492,6 +496,27 @@ def run_every_command(do: Callable[[typing.Any], Done]) -> None:
     off = do(MigrateOffHost(operation_id=drain, vm_id=on_local)).aggregate_id
     do(FailOperation(operation_id=off, reason="no host fits"))
     do(CancelHostMaintenance(host_id=other_host))
+    # Its disk's pool drained: its volume moved to the pool of the same
+    # scope (the other host's local one is not), then the drain cancelled.
+    shared = do(
+        CreateStoragePool(
+            zone_id=zone,
+            cluster_id=cluster,
+            name="shared-2",
+            scope="cluster",
+            capacity_bytes=100 * GIB,
+            url="/var/lib/shared-2",
+        )
+    ).aggregate_id
+    stop = do(VmOperation(kind="vm.stop", vm_id=deployed)).aggregate_id
+    do(MarkVmStopped(vm_id=deployed))
+    do(AdvanceOperation(operation_id=stop))
+    drain = do(PoolOperation(kind="storage_pool.maintenance", pool_id=pool)).aggregate_id
+    off = do(MoveOffPool(operation_id=drain, volume_id=local_root, pool_id=shared))
+    do(ReportPoolDrain(operation_id=drain, remaining=1, blocked=("volume y: no room",)))
+    do(MarkVolumeMoved(volume_id=local_root))
+    do(AdvanceOperation(operation_id=off.aggregate_id))
+    do(CancelStoragePoolMaintenance(pool_id=pool))
     failing = do(msgspec.structs.replace(deploy, name="op-2", affinity_group="grp"))
     op = failing.aggregate_id
     do(PlaceOperation(operation_id=op, host_id=host, pool_ids=(pool,)))

@@ -7,32 +7,39 @@ again afterwards."""
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 from uuid import UUID, uuid4
 
 import msgspec
 
+from cloud_engine.engine.aggregate import Aggregate
 from cloud_engine.engine.commands.base import Command, Outcome, handles
-from cloud_engine.engine.commands.operations import VmOperation, vm_operation
+from cloud_engine.engine.commands.operations import (
+    VmOperation,
+    VolumeOperation,
+    vm_operation,
+    volume_operation,
+)
 from cloud_engine.engine.errors import Conflict, Validation
 from cloud_engine.engine.fabric.host import DRAINING, Host
+from cloud_engine.engine.fabric.storage_pool import DRAINING as POOL_DRAINING
+from cloud_engine.engine.fabric.storage_pool import StoragePool
 from cloud_engine.engine.lookups import load_ref, require_new_id
 from cloud_engine.engine.operations import guard
-from cloud_engine.engine.operations.host_maintenance import (
-    CANCELLED,
-    HostMaintenance,
-    migration_id,
-)
-from cloud_engine.engine.operations.kind import Request
+from cloud_engine.engine.operations.host_maintenance import CANCELLED, DrainKind, migration_id
+from cloud_engine.engine.operations.kind import OperationKind, Request
 from cloud_engine.engine.operations.operation import Operation
+from cloud_engine.engine.operations.pool_maintenance import move_id
 from cloud_engine.engine.operations.registry import kind_of
 from cloud_engine.engine.unit_of_work import UnitOfWork
 from cloud_engine.engine.virtual.vm import VirtualMachine
+from cloud_engine.engine.virtual.volume import Volume
 
 # The account fabric operations are recorded under (a host is no tenant's).
 FABRIC_ACCOUNT = "system"
 # The kinds clients start on a host (engine/operations/registry.py).
 HostOperationKind = Literal["host.maintenance"]
+PoolOperationKind = Literal["storage_pool.maintenance"]
 Blocker = Annotated[str, msgspec.Meta(min_length=1, max_length=500)]
 
 
@@ -47,6 +54,32 @@ class ReportHostDrain(Command, frozen=True, kw_only=True):
     remaining: Annotated[int, msgspec.Meta(ge=0)]  # VMs still on the host
     # One line per VM that cannot move: "vm <id>: <why>".
     blocked: Annotated[tuple[Blocker, ...], msgspec.Meta(max_length=1000)] = ()
+
+
+class PoolOperation(Command, frozen=True, kw_only=True):
+    kind: PoolOperationKind
+    pool_id: UUID
+    operation_id: UUID | None = None
+
+
+class ReportPoolDrain(Command, frozen=True, kw_only=True):
+    operation_id: UUID
+    remaining: Annotated[int, msgspec.Meta(ge=0)]  # volumes still in the pool
+    # One line per volume that cannot move: "volume <id>: <why>".
+    blocked: Annotated[tuple[Blocker, ...], msgspec.Meta(max_length=1000)] = ()
+
+
+class MoveOffPool(Command, frozen=True, kw_only=True):
+    """A pool drain's volume.migrate of one of its volumes to pool_id (id
+    derived from both), refused once the drain has ended."""
+
+    operation_id: UUID
+    volume_id: UUID
+    pool_id: UUID
+
+
+class CancelStoragePoolMaintenance(Command, frozen=True, kw_only=True):
+    pool_id: UUID
 
 
 class MigrateOffHost(Command, frozen=True, kw_only=True):
@@ -65,8 +98,18 @@ class CancelHostMaintenance(Command, frozen=True, kw_only=True):
 @handles(HostOperation)
 def host_operation(uow: UnitOfWork, cmd: HostOperation) -> Outcome:
     host = load_ref(uow, Host, cmd.host_id, "host_id")
-    kind = kind_of(cmd.kind)
-    op_id = cmd.operation_id
+    return _start_drain(uow, kind_of(cmd.kind), host, cmd.operation_id)
+
+
+@handles(PoolOperation)
+def pool_operation(uow: UnitOfWork, cmd: PoolOperation) -> Outcome:
+    pool = load_ref(uow, StoragePool, cmd.pool_id, "pool_id")
+    return _start_drain(uow, kind_of(cmd.kind), pool, cmd.operation_id)
+
+
+def _start_drain(
+    uow: UnitOfWork, kind: OperationKind[Any], resource: Aggregate, op_id: UUID | None
+) -> Outcome:
     if op_id is None:
         op_id = uuid4()
         uow.known_absent((op_id,))
@@ -75,32 +118,73 @@ def host_operation(uow: UnitOfWork, cmd: HostOperation) -> Outcome:
     op = Operation.create(
         kind=kind.name,
         resource_type=kind.resource_type,
-        resource_id=host.id,
+        resource_id=resource.id,
         account=FABRIC_ACCOUNT,
         steps=kind.steps,
-        params=kind.prepare(uow, host, request),
+        params=kind.prepare(uow, resource, request),
         id=op_id,
     )
     uow.add(op)
-    guard.acquire(uow, host.id, op.id, kind.name)
-    kind.begin(uow, op, host, request)
-    return Outcome(aggregate_id=op.id, value=str(host.id))
+    guard.acquire(uow, resource.id, op.id, kind.name)
+    kind.begin(uow, op, resource, request)
+    return Outcome(aggregate_id=op.id, value=str(resource.id))
 
 
 @handles(ReportHostDrain)
 def report_host_drain(uow: UnitOfWork, cmd: ReportHostDrain) -> Outcome:
-    op, kind = _drain(uow, cmd.operation_id)
+    op, kind = _drain(uow, cmd.operation_id, "host")
     kind.report(uow, op, cmd.remaining, cmd.blocked)
     return Outcome(aggregate_id=op.id, value=op.status)
 
 
+@handles(ReportPoolDrain)
+def report_pool_drain(uow: UnitOfWork, cmd: ReportPoolDrain) -> Outcome:
+    op, kind = _drain(uow, cmd.operation_id, "storage_pool")
+    kind.report(uow, op, cmd.remaining, cmd.blocked)
+    return Outcome(aggregate_id=op.id, value=op.status)
+
+
+@handles(MoveOffPool)
+def move_off_pool(uow: UnitOfWork, cmd: MoveOffPool) -> Outcome:
+    drain, _ = _drain(uow, cmd.operation_id, "storage_pool")
+    if drain.finished or drain.current_step != "migrate":
+        raise Conflict(f"drain {drain.id} is {drain.status}", field="operation_id")
+    pool = uow.get(StoragePool, drain.resource_id)
+    pool.require_state(POOL_DRAINING, "drain")
+    volume = load_ref(uow, Volume, cmd.volume_id, "volume_id")
+    if volume.pool_id != pool.id:
+        raise Conflict(f"volume {volume.id} is not in pool {pool.id}", field="volume_id")
+    target = load_ref(uow, StoragePool, cmd.pool_id, "pool_id")
+    if (target.scope, target.cluster_id, target.host_id) != (
+        pool.scope,
+        pool.cluster_id,
+        pool.host_id,
+    ) and not (target.scope == pool.scope == "zone"):
+        raise Validation(
+            f"pool {target.id} is not of pool {pool.id}'s scope ({pool.scope})", field="pool_id"
+        )
+    return volume_operation(
+        uow,
+        VolumeOperation(
+            kind="volume.migrate",
+            volume_id=volume.id,
+            pool_id=target.id,
+            operation_id=move_id(drain.id, volume.id),
+        ),
+    )
+
+
+@handles(CancelStoragePoolMaintenance)
+def cancel_pool_maintenance(uow: UnitOfWork, cmd: CancelStoragePoolMaintenance) -> Outcome:
+    pool = load_ref(uow, StoragePool, cmd.pool_id, "pool_id")
+    pool.cancel_maintenance()
+    _fail_held(uow, pool.id)
+    return Outcome(aggregate_id=pool.id)
+
+
 @handles(MigrateOffHost)
 def migrate_off_host(uow: UnitOfWork, cmd: MigrateOffHost) -> Outcome:
-    drain = uow.get(Operation, cmd.operation_id)
-    if not isinstance(kind_of(drain.kind), HostMaintenance):
-        raise Validation(
-            f"operation {drain.id} is a {drain.kind}, not a drain", field="operation_id"
-        )
+    drain, _ = _drain(uow, cmd.operation_id, "host")
     if drain.finished or drain.current_step != "migrate":
         raise Conflict(f"drain {drain.id} is {drain.status}", field="operation_id")
     uow.get(Host, drain.resource_id).require_state(DRAINING, "drain")
@@ -117,16 +201,21 @@ def migrate_off_host(uow: UnitOfWork, cmd: MigrateOffHost) -> Outcome:
 def cancel_host_maintenance(uow: UnitOfWork, cmd: CancelHostMaintenance) -> Outcome:
     host = load_ref(uow, Host, cmd.host_id, "host_id")
     host.cancel_maintenance()
-    held = uow.find(guard.ResourceGuard, guard.guard_id(host.id))
-    if held is not None and held.operation_id is not None:
-        op = uow.get(Operation, held.operation_id)
-        kind_of(op.kind).fail(uow, op, CANCELLED, timed_out=False)
+    _fail_held(uow, host.id)
     return Outcome(aggregate_id=host.id)
 
 
-def _drain(uow: UnitOfWork, op_id: UUID) -> tuple[Operation, HostMaintenance]:
+def _fail_held(uow: UnitOfWork, resource_id: UUID) -> None:
+    """The drain holding the resource's guard, if any, ends cancelled."""
+    held = uow.find(guard.ResourceGuard, guard.guard_id(resource_id))
+    if held is not None and held.operation_id is not None:
+        op = uow.get(Operation, held.operation_id)
+        kind_of(op.kind).fail(uow, op, CANCELLED, timed_out=False)
+
+
+def _drain(uow: UnitOfWork, op_id: UUID, of: str | None = None) -> tuple[Operation, DrainKind[Any]]:
     op = uow.get(Operation, op_id)
     kind = kind_of(op.kind)
-    if not isinstance(kind, HostMaintenance):
+    if not isinstance(kind, DrainKind) or of not in (None, kind.resource_type):
         raise Validation(f"operation {op.id} is a {op.kind}, not a drain", field="operation_id")
     return op, kind

@@ -21,7 +21,13 @@ from cloud_engine.engine.errors import CapacityExceeded, Conflict
 from cloud_engine.engine.fabric.capacity import normalise_tags, overcommitted, require_overcommit
 from cloud_engine.engine.fabric.lifecycle import Switchable
 
-StoragePoolState = Literal["Enabled", "Disabled", "Maintenance"]
+# PrepareForMaintenance: being drained (nothing new reserved on it, the
+# stopped VMs' and detached volumes moving to another pool of its scope);
+# ErrorInMaintenance: some cannot move (maintenance_blockers says why).
+StoragePoolState = Literal[
+    "Enabled", "Disabled", "PrepareForMaintenance", "ErrorInMaintenance", "Maintenance"
+]
+DRAINING: tuple[StoragePoolState, ...] = ("PrepareForMaintenance", "ErrorInMaintenance")
 StorageScope = Literal["cluster", "zone", "host"]
 
 
@@ -194,9 +200,49 @@ class StoragePool(Switchable):
 
     # Lifecycle (enable and disable: Switchable) -------------------------------
 
+    @property
+    def maintenance_blockers(self) -> tuple[str, ...]:
+        """Why a drain cannot finish: one line per volume that cannot move."""
+        # Pools recorded (and pickled) before drains lack it.
+        return tuple(getattr(self, "_blockers", ()))
+
+    def prepare_for_maintenance(self) -> None:
+        """A drain begins (storage_pool.maintenance): nothing new is
+        reserved on it (reservations need Enabled) while its volumes move."""
+        self.require_state(["Enabled", "Disabled", "ErrorInMaintenance"], "drain")
+        self._maintenance_prepared()
+
+    def maintenance_blocked(self, blockers: tuple[str, ...]) -> None:
+        self.require_state(DRAINING, "block the drain of")
+        require(bool(blockers), "blockers must name a volume", field="blockers")
+        if self.state != "ErrorInMaintenance" or blockers != self.maintenance_blockers:
+            self._maintenance_blocked(blockers=tuple(blockers))
+
+    def cancel_maintenance(self) -> None:
+        """Usable again; volumes that moved stay where they are."""
+        self.require_state([*DRAINING, "Maintenance"], "cancel maintenance on")
+        self._maintenance_cancelled()
+
     def enter_maintenance(self) -> None:
-        self.require_state(["Enabled", "Disabled"], "enter maintenance on")
+        # Straight from Enabled or Disabled (the flag alone), or at the end
+        # of a drain.
+        self.require_state(["Enabled", "Disabled", *DRAINING], "enter maintenance on")
         self._maintenance_entered()
+
+    @event("MaintenancePrepared")
+    def _maintenance_prepared(self) -> None:
+        self.state = "PrepareForMaintenance"
+        self._blockers: tuple[str, ...] = ()
+
+    @event("MaintenanceBlocked")
+    def _maintenance_blocked(self, blockers: tuple[str, ...]) -> None:
+        self.state = "ErrorInMaintenance"
+        self._blockers = blockers
+
+    @event("MaintenanceCancelled")
+    def _maintenance_cancelled(self) -> None:
+        self.state = "Enabled"
+        self._blockers = ()
 
     def exit_maintenance(self) -> None:
         self.require_state(["Maintenance"], "exit maintenance on")
@@ -205,6 +251,7 @@ class StoragePool(Switchable):
     @event("MaintenanceEntered")
     def _maintenance_entered(self) -> None:
         self.state = "Maintenance"
+        self._blockers = ()
 
     @event("MaintenanceExited")
     def _maintenance_exited(self) -> None:

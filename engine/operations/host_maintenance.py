@@ -22,9 +22,12 @@ VM tried again, once this one ended).
 from __future__ import annotations
 
 import uuid
+from collections.abc import Mapping
+from typing import ClassVar, Protocol, TypeVar
 from uuid import UUID
 
-from cloud_engine.engine.fabric.host import DRAINING, Host
+from cloud_engine.engine.aggregate import Aggregate
+from cloud_engine.engine.fabric.host import Host
 from cloud_engine.engine.operations import guard
 from cloud_engine.engine.operations.kind import OperationKind, Request
 from cloud_engine.engine.operations.operation import Operation, OperationParams
@@ -39,51 +42,86 @@ def migration_id(drain_id: UUID, vm_id: UUID) -> UUID:
     return uuid.uuid5(drain_id, f"migrate:{vm_id}")
 
 
-class HostMaintenance(OperationKind[Host]):
-    name = "host.maintenance"
-    resource_type = "host"
+class Drainable(Protocol):
+    """A host or a storage pool: what a drain asks of it."""
+
+    id: UUID
+    state: str
+
+    @property
+    def reservations(self) -> Mapping[UUID, object]: ...
+
+    def prepare_for_maintenance(self) -> None: ...
+
+    def maintenance_blocked(self, blockers: tuple[str, ...]) -> None: ...
+
+    def enter_maintenance(self) -> None: ...
+
+
+D = TypeVar("D", bound=Aggregate)
+DRAINING = ("PrepareForMaintenance", "ErrorInMaintenance")
+
+
+class DrainKind(OperationKind[D]):
+    """prepare -> migrate -> maintenance on a resource that holds
+    reservations (a host its VMs' capacity, a pool its volumes' space); the
+    drainer reports, this kind decides."""
+
     steps = ("prepare", "migrate", "maintenance")
     deadline = False
+    aggregate: ClassVar[type[Aggregate]]
 
-    def prepare(self, uow: UnitOfWork, resource: Host, request: Request) -> OperationParams:
+    def _resource(self, uow: UnitOfWork, op: Operation) -> Drainable:
+        found: Drainable = uow.get(self.aggregate, op.resource_id)  # type: ignore[assignment]
+        return found
+
+    def prepare(self, uow: UnitOfWork, resource: D, request: Request) -> OperationParams:
         return OperationParams()
 
-    def begin(self, uow: UnitOfWork, op: Operation, resource: Host, request: Request) -> None:
-        resource.prepare_for_maintenance()
+    def begin(self, uow: UnitOfWork, op: Operation, resource: D, request: Request) -> None:
+        self._resource(uow, op).prepare_for_maintenance()
         op.complete_step("prepare")
 
     def advance(self, uow: UnitOfWork, op: Operation) -> None:
-        # Driven by the drainer's reports; an event on the host moves nothing.
+        # Driven by the drainer's reports; an event on the resource moves nothing.
         if op.finished:
             return
-        host = uow.get(Host, op.resource_id)
-        if host.state not in DRAINING:
-            # Cancelled, declared down or the like meanwhile: it ends here.
-            self.fail(uow, op, f"host {host.id} is {host.state}", timed_out=False)
+        resource = self._resource(uow, op)
+        if resource.state not in DRAINING:
+            # Cancelled meanwhile (or declared down): it ends here.
+            self.fail(
+                uow, op, f"{op.resource_type} {resource.id} is {resource.state}", timed_out=False
+            )
 
     def report(
         self, uow: UnitOfWork, op: Operation, remaining: int, blocked: tuple[str, ...]
     ) -> None:
-        """The drainer's finding: VMs left on the host (moving or not),
-        those of them that cannot move."""
+        """The drainer's finding: what is left on the resource (moving or
+        not), what of it cannot move."""
         if op.finished or op.current_step != "migrate":
             return
-        host = uow.get(Host, op.resource_id)
-        if host.state not in DRAINING:
+        resource = self._resource(uow, op)
+        if resource.state not in DRAINING:
             self.advance(uow, op)
             return
         if blocked:
-            host.maintenance_blocked(blocked)
+            resource.maintenance_blocked(blocked)
             return
-        if remaining or host.reservations:
+        if remaining or resource.reservations:
             return
-        host.enter_maintenance()
+        resource.enter_maintenance()
         op.complete_step("migrate")
         op.complete_step("maintenance")
-        guard.release(uow, host.id, op.id)
+        guard.release(uow, resource.id, op.id)
 
     def fail(self, uow: UnitOfWork, op: Operation, reason: str, *, timed_out: bool) -> None:
         if op.status not in ("pending", "running"):
             return
         op.fail(reason, compensate=False)
         guard.release(uow, op.resource_id, op.id)
+
+
+class HostMaintenance(DrainKind[Host]):
+    name = "host.maintenance"
+    resource_type = "host"
+    aggregate = Host

@@ -40,7 +40,7 @@ from cloud_engine.engine.operations.operation import Operation, OperationParams
 from cloud_engine.engine.unit_of_work import UnitOfWork
 from cloud_engine.engine.virtual.snapshot import SnapshotKind
 
-ResourceType = Literal["vm", "volume", "host"]
+ResourceType = Literal["vm", "volume", "host", "storage_pool"]
 R = TypeVar("R", bound=Aggregate)
 
 

@@ -14,6 +14,7 @@ from typing import Any, Final
 from cloud_engine.engine.errors import Validation
 from cloud_engine.engine.operations.host_maintenance import HostMaintenance
 from cloud_engine.engine.operations.kind import OperationKind
+from cloud_engine.engine.operations.pool_maintenance import PoolMaintenance
 from cloud_engine.engine.operations.vm_deploy import VmDeploy
 from cloud_engine.engine.operations.vm_destroy import VmDestroy
 from cloud_engine.engine.operations.vm_expunge import VmExpunge
@@ -51,6 +52,7 @@ KINDS: Final[dict[str, OperationKind[Any]]] = {
         VolumeRevert(),
         VolumeMigrate(),
         HostMaintenance(),
+        PoolMaintenance(),
     )
 }
 

@@ -10,16 +10,24 @@ from cloud_engine.engine.commands.maintenance import (
     CancelHostMaintenance,
     HostOperation,
     MigrateOffHost,
+    MoveOffPool,
+    PoolOperation,
     ReportHostDrain,
+    ReportPoolDrain,
 )
-from cloud_engine.engine.commands.operations import VmOperation
-from cloud_engine.engine.errors import Conflict, DomainError, InvalidTransition
+from cloud_engine.engine.commands.operations import AdvanceOperation, VmOperation
+from cloud_engine.engine.commands.storage import MarkVolumeMoved
+from cloud_engine.engine.commands.storage_fabric import CreateStoragePool
+from cloud_engine.engine.errors import Conflict, DomainError, InvalidTransition, Validation
 from cloud_engine.engine.fabric.host import Host
+from cloud_engine.engine.fabric.storage_pool import StoragePool
 from cloud_engine.engine.operations.guard import ResourceGuard, guard_id
 from cloud_engine.engine.operations.host_maintenance import migration_id
 from cloud_engine.engine.operations.operation import Operation
+from cloud_engine.engine.operations.pool_maintenance import move_id
 from cloud_engine.engine.operations.registry import KINDS
-from tests.unit.operation_world import World
+from cloud_engine.engine.virtual.vm import VirtualMachine
+from tests.unit.operation_world import GIB, World
 
 
 def drain(world: World):
@@ -78,3 +86,36 @@ def test_migrate_off_host_only_for_a_vm_of_that_host(world: World):
     world.run(MigrateOffHost(operation_id=drain(world), vm_id=vm_id))
     with pytest.raises(Conflict, match=r"vm\.migrate"):
         world.run(VmOperation(kind="vm.migrate", vm_id=vm_id))
+
+
+def test_a_pool_drain_refuses_disks_in_use_and_moves_within_its_scope(world: World):
+    _, vm_id = world.running_vm(network_ids=(), data_disks_gb=())
+    with pytest.raises(Conflict, match=r"which is Running \(stop it first\)"):
+        world.run(PoolOperation(kind="storage_pool.maintenance", pool_id=world.pool))
+    assert world.get(StoragePool, world.pool).state == "Enabled"
+    stop = world.run(VmOperation(kind="vm.stop", vm_id=vm_id))
+    world.get(VirtualMachine, vm_id).mark_stopped()
+    world.run(AdvanceOperation(operation_id=stop))
+    op_id = world.run(PoolOperation(kind="storage_pool.maintenance", pool_id=world.pool))
+    assert world.get(StoragePool, world.pool).state == "PrepareForMaintenance"
+    root = world.get(VirtualMachine, vm_id).disks[0]
+    local = world.run(
+        CreateStoragePool(
+            zone_id=world.zone, name="l", scope="host", host_id=world.host,
+            capacity_bytes=100 * GIB, url="/l",
+        )
+    )  # fmt: skip
+    with pytest.raises(Validation, match="scope"):
+        world.run(MoveOffPool(operation_id=op_id, volume_id=root, pool_id=local))
+    other = world.run(
+        CreateStoragePool(
+            zone_id=world.zone, cluster_id=world.cluster, name="c2", scope="cluster",
+            capacity_bytes=100 * GIB, url="/c2",
+        )
+    )  # fmt: skip
+    world.run(MoveOffPool(operation_id=op_id, volume_id=root, pool_id=other))
+    world.run(MarkVolumeMoved(volume_id=root))
+    world.run(AdvanceOperation(operation_id=move_id(op_id, root)))
+    world.run(ReportPoolDrain(operation_id=op_id, remaining=0))
+    assert world.get(Operation, op_id).status == "succeeded"
+    assert world.get(StoragePool, world.pool).state == "Maintenance"

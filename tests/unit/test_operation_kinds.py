@@ -7,7 +7,7 @@ from uuid import uuid4
 import pytest
 
 from cloud_engine.engine.commands import dispatch
-from cloud_engine.engine.commands.maintenance import HostOperationKind
+from cloud_engine.engine.commands.maintenance import HostOperationKind, PoolOperationKind
 from cloud_engine.engine.commands.operations import (
     AdvanceOperation,
     FailOperation,
@@ -23,17 +23,19 @@ from cloud_engine.engine.unit_of_work import InMemoryUnitOfWork
 VM_KINDS = set(get_args(VmOperationKind))
 VOLUME_KINDS = set(get_args(VolumeOperationKind))
 HOST_KINDS = set(get_args(HostOperationKind))
+POOL_KINDS = set(get_args(PoolOperationKind))
 
 
 def test_registry_names_are_the_published_kinds_and_the_deploy() -> None:
     # vm.deploy has its own command (DeployVm), not a kind in a Literal.
-    assert set(KINDS) == VM_KINDS | VOLUME_KINDS | HOST_KINDS | {"vm.deploy"}
+    assert set(KINDS) == VM_KINDS | VOLUME_KINDS | HOST_KINDS | POOL_KINDS | {"vm.deploy"}
 
 
 def test_each_command_reaches_kinds_of_its_resource_type() -> None:
     assert {KINDS[k].resource_type for k in VM_KINDS | {"vm.deploy"}} == {"vm"}
     assert {KINDS[k].resource_type for k in VOLUME_KINDS} == {"volume"}
     assert {KINDS[k].resource_type for k in HOST_KINDS} == {"host"}
+    assert {KINDS[k].resource_type for k in POOL_KINDS} == {"storage_pool"}
 
 
 @pytest.mark.parametrize("name", sorted(KINDS))

@@ -4,7 +4,9 @@ of a host to the others and re-homes a stopped one, the host ends in
 Maintenance and takes no VM until it exits; a drain cancelled half-way
 leaves every VM running exactly once where its record says, with its
 capacity there only; a drainer killed (SIGKILL) in the middle of a drain
-is started again and finishes it, no VM migrated twice."""
+is started again and finishes it, no VM migrated twice; a storage pool's
+drain is refused while a VM using it runs and, once it is stopped, moves
+its volumes to the other pool of the cluster, from which it starts."""
 
 from __future__ import annotations
 
@@ -20,10 +22,18 @@ import pytest
 
 from cloud_engine.automation.drain import Drainer
 from cloud_engine.engine.commands.fabric import ExitHostMaintenance
-from cloud_engine.engine.commands.maintenance import CancelHostMaintenance, HostOperation
+from cloud_engine.engine.commands.maintenance import (
+    CancelHostMaintenance,
+    HostOperation,
+    PoolOperation,
+)
+from cloud_engine.engine.commands.storage_fabric import CreateStoragePool
+from cloud_engine.engine.errors import Conflict
 from cloud_engine.engine.fabric.host import Host
+from cloud_engine.engine.fabric.storage_pool import StoragePool
 from cloud_engine.engine.operations.guard import ResourceGuard, guard_id
 from cloud_engine.engine.operations.host_maintenance import migration_id
+from cloud_engine.engine.virtual.volume import Volume
 from cloud_engine.infra.pg import connect
 from cloud_engine.infra.tables import read_model
 from cloud_engine.lab import LabHost
@@ -31,6 +41,7 @@ from tests.integration.effectors.effector_pipeline import wait_for
 from tests.integration.lab.lab_cloud import (
     REPO,
     Cloud,
+    GiB,
     domain_states,
     finish,
     reserved_on,
@@ -230,3 +241,44 @@ async def test_a_killed_drainer_finishes_after_restart(
         assert migrations_of(cloud, vm_id) == 1  # the first drainer's or the second's
     await cloud.service.execute_async(CancelHostMaintenance(host_id=h1))
     assert host(cloud, h1).state == "Enabled"
+
+
+async def test_a_pool_drain_moves_stopped_vms_volumes_or_refuses(
+    cloud: Cloud, hosts: list[LabHost]
+):
+    start_drainer(cloud)
+    fabric = cloud.fabric
+    vm_id = await cloud.deploy("on-shared")
+    disks = list(cloud.vm(vm_id).disks.values())
+    shared = cloud.store.load(fabric.shared_pool)
+    assert isinstance(shared, StoragePool)
+    other_dir = fabric.dirs[0].with_name(f"{fabric.dirs[0].name}-2")
+    fabric.dirs.append(other_dir)
+    other = (
+        await cloud.service.execute_async(
+            CreateStoragePool(
+                zone_id=fabric.zone, cluster_id=shared.cluster_id, name="shared-2",
+                scope="cluster", capacity_bytes=64 * GiB, url=str(other_dir),
+            )
+        )
+    ).aggregate_id  # fmt: skip
+    drain_pool = PoolOperation(kind="storage_pool.maintenance", pool_id=fabric.shared_pool)
+    with pytest.raises(Conflict, match=r"which is Running \(stop it first\)"):
+        await cloud.service.execute_async(drain_pool)
+    assert cloud.store.load(fabric.shared_pool).state == "Enabled"  # type: ignore[union-attr]
+
+    assert await cloud.operate("vm.stop", vm_id) == ("succeeded", "")
+    result = await cloud.service.execute_async(drain_pool)
+    op = await finish(cloud.pipeline, cloud.store, result.aggregate_id)
+    assert op.status == "succeeded", op.error
+    pool = cloud.store.load(fabric.shared_pool)
+    assert isinstance(pool, StoragePool) and pool.state == "Maintenance"
+    assert not pool.reservations
+    for volume_id in disks:
+        volume = cloud.store.load(volume_id)
+        assert isinstance(volume, Volume) and volume.pool_id == other
+        assert (other_dir / f"{volume_id}.qcow2").exists()
+        assert not (fabric.dirs[0] / f"{volume_id}.qcow2").exists()
+    assert cloud.vm(vm_id).pool_id == other
+    assert await cloud.operate("vm.start", vm_id) == ("succeeded", "")
+    assert len(running_on(hosts, vm_id)) == 1
