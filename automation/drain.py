@@ -140,7 +140,12 @@ class Drainer:
     async def _report(self, op: Operation, remaining: int, blocked: list[str]) -> None:
         op_id = op.id
         found = (remaining, tuple(sorted(blocked)))
-        if self._reported.get(op_id) == found:
+        # Nothing left on the record is said again every round: the drain
+        # ends only once the last move has also given the capacity (or
+        # space) back, which its operation does a moment after the record
+        # moved.
+        changed = self._reported.get(op_id) != found
+        if not changed and (remaining or found[1]):
             return
         context = CommandContext(actor=ACTOR, correlation_id=str(op_id))
         report = ReportPoolDrain if op.kind == POOL_KIND else ReportHostDrain
@@ -152,6 +157,8 @@ class Drainer:
             log.warning("drain_report_refused", operation_id=str(op_id), reason=str(e))
             return
         self._reported[op_id] = found
+        if not changed:
+            return
         log.info(
             "drain_reported",
             operation_id=str(op_id),
