@@ -16,7 +16,11 @@ time, as a person's shell runs it (the installed `cloud-engine` script):
 
     python bench/cli.py [--repeat 20]
 
-Last line: cli_first_byte_ms=<median> python_pass_ms=<median>
+Also the CPU time (user+sys) of each whole run, which a loaded machine
+does not inflate as it does wall-clock time.
+
+Last line: cli_cpu_ms=<median> python_pass_cpu_ms=<median>
+cli_first_byte_ms=<median> python_pass_ms=<median>
 python_first_byte_ms=<median> server_module_first_byte_ms=<median>
 """
 
@@ -24,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import resource
 import socket
 import statistics
 import subprocess
@@ -74,18 +79,30 @@ class FirstByte:
                     pass
 
 
-def first_byte_ms(server: FirstByte, argv: list[str], env: dict[str, str]) -> float:
+CPU: dict[str, list[float]] = {}
+
+
+def _cpu_s() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+def first_byte_ms(server: FirstByte, argv: list[str], env: dict[str, str], name: str = "") -> float:
     before = len(server.arrived)
+    cpu = _cpu_s()
     start = time.perf_counter()
     done = subprocess.run(argv, env=env, capture_output=True, timeout=60)
     if done.returncode != 0 or len(server.arrived) != before + 1:
         raise SystemExit(f"{argv}: rc={done.returncode} {done.stderr.decode()[-500:]}")
+    CPU.setdefault(name, []).append((_cpu_s() - cpu) * 1000)
     return (server.arrived[before] - start) * 1000
 
 
-def exit_ms(argv: list[str], env: dict[str, str]) -> float:
+def exit_ms(argv: list[str], env: dict[str, str], name: str = "") -> float:
+    cpu = _cpu_s()
     start = time.perf_counter()
     subprocess.run(argv, env=env, check=True, timeout=60)
+    CPU.setdefault(name, []).append((_cpu_s() - cpu) * 1000)
     return (time.perf_counter() - start) * 1000
 
 
@@ -117,19 +134,26 @@ def main() -> None:
     server_module = [python, "-m", "cloud_engine.runner.cli", "vm", "list"]
     runs: dict[str, list[float]] = {"pass": [], "connect": [], "cli": [], "server": []}
     for argv in (cli, server_module):  # warm the .pyc caches
-        first_byte_ms(server, argv, env)
+        first_byte_ms(server, argv, env, "warm")
     for i in range(args.repeat):
-        runs["pass"].append(exit_ms([python, "-c", "pass"], env))
-        runs["connect"].append(first_byte_ms(server, [python, "-c", connect], env))
-        runs["cli"].append(first_byte_ms(server, cli, env))
+        runs["pass"].append(exit_ms([python, "-c", "pass"], env, "pass"))
+        runs["connect"].append(first_byte_ms(server, [python, "-c", connect], env, "connect"))
+        runs["cli"].append(first_byte_ms(server, cli, env, "cli"))
         if i < max(3, args.repeat // 4):  # slow; a few runs say enough
-            runs["server"].append(first_byte_ms(server, server_module, env))
+            runs["server"].append(first_byte_ms(server, server_module, env, "server"))
     print(f"{args.repeat} runs each, one at a time, on {os.cpu_count()} cores")
     pass_ms = summary("baseline: python -c pass (to exit)", runs["pass"])
     connect_ms = summary("baseline: python, connect + send (first byte)", runs["connect"])
     cli_ms = summary("cloud-engine vm list (first byte)", runs["cli"])
     server_ms = summary("python -m ...runner.cli vm list (first byte)", runs["server"])
+    # CPU time of each whole run (to exit), which a loaded machine does not
+    # inflate the way it does wall-clock time.
+    cpu = {k: statistics.median(v) for k, v in CPU.items() if v}
+    print(f"CPU (user+sys) per run, median: python -c pass {cpu['pass']:.1f} ms, connect+send"
+          f" {cpu['connect']:.1f} ms, cloud-engine vm list {cpu['cli']:.1f} ms (answer included),"
+          f" through runner/cli.py {cpu['server']:.1f} ms")  # fmt: skip
     print(
+        f"cli_cpu_ms={cpu['cli']:.1f} python_pass_cpu_ms={cpu['pass']:.1f} "
         f"cli_first_byte_ms={cli_ms:.1f} python_pass_ms={pass_ms:.1f}"
         f" python_first_byte_ms={connect_ms:.1f} server_module_first_byte_ms={server_ms:.1f}"
     )
