@@ -99,7 +99,7 @@ async def check_ref(ctx: ApiContext, principal: Principal, ref: Ref) -> None:
     missing = not_found(f"{title} {ref.id} not found", field=ref.field)
     if owner is None or (ref.type is not None and owner.type != ref.type):
         raise missing
-    if principal.is_admin or (ref.public_ok and owner.public):
+    if principal.is_admin or (owner.purpose is not None and owner.purpose in ref.purposes):
         return
     described = BY_TYPE.get(owner.type)
     if described is not None and not described.owned and ref.type is not None:

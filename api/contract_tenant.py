@@ -98,8 +98,9 @@ class NetworkCreate(Body, frozen=True, kw_only=True):
     # network with the same isolation.
     physical_network_id: UUID | None = None
     account: Account | None = None
-    # "public" (admins): the zone's public network, whose addresses are
-    # public IPs (POST /v1/ip-addresses on it), with isolation none.
+    # Admins only: "public", the zone's public network, whose addresses are
+    # public IPs (POST /v1/ip-addresses on it), with isolation none;
+    # "shared", a network every account's VMs may join.
     purpose: Purpose | None = None
     # An isolated network's way out: it gets a virtual router with a public
     # IP of this public network for source NAT. Left out: the zone's public

@@ -27,8 +27,13 @@ REMEMBERED = 200_000
 class Owner(msgspec.Struct, frozen=True):
     type: str  # public aggregate name: "vm"
     account: str | None  # None: fabric and catalog resources belong to no account
-    # A public network: every account takes public IPs from it.
-    public: bool = False
+    # A network's purpose: every account takes public IPs from a public
+    # network and puts VMs on a shared one.
+    purpose: str | None = None
+
+    @property
+    def public(self) -> bool:
+        return self.purpose == "public"
 
 
 class Owners:
@@ -65,7 +70,7 @@ class Owners:
         owner = Owner(
             aggregate_type,
             account if isinstance(account, str) else None,
-            public=getattr(created, "purpose", None) == "public",
+            purpose=getattr(created, "purpose", None),
         )
         self._known[resource_id] = owner
         if len(self._known) > REMEMBERED:

@@ -132,12 +132,18 @@ TEMPLATE = ("template", "template_id")
 def _deploy_refs(c: Call[VmDeploy]) -> list[Ref]:
     # Before the lookups: a user naming a host learns nothing about it.
     admin_only_field(c.principal, "host_id", c.body.host_id)
-    networks = [Ref("network", i, f"network_ids[{k}]") for k, i in enumerate(c.body.network_ids)]
+    networks = [
+        Ref("network", i, f"network_ids[{k}]", purposes=("shared",))
+        for k, i in enumerate(c.body.network_ids)
+    ]
     return [*named(ZONE, TEMPLATE, ("host", "host_id"))(c), *networks]
 
 
 def _nic_refs(c: Call[NicCreate]) -> list[Ref]:
-    refs = [Ref("vm", c.body.vm_id, "vm_id"), Ref("network", c.body.network_id, "network_id")]
+    refs = [
+        Ref("vm", c.body.vm_id, "vm_id"),
+        Ref("network", c.body.network_id, "network_id", purposes=("shared",)),
+    ]
     if c.body.ip_address_id is not None:
         refs.append(Ref("ip_address", c.body.ip_address_id, "ip_address_id"))
     return refs
@@ -145,7 +151,7 @@ def _nic_refs(c: Call[NicCreate]) -> list[Ref]:
 
 def _ip_refs(c: Call[IpAddressAllocate]) -> list[Ref]:
     # Anyone may take a public IP from a public network.
-    refs = [Ref("network", c.body.network_id, "network_id", public_ok=True)]
+    refs = [Ref("network", c.body.network_id, "network_id", purposes=("public",))]
     if c.body.owner_id is not None:
         refs.append(Ref(None, c.body.owner_id, "owner_id"))
     return refs
@@ -154,7 +160,9 @@ def _ip_refs(c: Call[IpAddressAllocate]) -> list[Ref]:
 def _network_refs(c: Call[NetworkCreate]) -> list[Ref]:
     refs = named(ZONE, ("physical_network", "physical_network_id"))(c)
     if c.body.public_network_id is not None:
-        refs.append(Ref("network", c.body.public_network_id, "public_network_id", public_ok=True))
+        refs.append(
+            Ref("network", c.body.public_network_id, "public_network_id", purposes=("public",))
+        )
     return list(refs)
 
 

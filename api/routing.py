@@ -33,8 +33,9 @@ class Ref(msgspec.Struct, frozen=True):
     type: str | None
     id: UUID
     field: str  # where the request named it: "network_ids[1]", "id" for the path
-    # A public network may be named by any account (to take a public IP).
-    public_ok: bool = False
+    # Networks of these purposes may be named by any account (a public one
+    # to take a public IP from, a shared one to put a VM on).
+    purposes: tuple[str, ...] = ()
 
 
 class Call(Generic[B]):

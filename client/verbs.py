@@ -544,7 +544,7 @@ VERBS: dict[str, dict[str, dict[str, Any]]] = {'cluster': {'create': {'method': 
                                  {'path': ['purpose'],
                                   'flag': 'purpose',
                                   'kind': 'str',
-                                  'choices': ['isolated', 'public'],
+                                  'choices': ['isolated', 'public', 'shared'],
                                   'required': False,
                                   'help': ''},
                                  {'path': ['public_network_id'],

@@ -88,7 +88,12 @@ class VmDeploy(OperationKind[VirtualMachine]):
             ip = ip_id(op.id, index)
             address = network.allocate_ip(ip, vm.id)
             address_record = IpAddress.create(
-                network_id=network.id, address=address, owner_id=vm.id, id=ip
+                network_id=network.id,
+                address=address,
+                owner_id=vm.id,
+                # On a shared network the address is the VM's account's.
+                account=vm.account if network.purpose == "shared" else None,
+                id=ip,
             )
             uow.add(address_record)
             nic = Nic.create(

@@ -22,10 +22,12 @@ from cloud_engine.engine.errors import CapacityExceeded, Conflict, Validation
 
 NetworkState = Literal["Allocated", "Implemented", "Shutdown", "Destroyed"]
 Isolation = Literal["VLAN", "VXLAN", "none"]
-# isolated: one account's guest network; public: the zone's network onto the
-# outside, whose addresses are public IPs handed to accounts.
-Purpose = Literal["isolated", "public"]
-PURPOSES: tuple[Purpose, ...] = ("isolated", "public")
+# isolated: one account's guest network; shared: one L2 segment (and one
+# address range) that every account's VMs may join, made by an admin;
+# public: the zone's network onto the outside, whose addresses are public
+# IPs handed to accounts.
+Purpose = Literal["isolated", "shared", "public"]
+PURPOSES: tuple[Purpose, ...] = ("isolated", "shared", "public")
 
 ISOLATIONS: tuple[Isolation, ...] = ("VLAN", "VXLAN", "none")
 # 802.1Q reserves VLAN ids 0 and 4095; a VXLAN network identifier has 24 bits.
@@ -156,7 +158,7 @@ class Network(Aggregate):
         require_name(account, "account")
         require_name(name)
         require(isolation in ISOLATIONS, "isolation must be VLAN, VXLAN or none", field="isolation")
-        require(purpose in PURPOSES, "purpose must be isolated or public", field="purpose")
+        require(purpose in PURPOSES, "purpose must be isolated, shared or public", field="purpose")
         # The public network is the outside's wire itself: nothing to isolate.
         require(
             purpose != "public" or isolation == "none",

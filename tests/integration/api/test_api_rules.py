@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from api_harness import Api, created, make_fabric
+from api_harness import Api, created, make_fabric, vm_body
 
 
 async def test_public_ips_and_rule_refusals(api: Api) -> None:
@@ -70,3 +70,21 @@ async def test_public_ips_and_rule_refusals(api: Api) -> None:
         reply = await api.post("/v1/network-rules", {**rule, **change}, token=api.alice)
         assert reply.status == status, (change, reply.body)
         assert reply.json()["field"] == field, (change, reply.body)
+
+
+async def test_a_shared_network_takes_every_accounts_vms(api: Api) -> None:
+    fabric = await make_fabric(api)
+    body = {"name": "shared", "zone_id": fabric.zone, "cidr": "10.8.0.0/24", "isolation": "none"}
+    refused = await api.post("/v1/networks", {**body, "purpose": "shared"}, token=api.alice)
+    assert refused.status == 403 and refused.json()["field"] == "purpose"
+    shared = await created(await api.post("/v1/networks", {**body, "purpose": "shared"}))
+    alices = await created(await api.post("/v1/networks", {**body, "name": "own"}, token=api.alice))
+    for token in (api.alice, api.bob):
+        deployed = await api.post("/v1/vms", vm_body(fabric, network_ids=[shared]), token=token)
+        assert deployed.status == 202, deployed.body
+    # Another account's isolated network stays invisible.
+    theirs = await api.post("/v1/vms", vm_body(fabric, network_ids=[alices]), token=api.bob)
+    assert theirs.status == 404 and theirs.json()["field"] == "network_ids[0]"
+    # A shared network gives no public IPs, and takes no router.
+    no_ip = await api.post("/v1/ip-addresses", {"network_id": shared}, token=api.bob)
+    assert no_ip.status == 404
