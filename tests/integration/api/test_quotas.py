@@ -8,6 +8,9 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
+import subprocess
+import sys
 import threading
 from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
@@ -93,6 +96,25 @@ async def test_concurrent_deploys_never_pass_the_limit(api: Api, second_api: Api
     }  # fmt: skip
     vcpus = _quota(await api.get("/v1/quotas", token=api.alice), "vcpus")
     assert vcpus == {"limit": "vcpus", "max": 9, "used": 5}
+
+    # The same through the CLI: the usage, and a refused deploy's exit code.
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CLOUD_ENGINE_")}
+    env.update(CLOUD_ENGINE_URL=f"http://127.0.0.1:{api.port}", CLOUD_ENGINE_TOKEN=api.alice,
+               CLOUD_ENGINE_CONFIG=os.devnull)  # fmt: skip
+
+    def cli(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "cloud_engine.runner.entry", *args],
+                              env=env, capture_output=True, text=True, timeout=120)  # fmt: skip
+
+    shown = await asyncio.to_thread(cli, "quota", "list", "-o", "json")
+    assert shown.returncode == 0, shown.stderr
+    assert {"limit": "vms", "max": 5, "used": 5} in json.loads(shown.stdout)
+    over = await asyncio.to_thread(
+        cli, "vm", "deploy", "--name", "one-more", "--zone-id", fabric.zone,
+        "--template-id", fabric.template, "--cpus", "1", "--ram-mb", "256", "--root-disk-gb", "1",
+    )  # fmt: skip
+    assert over.returncode == 1 and "vms limit 5 reached" in over.stderr, over.stderr
+    assert "(field vms)" in over.stderr
 
     # Another limit: with room for VMs, 2-vCPU deploys stop at 9 vCPUs.
     assert (await api.post("/v1/quotas", {"account": "alice", "vms": None})).status == 202
