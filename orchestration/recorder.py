@@ -27,7 +27,12 @@ from cloud_engine.bus.work_results import (
 )
 from cloud_engine.engine.commands.base import Command, CommandContext
 from cloud_engine.engine.commands.compute import RecordVmDrift
-from cloud_engine.engine.commands.liveness import RecordHostAnswered, SuspectHost
+from cloud_engine.engine.commands.liveness import (
+    RecordHostAnswered,
+    RecordUnknownDomain,
+    RecordVolumeDrift,
+    SuspectHost,
+)
 from cloud_engine.engine.commands.network import RecordNetworkRuleDrift
 from cloud_engine.engine.errors import DomainError
 from cloud_engine.engine.service import CommandService
@@ -39,9 +44,9 @@ REASON_MAX = 500
 
 def command_for(result: EffectorResult) -> Command | None:
     """The command that records a result, or None when there is nothing to
-    record (a domain destroyed, a volume deleted: kinds without commands;
-    unknown domains and volume drift are only logged until their aggregates
-    have events for them)."""
+    record (a domain destroyed, a volume deleted: kinds without commands).
+    Drift is recorded on what it is about: a VM's state on the VM, a
+    volume's on the volume, an unknown domain on its host."""
     target = result.aggregate_id
     if result.kind == "drift.vm_state":
         return RecordVmDrift(
@@ -55,6 +60,16 @@ def command_for(result: EffectorResult) -> Command | None:
         return SuspectHost(
             host_id=target,
             reason=_text(f"libvirt {seen}: {result.error or 'no error text'}", REASON_MAX, seen),
+        )
+    if result.kind == "drift.volume":
+        return RecordVolumeDrift(
+            volume_id=target,
+            observed=_text(result.observed, 200, "unknown"),
+            expected=_text(result.expected, 200, "unknown"),
+        )
+    if result.kind == "drift.unknown_domain" and result.host_id is not None:
+        return RecordUnknownDomain(
+            host_id=result.host_id, domain_id=target, observed=_text(result.observed, 200, "seen")
         )
     if result.kind == "host.reachable":
         return RecordHostAnswered(host_id=target)

@@ -62,6 +62,8 @@ from cloud_engine.engine.commands.liveness import (
     DeclareHostAlive,
     RecordHostAnswered,
     RecordHostFenced,
+    RecordUnknownDomain,
+    RecordVolumeDrift,
     SuspectHost,
     UpdateVmHa,
 )
@@ -275,6 +277,7 @@ def run_every_command(do: Callable[[typing.Any], Done]) -> None:
     do(RecordHostFenced(host_id=host, fencer="lab-power"))
     do(RecordHostAnswered(host_id=host))
     do(DeclareHostAlive(host_id=host))
+    do(RecordUnknownDomain(host_id=host, domain_id=uuid4(), observed="running name=stray"))
 
     do(DisableStoragePool(pool_id=pool))
     do(EnableStoragePool(pool_id=pool))
@@ -376,6 +379,7 @@ def run_every_command(do: Callable[[typing.Any], Done]) -> None:
     ).aggregate_id
     do(RequestVolumeCreation(volume_id=volume, pool_id=pool))
     do(MarkVolumeCreated(volume_id=volume))
+    do(RecordVolumeDrift(volume_id=volume, observed="missing", expected="capacity=1"))
     do(RequestVolumeResize(volume_id=volume, new_size_bytes=20 * GIB))
     do(MarkVolumeResized(volume_id=volume))
     snapshot = do(CreateSnapshot(volume_id=volume, name="snap-1", kind="external")).aggregate_id

@@ -22,6 +22,7 @@ from cloud_engine.engine.operations.guard import ResourceGuard, guard_id
 from cloud_engine.engine.operations.release import release_on
 from cloud_engine.engine.unit_of_work import UnitOfWork
 from cloud_engine.engine.virtual.vm import VirtualMachine
+from cloud_engine.engine.virtual.volume import Volume
 
 Reason = Annotated[str, msgspec.Meta(min_length=1, max_length=500)]
 Priority = Annotated[int, msgspec.Meta(ge=0, le=1000)]
@@ -67,6 +68,31 @@ class ConvergeVm(Command, frozen=True, kw_only=True):
     reason: Reason
     host_id: UUID | None = None  # to Running: where its domain runs
     expected_version: int | None = None
+
+
+class RecordVolumeDrift(Command, frozen=True, kw_only=True):
+    volume_id: UUID
+    observed: Annotated[str, msgspec.Meta(min_length=1, max_length=200)]
+    expected: Annotated[str, msgspec.Meta(min_length=1, max_length=200)]
+
+
+class RecordUnknownDomain(Command, frozen=True, kw_only=True):
+    host_id: UUID
+    domain_id: UUID
+    observed: Annotated[str, msgspec.Meta(min_length=1, max_length=200)]
+
+
+@handles(RecordVolumeDrift)
+def record_volume_drift(uow: UnitOfWork, cmd: RecordVolumeDrift) -> Outcome:
+    load_ref(uow, Volume, cmd.volume_id, "volume_id").observe_drift(cmd.observed, cmd.expected)
+    return Outcome(aggregate_id=cmd.volume_id)
+
+
+@handles(RecordUnknownDomain)
+def record_unknown_domain(uow: UnitOfWork, cmd: RecordUnknownDomain) -> Outcome:
+    host = load_ref(uow, Host, cmd.host_id, "host_id")
+    host.unknown_domain_observed(cmd.domain_id, cmd.observed)
+    return Outcome(aggregate_id=cmd.host_id)
 
 
 @handles(SuspectHost)

@@ -449,3 +449,13 @@ class Host(Switchable):
         self.liveness_reason = reason
         self.fenced = False
         self.answering_since = None
+
+    def unknown_domain_observed(self, domain_id: UUID, observed: str) -> None:
+        """A domain on this host that the engine does not know: reported,
+        left alone (it may be an operator's)."""
+        require(bool(observed.strip()), "observed must not be empty", field="observed")
+        self._unknown_domain_observed(domain_id=domain_id, observed=observed)
+
+    @event("UnknownDomainObserved")
+    def _unknown_domain_observed(self, domain_id: UUID, observed: str) -> None:
+        pass

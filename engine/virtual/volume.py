@@ -72,6 +72,10 @@ _DURING_MOVE: Final = frozenset({"moved", "move_cancelled", "move_failed"})
 class Volume(Aggregate):
     entity = "volume"
 
+    # What the hypervisor last showed that differed from the record (None:
+    # nothing reported); volumes pickled before it have none.
+    drift: str | None = None
+
     @event("Created")
     def __init__(
         self,
@@ -247,6 +251,17 @@ class Volume(Aggregate):
         if self.attached:
             raise self._refuse("destroy")
         self._destroyed()
+
+    def observe_drift(self, observed: str, expected: str) -> None:
+        """The hypervisor shows the volume missing or of another size (a
+        fact, allowed in every state; nothing is changed: an operator
+        decides)."""
+        require(bool(observed.strip()), "observed must not be empty", field="observed")
+        self._drift_observed(observed=observed, expected=expected)
+
+    @event("DriftObserved")
+    def _drift_observed(self, observed: str, expected: str) -> None:
+        self.drift = f"the hypervisor shows {observed}; the engine recorded {expected}"
 
     def fail(self, reason: str) -> None:
         self._require("fail")

@@ -19,7 +19,12 @@ from cloud_engine.engine.commands.compute import (
     MarkVmStopped,
     RecordVmDrift,
 )
-from cloud_engine.engine.commands.liveness import RecordHostAnswered, SuspectHost
+from cloud_engine.engine.commands.liveness import (
+    RecordHostAnswered,
+    RecordUnknownDomain,
+    RecordVolumeDrift,
+    SuspectHost,
+)
 from cloud_engine.engine.commands.network import (
     ActivateNetworkRule,
     FailNetworkRule,
@@ -38,6 +43,7 @@ from cloud_engine.engine.commands.storage import (
 )
 from cloud_engine.orchestration.recorder import command_for, context_for
 
+HOST = uuid.UUID("0b9d1f4e-8f3a-4a51-9d1c-6f1e2a3b4c5d")
 ID = uuid.uuid4()
 OP = uuid.uuid4()
 
@@ -103,9 +109,20 @@ def test_migrations_are_recorded_completed_or_failed():
     )
 
 
-def test_nothing_to_record_for_destroys_unknown_domains_and_deletes():
+def test_destroys_and_deletes_record_nothing_drift_goes_on_its_aggregate():
     assert command_for(result("vm.destroy")) is None
-    assert command_for(result("drift.unknown_domain")) is None
+    stray = msgspec.structs.replace(
+        result("drift.unknown_domain"), host_id=HOST, observed="running name=x"
+    )
+    assert command_for(stray) == RecordUnknownDomain(
+        host_id=HOST, domain_id=ID, observed="running name=x"
+    )
+    gone = msgspec.structs.replace(
+        result("drift.volume"), observed="missing", expected="capacity=1"
+    )
+    assert command_for(gone) == RecordVolumeDrift(
+        volume_id=ID, observed="missing", expected="capacity=1"
+    )
     assert command_for(result("volume.delete")) is None
 
 
