@@ -97,3 +97,52 @@ def test_client_and_server_commands_are_told_apart(
     monkeypatch.setenv("CLOUD_ENGINE_URL", "http://127.0.0.1:8080")
     assert handles(["token", "create", "--role", "user", "--account", "alice"])
     assert not handles(["token", "create", "--role", "user", "--account", "a", "--data-dir", "d"])
+
+
+class _Reply:
+    def __init__(self, body: dict[str, Any]) -> None:
+        self.body = body
+
+
+class _Operations:
+    """Answers GET /v1/operations/{id} from a script of documents."""
+
+    def __init__(self, documents: list[dict[str, Any]]) -> None:
+        self.documents = documents
+        self.asked = 0
+
+    def request(self, method: str, path: str, **_: Any) -> _Reply:
+        assert (method, path) == ("GET", "/v1/operations/op-1")
+        document = self.documents[min(self.asked, len(self.documents) - 1)]
+        self.asked += 1
+        return _Reply(document)
+
+
+def _op(version: int, state: str, *done: str) -> dict[str, Any]:
+    steps = [{"name": n, "status": "done" if n in done else "pending"} for n in ("place", "start")]
+    attributes = {"kind": "vm.start", "steps": steps, "current_step": "start"}
+    return {"id": "op-1", "version": version, "state": state, "attributes": attributes}
+
+
+@pytest.mark.parametrize("live", [False, True])
+def test_wait_follows_the_steps_and_never_goes_back(
+    live: bool, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from cloud_engine.client import wait
+
+    monkeypatch.setattr(wait, "POLL_S", 0)
+    script = [
+        _op(1, "pending"),
+        _op(2, "running", "place"),
+        _op(1, "pending"),  # a read model a moment behind: not shown
+        _op(3, "succeeded", "place", "start"),
+    ]
+    client = _Operations(script)
+    final = wait.wait(client, "op-1", live=live)  # type: ignore[arg-type]
+    assert final["state"] == "succeeded" and client.asked == 4
+    err = capsys.readouterr().err
+    if live:
+        assert "vm.start op-1: succeeded" in err and "done" in err
+    else:
+        states = [line.split()[3] for line in err.splitlines()]
+        assert states == ["pending", "running", "succeeded"]
