@@ -18,9 +18,13 @@ again (not timed) before the next run.
 Baseline from the same run: a `vm.start` of one of those VMs stopped on a
 healthy host (the restart step alone, without detection and fencing).
 
-    python bench/ha.py [--runs 5]
+Then the maintenance drain of bench/drain.py on a lab of its own (a host
+with 4 idle VMs drained into Maintenance, against 4 raw migrations),
+--drain-runs times.
 
-Last line: ha_recovery_s=<p50>
+    python bench/ha.py [--runs 5] [--drain-runs 3]
+
+Last line: ha_recovery_s=<p50> drain_s=<p50>
 """
 
 from __future__ import annotations
@@ -42,6 +46,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import libvirt
 from deploy_fabric import make_template_image, serve
 from deploy_processes import Components, wait_until
+from drain import run as run_drains
 from migrate import fabric, finished, stamp
 
 from cloud_engine.bus.broker import DevBroker
@@ -120,6 +125,7 @@ def last(store: EventStore, aggregate_id: uuid.UUID, name: str) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--runs", type=int, default=5)
+    parser.add_argument("--drain-runs", type=int, default=3)
     args = parser.parse_args()
     configure_logging("console", "warning")
     print(f"load average at start: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
@@ -134,7 +140,18 @@ def main() -> None:
         f" p99 {p99:.2f} s, max {max(recoveries):.2f} s; baseline vm.start"
         f" p50 {statistics.median(baseline):.2f} s"
     )
-    print(f"ha_recovery_s={statistics.median(recoveries):.2f}")
+    tmp = Path(tempfile.mkdtemp(prefix="cebd-", dir="/tmp"))
+    try:
+        drains, raws = run_drains(tmp, args.drain_runs)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    print(
+        f"drain over {len(drains)} runs: p50 {statistics.median(drains):.2f} s;"
+        f" baseline 4 raw migrations p50 {statistics.median(raws):.2f} s"
+    )
+    print(
+        f"ha_recovery_s={statistics.median(recoveries):.2f} drain_s={statistics.median(drains):.2f}"
+    )
 
 
 def run(tmp: Path, runs: int) -> tuple[list[float], list[float]]:
