@@ -107,7 +107,21 @@ class VirtualMachine(Aggregate):
     ha_priority = 0
     converged_reason: str | None = None
 
-    @event("Created")
+    class Created(Aggregate.Created):
+        account: str
+        name: str
+        zone_id: UUID
+        template_id: UUID
+        spec: VmSpec
+        network_ids: tuple[UUID, ...]
+        affinity_group: str | None
+        # Added later, optional (same version): absent in older records,
+        # which must still decode (the library's own Created class would
+        # make every field required).
+        user_data: str | None = None
+        ssh_keys: tuple[str, ...] = ()
+
+    @event(Created)
     def __init__(
         self,
         account: str,

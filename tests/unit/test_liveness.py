@@ -1,8 +1,10 @@
 """Host liveness and a VM's record following its hypervisor, on the
 aggregates (automation decides; these record)."""
 
+import dataclasses
 from uuid import uuid4
 
+import msgspec
 import pytest
 
 from cloud_engine.engine.errors import InvalidTransition
@@ -77,3 +79,18 @@ def test_a_running_vm_converges_to_stopped_and_back_with_the_reason():
         7,
         "its domain runs",
     )
+
+
+def test_a_vm_created_before_user_data_and_ssh_keys_still_decodes():
+    # Records written before those fields existed lack them.
+    vm = VirtualMachine.create(
+        "acme", "old", uuid4(), uuid4(), VmSpec(cpus=1, ram_mb=128, root_disk_gb=1)
+    )
+    mapper = MsgspecMapper()
+    [created] = vm.collect_events()
+    stored = mapper.to_stored_event(created)
+    state = msgspec.json.decode(stored.state)
+    del state["user_data"], state["ssh_keys"]
+    old = dataclasses.replace(stored, state=msgspec.json.encode(state))
+    back = replayed([mapper.to_domain_event(old)])
+    assert (back.name, back.user_data, back.ssh_keys) == ("old", None, ())
