@@ -46,7 +46,11 @@ class HypervisorError(Exception):
 
     @property
     def transient(self) -> bool:
-        return self.code in TRANSIENT_CODES
+        # A pool busy building another volume (a clone, a copy) refuses a
+        # refresh or a create until it is done: wait, as for a timeout.
+        busy = "asynchronous jobs" in self.message
+        busy = busy and self.code == libvirt.VIR_ERR_OPERATION_INVALID
+        return self.code in TRANSIENT_CODES or busy
 
 
 def _silence_default_handler() -> None:
