@@ -39,6 +39,7 @@ from cloud_engine.engine.commands.fabric import (
     RegisterHost,
 )
 from cloud_engine.engine.commands.network import CreateNetwork, ImplementNetwork
+from cloud_engine.engine.commands.network_tags import AllocateNetworkTag
 from cloud_engine.engine.commands.storage import RegisterTemplate, RequestTemplateDownload
 from cloud_engine.engine.commands.storage_fabric import CreateImageStore
 from cloud_engine.engine.errors import Conflict
@@ -85,6 +86,7 @@ class DemoFabric(msgspec.Struct, frozen=True):
     template: UUID
     network: UUID
     local_pools: tuple[UUID, ...] = ()  # lab hosts': one each
+    public_network: UUID | None = None  # lab hosts': the lab's public network
 
 
 def _run(service: CommandService, key: str, command: Command) -> UUID:
@@ -99,10 +101,14 @@ def ensure_demo_fabric(
     *,
     hosts: int = 2,
     lab: Sequence[LabHost] = (),
+    public: tuple[str, str] | None = None,
 ) -> tuple[DemoFabric, ImageServer | None]:
     """The demo fabric, and the server of its template's image while the
     effector still has to fetch it (close it when done). Its hosts are the
-    lab's when lab hosts are given, else `hosts` test-driver hosts."""
+    lab's when lab hosts are given, else `hosts` test-driver hosts; `public`
+    (the lab's public network: its CIDR and the machine's address on it)
+    makes it the zone's public network and the demo network one with a
+    virtual router on it."""
     zone = _run(service, "zone", CreateZone(name="demo-zone", description="created by up"))
     pod = _run(
         service,
@@ -154,23 +160,71 @@ def ensure_demo_fabric(
         CreateImageStore(zone_id=zone, name="images-1", url=str(images), protocol="file"),
     )
     template, server = _ensure_template(service, store, zone, data_dir / "demo-templates")
+    public_id: UUID | None = None
+    if lab and public is not None:
+        public_id, network = _routed_network(service, store, zone, physical, *public)
+    else:
+        network = _run(
+            service,
+            "network",
+            CreateNetwork(
+                account="demo",
+                name="demo-net",
+                zone_id=zone,
+                cidr="10.1.0.0/24",
+                isolation="none",
+                physical_network_id=physical,
+            ),
+        )
+        _run(service, "network-implement", ImplementNetwork(network_id=network))
+    fabric = DemoFabric(
+        zone, pod, cluster, host_ids, pool, physical, template, network, local_pools, public_id
+    )
+    return fabric, server
+
+
+def _routed_network(
+    service: CommandService,
+    store: EventStore,
+    zone: UUID,
+    physical: UUID,
+    cidr: str,
+    gateway: str,
+) -> tuple[UUID, UUID]:
+    """The lab's public network, and the demo network on the VXLAN underlay
+    with a virtual router there (source NAT, public IPs' rules). Its tag is
+    taken at once, which implements it and asks for the router, so the
+    router is up before the first VM."""
+    public = _run(
+        service,
+        "lab-public-network",
+        CreateNetwork(
+            account="admin",
+            name="public",
+            zone_id=zone,
+            cidr=cidr,
+            gateway=gateway,
+            isolation="none",
+            purpose="public",
+        ),
+    )
     network = _run(
         service,
-        "network",
+        "lab-network",
         CreateNetwork(
             account="demo",
             name="demo-net",
             zone_id=zone,
             cidr="10.1.0.0/24",
-            isolation="none",
+            isolation="VXLAN",
             physical_network_id=physical,
+            public_network_id=public,
         ),
     )
-    _run(service, "network-implement", ImplementNetwork(network_id=network))
-    fabric = DemoFabric(
-        zone, pod, cluster, host_ids, pool, physical, template, network, local_pools
-    )
-    return fabric, server
+    existing = store.load(network)
+    if isinstance(existing, Network) and existing.tag is None:
+        _run(service, "lab-network-tag", AllocateNetworkTag(network_id=network))
+    return public, network
 
 
 def host_node_xml(cpu_cores: int, ram_mb: int) -> str:
@@ -399,6 +453,8 @@ def _ensure_template(
 def describe(store: EventStore, fabric: DemoFabric) -> list[str]:
     ids = [fabric.zone, fabric.pod, fabric.cluster, *fabric.hosts, fabric.pool, *fabric.local_pools]
     ids += [fabric.physical_network, fabric.template, fabric.network]
+    if fabric.public_network is not None:
+        ids.append(fabric.public_network)
     loaded = store.load_many(ids)
     return [_line(loaded[i]) for i in ids if i in loaded]
 

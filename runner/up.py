@@ -107,7 +107,12 @@ def _up(settings: Settings, signals: StopSignals) -> int:
             hosts = up_hosts.start(settings, store, signals, early)
             signals.check()
             fabric, images = ensure_demo_fabric(
-                service, store, settings.data_dir, hosts=hosts.count, lab=hosts.hosts
+                service,
+                store,
+                settings.data_dir,
+                hosts=hosts.count,
+                lab=hosts.hosts,
+                public=hosts.lab.public_network() if hosts.lab is not None else None,
             )
             signals.check()
             token = asyncio.run(admin_token(infra.target, settings.data_dir))

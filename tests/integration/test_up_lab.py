@@ -7,6 +7,7 @@ libvirt's test driver and says why in one line."""
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import os
 import shutil
@@ -14,6 +15,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -49,7 +51,11 @@ def data_dir() -> Iterator[Path]:
         shutil.rmtree(path, ignore_errors=True)
 
 
-def _deploy(up: Running, name: str) -> dict:
+# The README's user data: a script the guest runs at boot; its page shows the hostname.
+USER_DATA = b"#!/bin/sh\nhostname set-by-user-data\n"
+
+
+def _deploy(up: Running, name: str, **extra: object) -> dict:
     """The README's deploy, over HTTP: the VM once its operation succeeded."""
     api, token = up.value("API"), up.value("admin token")
     template = up.fabric_id("Template")
@@ -68,6 +74,7 @@ def _deploy(up: Running, name: str) -> dict:
             "template_id": template,
             "spec": {"cpus": 1, "ram_mb": 512, "root_disk_gb": 1},
             "network_ids": [up.fabric_id("Network")],
+            **extra,
         },
     )
     assert status == 202, accepted
@@ -75,6 +82,52 @@ def _deploy(up: Running, name: str) -> dict:
     vm = http("GET", f"{api}/v1/vms/{accepted['resource_id']}", token)[1]
     assert vm["state"] == "Running", vm
     return vm
+
+
+def _page(url: str) -> str:
+    try:
+        with urllib.request.urlopen(url, timeout=3) as reply:
+            return str(reply.read().decode())
+    except OSError:
+        return ""
+
+
+def _public_ip_path(up: Running, vm: dict) -> None:
+    """The README's public IP path: a public IP of the demo account's, port
+    8080 of it forwarded to the VM's port 80, the page fetched from this
+    machine (the root namespace holds the lab's public network's gateway)."""
+    api, token = up.value("API"), up.value("admin token")
+    public = _named(up, "Network")["public"]
+    status, ip = http(
+        "POST", f"{api}/v1/ip-addresses", token, {"network_id": public, "account": "demo"}
+    )
+    assert status == 202, ip
+    status, rule = http(
+        "POST",
+        f"{api}/v1/network-rules",
+        token,
+        {
+            "network_id": up.fabric_id("Network"),
+            "kind": "port_forwarding",
+            "protocol": "tcp",
+            "start_port": 8080,
+            "public_ip_address_id": ip["resource_id"],
+            "private_ip": vm["attributes"]["nics"][0]["address"],
+            "private_port": 80,
+        },
+    )
+    assert status == 202, rule
+    until(
+        "the rule Active",
+        lambda: _get(up, f"/v1/network-rules/{rule['resource_id']}")["state"] == "Active",
+    )
+    # The guest boots under TCG and runs its user data: its page, through the router.
+    page = until(
+        "the guest's page through the public IP",
+        lambda: "set-by-user-data" in (p := _page(f"http://{ip['value']}:8080/")) and p,
+        timeout=180,
+    )
+    assert "hostname: set-by-user-data" in page, page
 
 
 def _finished(up: Running, operation_id: str) -> None:
@@ -167,7 +220,11 @@ def test_up_on_lab_hosts_runs_real_qemu_and_the_record_agrees_after_ctrl_c(data_
             assert local["url"] == f"file://{lab.host(name).local_pool_path}", local
             assert (local["scope"], local["host_id"]) == ("host", host_id), local
 
-        vm = _deploy(first, "web-1")
+        networks = _named(first, "Network")
+        assert sorted(networks) == ["demo-net", "public"], first.lines
+        user_data = base64.b64encode(USER_DATA).decode()
+        vm = _deploy(first, "web-1", user_data=user_data)
+        _public_ip_path(first, vm)
         host = next(n for n, i in hosts.items() if i == vm["attributes"]["host_id"])
         assert _domain_active(lab.host(host).uri, vm["id"])
         # One QEMU, inside the chosen host (its pid namespace), not the machine's.
@@ -186,8 +243,9 @@ def test_up_on_lab_hosts_runs_real_qemu_and_the_record_agrees_after_ctrl_c(data_
 
     second = Running(data_dir, CLOUD_ENGINE_UP_HYPERVISOR="")  # auto: the lab again
     try:
-        # The same hosts (names, ids, URIs) and lab state directory.
+        # The same hosts (names, ids, URIs), networks and lab state directory.
         assert _hosts(second) == hosts
+        assert _named(second, "Network") == networks
         assert (
             lab.host(host).uri
             == _get(second, f"/v1/hosts/{hosts[host]}")["attributes"]["libvirt_uri"]
