@@ -272,6 +272,17 @@ def test_up_on_lab_hosts_runs_real_qemu_and_the_record_agrees_after_ctrl_c(data_
         runs_on = next(n for n, i in hosts.items() if i == now["attributes"]["host_id"])
         (qemu,) = _qemu(vm["id"])
         assert _pid_namespace(qemu) == _pid_namespace(lab.host(runs_on).pid)
+        # The README's stop (graceful: an ACPI shutdown, forced after 30 s).
+        status, stopped = http(
+            "POST",
+            f"{second.value('API')}/v1/vms/{vm['id']}/stop",
+            second.value("admin token"),
+            {},
+        )
+        assert status == 202, stopped
+        _finished(second, stopped["operation_id"])
+        assert _get(second, f"/v1/vms/{vm['id']}")["state"] == "Stopped"
+        assert _qemu(vm["id"]) == []
     finally:
         code, logs = _ctrl_c(second)
     assert code == 0, logs
