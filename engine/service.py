@@ -28,6 +28,7 @@ import structlog
 from eventsourcing.persistence import IntegrityError
 
 from cloud_engine.engine import aggregate_snapshots as snapshots
+from cloud_engine.engine.aggregate import Aggregate
 from cloud_engine.engine.commands import Command, CommandContext, CommandResult, dispatch
 from cloud_engine.engine.errors import Conflict, DomainError
 from cloud_engine.engine.idempotency import IdempotencyKeys
@@ -276,12 +277,18 @@ class CommandService:
         keyed = any(item.submission.key is not None for item in executed)
         # Aggregates whose new events crossed a multiple of the interval:
         # snapshotted with those events, in the same transaction.
-        snapshot = [
-            aggregate
-            for item in executed
-            for aggregate, aggregate_events in item.collected
-            if snapshots.due(aggregate.version, len(aggregate_events), self.snapshot_every)
-        ]
+        # Once per aggregate, at its latest version: two commands of one
+        # batch may both take a host past a snapshot point, and one upsert
+        # may not name a row twice (PostgreSQL refuses the whole batch).
+        due: dict[UUID, Aggregate] = {}
+        for item in executed:
+            for aggregate, aggregate_events in item.collected:
+                if not snapshots.due(aggregate.version, len(aggregate_events), self.snapshot_every):
+                    continue
+                known = due.get(aggregate.id)
+                if known is None or aggregate.version > known.version:
+                    due[aggregate.id] = aggregate
+        snapshot = list(due.values())
         positions = self.store.append(
             events,  # type: ignore[arg-type]
             idempotency=build if keyed else None,

@@ -5,6 +5,7 @@ concurrency holds, and a refused write leaves no snapshot behind."""
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 
 import psycopg
@@ -177,3 +178,28 @@ def test_the_service_snapshots_hot_aggregates_every_n_events(store: EventStore, 
     loaded = store.load(host.id)
     assert isinstance(loaded, Host) and loaded.version == EVERY + 4
     assert sorted(loaded.reservations) == sorted(vms[3:])
+
+
+async def test_one_batch_touching_an_aggregate_twice_writes_one_snapshot(
+    store: EventStore, pg_target
+):
+    # Commands submitted together commit as one batch; two of them on one
+    # host both took it past a snapshot point, and the batch's upsert named
+    # the host twice: PostgreSQL refused the whole batch (seen in CI).
+    host = new_host(store)
+    service = CommandService(store, snapshot_every=1)
+    vms = [uuid.uuid4() for _ in range(20)]
+    try:
+        await asyncio.gather(
+            *(
+                service.execute_async(
+                    ReserveHostCapacity(host_id=host.id, vm_id=vm, cpus=1, ram_mb=256)
+                )
+                for vm in vms
+            )
+        )
+    finally:
+        service.close()
+    loaded = store.load(host.id)
+    assert isinstance(loaded, Host) and sorted(loaded.reservations) == sorted(vms)
+    assert row(pg_target, host.id)[0] == loaded.version
