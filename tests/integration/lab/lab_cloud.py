@@ -449,6 +449,11 @@ async def lab_cloud(
     this process, the caller starts one (EffectorProcess) and then asks for
     template_ready(). With guest, the template is the tiny-linux image:
     its VMs boot Linux (under TCG: see runner/up_hosts.py)."""
+    # Start on clean hosts: a host an earlier test powered off came back
+    # with its old definitions (power_on(wipe=False)) after that test's
+    # clean-up had found it down, and its network's bridge, on the same
+    # CIDR, made libvirt refuse this test's network (seen in CI).
+    clean_up(hosts, None)
     pipeline = Pipeline(pg_target, broker, prefix)
     fabric = None
     root = tmp_path / "www"
