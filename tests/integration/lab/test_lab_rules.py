@@ -163,6 +163,24 @@ def guest_facts(hosts: list[LabHost], cloud: Cloud, vm: uuid.UUID, router_ns: st
     return f"leases on {host.name}: {leases!r}; router neighbours: {neighbours!r}"
 
 
+def path_facts(router_ns: str, table: str, address: str, server: str) -> str:
+    """What the lab shows of a public address that does not answer: the
+    root namespace's route and neighbour for it, the router's addresses,
+    neighbours and table, and whether the outside server reaches it."""
+    facts = {
+        "root route": sh("ip", "route", "get", address, check=False),
+        "root neighbour": sh("ip", "neigh", "show", address, check=False),
+        "router addresses": sh("ip", "-n", router_ns, "-br", "address", check=False),
+        "router routes": sh("ip", "-n", router_ns, "route", check=False),
+        "router neighbours": sh("ip", "-n", router_ns, "neigh", check=False),
+        "router table": sh(
+            "ip", "netns", "exec", router_ns, "nft", "list", "table", "ip", table, check=False
+        ),
+        "from the outside server": fetch(f"http://{address}:8080/", server),
+    }
+    return "; ".join(f"{k}: {v.strip()!r}" for k, v in facts.items())
+
+
 async def rule_state(cloud: Cloud, rule_id: uuid.UUID, state: str) -> NetworkRule:
     def reached() -> bool:
         rule = cloud.store.load(rule_id)
@@ -231,7 +249,9 @@ async def test_egress_public_ips_and_rules(
         ).aggregate_id  # fmt: skip
         await rule_state(cloud, forward, "Active")
         page = fetch_until(f"http://{pub_ip}:8080/", vm_ip)
-        assert vm_ip in page, page  # the guest's own page: its address
+        table = f"ce_vr_{routed.hex[:10]}"
+        # The guest's own page: its address.
+        assert vm_ip in page, f"{page}; {path_facts(router_ns, table, pub_ip, server)}"
 
         # A firewall rule admits one source CIDR: another's is refused, then the root's.
         elsewhere = run(
@@ -254,7 +274,6 @@ async def test_egress_public_ips_and_rules(
         assert fetch(f"http://{pub_ip}:8080/", server, 1.0).startswith("FAILED")
 
         # Deleted behind the engine's back: put back by the reconciler, reported.
-        table = f"ce_vr_{routed.hex[:10]}"
         listing = sh("ip", "netns", "exec", router_ns, "nft", "-a", "list", "chain", "ip", table,
                      "vr_pre")  # fmt: skip
         handle = next(line.rsplit("# handle ", 1)[1] for line in listing.splitlines()
