@@ -49,36 +49,53 @@ _PENDING_LOCK = threading.Lock()
 
 def endpoint(route: CommandRoute[Any]) -> Callable[[Request], Awaitable[Response]]:
     async def handle(request: Request) -> Response:
-        ctx = context_of(request)
         principal = await principal_of(request)
         require_access(principal, route.access, write=True)
         key = idempotency_key(request.headers)
         body = await read_json(request, route.body)
-        resource_id: UUID | None = request.path_params.get("id")
-        call: Call[Any] = Call(body, principal, resource_id)
-        if route.target is not None:
-            await check_ref(ctx, principal, Ref(route.target, call.id, "id"))
-        for ref in route.refs(call):
-            await check_ref(ctx, principal, ref)
-        digest = None
-        if route.resolve is not None:
-            # The defaults it fills in come from the read model and may be
-            # different on a retry: the key stands for the request as sent.
-            digest = request_digest(route, resource_id, body) if key is not None else None
-            call = Call(await route.resolve(call, ctx), principal, resource_id)
-        command = route.build(call)
-        context = CommandContext(
-            actor=principal.actor,
-            request_id=request_id_of(request),
-            idempotency_key=key,
-            request_digest=digest,
-        )
-        result = await execute(ctx, command, context)
-        accepted = answer(route, result)
+        call: Call[Any] = Call(body, principal, request.path_params.get("id"))
+        accepted = await run_call(context_of(request), route, call, key, request_id_of(request))
         return json_response(accepted, 202, headers={"Location": location(route, accepted)})
 
     handle.__name__ = route.name
     return handle
+
+
+async def run_call(
+    ctx: ApiContext,
+    route: CommandRoute[Any],
+    call: Call[Any],
+    key: str | None,
+    request_id: str,
+    *,
+    target_field: str = "id",
+) -> CommandAccepted:
+    """A call that passed authentication, access and body validation, on to
+    the engine: the resources it names (404), defaults looked up, the
+    command built and executed. Every transport runs this (HTTP above, the
+    Kafka gateway in api/kafka_gateway.py), so the checks are the same.
+    target_field: how the transport names the resource acted on in a problem."""
+    principal = call.principal
+    resource_id = call.resource_id
+    if route.target is not None:
+        await check_ref(ctx, principal, Ref(route.target, call.id, target_field))
+    for ref in route.refs(call):
+        await check_ref(ctx, principal, ref)
+    digest = None
+    if route.resolve is not None:
+        # The defaults it fills in come from the read model and may be
+        # different on a retry: the key stands for the request as sent.
+        digest = request_digest(route, resource_id, call.body) if key is not None else None
+        call = Call(await route.resolve(call, ctx), principal, resource_id)
+    command = route.build(call)
+    context = CommandContext(
+        actor=principal.actor,
+        request_id=request_id,
+        idempotency_key=key,
+        request_digest=digest,
+    )
+    result = await execute(ctx, command, context)
+    return answer(route, result)
 
 
 def request_digest(route: CommandRoute[Any], resource_id: UUID | None, body: object) -> bytes:

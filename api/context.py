@@ -65,6 +65,11 @@ async def principal_of(request: Request) -> Principal:
     return principal
 
 
+def valid_key(value: str) -> bool:
+    """An idempotency key: 1 to 255 printable ASCII characters, no spaces."""
+    return _KEY.match(value) is not None
+
+
 def idempotency_key(headers: Headers) -> str | None:
     """The Idempotency-Key header: printable ASCII, at most 255 characters;
     a structured-field string ("...") is accepted too."""
@@ -76,7 +81,7 @@ def idempotency_key(headers: Headers) -> str | None:
     value = value.strip(" \t")
     if len(value) >= 2 and value[0] == value[-1] == '"':
         value = value[1:-1]
-    if not _KEY.match(value):
+    if not valid_key(value):
         raise bad_request(
             "Idempotency-Key must be 1 to 255 printable ASCII characters without spaces",
             field="Idempotency-Key",
