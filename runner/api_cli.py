@@ -1,20 +1,29 @@
 """`cloud-engine api`: the HTTP API on its own, against the configured
 PostgreSQL (CLOUD_ENGINE_DATABASE_URL, or the embedded one). The API only
 needs the database: commands go to the event store, and the relay (a
-separate component) publishes them to Kafka."""
+separate component) publishes them to Kafka. Given a broker
+(CLOUD_ENGINE_KAFKA_BOOTSTRAP) it also serves the live event stream and
+takes commands over Kafka (api/kafka_gateway.py)."""
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import sys
 from typing import Any
 
 from cloud_engine.api.app import create_app
+from cloud_engine.api.kafka_gateway import CommandGateway, GatewayMetrics
 from cloud_engine.api.live import LiveConfig
+from cloud_engine.api.metrics import ApiMetrics
 from cloud_engine.api.server import ApiServer
 from cloud_engine.infra.process import run_component
 from cloud_engine.infra.settings import Settings
-from cloud_engine.runner.components import command_service, start_infrastructure
+from cloud_engine.runner.components import (
+    command_service,
+    gateway_config,
+    start_infrastructure,
+)
 
 COMMANDS = ("api",)
 DEFAULT_PORT = 8080
@@ -46,8 +55,14 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
             live = None
             if settings.kafka_bootstrap:
                 live = LiveConfig(settings.kafka_bootstrap, settings.topic_prefix)
+            metrics = ApiMetrics()
             app = create_app(
-                service, store, infra.target, max_pending=settings.api_max_pending, live=live
+                service,
+                store,
+                infra.target,
+                max_pending=settings.api_max_pending,
+                live=live,
+                metrics=metrics,
             )
             try:
                 server = ApiServer(app, args.host, args.port)
@@ -56,7 +71,27 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
                       file=sys.stderr)  # fmt: skip
                 return 1
             print(f"API: {server.url} (event store {infra.target.describe()})", flush=True)
-            run_component(server.run, settings.event_loop)
+            if not settings.kafka_bootstrap:
+                run_component(server.run, settings.event_loop)
+            else:
+                gateway = CommandGateway(
+                    service,
+                    store,
+                    infra.target,
+                    gateway_config(settings, settings.kafka_bootstrap),
+                    GatewayMetrics(metrics.registry),
+                    metrics,
+                )
+
+                async def both(stop: asyncio.Event) -> None:
+                    # One ending (a failure) stops the other: the process
+                    # ends and its supervisor starts it again.
+                    tasks = [asyncio.create_task(c.run(stop)) for c in (server, gateway)]
+                    await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+                    stop.set()
+                    await asyncio.gather(*tasks)
+
+                run_component(both, settings.event_loop)
     finally:
         infra.stop()
     print("stopped", flush=True)

@@ -11,6 +11,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
+from cloud_engine.api.kafka_gateway import GatewayConfig
 from cloud_engine.bus.broker import DevBroker
 from cloud_engine.bus.relay import RelayConfig
 from cloud_engine.engine.service import CommandService
@@ -107,4 +108,14 @@ def relay_config(settings: Settings, bootstrap: str) -> RelayConfig:
         partitions=settings.topic_partitions,
         source=settings.event_source,
         batch_size=settings.relay_batch_size,
+    )
+
+
+def gateway_config(settings: Settings, bootstrap: str) -> GatewayConfig:
+    """The Kafka command gateway's: answers from the events' source."""
+    return GatewayConfig(
+        bootstrap=bootstrap,
+        topic_prefix=settings.topic_prefix,
+        source=settings.event_source,
+        partitions=settings.topic_partitions,
     )

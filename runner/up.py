@@ -30,6 +30,7 @@ from typing import Protocol
 import structlog
 
 from cloud_engine.api.app import create_app
+from cloud_engine.api.kafka_gateway import CommandGateway, GatewayMetrics
 from cloud_engine.api.live import LiveConfig
 from cloud_engine.api.metrics import ApiMetrics
 from cloud_engine.api.server import ApiServer
@@ -47,7 +48,12 @@ from cloud_engine.projections import readmodel
 from cloud_engine.projections.status import wait_caught_up
 from cloud_engine.projections.worker import ProjectionWorker, consumer_config
 from cloud_engine.runner import engine_cli, up_hosts
-from cloud_engine.runner.components import command_service, relay_config, start_infrastructure
+from cloud_engine.runner.components import (
+    command_service,
+    gateway_config,
+    relay_config,
+    start_infrastructure,
+)
 from cloud_engine.runner.demo import admin_token, describe, ensure_demo_fabric
 from cloud_engine.runner.demo_images import ImageServer
 from cloud_engine.runner.lab_fencer import LabFencer
@@ -147,7 +153,11 @@ def _up(settings: Settings, signals: StopSignals) -> int:
             if infra.embedded_db is not None:
                 print(f"embedded PostgreSQL data: {settings.pgdata}")
             kind = "embedded dev broker" if infra.dev_broker else "Kafka"
-            print(f"{kind}: {infra.bootstrap} (topics {settings.topic_prefix}.<type>.events)")
+            prefix = settings.topic_prefix
+            print(
+                f"{kind}: {infra.bootstrap} (topics {prefix}.<type>.events; commands"
+                f" {prefix}.commands, answers {prefix}.command.results)"
+            )
             print("demo fabric:")
             for line in describe(store, fabric):
                 print(f"  {line}")
@@ -211,6 +221,21 @@ def _up(settings: Settings, signals: StopSignals) -> int:
                 restarts,
             )
 
+            # Commands over Kafka: another way in, beside the HTTP API.
+            gateway_metrics = GatewayMetrics(metrics.registry)
+            gateway = Supervised(
+                "commands",
+                lambda: CommandGateway(
+                    service,
+                    store,
+                    infra.target,
+                    gateway_config(settings, infra.bootstrap),
+                    gateway_metrics,
+                    metrics,
+                ),
+                restarts,
+            )
+
             settle = Settle(service, store, infra.target)
 
             async def caught_up_and_settled() -> None:
@@ -224,7 +249,7 @@ def _up(settings: Settings, signals: StopSignals) -> int:
                 Stage(feeds),
                 Stage(actors, needs=caught_up_and_settled),
                 # The effector has carried out the stops the record needed.
-                Stage({"api": api}, needs=settle.finished),
+                Stage({"api": api, "commands": gateway}, needs=settle.finished),
             ]
 
             async def announce() -> None:

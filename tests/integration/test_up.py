@@ -11,9 +11,11 @@ import pty
 import re
 import select
 import signal
+import subprocess
 import sys
 import threading
 import time
+import urllib.request
 from pathlib import Path
 
 import psutil
@@ -29,6 +31,8 @@ from tests.integration.test_cli import (  # stop_leftovers: autouse, stops any u
 )
 
 pytestmark = pytest.mark.postgres
+
+EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "kafka_client.py"
 
 ANSI = re.compile(r"\x1b\[[0-9;]*m")
 # ConsoleRenderer's line: local time, [level], event, key=value pairs.
@@ -154,6 +158,7 @@ def test_piped_json_lines_ready_means_complete_and_sigterm_leaves_nothing(tmp_pa
     assert [z["name"] for z in zones] == ["demo-zone"]
     hosts = http("GET", f"{api}/v1/hosts", token)[1]["items"]
     assert sorted(h["name"] for h in hosts) == ["host-1", "host-2"]
+    deploy_over_kafka(up, api, token)
     postgres = postmaster_pid(tmp_path)
     children = psutil.Process(up.process.pid).children(recursive=True)
     assert children, "up runs the broker and the database's watchdog"
@@ -171,6 +176,39 @@ def test_piped_json_lines_ready_means_complete_and_sigterm_leaves_nothing(tmp_pa
     assert gone(postgres), f"PostgreSQL {postgres} outlived up"
     left = [c.pid for c in children if not gone(c.pid)]
     assert not left, f"processes left: {left}"
+
+
+def deploy_over_kafka(up: Running, api: str, token: str) -> None:
+    """An integrator's deploy through Kafka alone, with the example client
+    of docs/events.md: its answer, then its operation's events to the end."""
+    template = up.fabric_id("Template")
+    until(
+        "the demo template fetched by the effector",
+        lambda: http("GET", f"{api}/v1/templates/{template}", token)[1].get("state") == "Ready",
+    )
+    deploy = {
+        "account": "demo",
+        "name": "kafka-1",
+        "zone_id": up.fabric_id("Zone"),
+        "template_id": template,
+        "spec": {"cpus": 1, "ram_mb": 512, "root_disk_gb": 1},
+        "network_ids": [up.fabric_id("Network")],
+    }
+    client = subprocess.run(
+        [sys.executable, str(EXAMPLE), "--bootstrap", up.bootstrap, "--follow",
+         "DeployVm", json.dumps(deploy)],
+        env={**os.environ, "CLOUD_ENGINE_TOKEN": token},
+        capture_output=True, text=True, timeout=180,
+    )  # fmt: skip
+    assert client.returncode == 0, (client.stdout, client.stderr)
+    lines = [json.loads(x) for x in client.stdout.splitlines()]
+    assert lines[0]["answer"] == "io.cloudengine.command.accepted.v1", lines
+    assert lines[-1]["event"] == "succeeded", lines
+    vm = http("GET", f"{api}/v1/vms/{lines[0]['resource_id']}", token)[1]
+    assert vm["name"] == "kafka-1" and vm["state"] == "Running", vm
+    metrics = urllib.request.urlopen(f"{api}/metrics", timeout=30).read().decode()
+    assert 'cloudengine_kafka_commands_total{outcome="accepted",status="202"} 1.0' in metrics
+    assert token not in up.logs
 
 
 def _watchdog(up: Running) -> psutil.Process:
