@@ -317,6 +317,20 @@ class CommandGateway:
                 reason = error.detail
             except UNAVAILABLE as error:
                 reason = repr(error)
+            except Exception as error:
+                # A bug, as a 500 is over HTTP: the traceback to the log
+                # under the ce_id, the sender told, the partition moving on
+                # (trying again would only fail again).
+                log.error("command failed", ce_id=incoming.id, error=repr(error), exc_info=error)
+                internal = ApiError(
+                    500, "internal", "the command failed on the server; its ce_id is in the log"
+                )
+                return Answer(
+                    key=item.key,
+                    command_type=incoming.type,
+                    status=500,
+                    value=_encoder.encode(internal.problem(request_id=incoming.id)),
+                )
             delay = RETRY_S[min(attempt, len(RETRY_S) - 1)]
             attempt += 1
             log.warning(

@@ -13,6 +13,7 @@ from typing import Any
 
 import msgspec
 
+from cloud_engine.bus import asyncapi_commands
 from cloud_engine.bus.naming import (
     SPEC_VERSION,
     TYPE_PREFIX,
@@ -238,6 +239,34 @@ def asyncapi() -> JSONSchema:
             }
         },
     }
+    command_channels, command_operations, command_messages, command_schemas = (
+        asyncapi_commands.parts(prefix, partitions)
+    )
+    channels.update(command_channels)
+    operations.update(command_operations)
+    messages.update(command_messages)
+    message_bindings: JSONSchema = {
+        "aggregateKey": {
+            "kafka": {
+                "key": {
+                    "type": "string",
+                    "format": "uuid",
+                    "description": "The aggregate id (UTF-8), equal to ce_subject.",
+                },
+                "bindingVersion": KAFKA_BINDING_VERSION,
+            }
+        },
+        "commandKey": {
+            "kafka": {
+                "key": {
+                    "type": "string",
+                    "description": "Chosen by the sender: commands with the same key run in"
+                    " the order sent (the resource's id, or the ce_id).",
+                },
+                "bindingVersion": KAFKA_BINDING_VERSION,
+            }
+        },
+    }
     document: JSONSchema = {
         "asyncapi": ASYNCAPI_VERSION,
         "info": {
@@ -245,7 +274,8 @@ def asyncapi() -> JSONSchema:
             "version": CONTRACT_VERSION,
             "description": (
                 "Every event recorded by cloud-engine, published to Kafka by the relay as a "
-                "CloudEvent (binary content mode) on its aggregate type's topic. Topic "
+                "CloudEvent (binary content mode) on its aggregate type's topic, and the "
+                "commands integrators send over Kafka with their answers. Topic "
                 f"names show the default prefix `{prefix}`; it is configurable with "
                 "CLOUD_ENGINE_TOPIC_PREFIX. Delivery is at least once: dedupe on "
                 "(ce_subject, ce_aggregateversion) or on ce_position, never on offsets. "
@@ -257,20 +287,9 @@ def asyncapi() -> JSONSchema:
         "channels": channels,
         "operations": operations,
         "components": {
-            "schemas": {"CloudEventHeaders": _header_schema()},
+            "schemas": {"CloudEventHeaders": _header_schema(), **command_schemas},
             "messages": messages,
-            "messageBindings": {
-                "aggregateKey": {
-                    "kafka": {
-                        "key": {
-                            "type": "string",
-                            "format": "uuid",
-                            "description": "The aggregate id (UTF-8), equal to ce_subject.",
-                        },
-                        "bindingVersion": KAFKA_BINDING_VERSION,
-                    }
-                }
-            },
+            "messageBindings": message_bindings,
         },
     }
     # Written here, not from docstrings, but held to the same form as every

@@ -5,6 +5,7 @@ request could build is refused the way the API refuses it."""
 from __future__ import annotations
 
 import uuid
+from pathlib import Path
 from typing import Any
 
 import msgspec
@@ -110,3 +111,9 @@ def test_the_token_stays_out_of_reprs() -> None:
     incoming = command_topics.Incoming.of([("ce_id", b"1"), ("authorization", b"Bearer ce_s3")])
     assert incoming.token == "Bearer ce_s3"
     assert "ce_s3" not in repr(incoming)
+
+
+def test_the_events_doc_lists_every_command_taken() -> None:
+    text = (Path(__file__).resolve().parents[2] / "docs/events.md").read_text()
+    missing = [name for name in kafka_commands.COMMAND_TYPES if f"| `{name}`" not in text]
+    assert not missing, f"docs/events.md (Commands over Kafka) does not list {missing}"

@@ -20,6 +20,13 @@ from referencing.jsonschema import DRAFT202012
 
 from cloud_engine.bus import schemas
 from cloud_engine.bus.cloudevents import public_fields
+from cloud_engine.bus.command_topics import COMMAND_TYPES as GATEWAY_COMMANDS
+from cloud_engine.bus.command_topics import (
+    Incoming,
+    answer_headers,
+    commands_topic,
+    results_topic,
+)
 from cloud_engine.bus.consumer import ConsumerConfig, EventConsumer, MemoryDeduplicator
 from cloud_engine.bus.naming import all_event_types, dead_letter_topic, event_type_of, topic_for
 from cloud_engine.bus.outgoing import OutgoingCodec, Record
@@ -234,21 +241,24 @@ def test_asyncapi_lists_every_topic_once():
     assert doc["asyncapi"] == "3.0.0"
     addresses = [c["address"] for c in doc["channels"].values()]
     topics = [topic_for(PREFIX, aggregate) for aggregate in AGGREGATES]
+    topics += [commands_topic(PREFIX), results_topic(PREFIX)]
     assert sorted(addresses) == sorted([*topics, dead_letter_topic(PREFIX, "{group}")])
     for name in doc["channels"]:
-        receivers = [
+        # The integrator's side: it sends commands and receives the rest.
+        action = "send" if name == "commands" else "receive"
+        users = [
             o
             for o in doc["operations"].values()
-            if o["channel"] == {"$ref": f"#/channels/{name}"} and o["action"] == "receive"
+            if o["channel"] == {"$ref": f"#/channels/{name}"} and o["action"] == action
         ]
-        assert len(receivers) == 1, name
+        assert len(users) == 1, name
 
 
 def test_asyncapi_lists_every_event_type_once():
     doc = asyncapi()
     listed = collections.Counter()
     for aggregate, channel in doc["channels"].items():
-        if aggregate == "dead_letters":
+        if aggregate in ("dead_letters", "commands", "command_results"):
             continue
         assert channel["address"] == topic_for(PREFIX, aggregate)
         for key, ref in channel["messages"].items():
@@ -311,6 +321,34 @@ async def test_asyncapi_dead_letter_headers_are_what_the_consumer_adds():
         "bus/schemas.py and docs/events.md, then run `python -m cloud_engine.bus.schemas`"
     )
     assert validator(schema).is_valid(added)
+
+
+def test_asyncapi_commands_are_the_gateway_s_and_their_schemas_exist():
+    doc = asyncapi()
+    listed = sorted(doc["channels"]["commands"]["messages"])
+    assert listed == list(GATEWAY_COMMANDS)
+    for name in listed:
+        payload = doc["components"]["messages"][name]["payload"]["$ref"]
+        assert (ROOT / "schemas" / payload).is_file(), payload
+    openapi = load("schemas/openapi.json")
+    for ref in doc["channels"]["command_results"]["messages"].values():
+        message = doc["components"]["messages"][ref["$ref"].rsplit("/", 1)[1]]
+        path, _, pointer = message["payload"]["$ref"].partition("#/")
+        assert path == "openapi.json"
+        assert pointer.split("/")[-1] in openapi["components"]["schemas"]
+
+
+def test_asyncapi_answer_headers_are_what_the_gateway_sends():
+    headers = answer_headers(
+        Incoming.of([("ce_id", b"c-1"), ("ce_source", b"/x"), ("ce_type", b"DeployVm")]),
+        "refused",
+        404,
+        source="/cloudengine",
+    )
+    values = {name: value.decode() for name, value in headers}
+    schema = asyncapi()["components"]["schemas"]["AnswerHeaders"]
+    assert sorted(schema["required"]) == sorted(values)
+    assert validator(schema).is_valid(values), values
 
 
 # Docs ----------------------------------------------------------------------------------------
