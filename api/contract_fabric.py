@@ -120,3 +120,6 @@ class TemplateRegister(Body, frozen=True, kw_only=True):
     size_bytes: Bytes
     os_type: Name
     checksum: Name | None = None
+    # format iso: whether a VM may boot from it (deploy from it, CD-ROM
+    # first); disk images are always bootable.
+    bootable: bool = True

@@ -153,6 +153,11 @@ class VmScale(Body, frozen=True, kw_only=True):
     ram_mb: RamMb | None = None
 
 
+class VmAttachIso(Body, frozen=True, kw_only=True):
+    # An ISO template (format iso, Ready, in the VM's zone) for its CD-ROM.
+    iso_id: UUID
+
+
 class VolumeMigrate(Body, frozen=True, kw_only=True):
     # The pool to move to: in the volume's zone, reached by its VM's host.
     pool_id: UUID

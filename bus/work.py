@@ -35,9 +35,11 @@ from cloud_engine.engine.commands.compute import (
     CompleteVmMigration,
     FailVm,
     FailVmExpunge,
+    FailVmMedia,
     FailVmMigration,
     FailVmReboot,
     MarkVmExpunged,
+    MarkVmMediaChanged,
     MarkVmRebooted,
     MarkVmRunning,
     MarkVmStopped,
@@ -103,6 +105,10 @@ KINDS: dict[str, WorkKind] = _table(
     WorkKind("vm.start", "vm.start_requested", done=MarkVmRunning, failed=FailVm),
     WorkKind("vm.stop", "vm.stop_requested", done=MarkVmStopped, failed=FailVm, forced=True),
     WorkKind("vm.reboot", "vm.rebooted", done=MarkVmRebooted, failed=FailVmReboot),
+    # The CD-ROM of a running domain changed in place (a stopped VM's
+    # drive is its definition's, written at its next start: nothing to do).
+    WorkKind("vm.iso_insert", "vm.iso_attached", done=MarkVmMediaChanged, failed=FailVmMedia),
+    WorkKind("vm.iso_eject", "vm.iso_detached", done=MarkVmMediaChanged, failed=FailVmMedia),
     # The VM is recorded Destroyed before its domain goes: nothing to record.
     WorkKind("vm.destroy", "vm.destroyed"),
     WorkKind("vm.expunge", "vm.expunge_requested", done=MarkVmExpunged, failed=FailVmExpunge),

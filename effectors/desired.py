@@ -52,6 +52,7 @@ class VmView(msgspec.Struct, frozen=True, kw_only=True):
     # The guest's first-boot data: base64 user data and SSH keys (a seed).
     user_data: str | None = None
     ssh_keys: tuple[str, ...] = ()
+    iso_id: UUID | None = None  # the ISO template in its CD-ROM drive
 
 
 class HostView(msgspec.Struct, frozen=True, kw_only=True):
@@ -110,6 +111,7 @@ class TemplateView(msgspec.Struct, frozen=True, kw_only=True):
     url: str
     format: str
     checksum: str | None = None
+    bootable: bool = True
 
 
 class ImageStoreView(msgspec.Struct, frozen=True, kw_only=True):

@@ -24,6 +24,10 @@ class Names(msgspec.Struct, frozen=True):
         # The template's base image in a primary pool; volumes back onto it.
         return f"tpl-{template_id}.qcow2"
 
+    def iso(self, template_id: UUID) -> str:
+        # An ISO template's copy in a primary pool, which CD-ROMs read.
+        return f"iso-{template_id}.iso"
+
     def snapshot(self, snapshot_id: UUID) -> str:
         return f"ce-{snapshot_id}"  # qemu-img also matches ids: never all digits
 

@@ -116,6 +116,7 @@ class TemplateSpec:
     size_bytes: int = MiB
     os_type: str = "None"
     checksum: str | None = None
+    bootable: bool = True  # format iso: a VM may boot from it
     # "registered": nothing asked; "requested": its download asked for (the
     # effector makes it Ready); "ready": as if the effector had downloaded it.
     state: Literal["registered", "requested", "ready"] = "ready"
@@ -297,6 +298,7 @@ def steps(spec: FabricSpec) -> Steps:
             size_bytes=t.size_bytes,
             os_type=t.os_type,
             checksum=t.checksum,
+            bootable=t.bootable,
         )
         for t in spec.templates
     ]

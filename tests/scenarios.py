@@ -30,9 +30,11 @@ from cloud_engine.engine.commands.compute import (
     DestroyVm,
     FailVm,
     FailVmExpunge,
+    FailVmMedia,
     FailVmMigration,
     FailVmReboot,
     MarkVmExpunged,
+    MarkVmMediaChanged,
     MarkVmRebooted,
     MarkVmRunning,
     MarkVmStopped,
@@ -132,6 +134,7 @@ from cloud_engine.engine.commands.storage import (
     MarkVolumeResized,
     MarkVolumeReverted,
     ReactivateTemplate,
+    RegisterTemplate,
     RequestTemplateDownload,
     RequestVolumeCreation,
     RequestVolumeResize,
@@ -457,6 +460,26 @@ def run_every_command(do: Callable[[typing.Any], Done]) -> None:
     do(PlaceOperation(operation_id=start, host_id=host))
     do(MarkVmRunning(vm_id=deployed))
     do(AdvanceOperation(operation_id=start))
+    # An ISO inserted in the running VM's CD-ROM drive, then an eject that failed.
+    iso = do(
+        RegisterTemplate(
+            name="installer",
+            zone_id=zone,
+            url="https://images.example/installer.iso",
+            format="iso",
+            size_bytes=GIB,
+            os_type="Debian",
+            bootable=False,
+        )
+    ).aggregate_id
+    do(RequestTemplateDownload(template_id=iso))
+    do(MarkTemplateDownloaded(template_id=iso))
+    attach = do(VmOperation(kind="vm.attach_iso", vm_id=deployed, iso_id=iso)).aggregate_id
+    do(MarkVmMediaChanged(vm_id=deployed))
+    do(AdvanceOperation(operation_id=attach))
+    detach = do(VmOperation(kind="vm.detach_iso", vm_id=deployed)).aggregate_id
+    do(FailVmMedia(vm_id=deployed, reason="the tray is locked"))
+    do(AdvanceOperation(operation_id=detach))
     # A stopped VM on a host's local pool migrated offline: a failed copy
     # (its disk stays), then a move.
     local = {

@@ -19,6 +19,7 @@ supported for this connection type" (seen with libvirt 9.0.0 / QEMU 7.2).
 from __future__ import annotations
 
 import xml.etree.ElementTree as ET
+from typing import NamedTuple
 
 from cloud_engine.effectors.compute.spec import DiskSpec, DomainSpec, NicSpec
 
@@ -33,7 +34,8 @@ def domain_xml(spec: DomainSpec) -> str:
 
     os_ = ET.SubElement(dom, "os")
     ET.SubElement(os_, "type").text = "hvm"
-    ET.SubElement(os_, "boot", dev="hd")
+    if not any(d.boot_order is not None for d in spec.disks):
+        ET.SubElement(os_, "boot", dev="hd")
     features = ET.SubElement(dom, "features")
     # Without ACPI a graceful shutdown/reboot request has nothing to deliver to.
     ET.SubElement(features, "acpi")
@@ -70,25 +72,56 @@ def size_of(xml: str) -> tuple[str, int]:
 
 
 def devices_of(xml: str) -> tuple[tuple[str, ...], tuple[str, ...]]:
-    """The disk sources (with their targets) and interface MACs of a domain
-    XML: what an attach or detach changes between two starts."""
+    """The disk sources (with their targets, CD-ROMs' media and boot
+    orders) and interface MACs of a domain XML: what an attach or detach
+    of a volume or an ISO changes between two starts."""
     devices = ET.fromstring(xml).find("devices")
     if devices is None:
         return (), ()
-    disks = tuple(
-        f"{d.find('target').get('dev')}={d.find('source').get('file')}"  # type: ignore[union-attr]
-        for d in devices.findall("disk")
-        if d.get("device") == "disk" and d.find("source") is not None
-    )
+    disks = []
+    for d in devices.findall("disk"):
+        target, source, boot = d.find("target"), d.find("source"), d.find("boot")
+        if target is None or (d.get("device") == "disk" and source is None):
+            continue
+        file = "" if source is None else source.get("file", "")
+        order = "" if boot is None else f"@{boot.get('order')}"
+        disks.append(f"{target.get('dev')}={file}{order}")
     macs = tuple((m.get("address") or "").lower() for m in devices.findall("interface/mac"))
-    return disks, macs
+    return tuple(disks), macs
+
+
+class Cdrom(NamedTuple):
+    media: str | None
+    boot_order: int | None
+
+
+def cdrom_of(xml: str, target: str) -> Cdrom | None:
+    """A domain XML's CD-ROM drive at target (None: it has none there)."""
+    devices = ET.fromstring(xml).find("devices")
+    for d in [] if devices is None else devices.findall("disk"):
+        t = d.find("target")
+        if d.get("device") == "cdrom" and t is not None and t.get("dev") == target:
+            source, boot = d.find("source"), d.find("boot")
+            return Cdrom(
+                media=None if source is None else source.get("file"),
+                boot_order=None if boot is None else int(boot.get("order", "0")),
+            )
+    return None
+
+
+def disk_xml(disk: DiskSpec) -> str:
+    """One disk's XML (libvirt's update-device takes a CD-ROM's)."""
+    return ET.tostring(_disk(disk), encoding="unicode")
 
 
 def _disk(disk: DiskSpec) -> ET.Element:
     el = ET.Element("disk", type="file", device=disk.device)
     ET.SubElement(el, "driver", name="qemu", type=disk.format)
-    ET.SubElement(el, "source", file=disk.path)
+    if disk.path is not None:
+        ET.SubElement(el, "source", file=disk.path)
     ET.SubElement(el, "target", dev=disk.target, bus=disk.bus)
+    if disk.boot_order is not None:
+        ET.SubElement(el, "boot", order=str(disk.boot_order))
     if disk.device == "cdrom":
         ET.SubElement(el, "readonly")
     return el

@@ -38,10 +38,23 @@ from typing import Any
 from uuid import UUID
 
 import libvirt
+import msgspec
 import structlog
 
-from cloud_engine.effectors.compute.domain_xml import devices_of, domain_xml, size_of
-from cloud_engine.effectors.compute.spec import DomainSpec, DomainState, Outcome, PowerState
+from cloud_engine.effectors.compute.domain_xml import (
+    cdrom_of,
+    devices_of,
+    disk_xml,
+    domain_xml,
+    size_of,
+)
+from cloud_engine.effectors.compute.spec import (
+    DiskSpec,
+    DomainSpec,
+    DomainState,
+    Outcome,
+    PowerState,
+)
 from cloud_engine.effectors.hypervisor import Hypervisor, HypervisorError
 
 log = structlog.get_logger("effectors.compute")
@@ -82,6 +95,16 @@ class DomainMissing(Exception):
     def __init__(self, uuid: UUID) -> None:
         super().__init__(f"no domain with uuid {uuid}")
         self.uuid = uuid
+
+
+class NoCdromDrive(Exception):
+    """The running domain has no CD-ROM drive there to change the media of
+    (defined before VMs had one: its next start gives it one)."""
+
+    def __init__(self, uuid: UUID, target: str) -> None:
+        super().__init__(
+            f"domain {uuid} has no CD-ROM drive {target}: stop and start the VM to add one"
+        )
 
 
 class DomainNotRunning(Exception):
@@ -216,6 +239,35 @@ class ComputeDriver:
         else:
             log.info("domain_reboot_left_running", uuid=str(uuid), state=after.state)
         return Outcome(changed=True, state=after)
+
+    def change_media(self, uuid: UUID, cdrom: DiskSpec) -> Outcome:
+        """A running domain's CD-ROM drive holds cdrom.path afterwards (None:
+        empty), in the running guest and in its definition (libvirt's
+        update-device, forced: a guest that locked the tray is overridden,
+        as CloudStack does). A domain that is not running is left alone:
+        its next start defines it with the drive as the engine records it."""
+        current = self.observe(uuid)
+        if current.state != "running":
+            return Outcome(changed=False, state=current)
+        live = str(self.hypervisor.call("describe", lambda c: _lookup(c, uuid).XMLDesc(0)))
+        drive = cdrom_of(live, cdrom.target)
+        if drive is None:
+            raise NoCdromDrive(uuid, cdrom.target)
+        if drive.media == cdrom.path:
+            return Outcome(changed=False, state=current)
+        # A running guest's boot order cannot change (libvirt refuses): the
+        # drive keeps its own, and the next start defines the new one.
+        xml = disk_xml(msgspec.structs.replace(cdrom, boot_order=drive.boot_order))
+        flags = (
+            libvirt.VIR_DOMAIN_AFFECT_LIVE
+            | libvirt.VIR_DOMAIN_AFFECT_CONFIG
+            | libvirt.VIR_DOMAIN_DEVICE_MODIFY_FORCE
+        )
+        self.hypervisor.call(
+            "update_device", lambda c: _lookup(c, uuid).updateDeviceFlags(xml, flags)
+        )
+        log.info("domain_media_changed", uuid=str(uuid), target=cdrom.target, media=cdrom.path)
+        return Outcome(changed=True, state=self.observe(uuid))
 
     def destroy(self, uuid: UUID) -> Outcome:
         """Power off at once, keeping the definition."""

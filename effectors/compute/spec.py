@@ -14,11 +14,14 @@ DomainType = Literal["qemu", "kvm"]
 
 
 class DiskSpec(msgspec.Struct, frozen=True, kw_only=True):
-    path: str
+    path: str | None  # None: a CD-ROM drive with no media
     format: str = "qcow2"
     target: str = "vda"
     bus: str = "virtio"
     device: Literal["disk", "cdrom"] = "disk"  # a cdrom is read-only
+    # Its place in the boot order (1 first). Set on any disk, it replaces
+    # the domain's default (the first hard disk).
+    boot_order: int | None = None
 
 
 class NicSpec(msgspec.Struct, frozen=True, kw_only=True):

@@ -8,11 +8,16 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from cloud_engine.bus.work import WorkItem
-from cloud_engine.effectors.compute.driver import ComputeDriver, DomainMissing, DomainNotRunning
+from cloud_engine.effectors.compute.driver import (
+    ComputeDriver,
+    DomainMissing,
+    DomainNotRunning,
+    NoCdromDrive,
+)
 from cloud_engine.effectors.compute.migration import RunsTwice
 from cloud_engine.effectors.compute.seed import SeedError, make_seed
 from cloud_engine.effectors.compute.spec import DiskSpec, DomainSpec, NicSpec
-from cloud_engine.effectors.handlers import vm_network
+from cloud_engine.effectors.handlers import vm_media, vm_network
 from cloud_engine.effectors.handlers.base import Handler, shared
 from cloud_engine.effectors.handlers.vm_plan import VmPlan as VmPlan  # tests build plans
 from cloud_engine.effectors.handlers.vm_plan import read_plan
@@ -41,6 +46,7 @@ def start(executor: Executor, item: WorkItem, plan: VmPlan) -> str:
     vm_network.realise(executor, plan)
     _ensure_volumes_exist(executor, plan)
     write_seed(executor, plan)
+    vm_media.ensure_iso(executor, plan)
     driver.define(domain_spec(executor, plan))
     executor.fault("after-define")
     return driver.start(plan.vm.id).state.state
@@ -56,6 +62,14 @@ def stop(executor: Executor, item: WorkItem, plan: VmPlan) -> str:
 
 def reboot(executor: Executor, item: WorkItem, plan: VmPlan) -> str:
     return compute(executor, plan).reboot(plan.vm.id).state.state
+
+
+def change_media(executor: Executor, item: WorkItem, plan: VmPlan) -> str:
+    """The running domain's CD-ROM as the VM records it now (an insert and
+    an eject alike: a late or repeated item converges on the record)."""
+    path = vm_media.ensure_iso(executor, plan)
+    outcome = compute(executor, plan).change_media(plan.vm.id, vm_media.cdrom(executor, plan, path))
+    return outcome.state.state
 
 
 def destroy(executor: Executor, item: WorkItem, plan: VmPlan) -> str:
@@ -116,6 +130,9 @@ def domain_spec(executor: Executor, plan: VmPlan) -> DomainSpec:
         )
         for volume, pool in plan.disks
     )
+    disks = vm_media.root_first_after_cdrom(
+        disks, vm_media.cdrom(executor, plan, vm_media.iso_path(executor, plan))
+    )
     seed = seed_path(executor, plan)
     if seed is not None:
         # IDE: the i440fx machine has it, and the guest's ata_piix drives it.
@@ -150,6 +167,7 @@ ERRORS = (
     NetnsError,
     DomainMissing,
     DomainNotRunning,
+    NoCdromDrive,
     RunsTwice,
     Unsupported,
     StorageError,
@@ -164,6 +182,8 @@ HANDLERS: dict[str, Handler[VmPlan]] = {
     "vm.start": Handler(read_plan, start, ERRORS),
     "vm.stop": Handler(read_plan, stop, ERRORS),
     "vm.reboot": Handler(read_plan, reboot, ERRORS),
+    "vm.iso_insert": Handler(read_plan, change_media, ERRORS),
+    "vm.iso_eject": Handler(read_plan, change_media, ERRORS),
     "vm.destroy": Handler(read_plan, destroy, ERRORS),
     "vm.expunge": Handler(read_plan, expunge, ERRORS),
 }

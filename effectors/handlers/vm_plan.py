@@ -17,7 +17,9 @@ from cloud_engine.effectors.desired import (
     VmView,
     VolumeView,
 )
+from cloud_engine.effectors.handlers import template
 from cloud_engine.effectors.handlers.base import Reads
+from cloud_engine.effectors.handlers.template import TemplateSource
 
 log = structlog.get_logger("effectors.handlers.vm")
 
@@ -37,6 +39,8 @@ class VmPlan(msgspec.Struct, frozen=True):
     last_host: HostView | None = None
     # An offline migration: each disk that moves, with the pool it goes to.
     moves: tuple[tuple[VolumeView, PoolView], ...] = ()
+    # The ISO template in its CD-ROM drive, and the store it is fetched into.
+    iso: TemplateSource | None = None
 
     @property
     def host_id(self) -> UUID:
@@ -84,6 +88,7 @@ async def read_plan(reads: Reads, item: WorkItem) -> VmPlan | None:
     if vm.host_id is not None and vm.last_host_id not in (None, vm.host_id, host_id):
         assert vm.last_host_id is not None
         last_host = await models.get(HostView, "host", vm.last_host_id)
+    iso = None if vm.iso_id is None else await template.source(reads, vm.iso_id, 0)
     return VmPlan(
         vm=vm,
         host=host,
@@ -91,6 +96,7 @@ async def read_plan(reads: Reads, item: WorkItem) -> VmPlan | None:
         nics=tuple(nics),
         zone_hosts=tuple(zone_hosts),
         last_host=last_host,
+        iso=iso,
     )
 
 

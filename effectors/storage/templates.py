@@ -88,6 +88,18 @@ def _digest(path: Path, algorithm: str) -> str:
     return h.hexdigest()
 
 
+# An ISO 9660 image: its primary volume descriptor in sector 16 (of 2048
+# bytes) starts with type 1 and "CD001".
+_ISO_MAGIC_AT = 16 * 2048
+_ISO_MAGIC = b"\x01CD001"
+
+
+def is_iso9660(path: Path) -> bool:
+    with path.open("rb") as f:
+        f.seek(_ISO_MAGIC_AT)
+        return f.read(len(_ISO_MAGIC)) == _ISO_MAGIC
+
+
 def _check_image(path: Path, fmt: str, checksum: str | None) -> qemu_img.ImageInfo:
     if checksum is not None:
         algorithm, want = parse_checksum(checksum)
@@ -95,7 +107,11 @@ def _check_image(path: Path, fmt: str, checksum: str | None) -> qemu_img.ImageIn
         if got != want:
             raise TemplateError(f"checksum mismatch: {algorithm} is {got}, expected {want}")
     info = qemu_img.info(str(path))
-    if info.format != fmt:
+    if fmt == "iso":
+        # qemu-img sees an ISO as raw bytes: the file system says what it is.
+        if info.format != "raw" or not is_iso9660(path):
+            raise TemplateError("image is not an ISO 9660 image, the template says iso")
+    elif info.format != fmt:
         raise TemplateError(f"image is {info.format}, the template says {fmt}")
     if info.full_backing_filename is not None:
         raise TemplateError("a template image must not have a backing file")

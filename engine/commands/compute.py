@@ -132,6 +132,17 @@ class FailVmReboot(Command, frozen=True, kw_only=True):
     reason: Reason
 
 
+class MarkVmMediaChanged(Command, frozen=True, kw_only=True):
+    """The effector changed the VM's CD-ROM (or found nothing to change)."""
+
+    vm_id: UUID
+
+
+class FailVmMedia(Command, frozen=True, kw_only=True):
+    vm_id: UUID
+    reason: Reason
+
+
 @handles(CreateVm)
 def create_vm(uow: UnitOfWork, cmd: CreateVm) -> Outcome:
     require_new_id(uow, cmd.id)
@@ -139,11 +150,19 @@ def create_vm(uow: UnitOfWork, cmd: CreateVm) -> Outcome:
     template = load_ref(uow, Template, cmd.template_id, "template_id")
     template.require_state(["Ready"], "deploy from")
     require(template.zone_id == cmd.zone_id, "template is in another zone", field="template_id")
-    require(
-        cmd.spec.root_disk_gb * GIB >= template.size_bytes,
-        f"root disk is smaller than the template ({template.size_bytes} bytes)",
-        field="spec.root_disk_gb",
-    )
+    if template.format == "iso":
+        # Deployed from an ISO: an empty root disk, the ISO its CD-ROM.
+        require(
+            template.bootable,
+            f"template {template.id} is an ISO that is not bootable",
+            field="template_id",
+        )
+    else:
+        require(
+            cmd.spec.root_disk_gb * GIB >= template.size_bytes,
+            f"root disk is smaller than the template ({template.size_bytes} bytes)",
+            field="spec.root_disk_gb",
+        )
     vm = VirtualMachine.create(
         cmd.account,
         cmd.name,
@@ -155,6 +174,7 @@ def create_vm(uow: UnitOfWork, cmd: CreateVm) -> Outcome:
         id=cmd.id,
         user_data=cmd.user_data,
         ssh_keys=cmd.ssh_keys,
+        iso_id=template.id if template.format == "iso" else None,
     )
     uow.add(vm)
     return Outcome(aggregate_id=vm.id)
@@ -269,4 +289,16 @@ def mark_vm_rebooted(uow: UnitOfWork, cmd: MarkVmRebooted) -> Outcome:
 @handles(FailVmReboot)
 def fail_vm_reboot(uow: UnitOfWork, cmd: FailVmReboot) -> Outcome:
     _vm(uow, cmd.vm_id).reboot_failed(cmd.reason)
+    return Outcome(aggregate_id=cmd.vm_id)
+
+
+@handles(MarkVmMediaChanged)
+def mark_vm_media_changed(uow: UnitOfWork, cmd: MarkVmMediaChanged) -> Outcome:
+    _vm(uow, cmd.vm_id).media_changed()
+    return Outcome(aggregate_id=cmd.vm_id)
+
+
+@handles(FailVmMedia)
+def fail_vm_media(uow: UnitOfWork, cmd: FailVmMedia) -> Outcome:
+    _vm(uow, cmd.vm_id).media_change_failed(cmd.reason)
     return Outcome(aggregate_id=cmd.vm_id)

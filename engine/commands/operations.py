@@ -49,6 +49,8 @@ VmOperationKind = Literal[
     "vm.expunge",
     "vm.migrate",
     "vm.scale",
+    "vm.attach_iso",
+    "vm.detach_iso",
 ]
 VolumeOperationKind = Literal[
     "volume.attach",
@@ -93,6 +95,7 @@ class VmOperation(Command, frozen=True, kw_only=True):
     host_id: UUID | None = None  # vm.start, vm.migrate: on this host
     cpus: Cpus | None = None  # vm.scale: the new vCPUs (None: unchanged)
     ram_mb: RamMb | None = None  # vm.scale: the new RAM (None: unchanged)
+    iso_id: UUID | None = None  # vm.attach_iso: this ISO template
     operation_id: UUID | None = None
 
 
@@ -153,6 +156,8 @@ def deploy_vm(uow: UnitOfWork, cmd: DeployVm) -> Outcome:
     op_id = deploy_ids.operation_id(vm_id)
     sizes = (cmd.spec.root_disk_gb, *cmd.data_disks_gb)
     volume_ids = tuple(deploy_ids.volume_id(op_id, i) for i in range(len(sizes)))
+    # A VM deployed from an ISO has an empty root disk (the ISO is its CD-ROM).
+    from_disk_image = uow.get(VirtualMachine, vm_id).iso_id is None
     for index, (gb, volume_id) in enumerate(zip(sizes, volume_ids, strict=True)):
         root = index == 0
         uow.add(
@@ -162,7 +167,7 @@ def deploy_vm(uow: UnitOfWork, cmd: DeployVm) -> Outcome:
                 cmd.zone_id,
                 gb * GIB,
                 "root" if root else "data",
-                cmd.template_id if root else None,
+                cmd.template_id if root and from_disk_image else None,
                 id=volume_id,
             )
         )
@@ -183,7 +188,9 @@ def deploy_vm(uow: UnitOfWork, cmd: DeployVm) -> Outcome:
 def vm_operation(uow: UnitOfWork, cmd: VmOperation) -> Outcome:
     vm = uow.get(VirtualMachine, cmd.vm_id)
     kind = kind_of(cmd.kind)
-    request = Request(forced=cmd.forced, host_id=cmd.host_id, cpus=cmd.cpus, ram_mb=cmd.ram_mb)
+    request = Request(
+        forced=cmd.forced, host_id=cmd.host_id, cpus=cmd.cpus, ram_mb=cmd.ram_mb, iso_id=cmd.iso_id
+    )
     params = kind.prepare(uow, vm, request)
     op = _start(uow, kind, vm.id, vm.account, params, _operation_id(uow, cmd.operation_id))
     kind.begin(uow, op, vm, request)

@@ -111,6 +111,7 @@ class RegisterTemplate(Command, frozen=True, kw_only=True):
     size_bytes: Size
     os_type: Name
     checksum: Name | None = None
+    bootable: bool = True  # an ISO a VM may boot from (disk images always are)
 
 
 class RequestTemplateDownload(Command, frozen=True, kw_only=True):
@@ -166,6 +167,11 @@ def create_volume(uow: UnitOfWork, cmd: CreateVolume) -> Outcome:
     if cmd.template_id is not None:
         template = load_ref(uow, Template, cmd.template_id, "template_id")
         template.require_state(["Ready"], "create a volume from")
+        require(
+            template.format != "iso",
+            f"template {template.id} is an ISO: attach it to a VM instead",
+            field="template_id",
+        )
         require(template.zone_id == cmd.zone_id, "template is in another zone", field="template_id")
         require(
             cmd.size_bytes >= template.size_bytes,
@@ -280,6 +286,7 @@ def register_template(uow: UnitOfWork, cmd: RegisterTemplate) -> Outcome:
         cmd.os_type,
         cmd.checksum,
         id=cmd.id,
+        bootable=cmd.bootable,
     )
     uow.add(template)
     return Outcome(aggregate_id=template.id)

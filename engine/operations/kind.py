@@ -60,6 +60,7 @@ class Request(msgspec.Struct, frozen=True, kw_only=True):
     cpus: int | None = None  # vm.scale: the new vCPUs (None: unchanged)
     ram_mb: int | None = None  # vm.scale: the new RAM (None: unchanged)
     pool_id: UUID | None = None  # volume.migrate: to this pool
+    iso_id: UUID | None = None  # vm.attach_iso: this ISO template
 
 
 class OperationKind(ABC, Generic[R]):

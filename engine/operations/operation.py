@@ -37,7 +37,8 @@ class OperationParams(msgspec.Struct, frozen=True, kw_only=True):
     """What the operation was asked to do beyond its resource (all optional:
     each kind reads the fields it needs)."""
 
-    target_id: UUID | None = None  # the snapshot a volume operation makes or reverts to
+    # The snapshot a volume operation makes or reverts to; the ISO vm.attach_iso inserts.
+    target_id: UUID | None = None
     host_id: UUID | None = None  # a caller-named host (start, deploy, migrate)
     source_host_id: UUID | None = None  # where a migrating VM ran
     vm_id: UUID | None = None  # the VM a volume operation attaches to or touches

@@ -18,6 +18,7 @@ from cloud_engine.engine.operations.pool_maintenance import PoolMaintenance
 from cloud_engine.engine.operations.vm_deploy import VmDeploy
 from cloud_engine.engine.operations.vm_destroy import VmDestroy
 from cloud_engine.engine.operations.vm_expunge import VmExpunge
+from cloud_engine.engine.operations.vm_iso import VmAttachIso, VmDetachIso
 from cloud_engine.engine.operations.vm_migrate import VmMigrate
 from cloud_engine.engine.operations.vm_reboot import VmReboot
 from cloud_engine.engine.operations.vm_recover import VmRecover
@@ -45,6 +46,8 @@ KINDS: Final[dict[str, OperationKind[Any]]] = {
         VmExpunge(),
         VmMigrate(),
         VmScale(),
+        VmAttachIso(),
+        VmDetachIso(),
         VolumeAttach(),
         VolumeDetach(),
         VolumeResize(),

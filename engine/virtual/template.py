@@ -3,6 +3,11 @@
 A template is usable only while Ready. A failed download can be retried
 (Error -> Downloading); deactivation hides a Ready template from new
 deployments without touching VMs already made from it.
+
+An ISO template (format iso) is a CD-ROM image: it is attached to VMs as
+their CD-ROM (vm.attach_iso), and a bootable one can be deployed from (an
+empty root disk, the CD-ROM first in the boot order); no volume is ever
+made from it.
 """
 
 from __future__ import annotations
@@ -20,7 +25,7 @@ from cloud_engine.engine.virtual.vm import require_reason
 
 TemplateState = Literal["Registered", "Downloading", "Ready", "Error", "Inactive"]
 TEMPLATE_STATES: Final[tuple[TemplateState, ...]] = get_args(TemplateState)
-TemplateFormat = Literal["qcow2", "raw"]
+TemplateFormat = Literal["qcow2", "raw", "iso"]
 
 TEMPLATE_TRANSITIONS: Final[Mapping[str, tuple[TemplateState, ...]]] = MappingProxyType(
     {
@@ -36,7 +41,21 @@ TEMPLATE_TRANSITIONS: Final[Mapping[str, tuple[TemplateState, ...]]] = MappingPr
 class Template(Aggregate):
     entity = "template"
 
-    @event("Created")
+    # Templates recorded (and pickled) before ISOs: disk images, bootable.
+    bootable = True
+
+    class Created(Aggregate.Created):
+        name: str
+        zone_id: UUID
+        url: str
+        format: TemplateFormat
+        size_bytes: int
+        os_type: str
+        checksum: str | None
+        # Added later, optional (same version): absent in older records.
+        bootable: bool = True
+
+    @event(Created)
     def __init__(
         self,
         name: str,
@@ -46,6 +65,7 @@ class Template(Aggregate):
         size_bytes: int,
         os_type: str,
         checksum: str | None,
+        bootable: bool = True,
     ) -> None:
         self.name = name
         self.zone_id = zone_id
@@ -54,6 +74,8 @@ class Template(Aggregate):
         self.size_bytes = size_bytes
         self.os_type = os_type
         self.checksum = checksum
+        # An ISO a VM may boot from (disk images always are).
+        self.bootable = bootable
         self.state: TemplateState = "Registered"
         self.last_error: str | None = None
 
@@ -69,6 +91,7 @@ class Template(Aggregate):
         checksum: str | None = None,
         *,
         id: UUID | None = None,  # the library's keyword
+        bootable: bool = True,
     ) -> Template:
         require_name(name)
         parts = urlsplit(url)
@@ -77,7 +100,10 @@ class Template(Aggregate):
             "url must be an http(s) URL",
             field="url",
         )
-        require(format in get_args(TemplateFormat), "format must be qcow2 or raw", field="format")
+        require(
+            format in get_args(TemplateFormat), "format must be qcow2, raw or iso", field="format"
+        )
+        require(bootable or format == "iso", "only an ISO may be non-bootable", field="bootable")
         require(size_bytes > 0, "size_bytes must be positive", field="size_bytes")
         require_name(os_type, "os_type")
         if checksum is not None:
@@ -93,6 +119,7 @@ class Template(Aggregate):
             size_bytes=size_bytes,
             os_type=os_type,
             checksum=checksum,
+            bootable=bootable,
         )
         return template
 

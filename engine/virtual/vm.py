@@ -29,7 +29,7 @@ import msgspec
 from eventsourcing.domain import event
 
 from cloud_engine.engine.aggregate import Aggregate, require, require_name
-from cloud_engine.engine.errors import InvalidTransition, Validation
+from cloud_engine.engine.errors import Conflict, InvalidTransition, Validation
 from cloud_engine.engine.virtual.guest_data import decode_user_data, require_ssh_keys
 
 VmState = Literal[
@@ -106,6 +106,11 @@ class VirtualMachine(Aggregate):
     ha = False
     ha_priority = 0
     converged_reason: str | None = None
+    # VMs recorded (and pickled) before ISOs: no CD-ROM media.
+    iso_id: UUID | None = None
+    media_pending = False
+    media_error: str | None = None
+    _media_before: UUID | None = None
 
     class Created(Aggregate.Created):
         account: str
@@ -120,6 +125,7 @@ class VirtualMachine(Aggregate):
         # make every field required).
         user_data: str | None = None
         ssh_keys: tuple[str, ...] = ()
+        iso_id: UUID | None = None  # deployed from this (bootable) ISO
 
     @event(Created)
     def __init__(
@@ -133,6 +139,7 @@ class VirtualMachine(Aggregate):
         affinity_group: str | None,
         user_data: str | None = None,
         ssh_keys: tuple[str, ...] = (),
+        iso_id: UUID | None = None,
     ) -> None:
         self.account = account
         self.name = name
@@ -166,6 +173,13 @@ class VirtualMachine(Aggregate):
         self.ha_priority = 0
         # Why the record last followed the hypervisor (automation/convergence.py).
         self.converged_reason: str | None = None
+        # The ISO template in its CD-ROM drive (None: empty). A running
+        # VM's media change waits for the effector (media_pending); if it
+        # fails, the drive keeps what it had (_media_before).
+        self.iso_id = iso_id
+        self.media_pending = False
+        self.media_error: str | None = None
+        self._media_before: UUID | None = None
 
     @classmethod
     def create(
@@ -181,6 +195,7 @@ class VirtualMachine(Aggregate):
         id: UUID | None = None,  # the library's keyword
         user_data: str | None = None,
         ssh_keys: tuple[str, ...] = (),
+        iso_id: UUID | None = None,
     ) -> VirtualMachine:
         require_name(account, "account")
         require_name(name)
@@ -209,6 +224,7 @@ class VirtualMachine(Aggregate):
             affinity_group=affinity_group,
             user_data=user_data,
             ssh_keys=tuple(ssh_keys),
+            iso_id=iso_id,
         )
         return vm
 
@@ -265,6 +281,37 @@ class VirtualMachine(Aggregate):
     def disk_detached(self, volume_id: UUID) -> None:
         if volume_id in self._disks.values():
             self._disk_detached(volume_id)
+
+    def attach_iso(self, template_id: UUID) -> None:
+        """An ISO inserted in its CD-ROM drive: at once in a stopped VM's
+        record (its next start defines the domain with it); a running
+        VM's drive is changed by the effector (media_pending until then)."""
+        self.require_state(["Stopped", "Running"], "attach an ISO to")
+        if self.iso_id == template_id:
+            raise Validation(f"vm {self.id} has ISO {template_id} attached", field="iso_id")
+        if self.iso_id is not None:
+            raise Conflict(
+                f"vm {self.id} has ISO {self.iso_id} attached: detach it first", field="iso_id"
+            )
+        self._iso_attached(template_id=template_id, live=self.state == "Running")
+
+    def detach_iso(self) -> None:
+        """Its CD-ROM drive emptied (the drive stays, for the next ISO)."""
+        self.require_state(["Stopped", "Running"], "detach an ISO from")
+        if self.iso_id is None:
+            raise Conflict(f"vm {self.id} has no ISO attached", field="vm_id")
+        self._iso_detached(live=self.state == "Running")
+
+    def media_changed(self) -> None:
+        """The effector changed the running domain's CD-ROM as asked."""
+        if self.media_pending:
+            self._media_changed()
+
+    def media_change_failed(self, reason: str) -> None:
+        """The effector could not: the drive keeps what it had."""
+        require_reason(reason)
+        if self.media_pending:
+            self._media_change_failed(reason=reason, iso_id=self._media_before)
 
     def _require(self, action: str) -> None:
         self.require_state(VM_TRANSITIONS[action], action)
@@ -543,6 +590,30 @@ class VirtualMachine(Aggregate):
     @event("DiskDetached")
     def _disk_detached(self, volume_id: UUID) -> None:
         self._disks = {d: v for d, v in self._disks.items() if v != volume_id}
+
+    @event("IsoAttached")
+    def _iso_attached(self, template_id: UUID, live: bool) -> None:
+        self._media_before = self.iso_id
+        self.iso_id = template_id
+        self.media_pending = live
+        self.media_error = None
+
+    @event("IsoDetached")
+    def _iso_detached(self, live: bool) -> None:
+        self._media_before = self.iso_id
+        self.iso_id = None
+        self.media_pending = live
+        self.media_error = None
+
+    @event("MediaChanged")
+    def _media_changed(self) -> None:
+        self.media_pending = False
+
+    @event("MediaChangeFailed")
+    def _media_change_failed(self, reason: str, iso_id: UUID | None) -> None:
+        self.media_pending = False
+        self.media_error = reason
+        self.iso_id = iso_id
 
     @event("Failed")
     def _failed(self, reason: str) -> None:

@@ -79,7 +79,7 @@ def test_every_compute_command_has_a_handler():
         for c in vars(compute).values()
         if isinstance(c, type) and issubclass(c, Command) and c is not Command
     ]
-    assert len(commands) == 19
+    assert len(commands) == 21
     assert all(c in HANDLERS for c in commands)
 
 

@@ -102,3 +102,26 @@ def test_each_spec_gets_its_own_uuid():
     a, b = uuid4(), uuid4()
     assert parse(spec(uuid=a)).findtext("uuid") == str(a)
     assert parse(spec(uuid=b)).findtext("uuid") == str(b)
+
+
+def test_cdrom_drive_empty_or_with_media_and_boot_order():
+    from cloud_engine.effectors.compute.domain_xml import cdrom_of, devices_of
+
+    root_disk = DiskSpec(path="/p/root.qcow2", target="vda")
+    empty = DiskSpec(path=None, format="raw", target="hdd", bus="ide", device="cdrom")
+    xml = domain_xml(spec(disks=(root_disk, empty)))
+    assert ET.fromstring(xml).find("os/boot").get("dev") == "hd"  # type: ignore[union-attr]
+    assert cdrom_of(xml, "hdd") == (None, None) and cdrom_of(xml, "hdc") is None
+    # A bootable ISO first, the root disk second: per-device orders only.
+    booting = DiskSpec(
+        path="/p/iso-1.iso", format="raw", target="hdd", bus="ide", device="cdrom", boot_order=1
+    )
+    second = DiskSpec(path="/p/root.qcow2", target="vda", boot_order=2)
+    xml2 = domain_xml(spec(disks=(second, booting)))
+    root = ET.fromstring(xml2)
+    assert root.find("os/boot") is None
+    assert root.find("devices/disk[@device='cdrom']/readonly") is not None
+    assert cdrom_of(xml2, "hdd") == ("/p/iso-1.iso", 1)
+    # What a redefinition compares sees media and boot orders change.
+    assert devices_of(xml)[0] == ("vda=/p/root.qcow2", "hdd=")
+    assert devices_of(xml2)[0] == ("vda=/p/root.qcow2@2", "hdd=/p/iso-1.iso@1")
