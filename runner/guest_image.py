@@ -17,7 +17,9 @@ a file (dosfstools, mtools, syslinux's mtools installer). Building takes
 about 10 s (plus the 70 MB kernel package once); the result is cached by
 recipe (this file and guest/, hashed) in the cache directory
 (`default_cache()`), which `./dev` fills before `up` and the tests, so
-later runs only check that it is there.
+later runs only check that it is there. Beside it, the same system as a
+bootable ISO (`tiny-linux.iso`, runner/guest_iso.py), which the ISO
+template tests boot.
 
     python -m cloud_engine.runner.guest_image            build (or find) it, print its path
     python -m cloud_engine.runner.guest_image seed OUT.iso --hostname web-1 --user-data FILE
@@ -45,9 +47,11 @@ from pathlib import Path
 import msgspec
 
 from cloud_engine.effectors.compute import seed
+from cloud_engine.runner import guest_iso
 
 NAME = "tiny-linux"
 IMAGE = "tiny-linux.qcow2"
+ISO = "tiny-linux.iso"
 MANIFEST = "tiny-linux.json"
 DISK_MIB = 64
 PARTITION_START = 2048  # sectors: the usual 1 MiB
@@ -112,6 +116,8 @@ class GuestImage(msgspec.Struct, frozen=True, kw_only=True):
     busybox: str
     modules: tuple[str, ...]
     build_seconds: float
+    iso: str = ""  # the same system as a bootable ISO (guest_iso.py)
+    iso_sha256: str = ""
 
 
 def recipe() -> str:
@@ -146,7 +152,7 @@ def cached(cache: Path | None = None) -> GuestImage | None:
         image = msgspec.json.decode(manifest.read_bytes(), type=GuestImage)
     except (OSError, msgspec.DecodeError):
         return None
-    return image if Path(image.path).is_file() else None
+    return image if Path(image.path).is_file() and Path(image.iso).is_file() else None
 
 
 def ensure(cache: Path | None = None, *, log: bool = False) -> GuestImage:
@@ -292,9 +298,12 @@ def _build(out: Path, debs: Path) -> GuestImage:
         work = Path(tmp)
         kernel_deb = _download(_kernel_package(), debs)
         busybox_deb = _download(BUSYBOX_PACKAGE, debs)
+        isolinux_deb = _download(guest_iso.PACKAGE, debs)
         kernel_root, busybox_root = work / "kernel", work / "busybox"
+        isolinux_root = work / "isolinux"
         _run("dpkg-deb", "-x", str(kernel_deb), str(kernel_root))
         _run("dpkg-deb", "-x", str(busybox_deb), str(busybox_root))
+        _run("dpkg-deb", "-x", str(isolinux_deb), str(isolinux_root))
         (vmlinuz,) = (kernel_root / "boot").glob("vmlinuz-*")
         version = vmlinuz.name.removeprefix("vmlinuz-")
         modules = _module_order(kernel_root / "lib/modules" / version, MODULES)
@@ -311,6 +320,10 @@ def _build(out: Path, debs: Path) -> GuestImage:
         partial = work / IMAGE
         _run("qemu-img", "convert", "-q", "-f", "raw", "-O", "qcow2", str(raw), str(partial))
         os.replace(partial, image)
+        try:
+            iso = guest_iso.make_boot_iso(out / ISO, boot, isolinux_root, EPOCH)
+        except guest_iso.GuestIsoError as e:
+            raise GuestImageError(str(e)) from e
     info = msgspec.json.decode(_run("qemu-img", "info", "--output=json", str(image)))
     built = GuestImage(
         path=str(image),
@@ -322,6 +335,8 @@ def _build(out: Path, debs: Path) -> GuestImage:
         busybox=_version(busybox_deb),
         modules=tuple(p.name.removesuffix(".ko") for p in modules),
         build_seconds=round(time.monotonic() - started, 1),
+        iso=str(iso),
+        iso_sha256=hashlib.sha256(iso.read_bytes()).hexdigest(),
     )
     (out / MANIFEST).write_bytes(msgspec.json.format(msgspec.json.encode(built)) + b"\n")
     return built
