@@ -96,6 +96,7 @@ def test_download_verifies_and_is_not_repeated(executor, served, tmp_path):
         ("/missing.qcow2", None, "qcow2", "HTTP 404"),
         ("/tiny.qcow2", None, "raw", "image is qcow2, the template says raw"),
         ("/tiny.qcow2", "crc32:00", "qcow2", "unknown algorithm"),
+        ("/tiny.qcow2", None, "iso", "not an ISO 9660 image"),
     ],
 )
 def test_bad_templates_fail_with_the_reason_and_leave_nothing(
@@ -111,6 +112,27 @@ def test_bad_templates_fail_with_the_reason_and_leave_nothing(
     assert message in (result.error or "")
     left = tmp_path / "store" / "template"
     assert not left.exists() or list(left.iterdir()) == []
+
+
+def test_an_iso_is_fetched_and_checked_as_iso_9660(executor, served, tmp_path):
+    content = tmp_path / "content"
+    content.mkdir()
+    (content / "readme.txt").write_text("an ISO\n")
+    iso = served.root / "data.iso"
+    subprocess.run(
+        ["genisoimage", "-quiet", "-output", str(iso), "-volid", "DATA", str(content)],
+        check=True,
+        capture_output=True,
+    )
+    digest = hashlib.sha256(iso.read_bytes()).hexdigest()
+    template = template_view(f"{served.base_url}/data.iso", f"sha256:{digest}", "iso")
+    source = TemplateSource(template=template, store=store_view(tmp_path / "store"))
+
+    result = executor.run(work("template.download", template.id, 2), source)
+
+    assert (result.outcome, result.observed) == ("succeeded", "fetched"), result.error
+    stored = tmp_path / "store" / "template" / f"{template.id}.iso"
+    assert stored.read_bytes() == iso.read_bytes()
 
 
 def test_template_with_a_backing_file_is_refused(executor, served, tmp_path):
