@@ -109,10 +109,12 @@ TYPES: tuple[ResourceType, ...] = (
                  access="fabric", filters=_PLACED),
     ResourceType(collection="physical-networks", type="physical_network",
                  title="physical network", access="fabric", filters=_PLACED),
+    # format=iso lists the ISOs (CloudStack's listIsos).
     ResourceType(collection="templates", type="template", title="template", access="catalog",
-                 filters=_PLACED),
+                 filters=(*_PLACED, Filter("format", "text"))),
+    # iso_id: the VMs whose CD-ROM holds that ISO.
     ResourceType(collection="vms", type="vm", title="VM", access="tenant",
-                 filters=(*_PLACED, _ACCOUNT, *_data("host_id", "template_id")),
+                 filters=(*_PLACED, _ACCOUNT, *_data("host_id", "template_id", "iso_id")),
                  children=_VM_CHILDREN),
     ResourceType(collection="volumes", type="volume", title="volume", access="tenant",
                  filters=(*_PLACED, _ACCOUNT, *_data("vm_id", "pool_id"))),

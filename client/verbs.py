@@ -1418,6 +1418,10 @@ VERBS: dict[str, dict[str, dict[str, Any]]] = {'cluster': {'create': {'method': 
                                  {'name': 'zone_id',
                                   'kind': 'str',
                                   'help': 'Only the templates whose zone_id is this value (exact '
+                                          'match).'},
+                                 {'name': 'format',
+                                  'kind': 'str',
+                                  'help': 'Only the templates whose format is this value (exact '
                                           'match).'}],
                        'body': []},
               'reactivate': {'method': 'POST',
@@ -1767,7 +1771,10 @@ VERBS: dict[str, dict[str, dict[str, Any]]] = {'cluster': {'create': {'method': 
                             'help': 'Only the VMs whose host_id is this value (exact match).'},
                            {'name': 'template_id',
                             'kind': 'str',
-                            'help': 'Only the VMs whose template_id is this value (exact match).'}],
+                            'help': 'Only the VMs whose template_id is this value (exact match).'},
+                           {'name': 'iso_id',
+                            'kind': 'str',
+                            'help': 'Only the VMs whose iso_id is this value (exact match).'}],
                  'body': []},
         'migrate': {'method': 'POST',
                     'path': '/v1/vms/{id}/migrate',

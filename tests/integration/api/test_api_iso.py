@@ -92,6 +92,11 @@ async def test_attach_and_detach_iso_are_operations_on_the_vm(api: Api) -> None:
     vm, deploy = deployed.json()["resource_id"], deployed.json()["operation_id"]
     await api.project()
     assert (await api.get(f"/v1/vms/{vm}", token=api.alice)).json()["attributes"]["iso_id"] == iso
+    # The ISOs are listed apart (listIsos), and the VMs that hold one.
+    isos = (await api.get("/v1/templates?format=iso", token=api.alice)).json()["items"]
+    assert [t["id"] for t in isos] == [iso]
+    holding = (await api.get(f"/v1/vms?iso_id={iso}", token=api.alice)).json()["items"]
+    assert [v["id"] for v in holding] == [vm]
     attach, detach = f"/v1/vms/{vm}/attach-iso", f"/v1/vms/{vm}/detach-iso"
     # The deploy holds the VM.
     busy = await api.post(detach, token=api.alice)
