@@ -7,9 +7,11 @@ route that builds it (api.kafka_commands) and through the same checks and
 execution (api.commands.run_call), and the answer is the HTTP API's 202
 body or its problem document. ce_id is the engine's idempotency key, so a
 command is executed once however often it is delivered; the ledger
-(api.kafka_ledger) makes it answered once. A poll's commands run at once,
-those with the same record key in the order sent; offsets are committed
-once their answers are published and recorded as such.
+(api.kafka_ledger) makes it answered once. Commands run as they arrive,
+without waiting for the ones before them (the engine's writer commits
+concurrent commands together), except that those with the same record key
+run in the order sent; a partition's offsets are committed up to its first
+command not answered yet (api.kafka_offsets).
 
 A dependency that is down (PostgreSQL, the engine's writer) is waited out
 and the command tried again: it is not the caller's fault, and a refusal
@@ -21,8 +23,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import time
-from collections.abc import Sequence
 from dataclasses import dataclass
 
 import msgspec
@@ -30,20 +32,20 @@ import structlog
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
 from aiokafka.errors import CommitFailedError, KafkaError
 from aiokafka.structs import OffsetAndMetadata
-from prometheus_client import CollectorRegistry, Counter, Histogram
 
 from cloud_engine.api import kafka_commands, kafka_ledger, tokens
 from cloud_engine.api.auth import Principal, bearer_token, require_access
 from cloud_engine.api.commands import run_call
 from cloud_engine.api.context import ApiContext, valid_key
+from cloud_engine.api.kafka_answers import AnswerWriter, Delivery, duplicate
 from cloud_engine.api.kafka_ledger import Answer, Key
-from cloud_engine.api.metrics import BUCKETS, ApiMetrics
+from cloud_engine.api.kafka_metrics import GatewayMetrics
+from cloud_engine.api.kafka_offsets import Offsets
+from cloud_engine.api.metrics import ApiMetrics
 from cloud_engine.api.owners import Owners
 from cloud_engine.api.problems import UNAVAILABLE, ApiError, bad_request, unauthorized, unavailable
 from cloud_engine.bus.command_topics import (
     Incoming,
-    Outcome,
-    answer_headers,
     commands_topic,
     gateway_group,
     results_topic,
@@ -57,6 +59,10 @@ from cloud_engine.infra.pg import create_pool
 log = structlog.get_logger("api.kafka_gateway")
 
 _encoder = msgspec.json.Encoder()
+# Offsets are committed at most this often (each commit is a broker round
+# trip the next fetch would wait for); a crash redelivers what was not
+# committed, and the ledger answers none of it twice.
+COMMIT_EVERY_S = 0.1
 # Waits before trying a command again while a dependency is down.
 RETRY_S = (0.05, 0.1, 0.2, 0.5, 1.0)
 
@@ -70,48 +76,15 @@ class GatewayConfig:
     partitions: int = 8
     # The dev broker answers a fetch only when this expires: it bounds the
     # wait of a command that arrives while the gateway is idle.
-    fetch_max_wait_ms: int = 5
+    fetch_max_wait_ms: int = 10
     max_records: int = 500
+    # Commands running at once; past it the gateway stops fetching.
+    max_in_flight: int = 1000
     command_timeout: float = 30.0
-
-
-class GatewayMetrics:
-    """Made once per process (`up` restarts the gateway, its counters go on)."""
-
-    def __init__(self, registry: CollectorRegistry) -> None:
-        self.answered = Counter(
-            "cloudengine_kafka_commands",
-            "Commands answered on the results topic, by outcome and HTTP-equivalent status",
-            ["outcome", "status"],
-            registry=registry,
-        )
-        self.duplicates = Counter(
-            "cloudengine_kafka_command_duplicates",
-            "Deliveries of a command already answered (not executed nor answered again)",
-            registry=registry,
-        )
-        self.unanswerable = Counter(
-            "cloudengine_kafka_commands_unanswerable",
-            "Records on the commands topic without a ce_id to answer to (logged, skipped)",
-            registry=registry,
-        )
-        self.round_trip = Histogram(
-            "cloudengine_kafka_command_seconds",
-            "From a command's record timestamp to its answer acknowledged by the broker",
-            buckets=BUCKETS,
-            registry=registry,
-        )
 
 
 class _Stopped(Exception):
     """Stop was asked while a command waited for a dependency."""
-
-
-@dataclass
-class _Item:
-    record: ConsumerRecord[bytes, bytes]
-    incoming: Incoming
-    key: Key
 
 
 class CommandGateway:
@@ -131,6 +104,8 @@ class CommandGateway:
         self.metrics = metrics
         self.api_metrics = api_metrics or ApiMetrics()
         self._stop = asyncio.Event()
+        # Deliveries being answered, by command: a second delivery meanwhile waits.
+        self._answering: dict[Key, asyncio.Task[None]] = {}
         # Set once it consumes (its tables made, its group joined).
         self.started = asyncio.Event()
 
@@ -142,7 +117,7 @@ class CommandGateway:
             [commands_topic(config.topic_prefix), results_topic(config.topic_prefix)],
             config.partitions,
         )
-        pool = await create_pool(self.target, max_size=4, single_reads=True)
+        pool = await create_pool(self.target, max_size=8, single_reads=True)
         consumer = AIOKafkaConsumer(
             commands_topic(config.topic_prefix),
             bootstrap_servers=config.bootstrap,
@@ -177,43 +152,89 @@ class CommandGateway:
                 topic=commands_topic(config.topic_prefix),
                 results=results_topic(config.topic_prefix),
             )
-            while not stop.is_set():
-                batches = await consumer.getmany(timeout_ms=200, max_records=config.max_records)
-                if not batches:
-                    continue
-                try:
-                    await self._handle(ctx, batches, producer)
-                except _Stopped:
-                    break  # not committed: the next gateway answers them
-                await self._commit(consumer, batches)
+            await self._consume(ctx, consumer, producer)
         finally:
             for step in (consumer.stop(), producer.stop(), pool.close()):
                 with contextlib.suppress(Exception, asyncio.CancelledError):
                     await asyncio.wait_for(step, 10)
             log.info("command gateway stopped")
 
-    async def _commit(
-        self,
-        consumer: AIOKafkaConsumer,
-        batches: dict[TopicPartition, list[ConsumerRecord[bytes, bytes]]],
+    async def _consume(
+        self, ctx: ApiContext, consumer: AIOKafkaConsumer, producer: AIOKafkaProducer
     ) -> None:
-        offsets = {tp: OffsetAndMetadata(rs[-1].offset + 1, "") for tp, rs in batches.items()}
-        try:
-            await consumer.commit(offsets)
-        except (CommitFailedError, KafkaError) as e:
-            # Rebalanced or broker gone: the next owner redelivers, and the
-            # ledger keeps those from being answered twice.
-            log.warning("offset commit failed", error=repr(e))
+        """Fetch, start each command as it comes (after the one before it
+        with the same record key), commit what is answered; on stop, let
+        what runs finish (or give up waiting for a dependency) first."""
+        offsets = Offsets()
+        writer = AnswerWriter(
+            ctx.pool,
+            ctx.schema,
+            producer,
+            results_topic(self.config.topic_prefix),
+            self.config.source,
+            self.metrics,
+        )
+        writing_stop = asyncio.Event()
+        writing = asyncio.create_task(writer.run(writing_stop))
+        running: set[asyncio.Task[None]] = set()
+        last: dict[tuple[TopicPartition, bytes | None], asyncio.Task[None]] = {}
+        failed: list[BaseException] = []
+        committed_at = 0.0
 
-    async def _handle(
+        def finished(task: asyncio.Task[None], tp: TopicPartition, offset: int) -> None:
+            running.discard(task)
+            error = None if task.cancelled() else task.exception()
+            if error is None:
+                offsets.done(tp, offset)
+            elif not isinstance(error, _Stopped):
+                failed.append(error)
+
+        try:
+            while not self._stop.is_set() and not failed and not writing.done():
+                while len(running) >= self.config.max_in_flight:
+                    await asyncio.wait(running, return_when=asyncio.FIRST_COMPLETED)
+                batches = await consumer.getmany(
+                    timeout_ms=100, max_records=self.config.max_records
+                )
+                items = self._items(batches, offsets)
+                known = await kafka_ledger.find(ctx.pool, ctx.schema, [i.key for i in items])
+                for item in items:
+                    chain = (item.tp, item.record.key)
+                    task = asyncio.create_task(
+                        self._one(ctx, item, known.get(item.key), last.get(chain), writer)
+                    )
+                    last[chain] = task
+                    running.add(task)
+                    task.add_done_callback(
+                        functools.partial(finished, tp=item.tp, offset=item.record.offset)
+                    )
+                for chain in [c for c, t in last.items() if t.done()]:
+                    del last[chain]
+                if time.monotonic() - committed_at >= COMMIT_EVERY_S:
+                    committed_at = time.monotonic()
+                    await self._commit(consumer, offsets)
+        finally:
+            if running and not writing.done():
+                await asyncio.wait(running)
+            writing_stop.set()
+            await asyncio.wait([writing])
+            for task in running:
+                task.cancel()
+            await self._commit(consumer, offsets)
+        if writing.exception() is not None:
+            raise writing.exception()  # type: ignore[misc]
+        if failed:
+            raise failed[0]
+
+    def _items(
         self,
-        ctx: ApiContext,
         batches: dict[TopicPartition, list[ConsumerRecord[bytes, bytes]]],
-        producer: AIOKafkaProducer,
-    ) -> None:
-        items: list[_Item] = []
-        for records in batches.values():
+        offsets: Offsets,
+    ) -> list[Delivery]:
+        items: list[Delivery] = []
+        for tp, records in batches.items():
             for record in records:
+                offsets.add(tp, record.offset)
                 incoming = Incoming.of(record.headers)
                 if not incoming.id:
                     self.metrics.unanswerable.inc()
@@ -223,75 +244,52 @@ class CommandGateway:
                         partition=record.partition,
                         offset=record.offset,
                     )
+                    offsets.done(tp, record.offset)
                     continue
                 key = Key.of(incoming.source, incoming.id, incoming.token)
-                items.append(_Item(record, incoming, key))
-        known = await kafka_ledger.find(ctx.pool, ctx.schema, [i.key for i in items])
-        republish: dict[Key, Answer] = {}
-        chains: dict[tuple[TopicPartition, bytes | None], list[_Item]] = {}
-        seen: set[Key] = set()
-        for item in items:
-            first = item.key not in seen
-            seen.add(item.key)
-            before = known.get(item.key)
-            if first and before is not None and not before.published:
-                republish[item.key] = before  # answered, not published: the gateway died
-            elif first and before is None:
-                tp = TopicPartition(item.record.topic, item.record.partition)
-                chains.setdefault((tp, item.record.key), []).append(item)
-            else:
-                self.metrics.duplicates.inc()
-                log.info(
-                    "duplicate command, already answered",
-                    ce_id=item.incoming.id,
-                    ce_source=item.incoming.source,
-                    ce_type=item.incoming.type,
-                )
+                items.append(Delivery(record, incoming, key, tp))
+        return items
 
-        async def in_order(chain: list[_Item]) -> list[Answer]:
-            return [await self._answer(ctx, item) for item in chain]
+    async def _commit(self, consumer: AIOKafkaConsumer, offsets: Offsets) -> None:
+        moved = offsets.committable()
+        if not moved:
+            return
+        try:
+            await consumer.commit({tp: OffsetAndMetadata(n, "") for tp, n in moved.items()})
+        except (CommitFailedError, KafkaError) as e:
+            # Rebalanced or broker gone: the next owner redelivers, and the
+            # ledger keeps those from being answered twice.
+            log.warning("offset commit failed", error=repr(e))
 
-        answers = [a for c in await asyncio.gather(*map(in_order, chains.values())) for a in c]
-        recorded = await kafka_ledger.record(ctx.pool, ctx.schema, answers)
-        for answer in answers:
-            mine = recorded.get(answer.key, answer)
-            if not mine.published:
-                republish[answer.key] = mine
-        by_key = {i.key: i for i in items}
-        await self._publish(producer, [(by_key[k], a) for k, a in republish.items()])
-        await kafka_ledger.mark_published(ctx.pool, ctx.schema, list(republish))
-
-    async def _publish(
-        self, producer: AIOKafkaProducer, answers: Sequence[tuple[_Item, Answer]]
+    async def _one(
+        self,
+        ctx: ApiContext,
+        item: Delivery,
+        before: Answer | None,
+        previous: asyncio.Task[None] | None,
+        writer: AnswerWriter,
     ) -> None:
-        topic = results_topic(self.config.topic_prefix)
-        sent = []
-        for item, answer in answers:
-            outcome: Outcome = "accepted" if answer.status == 202 else "refused"
-            headers = answer_headers(
-                item.incoming, outcome, answer.status, source=self.config.source
-            )
-            sent.append(
-                await producer.send(
-                    topic, value=answer.value, key=item.incoming.id.encode(), headers=headers
-                )
-            )
-        await asyncio.gather(*sent)
-        now = time.time()
-        for item, answer in answers:
-            outcome = "accepted" if answer.status == 202 else "refused"
-            self.metrics.answered.labels(outcome, str(answer.status)).inc()
-            self.metrics.round_trip.observe(max(0.0, now - item.record.timestamp / 1000))
-            log.info(
-                "command answered",
-                ce_id=item.incoming.id,
-                ce_source=item.incoming.source,
-                ce_type=item.incoming.type,
-                outcome=outcome,
-                status=answer.status,
-            )
+        """One delivery: answered (executing the command if it is new), or
+        counted as a duplicate."""
+        if previous is not None:
+            await asyncio.wait([previous])  # its own failure is reported by its task
+        first = self._answering.get(item.key)
+        if first is not None:  # the same command, delivered again meanwhile
+            await asyncio.wait([first])
+            return duplicate(self.metrics, item)
+        this = asyncio.current_task()
+        assert this is not None
+        self._answering[item.key] = this
+        try:
+            if before is not None and before.published:
+                return duplicate(self.metrics, item)
+            # Recorded but not published: the gateway died in between.
+            answer = before if before is not None else await self._answer(ctx, item)
+            await writer.answer(item, answer)
+        finally:
+            del self._answering[item.key]
 
-    async def _answer(self, ctx: ApiContext, item: _Item) -> Answer:
+    async def _answer(self, ctx: ApiContext, item: Delivery) -> Answer:
         """The answer to one command, executing it if it is sound; waits out
         dependencies that are down (raising _Stopped if asked to stop)."""
         incoming = item.incoming

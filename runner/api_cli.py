@@ -13,7 +13,8 @@ import sys
 from typing import Any
 
 from cloud_engine.api.app import create_app
-from cloud_engine.api.kafka_gateway import CommandGateway, GatewayMetrics
+from cloud_engine.api.kafka_gateway import CommandGateway
+from cloud_engine.api.kafka_metrics import GatewayMetrics
 from cloud_engine.api.live import LiveConfig
 from cloud_engine.api.metrics import ApiMetrics
 from cloud_engine.api.server import ApiServer

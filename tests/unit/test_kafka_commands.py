@@ -117,3 +117,24 @@ def test_the_events_doc_lists_every_command_taken() -> None:
     text = (Path(__file__).resolve().parents[2] / "docs/events.md").read_text()
     missing = [name for name in kafka_commands.COMMAND_TYPES if f"| `{name}`" not in text]
     assert not missing, f"docs/events.md (Commands over Kafka) does not list {missing}"
+
+
+def test_offsets_commit_up_to_the_first_command_not_answered() -> None:
+    from aiokafka import TopicPartition
+
+    from cloud_engine.api.kafka_offsets import Offsets
+
+    a, b = TopicPartition("c", 0), TopicPartition("c", 1)
+    offsets = Offsets()
+    for n in (5, 6, 7):
+        offsets.add(a, n)
+    offsets.add(b, 3)
+    offsets.done(a, 6)  # finished before 5: nothing to commit yet
+    assert offsets.committable() == {}
+    offsets.done(a, 5)
+    offsets.done(b, 3)
+    assert offsets.committable() == {a: 7, b: 4}
+    assert offsets.committable() == {}  # only what moved
+    assert offsets.pending == 1
+    offsets.done(a, 7)
+    assert offsets.committable() == {a: 8}

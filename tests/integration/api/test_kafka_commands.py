@@ -19,8 +19,9 @@ from api_harness import Api, make_fabric, vm_body
 from eventsourcing.utils import get_topic
 from prometheus_client import CollectorRegistry
 
-from cloud_engine.api.kafka_gateway import CommandGateway, GatewayConfig, GatewayMetrics
+from cloud_engine.api.kafka_gateway import CommandGateway, GatewayConfig
 from cloud_engine.api.kafka_ledger import TABLE as LEDGER
+from cloud_engine.api.kafka_metrics import GatewayMetrics
 from cloud_engine.bus.command_topics import commands_topic, results_topic
 from cloud_engine.bus.naming import all_event_types
 from cloud_engine.infra.pg import connect
