@@ -16,6 +16,11 @@ VMs of a host that is not are HA's, after the fence):
   Running there, its capacity reserved (the guest serves users; stopping
   it would be the engine overruling the hypervisor). If the host has no
   room, the drift stays reported and nothing changes.
+- in Error after a start or stop that timed out (unsettled: what the
+  hypervisor did is unknown): recorded Running there if its domain runs,
+  Stopped if it is absent, shut off or crashed, with the reason. No VM
+  stays in a transitional state: a step's deadline ends it in this Error,
+  and the next reconcile round settles it.
 - anything else (Destroyed, Expunged with a domain left, unknown domains,
   volumes): reported as events by the recorder, left alone.
 """
@@ -23,7 +28,8 @@ VMs of a host that is not are HA's, after the fence):
 from __future__ import annotations
 
 import asyncio
-from typing import Any
+from typing import Any, Literal
+from uuid import UUID
 
 import msgspec
 import structlog
@@ -95,7 +101,9 @@ class Converger:
         if not isinstance(host, Host) or host.liveness != "Up":
             return  # a host not Up: its VMs are HA's to deal with
         key = f"converge/{vm.id}/{vm.version}"
-        if vm.state == "Running" and observed in _STOPPED:
+        if vm.is_unsettled():
+            await self._settle(vm, host, observed, key)
+        elif vm.state == "Running" and observed in _STOPPED:
             verdict = "restarted (HA)" if vm.ha else "recorded Stopped (not HA-enabled)"
             reason = f"its domain was found {observed} on host {host.name}: {verdict}"
             if not await self._send(
@@ -120,6 +128,28 @@ class Converger:
                 ),
                 key,
             )
+
+    async def _settle(self, vm: VirtualMachine, host: Host, observed: str, key: str) -> None:
+        """A start or stop that timed out: the record becomes what the
+        domain shows. Not restarted even if HA-enabled: a stop may be what
+        timed out, and nobody asked for a start since."""
+        if observed == "running":
+            to: Literal["Running", "Stopped"] = "Running"
+            host_id: UUID | None = host.id
+        elif observed in _STOPPED:
+            to, host_id = "Stopped", None
+        else:
+            return  # paused: someone's decision on the host; stays reported
+        reason = (
+            f"{vm.last_error}; its domain was then found {observed} on host {host.name}:"
+            f" recorded {to}"
+        )[-500:]  # a command's reason is at most 500 characters; the end says most
+        await self._send(
+            ConvergeVm(
+                vm_id=vm.id, to=to, reason=reason, host_id=host_id, expected_version=vm.version
+            ),
+            key,
+        )
 
     async def _send(self, command: Command, key: str) -> bool:
         context = CommandContext(actor=ACTOR, request_id=key, idempotency_key=key)

@@ -47,6 +47,8 @@ class VmView(msgspec.Struct, frozen=True, kw_only=True):
     last_host_id: UUID | None = None  # where a stopped or destroyed VM ran
     # A stopped VM migrating (offline): its disks are on last_host_id's side.
     migrating_stopped: bool = False
+    # In Error after a start or stop that timed out: converges to the domain.
+    unsettled: bool = False
     # Attached volumes by device number (JSON object keys), at this version.
     disks: dict[str, UUID] = {}
     # The guest's first-boot data: base64 user data and SSH keys (a seed).

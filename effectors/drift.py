@@ -28,6 +28,8 @@ _MUST_NOT_RUN = frozenset({"Allocated", "Stopped", "Destroyed"})
 _NOT_RUNNING = frozenset({"absent", "shutoff", "crashed", "paused"})
 
 VOLUME_JUDGED = frozenset({"Ready", "Attached"})
+# What the engine records of a VM whose start or stop timed out.
+UNSETTLED = "Error (unsettled)"
 
 
 class Drift(msgspec.Struct, frozen=True, kw_only=True):
@@ -77,9 +79,13 @@ def compare(host_id: UUID, vms: list[VmView], domains: list[DomainState]) -> lis
             # Expunged means the definition was removed; one left behind
             # still holds a name and maybe a running guest.
             drifts.append(_vm_drift(vm, observed, "absent"))
+        elif vm.state == "Error" and vm.unsettled:
+            # A start or stop that timed out: whatever the domain shows is
+            # reported, and convergence records it (automation/convergence.py).
+            drifts.append(_vm_drift(vm, observed, UNSETTLED))
         # Starting, Stopping, Migrating (the domain is on the source, the
         # target or both), Expunging: work in flight whose outcome the
-        # effector reports itself. Error: waits for an operator.
+        # effector reports itself. Other Errors wait for an operator.
     for domain in domains:
         if domain.exists and domain.uuid not in claimed:
             drifts.append(

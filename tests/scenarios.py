@@ -480,6 +480,10 @@ def run_every_command(do: Callable[[typing.Any], Done]) -> None:
     detach = do(VmOperation(kind="vm.detach_iso", vm_id=deployed)).aggregate_id
     do(FailVmMedia(vm_id=deployed, reason="the tray is locked"))
     do(AdvanceOperation(operation_id=detach))
+    # A stop nobody answered in time: unsettled, converged to the running domain.
+    stop = do(VmOperation(kind="vm.stop", vm_id=deployed)).aggregate_id
+    do(FailOperation(operation_id=stop, reason="no answer in 600 s", timed_out=True))
+    do(ConvergeVm(vm_id=deployed, to="Running", reason="its domain runs", host_id=host))
     # A stopped VM on a host's local pool migrated offline: a failed copy
     # (its disk stays), then a move.
     local = {

@@ -146,14 +146,19 @@ def converge_vm(uow: UnitOfWork, cmd: ConvergeVm) -> Outcome:
             f"vm {vm.id} is held by operation {guard.operation_id} ({guard.operation_kind})",
             owner=vm.id,
         )
+    # An unsettled VM (a stop that timed out) may still hold its last host.
+    last = vm.last_host_id if vm.is_unsettled() else None
     if cmd.to == "Stopped":
-        held = vm.host_id
+        held = vm.host_id or last
         vm.converge("Stopped", cmd.reason)
         release_on(uow, held, vm)
     else:
         if cmd.host_id is None:
             raise Conflict(f"converging vm {vm.id} to Running needs the host it runs on")
         host = load_ref(uow, Host, cmd.host_id, "host_id")
-        host.reserve(vm.id, vm.spec.cpus, vm.spec.ram_mb)
+        if vm.id not in host.reservations:
+            host.reserve(vm.id, vm.spec.cpus, vm.spec.ram_mb)
+        if last is not None and last != host.id:
+            release_on(uow, last, vm)
         vm.converge("Running", cmd.reason, cmd.host_id)
     return Outcome(aggregate_id=vm.id)

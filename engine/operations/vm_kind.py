@@ -45,12 +45,14 @@ class VmKind(OperationKind[VirtualMachine]):
     def fail(self, uow: UnitOfWork, op: Operation, reason: str, *, timed_out: bool) -> None:
         """No host fits, or a step got no answer in time. In the latter case
         the VM's pending change is failed too (a late effector result is then
-        refused and the reconciler reports any drift)."""
+        refused and the reconciler reports any drift). A start or stop
+        that timed out leaves the VM unsettled: the hypervisor may have done
+        it or not, so convergence records what it shows next."""
         if op.status not in ("pending", "running"):
             return
         vm = uow.get(VirtualMachine, op.resource_id)
         if timed_out and vm.state in ("Starting", "Stopping"):
-            vm.fail(reason)
+            vm.timed_out(reason)
         if timed_out and vm.state == "Expunging":
             vm.expunge_failed(reason)
         self.fail_vm(uow, op, vm, reason, timed_out=timed_out)

@@ -11,7 +11,11 @@ last_host_id, or, if the move failed, where it was.
 
 Error has no direct reset. The way out is destroy() and then recover() (to
 Stopped) or expunge_requested(): bringing a broken VM back is an explicit,
-audited two-step operator decision rather than a silent state flip.
+audited two-step operator decision rather than a silent state flip. One
+Error is not a broken VM but an unknown outcome: a start or stop whose step
+timed out (timed_out(), unsettled). That one converges to what the
+hypervisor shows (converge(), from automation's convergence), so no VM
+stays in a transitional state past its deadline.
 
 Refusals that depend on the lifecycle, including the sub-states "placed" and
 "unplaced" of Allocated, raise InvalidTransition; malformed values raise
@@ -65,6 +69,7 @@ VM_TRANSITIONS: Final[Mapping[str, tuple[VmState, ...]]] = MappingProxyType(
         "expunged": ("Expunging",),
         "expunge_failed": ("Expunging",),
         "fail": ("Allocated", "Starting", "Stopping", "Migrating"),
+        "timed_out": ("Starting", "Stopping"),
     }
 )
 
@@ -180,6 +185,10 @@ class VirtualMachine(Aggregate):
         self.media_pending = False
         self.media_error: str | None = None
         self._media_before: UUID | None = None
+        # In Error because a start or stop got no answer in time: what the
+        # hypervisor did is unknown, so the record follows what it shows next
+        # (convergence) instead of waiting for an operator.
+        self.unsettled = False
 
     @classmethod
     def create(
@@ -410,6 +419,14 @@ class VirtualMachine(Aggregate):
         require_reason(reason)
         self._failed(reason)
 
+    def timed_out(self, reason: str) -> None:
+        """A start or stop got no answer within its deadline: Error, but
+        unsettled (the domain may run or not; convergence records what the
+        hypervisor shows). The capacity stays reserved until it does."""
+        self._require("timed_out")
+        require_reason(reason)
+        self._timed_out(reason)
+
     def observe_drift(self, observed: str, expected: str) -> None:
         """Record that the hypervisor runs something else than the engine
         recorded (allowed in every state: drift is a fact, not a request).
@@ -435,13 +452,19 @@ class VirtualMachine(Aggregate):
         handler) to give back or reserve in the same transaction."""
         require_reason(reason)
         if to == "Stopped":
-            if self.state != "Running":
+            if self.state != "Running" and not (self.state == "Error" and self.is_unsettled()):
                 raise self._refuse("converge to Stopped")
             self._power_converged(state="Stopped", reason=reason, host_id=None)
             return
-        if self.state != "Stopped" or host_id is None:
+        if self.state not in ("Stopped", "Error") or host_id is None:
+            raise self._refuse("converge to Running")
+        if self.state == "Error" and not self.is_unsettled():
             raise self._refuse("converge to Running")
         self._power_converged(state="Running", reason=reason, host_id=host_id)
+
+    def is_unsettled(self) -> bool:
+        # VMs recorded (and pickled) before timed-out steps were unsettled lack it.
+        return self.state == "Error" and bool(getattr(self, "unsettled", False))
 
     def _release_host(self) -> None:
         # A stopped VM that was migrating held its destination, not the
@@ -571,6 +594,7 @@ class VirtualMachine(Aggregate):
     def _power_converged(self, state: str, reason: str, host_id: UUID | None) -> None:
         self.converged_reason = reason
         self.last_error = reason
+        self.unsettled = False
         if state == "Stopped":
             self.state = "Stopped"
             self.reboot_pending = False
@@ -619,4 +643,11 @@ class VirtualMachine(Aggregate):
     def _failed(self, reason: str) -> None:
         self.state = "Error"
         self.last_error = reason
+        self._release_host()
+
+    @event("TimedOut")
+    def _timed_out(self, reason: str) -> None:
+        self.state = "Error"
+        self.last_error = reason
+        self.unsettled = True
         self._release_host()

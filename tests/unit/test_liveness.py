@@ -94,3 +94,40 @@ def test_a_vm_created_before_user_data_and_ssh_keys_still_decodes():
     old = dataclasses.replace(stored, state=msgspec.json.encode(state))
     back = replayed([mapper.to_domain_event(old)])
     assert (back.name, back.user_data, back.ssh_keys) == ("old", None, ())
+
+
+def test_a_timed_out_start_is_unsettled_and_converges_either_way():
+    vm = VirtualMachine.create(
+        "acme", "web", uuid4(), uuid4(), VmSpec(cpus=1, ram_mb=128, root_disk_gb=1)
+    )
+    host = uuid4()
+    vm.place(host, uuid4())
+    vm.start_requested(host)
+    vm.timed_out("step start got no answer within 600 s")
+    assert (vm.state, vm.unsettled, vm.host_id, vm.last_host_id) == ("Error", True, None, host)
+    assert vm.is_unsettled()
+    with pytest.raises(InvalidTransition):
+        vm.timed_out("again")  # only a start or a stop times out
+    vm.converge("Running", "its domain was found running", host)
+    assert (vm.state, vm.unsettled, vm.host_id) == ("Running", False, host)
+    again = replayed(vm.collect_events(), MsgspecMapper())
+    assert (again.state, again.unsettled) == ("Running", False)
+
+
+def test_a_timed_out_stop_converges_to_stopped_and_a_plain_error_does_not():
+    vm = _running_vm()
+    host = vm.host_id
+    vm.stop_requested(False)
+    vm.timed_out("step stop got no answer within 600 s")
+    assert (vm.state, vm.unsettled) == ("Error", True)
+    vm.converge("Stopped", "its domain was found shutoff")
+    assert (vm.state, vm.unsettled, vm.last_host_id) == ("Stopped", False, host)
+
+    broken = _running_vm()
+    broken.stop_requested(False)
+    broken.fail("the disk is gone")  # an answer: a failure, not an unknown outcome
+    assert (broken.state, broken.is_unsettled()) == ("Error", False)
+    with pytest.raises(InvalidTransition):
+        broken.converge("Stopped", "found shutoff")
+    with pytest.raises(InvalidTransition):
+        broken.converge("Running", "found running", host)

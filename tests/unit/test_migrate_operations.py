@@ -4,6 +4,7 @@ back, and a step the effectors never answer is failed and compensated."""
 
 import pytest
 
+from cloud_engine.engine.commands.liveness import ConvergeVm
 from cloud_engine.engine.commands.operations import (
     AdvanceOperation,
     FailOperation,
@@ -111,8 +112,33 @@ def test_a_start_without_answer_fails_the_vm_and_releases_the_host(world: World)
     world.run(FailOperation(operation_id=start, reason="no answer", timed_out=True))
     assert world.get(Operation, start).status == "compensated"
     vm = world.get(VirtualMachine, vm_id)
-    assert (vm.state, vm.last_error) == ("Error", "no answer")
+    assert (vm.state, vm.last_error, vm.unsettled) == ("Error", "no answer", True)
     assert world.get(Host, world.host).reservations == {}
+
+
+def test_a_stop_without_answer_keeps_the_host_until_it_converges(world: World):
+    """The guest may still run: its capacity stays held while unsettled;
+    convergence gives it back (found off) or keeps it (found running)."""
+    _, vm_id = world.running_vm(network_ids=(), data_disks_gb=())
+    for found, to in (("running", "Running"), ("shutoff", "Stopped")):
+        stop = world.run(VmOperation(kind="vm.stop", vm_id=vm_id))
+        world.run(FailOperation(operation_id=stop, reason="no answer", timed_out=True))
+        vm = world.get(VirtualMachine, vm_id)
+        assert (vm.state, vm.unsettled, vm.host_id) == ("Error", True, None)
+        assert vm_id in world.get(Host, world.host).reservations
+        world.run(
+            ConvergeVm(
+                vm_id=vm_id,
+                to=to,  # type: ignore[arg-type]
+                reason=f"found {found}",
+                host_id=world.host if to == "Running" else None,
+                expected_version=vm.version,
+            )
+        )
+        vm = world.get(VirtualMachine, vm_id)
+        assert (vm.state, vm.unsettled) == (to, False)
+        held = vm_id in world.get(Host, world.host).reservations
+        assert held == (to == "Running")
 
 
 def test_resize_reservation_is_checked_against_the_pool(world: World):

@@ -157,3 +157,23 @@ def test_the_same_drift_has_the_same_operation_id_and_a_later_version_a_new_one(
     recorded = msgspec.structs.replace(v, version=8)
     later = compare(HOST, [recorded], [domain(v, "shutoff")])[0]
     assert drift_operation_id(HOST, later) != drift_operation_id(HOST, first)
+
+
+@pytest.mark.parametrize("observed", ["running", "shutoff", "absent", "paused"])
+def test_an_unsettled_error_vm_is_reported_whatever_its_domain_shows(observed):
+    v = msgspec.structs.replace(vm("Error", host_id=None), unsettled=True)
+    domains = [] if observed == "absent" else [domain(v, observed)]
+    assert compare(HOST, [v], domains) == [
+        Drift(
+            kind="drift.vm_state",
+            aggregate_id=v.id,
+            observed=observed,
+            expected="Error (unsettled)",
+            version=7,
+        )
+    ]
+
+
+def test_a_plain_error_vm_is_left_to_an_operator():
+    v = vm("Error", host_id=None)
+    assert compare(HOST, [v], [domain(v, "running")]) == []

@@ -1,0 +1,182 @@
+"""A start or stop whose step times out converges to what the hypervisor
+shows, on real PostgreSQL, the dev broker and qemu:///system.
+
+The effector is stopped, so nothing answers; the operation manager fails
+the step at its deadline (8 s here) and the VM goes to Error, unsettled.
+Then the domain is started (or destroyed) by hand, the effector comes back,
+its reconciler reports what the domain shows, and automation's convergence
+records it: Running with its capacity reserved again, or Stopped with its
+capacity given back. No VM stays in a transitional state or in that Error.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+
+import pytest
+from effector_pipeline import Pipeline, domains_with_uuid, is_running, wait_for
+from fabric_setup import effector_fabric
+
+from cloud_engine.automation.convergence import Converger, convergence_config
+from cloud_engine.effectors.naming import Names
+from cloud_engine.effectors.service import EffectorService, effector_config
+from cloud_engine.engine.commands.operations import DeployVm, VmOperation
+from cloud_engine.engine.commands.storage import RequestTemplateDownload
+from cloud_engine.engine.fabric.host import Host
+from cloud_engine.engine.operations.operation import Operation
+from cloud_engine.engine.store import EventStore
+from cloud_engine.engine.virtual.vm import VirtualMachine, VmSpec
+from cloud_engine.orchestration.manager import OperationManager, manager_config
+
+pytestmark = [pytest.mark.postgres, pytest.mark.libvirt]
+
+# Longer than any step takes here (a forced stop after 1 s, a start), short
+# enough to wait out twice.
+DEADLINE_S = 8.0
+
+
+class Effector:
+    """An effector that can be stopped and started again (its own stop event)."""
+
+    def __init__(self, pipeline: Pipeline, names: Names) -> None:
+        self.pipeline, self.names = pipeline, names
+        self.stop_event: asyncio.Event | None = None
+        self.task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        service = EffectorService(
+            self.pipeline.target,
+            effector_config(self.pipeline.broker, self.pipeline.prefix),
+            names=self.names,
+            name="effector@unsettled",
+            stop_timeout_s=1.0,  # the test image has no OS: a stop ends forced
+            reconcile_interval_s=1.0,
+        )
+        self.stop_event = asyncio.Event()
+        self.task = asyncio.create_task(service.run(self.stop_event))
+
+    async def stop(self) -> None:
+        assert self.stop_event is not None and self.task is not None
+        self.stop_event.set()
+        await asyncio.wait_for(self.task, 30)
+
+
+def vm_of(store: EventStore, vm_id: uuid.UUID) -> VirtualMachine:
+    vm = store.load(vm_id)
+    assert isinstance(vm, VirtualMachine)
+    return vm
+
+
+def held_by(store: EventStore, host_id: uuid.UUID, vm_id: uuid.UUID) -> bool:
+    host = store.load(host_id)
+    assert isinstance(host, Host)
+    return vm_id in host.reservations
+
+
+async def finish(store: EventStore, pipeline: Pipeline, op_id: uuid.UUID) -> Operation:
+    def done() -> bool:
+        op = store.load(op_id)
+        return isinstance(op, Operation) and op.finished
+
+    await wait_for(f"operation {op_id}", done, pipeline)
+    op = store.load(op_id)
+    assert isinstance(op, Operation)
+    return op
+
+
+async def test_timed_out_start_and_stop_converge_to_the_hypervisor(
+    pg_target, service, store, broker, topic_prefix, libvirt_uri, hypervisor, name_prefix,
+    tmp_path, served,
+):  # fmt: skip
+    pipeline = Pipeline(pg_target, broker, topic_prefix)
+    effector = Effector(pipeline, Names(prefix=name_prefix))
+    try:
+        pipeline.start_engine_side()
+        pipeline.start_recorder(service)
+        manager = OperationManager(
+            service,
+            store,
+            pg_target,
+            manager_config(broker, topic_prefix),
+            sweep_interval_s=0.5,
+            step_deadline_s=DEADLINE_S,
+        )
+        pipeline.tasks.append(asyncio.create_task(manager.run(pipeline.stop)))
+        effector.start()
+        fabric = await asyncio.to_thread(effector_fabric, service, libvirt_uri, tmp_path, served)
+        await service.execute_async(RequestTemplateDownload(template_id=fabric.template))
+        await wait_for(
+            "template Ready",
+            lambda: getattr(store.load(fabric.template), "state", "") == "Ready",
+            pipeline,
+        )
+        deployed = await service.execute_async(
+            DeployVm(
+                account="acme",
+                name="unsettled",
+                zone_id=fabric.zone,
+                template_id=fabric.template,
+                spec=VmSpec(cpus=1, ram_mb=64, root_disk_gb=1),
+                network_ids=(fabric.networks[0],),
+            )
+        )
+        assert (await finish(store, pipeline, deployed.aggregate_id)).status == "succeeded"
+        vm_id = uuid.UUID(str(deployed.value))
+        # Subscribed once the VM topic exists (a consumer of a topic not yet
+        # made would wait for its next metadata refresh).
+        converger = Converger(service, store, convergence_config(broker, topic_prefix))
+        pipeline.tasks.append(asyncio.create_task(converger.run(pipeline.stop)))
+        host_id = vm_of(store, vm_id).host_id
+        assert host_id is not None
+        stopped = await service.execute_async(VmOperation(kind="vm.stop", vm_id=vm_id))
+        assert (await finish(store, pipeline, stopped.aggregate_id)).status == "succeeded"
+        (domain,) = domains_with_uuid(hypervisor, vm_id)
+
+        # A start nobody answers: Error at the deadline, unsettled, capacity back.
+        await effector.stop()
+        started = await service.execute_async(VmOperation(kind="vm.start", vm_id=vm_id))
+        op = await finish(store, pipeline, started.aggregate_id)
+        assert op.status == "compensated" and "no answer" in (op.error or ""), op.error
+        vm = vm_of(store, vm_id)
+        assert (vm.state, vm.unsettled) == ("Error", True)
+        assert not held_by(store, host_id, vm_id)
+
+        # The domain did start after all (here: by hand); the record follows.
+        await asyncio.to_thread(domain.create)
+        effector.start()
+        await wait_for(
+            "converged to Running", lambda: vm_of(store, vm_id).state == "Running", pipeline
+        )
+        vm = vm_of(store, vm_id)
+        assert (vm.host_id, vm.unsettled) == (host_id, False)
+        assert "found running" in (vm.converged_reason or ""), vm.converged_reason
+        assert held_by(store, host_id, vm_id)
+        assert is_running(hypervisor, vm_id)
+
+        # A stop nobody answers: Error at the deadline, the capacity still held
+        # (the guest may run); the domain is in fact off: recorded Stopped.
+        await effector.stop()
+        stopping = await service.execute_async(VmOperation(kind="vm.stop", vm_id=vm_id))
+        op = await finish(store, pipeline, stopping.aggregate_id)
+        assert op.status == "failed" and "no answer" in (op.error or ""), op.error
+        vm = vm_of(store, vm_id)
+        assert (vm.state, vm.unsettled) == ("Error", True)
+        assert held_by(store, host_id, vm_id)
+        await asyncio.to_thread(domain.destroy)
+        effector.start()
+        await wait_for(
+            "converged to Stopped", lambda: vm_of(store, vm_id).state == "Stopped", pipeline
+        )
+        vm = vm_of(store, vm_id)
+        assert (vm.last_host_id, vm.unsettled) == (host_id, False)
+        assert "found shutoff" in (vm.converged_reason or ""), vm.converged_reason
+        assert not held_by(store, host_id, vm_id)
+        assert not is_running(hypervisor, vm_id)
+    finally:
+        pipeline.stop.set()
+        if effector.stop_event is not None:
+            effector.stop_event.set()
+        await asyncio.gather(*pipeline.tasks, return_exceptions=True)
+        if effector.task is not None:
+            await asyncio.gather(effector.task, return_exceptions=True)
