@@ -259,11 +259,17 @@ def _resolve_id(client: Client, noun: str, value: str) -> str:
     return str(items[0]["id"])
 
 
+# Fields named after what a resource is used as, not its noun.
+_NOUN_ALIASES = {"iso": "template"}  # iso_id: an ISO template
+
+
 def _noun_of(field: str) -> str | None:
     """The noun a `*_id` or `*_ids` field names (target_host_id: host)."""
     stem = field.removesuffix("_ids").removesuffix("_id")
     if stem == field:
         return None
+    if stem in _NOUN_ALIASES:
+        return _NOUN_ALIASES[stem]
     words = stem.split("_")
     for start in range(len(words)):
         noun = "-".join(words[start:])

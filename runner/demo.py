@@ -54,7 +54,7 @@ from cloud_engine.engine.virtual.template import Template
 from cloud_engine.infra.database import DatabaseTarget
 from cloud_engine.infra.pg import connect
 from cloud_engine.lab import LabHost
-from cloud_engine.runner.demo_images import IMAGE, IMAGE_SIZE, ImageServer, ensure_image
+from cloud_engine.runner.demo_images import IMAGE, IMAGE_SIZE, ISO, ImageServer, ensure_image
 from cloud_engine.runner.up_hosts import lab_host_key, test_host_key
 
 log = structlog.get_logger("runner.demo")
@@ -67,6 +67,8 @@ SHARED_TEST_DRIVER = "test:///default"
 SAMPLE_DOMAIN = UUID("6695eb01-f6a4-8304-79aa-97f2502e193f")
 # A fixed id: a later start finds the template (and the URL it was given).
 DEMO_TEMPLATE = UUID("5d1c7a52-0b0e-4c1f-9f5e-7d3a2c1b0a01")
+# The same system as a bootable ISO (deploy from it, attach it to a VM).
+DEMO_ISO = UUID("5d1c7a52-0b0e-4c1f-9f5e-7d3a2c1b0a02")
 # Lab hosts and their pool have ids derived from this and their names: a
 # later start finds them as they were first registered (their size is the
 # machine's, which may change; re-registering would be refused).
@@ -87,6 +89,7 @@ class DemoFabric(msgspec.Struct, frozen=True):
     network: UUID
     local_pools: tuple[UUID, ...] = ()  # lab hosts': one each
     public_network: UUID | None = None  # lab hosts': the lab's public network
+    iso: UUID | None = None  # the demo ISO
 
 
 def _run(service: CommandService, key: str, command: Command) -> UUID:
@@ -178,8 +181,9 @@ def ensure_demo_fabric(
         )
         _run(service, "network-implement", ImplementNetwork(network_id=network))
     fabric = DemoFabric(
-        zone, pod, cluster, host_ids, pool, physical, template, network, local_pools, public_id
-    )
+        zone, pod, cluster, host_ids, pool, physical, template, network, local_pools, public_id,
+        iso=DEMO_ISO,
+    )  # fmt: skip
     return fabric, server
 
 
@@ -423,13 +427,16 @@ def hold_shared_test_driver() -> None:
 def _ensure_template(
     service: CommandService, store: EventStore, zone: UUID, root: Path
 ) -> tuple[UUID, ImageServer | None]:
-    """Registered with the URL of the image server (on the port it was first
-    given), its download requested; the server runs until it is Ready."""
-    existing = store.load(DEMO_TEMPLATE)
-    if isinstance(existing, Template) and existing.state == "Ready":
+    """The demo template and the demo ISO registered with the URLs of the
+    image server (on the port it was first given), their downloads
+    requested; the server runs until up stops, unless both are Ready."""
+    existing, existing_iso = store.load(DEMO_TEMPLATE), store.load(DEMO_ISO)
+    ready = [isinstance(t, Template) and t.state == "Ready" for t in (existing, existing_iso)]
+    if all(ready):
         return DEMO_TEMPLATE, None
-    _, digest = ensure_image(root)
-    port = urlsplit(existing.url).port or 0 if isinstance(existing, Template) else 0
+    image = ensure_image(root)
+    known = next((t for t in (existing, existing_iso) if isinstance(t, Template)), None)
+    port = urlsplit(known.url).port or 0 if known is not None else 0
     server = ImageServer(root, port)
     try:
         register = RegisterTemplate(
@@ -440,10 +447,23 @@ def _ensure_template(
             format="qcow2",
             size_bytes=IMAGE_SIZE,
             os_type="linux",
-            checksum=f"sha256:{digest}",
+            checksum=f"sha256:{image.sha256}",
         )
         _run(service, "template-v2", register)
         _run(service, "template-v2-download", RequestTemplateDownload(template_id=DEMO_TEMPLATE))
+        iso = RegisterTemplate(
+            id=DEMO_ISO,
+            name="tiny-linux-live",
+            zone_id=zone,
+            url=existing_iso.url if isinstance(existing_iso, Template) else server.url(ISO),
+            format="iso",
+            size_bytes=Path(image.iso).stat().st_size,
+            os_type="linux",
+            checksum=f"sha256:{image.iso_sha256}",
+            bootable=True,
+        )
+        _run(service, "iso", iso)
+        _run(service, "iso-download", RequestTemplateDownload(template_id=DEMO_ISO))
     except BaseException:
         server.close()
         raise
@@ -452,7 +472,9 @@ def _ensure_template(
 
 def describe(store: EventStore, fabric: DemoFabric) -> list[str]:
     ids = [fabric.zone, fabric.pod, fabric.cluster, *fabric.hosts, fabric.pool, *fabric.local_pools]
-    ids += [fabric.physical_network, fabric.template, fabric.network]
+    ids += [fabric.physical_network, fabric.template]
+    ids += [] if fabric.iso is None else [fabric.iso]
+    ids.append(fabric.network)
     if fabric.public_network is not None:
         ids.append(fabric.public_network)
     loaded = store.load_many(ids)

@@ -1,12 +1,12 @@
-"""The demo template's image and the loopback HTTP server `up` fetches it from.
+"""The demo templates' images and the loopback HTTP server `up` fetches them from.
 
 Templates are fetched by the effector over http(s) like any other: `up`
 copies the tiny-linux guest image (runner/guest_image.py: a Linux that
 boots, takes its address by DHCP and serves its page on port 80) from its
-cache into the data directory once and serves that directory on 127.0.0.1
-while it runs. The port goes into the template's
-URL at its registration, so a later `up` serves on the same port when the
-template still needs fetching.
+cache into the data directory once, with the same system as a bootable
+ISO (the demo ISO), and serves that directory on 127.0.0.1 while it runs.
+The port goes into the templates' URLs at their registration, so a later
+`up` serves on the same port when one still needs fetching.
 """
 
 from __future__ import annotations
@@ -25,12 +25,12 @@ log = structlog.get_logger("runner.demo_images")
 
 IMAGE = guest_image.IMAGE
 IMAGE_SIZE = guest_image.DISK_MIB * 1024 * 1024
+ISO = guest_image.ISO  # the same system as a bootable ISO: the demo ISO
 
 
-def ensure_image(root: Path) -> tuple[Path, str]:
-    """The demo image (the guest image, copied once) and its sha256."""
-    image = guest_image.copy_to(root)
-    return Path(image.path), image.sha256
+def ensure_image(root: Path) -> guest_image.GuestImage:
+    """The demo images (the guest image and its ISO, copied once)."""
+    return guest_image.copy_to(root)
 
 
 class _Quiet(SimpleHTTPRequestHandler):

@@ -176,23 +176,35 @@ def ensure(cache: Path | None = None, *, log: bool = False) -> GuestImage:
 
 
 def copy_to(root: Path, cache: Path | None = None) -> GuestImage:
-    """The image in directory root (a data directory's): copied there from
-    the cache once, then kept as it is (a template registered from it names
-    its checksum), with its manifest beside it."""
+    """The image and its ISO in directory root (a data directory's): copied
+    there from the cache once, then kept as they are (a template registered
+    from one names its checksum), with their manifest beside them."""
     root.mkdir(parents=True, exist_ok=True)
-    path, manifest = root / IMAGE, root / MANIFEST
+    path, manifest, iso = root / IMAGE, root / MANIFEST, root / ISO
+    placed: GuestImage | None = None
     if path.is_file() and manifest.is_file():
         try:
-            return msgspec.json.decode(manifest.read_bytes(), type=GuestImage)
+            placed = msgspec.json.decode(manifest.read_bytes(), type=GuestImage)
         except msgspec.DecodeError:
-            pass
+            placed = None
+    if placed is not None and iso.is_file() and placed.iso == str(iso):
+        return placed
     image = ensure(cache)
-    partial = path.with_name(path.name + ".partial")
-    shutil.copyfile(image.path, partial)
-    os.replace(partial, path)
-    placed = msgspec.structs.replace(image, path=str(path))
+    if placed is None:
+        _copy(Path(image.path), path)
+        placed = msgspec.structs.replace(image, path=str(path))
+    # The ISO beside it (copied in a data directory made before ISOs too;
+    # the disk image there is kept as it is).
+    _copy(Path(image.iso), iso)
+    placed = msgspec.structs.replace(placed, iso=str(iso), iso_sha256=image.iso_sha256)
     manifest.write_bytes(msgspec.json.format(msgspec.json.encode(placed)) + b"\n")
     return placed
+
+
+def _copy(source: Path, dest: Path) -> None:
+    partial = dest.with_name(dest.name + ".partial")
+    shutil.copyfile(source, partial)
+    os.replace(partial, dest)
 
 
 @contextmanager

@@ -186,6 +186,12 @@ def deploy_over_kafka(up: Running, api: str, token: str) -> None:
         "the demo template fetched by the effector",
         lambda: http("GET", f"{api}/v1/templates/{template}", token)[1].get("state") == "Ready",
     )
+    # The demo ISO beside it, fetched from the same loopback server.
+    iso = next(x.split()[2] for x in up.lines if x.split()[:2] == ["Template", "tiny-linux-live"])
+    until(
+        "the demo ISO fetched by the effector",
+        lambda: http("GET", f"{api}/v1/templates/{iso}", token)[1].get("state") == "Ready",
+    )
     deploy = {
         "account": "demo",
         "name": "kafka-1",

@@ -146,3 +146,13 @@ def test_wait_follows_the_steps_and_never_goes_back(
     else:
         states = [line.split()[3] for line in err.splitlines()]
         assert states == ["pending", "running", "succeeded"]
+
+
+def test_id_fields_name_the_noun_a_name_is_looked_up_in() -> None:
+    from cloud_engine.client.main import _noun_of
+
+    assert _noun_of("template_id") == "template"
+    assert _noun_of("target_host_id") == "host"
+    assert _noun_of("network_ids") == "network"
+    assert _noun_of("iso_id") == "template"  # an ISO is a template
+    assert _noun_of("name") is None
