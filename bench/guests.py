@@ -23,12 +23,15 @@ answering: what the engine adds over the guest's own boot.
 Needs root and scripts/libvirt-host's packages; everything is made under a
 directory of its own in /tmp and removed at the end.
 
-    python bench/guests.py [--deploys 20] [--baseline 5]
+    python bench/guests.py [--deploys 20] [--baseline 5] [--rules 10]
 
 On a loaded 2-core machine a TCG boot takes about a minute: use fewer
 deploys (docs/performance.md ran 8); the count is printed.
 
-Last line: guest_ready_p50_s=<x> guest_ready_p99_s=<x>
+Then bench/rules.py runs (rule request -> traffic passing, its own lab)
+and its figure joins the last line.
+
+Last line: guest_ready_p50_s=<x> guest_ready_p99_s=<x> rule_active_s=<x>
 """
 
 from __future__ import annotations
@@ -207,6 +210,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--deploys", type=int, default=20)
     parser.add_argument("--baseline", type=int, default=5)
+    parser.add_argument(
+        "--rules", type=int, default=10, help="rules timed by bench/rules.py after (0: none)"
+    )
     args = parser.parse_args()
     configure_logging("console", "warning")
     print(f"load average at start: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
@@ -228,7 +234,28 @@ def main() -> None:
     p50, p99 = statistics.median(engine), percentile(engine, 99)
     print(f"engine (DeployVm -> page, {len(engine)} deploys): p50 {p50:.2f} s, p99 {p99:.2f} s")
     print(f"load average at end: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
-    print(f"guest_ready_p50_s={p50:.2f} guest_ready_p99_s={p99:.2f}")
+    rule_active = rules_figure(args.rules)
+    print(f"guest_ready_p50_s={p50:.2f} guest_ready_p99_s={p99:.2f} rule_active_s={rule_active}")
+
+
+def rules_figure(count: int) -> str:
+    """Rule request -> traffic passing: bench/rules.py (a lab of its own, a
+    real guest behind a router), run after the deploys so the two do not
+    share the CPU; its output is shown and its rule_active_s taken."""
+    if count <= 0:
+        return "not-measured"
+    done = subprocess.run(
+        [sys.executable, str(Path(__file__).with_name("rules.py")), "--rules", str(count)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    print("--- bench/rules.py ---\n" + done.stdout.rstrip())
+    if done.returncode != 0:
+        print(done.stderr[-4000:], file=sys.stderr)
+        raise SystemExit(f"bench/rules.py failed (exit {done.returncode})")
+    last = dict(kv.split("=", 1) for kv in done.stdout.strip().splitlines()[-1].split())
+    return last["rule_active_s"]
 
 
 if __name__ == "__main__":
