@@ -15,6 +15,7 @@ import msgspec
 from cloud_engine.engine.aggregate import require
 from cloud_engine.engine.commands.base import Command, Outcome, handles
 from cloud_engine.engine.lookups import load_ref, require_enabled_zone, require_new_id
+from cloud_engine.engine.operations import release
 from cloud_engine.engine.unit_of_work import UnitOfWork
 from cloud_engine.engine.virtual.template import Template
 from cloud_engine.engine.virtual.vm import VirtualMachine, VmSpec
@@ -276,7 +277,9 @@ def record_vm_drift(uow: UnitOfWork, cmd: RecordVmDrift) -> Outcome:
 
 @handles(FailVm)
 def fail_vm(uow: UnitOfWork, cmd: FailVm) -> Outcome:
-    _vm(uow, cmd.vm_id).fail(cmd.reason)
+    # Its host's capacity goes back with it, whichever operation (or none)
+    # was waiting for the effector: nothing else would give it back.
+    release.fail_vm(uow, _vm(uow, cmd.vm_id), cmd.reason)
     return Outcome(aggregate_id=cmd.vm_id)
 
 

@@ -52,12 +52,26 @@ def release_host(uow: UnitOfWork, vm: VirtualMachine) -> None:
         release_on(uow, host_id, vm)
 
 
+def fail_vm(uow: UnitOfWork, vm: VirtualMachine, reason: str) -> None:
+    """The VM failed (Error) and left its host: the capacity it held there
+    (and on a migration's target) is given back in the same transaction.
+    A failed VM holds no host (vm.py), so a reservation kept past this
+    point belongs to no placed VM: a stop the effector failed used to
+    leave one behind, since the stop has nothing else to compensate. (A
+    step that got no answer is another matter: vm.timed_out, unsettled,
+    keeps its host until convergence records what the domain shows.)"""
+    held = {vm.host_id, vm.migration_target_id}
+    vm.fail(reason)
+    for host_id in held:
+        release_on(uow, host_id, vm)
+
+
 def release_on(uow: UnitOfWork, host_id: UUID | None, vm: VirtualMachine) -> None:
     """The VM's capacity on that host given back, if it still holds it."""
-    if host_id is None:
-        return
-    host = uow.get(Host, host_id)
-    if vm.id in host.reservations:
+    # find, not get: a host the record does not know (a VM placed by hand,
+    # PlaceVm) holds nothing, and an effector's failure must still record.
+    host = None if host_id is None else uow.find(Host, host_id)
+    if host is not None and vm.id in host.reservations:
         host.release(vm.id)
 
 

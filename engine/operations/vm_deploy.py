@@ -39,7 +39,12 @@ from cloud_engine.engine.operations import affinity, guard
 from cloud_engine.engine.operations.deploy_ids import ip_id, nic_id
 from cloud_engine.engine.operations.kind import OperationKind, Request
 from cloud_engine.engine.operations.operation import Operation, OperationParams
-from cloud_engine.engine.operations.release import release_host, release_network, release_volume
+from cloud_engine.engine.operations.release import (
+    fail_vm,
+    release_host,
+    release_network,
+    release_volume,
+)
 from cloud_engine.engine.unit_of_work import UnitOfWork
 from cloud_engine.engine.virtual.ip_address import IpAddress
 from cloud_engine.engine.virtual.network import Network
@@ -162,7 +167,7 @@ class VmDeploy(OperationKind[VirtualMachine]):
             if timed_out:
                 vm = uow.get(VirtualMachine, op.resource_id)
                 if vm.state == "Starting":
-                    vm.fail(reason)
+                    fail_vm(uow, vm, reason)
                 for volume in volumes_of(uow, op):
                     if volume.state == "Creating":
                         volume.fail(reason)

@@ -1,5 +1,7 @@
 """vm.stop: stop (Stopped; its host capacity released). Forced powers the
-domain off instead of asking the guest to shut down."""
+domain off instead of asking the guest to shut down. A stop the effector
+fails, or that gets no answer in time, leaves the VM in Error, off its
+host, with the capacity given back as it fails (release.fail_vm)."""
 
 from __future__ import annotations
 
