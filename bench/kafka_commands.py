@@ -2,8 +2,9 @@
 rate, against the same commands over HTTP in the same run.
 
 Setup, all started here: an embedded PostgreSQL in a temporary directory,
-the dev broker (Tansu; its records in a database of that PostgreSQL, as
-`up` runs it, or in memory with --broker-storage memory), the event store
+the dev broker (Tansu; its records in memory, as the other benchmarks run
+it, or with --broker-storage postgres in a database of that PostgreSQL, as
+`up` does: see docs/performance.md, "The durable dev broker"), the event store
 and command service, a fabric (1 zone, 10 hosts, a pool, a Ready template,
 a network) and a user token. The server side is what `up` runs for this
 path, on one event loop (uvloop): the HTTP API (create_app + ApiServer) and
@@ -25,7 +26,8 @@ projections): only the accept path is timed, as bench/api.py does for HTTP.
 Each phase also reports the CPU time per command of the client, the
 server process, the broker and PostgreSQL.
 
-    python bench/kafka_commands.py [--rate 100] [--seconds 20] [--broker-storage postgres]
+    python bench/kafka_commands.py [--rate 100] [--seconds 20] [--broker-storage memory|postgres]
+                                   [--partitions 8]
 
 Last line: kafka_command_p99_ms=<n> kafka_command_p50_ms=<n> http_command_p99_ms=<n>
 """
@@ -163,8 +165,11 @@ def headers_for(ce_id: str, token: str) -> list[tuple[str, bytes]]:
     ]
 
 
-async def over_kafka(plan: Plan, count: int | None, seconds: float) -> list[float]:
-    """Round trips of DeployVm commands: `count` back to back, or paced for `seconds`."""
+async def over_kafka(plan: Plan, count: int | None, seconds: float) -> dict[str, list[float]]:
+    """Round trips of DeployVm commands: `count` back to back, or paced for
+    `seconds`; and their two parts, by the answer record's timestamp (its
+    producer's clock, this machine's): publish -> the gateway sent the
+    answer, and that -> the answer read here."""
     consumer = AIOKafkaConsumer(
         bootstrap_servers=plan.bootstrap, enable_auto_commit=False, fetch_max_wait_ms=10
     )
@@ -179,8 +184,10 @@ async def over_kafka(plan: Plan, count: int | None, seconds: float) -> list[floa
         await consumer.seek_to_end(*partitions)
         for tp in partitions:
             await consumer.position(tp)
-        sent: dict[bytes, float] = {}
+        sent: dict[bytes, tuple[float, float]] = {}
         ms: list[float] = []
+        gateway: list[float] = []
+        reading: list[float] = []
         done = asyncio.Event()
         expected = count
 
@@ -189,7 +196,9 @@ async def over_kafka(plan: Plan, count: int | None, seconds: float) -> list[floa
                 began = sent.pop(record.key or b"", None)
                 if began is None:
                     continue
-                ms.append((time.perf_counter() - began) * 1e3)
+                ms.append((time.perf_counter() - began[0]) * 1e3)
+                gateway.append(record.timestamp - began[1] * 1e3)
+                reading.append(time.time() * 1e3 - record.timestamp)
                 status = dict(record.headers).get("ce_status", b"")
                 if status != b"202":
                     raise RuntimeError(f"refused: {status!r} {record.value!r}")
@@ -203,7 +212,7 @@ async def over_kafka(plan: Plan, count: int | None, seconds: float) -> list[floa
             n += 1
             ce_id = uuid.uuid4().hex
             value = json.dumps({**plan.deploy, "name": f"k-{ce_id[:12]}"}).encode()
-            sent[ce_id.encode()] = time.perf_counter()
+            sent[ce_id.encode()] = (time.perf_counter(), time.time())
             await producer.send(
                 commands_topic(PREFIX),
                 value,
@@ -223,7 +232,7 @@ async def over_kafka(plan: Plan, count: int | None, seconds: float) -> list[floa
                 done.set()
         await asyncio.wait_for(done.wait(), 60)
         receiver.cancel()
-        return ms
+        return {"ms": ms, "gateway": gateway, "reading": reading}
     finally:
         await producer.stop()
         await consumer.stop()
@@ -297,12 +306,15 @@ async def client(plan: Plan) -> dict[str, Any]:
     await over_kafka(plan, WARM_UP, 0)
     await over_http(plan, WARM_UP, 0)
     began = cpu_seconds(plan.pids)
-    kafka = await over_kafka(plan, None, plan.seconds)
+    kafka_parts = await over_kafka(plan, None, plan.seconds)
+    kafka = kafka_parts["ms"]
     middle = cpu_seconds(plan.pids)
     http = await over_http(plan, None, plan.seconds)
     ended = cpu_seconds(plan.pids)
     return {
         "kafka": kafka,
+        "kafka_gateway": kafka_parts["gateway"],
+        "kafka_reading": kafka_parts["reading"],
         "http": http,
         "kafka_cpu": cpu_line(began, middle, len(kafka)),
         "http_cpu": cpu_line(middle, ended, len(http)),
@@ -341,7 +353,7 @@ async def serve(
         }
         token = await make_token(target)
         server = ApiServer(create_app(service, store, target), "127.0.0.1", 0)
-        config = GatewayConfig(bootstrap=bootstrap, topic_prefix=PREFIX, partitions=8)
+        config = GatewayConfig(bootstrap=bootstrap, topic_prefix=PREFIX, partitions=args.partitions)
         gateway = CommandGateway(
             service, store, target, config, GatewayMetrics(CollectorRegistry())
         )
@@ -373,8 +385,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--rate", type=float, default=100, help="commands/s, each way")
     parser.add_argument("--seconds", type=float, default=20)
-    parser.add_argument("--broker-storage", choices=("postgres", "memory"), default="postgres")
+    parser.add_argument("--broker-storage", choices=("memory", "postgres"), default="memory")
     parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument(
+        "--partitions", type=int, default=8, help="of the commands and results topics"
+    )
     args = parser.parse_args()
     started = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="cloud-engine-bench-") as tmp:
@@ -406,6 +421,17 @@ def main() -> None:
     kafka, http = results["kafka"], results["http"]
     print(f"broker: Tansu, records in {args.broker_storage}; {args.rate:.0f} commands/s each way")
     print(f"kafka round trip (DeployVm, publish -> answer read): {summary(kafka, args.seconds)}")
+    parts = (
+        (results["kafka_gateway"], "publish -> answer sent"),
+        (results["kafka_reading"], "answer sent -> read"),
+    )
+    print(
+        "  of which: "
+        + "; ".join(
+            f"{what} p50 {percentile(v, 50):.1f} / p99 {percentile(v, 99):.1f} ms"
+            for v, what in parts
+        )
+    )
     print(f"  {results['kafka_cpu']}")
     print(f"baseline, HTTP POST /v1/vms (request -> response): {summary(http, args.seconds)}")
     print(f"  {results['http_cpu']}")
