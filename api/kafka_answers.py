@@ -13,19 +13,53 @@ is a duplicate), marked published.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import functools
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from typing import TypeVar
 
 import asyncpg
 import structlog
 from aiokafka import AIOKafkaProducer, ConsumerRecord, TopicPartition
+from aiokafka.errors import KafkaError
 
 from cloud_engine.api import kafka_ledger
 from cloud_engine.api.kafka_ledger import Answer, Key
 from cloud_engine.api.kafka_metrics import GatewayMetrics
+from cloud_engine.api.problems import UNAVAILABLE
 from cloud_engine.bus.command_topics import Incoming, Outcome, answer_headers
+from cloud_engine.bus.consumer import INFRASTRUCTURE_ERRORS
 
 log = structlog.get_logger("api.kafka_gateway")
+
+# A dependency that is down: waited out, never a reason to give up on a
+# command or to restart the gateway (bus/consumer.py does the same).
+RETRYABLE: tuple[type[BaseException], ...] = (*UNAVAILABLE, *INFRASTRUCTURE_ERRORS, KafkaError)
+RETRY_S = (0.05, 0.1, 0.2, 0.5, 1.0)
+
+T = TypeVar("T")
+
+
+class Stopped(Exception):
+    """Stop was asked while waiting for a dependency."""
+
+
+async def patiently(what: str, step: Callable[[], Awaitable[T]], stop: asyncio.Event) -> T:
+    """step(), tried again while a dependency is down; Stopped if asked to stop meanwhile."""
+    attempt = 0
+    while True:
+        try:
+            return await step()
+        except RETRYABLE as error:
+            delay = RETRY_S[min(attempt, len(RETRY_S) - 1)]
+            attempt += 1
+            log.warning(f"{what} failed, retrying", error=repr(error), retry_in_s=delay)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), delay)
+        if stop.is_set():
+            raise Stopped
 
 
 @dataclass
@@ -56,6 +90,8 @@ class AnswerWriter:
         self.metrics = metrics
         self._queue: list[tuple[Delivery, Answer, asyncio.Future[None]]] = []
         self._ready = asyncio.Event()
+        # The gateway's stop: gives up waiting for a dependency.
+        self.stopping = asyncio.Event()
 
     async def answer(self, delivery: Delivery, answer: Answer) -> None:
         """Returns once the answer is published (or the ledger says it was)."""
@@ -65,7 +101,8 @@ class AnswerWriter:
         await done
 
     async def run(self, stop: asyncio.Event) -> None:
-        """Write until stop is set and nothing is queued."""
+        """Write until stop is set and nothing is queued (or, while a
+        dependency is down, until self.stopping is set)."""
         while True:
             waiting = asyncio.create_task(self._ready.wait())
             stopping = asyncio.create_task(stop.wait())
@@ -77,7 +114,13 @@ class AnswerWriter:
             self._ready.clear()
             batch, self._queue = self._queue, []
             try:
-                await self._write(batch)
+                # Again as a whole when a dependency failed half-way: the
+                # INSERT keeps the first answers, the UPDATE is idempotent,
+                # and only a publish that the broker took but did not
+                # acknowledge can be repeated (the same answer twice).
+                await patiently(
+                    "writing answers", functools.partial(self._write, batch), self.stopping
+                )
             except BaseException as error:
                 for _, _, done in batch:
                     if not done.done():
@@ -91,8 +134,9 @@ class AnswerWriter:
         for delivery, answer, done in batch:
             first = recorded.get(answer.key, answer)
             if first.published:
-                duplicate(self.metrics, delivery)
-                done.set_result(None)
+                if not done.done():
+                    duplicate(self.metrics, delivery)
+                    done.set_result(None)
                 continue
             outcome: Outcome = "accepted" if first.status == 202 else "refused"
             headers = answer_headers(delivery.incoming, outcome, first.status, source=self.source)
@@ -117,7 +161,8 @@ class AnswerWriter:
             )
         await kafka_ledger.mark_published(self.pool, self.schema, [d.key for d, *_ in publishing])
         for *_, done in publishing:
-            done.set_result(None)
+            if not done.done():
+                done.set_result(None)
 
 
 def duplicate(metrics: GatewayMetrics, delivery: Delivery) -> None:

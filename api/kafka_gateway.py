@@ -37,7 +37,14 @@ from cloud_engine.api import kafka_commands, kafka_ledger, tokens
 from cloud_engine.api.auth import Principal, bearer_token, require_access
 from cloud_engine.api.commands import run_call
 from cloud_engine.api.context import ApiContext, valid_key
-from cloud_engine.api.kafka_answers import AnswerWriter, Delivery, duplicate
+from cloud_engine.api.kafka_answers import (
+    RETRY_S,
+    AnswerWriter,
+    Delivery,
+    Stopped,
+    duplicate,
+    patiently,
+)
 from cloud_engine.api.kafka_ledger import Answer, Key
 from cloud_engine.api.kafka_metrics import GatewayMetrics
 from cloud_engine.api.kafka_offsets import Offsets
@@ -63,8 +70,6 @@ _encoder = msgspec.json.Encoder()
 # trip the next fetch would wait for); a crash redelivers what was not
 # committed, and the ledger answers none of it twice.
 COMMIT_EVERY_S = 0.1
-# Waits before trying a command again while a dependency is down.
-RETRY_S = (0.05, 0.1, 0.2, 0.5, 1.0)
 
 
 @dataclass
@@ -81,10 +86,6 @@ class GatewayConfig:
     # Commands running at once; past it the gateway stops fetching.
     max_in_flight: int = 1000
     command_timeout: float = 30.0
-
-
-class _Stopped(Exception):
-    """Stop was asked while a command waited for a dependency."""
 
 
 class CommandGateway:
@@ -174,6 +175,7 @@ class CommandGateway:
             self.config.source,
             self.metrics,
         )
+        writer.stopping = self._stop
         writing_stop = asyncio.Event()
         writing = asyncio.create_task(writer.run(writing_stop))
         running: set[asyncio.Task[None]] = set()
@@ -186,7 +188,7 @@ class CommandGateway:
             error = None if task.cancelled() else task.exception()
             if error is None:
                 offsets.done(tp, offset)
-            elif not isinstance(error, _Stopped):
+            elif not isinstance(error, Stopped):
                 failed.append(error)
 
         try:
@@ -197,7 +199,15 @@ class CommandGateway:
                     timeout_ms=100, max_records=self.config.max_records
                 )
                 items = self._items(batches, offsets)
-                known = await kafka_ledger.find(ctx.pool, ctx.schema, [i.key for i in items])
+                keys = [i.key for i in items]
+                try:
+                    known = await patiently(
+                        "looking up answered commands",
+                        functools.partial(kafka_ledger.find, ctx.pool, ctx.schema, keys),
+                        self._stop,
+                    )
+                except Stopped:
+                    break  # not started: redelivered to the next gateway
                 for item in items:
                     chain = (item.tp, item.record.key)
                     task = asyncio.create_task(
@@ -255,8 +265,9 @@ class CommandGateway:
         if not moved:
             return
         try:
-            await consumer.commit({tp: OffsetAndMetadata(n, "") for tp, n in moved.items()})
-        except (CommitFailedError, KafkaError) as e:
+            commit = consumer.commit({tp: OffsetAndMetadata(n, "") for tp, n in moved.items()})
+            await asyncio.wait_for(commit, 10)
+        except (CommitFailedError, KafkaError, TimeoutError) as e:
             # Rebalanced or broker gone: the next owner redelivers, and the
             # ledger keeps those from being answered twice.
             log.warning("offset commit failed", error=repr(e))
@@ -291,7 +302,7 @@ class CommandGateway:
 
     async def _answer(self, ctx: ApiContext, item: Delivery) -> Answer:
         """The answer to one command, executing it if it is sound; waits out
-        dependencies that are down (raising _Stopped if asked to stop)."""
+        dependencies that are down (raising Stopped if asked to stop)."""
         incoming = item.incoming
         attempt = 0
         while True:
@@ -337,7 +348,7 @@ class CommandGateway:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._stop.wait(), delay)
             if self._stop.is_set():
-                raise _Stopped
+                raise Stopped
 
     async def _execute(self, ctx: ApiContext, incoming: Incoming, value: bytes) -> object:
         if not valid_key(incoming.id):

@@ -28,7 +28,7 @@ REFUSED = f"{TYPE_PREFIX}.command.refused.v1"
 TOKEN_HEADER = "authorization"
 # The engine commands the gateway takes: those the HTTP API builds from a
 # route (api/kafka_commands.py derives the same set from the route table,
-# and tests/unit/test_kafka_commands.py holds the two in step). The others
+# and tests/unit/test_kafka_command_codec.py holds the two in step). The others
 # in schemas/commands/ are the engine's own (effector results, steps of
 # operations) and are refused.
 COMMAND_TYPES = (
