@@ -14,6 +14,7 @@ from typing import Any
 
 import asyncpg
 import pytest
+import structlog.testing
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from api_harness import Api, make_fabric, vm_body
 from eventsourcing.utils import get_topic
@@ -31,9 +32,12 @@ SOURCE = "/tests/integrator"
 
 
 class Gateway:
-    def __init__(self, gateway: CommandGateway, metrics: GatewayMetrics) -> None:
+    def __init__(
+        self, gateway: CommandGateway, metrics: GatewayMetrics, task: asyncio.Task[None]
+    ) -> None:
         self.gateway = gateway
         self.metrics = metrics
+        self.task = task
 
     def handled(self) -> float:
         answered = sum(
@@ -58,7 +62,7 @@ async def gateway(api: Api, broker: str, topic_prefix: str) -> AsyncIterator[Gat
         task.result()  # raises why it did not start
     assert gateway.started.is_set(), "the gateway did not start"
     try:
-        yield Gateway(gateway, metrics)
+        yield Gateway(gateway, metrics, task)
     finally:
         stop.set()
         await task
@@ -262,5 +266,40 @@ async def test_a_gateway_that_died_answers_once_what_it_had_done(
             f'SELECT bool_and(published) FROM "{api.target.schema}".{LEDGER}'
         )
         assert published
+    finally:
+        await conn.close()
+
+
+async def test_the_gateway_waits_out_a_database_outage(
+    api: Api, gateway: Gateway, broker: str, topic_prefix: str
+) -> None:
+    """The ledger gone (as when PostgreSQL is down: the same error class
+    the API answers 503 for): the gateway retries instead of failing, and
+    answers once it is back."""
+    schema = api.target.schema
+    conn = await connect(api.target)
+    try:
+        await conn.execute(f'ALTER TABLE "{schema}".{LEDGER} RENAME TO away')
+        ce_id, raw, headers = command("CreateZone", {"name": "patient"}, api.admin)
+        with structlog.testing.capture_logs() as logs:
+            producer = AIOKafkaProducer(bootstrap_servers=broker, acks="all")
+            await producer.start()
+            try:
+                await producer.send_and_wait(
+                    commands_topic(topic_prefix), raw, ce_id.encode(), headers=headers
+                )
+            finally:
+                await producer.stop()
+            async with asyncio.timeout(60):
+                while not any("retrying" in entry["event"] for entry in logs):
+                    await asyncio.sleep(0.05)
+        await conn.execute(f'ALTER TABLE "{schema}".away RENAME TO {LEDGER}')
+        async with asyncio.timeout(60):
+            while gateway.handled() < 1:
+                await asyncio.sleep(0.05)
+        assert not gateway.task.done()
+        answers = await read_all(broker, results_topic(topic_prefix))
+        assert [a["key"] for a in answers] == [ce_id]
+        assert answers[0]["headers"]["ce_status"] == "202"
     finally:
         await conn.close()
