@@ -1,4 +1,5 @@
-"""HA: the VMs of a host that is Down and fenced.
+"""HA: the VMs of a host that is Down and fenced, as one host.ha operation
+(engine/operations/host_ha.py: fence -> record -> restart).
 
 Only after the fence (automation/liveness.py records it) is anything of
 the host touched: every VM it ran is recorded Stopped with the reason
@@ -8,13 +9,14 @@ hosts within capacity (a Down host takes nothing), and a VM nothing fits
 stays Stopped with the start's failure. The others stay Stopped with the
 reason.
 
-Idempotent, so a killed automation resumes: a VM still recorded Running on
-the host is converged, a Stopped one whose record says this host's fence
-stopped it is started under an idempotency key made of the VM and the
-host's fence (the same key gives the same operation, never a second
-start). Even if everything else went wrong, a second QEMU on the same disk
-is refused by the hosts' lock manager (virtlockd, leases on the shared
-pool).
+Idempotent, so a killed automation resumes: the run's id is derived from
+the host and its fence, and it lists the VMs it restarts when it begins; a
+VM still recorded Running on the host is converged, and each restart is a
+vm.start whose id is derived from the run and the VM (asked again, it is
+the same operation, never a second start). The run ends once every
+restart has ended; until then the host is not declared up again. Even
+if everything else went wrong, a second QEMU on the same disk is refused
+by the hosts' lock manager (virtlockd, leases on the shared pool).
 """
 
 from __future__ import annotations
@@ -25,11 +27,13 @@ from uuid import UUID
 import structlog
 
 from cloud_engine.automation.reads import Reads
-from cloud_engine.engine.commands.base import CommandContext
+from cloud_engine.engine.commands.base import Command, CommandContext
+from cloud_engine.engine.commands.ha import BeginHaRun, ReportHaRun, RestartOnHa
 from cloud_engine.engine.commands.liveness import ConvergeVm
-from cloud_engine.engine.commands.operations import VmOperation
 from cloud_engine.engine.errors import DomainError
 from cloud_engine.engine.fabric.host import Host
+from cloud_engine.engine.operations.host_ha import restart_id, run_id
+from cloud_engine.engine.operations.operation import Operation
 from cloud_engine.engine.service import CommandService
 from cloud_engine.engine.store import EventStore
 from cloud_engine.engine.virtual.vm import VirtualMachine
@@ -53,30 +57,65 @@ class HaRunner:
         self.reads = reads
         self.started: list[UUID] = []  # operations this process started
 
-    async def run(self, host: Host) -> None:
-        """One pass for a Down, fenced host (the host as loaded: its version
-        names the run)."""
+    async def run(self, host: Host) -> bool:
+        """One pass for a Down, fenced host (the host as loaded: its fence
+        names the run); True once its host.ha operation has ended."""
         reason = fence_reason(host)
+        at = host.fenced_at.isoformat() if host.fenced_at else "unknown"
+        ha_id = run_id(host.id, at)
         ids = set(await self.reads.vm_ids("host_id", host.id))
         ids |= set(await self.reads.vm_ids("last_host_id", host.id))
         loaded = await asyncio.to_thread(self.store.load_many, list(ids))
         vms = [v for v in loaded.values() if isinstance(v, VirtualMachine)]
+        run = await asyncio.to_thread(self.store.load, ha_id)
+        if not isinstance(run, Operation):
+            # The VMs it ran, as the fence left them (a resumed pass finds the run).
+            ours = [
+                v
+                for v in vms
+                if v.ha
+                and (
+                    (v.state == "Running" and v.host_id == host.id)
+                    or (v.state == "Stopped" and v.converged_reason == reason)
+                )
+            ]
+            ours.sort(key=lambda v: (-v.ha_priority, str(v.id)))
+            begun = BeginHaRun(
+                host_id=host.id, operation_id=ha_id, vm_ids=tuple(v.id for v in ours)
+            )
+            if not await self._send(begun, f"ha/run/{ha_id}"):
+                return False
+            run = await asyncio.to_thread(self.store.load, ha_id)
+            assert isinstance(run, Operation)
+            log.info("ha_run_begun", host=host.name, operation_id=str(ha_id), vms=len(ours))
+        if run.finished:
+            return True
         for vm in vms:
             if vm.state == "Running" and vm.host_id == host.id:
                 await self._converge(vm, reason)
-        # Again from the log: the converged ones are Stopped now.
-        loaded = await asyncio.to_thread(self.store.load_many, [v.id for v in vms])
-        stopped = [
-            v
-            for v in loaded.values()
-            if isinstance(v, VirtualMachine)
-            and v.state == "Stopped"
-            and v.converged_reason == reason
-            and v.last_host_id == host.id
-        ]
-        for vm in sorted(stopped, key=lambda v: (-v.ha_priority, str(v.id))):
-            if vm.ha:
-                await self._start(vm, host, reason)
+        await self._send(ReportHaRun(operation_id=ha_id, stage="recorded"), None)
+        failed: list[str] = []
+        remaining = 0
+        for vm_id in run.params.vm_ids:
+            start = await self._start(ha_id, vm_id, failed)
+            if start is None:
+                continue
+            op = await asyncio.to_thread(self.store.load, start)
+            if not isinstance(op, Operation) or not op.finished:
+                remaining += 1
+            elif op.status != "succeeded":
+                failed.append(f"vm {vm_id}: {op.error or op.status}")
+        await self._send(
+            ReportHaRun(
+                operation_id=ha_id,
+                stage="restarting",
+                remaining=remaining,
+                failed=tuple(f[:500] for f in failed),
+            ),
+            None,
+        )
+        run = await asyncio.to_thread(self.store.load, ha_id)
+        return isinstance(run, Operation) and run.finished
 
     async def _converge(self, vm: VirtualMachine, reason: str) -> None:
         context = CommandContext(
@@ -93,25 +132,31 @@ class HaRunner:
         except DomainError as e:
             log.warning("ha_not_recorded_stopped", vm_id=str(vm.id), reason=str(e))
 
-    async def _start(self, vm: VirtualMachine, host: Host, reason: str) -> None:
-        context = CommandContext(
-            actor=ACTOR,
-            request_id=f"ha-start-{vm.id}",
-            idempotency_key=f"ha/start/{vm.id}/{reason}",
-        )
+    async def _start(self, ha_id: UUID, vm_id: UUID, failed: list[str]) -> UUID | None:
+        """The run's vm.start of the VM (asked once: its id is derived); None
+        if it was refused (the reason joins failed)."""
+        context = CommandContext(actor=ACTOR, request_id=f"ha-start-{vm_id}")
         try:
             result = await self.service.execute_async(
-                VmOperation(kind="vm.start", vm_id=vm.id), context
+                RestartOnHa(operation_id=ha_id, vm_id=vm_id), context
             )
         except DomainError as e:
-            log.warning("ha_not_started", vm_id=str(vm.id), reason=str(e))
-            return
-        if not result.replayed:
+            start = restart_id(ha_id, vm_id)
+            if isinstance(await asyncio.to_thread(self.store.load, start), Operation):
+                return start  # asked before; the run moved on meanwhile
+            log.warning("ha_not_started", vm_id=str(vm_id), reason=str(e))
+            failed.append(f"vm {vm_id}: {e}")
+            return None
+        if result.aggregate_id not in self.started:
             self.started.append(result.aggregate_id)
-            log.info(
-                "ha_restart",
-                vm_id=str(vm.id),
-                name=vm.name,
-                priority=vm.ha_priority,
-                operation_id=str(result.aggregate_id),
-            )
+            log.info("ha_restart", vm_id=str(vm_id), operation_id=str(result.aggregate_id))
+        return result.aggregate_id
+
+    async def _send(self, command: Command, key: str | None) -> bool:
+        context = CommandContext(actor=ACTOR, request_id=key or "", idempotency_key=key)
+        try:
+            await self.service.execute_async(command, context)
+        except DomainError as e:
+            log.warning("ha_not_recorded", command=type(command).__name__, reason=str(e))
+            return False
+        return True

@@ -121,9 +121,16 @@ class LivenessMonitor:
             )
             host = await asyncio.to_thread(self.store.load, row.id)
             assert isinstance(host, Host)
-        await self.ha.run(host)
+        recovered = await self.ha.run(host)
         since = host.answering_since
-        if since is not None and fresh and (now - since).total_seconds() >= self.up_after_s:
+        # Up again only once the HA run has ended: its restarts are counted
+        # against the other hosts, and a run is one per fence.
+        if (
+            recovered
+            and since is not None
+            and fresh
+            and (now - since).total_seconds() >= self.up_after_s
+        ):
             await self._send(
                 DeclareHostAlive(
                     host_id=host.id,

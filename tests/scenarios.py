@@ -47,6 +47,7 @@ from cloud_engine.engine.commands.compute import (
     RequestVmStart,
     RequestVmStop,
 )
+from cloud_engine.engine.commands.ha import BeginHaRun, ReportHaRun, RestartOnHa
 from cloud_engine.engine.commands.hosts import (
     DeclareHostDown,
     DeclareHostUp,
@@ -576,6 +577,17 @@ def run_every_command(do: Callable[[typing.Any], Done]) -> None:
     do(DestroyNetwork(network_id=manual))
     do(ShutdownNetwork(network_id=network))
     do(ReturnNetworkTag(network_id=network))
+
+    # The stopped VM's host dies: an HA run restarts it, finds no room.
+    do(SuspectHost(host_id=host, reason="libvirt unreachable"))
+    do(ConfirmHostDown(host_id=host, reason="heartbeat stale"))
+    do(RecordHostFenced(host_id=host, fencer="lab-power"))
+    ha = do(BeginHaRun(host_id=host, operation_id=uuid4(), vm_ids=(deployed,))).aggregate_id
+    do(ReportHaRun(operation_id=ha, stage="recorded"))
+    restart = do(RestartOnHa(operation_id=ha, vm_id=deployed)).aggregate_id
+    do(ReportHaRun(operation_id=ha, stage="restarting", remaining=1))
+    do(FailOperation(operation_id=restart, reason="no host fits"))
+    do(ReportHaRun(operation_id=ha, stage="restarting", failed=(f"vm {deployed}: no host fits",)))
 
 
 @functools.cache

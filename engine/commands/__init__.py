@@ -4,6 +4,7 @@ from cloud_engine.engine.commands import (  # noqa: F401
     accounts,
     compute,
     fabric,
+    ha,
     liveness,
     maintenance,
     network,

@@ -98,23 +98,29 @@ class CancelHostMaintenance(Command, frozen=True, kw_only=True):
 @handles(HostOperation)
 def host_operation(uow: UnitOfWork, cmd: HostOperation) -> Outcome:
     host = load_ref(uow, Host, cmd.host_id, "host_id")
-    return _start_drain(uow, kind_of(cmd.kind), host, cmd.operation_id)
+    return start_fabric_operation(uow, kind_of(cmd.kind), host, cmd.operation_id)
 
 
 @handles(PoolOperation)
 def pool_operation(uow: UnitOfWork, cmd: PoolOperation) -> Outcome:
     pool = load_ref(uow, StoragePool, cmd.pool_id, "pool_id")
-    return _start_drain(uow, kind_of(cmd.kind), pool, cmd.operation_id)
+    return start_fabric_operation(uow, kind_of(cmd.kind), pool, cmd.operation_id)
 
 
-def _start_drain(
-    uow: UnitOfWork, kind: OperationKind[Any], resource: Aggregate, op_id: UUID | None
+def start_fabric_operation(
+    uow: UnitOfWork,
+    kind: OperationKind[Any],
+    resource: Aggregate,
+    op_id: UUID | None,
+    request: Request | None = None,
 ) -> Outcome:
+    """An operation on a piece of the fabric (a host, a pool), recorded
+    under the fabric's account, holding the resource's guard."""
     if op_id is None:
         op_id = uuid4()
         uow.known_absent((op_id,))
     require_new_id(uow, op_id)
-    request = Request()
+    request = request or Request()
     op = Operation.create(
         kind=kind.name,
         resource_type=kind.resource_type,

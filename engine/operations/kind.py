@@ -61,6 +61,7 @@ class Request(msgspec.Struct, frozen=True, kw_only=True):
     ram_mb: int | None = None  # vm.scale: the new RAM (None: unchanged)
     pool_id: UUID | None = None  # volume.migrate: to this pool
     iso_id: UUID | None = None  # vm.attach_iso: this ISO template
+    vm_ids: tuple[UUID, ...] = ()  # host.ha: the VMs it restarts, in order
 
 
 class OperationKind(ABC, Generic[R]):

@@ -53,6 +53,7 @@ class OperationParams(msgspec.Struct, frozen=True, kw_only=True):
     ram_mb: int | None = None
     pool_id: UUID | None = None  # volume.migrate: the pool it moves to ...
     source_pool_id: UUID | None = None  # ... from this one
+    vm_ids: tuple[UUID, ...] = ()  # host.ha: the HA-enabled VMs it restarts, in order
 
 
 class Step(msgspec.Struct, frozen=True, kw_only=True):

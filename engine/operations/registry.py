@@ -12,6 +12,7 @@ from __future__ import annotations
 from typing import Any, Final
 
 from cloud_engine.engine.errors import Validation
+from cloud_engine.engine.operations.host_ha import HostHa
 from cloud_engine.engine.operations.host_maintenance import HostMaintenance
 from cloud_engine.engine.operations.kind import OperationKind
 from cloud_engine.engine.operations.pool_maintenance import PoolMaintenance
@@ -55,6 +56,7 @@ KINDS: Final[dict[str, OperationKind[Any]]] = {
         VolumeRevert(),
         VolumeMigrate(),
         HostMaintenance(),
+        HostHa(),
         PoolMaintenance(),
     )
 }

@@ -23,6 +23,8 @@ from cloud_engine.automation.service import Automation
 from cloud_engine.effectors.service import EffectorService, effector_config
 from cloud_engine.engine.commands.hosts import UpdateHostOvercommit
 from cloud_engine.engine.fabric.host import Host
+from cloud_engine.engine.operations.host_ha import restart_id, run_id
+from cloud_engine.engine.operations.operation import Operation
 from cloud_engine.lab import Lab, LabHost
 from cloud_engine.runner.lab_fencer import LabFencer
 from tests.integration.effectors.effector_pipeline import wait_for
@@ -116,6 +118,22 @@ def _lease_held(shared: Path, disk: str) -> bool:
         os.close(fd)
 
 
+async def _ha_run(cloud: Cloud, host_id: uuid.UUID) -> Operation:
+    """The host's HA run for its fence, once it has ended."""
+    fenced_at = _host(cloud, host_id).fenced_at
+    assert fenced_at is not None
+    run_of = run_id(host_id, fenced_at.isoformat())
+
+    def ended() -> bool:
+        run = cloud.store.load(run_of)
+        return isinstance(run, Operation) and run.finished
+
+    await wait_for("the HA run ended", ended, cloud.pipeline)
+    run = cloud.store.load(run_of)
+    assert isinstance(run, Operation) and run.status == "succeeded", getattr(run, "error", None)
+    return run
+
+
 def _host(cloud: Cloud, host_id: uuid.UUID) -> Host:
     host = cloud.store.load(host_id)
     assert isinstance(host, Host)
@@ -159,8 +177,24 @@ async def test_a_dead_hosts_ha_vms_run_elsewhere_once_and_the_others_are_stopped
         assert running_on(alive, vm_id) == []
         assert "fenced" in (vm.converged_reason or ""), vm.converged_reason
         assert vm.last_host_id == dead_id
-    # Highest priority first: the HA starts were asked in that order.
-    assert len(automation.ha.started if automation.ha else []) == 3
+    # One host.ha operation for the fence: its steps done, the HA VMs listed
+    # highest priority first, one vm.start each under an id derived from it.
+    run = await _ha_run(cloud, dead_id)
+    assert [(s.name, s.status) for s in run.steps] == [
+        ("fence", "done"),
+        ("record", "done"),
+        ("restart", "done"),
+    ]
+    assert run.params.vm_ids == tuple(reversed(ha))
+    for vm_id in ha:
+        start = cloud.store.load(restart_id(run.id, vm_id))
+        assert isinstance(start, Operation) and (start.kind, start.status) == (
+            "vm.start",
+            "succeeded",
+        )
+    assert sorted(automation.ha.started if automation.ha else []) == sorted(
+        restart_id(run.id, v) for v in ha
+    )
 
     # The fenced host boots again with its disk (its old definitions kept):
     # it comes back Up by itself and resumes none of the old copies.
@@ -289,8 +323,10 @@ async def test_automation_killed_in_the_middle_of_an_ha_run_finishes_it_after_re
                 ),
                 cloud.pipeline,
             )
+            run = await _ha_run(cloud, dead_id)
         finally:
             second.stop()
+        assert run.params.vm_ids == tuple(reversed(ha))
         alive = [h for h in hosts if h.name != dead.name]
         for vm_id in ha:
             assert running_on(alive, vm_id) == [cloud.where(vm_id)], stage

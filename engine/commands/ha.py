@@ -1,0 +1,91 @@
+"""Commands of an HA run as an operation (host.ha, engine/operations/
+host_ha.py), sent by automation (automation/ha.py): the run begins once
+the host is fenced (BeginHaRun), restarts each HA-enabled VM under an id
+of its own (RestartOnHa) and reports where it stands (ReportHaRun)."""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+from uuid import UUID
+
+import msgspec
+
+from cloud_engine.engine.commands.base import Command, Outcome, handles
+from cloud_engine.engine.commands.maintenance import start_fabric_operation
+from cloud_engine.engine.commands.operations import VmOperation, vm_operation
+from cloud_engine.engine.errors import Conflict, Validation
+from cloud_engine.engine.fabric.host import Host
+from cloud_engine.engine.lookups import load_ref
+from cloud_engine.engine.operations import guard
+from cloud_engine.engine.operations.host_ha import HostHa, restart_id
+from cloud_engine.engine.operations.kind import Request
+from cloud_engine.engine.operations.operation import Operation
+from cloud_engine.engine.operations.registry import kind_of
+from cloud_engine.engine.unit_of_work import UnitOfWork
+
+Finding = Annotated[str, msgspec.Meta(min_length=1, max_length=500)]
+
+
+class BeginHaRun(Command, frozen=True, kw_only=True):
+    host_id: UUID
+    operation_id: UUID
+    # The HA-enabled VMs to restart, highest priority first.
+    vm_ids: Annotated[tuple[UUID, ...], msgspec.Meta(max_length=10_000)] = ()
+
+
+class RestartOnHa(Command, frozen=True, kw_only=True):
+    """The run's vm.start of one of its VMs (id derived from both)."""
+
+    operation_id: UUID
+    vm_id: UUID
+
+
+class ReportHaRun(Command, frozen=True, kw_only=True):
+    operation_id: UUID
+    stage: Literal["recorded", "restarting"]
+    remaining: Annotated[int, msgspec.Meta(ge=0)] = 0  # restarts not yet ended
+    # One line per VM that could not be restarted: "vm <id>: <why>".
+    failed: Annotated[tuple[Finding, ...], msgspec.Meta(max_length=10_000)] = ()
+
+
+@handles(BeginHaRun)
+def begin_ha_run(uow: UnitOfWork, cmd: BeginHaRun) -> Outcome:
+    host = load_ref(uow, Host, cmd.host_id, "host_id")
+    held = uow.find(guard.ResourceGuard, guard.guard_id(host.id))
+    if held is not None and held.operation_id is not None and held.operation_id != cmd.operation_id:
+        # A drain of a host that died cannot go on: its VMs are HA's now.
+        drain = uow.get(Operation, held.operation_id)
+        kind_of(drain.kind).fail(
+            uow, drain, f"host {host.name} went down: HA took over", timed_out=False
+        )
+    kind = kind_of(HostHa.name)
+    return start_fabric_operation(uow, kind, host, cmd.operation_id, Request(vm_ids=cmd.vm_ids))
+
+
+@handles(RestartOnHa)
+def restart_on_ha(uow: UnitOfWork, cmd: RestartOnHa) -> Outcome:
+    run = _run(uow, cmd.operation_id)
+    if run.finished or run.current_step != "restart":
+        raise Conflict(f"HA run {run.id} is {run.status}, at {run.current_step}")
+    if cmd.vm_id not in run.params.vm_ids:
+        raise Validation(f"vm {cmd.vm_id} is not one HA run {run.id} restarts", field="vm_id")
+    start = restart_id(run.id, cmd.vm_id)
+    if uow.find(Operation, start) is not None:
+        return Outcome(aggregate_id=start, value=str(cmd.vm_id))
+    return vm_operation(uow, VmOperation(kind="vm.start", vm_id=cmd.vm_id, operation_id=start))
+
+
+@handles(ReportHaRun)
+def report_ha_run(uow: UnitOfWork, cmd: ReportHaRun) -> Outcome:
+    run = _run(uow, cmd.operation_id)
+    kind = kind_of(run.kind)
+    assert isinstance(kind, HostHa)
+    kind.report(uow, run, cmd.stage, cmd.remaining, cmd.failed)
+    return Outcome(aggregate_id=run.id, value=run.status)
+
+
+def _run(uow: UnitOfWork, op_id: UUID) -> Operation:
+    run = load_ref(uow, Operation, op_id, "operation_id")
+    if run.kind != HostHa.name:
+        raise Validation(f"operation {run.id} is a {run.kind}, not an HA run", field="operation_id")
+    return run
