@@ -13,18 +13,21 @@ an Idempotency-Key on every command so a retry after a lost answer is the
 same command; 503s and refused connections are retried, 409s accepted.
 
 Faults, seeded (--seed, printed): every --every seconds on average, one
-SIGKILL of the api, relay, projections, engine, effector, the broker or
-PostgreSQL (its postmaster: a crash, not a clean stop), started again
+SIGKILL of the api, relay, projections, engine, effector, automation, the
+broker or PostgreSQL (its postmaster: a crash, not a clean stop), each
+kind once first (in a seeded order), then at random, started again
 after 0.3-2 s the way a supervisor would (PostgreSQL on the same socket,
 the broker on the same port). Note: the test driver's hypervisors live in
 the effector process, so an effector kill is also a reboot of every host
 (its domains are gone); the engine's reconciler must bring the record in
 line.
 
-After --seconds, the faults stop; once every operation the clients started
-has ended (or --grace runs out) the components stop and the checks run:
+After --seconds (or --faults faults), the faults stop; once every
+operation the clients started has ended and no VM is unsettled (or --grace
+runs out) the components stop and the checks run:
 - every operation in the log ended (succeeded, failed or compensated);
-- no VM or volume in a transitional state;
+- no VM or volume in a transitional state, no VM left unsettled (a start
+  or stop that timed out, not yet converged to what its domain shows);
 - each host's reservations are exactly the VMs placed on it;
 - each read model equals its rebuild from the log;
 - `cloud-engine audit verify` finds the hash chains intact;
@@ -33,7 +36,7 @@ has ended (or --grace runs out) the components stop and the checks run:
 Not checked here: IPs and VLAN tags (the test driver realises no networks)
 and the domains on the hypervisors (reset by every effector kill).
 
-    python bench/chaos.py [--seconds 120] [--every 8] [--seed N] [--clients 4]
+    python bench/chaos.py [--seconds 120] [--every 8] [--faults N] [--seed N] [--clients 4]
 
 Last line: chaos_faults=<n> chaos_violations=<n> seed=<n>
 """
@@ -61,7 +64,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from chaos_checks import check_everything, wait_projected
+from chaos_checks import check_everything, unsettled_vms, wait_projected
 from deploy_fabric import create_fabric, host_uris, make_template_image, serve
 
 from cloud_engine.bus.broker import DevBroker
@@ -81,6 +84,10 @@ PROCESSES = {
     "projections": ("projections", "run"),
     "engine": ("engine",),
     "effector": ("effector", "--zone", "{zone}"),
+    # Convergence settles a VM whose start or stop timed out (unsettled)
+    # by what its domain shows; liveness and HA run too (the test driver's
+    # hosts always answer, so none goes Suspect).
+    "automation": ("automation",),
 }
 KINDS = (*PROCESSES, "broker", "postgresql")
 FINISHED = ("succeeded", "failed", "compensated")
@@ -288,23 +295,29 @@ def wait_ready(api: str, timeout: float = 120) -> None:
     raise TimeoutError("the API did not get ready")
 
 
-def inject(parts: Parts, rng: random.Random, seconds: float, every: float) -> list[str]:
-    """Kill and restart parts until `seconds` have passed; returns what was
-    killed, in order. Runs on the main thread: the broker's processes die
-    with the thread that started them."""
+def inject(
+    parts: Parts, rng: random.Random, seconds: float, every: float, most: int | None = None
+) -> list[str]:
+    """Kill and restart parts until `seconds` have passed or `most` faults
+    were made; returns what was killed, in order. The first faults are every
+    kind once, in a seeded order, so a short run still covers them all.
+    Runs on the main thread: the broker's processes die with the thread
+    that started them."""
     faults: list[str] = []
+    first = rng.sample(KINDS, len(KINDS))
     end = time.monotonic() + seconds
-    while True:
+    while most is None or len(faults) < most:
         pause(parts, rng.uniform(0.5 * every, 1.5 * every))
         if time.monotonic() >= end:
             return faults
-        kind = rng.choice(KINDS)
+        kind = first[len(faults)] if len(faults) < len(first) else rng.choice(KINDS)
         with parts.lock:
             parts.kill(kind)
             faults.append(kind)
             print(f"  {time.strftime('%H:%M:%S')} killed {kind}", flush=True)
             time.sleep(rng.uniform(0.3, 2.0))
             parts.restart(kind)
+    return faults
 
 
 def pause(_parts: Parts, seconds: float) -> None:
@@ -315,6 +328,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--seconds", type=float, default=120.0, help="of faults and load")
     parser.add_argument("--every", type=float, default=8.0, help="mean seconds between faults")
+    parser.add_argument("--faults", type=int, default=None, help="stop the faults after this many")
     parser.add_argument("--grace", type=float, default=120.0, help="for operations to end")
     parser.add_argument("--clients", type=int, default=4)
     parser.add_argument("--hosts", type=int, default=4)
@@ -322,6 +336,8 @@ def main() -> None:
     parser.add_argument("--keep", action="store_true", help="keep the data directory")
     args = parser.parse_args()
     seed = args.seed if args.seed is not None else random.randrange(1 << 31)
+    started = time.monotonic()
+    marks: dict[str, float] = {}
     print(f"seed={seed} load average {os.getloadavg()[0]:.2f}", flush=True)
     configure_logging("console", "error")
     # Its reconnection attempts while the broker is down, by the hundred.
@@ -363,10 +379,11 @@ def main() -> None:
             ]
             consumer = Watcher(broker.bootstrap)
             consumer.start()
-            began = time.monotonic()
+            began = marks["load"] = time.monotonic()
             for client in clients:
                 client.start()
-            faults = inject(parts, rng, args.seconds, args.every)
+            faults = inject(parts, rng, args.seconds, args.every, args.faults)
+            marks["faults stopped"] = time.monotonic()
             for client in clients:
                 client.stop.set()
             for client in clients:
@@ -386,10 +403,15 @@ def main() -> None:
                 left = [op for c in clients for op in c.unfinished()]
             if left:
                 violations.append(f"{len(left)} operations did not end: {left[:5]}")
+            # Convergence settles them at the reconciler's next round.
+            while unsettled_vms(pg.target) and time.monotonic() < deadline:
+                pause(parts, 2)
+            marks["grace over"] = time.monotonic()
             if not asyncio.run(wait_projected(pg.target, store.max_position())):
                 violations.append("the read models did not catch up with the log")
             parts.stop()
             restarts = parts.restarts
+            marks["checks"] = time.monotonic()
             violations += check_everything(store, pg.target, parts.env, consumer)
             consumer.stop()
             store.close()
@@ -402,6 +424,15 @@ def main() -> None:
             print(f"data and logs kept in {tmp}")
         else:
             subprocess.run(["rm", "-rf", str(tmp)], check=False)
+    took = time.monotonic() - started
+    phases, last = [], 0.0
+    for name, at in marks.items():  # in the order they were reached
+        last = at - started
+        phases.append(f"{name} at {last:.0f} s")
+    print(
+        f"run took {took:.0f} s ({', '.join(phases)}; checks {took - last:.0f} s);"
+        f" load average now {os.getloadavg()[0]:.2f}"
+    )
     by_kind = {k: faults.count(k) for k in KINDS}
     print(f"faults by part: {by_kind}; processes restarted by the supervisor: {restarts}")
     for violation in violations:

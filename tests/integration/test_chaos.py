@@ -1,13 +1,15 @@
 """The chaos run's CI version (bench/chaos.py): at least 10 SIGKILLs of the
-API, relay, projection worker, engine, effector, broker and PostgreSQL
-under an HTTP workload, each started again as a supervisor would, and then
-none of the checks finds a violation: every operation ended, nothing left
-transitional, host capacity equal to the VMs placed, read models equal to
-their rebuild, audit chains intact, every event delivered in order per
-aggregate. Seeded: CLOUD_ENGINE_CHAOS_SEED replays a failing run."""
+API, relay, projection worker, engine, effector, automation, broker and
+PostgreSQL (every kind at least once) under an HTTP workload, each started
+again as a supervisor would, and then none of the checks finds a
+violation: every operation ended, nothing left transitional or unsettled,
+host capacity equal to the VMs placed, read models equal to their rebuild,
+audit chains intact, every event delivered in order per aggregate.
+Seeded: CLOUD_ENGINE_CHAOS_SEED replays a failing run."""
 
 from __future__ import annotations
 
+import ast
 import os
 import re
 import subprocess
@@ -21,14 +23,16 @@ pytestmark = pytest.mark.postgres
 ROOT = Path(__file__).resolve().parents[2]
 
 
-# Known and open (seen in CI with seed 23, 1 run in 2): after the faults a
-# host can keep a reservation for a VM that is not on it (capacity leaked).
-# It runs and reports on every CI run; strict=False until the leak is fixed.
-@pytest.mark.xfail(reason="open: a host reservation can outlive its VM's placement", strict=False)
 def test_a_short_chaos_run_kills_every_kind_of_part_and_loses_nothing() -> None:
     seed = os.environ.get("CLOUD_ENGINE_CHAOS_SEED", "23")
     done = subprocess.run(
-        [sys.executable, "bench/chaos.py", "--seconds", "100", "--every", "5", "--seed", seed],
+        # 12 faults, every kind first (8), about 4 s apart, under 2 clients:
+        # within the issue's budget of 4 minutes for the whole run (171 s
+        # at load 11; 4 clients left a backlog the grace did not drain).
+        [
+            *(sys.executable, "bench/chaos.py", "--faults", "12", "--every", "4"),
+            *("--seconds", "100", "--grace", "90", "--clients", "2", "--seed", seed),
+        ],
         cwd=ROOT,
         capture_output=True,
         text=True,
@@ -43,3 +47,7 @@ def test_a_short_chaos_run_kills_every_kind_of_part_and_loses_nothing() -> None:
         line for line in done.stdout.splitlines() if not line.startswith("  ")
     )[-3000:]
     assert faults >= 10, done.stdout[-2000:]
+    kinds = re.search(r"faults by part: (\{[^}]*\})", done.stdout)
+    assert kinds, done.stdout[-2000:]
+    by_kind = ast.literal_eval(kinds[1])
+    assert all(n >= 1 for n in by_kind.values()), by_kind
