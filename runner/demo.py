@@ -494,7 +494,7 @@ def _line(aggregate: Aggregate) -> str:
     elif isinstance(aggregate, Network | Pod):
         detail = f"{aggregate.cidr} gw {aggregate.gateway}"
     return (
-        f"{type(aggregate).__name__:<16} {name:<14} {aggregate.id}  "
+        f"{type(aggregate).__name__:<16} {name:<15} {aggregate.id}  "
         f"{aggregate.state:<12} v{aggregate.version}  {detail}".rstrip()
     )
 
