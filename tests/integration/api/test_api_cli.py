@@ -105,3 +105,52 @@ def test_token_create_and_api_command(pg_target: DatabaseTarget, tmp_path: Path)
             process.kill()
             process.communicate()
         log.close()
+
+
+EXAMPLE = Path(__file__).resolve().parents[3] / "examples" / "kafka_client.py"
+
+
+def test_api_with_a_broker_takes_commands_over_kafka(
+    pg_target: DatabaseTarget, tmp_path: Path, broker: str, topic_prefix: str
+) -> None:
+    env = _env(pg_target, tmp_path)
+    env.update(CLOUD_ENGINE_KAFKA_BOOTSTRAP=broker, CLOUD_ENGINE_TOPIC_PREFIX=topic_prefix)
+    made = _cli(env, "token", "create", "--role", "admin", "--account", "ops")
+    assert made.returncode == 0, made.stderr
+    token = made.stdout.strip()
+    log = open(tmp_path / "api.log", "w")  # noqa: SIM115
+    process = subprocess.Popen(
+        [sys.executable, "-m", "cloud_engine.runner.cli", "api", "--port", "0"],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=log,
+        text=True,
+    )
+    try:
+        assert process.stdout is not None
+        assert process.stdout.readline().startswith("API: http://127.0.0.1:")
+        logs = tmp_path / "api.log"
+        deadline = time.monotonic() + 60
+        while '"command gateway started"' not in logs.read_text():
+            assert process.poll() is None and time.monotonic() < deadline, logs.read_text()
+            time.sleep(0.1)
+        client = subprocess.run(
+            [sys.executable, str(EXAMPLE), "--bootstrap", broker, "--prefix", topic_prefix,
+             "CreateZone", json.dumps({"name": "kafka-zone"})],
+            env={**os.environ, "CLOUD_ENGINE_TOKEN": token},
+            capture_output=True, text=True, timeout=120,
+        )  # fmt: skip
+        assert client.returncode == 0, (client.stdout, client.stderr, logs.read_text())
+        answer = json.loads(client.stdout)
+        assert answer["answer"] == "io.cloudengine.command.accepted.v1"
+        assert answer["resource_type"] == "zone"
+        process.send_signal(signal.SIGTERM)
+        out, _ = process.communicate(timeout=60)
+        assert process.returncode == 0, logs.read_text()
+        assert "stopped" in out
+        assert token not in logs.read_text()
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.communicate()
+        log.close()
