@@ -231,8 +231,9 @@ class CommandGateway:
             for task in running:
                 task.cancel()
             await self._commit(consumer, offsets)
-        if writing.exception() is not None:
-            raise writing.exception()  # type: ignore[misc]
+        error = writing.exception()
+        if error is not None and not isinstance(error, Stopped):
+            raise error
         if failed:
             raise failed[0]
 
