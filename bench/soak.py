@@ -77,7 +77,7 @@ FINISHED = ("succeeded", "failed", "compensated")
 # timestamps, so this only sets how soon the next step starts; polling
 # faster costs the API (and the two shared cores) hundreds of GETs a second.
 POLL_S = 0.5
-NAMES = ("api", "relay", "projections", "engine", "effector", "broker")
+NAMES = ("api", "relay", "projections", "engine", "effector", "broker", "broker store")
 
 
 class SoakComponents(Components):
@@ -137,6 +137,9 @@ class Api:
             "zone_id": self.zone,
             "template_id": self.template,
             "spec": {"cpus": 1, "ram_mb": 64, "root_disk_gb": 1},
+            # The default, first-fit, stacks every VM on the first host, and
+            # one host's work is done in order: a 30-minute backlog.
+            "strategy": "dispersing",
         }
         state, deploy, reply = self.operation("/v1/vms", body)
         if state != "succeeded":
@@ -321,6 +324,15 @@ def main() -> None:
             service.close()
             pids = {n: p.pid for n, p in components.processes.items()}
             pids["broker"] = broker._process.pid if broker._process else -1
+            # The durable broker's records go through a Python process of its own.
+            pids["broker store"] = next(
+                (
+                    c.pid
+                    for c in psutil.Process().children()
+                    if "broker_store" in " ".join(c.cmdline())
+                ),
+                -1,
+            )
             memory = Memory(pids, postmaster_pid(tmp))
             memory.start()
             time.sleep(1)
