@@ -443,12 +443,15 @@ async def lab_cloud(
     tmp_path: Path,
     *,
     effector: bool = True,
+    engine: bool = True,
     guest: bool = False,
 ) -> AsyncIterator[Cloud]:
     """The pipeline on a fabric of the lab's hosts; without an effector in
     this process, the caller starts one (EffectorProcess) and then asks for
-    template_ready(). With guest, the template is the tiny-linux image:
-    its VMs boot Linux (under TCG: see runner/up_hosts.py)."""
+    template_ready(); without the engine (operation manager and result
+    recorder) in it, the same with an EngineProcess. With guest, the
+    template is the tiny-linux image: its VMs boot Linux (under TCG: see
+    runner/up_hosts.py)."""
     # Start on clean hosts: a host an earlier test powered off came back
     # with its old definitions (power_on(wipe=False)) after that test's
     # clean-up had found it down, and its network's bridge, on the same
@@ -460,14 +463,17 @@ async def lab_cloud(
     root.mkdir()
     try:
         with serve(root) as served:
-            start_engine(pipeline, service, store)
+            if engine:
+                start_engine(pipeline, service, store)
+            else:
+                pipeline.start_engine_side()  # the relay and the read models
             if effector:
                 # A booted guest powers off on ACPI within seconds (under
                 # TCG, on a busy machine: allow for it); an empty one never.
                 start_effector(pipeline, stop_timeout_s=60.0 if guest else 5.0)
             fabric = build_fabric(service, hosts, served, tmp_path, guest=guest)
             made = Cloud(pipeline, service, store, fabric)
-            if effector:
+            if effector and engine:
                 await made.template_ready()
             yield made
     finally:
