@@ -16,8 +16,11 @@ import asyncpg
 from cloud_engine.engine.aggregate import Aggregate
 from cloud_engine.engine.catalog import AGGREGATES
 from cloud_engine.engine.fabric.host import Host
+from cloud_engine.engine.fabric.storage_pool import StoragePool
 from cloud_engine.engine.operations.operation import FINISHED, Operation
 from cloud_engine.engine.store import EventStore
+from cloud_engine.engine.virtual.ip_address import IpAddress
+from cloud_engine.engine.virtual.network import Network
 from cloud_engine.engine.virtual.vm import VirtualMachine
 from cloud_engine.engine.virtual.volume import Volume
 from cloud_engine.infra.database import DatabaseTarget
@@ -45,7 +48,8 @@ def check_everything(
     aggregates = load_all(store, target)
     print(f"checking {len(aggregates)} aggregates, {store.max_position()} events")
     violations = operations_ended(aggregates) + nothing_transitional(aggregates)
-    violations += capacity_matches(aggregates)
+    violations += capacity_matches(aggregates) + pools_match(aggregates)
+    violations += ips_allocated_once(aggregates)
     violations += asyncio.run(read_models_equal_rebuild(target))
     violations += audit_verify(env)
     violations += consumer_saw_everything(target, watcher)
@@ -138,6 +142,57 @@ def unsettled_vms(target: DatabaseTarget) -> int:
             await conn.close()
 
     return asyncio.run(count())
+
+
+def pools_match(aggregates: list[Aggregate]) -> list[str]:
+    """Each pool holds space for exactly the volumes on it (created or being
+    created, not destroyed) and those moving to it. A volume in Error may
+    hold it or not (a failed creation gives it back, a failed resize keeps
+    the disk): it is left out of the comparison."""
+    held_by: dict[UUID, set[UUID]] = {}
+    failed = {a.id for a in aggregates if isinstance(a, Volume) and a.state == "Error"}
+    for a in aggregates:
+        if isinstance(a, Volume) and a.state not in ("Allocated", "Destroyed", "Error"):
+            for pool_id in {a.pool_id, getattr(a, "moving_to", None)} - {None}:
+                assert pool_id is not None
+                held_by.setdefault(pool_id, set()).add(a.id)
+    found = []
+    for pool in aggregates:
+        if not isinstance(pool, StoragePool):
+            continue
+        held, on_it = set(pool.reservations) - failed, held_by.get(pool.id, set())
+        if held != on_it:
+            found.append(
+                f"pool {pool.id}: space held without a volume {sorted(held - on_it)},"
+                f" volumes on it without space {sorted(on_it - held)}"
+            )
+    return found
+
+
+def ips_allocated_once(aggregates: list[Aggregate]) -> list[str]:
+    """Every address of a network is held by one IpAddress at most, and a
+    network's allocations are exactly its unreleased IpAddresses."""
+    live: dict[UUID, dict[str, list[UUID]]] = {}
+    for a in aggregates:
+        if isinstance(a, IpAddress) and a.state != "Released":
+            live.setdefault(a.network_id, {}).setdefault(a.address, []).append(a.id)
+    found = []
+    for network in aggregates:
+        if not isinstance(network, Network):
+            continue
+        holders = live.get(network.id, {})
+        for address, ips in holders.items():
+            if len(ips) > 1:
+                found.append(f"network {network.id}: {address} held by {len(ips)} IPs {ips}")
+        allocated = dict(network.allocated)
+        recorded = {address: ips[0] for address, ips in holders.items()}
+        if allocated != recorded:
+            found.append(
+                f"network {network.id}: allocations {len(allocated)} differ from its"
+                f" unreleased IPs {len(recorded)}:"
+                f" {sorted(set(allocated.items()) ^ set(recorded.items()))[:4]}"
+            )
+    return found
 
 
 async def checksums(conn: asyncpg.Connection, schema: str) -> dict[str, str]:
