@@ -8,11 +8,11 @@ operations that end when the effector has changed the media."""
 from __future__ import annotations
 
 import shutil
-import xml.etree.ElementTree as ET
 
 import pytest
 from effector_pipeline import Pipeline, domains_with_uuid, wait_for
 from fabric_setup import orchestrated_fabric
+from test_iso_guest import cdrom  # the hdd drive's media and boot order
 
 from cloud_engine.effectors.compute.console import SerialConsole
 from cloud_engine.effectors.naming import Names
@@ -25,18 +25,6 @@ from cloud_engine.engine.virtual.volume import Volume
 from cloud_engine.runner import guest_image
 
 pytestmark = [pytest.mark.postgres, pytest.mark.libvirt]
-
-
-def cdrom(xml: str) -> tuple[str | None, str | None]:
-    for disk in ET.fromstring(xml).findall("devices/disk[@device='cdrom']"):
-        target = disk.find("target")
-        if target is not None and target.get("dev") == "hdd":
-            source, boot = disk.find("source"), disk.find("boot")
-            return (
-                None if source is None else source.get("file"),
-                None if boot is None else boot.get("order"),
-            )
-    raise AssertionError("no CD-ROM drive hdd")
 
 
 async def run_op(service, store: EventStore, pipeline: Pipeline, command) -> Operation:
