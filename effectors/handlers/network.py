@@ -9,15 +9,24 @@ joins it to the segment on every other host).
 
 Every act brings the whole router to what the read models say now: the
 network's rules that are Adding or Active, with the work's own rule in
-(apply) or out (revoke). A rule recorded a moment ago whose row lags is
-left out until its own work or the reconciler's next round puts it in,
-never lost. The router's table is replaced as a whole, under one lock per
-router, so concurrent rules of one network never interleave.
+(apply) or out (revoke). The router's table is replaced as a whole, under
+one lock per router, so concurrent rules of one network never interleave.
+
+Read models lag, so a plan read a moment before the lock was taken can be
+older than what another work (or the reconciler) programmed meanwhile: a
+rule just applied whose row was not there yet, or a rule just revoked
+still shown Active. Left as read, the table would drop the first and put
+the second back. So under the lock each rule is taken at the newest
+version this process has acted on (`newest`): a stale read never undoes a
+newer act. One effector serves a zone's routers, so this process has seen
+every act on them since it started; after a restart the reads are all it
+has, and they are as new as its first work's.
 """
 
 from __future__ import annotations
 
 import subprocess
+import threading
 from typing import TYPE_CHECKING
 from uuid import UUID
 
@@ -33,6 +42,7 @@ from cloud_engine.effectors.mapping import Unsupported, host_uplink, network_spe
 from cloud_engine.effectors.network import router
 from cloud_engine.effectors.network.driver import NetworkDriver, NetworkDriverError
 from cloud_engine.effectors.network.router_spec import RouterRule, RouterSpec
+from cloud_engine.effectors.network.ruleset import expected_comments
 from cloud_engine.effectors.network.spec import SpecError
 
 if TYPE_CHECKING:
@@ -55,6 +65,35 @@ class RouterPlan(msgspec.Struct, frozen=True, kw_only=True):
     @property
     def host_id(self) -> UUID | None:
         return None if self.node is None else self.node.id
+
+
+# network id -> rule id -> (the newest view acted on, its public IP's address)
+_acted: dict[UUID, dict[UUID, tuple[RuleView, str | None]]] = {}
+_acted_guard = threading.Lock()
+
+
+def newest(plan: RouterPlan) -> RouterPlan:
+    """The plan with every rule at the newest version acted on here, the
+    plan's own views recorded as acted on. Call under the router's lock."""
+    with _acted_guard:
+        acted = _acted.setdefault(plan.network.id, {})
+        for r in plan.rules:
+            old = acted.get(r.id)
+            if old is None or old[0].version <= r.version:
+                address = plan.public_ips.get(r.public_ip_id) if r.public_ip_id else None
+                acted[r.id] = (r, address or (old[1] if old else None))
+        views = list(acted.values())
+    return msgspec.structs.replace(
+        plan,
+        rules=tuple(sorted((v for v, _ in views), key=lambda r: r.id)),
+        public_ips={v.public_ip_id: a for v, a in views if v.public_ip_id and a},
+    )
+
+
+def forget(network_id: UUID) -> None:
+    """The network's router is gone: nothing of it to keep."""
+    with _acted_guard:
+        _acted.pop(network_id, None)
 
 
 def network_node(hosts: list[HostView]) -> HostView | None:
@@ -130,7 +169,9 @@ def router_names(network_id: UUID, host_ns: str | None) -> tuple[str, str, str, 
 def router_rules(plan: RouterPlan, without: UUID | None = None) -> tuple[RouterRule, ...]:
     rules = []
     for r in plan.rules:
-        if r.id == without or (r.state not in LIVE and r.id != plan.rule_id):
+        # A rule's own apply is no exception: redelivered after its revoke,
+        # it must not put the rule back.
+        if r.id == without or r.state not in LIVE:
             continue
         public_ip = plan.public_ips.get(r.public_ip_id) if r.public_ip_id else None
         rules.append(
@@ -174,20 +215,38 @@ def router_spec(
     )
 
 
+class Ensured(msgspec.Struct, frozen=True, kw_only=True):
+    repaired: list[str]  # empty: the router was as asked
+    missing: frozenset[str]  # the comments of the rules that were not on it
+    plan: RouterPlan  # what was programmed: the plan at its newest
+
+
 def ensure_router(executor: Executor, plan: RouterPlan, without: UUID | None = None) -> list[str]:
     """The network's bridge and router on its node, as the plan says; what
     had to be repaired."""
+    return ensure_router_checked(executor, plan, without).repaired
+
+
+def ensure_router_checked(
+    executor: Executor, plan: RouterPlan, without: UUID | None = None
+) -> Ensured:
     node = plan.node
     if node is None:
         raise Unsupported(f"network {plan.network.id}: its zone has no enabled host")
     host_ns, name = host_ns_name(executor, node)
-    spec = router_spec(executor, plan, name, without)
-    uplink = host_uplink(node, plan.zone_hosts, executor.uplink)
-    net_spec = network_spec(executor.names, plan.network, uplink)
-    with shared(node.libvirt_uri, "router", spec.netns):
+    netns = router_names(plan.network.id, name)[0]
+    with shared(node.libvirt_uri, "router", netns):
+        plan = newest(plan)
+        spec = router_spec(executor, plan, name, without)
+        have = router.table_comments(netns, spec.table) if netns in router.netns_names() else None
+        want = expected_comments(spec)
+        missing = set(want) if have is None else set((want - have).keys())
+        uplink = host_uplink(node, plan.zone_hosts, executor.uplink)
+        net_spec = network_spec(executor.names, plan.network, uplink)
         with shared(node.libvirt_uri, "network", net_spec.name):
             NetworkDriver(executor.hypervisor(node.libvirt_uri), netns=host_ns).ensure(net_spec)
-        return router.ensure(spec, host_ns)
+        repaired = router.ensure(spec, host_ns)
+    return Ensured(repaired=repaired, missing=frozenset(missing), plan=plan)
 
 
 def apply_router(executor: Executor, item: WorkItem, plan: RouterPlan) -> str:
@@ -204,6 +263,7 @@ def remove_router(executor: Executor, item: WorkItem, plan: RouterPlan) -> str:
         netns, _table, tenant_link, public_link = router_names(plan.network.id, name)
         with shared(host.libvirt_uri, "router", netns):
             removed |= router.remove(netns, host_ns, (tenant_link, public_link))
+    forget(plan.network.id)
     return "removed" if removed else "absent"
 
 

@@ -199,13 +199,6 @@ async def rule_state(cloud: Cloud, rule_id: uuid.UUID, state: str) -> NetworkRul
     return found
 
 
-# Kept until a full CI run has passed with fetch_until no longer blocking
-# the event loop (the cause of the failures it was marked for: see
-# fetch_until). The reconciler can still drop a rule whose read-model row
-# lags for one round (5 s here, 30 s by default): an open product bug.
-@pytest.mark.xfail(
-    strict=False, reason="until a full CI run confirms the fix of fetch_until blocking the loop"
-)
 async def test_egress_public_ips_and_rules(
     guest_cloud: Cloud, lab: Lab, hosts: list[LabHost], outside: Outside
 ) -> None:
