@@ -1,5 +1,6 @@
 """bench/deploy.py's timed runs through the pipeline: clients in a closed
-loop submitting DeployVm, a consumer of the vm topic that sees each VM
+loop submitting DeployVm, then deploys arriving at a paced rate (an open
+loop), a consumer of the vm topic that sees each VM
 Running, the check of the store afterwards, and each deploy's time split
 into its steps from the stored events' timestamps."""
 
@@ -9,11 +10,13 @@ import argparse
 import asyncio
 import contextlib
 import itertools
+import random
 import time
 import uuid
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
+from typing import Any
 from uuid import UUID
 
 import msgspec
@@ -140,6 +143,23 @@ async def closed_loop(
     return samples
 
 
+async def open_loop(
+    rate: float, seconds: float, seed: int, one: Callable[[int], Coroutine[Any, Any, Sample]]
+) -> list[Sample]:
+    """Deploys arriving as a Poisson stream of `rate` per second for
+    `seconds`, each submitted at its time whatever is still in flight: the
+    latency a client sees at that load, not bounded by a fixed number in
+    flight (Little's law) as in the closed loop."""
+    rng = random.Random(seed)
+    loop = asyncio.get_running_loop()
+    start, at = loop.time(), 0.0
+    tasks: list[asyncio.Task[Sample]] = []
+    while (at := at + rng.expovariate(rate)) < seconds:
+        await asyncio.sleep(max(0.0, start + at - loop.time()))
+        tasks.append(asyncio.create_task(one(len(tasks))))
+    return list(await asyncio.gather(*tasks))
+
+
 async def deploys(
     service: CommandService,
     watcher: Watcher,
@@ -149,6 +169,7 @@ async def deploys(
     concurrency: int,
     strategy: str,
     first: int = 0,
+    paced: tuple[float, float, int] | None = None,  # (rate, seconds, seed): an open loop
 ) -> Run:
     run = Run()
 
@@ -177,7 +198,8 @@ async def deploys(
             await asyncio.sleep(0.5)
 
     guard = asyncio.create_task(watchdog())
-    work = asyncio.create_task(closed_loop(count, concurrency, one))
+    driver = closed_loop(count, concurrency, one) if paced is None else open_loop(*paced, one)
+    work = asyncio.create_task(driver)
     done, _ = await asyncio.wait({guard, work}, return_when=asyncio.FIRST_COMPLETED)
     if work not in done:  # a component died
         work.cancel()
@@ -275,6 +297,8 @@ class Results:
     steps: list[list[float]]
     single: Run
     single_steps: list[list[float]]
+    paced: Run | None = None
+    paced_steps: list[list[float]] = field(default_factory=list)
     chain_rate: float = 0.0
     chain_latency: list[float] = field(default_factory=list)
 
@@ -318,13 +342,23 @@ async def pipeline_run(
             first=args.warmup + args.single,
         )
         meter.stop()
+        paced = None
+        if args.rate > 0:
+            await asyncio.sleep(1.0)
+            first = args.warmup + args.single + args.deploys
+            paced = await deploys(
+                service, watcher, components, fabric, 0, 0, args.strategy, first=first,
+                paced=(args.rate, args.paced_seconds, args.seed),
+            )  # fmt: skip
     finally:
         stop.set()
         await watching
-    failed = [s for s in [*single.samples, *run.samples] if not s.ok]
+    timed = [single, run] + ([paced] if paced else [])
+    failed = [s for r in timed for s in r.samples if not s.ok]
     if failed:
-        raise RuntimeError(f"{len(failed)} of {args.single + args.deploys} deploys failed")
-    await asyncio.to_thread(verify, store, fabric, [warm, single, run])
+        total = sum(len(r.samples) for r in timed)
+        raise RuntimeError(f"{len(failed)} of {total} deploys failed")
+    await asyncio.to_thread(verify, store, fabric, [warm, *timed])
     names = list(components.processes)
     return Results(
         run,
@@ -333,4 +367,8 @@ async def pipeline_run(
         steps=await asyncio.to_thread(step_times, store, run.samples),
         single=single,
         single_steps=await asyncio.to_thread(step_times, store, single.samples),
+        paced=paced,
+        paced_steps=[]
+        if paced is None
+        else await asyncio.to_thread(step_times, store, paced.samples),
     )
