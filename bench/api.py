@@ -57,10 +57,12 @@ The command writer does not use psycopg's pipeline mode (engine/store.py
 says why): under this load psycopg 3.3.9's pipeline loop hung it for good.
 
     python bench/api.py [--vms 100000] [--clients 200] [--per-client 10]
-                        [--rate 100] [--seconds 10] [--read-clients 1,8]
+                        [--rate 250] [--seconds 10] [--read-clients 1,8]
                         [--reads 2000]
 
-Last line: accept_p99_ms=<closed loop p99> get_p99_ms=<n>
+Last line: accept_p99_ms=<paced p99: issue 23's target, <= 20 ms at 250/s>
+accept_closed_p99_ms=<closed loop p99> accepts_per_s=<closed loop: the maximum>
+get_p99_ms=<n> list_p99_ms=<n>
 list_p99_ms=<the worst list kind's p99>, the reads at the highest
 --read-clients.
 """
@@ -799,7 +801,8 @@ async def run(target: DatabaseTarget, args: argparse.Namespace) -> dict[str, Tim
         store.close()
 
 
-def report(results: dict[str, Timings], read_clients: list[int]) -> tuple[float, float, float]:
+def report(results: dict[str, Timings], read_clients: list[int]) -> str:
+    """Prints every phase; returns the last line."""
     for name, timings in results.items():
         print(f"{name}: {summary(timings)}")
         if timings.late:
@@ -819,7 +822,11 @@ def report(results: dict[str, Timings], read_clients: list[int]) -> tuple[float,
     # The last line takes the reads at the highest concurrency measured.
     at = f" @{max(read_clients)}"
     lists = [p99(n) for n in results if n.startswith("list ") and n.endswith(at)]
-    return p99("accept closed"), p99("GET /v1/vms/{id}" + at), max(lists)
+    return (
+        f"accept_p99_ms={p99('accept paced'):.1f} accept_closed_p99_ms={p99('accept closed'):.1f}"
+        f" accepts_per_s={results['accept closed'].per_second:.0f}"
+        f" get_p99_ms={p99('GET /v1/vms/{id}' + at):.1f} list_p99_ms={max(lists):.1f}"
+    )
 
 
 def main() -> None:
@@ -827,7 +834,7 @@ def main() -> None:
     parser.add_argument("--vms", type=int, default=100_000)
     parser.add_argument("--clients", type=int, default=200)
     parser.add_argument("--per-client", type=int, default=10, help="closed-loop deploys each")
-    parser.add_argument("--rate", type=float, default=100, help="paced deploys/s, all clients")
+    parser.add_argument("--rate", type=float, default=250, help="paced deploys/s, all clients")
     parser.add_argument("--seconds", type=float, default=10)
     parser.add_argument(
         "--read-clients",
@@ -859,9 +866,9 @@ def main() -> None:
         finally:
             pg.stop()
             log_file.close()
-    accept, get, listing = report(results, args.read_clients)
+    last = report(results, args.read_clients)
     print(f"total {time.perf_counter() - started:.0f} s")
-    print(f"accept_p99_ms={accept:.1f} get_p99_ms={get:.1f} list_p99_ms={listing:.1f}")
+    print(last)
 
 
 if __name__ == "__main__":
