@@ -184,7 +184,8 @@ class RuleView(msgspec.Struct, frozen=True, kw_only=True):
     private_end_port: int | None = None
 
 
-def _view(cls: type[T], row: asyncpg.Record) -> T:
+def view(cls: type[T], row: asyncpg.Record) -> T:
+    """A read model's row as the view its users read."""
     fields: dict[str, Any] = msgspec.json.decode(row["data"])
     fields["id"], fields["version"] = row["id"], row["version"]
     return msgspec.convert(fields, cls)
@@ -199,19 +200,19 @@ class ReadModels:
         self.wait_s = wait_s
         self.interval_s = interval_s
 
-    def _table(self, aggregate_type: str) -> str:
+    def table(self, aggregate_type: str) -> str:
         return read_model(self.schema, aggregate_type)
 
     async def get(
         self, cls: type[T], aggregate_type: str, aggregate_id: UUID, at_least: int = 0
     ) -> T | None:
         """The row of one aggregate once it reflects version `at_least`."""
-        query = f"SELECT id, version, data FROM {self._table(aggregate_type)} WHERE id = $1"
+        query = f"SELECT id, version, data FROM {self.table(aggregate_type)} WHERE id = $1"
         deadline = time.monotonic() + self.wait_s
         while True:
             row = await self.pool.fetchrow(query, aggregate_id)
             if row is not None and row["version"] >= at_least:
-                return _view(cls, row)
+                return view(cls, row)
             if at_least == 0 and row is None:
                 return None
             if time.monotonic() >= deadline:
@@ -229,7 +230,7 @@ class ReadModels:
         if field not in readmodel.indexed_keys(aggregate_type):
             raise ValueError(f"read model {aggregate_type} has no index on {field}")
         return (
-            f"SELECT id, version, data FROM {self._table(aggregate_type)}"
+            f"SELECT id, version, data FROM {self.table(aggregate_type)}"
             f" WHERE {readmodel.key_sql(field)} = $1"
         )
 
@@ -238,9 +239,9 @@ class ReadModels:
         key = readmodel.key_value(field, value)
         rows = await self.pool.fetch(self.where_sql(aggregate_type, field), key)
         # In id order, sorted here: ORDER BY id may walk the key's index.
-        return [_view(cls, r) for r in sorted(rows, key=lambda r: r["id"])]
+        return [view(cls, r) for r in sorted(rows, key=lambda r: r["id"])]
 
     async def hosts(self, zones: frozenset[UUID] | None) -> list[HostView]:
-        rows = await self.pool.fetch(f"SELECT id, version, data FROM {self._table('host')}")
-        hosts = [_view(HostView, r) for r in rows]
+        rows = await self.pool.fetch(f"SELECT id, version, data FROM {self.table('host')}")
+        hosts = [view(HostView, r) for r in rows]
         return [h for h in hosts if zones is None or h.zone_id in zones]

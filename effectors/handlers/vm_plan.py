@@ -20,6 +20,7 @@ from cloud_engine.effectors.desired import (
 from cloud_engine.effectors.handlers import template
 from cloud_engine.effectors.handlers.base import Reads
 from cloud_engine.effectors.handlers.template import TemplateSource
+from cloud_engine.effectors.vm_rows import VmRows
 
 log = structlog.get_logger("effectors.handlers.vm")
 
@@ -52,8 +53,11 @@ class VmPlan(msgspec.Struct, frozen=True):
 
 
 async def read_plan(reads: Reads, item: WorkItem) -> VmPlan | None:
-    models = reads.models
-    vm = await models.get(VmView, "vm", item.aggregate_id, item.version)
+    # One query for the VM and what it holds; the reads below are answered
+    # from its rows (anything else still goes to the database).
+    models = await VmRows.read(reads.models, item.aggregate_id, item.version)
+    reads = Reads(models, reads.zones)
+    vm = models.vm()
     if vm is None or not reads.serves(vm.zone_id):
         return None
     # A destroyed or expunging VM has left its host; its domain is still
