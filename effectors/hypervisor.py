@@ -104,10 +104,14 @@ class Hypervisor:
         code = e.get_error_code()
         return HypervisorError(self.uri, action, int(code or 0), e.get_error_message() or str(e))
 
-    def call(self, action: str, fn: Callable[[libvirt.virConnect], T]) -> T:
+    def call(
+        self, action: str, fn: Callable[[libvirt.virConnect], T], *, attempts: int | None = None
+    ) -> T:
         """fn(connection), retried on transient errors (reconnecting first);
-        any other libvirt error is raised as HypervisorError at once."""
-        for attempt in range(1, self.attempts + 1):
+        any other libvirt error is raised as HypervisorError at once.
+        attempts, when given, replaces the connection's own count."""
+        attempts = self.attempts if attempts is None else max(1, attempts)
+        for attempt in range(1, attempts + 1):
             conn = None
             try:
                 conn = self.conn
@@ -116,7 +120,7 @@ class Hypervisor:
                 failure = self.error(action, e)
             except HypervisorError as e:  # from reconnecting
                 failure = e
-            if not failure.transient or attempt == self.attempts:
+            if not failure.transient or attempt == attempts:
                 raise failure
             delay = min(self.max_delay, self.base_delay * 2 ** (attempt - 1))
             delay *= random.uniform(0.5, 1.0)

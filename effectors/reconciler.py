@@ -117,13 +117,14 @@ class Reconciler:
         effector: str,
         hypervisor_for: Callable[[str], Hypervisor],
         interval_s: float = 30.0,
-        down_after: int = 3,
+        down_after: int = 2,
         names: Names | None = None,
         check_volumes: bool = True,
         lifecycle_events: bool = False,
         event_settle_s: float = 0.5,
         routers: Callable[[], Awaitable[list[EffectorResult]]] | None = None,
         retry_s: float = 0.5,
+        connect_attempts: int = 3,
     ) -> None:
         # The virtual routers' round (effectors/router_reconciler.py).
         self.routers = routers
@@ -141,6 +142,11 @@ class Reconciler:
         # While a host fails, the next round comes this soon: a host that
         # died is reported in seconds, not down_after whole intervals.
         self.retry_s = retry_s
+        # A round's connect is its liveness check: retried briefly (~0.3-0.6
+        # s), not for the ~2 s work gets, so a dead host fails a round fast.
+        # Reporting it still takes down_after rounds in a row, and fencing a
+        # stale heartbeat as well (automation/liveness.py).
+        self.connect_attempts = connect_attempts
         # host id -> consecutive failed rounds, when the outage began, and
         # whether it has been reported.
         self._failures: dict[UUID, int] = {}
@@ -227,6 +233,7 @@ class Reconciler:
         return found
 
     def _list_domains(self, host_id: UUID, hypervisor: Hypervisor) -> list[DomainState]:
+        hypervisor.call("connect", lambda _conn: None, attempts=self.connect_attempts)
         domains = ComputeDriver(hypervisor).list_domains()
         if self.lifecycle_events:
             self._watch(host_id, hypervisor)

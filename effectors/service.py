@@ -69,13 +69,13 @@ class EffectorService:
         name: str | None = None,
         stop_timeout_s: float = 30.0,
         reconcile_interval_s: float = 30.0,
-        down_after: int = 3,
+        down_after: int = 2,
         uplink: Uplink | None = None,
         domain_type: DomainType = "qemu",
     ) -> None:
         self.target = target
         self.reconcile_interval_s = reconcile_interval_s
-        # Failed rounds (each a connect retried for ~2 s, 0.5 s apart)
+        # Failed rounds (each a connect retried for ~0.5 s, 0.5 s apart)
         # before a host is reported unreachable (then Suspect).
         self.down_after = down_after
         self.config = config

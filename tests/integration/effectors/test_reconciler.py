@@ -17,7 +17,7 @@ from cloud_engine.bus.work_results import EffectorResult
 from cloud_engine.effectors.compute.driver import ComputeDriver
 from cloud_engine.effectors.compute.spec import DomainSpec
 from cloud_engine.effectors.desired import HostView, VmSize, VmView, VolumeView
-from cloud_engine.effectors.hypervisor import Hypervisor
+from cloud_engine.effectors.hypervisor import Hypervisor, HypervisorError
 from cloud_engine.effectors.naming import Names
 from cloud_engine.effectors.reconciler import Reconciler, start_libvirt_event_loop
 from cloud_engine.effectors.storage.pools import ensure_pool
@@ -169,6 +169,35 @@ async def test_an_unreachable_host_is_reported_after_down_after_rounds_once():
     assert published == [down]
     # Once per outage.
     assert await rec.reconcile_once() == []
+
+
+class Counted(Hypervisor):
+    """Counts its connects."""
+
+    opened = 0
+
+    def _open(self) -> Any:
+        self.opened += 1
+        return super()._open()
+
+
+async def test_a_rounds_liveness_check_retries_its_connect_less_than_work_does():
+    # The effector's shared connection retries 5 times for work; a round's
+    # check of the host only connect_attempts times, and by default two
+    # failed rounds report the host (the heartbeat must still be stale
+    # before automation fences it).
+    host = host_view("qemu+tcp://127.0.0.1:1/system")
+    shared = Counted(host.libvirt_uri, attempts=5, base_delay=0.001)
+    published = Published()
+    rec = reconciler(FakeReadModels([host]), published, lambda uri: shared, connect_attempts=2)
+
+    assert await rec.reconcile_once() == []
+    assert shared.opened == 2
+    (down,) = await rec.reconcile_once()
+    assert down.kind == "host.unreachable" and shared.opened == 4
+    with pytest.raises(HypervisorError):
+        shared.call("work", lambda conn: None)
+    assert shared.opened == 9
 
 
 async def test_a_host_that_answers_again_resets_the_count(hypervisor, libvirt_uri):

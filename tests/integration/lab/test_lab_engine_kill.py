@@ -45,7 +45,7 @@ ENGINE_ENV = {"CLOUD_ENGINE_OPERATION_SWEEP_S": "1"}
 
 def _start_in_process(cloud: Cloud, lab: Lab) -> None:
     """The effector (checks every 3 s, a failing host every 0.5 s, Suspect
-    after 2 misses), automation fencing through the lab, the drainer."""
+    after 2 misses, the default), automation fencing through the lab, the drainer."""
     pipeline = cloud.pipeline
     effector = EffectorService(
         pipeline.target,
@@ -54,7 +54,6 @@ def _start_in_process(cloud: Cloud, lab: Lab) -> None:
         name="effector@lab-engine-kill",
         stop_timeout_s=5.0,
         reconcile_interval_s=3.0,
-        down_after=2,
     )
     automation = Automation(
         cloud.service,

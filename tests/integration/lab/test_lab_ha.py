@@ -42,7 +42,6 @@ def _start_effector(cloud: Cloud, pg_target, broker: str, prefix: str) -> None:
         name="effector@lab-ha",
         stop_timeout_s=5.0,
         reconcile_interval_s=3.0,
-        down_after=2,
     )
     cloud.pipeline.tasks.append(asyncio.create_task(effector.run(cloud.pipeline.stop)))
 
