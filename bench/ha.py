@@ -12,8 +12,9 @@ QEMU and its libvirtd die at once) and times, from the cut, until every
 one of the 3 is recorded Running on another host and its domain runs
 there (checked on every libvirtd). The parts come from the host's events
 (suspected, down, fenced: stamped by the committing process) and the VMs'
-(started). The host is then powered on with its disk and waits to be Up
-again (not timed) before the next run.
+(placed: the start asked of the effector on the chosen host; started).
+The host is then powered on with its disk and waits to be Up again (not
+timed) before the next run.
 
 Baseline from the same run: a `vm.start` of one of those VMs stopped on a
 healthy host (the restart step alone, without detection and fencing).
@@ -224,9 +225,13 @@ def run(tmp: Path, runs: int) -> tuple[list[float], list[float]]:
                 suspected = last(store, victim_id, "Suspected") - cut
                 down = last(store, victim_id, "Down") - cut
                 fenced = last(store, victim_id, "Fenced") - cut
+                # Placed: the planner chose a host and asked the effector to
+                # start (the VM's StartRequested), for the last of the 3.
+                placed = max(last(store, v, "StartRequested") for v in vms) - cut
                 print(
                     f"run {n + 1} ({victim.name}): {took:.2f} s (suspected {suspected:.2f},"
-                    f" down {down:.2f}, fenced {fenced:.2f}, VMs started {took:.2f})"
+                    f" down {down:.2f}, fenced {fenced:.2f}, placed {placed:.2f},"
+                    f" VMs started {took:.2f})"
                 )
                 lab.power_on(victim.name, wipe=False)
                 wait_until(
