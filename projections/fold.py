@@ -27,7 +27,7 @@ from uuid import UUID
 import asyncpg
 
 from cloud_engine.engine.catalog import AGGREGATES, PUBLIC_NAMES
-from cloud_engine.engine.mapper import MsgspecMapper
+from cloud_engine.engine.fast_fold import FastFold
 from cloud_engine.infra.database import DatabaseTarget
 from cloud_engine.infra.pg import connect
 from cloud_engine.infra.tables import events_table, table_name
@@ -116,7 +116,10 @@ async def fold_range(
     writer = await connect(target)
     try:
         shadows = ShadowWriter(writer, target.schema)
-        decode: Callable[..., Any] = MsgspecMapper().decode
+        # Per stored topic, a function folding one event into its aggregate
+        # without the library's per-event mutate machinery (engine.fast_fold).
+        fold = FastFold()
+        folders, folder_for = fold.folders, fold.folder
         aggregate: Any = None
         current: UUID | None = None
         position = 0
@@ -131,7 +134,8 @@ async def fold_range(
                             if aggregate is not None:
                                 await shadows.add(Row(aggregate, position))
                             aggregate, current = None, originator_id
-                        aggregate = decode(originator_id, version, topic, state).mutate(aggregate)
+                        folder = folders.get(topic) or folder_for(topic)
+                        aggregate = folder(aggregate, originator_id, version, state)
                         position = notification_id
                 counter(len(rows))
         if aggregate is not None:
