@@ -31,7 +31,7 @@ import contextlib
 import threading
 import time
 import uuid
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from datetime import UTC, datetime
 from typing import Any, Protocol, TypeVar
 from uuid import UUID
@@ -71,6 +71,10 @@ class ReadModelsLike(Protocol):
 
     async def where(
         self, cls: type[T], aggregate_type: str, field: str, value: UUID
+    ) -> list[T]: ...
+
+    async def where_in(
+        self, cls: type[T], aggregate_type: str, field: str, values: Sequence[UUID]
     ) -> list[T]: ...
 
 
@@ -122,6 +126,7 @@ class Reconciler:
         check_volumes: bool = True,
         lifecycle_events: bool = False,
         event_settle_s: float = 0.5,
+        event_share: float = 0.2,
         routers: Callable[[], Awaitable[list[EffectorResult]]] | None = None,
         retry_s: float = 0.5,
         connect_attempts: int = 3,
@@ -139,6 +144,10 @@ class Reconciler:
         self.check_volumes = check_volumes
         self.lifecycle_events = lifecycle_events
         self.event_settle_s = event_settle_s
+        # Rounds woken by events take at most this share of the time: a
+        # round over thousands of VMs, woken by every start of a burst,
+        # would otherwise run back to back beside the work it checks.
+        self.event_share = event_share
         # While a host fails, the next round comes this soon: a host that
         # died is reported in seconds, not down_after whole intervals.
         self.retry_s = retry_s
@@ -316,24 +325,27 @@ class Reconciler:
         disks whether the pool is shared or local, so that is where they are
         checked. Detached volumes are not checked (which host should hold a
         local pool's volume is not recorded)."""
+        # One query for all of the host's VMs, before and after observing
+        # (a query per VM made a round cost a round trip per VM).
+        mine = [vm.id for vm in vms if vm.host_id in (host.id, None)]
+        if not mine:
+            return []
+        before = await self.read_models.where_in(VolumeView, "volume", "vm_id", mine)
+        judged = [v for v in before if v.state in VOLUME_JUDGED and v.pool_id is not None]
+        if not judged:
+            return []
+        observed = await asyncio.to_thread(self._observe_volumes, hypervisor, judged)
+        held = sorted({v.vm_id for v in judged if v.vm_id is not None})
+        after = {
+            v.id: v for v in await self.read_models.where_in(VolumeView, "volume", "vm_id", held)
+        }
         drifts: list[Drift] = []
-        for vm in vms:
-            if vm.host_id not in (host.id, None):
-                continue
-            before = await self.read_models.where(VolumeView, "volume", "vm_id", vm.id)
-            judged = [v for v in before if v.state in VOLUME_JUDGED and v.pool_id is not None]
-            if not judged:
-                continue
-            observed = await asyncio.to_thread(self._observe_volumes, hypervisor, judged)
-            after = {
-                v.id: v for v in await self.read_models.where(VolumeView, "volume", "vm_id", vm.id)
-            }
-            for volume, seen in zip(judged, observed, strict=True):
-                if seen is None or after.get(volume.id) != volume:
-                    continue  # pool not on this host, or the volume changed meanwhile
-                drift = volume_drift(volume, seen)
-                if drift is not None:
-                    drifts.append(drift)
+        for volume, seen in zip(judged, observed, strict=True):
+            if seen is None or after.get(volume.id) != volume:
+                continue  # pool not on this host, or the volume changed meanwhile
+            drift = volume_drift(volume, seen)
+            if drift is not None:
+                drifts.append(drift)
         return drifts
 
     def _observe_volumes(
@@ -364,12 +376,14 @@ class Reconciler:
             start_libvirt_event_loop()
         while not stop.is_set():
             self._wake.clear()
+            started = time.monotonic()
             try:
                 await self.reconcile_once()
             except Exception:
                 # The read models or the bus being down must not end the
                 # reconciler: the next round tries again.
                 log.exception("reconcile_failed")
+            ended = time.monotonic()
             stopping = asyncio.ensure_future(stop.wait())
             woken = asyncio.ensure_future(self._wake.wait())
             try:
@@ -384,9 +398,11 @@ class Reconciler:
                         await task
             if self._wake.is_set() and not stop.is_set():
                 # One stop or start emits several events (and so may many
-                # domains at once): let them settle into one round.
+                # domains at once): let them settle into one round, and
+                # space the rounds they wake by the last one's length.
+                spaced = (ended - started) * (1 / self.event_share - 1) - (time.monotonic() - ended)
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(stop.wait(), self.event_settle_s)
+                    await asyncio.wait_for(stop.wait(), max(self.event_settle_s, spaced))
         for host_id in list(self._watched):  # so the connections can close
             await asyncio.to_thread(self._unwatch, host_id)
 

@@ -5,6 +5,7 @@ swap), and the queries the API sends are planned on them without a sort."""
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 import uuid
 from typing import Any
@@ -225,15 +226,16 @@ async def test_effector_lookups_are_planned_on_their_index(pg_target: DatabaseTa
         await conn.execute("SET enable_seqscan = off; SET plan_cache_mode = force_generic_plan")
         for aggregate_type in readmodel.AGGREGATES:
             table = tables.table_name(aggregate_type)
-            for key in readmodel.indexed_keys(aggregate_type):
-                await conn.execute(f"PREPARE lookup AS {models.where_sql(aggregate_type, key)}")
-                text = await conn.fetchval(
-                    f"EXPLAIN (FORMAT JSON) EXECUTE lookup('{uuid.uuid4()}')"
-                )
+            for key, many in itertools.product(readmodel.indexed_keys(aggregate_type), (0, 1)):
+                # many: where_in's = ANY of a list (the reconciler's volumes of a host's VMs).
+                sql = models.where_sql(aggregate_type, key, many=bool(many))
+                await conn.execute(f"PREPARE lookup AS {sql}")
+                value = f"'{{{uuid.uuid4()},{uuid.uuid4()}}}'" if many else f"'{uuid.uuid4()}'"
+                text = await conn.fetchval(f"EXPLAIN (FORMAT JSON) EXECUTE lookup({value})")
                 await conn.execute("DEALLOCATE lookup")
                 plan = json.loads(text)[0]["Plan"]
                 used = {n["Index Name"] for n in nodes(plan) if "Index Name" in n}
-                assert used == {f"{table}_by_{key}"}, (aggregate_type, key, plan)
+                assert used == {f"{table}_by_{key}"}, (aggregate_type, key, many, plan)
         with pytest.raises(ValueError, match="no index on kind"):
             models.where_sql("vm", "kind")
     finally:

@@ -31,7 +31,7 @@ MiB = 1024 * 1024
 
 
 class FakeReadModels:
-    """hosts() and where() over views held in memory."""
+    """hosts(), where() and where_in() over views held in memory."""
 
     def __init__(self, hosts: list[HostView]) -> None:
         self._hosts = hosts
@@ -46,6 +46,9 @@ class FakeReadModels:
             for v in self.views.get(aggregate_type, [])
             if isinstance(v, cls) and getattr(v, field, None) == value
         ]
+
+    async def where_in(self, cls, aggregate_type, field, values):
+        return [v for value in values for v in await self.where(cls, aggregate_type, field, value)]
 
 
 def host_view(uri: str) -> HostView:
