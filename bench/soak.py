@@ -288,16 +288,23 @@ def main() -> None:
     parser.add_argument("--rate", type=float, default=None, help="lifecycles/s (default: max/2)")
     parser.add_argument("--live", type=int, default=64, help="lifecycles (VMs) at once at most")
     parser.add_argument("--keep", action="store_true", help="keep the data directory and logs")
+    parser.add_argument(
+        "--broker-storage", choices=("postgres", "memory"), default="postgres",
+        help="the dev broker's records: in PostgreSQL as `up` keeps them, or in memory",
+    )  # fmt: skip
     args = parser.parse_args()
     configure_logging("console", "error")
-    print(f"load average at start: {load()}", flush=True)
+    print(f"load average at start: {load()}; broker storage {args.broker_storage}", flush=True)
     tmp = Path(tempfile.mkdtemp(prefix="cloud-engine-soak-"))
     logs = tmp / "logs"
     logs.mkdir()
     make_template_image(tmp / "www")
     pg = EmbeddedPostgres(load_settings(environ={}, data_dir=str(tmp)))
+    durable = args.broker_storage == "postgres"
     broker = DevBroker(
-        log_file=logs / "broker.log", database=broker_database(pg.target), state_dir=tmp
+        log_file=logs / "broker.log",
+        database=broker_database(pg.target) if durable else None,
+        state_dir=tmp,
     )
     bootstrap = broker.start()
     components = SoakComponents(pg.target, bootstrap, logs)
@@ -327,14 +334,15 @@ def main() -> None:
             pids = {n: p.pid for n, p in components.processes.items()}
             pids["broker"] = broker._process.pid if broker._process else -1
             # The durable broker's records go through a Python process of its own.
-            pids["broker store"] = next(
-                (
-                    c.pid
-                    for c in psutil.Process().children()
-                    if "broker_store" in " ".join(c.cmdline())
-                ),
-                -1,
-            )
+            if durable:
+                pids["broker store"] = next(
+                    (
+                        c.pid
+                        for c in psutil.Process().children()
+                        if "broker_store" in " ".join(c.cmdline())
+                    ),
+                    -1,
+                )
             memory = Memory(pids, postmaster_pid(tmp))
             memory.start()
             time.sleep(1)
@@ -429,6 +437,8 @@ def main() -> None:
     print("RSS (MiB): after start, after warm-up (last minute of window 1), end (last minute):")
     growth: dict[str, float] = {}
     for name in [*NAMES, "postgres (all)"]:
+        if name not in started_rss:  # no broker store with --broker-storage memory
+            continue
         warm = median_between(memory, name, soak0 + window - 60, soak0 + window)
         end = median_between(memory, name, soak_end - 60, soak_end)
         pct = 100 * (end - warm) / warm

@@ -44,6 +44,7 @@ from cloud_engine.infra.pg import connect, create_pool
 log = structlog.get_logger("bus.broker_store")
 
 TABLE = "broker_objects"
+SLOW_S = 0.5  # a request that took this long is logged
 S3_XMLNS = "http://s3.amazonaws.com/doc/2006-03-01/"
 REASONS = {
     200: "OK",
@@ -157,6 +158,21 @@ class ObjectStore:
         self.pool = pool
 
     async def handle(self, request: Request) -> Response:
+        started = time.monotonic()
+        response = await self._handle(request)
+        took = time.monotonic() - started
+        if took >= SLOW_S:
+            # Every hop of the bus waits on these: a slow one shows as lag everywhere.
+            log.warning(
+                "slow_request",
+                method=request.method,
+                key=request.key or "?" + "&".join(f"{k}={v}" for k, v in request.query.items()),
+                status=response.status,
+                seconds=round(took, 3),
+            )
+        return response
+
+    async def _handle(self, request: Request) -> Response:
         if not request.bucket:
             return error(400, "InvalidBucketName", "no bucket in the path")
         method, query = request.method, request.query
