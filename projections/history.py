@@ -298,11 +298,26 @@ def _to_plain(value: Any) -> Any:
     return str(value)
 
 
+def _to_plain_sorted(value: Any) -> Any:
+    # For the sorting encoder: a mapping becomes what to_builtins makes of
+    # it (text keys, sorted), so keys that are not text (a host's
+    # reservations by VM id, a VM's disks by device) encode as before.
+    if isinstance(value, Mapping):
+        return msgspec.to_builtins(
+            dict(value), str_keys=True, enc_hook=_to_plain, order="deterministic"
+        )
+    return str(value)
+
+
+_sorted_encoder = msgspec.json.Encoder(enc_hook=_to_plain_sorted, order="deterministic")
+
+
 def state_view(aggregate: Aggregate) -> StateView:
     """The aggregate's public state: its attributes (not the private _ ones)
     and the public properties its class declares, plus id, version and times."""
+    # name[0], not startswith: a rebuild runs this once per read-model row.
     attributes: dict[str, Any] = {
-        name: value for name, value in vars(aggregate).items() if not name.startswith("_")
+        name: value for name, value in vars(aggregate).items() if name[0] != "_"
     }
     for name in _properties(type(aggregate)):
         if name in attributes:
@@ -311,9 +326,6 @@ def state_view(aggregate: Aggregate) -> StateView:
             attributes[name] = getattr(aggregate, name)
         except Exception:  # a derived value that cannot be computed is left out
             continue
-    plain = msgspec.to_builtins(
-        attributes, str_keys=True, enc_hook=_to_plain, order="deterministic"
-    )
     cls = type(aggregate)
     return StateView(
         id=aggregate.id,
@@ -321,8 +333,23 @@ def state_view(aggregate: Aggregate) -> StateView:
         version=aggregate.version,
         created_on=_utc(aggregate.created_on),
         modified_on=_utc(aggregate.modified_on),
-        attributes=msgspec.Raw(_encoder.encode(plain)),
+        attributes=msgspec.Raw(attributes_json(attributes)),
     )
+
+
+def attributes_json(attributes: dict[str, Any]) -> bytes:
+    """The attributes as JSON, keys sorted at every level, mappings with
+    keys that are not text with their keys as text."""
+    try:
+        # One pass (measured: half the time of to_builtins, then encode).
+        return _sorted_encoder.encode(attributes)
+    except TypeError:
+        # An attribute that is a dict with keys that are not text (the
+        # sorting encoder takes text keys only): the general way.
+        plain = msgspec.to_builtins(
+            attributes, str_keys=True, enc_hook=_to_plain, order="deterministic"
+        )
+        return _encoder.encode(plain)
 
 
 # Export -------------------------------------------------------------------
