@@ -19,6 +19,7 @@ import functools
 import json
 from collections.abc import Iterator, Mapping, Sequence
 from datetime import UTC, datetime
+from types import MappingProxyType
 from typing import Any, cast
 from uuid import UUID
 
@@ -302,7 +303,10 @@ def _to_plain_sorted(value: Any) -> Any:
     # For the sorting encoder: a mapping becomes what to_builtins makes of
     # it (text keys, sorted), so keys that are not text (a host's
     # reservations by VM id, a VM's disks by device) encode as before.
-    if isinstance(value, Mapping):
+    # The exact type first: the ABC check costs ~1.8 us, once per row.
+    if type(value) is MappingProxyType or isinstance(value, Mapping):
+        if not value:
+            return {}
         return msgspec.to_builtins(
             dict(value), str_keys=True, enc_hook=_to_plain, order="deterministic"
         )
