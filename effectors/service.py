@@ -43,6 +43,8 @@ from cloud_engine.infra.pg import create_pool
 
 log = structlog.get_logger("effectors.service")
 
+POOL_SIZE = 6  # read-model connections
+
 
 def effector_config(
     bootstrap: str, prefix: str, zones: frozenset[UUID] | None = None
@@ -98,7 +100,10 @@ class EffectorService:
         # Before any libvirt connection opens: only connections opened after
         # it deliver lifecycle events (which wake the reconciler).
         start_libvirt_event_loop()
-        pool = await create_pool(self.target, max_size=2, single_reads=True)
+        # A poll's work items (up to max_records, on different aggregates)
+        # read their plans at once, beside the reconciler's rounds: with two
+        # connections the plans queued for them (docs/performance.md).
+        pool = await create_pool(self.target, max_size=POOL_SIZE, single_reads=True)
         await ensure_results_topic(self.config.bootstrap, self.config.topic_prefix)
         producer = AIOKafkaProducer(bootstrap_servers=self.config.bootstrap, acks="all")
         await producer.start()
