@@ -8,9 +8,10 @@ left the VM off its host and the host holding its vCPUs and RAM for good.
 
 from uuid import UUID
 
-from cloud_engine.engine.commands.compute import FailVm
+from cloud_engine.engine.commands.compute import FailVm, MarkVmRunning, MarkVmStopped
 from cloud_engine.engine.commands.operations import (
     AdvanceOperation,
+    FailOperation,
     PlaceOperation,
     VmOperation,
 )
@@ -91,3 +92,44 @@ def test_a_deploy_whose_start_fails_holds_nothing_at_any_point(world: World) -> 
     world.run(AdvanceOperation(operation_id=op_id))
     assert op.status == "compensating"
     assert world.get(Host, world.host).reservations == {}
+
+
+def test_a_stop_answered_but_not_yet_advanced_does_not_time_out(world: World) -> None:
+    """The effector's answer recorded the VM Stopped, but the engine was
+    killed before it advanced the operation; its deadline then passed. The
+    stop ends as a stop and its host is given back (chaos, seed 23)."""
+    _, vm_id = world.running_vm(network_ids=(), data_disks_gb=())
+    stop = world.run(VmOperation(kind="vm.stop", vm_id=vm_id))
+    world.run(MarkVmStopped(vm_id=vm_id))
+
+    world.run(FailOperation(operation_id=stop, reason="no answer", timed_out=True, step="stop"))
+
+    assert world.get(Operation, stop).status == "succeeded"
+    assert world.get(VirtualMachine, vm_id).state == "Stopped"
+    assert held_by_unplaced_vms(world) == {}
+
+
+def test_a_start_answered_but_not_yet_advanced_does_not_time_out(world: World) -> None:
+    _, vm_id = world.running_vm(network_ids=(), data_disks_gb=())
+    stop = world.run(VmOperation(kind="vm.stop", vm_id=vm_id))
+    world.run(MarkVmStopped(vm_id=vm_id))
+    world.run(AdvanceOperation(operation_id=stop))
+    start = world.run(VmOperation(kind="vm.start", vm_id=vm_id))
+    world.run(PlaceOperation(operation_id=start, host_id=world.host))
+    world.run(MarkVmRunning(vm_id=vm_id))
+
+    world.run(FailOperation(operation_id=start, reason="no answer", timed_out=True))
+
+    assert world.get(Operation, start).status == "succeeded"
+    assert world.get(VirtualMachine, vm_id).state == "Running"
+    assert set(world.get(Host, world.host).reservations) == {vm_id}
+
+
+def test_a_stop_without_an_answer_still_times_out(world: World) -> None:
+    _, vm_id = world.running_vm(network_ids=(), data_disks_gb=())
+    stop = world.run(VmOperation(kind="vm.stop", vm_id=vm_id))
+
+    world.run(FailOperation(operation_id=stop, reason="no answer", timed_out=True, step="stop"))
+
+    assert world.get(Operation, stop).status == "failed"
+    assert world.get(VirtualMachine, vm_id).state == "Error"  # unsettled: convergence decides
