@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections import defaultdict
 from collections.abc import Awaitable
 from dataclasses import dataclass, field
 from typing import Any
@@ -29,6 +28,7 @@ from aiokafka.errors import KafkaError
 
 from cloud_engine.bus.naming import all_event_types, topic_for
 from cloud_engine.bus.outgoing import OutgoingCodec, partition_for
+from cloud_engine.bus.relay_batch import BatchWriter
 from cloud_engine.bus.relay_log import RelayLog
 from cloud_engine.bus.topics import ensure_topics
 from cloud_engine.infra.database import DatabaseTarget
@@ -62,6 +62,7 @@ class RelayStats:
 
 
 MAX_ROUNDS_IN_FLIGHT = 4
+MAX_BATCH_BYTES = 512 * 1024
 BROKER_TIMEOUT = 10.0  # seconds for one broker request the relay waits on
 DATABASE_ERRORS: tuple[type[BaseException], ...] = (
     asyncpg.PostgresConnectionError,
@@ -152,43 +153,29 @@ class Relay:
         partition's batches in the order they were queued, so queuing the next
         round before this one is acknowledged cannot reorder an aggregate.
         """
-        per_partition: dict[tuple[str, int], list[Any]] = defaultdict(list)
+        writers: dict[tuple[str, int], BatchWriter] = {}
         counts: dict[str, int] = {}
-        codec = self._codec
+        wire = self._codec.wire
         for row in rows:
-            record = codec.record(
-                row["notification_id"],
-                row["originator_id"],
-                row["originator_version"],
-                row["topic"],
-                row["state"],
-            )
-            count = counts.get(record.topic)
+            topic, key, body = wire(*row)
+            count = counts.get(topic)
             if count is None:
-                count = counts[record.topic] = await self._partition_count(producer, record.topic)
-            per_partition[(record.topic, partition_for(record.key, count))].append(record)
+                count = counts[topic] = await self._partition_count(producer, topic)
+            tp = (topic, partition_for(key, count))
+            writer = writers.get(tp)
+            if writer is None:
+                writer = writers[tp] = BatchWriter(MAX_BATCH_BYTES)
+            writer.add(body)
         futures: list[asyncio.Future[Any]] = []
-        for (topic, partition), records in per_partition.items():
-            i = 0
-            while i < len(records):
-                batch = producer.create_batch()
-                start = i
-                while i < len(records):
-                    r = records[i]
-                    if (
-                        batch.append(key=r.key, value=r.value, timestamp=None, headers=r.headers)
-                        is None
-                    ):
-                        break
-                    i += 1
-                if i == start:
-                    raise ValueError(f"event too large for one Kafka record on {topic}")
+        for (topic, partition), writer in writers.items():
+            writer.flush()
+            for batch in writer.batches:
                 futures.append(await producer.send_batch(batch, topic, partition=partition))
         return _Round(
-            position=int(rows[-1]["notification_id"]),
+            position=int(rows[-1][0]),
             count=len(rows),
             futures=futures,
-            partitions=[TopicPartition(t, p) for t, p in per_partition],
+            partitions=[TopicPartition(t, p) for t, p in writers],
         )
 
     async def _settle(
@@ -252,7 +239,7 @@ class Relay:
             acks="all",
             enable_idempotence=False,
             linger_ms=0,
-            max_batch_size=512 * 1024,
+            max_batch_size=MAX_BATCH_BYTES,
             max_request_size=4 * 1024 * 1024,
             request_timeout_ms=15000,
         )
