@@ -3,8 +3,9 @@
 The bulk of the log is folded into shadow tables (projections.fold: flat
 memory, several processes for a long log); the primary keys and the
 secondary indexes are built once at the end of the load (one sorted build
-each instead of an index insert per COPYed row), and the shadow tables are
-analyzed so the first queries after the swap are planned on real
+each instead of an index insert per COPYed row; the secondary ones several
+at a time, on as many connections as there are cores), and the shadow
+tables are analyzed so the first queries after the swap are planned on real
 statistics (the expression indexes' included).
 
 The swap runs in one transaction that first locks the projection's position
@@ -17,6 +18,8 @@ old tables until the swap commits.
 
 from __future__ import annotations
 
+import asyncio
+import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -75,6 +78,8 @@ class Rebuild:
     ) -> None:
         self.target = target
         self.processes = default_processes() if processes is None else max(1, processes)
+        # Index builds at a time once the rows are in: the server's cores.
+        self.index_builders = max(1, min(4, os.cpu_count() or 1))
         self.schema = target.schema
         self.projection = projection
         self.log = RelayLog(self.schema, "replay")
@@ -123,17 +128,46 @@ class Rebuild:
             await conn.execute(create_table_sql(self.schema, shadow, key=False))
 
     async def _index_shadows(self, conn: asyncpg.Connection) -> None:
-        for aggregate_type in AGGREGATES:
-            shadow = table_name(aggregate_type, "_shadow")
+        shadows = {t: table_name(t, "_shadow") for t in AGGREGATES}
+        # Keys first, one at a time: ADD PRIMARY KEY locks its table
+        # exclusively.
+        for shadow in shadows.values():
             await conn.execute(
                 f'ALTER TABLE "{self.schema}".{shadow}'
                 f" ADD CONSTRAINT {shadow}_pkey PRIMARY KEY (id)"
             )
-            for index in indexes(aggregate_type):
-                await conn.execute(create_index_sql(self.schema, shadow, index))
+        # CREATE INDEX takes a SHARE lock, which another CREATE INDEX on the
+        # same table does not wait for: the sorts run side by side, one per
+        # connection, while the fold process has nothing left to do.
+        statements = [
+            create_index_sql(self.schema, shadow, index)
+            for aggregate_type, shadow in shadows.items()
+            for index in indexes(aggregate_type)
+        ]
+        await self._spread(conn, statements, self.index_builders)
+        for shadow in shadows.values():
             # Outside the swap's transaction: it would hold the live tables'
             # locks while sampling.
             await conn.execute(f'ANALYZE "{self.schema}".{shadow}')
+
+    async def _spread(self, conn: asyncpg.Connection, statements: list[str], width: int) -> None:
+        """Run statements over `width` connections (conn and width - 1 more),
+        each taking the next one as it finishes the last."""
+        queue = list(reversed(statements))
+        extra = [await connect(self.target) for _ in range(min(width, len(statements)) - 1)]
+
+        async def work(c: asyncpg.Connection) -> None:
+            while queue:
+                await c.execute(queue.pop())
+
+        try:
+            # A failure cancels the other builds (TaskGroup) before it is raised.
+            async with asyncio.TaskGroup() as group:
+                for c in [conn, *extra]:
+                    group.create_task(work(c))
+        finally:
+            for c in extra:
+                await c.close()
 
     async def _swap(
         self, conn: asyncpg.Connection, until: int, *, catch_up: bool, progress: Progress
