@@ -26,6 +26,14 @@ from cloud_engine.engine.mapper import MsgspecMapper
 _encoder = msgspec.json.Encoder()
 
 
+class _StoredVersion(msgspec.Struct):
+    # The mapper stores "class_version" for classes past version 1 only.
+    class_version: int = 1
+
+
+_stored_version = msgspec.json.Decoder(_StoredVersion)
+
+
 @dataclass(frozen=True)
 class _Kind:
     event_type: EventType
@@ -92,6 +100,10 @@ class OutgoingCodec:
         self, kind: _Kind, aggregate_id: UUID, version: int, stored_topic: str, state: bytes
     ) -> Any:
         if kind.event_type.version == 1:
+            return kind.decoder.decode(state)
+        if _stored_version.decode(state).class_version == kind.event_type.version:
+            # Stored in its current version: nothing to upcast, so decode it
+            # like a v1 event (the data Struct ignores "class_version").
             return kind.decoder.decode(state)
         stored = StoredEvent(aggregate_id, version, stored_topic, state)
         event = self._mapper.to_domain_event(stored)
