@@ -31,7 +31,8 @@ touched, so it is printed but not in the growth key.
 
     python bench/soak.py [--minutes 30] [--window-minutes 5] [--hosts 40]
 
-Last line: soak_rss_growth_pct=<x> soak_p99_trend_pct=<x> soak_bytes_per_lifecycle=<n>
+Last line: soak_rss_growth_pct=<x> soak_p99_trend_pct=<x> ... soak_stalled_windows=<n>
+(windows in which no lifecycle started and completed: the pipeline stalled)
 """
 
 from __future__ import annotations
@@ -39,6 +40,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import math
 import os
 import statistics
 import subprocess
@@ -429,10 +431,15 @@ def main() -> None:
             f"  {percentile([c.expunge_s for c in inside], 0.99):11.0f}"
             f"  {statistics.mean(loads) if loads else float('nan'):5.2f}"
         )
-    deploy_trend, destroy_trend = slope_pct(deploy_p99), slope_pct(destroy_p99)
+    # A window in which no lifecycle that started completed has no p99: the
+    # pipeline stalled there (every worker waiting), the worst trend of all.
+    # The slope is taken over the windows that have one; the stall is counted.
+    stalled = sum(1 for p in deploy_p99 if math.isnan(p))
+    deploy_trend = slope_pct([p for p in deploy_p99 if not math.isnan(p)])
+    destroy_trend = slope_pct([p for p in destroy_p99 if not math.isnan(p)])
     print(
         f"p99 trend (least-squares slope per window, % of the mean): deploy {deploy_trend:+.1f} %,"
-        f" destroy {destroy_trend:+.1f} %"
+        f" destroy {destroy_trend:+.1f} %; windows with no lifecycle completed: {stalled}"
     )
     print("RSS (MiB): after start, after warm-up (last minute of window 1), end (last minute):")
     growth: dict[str, float] = {}
@@ -461,7 +468,7 @@ def main() -> None:
     print(
         f"soak_rss_growth_pct={growth[worst]:.1f} soak_p99_trend_pct={deploy_trend:.1f}"
         f" soak_destroy_p99_trend_pct={destroy_trend:.1f} soak_bytes_per_lifecycle={per:.0f}"
-        f" soak_max_lifecycles_per_s={max_rate:.2f}"
+        f" soak_max_lifecycles_per_s={max_rate:.2f} soak_stalled_windows={stalled}"
     )
 
 
