@@ -24,6 +24,9 @@ from cloud_engine.effectors.vm_rows import VmRows
 
 log = structlog.get_logger("effectors.handlers.vm")
 
+# The VM's states in which a vm.start work item asks for what no longer holds.
+NOT_TO_START = frozenset({"Stopping", "Stopped", "Destroyed", "Expunging", "Expunged", "Error"})
+
 
 class VmPlan(msgspec.Struct, frozen=True):
     """Everything a VM's domain needs, read from the read models."""
@@ -59,6 +62,16 @@ async def read_plan(reads: Reads, item: WorkItem) -> VmPlan | None:
     reads = Reads(models, reads.zones)
     vm = models.vm()
     if vm is None or not reads.serves(vm.zone_id):
+        return None
+    if item.kind == "vm.start" and vm.state in NOT_TO_START:
+        # The log moved on while the work waited (a backlog, the effector
+        # down): the start failed or timed out and the VM was stopped,
+        # destroyed or expunged since. Starting it now would run a domain
+        # the log says is not running; its own result would be refused.
+        log.warning(
+            "vm_work_superseded", vm_id=str(vm.id), kind=item.kind, state=vm.state,
+            version=item.version, now=vm.version,
+        )  # fmt: skip
         return None
     # A destroyed or expunging VM has left its host; its domain is still
     # there, as it is for a stopped VM migrating (it holds its destination).

@@ -222,3 +222,21 @@ async def test_the_plan_waits_for_the_vm_version(
     assert plan is not None and plan.host == on and plan.last_host is None
     # Another zone's VM: not this effector's.
     assert await read_plan(Reads(models, frozenset({uuid.uuid4()})), item(vm.id, 2)) is None
+
+
+@pytest.mark.parametrize("state", ["Stopped", "Destroyed", "Expunging", "Error"])
+async def test_a_start_the_log_has_moved_past_is_not_planned(
+    pool: asyncpg.Pool, pg_target: DatabaseTarget, state: str
+) -> None:
+    """A vm.start work item read after the VM was stopped, destroyed or
+    expunged (a backlog: the soak saw starts run 10 minutes late) starts
+    nothing: the log says the VM is not to run."""
+    models = ReadModels(pool, pg_target.schema, wait_s=0.2)
+    on = host("on")
+    vm_id = uuid.uuid4()
+    await put(pool, models, "host", on)
+    starting = vm_view(vm_id, version=4, on=on, ran=on, disks={})
+    await put(pool, models, "vm", starting)
+    assert await read_plan(Reads(models), item(vm_id, 4)) is not None
+    await put(pool, models, "vm", msgspec.structs.replace(starting, version=7, state=state))
+    assert await read_plan(Reads(models), item(vm_id, 4)) is None
