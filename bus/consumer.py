@@ -24,6 +24,8 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 import asyncpg
+import eventsourcing.persistence
+import psycopg
 import structlog
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
 from aiokafka.errors import CommitFailedError, KafkaError
@@ -49,6 +51,14 @@ INFRASTRUCTURE_ERRORS: tuple[type[BaseException], ...] = (
     asyncpg.InterfaceError,
     asyncpg.exceptions.OperatorInterventionError,  # admin/crash shutdown, cannot connect now
     asyncpg.exceptions.ConnectionDoesNotExistError,
+    # The event store down or restarting, seen through the command service
+    # (psycopg, and the eventsourcing library's wrappers of it): a handler
+    # that sends a command must wait for it, not dead-letter the event (the
+    # chaos run lost a convergence event so when PostgreSQL was killed).
+    psycopg.InterfaceError,
+    psycopg.OperationalError,
+    eventsourcing.persistence.InterfaceError,
+    eventsourcing.persistence.OperationalError,
 )
 
 
