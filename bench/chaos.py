@@ -85,6 +85,9 @@ from cloud_engine.runner.components import broker_database
 from cloud_engine.runner.demo import admin_token
 
 ROOT = Path(__file__).resolve().parent.parent
+# The components that append to the log (commands, effector results, drift,
+# convergence); the relay and the projection worker only carry and derive.
+WRITERS = ("api", "engine", "effector", "automation")
 PROCESSES = {
     "api": ("api", "--port", "{port}"),
     "relay": ("relay",),
@@ -194,14 +197,16 @@ class Parts:
                         raise
                     time.sleep(0.3)
 
-    def stop(self) -> None:
+    def stop(self, names: tuple[str, ...] | None = None) -> None:
+        """Stop the named components (all by default), the supervisor first."""
         self._done.set()
         if self._thread.is_alive():
             self._thread.join()
-        for process in self.processes.values():
+        chosen = [p for n, p in self.processes.items() if names is None or n in names]
+        for process in chosen:
             if process.poll() is None:
                 process.send_signal(signal.SIGTERM)
-        for process in self.processes.values():
+        for process in chosen:
             try:
                 process.wait(20)
             except subprocess.TimeoutExpired:
@@ -478,6 +483,12 @@ def main() -> None:
             while unsettled_vms(pg.target) and time.monotonic() < deadline:
                 pause(parts, 2)
             marks["grace over"] = time.monotonic()
+            # The writers first: the effector's reconciler and automation go on
+            # recording (drift, convergence), so an end of the log taken while
+            # they run can be passed before the projection worker is stopped,
+            # and its read models then differ from their rebuild (a CI
+            # rehearsal saw it). With them stopped, the end is final.
+            parts.stop(WRITERS)
             if not asyncio.run(wait_projected(pg.target, store.max_position())):
                 violations.append("the read models did not catch up with the log")
             parts.stop()
