@@ -344,7 +344,11 @@ async def pipeline_run(
         meter.stop()
         paced = None
         if args.rate > 0:
-            await asyncio.sleep(1.0)
+            # The closed loop leaves a tail (projections, operations finishing,
+            # sweeps) that would queue ahead of the first paced deploys and
+            # measure the closed loop's backlog instead of the paced rate.
+            waited = await settle(meter)
+            print(f"settled after the closed loop in {waited:.1f}s (pipeline CPU < 0.15 cores)")
             first = args.warmup + args.single + args.deploys
             paced = await deploys(
                 service, watcher, components, fabric, 0, 0, args.strategy, first=first,
@@ -372,3 +376,20 @@ async def pipeline_run(
         if paced is None
         else await asyncio.to_thread(step_times, store, paced.samples),
     )
+
+
+async def settle(meter: CpuMeter, idle_cores: float = 0.15, timeout: float = 30.0) -> float:
+    """Wait until the pipeline's processes together use less than idle_cores
+    for two half-second samples in a row; returns the seconds waited."""
+    started = time.perf_counter()
+    quiet = 0
+    before = meter.sample()
+    while quiet < 2 and time.perf_counter() - started < timeout:
+        await asyncio.sleep(0.5)
+        now = meter.sample()
+        busy = {name: (now[name] - before.get(name, 0.0)) / 0.5 for name in now}
+        quiet = quiet + 1 if sum(busy.values()) < idle_cores else 0
+        before = now
+    if quiet < 2:
+        print("  still busy (cores): " + ", ".join(f"{n} {c:.2f}" for n, c in busy.items()))
+    return time.perf_counter() - started

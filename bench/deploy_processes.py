@@ -113,7 +113,7 @@ class CpuMeter:
         self._at_start: dict[str, float] = {}
         self.used: dict[str, float] = {}
 
-    def _sample(self) -> dict[str, float]:
+    def sample(self) -> dict[str, float]:
         seconds: dict[str, float] = {}
         for name, pid in self.pids.items():
             total = 0.0
@@ -130,10 +130,10 @@ class CpuMeter:
         return seconds
 
     def start(self) -> None:
-        self._at_start = self._sample()
+        self._at_start = self.sample()
 
     def stop(self) -> None:
-        end = self._sample()
+        end = self.sample()
         self.used = {name: end[name] - self._at_start.get(name, 0.0) for name in end}
 
 

@@ -1,10 +1,11 @@
 """The chaos run's CI version (bench/chaos.py): at least 10 SIGKILLs of the
 API, relay, projection worker, engine, effector, automation, broker and
-PostgreSQL (every kind at least once) under an HTTP workload, each started
-again as a supervisor would, and then none of the checks finds a
-violation: every operation ended, nothing left transitional or unsettled,
-host capacity equal to the VMs placed, read models equal to their rebuild,
-audit chains intact, every event delivered in order per aggregate.
+PostgreSQL (every kind at least once) under an HTTP workload of VMs,
+volumes and networks, each started again as a supervisor would, and then
+none of the checks finds a violation: every operation ended, nothing left
+transitional or unsettled, host capacity equal to the VMs placed, read
+models equal to their rebuild, audit chains intact, every event delivered
+in order per aggregate.
 Seeded: CLOUD_ENGINE_CHAOS_SEED replays a failing run."""
 
 from __future__ import annotations
@@ -31,12 +32,8 @@ def test_a_short_chaos_run_kills_every_kind_of_part_and_loses_nothing() -> None:
         # at load 11; 4 clients left a backlog the grace did not drain).
         [
             *(sys.executable, "bench/chaos.py", "--faults", "12", "--every", "4"),
+            # A quarter of the commands are on volumes and networks.
             *("--seconds", "100", "--grace", "90", "--clients", "2", "--seed", seed),
-            # Volumes and networks in the load passed twice by hand (seeds 23
-            # and 7) but failed once in a CI rehearsal, where the automation
-            # dead-lettered an event while PostgreSQL was down (fixed in
-            # bus/consumer.py); kept out until a rehearsal confirms it.
-            "--vms-only",
         ],
         cwd=ROOT,
         capture_output=True,
