@@ -106,7 +106,7 @@ from cloud_engine.engine.virtual.vm import VirtualMachine, VmSpec
 from cloud_engine.infra.database import DatabaseTarget, EmbeddedPostgres, parse_database_url
 from cloud_engine.infra.logs import configure_logging
 from cloud_engine.infra.pg import connect, create_pool
-from cloud_engine.infra.process import run_on
+from cloud_engine.infra.process import run_on, settle_heap
 from cloud_engine.infra.settings import EventLoop, load_settings
 from cloud_engine.projections import readmodel
 from cloud_engine.projections.replay import Rebuild
@@ -763,7 +763,7 @@ async def run(target: DatabaseTarget, args: argparse.Namespace) -> dict[str, Tim
         # A server does not hold every VM's ref: neither does this one
         # while it is timed (a heap that size costs ~100 ms per full GC).
         del refs, by_account
-        gc.collect()
+        settle_heap()  # as `cloud-engine api` does before serving
         pauses = GcPauses()
 
         results = await asyncio.wait_for(

@@ -22,13 +22,28 @@ def run_on(main: Coroutine[Any, Any, T], loop: EventLoop) -> T:
     asyncio's own stays selectable (CLOUD_ENGINE_EVENT_LOOP=asyncio) to rule
     the loop out when diagnosing."""
     factory = uvloop.new_event_loop if loop == "uvloop" else None
-    # What exists so far is mostly imported modules, alive as long as the
-    # process: frozen, it is left out of every later collection, whose pauses
-    # stop the loop (the odd frozen object that dies later is never freed).
-    gc.collect()
-    gc.freeze()
+    settle_heap()
     with asyncio.Runner(loop_factory=factory) as runner:
         return runner.run(main)
+
+
+# Generation thresholds. A full collection walks every tracked object and
+# holds the loop meanwhile; with the start-up heap frozen, the objects left
+# are mostly the aggregate cache, which churns with every command, so the
+# default (a full collection after 10 of generation 1) paused the API
+# server of bench/api.py 15 times in its two minutes, and once with 100.
+# Most garbage goes by reference counting; only cycles wait for a full
+# collection, and the caches they could come from are bounded.
+GC_THRESHOLDS = (700, 10, 100)
+
+
+def settle_heap() -> None:
+    """What exists so far is mostly imported modules, alive as long as the
+    process: frozen, it is left out of every later collection, whose pauses
+    stop the loop (the odd frozen object that dies later is never freed)."""
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(*GC_THRESHOLDS)
 
 
 def run_component(
