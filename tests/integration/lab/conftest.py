@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from cloud_engine.lab import Lab, LabHost
-from tests.integration.lab.lab_cloud import cloud  # noqa: F401  (the engine on the lab)
+from tests.integration.lab.lab_cloud import cloud, guest_cloud  # noqa: F401  (fixtures)
 
 
 def new_state_dir() -> Path:

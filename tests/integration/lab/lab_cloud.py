@@ -487,3 +487,14 @@ async def cloud(
 ) -> AsyncIterator[Cloud]:
     async with lab_cloud(pg_target, service, store, broker, topic_prefix, hosts, tmp_path) as made:
         yield made
+
+
+@pytest.fixture
+async def guest_cloud(
+    pg_target, service, store, broker, topic_prefix, hosts: list[LabHost], tmp_path: Path
+) -> AsyncIterator[Cloud]:
+    """The cloud with real guests: its template is the tiny-linux image."""
+    async with lab_cloud(
+        pg_target, service, store, broker, topic_prefix, hosts, tmp_path, guest=True
+    ) as made:
+        yield made

@@ -15,15 +15,13 @@ import asyncio
 import re
 import time
 import uuid
-from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from pathlib import Path
 
 import pytest
 
 from cloud_engine.effectors.compute.console import ConsoleError, SerialConsole
 from cloud_engine.lab import LabHost
-from tests.integration.lab.lab_cloud import Cloud, finish, lab_cloud
+from tests.integration.lab.lab_cloud import Cloud, finish
 from tests.integration.lab.test_lab_drain import (
     consistent,
     drain,
@@ -64,16 +62,6 @@ def read_boot(lab_host: LabHost, vm_id: uuid.UUID) -> Boot:
         except (AssertionError, ConsoleError):
             pass  # still booting
         assert time.monotonic() < deadline, f"no shell on {vm_id}'s console on {lab_host.name}"
-
-
-@pytest.fixture
-async def guest_cloud(
-    pg_target, service, store, broker, topic_prefix, hosts: list[LabHost], tmp_path: Path
-) -> AsyncIterator[Cloud]:
-    async with lab_cloud(
-        pg_target, service, store, broker, topic_prefix, hosts, tmp_path, guest=True
-    ) as made:
-        yield made
 
 
 async def test_a_drain_moves_four_booted_guests_without_rebooting_them(

@@ -20,8 +20,7 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import AsyncIterator, Iterator
-from pathlib import Path
+from collections.abc import Iterator
 
 import pytest
 
@@ -40,7 +39,7 @@ from cloud_engine.engine.virtual.network_rule import NetworkRule
 from cloud_engine.lab import Lab, LabHost
 from cloud_engine.lab.model import Layout
 from tests.integration.effectors.effector_pipeline import wait_for
-from tests.integration.lab.lab_cloud import NAMES, Cloud, lab_cloud
+from tests.integration.lab.lab_cloud import NAMES, Cloud
 
 pytestmark = [pytest.mark.postgres, pytest.mark.libvirt]
 
@@ -140,16 +139,6 @@ def outside(lab: Lab) -> Iterator[Outside]:
         yield made
     finally:
         made.close()
-
-
-@pytest.fixture
-async def guest_cloud(
-    pg_target, service, store, broker, topic_prefix, hosts: list[LabHost], tmp_path: Path
-) -> AsyncIterator[Cloud]:
-    async with lab_cloud(
-        pg_target, service, store, broker, topic_prefix, hosts, tmp_path, guest=True
-    ) as made:
-        yield made
 
 
 def routers_of(network_id: uuid.UUID) -> list[str]:
