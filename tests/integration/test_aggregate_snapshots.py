@@ -18,6 +18,7 @@ from cloud_engine.engine.commands.hosts import ReleaseHostCapacity, ReserveHostC
 from cloud_engine.engine.fabric.host import Host
 from cloud_engine.engine.service import CommandService
 from cloud_engine.engine.store import EventStore
+from tests.unit.support import make_host
 
 pytestmark = pytest.mark.postgres
 
@@ -25,15 +26,7 @@ EVERY = 10
 
 
 def new_host(store: EventStore) -> Host:
-    host = Host.create(
-        zone_id=uuid.uuid4(),
-        pod_id=uuid.uuid4(),
-        cluster_id=uuid.uuid4(),
-        name="hot",
-        cpu_cores=64,
-        ram_mb=65536,
-        libvirt_uri="test:///default",
-    )
+    host = make_host(name="hot", cpu_cores=64, ram_mb=65536, libvirt_uri="test:///default")
     store.append(host.collect_events())
     return host
 

@@ -9,18 +9,21 @@ namespace package.
 - transition tables: transition_cases, allowed_cases, allowed_moves, refused_cases,
   run_steps, drive, assert_transition, assert_disable_then_enable
 - model-based state machines: draw_action, check_step
+- aggregates: make_host
 """
 
 import copy
 import functools
 import itertools
 import typing
+from uuid import uuid4
 
 import msgspec
 import pytest
 from hypothesis import strategies as st
 
 from cloud_engine.engine.commands.base import dispatch
+from cloud_engine.engine.fabric.host import Host
 from cloud_engine.engine.fast_fold import FastFold
 from cloud_engine.engine.mapper import MsgspecMapper
 
@@ -216,3 +219,22 @@ def draw_action(data, state, sources, destructive):
     if not (valid and actions):
         valid, actions = False, sorted(sources)
     return valid, data.draw(st.sampled_from(actions), label="action")
+
+
+# Aggregates --------------------------------------------------------------------------
+
+
+def make_host(**overrides):
+    """A Host just created in a zone, pod and cluster of fresh ids: 4 cores,
+    1000 MB, unless overrides say otherwise (any of Host.create's arguments)."""
+    values = {
+        "zone_id": uuid4(),
+        "pod_id": uuid4(),
+        "cluster_id": uuid4(),
+        "name": "kvm-01",
+        "cpu_cores": 4,
+        "ram_mb": 1000,
+        "libvirt_uri": "qemu+ssh://kvm-01/system",
+    }
+    values.update(overrides)
+    return Host.create(**values)

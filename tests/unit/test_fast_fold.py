@@ -22,12 +22,11 @@ from eventsourcing.domain import OriginatorVersionError
 from eventsourcing.persistence import MapperDeserialisationError
 
 from cloud_engine.engine.catalog import AGGREGATES, event_classes
-from cloud_engine.engine.fabric.host import Host
 from cloud_engine.engine.fast_fold import FastFold
 from cloud_engine.engine.mapper import MsgspecMapper, codec_for
 from cloud_engine.engine.topics import stable_topic
 from cloud_engine.engine.virtual.vm import VirtualMachine, VmSpec
-from tests.unit.support import fold_both_ways
+from tests.unit.support import fold_both_ways, make_host
 
 MAPPER = MsgspecMapper()
 Stored = tuple[uuid.UUID, int, str, bytes]
@@ -167,15 +166,7 @@ def test_only_upcast_events_are_left_to_the_library() -> None:
 
 
 def test_the_bench_mix_folds_as_the_library_folds_it() -> None:
-    host = Host.create(
-        zone_id=uuid.uuid4(),
-        pod_id=uuid.uuid4(),
-        cluster_id=uuid.uuid4(),
-        name="h",
-        cpu_cores=64,
-        ram_mb=65536,
-        libvirt_uri="qemu+ssh://h/system",
-    )
+    host = make_host(name="h", cpu_cores=64, ram_mb=65536, libvirt_uri="qemu+ssh://h/system")
     spec = VmSpec(cpus=1, ram_mb=512, root_disk_gb=10, tags=("a",))
     events: list[Any] = []
     for n in range(6):

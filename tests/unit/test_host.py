@@ -4,30 +4,16 @@ from uuid import uuid4
 import pytest
 
 from cloud_engine.engine.errors import CapacityExceeded, Conflict, InvalidTransition, Validation
-from cloud_engine.engine.fabric.host import Host, Reservation
+from cloud_engine.engine.fabric.host import Reservation
 from tests.unit.support import (
     assert_refused,
     assert_transition,
     event_names,
+    make_host,
     replayed,
     run_steps,
     transition_cases,
 )
-
-
-def make_host(**overrides):
-    values = {
-        "zone_id": uuid4(),
-        "pod_id": uuid4(),
-        "cluster_id": uuid4(),
-        "name": "kvm-01",
-        "cpu_cores": 4,
-        "ram_mb": 1000,
-        "libvirt_uri": "qemu+ssh://kvm-01/system",
-    }
-    values.update(overrides)
-    return Host.create(**values)
-
 
 # Creation ------------------------------------------------------------------------
 

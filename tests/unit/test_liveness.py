@@ -10,8 +10,7 @@ import pytest
 from cloud_engine.engine.errors import InvalidTransition
 from cloud_engine.engine.mapper import MsgspecMapper
 from cloud_engine.engine.virtual.vm import VirtualMachine, VmSpec
-from tests.unit.support import replayed
-from tests.unit.test_host import make_host
+from tests.unit.support import make_host, replayed
 
 
 def test_a_host_goes_suspect_down_fenced_and_up_again():

@@ -15,7 +15,7 @@ from cloud_engine.automation.liveness import LivenessMonitor
 from cloud_engine.automation.reads import HostRow
 from cloud_engine.engine.commands.liveness import ConfirmHostDown, RecordHostFenced
 from cloud_engine.engine.fabric.host import Host
-from tests.unit.test_host import make_host
+from tests.unit.support import make_host
 
 
 class Fakes:

@@ -15,11 +15,11 @@ from typing import Any
 import msgspec
 import pytest
 
-from cloud_engine.engine.fabric.host import Host
 from cloud_engine.engine.fast_fold import FastFold
 from cloud_engine.engine.topics import stable_topic
 from cloud_engine.engine.virtual.vm import VirtualMachine, VmSpec
 from cloud_engine.projections.history import _encoder, _to_plain, attributes_json, state_view
+from tests.unit.support import make_host
 from tests.unit.test_fast_fold import CASES, created, later, payload
 
 
@@ -65,15 +65,7 @@ def check_view(aggregate: Any) -> None:
 
 
 def test_mappings_keyed_by_ids_and_numbers_encode_as_before() -> None:
-    host = Host.create(
-        zone_id=uuid.uuid4(),
-        pod_id=uuid.uuid4(),
-        cluster_id=uuid.uuid4(),
-        name="h",
-        cpu_cores=64,
-        ram_mb=65536,
-        libvirt_uri="qemu+ssh://h/system",
-    )
+    host = make_host(name="h", cpu_cores=64, ram_mb=65536, libvirt_uri="qemu+ssh://h/system")
     for _ in range(5):
         host.reserve(uuid.uuid4(), 1, 512)
     check_view(host)
