@@ -7,8 +7,8 @@ same ensure() a rule's work uses, and reported as `drift.network_rule`
 (recorded on the rule as `network_rule.drift_repaired`) and logged. Rules
 still Adding or Revoking are their own work's business and only kept
 as the read models say. A round's read can be older than a rule's own
-work that ran meanwhile; the router's lock and `network.newest` keep the
-round from undoing it.
+work that ran meanwhile; the router's lock and `network.newest` (the
+versions acted on, in rule_versions.py) keep the round from undoing it.
 """
 
 from __future__ import annotations

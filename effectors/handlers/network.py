@@ -12,21 +12,14 @@ network's rules that are Adding or Active, with the work's own rule in
 (apply) or out (revoke). The router's table is replaced as a whole, under
 one lock per router, so concurrent rules of one network never interleave.
 
-Read models lag, so a plan read a moment before the lock was taken can be
-older than what another work (or the reconciler) programmed meanwhile: a
-rule just applied whose row was not there yet, or a rule just revoked
-still shown Active. Left as read, the table would drop the first and put
-the second back. So under the lock each rule is taken at the newest
-version this process has acted on (`newest`): a stale read never undoes a
-newer act. One effector serves a zone's routers, so this process has seen
-every act on them since it started; after a restart the reads are all it
-has, and they are as new as its first work's.
+Read models lag: under the lock each rule is taken at the newest version
+this process has acted on (`newest`, kept in rule_versions.py), so a
+stale read never undoes a newer act.
 """
 
 from __future__ import annotations
 
 import subprocess
-import threading
 from typing import TYPE_CHECKING
 from uuid import UUID
 
@@ -35,6 +28,7 @@ import structlog
 
 from cloud_engine.bus.work import WorkItem
 from cloud_engine.effectors.desired import HostView, IpView, NetworkView, RuleView
+from cloud_engine.effectors.handlers import rule_versions
 from cloud_engine.effectors.handlers.base import Handler, Reads, shared
 from cloud_engine.effectors.host_netns import NetnsError
 from cloud_engine.effectors.hypervisor import HypervisorError
@@ -67,33 +61,11 @@ class RouterPlan(msgspec.Struct, frozen=True, kw_only=True):
         return None if self.node is None else self.node.id
 
 
-# network id -> rule id -> (the newest view acted on, its public IP's address)
-_acted: dict[UUID, dict[UUID, tuple[RuleView, str | None]]] = {}
-_acted_guard = threading.Lock()
-
-
 def newest(plan: RouterPlan) -> RouterPlan:
     """The plan with every rule at the newest version acted on here, the
     plan's own views recorded as acted on. Call under the router's lock."""
-    with _acted_guard:
-        acted = _acted.setdefault(plan.network.id, {})
-        for r in plan.rules:
-            old = acted.get(r.id)
-            if old is None or old[0].version <= r.version:
-                address = plan.public_ips.get(r.public_ip_id) if r.public_ip_id else None
-                acted[r.id] = (r, address or (old[1] if old else None))
-        views = list(acted.values())
-    return msgspec.structs.replace(
-        plan,
-        rules=tuple(sorted((v for v, _ in views), key=lambda r: r.id)),
-        public_ips={v.public_ip_id: a for v, a in views if v.public_ip_id and a},
-    )
-
-
-def forget(network_id: UUID) -> None:
-    """The network's router is gone: nothing of it to keep."""
-    with _acted_guard:
-        _acted.pop(network_id, None)
+    rules, public_ips = rule_versions.newest(plan.network.id, plan.rules, plan.public_ips)
+    return msgspec.structs.replace(plan, rules=rules, public_ips=public_ips)
 
 
 def network_node(hosts: list[HostView]) -> HostView | None:
@@ -263,7 +235,7 @@ def remove_router(executor: Executor, item: WorkItem, plan: RouterPlan) -> str:
         netns, _table, tenant_link, public_link = router_names(plan.network.id, name)
         with shared(host.libvirt_uri, "router", netns):
             removed |= router.remove(netns, host_ns, (tenant_link, public_link))
-    forget(plan.network.id)
+    rule_versions.forget(plan.network.id)
     return "removed" if removed else "absent"
 
 

@@ -7,7 +7,8 @@ from __future__ import annotations
 import uuid
 
 from cloud_engine.effectors.desired import NetworkView, RuleView
-from cloud_engine.effectors.handlers.network import RouterPlan, forget, newest, router_rules
+from cloud_engine.effectors.handlers.network import RouterPlan, newest, router_rules
+from cloud_engine.effectors.handlers.rule_versions import forget
 
 NETWORK = NetworkView(
     id=uuid.uuid4(), version=3, cidr="10.1.0.0/24", gateway="10.1.0.1", isolation="vxlan",
