@@ -570,7 +570,9 @@ class Watcher:
             bootstrap_servers=self.bootstrap,
             group_id=f"chaos-watcher-{uuid.uuid4()}",
             auto_offset_reset="earliest",
-            enable_auto_commit=False,
+            # Committing makes it a live group: the dev broker's retention
+            # keeps every batch it has not read yet.
+            enable_auto_commit=True,
             metadata_max_age_ms=1000,
         )
         await consumer.start()

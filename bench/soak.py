@@ -63,6 +63,7 @@ from deploy_fabric import create_fabric, host_uris, make_template_image, serve
 from deploy_processes import Components, postmaster_pid, wait_until
 
 from cloud_engine.bus.broker import DevBroker
+from cloud_engine.bus.broker_retention import Policy
 from cloud_engine.engine.commands.storage import RequestTemplateDownload
 from cloud_engine.engine.service import CommandService
 from cloud_engine.engine.store import EventStore
@@ -294,9 +295,17 @@ def main() -> None:
         "--broker-storage", choices=("postgres", "memory"), default="postgres",
         help="the dev broker's records: in PostgreSQL as `up` keeps them, or in memory",
     )  # fmt: skip
+    parser.add_argument(
+        "--broker-retention-s", type=float, default=Policy().retention_s,
+        help="the durable broker's retention (0: keep every batch)",
+    )  # fmt: skip
     args = parser.parse_args()
     configure_logging("console", "error")
-    print(f"load average at start: {load()}; broker storage {args.broker_storage}", flush=True)
+    print(
+        f"load average at start: {load()}; broker storage {args.broker_storage},"
+        f" retention {args.broker_retention_s} s",
+        flush=True,
+    )
     tmp = Path(tempfile.mkdtemp(prefix="cloud-engine-soak-"))
     logs = tmp / "logs"
     logs.mkdir()
@@ -307,6 +316,7 @@ def main() -> None:
         log_file=logs / "broker.log",
         database=broker_database(pg.target) if durable else None,
         state_dir=tmp,
+        retention=Policy(retention_s=args.broker_retention_s),
     )
     bootstrap = broker.start()
     components = SoakComponents(pg.target, bootstrap, logs)

@@ -12,7 +12,8 @@ Two kinds of storage:
   engine (postgres:// fails with FeatureNotEnabled), so it runs on its S3
   engine against bus.broker_store, a small S3 gateway that keeps the objects
   in a PostgreSQL database; `up` gives it the embedded server's database
-  "tansu".
+  "tansu". Its store deletes old record batches every live consumer group
+  has read (bus.broker_retention; `retention`).
 
 With a state directory the broker records its processes and port there
 (dev-broker.json): a later start stops processes a killed predecessor left
@@ -37,6 +38,7 @@ from typing import IO, Any
 import msgspec
 import structlog
 
+from cloud_engine.bus.broker_retention import Policy
 from cloud_engine.infra.database import DatabaseTarget
 
 log = structlog.get_logger("bus.broker")
@@ -168,9 +170,11 @@ class DevBroker:
         *,
         database: DatabaseTarget | None = None,
         state_dir: Path | None = None,
+        retention: Policy | None = None,
     ) -> None:
         self.log_file = log_file
         self.database = database
+        self.retention = retention or Policy()
         self.state_dir = state_dir
         self.port = port or 0  # 0: the last run's port (state_dir) or a free one
         self._process: subprocess.Popen[bytes] | None = None
@@ -261,6 +265,10 @@ class DevBroker:
                 "cloud_engine.bus.broker_store",
                 "--database-url",
                 self.database.url(),
+                "--retention-s",
+                str(self.retention.retention_s),
+                "--group-idle-s",
+                str(self.retention.group_idle_s),
             ],
             stdout=subprocess.PIPE,
             stderr=out,

@@ -13,6 +13,9 @@ optimistic concurrency on its metadata), GET and HEAD (conditional, ranged),
 DELETE, bulk delete, copy, and ListObjectsV2. No signatures are checked: it
 listens on 127.0.0.1 only and the broker runs with AWS_SKIP_SIGNATURE.
 
+Old record batches are deleted by bus.broker_retention (--retention-s,
+--group-idle-s): Tansu lists a partition's whole history on every fetch.
+
 Run as `python -m cloud_engine.bus.broker_store --database-url URL`; it prints the port
 it listens on as its first line of output.
 """
@@ -38,6 +41,7 @@ from xml.sax.saxutils import escape
 import asyncpg
 import structlog
 
+from cloud_engine.bus.broker_retention import Policy, run_retention
 from cloud_engine.infra.database import DatabaseTarget, parse_database_url
 from cloud_engine.infra.pg import connect, create_pool
 
@@ -154,13 +158,25 @@ def _byte_range(header: str, size: int) -> tuple[int, int] | None:
 class ObjectStore:
     """The S3 operations, on one table."""
 
-    def __init__(self, pool: asyncpg.Pool) -> None:
+    def __init__(self, pool: asyncpg.Pool, *, log_requests: bool = False) -> None:
         self.pool = pool
+        self.log_requests = log_requests
 
     async def handle(self, request: Request) -> Response:
         started = time.monotonic()
         response = await self._handle(request)
         took = time.monotonic() - started
+        if self.log_requests:
+            # What the broker asks for, one line a request (--log-requests).
+            log.info(
+                "request",
+                method=request.method,
+                key=request.key,
+                query=request.query,
+                status=response.status,
+                bytes=len(response.body),
+                ms=round(took * 1000, 2),
+            )
         if took >= SLOW_S:
             # Every hop of the bus waits on these: a slow one shows as lag everywhere.
             log.warning(
@@ -539,20 +555,44 @@ def _fields(target: DatabaseTarget) -> dict[str, Any]:
     return {name: getattr(target, name) for name in target.__struct_fields__}
 
 
-async def serve(target: DatabaseTarget, host: str, port: int, stop: asyncio.Event) -> None:
+async def serve(
+    target: DatabaseTarget,
+    host: str,
+    port: int,
+    stop: asyncio.Event,
+    *,
+    policy: Policy | None = None,
+    log_requests: bool = False,
+) -> None:
+    policy = policy or Policy()
     await ensure_database(target)
     pool = await create_pool(target, max_size=8, min_size=2, single_reads=True)
+    retention: asyncio.Task[None] | None = None
     try:
-        http = Server(ObjectStore(pool).handle)
+        http = Server(ObjectStore(pool, log_requests=log_requests).handle)
         server = await asyncio.start_server(http.serve, host, port)
         try:
             bound = server.sockets[0].getsockname()[1]
             print(bound, flush=True)  # the parent waits for this line
-            log.info("broker store listening", port=bound, database=target.dbname)
+            log.info(
+                "broker store listening",
+                port=bound,
+                database=target.dbname,
+                retention_s=policy.retention_s,
+                group_idle_s=policy.group_idle_s,
+            )
+            if policy.enabled:
+                retention = asyncio.create_task(
+                    run_retention(pool, TABLE, policy, stop, UNAVAILABLE)
+                )
             await stop.wait()
         finally:
             server.close()
             await http.close()
+            if retention is not None:
+                retention.cancel()
+                with contextlib.suppress(asyncio.CancelledError, *UNAVAILABLE):
+                    await retention
     finally:
         # Not close(): that waits for every connection to come back, and one
         # may be stuck on a database that is gone.
@@ -564,7 +604,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--database-url", required=True)
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=0)
+    parser.add_argument(
+        "--retention-s", type=float, default=Policy().retention_s,
+        help="delete record batches older than this that every live group has read (0: keep all)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--group-idle-s", type=float, default=Policy().group_idle_s,
+        help="a consumer group that has not committed for this long holds nothing back",
+    )  # fmt: skip
+    parser.add_argument("--log-requests", action="store_true", help="log every S3 request")
     args = parser.parse_args(argv)
+    policy = Policy(retention_s=args.retention_s, group_idle_s=args.group_idle_s)
     target = parse_database_url(args.database_url)
     # Standard output carries the port line only; the log goes with the
     # broker's (its stderr).
@@ -575,7 +625,9 @@ def main(argv: list[str] | None = None) -> int:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
-        await serve(target, args.host, args.port, stop)
+        await serve(
+            target, args.host, args.port, stop, policy=policy, log_requests=args.log_requests
+        )
 
     try:
         import uvloop

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 
 from cloud_engine.api.kafka_gateway import GatewayConfig
 from cloud_engine.bus.broker import DevBroker
+from cloud_engine.bus.broker_retention import Policy
 from cloud_engine.bus.relay import RelayConfig
 from cloud_engine.engine.service import CommandService
 from cloud_engine.engine.store import EventStore
@@ -50,6 +51,10 @@ def start_infrastructure(settings: Settings, *, broker: bool = True) -> Infrastr
                 log_file=settings.data_dir / "dev-broker.log",
                 database=None if embedded is None else broker_database(embedded.target),
                 state_dir=settings.data_dir,
+                retention=Policy(
+                    retention_s=settings.dev_broker_retention_s,
+                    group_idle_s=settings.dev_broker_group_idle_s,
+                ),
             )
             infra.bootstrap = infra.dev_broker.start()
         except BaseException:
