@@ -34,13 +34,12 @@ from uuid import UUID
 import msgspec
 import structlog
 
+from cloud_engine.automation.sender import Sender
 from cloud_engine.bus.cloudevents import CloudEvent
 from cloud_engine.bus.consumer import ConsumerConfig, EventConsumer, MemoryDeduplicator
 from cloud_engine.bus.naming import parse_type, topic_for
-from cloud_engine.engine.commands.base import Command, CommandContext
 from cloud_engine.engine.commands.liveness import ConvergeVm
 from cloud_engine.engine.commands.operations import VmOperation
-from cloud_engine.engine.errors import DomainError
 from cloud_engine.engine.fabric.host import Host
 from cloud_engine.engine.service import CommandService
 from cloud_engine.engine.store import EventStore
@@ -73,7 +72,7 @@ class Converger:
         self.service = service
         self.store = store
         self.consumer = EventConsumer(config, self.handle, MemoryDeduplicator())
-        self.decisions = 0
+        self._send = Sender(service, ACTOR, log, refused="not_converged", recorded="converged")
 
     async def run(self, stop: asyncio.Event) -> None:
         task = asyncio.create_task(self.consumer.run())
@@ -151,13 +150,7 @@ class Converger:
             key,
         )
 
-    async def _send(self, command: Command, key: str) -> bool:
-        context = CommandContext(actor=ACTOR, request_id=key, idempotency_key=key)
-        try:
-            await self.service.execute_async(command, context)
-        except DomainError as e:
-            log.warning("not_converged", key=key, reason=str(e))
-            return False
-        self.decisions += 1
-        log.info("converged", key=key, command=type(command).__name__)
-        return True
+    @property
+    def decisions(self) -> int:
+        """Commands this converger had recorded."""
+        return self._send.sent

@@ -27,7 +27,8 @@ from uuid import UUID
 import structlog
 
 from cloud_engine.automation.reads import Reads
-from cloud_engine.engine.commands.base import Command, CommandContext
+from cloud_engine.automation.sender import Sender
+from cloud_engine.engine.commands.base import CommandContext
 from cloud_engine.engine.commands.ha import BeginHaRun, ReportHaRun, RestartOnHa
 from cloud_engine.engine.commands.liveness import ConvergeVm
 from cloud_engine.engine.errors import DomainError
@@ -56,6 +57,7 @@ class HaRunner:
         self.store = store
         self.reads = reads
         self.started: list[UUID] = []  # operations this process started
+        self._send = Sender(service, ACTOR, log, refused="ha_not_recorded")
 
     async def run(self, host: Host) -> bool:
         """One pass for a Down, fenced host (the host as loaded: its fence
@@ -151,12 +153,3 @@ class HaRunner:
             self.started.append(result.aggregate_id)
             log.info("ha_restart", vm_id=str(vm_id), operation_id=str(result.aggregate_id))
         return result.aggregate_id
-
-    async def _send(self, command: Command, key: str | None) -> bool:
-        context = CommandContext(actor=ACTOR, request_id=key or "", idempotency_key=key)
-        try:
-            await self.service.execute_async(command, context)
-        except DomainError as e:
-            log.warning("ha_not_recorded", command=type(command).__name__, reason=str(e))
-            return False
-        return True

@@ -27,13 +27,12 @@ from cloud_engine.automation.fencing import FenceError, Fencer, FenceTarget
 from cloud_engine.automation.ha import HaRunner
 from cloud_engine.automation.heartbeat import HeartbeatSource, age_s
 from cloud_engine.automation.reads import HostRow, Reads
-from cloud_engine.engine.commands.base import Command, CommandContext
+from cloud_engine.automation.sender import Sender
 from cloud_engine.engine.commands.liveness import (
     ConfirmHostDown,
     DeclareHostAlive,
     RecordHostFenced,
 )
-from cloud_engine.engine.errors import DomainError
 from cloud_engine.engine.fabric.host import Host
 from cloud_engine.engine.service import CommandService
 from cloud_engine.engine.store import EventStore
@@ -65,6 +64,9 @@ class LivenessMonitor:
         self.heartbeat_timeout_s = heartbeat_timeout_s
         self.up_after_s = up_after_s
         self._alive_noted: set[tuple[UUID, int]] = set()
+        self._send = Sender(
+            service, ACTOR, log, refused="liveness_not_recorded", recorded="liveness_recorded"
+        )
 
     async def check_once(self) -> None:
         for row in await self.reads.hosts():
@@ -141,11 +143,3 @@ class LivenessMonitor:
                 ),
                 f"up/{host.id}/{host.version}",
             )
-
-    async def _send(self, command: Command, key: str) -> None:
-        context = CommandContext(actor=ACTOR, request_id=key, idempotency_key=key)
-        try:
-            await self.service.execute_async(command, context)
-            log.info("liveness_recorded", command=type(command).__name__, key=key)
-        except DomainError as e:
-            log.warning("liveness_not_recorded", command=type(command).__name__, reason=str(e))
