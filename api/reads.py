@@ -141,18 +141,24 @@ def get_endpoint(resource: ResourceType) -> Handler:
     return handle
 
 
+async def _readable(request: Request, resource: ResourceType) -> tuple[ApiContext, UUID]:
+    """The context and the path's resource id, once the caller may read its
+    log: an id of another type, or of an account the caller does not see,
+    is not found."""
+    ctx = context_of(request)
+    principal = await principal_of(request)
+    require_access(principal, resource.access, write=False)
+    resource_id: UUID = request.path_params["id"]
+    owner = await ctx.owners.of(resource_id)
+    if owner is None or owner.type != resource.type:
+        raise not_found(f"{resource.title} {resource_id} not found")
+    require_visible(principal, resource.access, owner.account, f"{resource.title} {resource_id}")
+    return ctx, resource_id
+
+
 def events_endpoint(resource: ResourceType) -> Handler:
     async def handle(request: Request) -> Response:
-        ctx = context_of(request)
-        principal = await principal_of(request)
-        require_access(principal, resource.access, write=False)
-        resource_id: UUID = request.path_params["id"]
-        owner = await ctx.owners.of(resource_id)
-        if owner is None or owner.type != resource.type:
-            raise not_found(f"{resource.title} {resource_id} not found")
-        require_visible(
-            principal, resource.access, owner.account, f"{resource.title} {resource_id}"
-        )
+        ctx, resource_id = await _readable(request, resource)
         query = parse_query(request, EventQuery)
         try:
             # One more than asked: whether there is a next page.
@@ -176,16 +182,7 @@ def events_endpoint(resource: ResourceType) -> Handler:
 
 def state_endpoint(resource: ResourceType) -> Handler:
     async def handle(request: Request) -> Response:
-        ctx = context_of(request)
-        principal = await principal_of(request)
-        require_access(principal, resource.access, write=False)
-        resource_id: UUID = request.path_params["id"]
-        owner = await ctx.owners.of(resource_id)
-        if owner is None or owner.type != resource.type:
-            raise not_found(f"{resource.title} {resource_id} not found")
-        require_visible(
-            principal, resource.access, owner.account, f"{resource.title} {resource_id}"
-        )
+        ctx, resource_id = await _readable(request, resource)
         query = parse_query(request, StateQuery)
         try:
             aggregate = await asyncio.to_thread(_state, ctx, resource_id, query)
