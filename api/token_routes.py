@@ -61,17 +61,9 @@ class Token(msgspec.Struct, frozen=True, kw_only=True):
     revoked_at: datetime | None
 
 
-class TokenCreated(msgspec.Struct, frozen=True, kw_only=True):
+class TokenCreated(Token, frozen=True, kw_only=True):
     """The new token: `token` is its secret, shown this once."""
 
-    id: UUID
-    role: str
-    account: str
-    description: str
-    state: str
-    created_at: datetime
-    expires_at: datetime | None
-    revoked_at: datetime | None
     token: str
 
 
