@@ -39,29 +39,10 @@ from cloud_engine.engine.virtual.network_rule import NetworkRule
 from cloud_engine.lab import Lab, LabHost
 from cloud_engine.lab.model import Layout
 from tests.integration.effectors.effector_pipeline import wait_for
+from tests.integration.effectors.test_router import FETCH, SERVER
 from tests.integration.lab.lab_cloud import NAMES, Cloud
 
 pytestmark = [pytest.mark.postgres, pytest.mark.libvirt]
-
-SERVER = """
-import http.server, socketserver, sys
-name, port = sys.argv[1], int(sys.argv[2])
-class H(http.server.BaseHTTPRequestHandler):
-    def do_GET(self):
-        body = (name + " " + self.client_address[0]).encode()
-        self.send_response(200); self.send_header("Content-Length", str(len(body)))
-        self.end_headers(); self.wfile.write(body)
-    def log_message(self, *a): pass
-socketserver.TCPServer.allow_reuse_address = True
-socketserver.TCPServer(("0.0.0.0", port), H).serve_forever()
-"""
-FETCH = """
-import sys, urllib.request
-try:
-    print(urllib.request.urlopen(sys.argv[1], timeout=float(sys.argv[2])).read().decode())
-except Exception as e:
-    print("FAILED", type(e).__name__)
-"""
 
 
 def sh(*argv: str, check: bool = True) -> str:
