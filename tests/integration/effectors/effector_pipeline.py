@@ -15,6 +15,7 @@ from cloud_engine.bus.relay import Relay, RelayConfig
 from cloud_engine.effectors.hypervisor import Hypervisor
 from cloud_engine.effectors.naming import Names
 from cloud_engine.effectors.service import EffectorService, effector_config
+from cloud_engine.engine.operations.operation import Operation
 from cloud_engine.engine.service import CommandService
 from cloud_engine.engine.store import EventStore
 from cloud_engine.infra.database import DatabaseTarget
@@ -100,6 +101,19 @@ async def wait_for(
             return
         assert time.monotonic() < deadline, f"timed out waiting for {what}"
         await asyncio.sleep(0.1)
+
+
+async def finish(pipeline: Pipeline, store: EventStore, op_id: uuid.UUID) -> Operation:
+    """The operation once it has ended (any way: the caller checks how)."""
+
+    def done() -> bool:
+        op = store.load(op_id)
+        return isinstance(op, Operation) and op.finished
+
+    await wait_for(f"operation {op_id}", done, pipeline)
+    op = store.load(op_id)
+    assert isinstance(op, Operation)
+    return op
 
 
 def domains_with_uuid(hv: Hypervisor, vm_id: uuid.UUID) -> list:

@@ -15,7 +15,7 @@ import asyncio
 import uuid
 
 import pytest
-from effector_pipeline import Pipeline, domains_with_uuid, is_running, wait_for
+from effector_pipeline import Pipeline, domains_with_uuid, finish, is_running, wait_for
 from fabric_setup import effector_fabric
 
 from cloud_engine.automation.convergence import Converger, convergence_config
@@ -24,7 +24,6 @@ from cloud_engine.effectors.service import EffectorService, effector_config
 from cloud_engine.engine.commands.operations import DeployVm, VmOperation
 from cloud_engine.engine.commands.storage import RequestTemplateDownload
 from cloud_engine.engine.fabric.host import Host
-from cloud_engine.engine.operations.operation import Operation
 from cloud_engine.engine.store import EventStore
 from cloud_engine.engine.virtual.vm import VirtualMachine, VmSpec
 from cloud_engine.orchestration.manager import OperationManager, manager_config
@@ -74,17 +73,6 @@ def held_by(store: EventStore, host_id: uuid.UUID, vm_id: uuid.UUID) -> bool:
     return vm_id in host.reservations
 
 
-async def finish(store: EventStore, pipeline: Pipeline, op_id: uuid.UUID) -> Operation:
-    def done() -> bool:
-        op = store.load(op_id)
-        return isinstance(op, Operation) and op.finished
-
-    await wait_for(f"operation {op_id}", done, pipeline)
-    op = store.load(op_id)
-    assert isinstance(op, Operation)
-    return op
-
-
 async def test_timed_out_start_and_stop_converge_to_the_hypervisor(
     pg_target, service, store, broker, topic_prefix, libvirt_uri, hypervisor, name_prefix,
     tmp_path, served,
@@ -121,7 +109,7 @@ async def test_timed_out_start_and_stop_converge_to_the_hypervisor(
                 network_ids=(fabric.networks[0],),
             )
         )
-        assert (await finish(store, pipeline, deployed.aggregate_id)).status == "succeeded"
+        assert (await finish(pipeline, store, deployed.aggregate_id)).status == "succeeded"
         vm_id = uuid.UUID(str(deployed.value))
         # Subscribed once the VM topic exists (a consumer of a topic not yet
         # made would wait for its next metadata refresh).
@@ -130,13 +118,13 @@ async def test_timed_out_start_and_stop_converge_to_the_hypervisor(
         host_id = vm_of(store, vm_id).host_id
         assert host_id is not None
         stopped = await service.execute_async(VmOperation(kind="vm.stop", vm_id=vm_id))
-        assert (await finish(store, pipeline, stopped.aggregate_id)).status == "succeeded"
+        assert (await finish(pipeline, store, stopped.aggregate_id)).status == "succeeded"
         (domain,) = domains_with_uuid(hypervisor, vm_id)
 
         # A start nobody answers: Error at the deadline, unsettled, capacity back.
         await effector.stop()
         started = await service.execute_async(VmOperation(kind="vm.start", vm_id=vm_id))
-        op = await finish(store, pipeline, started.aggregate_id)
+        op = await finish(pipeline, store, started.aggregate_id)
         assert op.status == "compensated" and "no answer" in (op.error or ""), op.error
         vm = vm_of(store, vm_id)
         assert (vm.state, vm.unsettled) == ("Error", True)
@@ -158,7 +146,7 @@ async def test_timed_out_start_and_stop_converge_to_the_hypervisor(
         # (the guest may run); the domain is in fact off: recorded Stopped.
         await effector.stop()
         stopping = await service.execute_async(VmOperation(kind="vm.stop", vm_id=vm_id))
-        op = await finish(store, pipeline, stopping.aggregate_id)
+        op = await finish(pipeline, store, stopping.aggregate_id)
         assert op.status == "failed" and "no answer" in (op.error or ""), op.error
         vm = vm_of(store, vm_id)
         assert (vm.state, vm.unsettled) == ("Error", True)

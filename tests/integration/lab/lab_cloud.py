@@ -39,7 +39,6 @@ from cloud_engine.engine.commands.storage_fabric import CreateImageStore, Create
 from cloud_engine.engine.fabric.host import Host
 from cloud_engine.engine.fabric.physical_network import TagRange
 from cloud_engine.engine.operations.deploy_ids import nic_id
-from cloud_engine.engine.operations.operation import Operation
 from cloud_engine.engine.service import CommandService
 from cloud_engine.engine.store import EventStore
 from cloud_engine.engine.virtual.nic import Nic
@@ -47,7 +46,7 @@ from cloud_engine.engine.virtual.vm import VirtualMachine, VmSpec
 from cloud_engine.infra.database import DatabaseTarget
 from cloud_engine.lab import LabHost
 from cloud_engine.runner import guest_image
-from tests.integration.effectors.effector_pipeline import Pipeline, wait_for
+from tests.integration.effectors.effector_pipeline import Pipeline, finish, wait_for
 from tests.integration.effectors.template_server import Served, make_template_image, serve
 
 libvirt.registerErrorHandler(lambda _ctx, _err: None, None)
@@ -211,17 +210,6 @@ async def template_ready(
         lambda: getattr(store.load(fabric.template), "state", "") == "Ready",
         pipeline,
     )
-
-
-async def finish(pipeline: Pipeline, store: EventStore, op_id: uuid.UUID) -> Operation:
-    def done() -> bool:
-        op = store.load(op_id)
-        return isinstance(op, Operation) and op.finished
-
-    await wait_for(f"operation {op_id}", done, pipeline)
-    op = store.load(op_id)
-    assert isinstance(op, Operation)
-    return op
 
 
 def reserved_on(store: EventStore, fabric: LabFabric, vm_id: uuid.UUID) -> list[str]:
