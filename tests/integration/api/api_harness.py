@@ -12,18 +12,27 @@ import http.client
 import json
 import time
 import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from cloud_engine.api import tokens
 from cloud_engine.api.app import create_app
 from cloud_engine.api.live import LiveConfig
 from cloud_engine.api.server import ApiServer
+from cloud_engine.bus.relay import Relay, RelayConfig
+from cloud_engine.effectors.naming import Names
+from cloud_engine.effectors.service import EffectorService, effector_config
 from cloud_engine.engine.service import CommandService
 from cloud_engine.engine.store import EventStore
 from cloud_engine.infra.database import DatabaseTarget
 from cloud_engine.infra.pg import connect
+from cloud_engine.orchestration.manager import OperationManager, manager_config
+from cloud_engine.orchestration.recorder import ResultRecorder
 from cloud_engine.projections.replay import Rebuild
+from cloud_engine.projections.worker import ProjectionWorker, consumer_config
 from tests import fabric
 
 PROBLEM = "application/problem+json"
@@ -182,3 +191,75 @@ def vm_body(fabric: Fabric, name: str = "vm", **extra: Any) -> dict[str, Any]:
 
 def new_key() -> str:
     return uuid.uuid4().hex
+
+
+# The whole pipeline in-process -----------------------------------------------------
+
+PIPELINE_WAIT_S = 90.0
+
+
+@asynccontextmanager
+async def pipeline_tasks(
+    api: Api, broker: str, topic_prefix: str, label: str
+) -> AsyncIterator[list[asyncio.Task[None]]]:
+    """Relay, projection worker, operation manager, result recorder and an
+    effector (libvirt's test driver; its names start ce-<label>) as tasks of
+    this event loop, behind the API's command service."""
+    target, service, store = api.target, api.service, api.store
+    stop = asyncio.Event()
+    parts: list[Any] = [  # each with run(stop)
+        Relay(target, RelayConfig(bootstrap=broker, topic_prefix=topic_prefix, partitions=2)),
+        ProjectionWorker(target, consumer_config(broker, topic_prefix)),
+        OperationManager(
+            service, store, target, manager_config(broker, topic_prefix), sweep_interval_s=2.0
+        ),
+        ResultRecorder(service, broker, topic_prefix),
+        EffectorService(
+            target,
+            effector_config(broker, topic_prefix),
+            names=Names(prefix=f"ce-{label}{uuid.uuid4().hex[:6]}-"),
+            name=f"effector@{label}-test",
+            stop_timeout_s=5.0,
+        ),
+    ]
+    tasks = [asyncio.create_task(p.run(stop)) for p in parts]
+    try:
+        yield tasks
+    finally:
+        stop.set()
+        await asyncio.wait_for(asyncio.gather(*tasks, return_exceptions=True), 60)
+
+
+async def until(
+    what: str, tasks: list[asyncio.Task[None]], probe: Callable[[], Awaitable[Any]]
+) -> Any:
+    """probe's first true answer; a failed pipeline task fails the wait."""
+    deadline = time.monotonic() + PIPELINE_WAIT_S
+    while True:
+        for task in tasks:
+            if task.done() and task.exception() is not None:
+                raise AssertionError(f"a pipeline task failed: {task.exception()!r}")
+        value = await probe()
+        if value:
+            return value
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        await asyncio.sleep(0.2)
+
+
+def deploy_spec(url: str, sha256: str, tmp_path: Path) -> fabric.FabricSpec:
+    """Two hosts, a pool and an image store under tmp_path, and the template
+    at url still to be downloaded (the pipeline's effector fetches it)."""
+    return fabric.FabricSpec(
+        hosts=fabric.hosts(2, cpu_cores=8, ram_mb=8192),
+        pools=(fabric.PoolSpec(url=str(tmp_path / "primary"), capacity_bytes=64 << 30),),
+        image_stores=(fabric.ImageStoreSpec(url=str(tmp_path / "secondary")),),
+        templates=(
+            fabric.TemplateSpec(
+                url=url,
+                size_bytes=4 << 20,
+                os_type="linux",
+                checksum=f"sha256:{sha256}",
+                state="requested",
+            ),
+        ),
+    )

@@ -6,86 +6,28 @@ test:///default driver and a template fetched over loopback HTTP."""
 from __future__ import annotations
 
 import asyncio
-import time
-import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any
 
 import pytest
-from api_harness import Api, created
+from api_harness import Api, created, deploy_spec, pipeline_tasks, until
 
-from cloud_engine.bus.relay import Relay, RelayConfig
-from cloud_engine.effectors.naming import Names
-from cloud_engine.effectors.service import EffectorService, effector_config
-from cloud_engine.orchestration.manager import OperationManager, manager_config
-from cloud_engine.orchestration.recorder import ResultRecorder
-from cloud_engine.projections.worker import ProjectionWorker, consumer_config
 from tests import fabric
 
 pytestmark = pytest.mark.postgres
 
-WAIT_S = 90.0
-
 
 @pytest.fixture
 async def pipeline(api: Api, broker: str, topic_prefix: str) -> AsyncIterator[list[asyncio.Task]]:
-    target, service, store = api.target, api.service, api.store
-    stop = asyncio.Event()
-    parts = [
-        Relay(target, RelayConfig(bootstrap=broker, topic_prefix=topic_prefix, partitions=2)),
-        ProjectionWorker(target, consumer_config(broker, topic_prefix)),
-        OperationManager(
-            service, store, target, manager_config(broker, topic_prefix), sweep_interval_s=2.0
-        ),
-        ResultRecorder(service, broker, topic_prefix),
-        EffectorService(
-            target,
-            effector_config(broker, topic_prefix),
-            names=Names(prefix=f"ce-api{uuid.uuid4().hex[:6]}-"),
-            name="effector@api-test",
-            stop_timeout_s=5.0,
-        ),
-    ]
-    tasks = [asyncio.create_task(p.run(stop)) for p in parts]
-    try:
+    async with pipeline_tasks(api, broker, topic_prefix, "api") as tasks:
         yield tasks
-    finally:
-        stop.set()
-        await asyncio.wait_for(asyncio.gather(*tasks, return_exceptions=True), 60)
-
-
-async def until(what: str, tasks: list[asyncio.Task], probe: Any) -> Any:
-    deadline = time.monotonic() + WAIT_S
-    while True:
-        for task in tasks:
-            if task.done() and task.exception() is not None:
-                raise AssertionError(f"a pipeline task failed: {task.exception()!r}")
-        value = await probe()
-        if value:
-            return value
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        await asyncio.sleep(0.2)
 
 
 async def test_deploy_to_running_and_stop_over_http(
     api: Api, pipeline: list[asyncio.Task], template_url: tuple[str, str], tmp_path: Path
 ) -> None:
     url, sha256 = template_url
-    spec = fabric.FabricSpec(
-        hosts=fabric.hosts(2, cpu_cores=8, ram_mb=8192),
-        pools=(fabric.PoolSpec(url=str(tmp_path / "primary"), capacity_bytes=64 << 30),),
-        image_stores=(fabric.ImageStoreSpec(url=str(tmp_path / "secondary")),),
-        templates=(
-            fabric.TemplateSpec(
-                url=url,
-                size_bytes=4 << 20,
-                os_type="linux",
-                checksum=f"sha256:{sha256}",
-                state="requested",
-            ),
-        ),
-    )
+    spec = deploy_spec(url, sha256, tmp_path)
     made = await fabric.build_http(api, spec, admin=api.admin)
     zone, template = made.zone, made.template
 

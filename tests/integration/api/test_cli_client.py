@@ -15,8 +15,8 @@ import sys
 from pathlib import Path
 
 import pytest
-from api_harness import Api
-from test_api_e2e import pipeline, until  # noqa: F401  (the pipeline fixture)
+from api_harness import Api, deploy_spec, until
+from test_api_e2e import pipeline  # noqa: F401  (the pipeline fixture)
 
 from tests import fabric
 
@@ -46,18 +46,7 @@ async def test_cli_against_a_live_api(
     tmp_path: Path,
 ) -> None:
     url, sha256 = template_url
-    spec = fabric.FabricSpec(
-        hosts=fabric.hosts(2, cpu_cores=8, ram_mb=8192),
-        pools=(fabric.PoolSpec(url=str(tmp_path / "primary"), capacity_bytes=64 << 30),),
-        image_stores=(fabric.ImageStoreSpec(url=str(tmp_path / "secondary")),),
-        templates=(
-            fabric.TemplateSpec(
-                url=url, size_bytes=4 << 20, os_type="linux", checksum=f"sha256:{sha256}",
-                state="requested",
-            ),
-        ),
-    )  # fmt: skip
-    made = await fabric.build_http(api, spec, admin=api.admin)
+    made = await fabric.build_http(api, deploy_spec(url, sha256, tmp_path), admin=api.admin)
     base = f"http://127.0.0.1:{api.port}"
     config = tmp_path / "home" / "cloud-engine" / "config.toml"
     env = _env(config)

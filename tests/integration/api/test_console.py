@@ -12,25 +12,18 @@ import json
 import os
 import re
 import shutil
-import time
-import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-from api_harness import Api, start_api
+from api_harness import Api, deploy_spec, pipeline_tasks, start_api, until
 
 from cloud_engine.api.live import LiveConfig
 from cloud_engine.bus.relay import Relay, RelayConfig
-from cloud_engine.effectors.naming import Names
-from cloud_engine.effectors.service import EffectorService, effector_config
 from cloud_engine.engine.service import CommandService
 from cloud_engine.engine.store import EventStore
 from cloud_engine.infra.database import DatabaseTarget
-from cloud_engine.orchestration.manager import OperationManager, manager_config
-from cloud_engine.orchestration.recorder import ResultRecorder
-from cloud_engine.projections.worker import ProjectionWorker, consumer_config
 from tests import fabric
 
 pytestmark = pytest.mark.postgres
@@ -72,42 +65,8 @@ async def live_api(
 async def pipeline(
     live_api: Api, broker: str, topic_prefix: str
 ) -> AsyncIterator[list[asyncio.Task[None]]]:
-    target, service, store = live_api.target, live_api.service, live_api.store
-    stop = asyncio.Event()
-    parts = [
-        Relay(target, RelayConfig(bootstrap=broker, topic_prefix=topic_prefix, partitions=2)),
-        ProjectionWorker(target, consumer_config(broker, topic_prefix)),
-        OperationManager(
-            service, store, target, manager_config(broker, topic_prefix), sweep_interval_s=2.0
-        ),
-        ResultRecorder(service, broker, topic_prefix),
-        EffectorService(
-            target,
-            effector_config(broker, topic_prefix),
-            names=Names(prefix=f"ce-ui{uuid.uuid4().hex[:6]}-"),
-            name="effector@ui-test",
-            stop_timeout_s=5.0,
-        ),
-    ]
-    tasks = [asyncio.create_task(p.run(stop)) for p in parts]
-    try:
+    async with pipeline_tasks(live_api, broker, topic_prefix, "ui") as tasks:
         yield tasks
-    finally:
-        stop.set()
-        await asyncio.wait_for(asyncio.gather(*tasks, return_exceptions=True), 60)
-
-
-async def until(what: str, tasks: list[asyncio.Task[None]], probe: Any) -> Any:
-    deadline = time.monotonic() + WAIT_MS / 1000
-    while True:
-        for task in tasks:
-            if task.done() and task.exception() is not None:
-                raise AssertionError(f"a pipeline task failed: {task.exception()!r}")
-        value = await probe()
-        if value:
-            return value
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        await asyncio.sleep(0.2)
 
 
 def browser_available() -> None:
@@ -129,20 +88,7 @@ async def test_log_in_deploy_see_running_live_open_history(
 
     api = live_api
     url, sha256 = template_url
-    spec = fabric.FabricSpec(
-        hosts=fabric.hosts(2, cpu_cores=8, ram_mb=8192),
-        pools=(fabric.PoolSpec(url=str(tmp_path / "primary"), capacity_bytes=64 << 30),),
-        image_stores=(fabric.ImageStoreSpec(url=str(tmp_path / "secondary")),),
-        templates=(
-            fabric.TemplateSpec(
-                url=url,
-                size_bytes=4 << 20,
-                os_type="linux",
-                checksum=f"sha256:{sha256}",
-                state="requested",
-            ),
-        ),
-    )
+    spec = deploy_spec(url, sha256, tmp_path)
     await fabric.build_http(api, spec, admin=api.admin)
 
     async def template_ready() -> bool:
