@@ -5,10 +5,6 @@ test_two_engines.py)."""
 from __future__ import annotations
 
 import asyncio
-import os
-import signal
-import subprocess
-import sys
 import uuid
 from collections.abc import Mapping
 from pathlib import Path
@@ -22,13 +18,12 @@ from cloud_engine.engine.aggregate import Aggregate
 from cloud_engine.engine.operations.operation import Operation
 from cloud_engine.engine.store import EventStore
 from cloud_engine.infra.database import DatabaseTarget
-
-REPO = Path(__file__).resolve().parents[3]
+from tests.integration.cli_process import CliProcess, cli_env
 
 A = TypeVar("A", bound=Aggregate)
 
 
-class EngineProcess:
+class EngineProcess(CliProcess):
     """`cloud-engine engine` on the test's schema and topic prefix; env holds
     variables of its environment beyond those (applied last)."""
 
@@ -40,46 +35,7 @@ class EngineProcess:
         log: Path,
         env: Mapping[str, str] | None = None,
     ) -> None:
-        environ = {k: v for k, v in os.environ.items() if not k.startswith("CLOUD_ENGINE_")}
-        environ.update(
-            CLOUD_ENGINE_DATABASE_URL=target.url(),
-            CLOUD_ENGINE_DATABASE_SCHEMA=target.schema,
-            CLOUD_ENGINE_KAFKA_BOOTSTRAP=broker,
-            CLOUD_ENGINE_TOPIC_PREFIX=prefix,
-            CLOUD_ENGINE_LOG_LEVEL="info",
-        )
-        environ.update(env or {})
-        self.log = log
-        self._out = log.open("wb")
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "cloud_engine.runner.cli", "engine"],
-            cwd=REPO,
-            env=environ,
-            stdout=self._out,
-            stderr=subprocess.STDOUT,
-        )
-
-    def alive(self) -> bool:
-        return self.process.poll() is None
-
-    def kill(self) -> None:
-        if self.alive():
-            self.process.send_signal(signal.SIGKILL)
-        self.process.wait(10)
-        self._out.close()
-
-    def stop(self) -> None:
-        if self.alive():
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(30)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(10)
-        self._out.close()
-
-    def tail(self, lines: int = 15) -> str:
-        return "\n".join(self.log.read_text(errors="replace").splitlines()[-lines:])
+        super().__init__(["engine"], cli_env(target, broker, prefix, env), log, append=False)
 
 
 def all_aggregates(store: EventStore) -> dict[uuid.UUID, Aggregate]:

@@ -9,12 +9,8 @@ hosts."""
 from __future__ import annotations
 
 import asyncio
-import os
 import random
 import shutil
-import signal
-import subprocess
-import sys
 import uuid
 import xml.etree.ElementTree as ET
 from collections.abc import AsyncIterator, Mapping
@@ -46,13 +42,13 @@ from cloud_engine.engine.virtual.vm import VirtualMachine, VmSpec
 from cloud_engine.infra.database import DatabaseTarget
 from cloud_engine.lab import LabHost
 from cloud_engine.runner import guest_image
+from tests.integration.cli_process import ASYNCIO, CliProcess, cli_env
 from tests.integration.effectors.effector_pipeline import Pipeline, finish, wait_for
 from tests.integration.effectors.template_server import Served, make_template_image, serve
 
 libvirt.registerErrorHandler(lambda _ctx, _err: None, None)
 
 GiB = 1 << 30
-REPO = Path(__file__).resolve().parents[3]
 # The names the effector gives on a host (the CLI's too): every test's
 # leftovers are found by them (lab hosts run nothing else of the engine).
 NAMES = Names()
@@ -313,7 +309,7 @@ def clean_up(hosts: list[LabHost], fabric: LabFabric | None) -> None:
 # `cloud-engine effector` as a process ---------------------------------------------
 
 
-class EffectorProcess:
+class EffectorProcess(CliProcess):
     """`cloud-engine effector` on the test's schema and topic prefix."""
 
     def __init__(
@@ -324,40 +320,8 @@ class EffectorProcess:
         log: Path,
         env: Mapping[str, str] | None = None,
     ) -> None:
-        environ = {k: v for k, v in os.environ.items() if not k.startswith("CLOUD_ENGINE_")}
-        environ.update(
-            CLOUD_ENGINE_DATABASE_URL=target.url(),
-            CLOUD_ENGINE_DATABASE_SCHEMA=target.schema,
-            CLOUD_ENGINE_KAFKA_BOOTSTRAP=broker,
-            CLOUD_ENGINE_TOPIC_PREFIX=prefix,
-            CLOUD_ENGINE_LOG_LEVEL="info",
-            CLOUD_ENGINE_EVENT_LOOP="asyncio",
-        )
-        environ.update(env or {})
-        self._out = log.open("ab")
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "cloud_engine.runner.cli", "effector"],
-            cwd=REPO,
-            env=environ,
-            stdout=self._out,
-            stderr=subprocess.STDOUT,
-        )
-
-    def kill(self) -> None:
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGKILL)
-        self.process.wait(10)
-        self._out.close()
-
-    def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(30)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(10)
-        self._out.close()
+        extra = {**ASYNCIO, **(env or {})}
+        super().__init__(["effector"], cli_env(target, broker, prefix, extra), log)
 
 
 # The whole of it, for a test -------------------------------------------------------

@@ -11,10 +11,6 @@ its volumes to the other pool of the cluster, from which it starts."""
 from __future__ import annotations
 
 import asyncio
-import os
-import signal
-import subprocess
-import sys
 import uuid
 from pathlib import Path
 
@@ -37,9 +33,9 @@ from cloud_engine.engine.virtual.volume import Volume
 from cloud_engine.infra.pg import connect
 from cloud_engine.infra.tables import read_model
 from cloud_engine.lab import LabHost
+from tests.integration.cli_process import ASYNCIO, CliProcess, cli_env
 from tests.integration.effectors.effector_pipeline import wait_for
 from tests.integration.lab.lab_cloud import (
-    REPO,
     Cloud,
     GiB,
     domain_states,
@@ -176,41 +172,11 @@ async def test_a_drain_cancelled_half_way_leaves_everything_consistent(
     assert sum(1 for p in places if p != "h1") == sum(1 for c in ended if c.status == "succeeded")
 
 
-class DrainerProcess:
+class DrainerProcess(CliProcess):
     """`cloud-engine drain` on the test's schema."""
 
     def __init__(self, cloud: Cloud, log: Path) -> None:
-        target = cloud.pipeline.target
-        environ = {k: v for k, v in os.environ.items() if not k.startswith("CLOUD_ENGINE_")}
-        environ.update(
-            CLOUD_ENGINE_DATABASE_URL=target.url(),
-            CLOUD_ENGINE_DATABASE_SCHEMA=target.schema,
-            CLOUD_ENGINE_LOG_LEVEL="info",
-            CLOUD_ENGINE_EVENT_LOOP="asyncio",
-        )
-        self._out = log.open("ab")
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "cloud_engine.runner.cli", "drain"],
-            cwd=REPO,
-            env=environ,
-            stdout=self._out,
-            stderr=subprocess.STDOUT,
-        )
-
-    def kill(self) -> None:
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGKILL)
-        self.process.wait(10)
-
-    def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(30)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(10)
-        self._out.close()
+        super().__init__(["drain"], cli_env(cloud.pipeline.target, extra=ASYNCIO), log)
 
 
 async def test_a_killed_drainer_finishes_after_restart(

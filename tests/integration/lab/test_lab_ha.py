@@ -9,8 +9,6 @@ import fcntl
 import hashlib
 import os
 import signal
-import subprocess
-import sys
 import uuid
 import xml.etree.ElementTree as ET
 from collections.abc import AsyncIterator
@@ -27,8 +25,9 @@ from cloud_engine.engine.operations.host_ha import restart_id, run_id
 from cloud_engine.engine.operations.operation import Operation
 from cloud_engine.lab import Lab, LabHost
 from cloud_engine.runner.lab_fencer import LabFencer
+from tests.integration.cli_process import ASYNCIO, CliProcess, cli_env
 from tests.integration.effectors.effector_pipeline import wait_for
-from tests.integration.lab.lab_cloud import NAMES, REPO, Cloud, lab_cloud, running_on
+from tests.integration.lab.lab_cloud import NAMES, Cloud, lab_cloud, running_on
 
 pytestmark = [pytest.mark.postgres, pytest.mark.libvirt]
 
@@ -70,35 +69,15 @@ async def ha_cloud(
         yield cloud, automation
 
 
-class AutomationProcess:
+class AutomationProcess(CliProcess):
     """`cloud-engine automation` on the test's schema, fencing the lab."""
 
     def __init__(self, pg_target, broker: str, prefix: str, lab: Lab, log: Path) -> None:
-        env = {k: v for k, v in os.environ.items() if not k.startswith("CLOUD_ENGINE_")}
-        env.update(
-            CLOUD_ENGINE_DATABASE_URL=pg_target.url(),
-            CLOUD_ENGINE_DATABASE_SCHEMA=pg_target.schema,
-            CLOUD_ENGINE_KAFKA_BOOTSTRAP=broker,
-            CLOUD_ENGINE_TOPIC_PREFIX=prefix,
-            CLOUD_ENGINE_LOG_LEVEL="info",
-            CLOUD_ENGINE_EVENT_LOOP="asyncio",
+        super().__init__(
+            ["automation", "--lab-state", str(lab.state_dir), "--up-after", "3"],
+            cli_env(pg_target, broker, prefix, ASYNCIO),
+            log,
         )
-        self._out = log.open("ab")
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "cloud_engine.runner.cli", "automation",
-             "--lab-state", str(lab.state_dir), "--up-after", "3"],
-            cwd=REPO, env=env, stdout=self._out, stderr=subprocess.STDOUT,
-        )  # fmt: skip
-
-    def stop(self, sig: int = signal.SIGTERM) -> None:
-        if self.process.poll() is None:
-            self.process.send_signal(sig)
-        try:
-            self.process.wait(30)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait(10)
-        self._out.close()
 
 
 def _lease_held(shared: Path, disk: str) -> bool:
