@@ -15,11 +15,8 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import random
 import signal
-import subprocess
-import sys
 import threading
 import time
 import uuid
@@ -39,6 +36,7 @@ from cloud_engine.infra import tables
 from cloud_engine.infra.database import DatabaseTarget
 from cloud_engine.projections import readmodel
 from cloud_engine.projections.replay import Rebuild
+from tests.integration.cli_process import CliProcess, cli_env
 from tests.integration.test_projection_worker import setup_fabric
 from tests.integration.test_projections import _connect, checksum
 
@@ -101,36 +99,12 @@ def workload(
         time.sleep(STEP_PAUSE)
 
 
-class WorkerProcess:
+class WorkerProcess(CliProcess):
     """`cloud-engine projections run` on the test's schema and topic prefix."""
 
     def __init__(self, target: DatabaseTarget, broker: str, prefix: str, log: Path) -> None:
-        env = {k: v for k, v in os.environ.items() if not k.startswith("CLOUD_ENGINE_")}
-        env.update(
-            CLOUD_ENGINE_DATABASE_URL=target.url(),
-            CLOUD_ENGINE_DATABASE_SCHEMA=target.schema,
-            CLOUD_ENGINE_KAFKA_BOOTSTRAP=broker,
-            CLOUD_ENGINE_TOPIC_PREFIX=prefix,
-            CLOUD_ENGINE_TOPIC_PARTITIONS="4",
-            CLOUD_ENGINE_LOG_LEVEL="info",
-        )
-        self.log = log
-        self._out = log.open("wb")
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "cloud_engine.runner.cli", "projections", "run"],
-            env=env,
-            stdout=self._out,
-            stderr=subprocess.STDOUT,
-        )
-
-    def alive(self) -> bool:
-        return self.process.poll() is None
-
-    def kill(self) -> None:
-        if self.alive():
-            self.process.send_signal(signal.SIGKILL)
-        self.process.wait(10)
-        self._out.close()
+        env = cli_env(target, broker, prefix, {"CLOUD_ENGINE_TOPIC_PARTITIONS": "4"})
+        super().__init__(["projections", "run"], env, log, append=False)
 
     def terminate(self) -> int:
         self.process.send_signal(signal.SIGTERM)
@@ -139,9 +113,8 @@ class WorkerProcess:
         finally:
             self._out.close()
 
-    def tail(self) -> str:
-        lines = self.log.read_text(errors="replace").splitlines()
-        return "\n".join(lines[-20:])
+    def tail(self, lines: int = 20) -> str:
+        return super().tail(lines)
 
 
 async def applied_versions(conn: asyncpg.Connection, schema: str) -> int:
