@@ -75,6 +75,7 @@ from chaos_checks import check_everything, unsettled_vms, wait_projected
 from deploy_fabric import create_fabric, host_uris, make_template_image, serve
 
 from cloud_engine.bus.broker import DevBroker
+from cloud_engine.bus.broker_retention import Policy
 from cloud_engine.engine.commands.storage import RequestTemplateDownload
 from cloud_engine.engine.service import CommandService
 from cloud_engine.engine.store import EventStore
@@ -419,7 +420,12 @@ def main() -> None:
     make_template_image(tmp / "www")
     pg = EmbeddedPostgres(load_settings(environ={}, data_dir=str(tmp)))
     broker = DevBroker(
-        log_file=tmp / "logs" / "broker.log", database=broker_database(pg.target), state_dir=tmp
+        log_file=tmp / "logs" / "broker.log",
+        database=broker_database(pg.target),
+        state_dir=tmp,
+        # Retention off: the watcher checks every event from the first one,
+        # and joins after the fabric's events were read by everyone else.
+        retention=Policy(retention_s=0),
     )
     broker.start()
     violations: list[str] = []
@@ -570,9 +576,7 @@ class Watcher:
             bootstrap_servers=self.bootstrap,
             group_id=f"chaos-watcher-{uuid.uuid4()}",
             auto_offset_reset="earliest",
-            # Committing makes it a live group: the dev broker's retention
-            # keeps every batch it has not read yet.
-            enable_auto_commit=True,
+            enable_auto_commit=False,
             metadata_max_age_ms=1000,
         )
         await consumer.start()

@@ -71,7 +71,7 @@ Group = tuple[str, str, str]
 
 class Policy(msgspec.Struct, frozen=True, kw_only=True):
     # Batches younger than this are kept whatever the groups read (0: retention off).
-    retention_s: float = 120.0
+    retention_s: float = 60.0
     # A group that has not committed for this long no longer holds batches back.
     group_idle_s: float = 86_400.0
 

@@ -54,7 +54,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     # The durable dev broker deletes record batches older than this that
     # every consumer group which committed within dev_broker_group_idle_s
     # has read (0: keeps every batch; its fetches then slow with history).
-    dev_broker_retention_s: Annotated[float, msgspec.Meta(ge=0)] = 120.0
+    dev_broker_retention_s: Annotated[float, msgspec.Meta(ge=0)] = 60.0
     dev_broker_group_idle_s: Annotated[float, msgspec.Meta(gt=0)] = 86_400.0
     topic_prefix: Annotated[str, msgspec.Meta(pattern=r"^[a-zA-Z0-9_-]{1,100}$")] = "cloudengine"
     topic_partitions: Annotated[int, msgspec.Meta(ge=1, le=1000)] = 8

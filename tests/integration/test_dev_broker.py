@@ -23,6 +23,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from psycopg import sql
 
 from cloud_engine.bus.broker import BrokerError, BrokerState, DevBroker, broker_binary
+from cloud_engine.bus.broker_retention import Policy
 from cloud_engine.bus.topics import ensure_topics
 from cloud_engine.infra.database import DatabaseTarget
 from tests.integration.test_cli import Running, http, until
@@ -111,7 +112,14 @@ async def _ends(bootstrap: str) -> dict[TopicPartition, int]:
 def test_durable_broker_keeps_topics_records_and_committed_offsets(
     broker_db: DatabaseTarget, tmp_path: Path
 ) -> None:
-    broker = DevBroker(log_file=tmp_path / "broker.log", database=broker_db, state_dir=tmp_path)
+    # Retention off: everything is read back from the start at the end,
+    # however long the group joins take (test_dev_broker_retention.py).
+    broker = DevBroker(
+        log_file=tmp_path / "broker.log",
+        database=broker_db,
+        state_dir=tmp_path,
+        retention=Policy(retention_s=0),
+    )
     bootstrap = broker.start()
     try:
         asyncio.run(_produce(bootstrap, RECORDS))

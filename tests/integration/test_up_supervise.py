@@ -145,7 +145,9 @@ def check_delivered_in_order(up: Running, pgdata, vms: list[str]) -> None:
 
 
 def test_up_restarts_a_killed_postgres_and_broker_and_loses_nothing(tmp_path):
-    up = Running(tmp_path, CLOUD_ENGINE_LOG_FORMAT="json")
+    # Retention off: the independent consumer reads every VM's events from
+    # the first one, minutes after the components read them.
+    up = Running(tmp_path, CLOUD_ENGINE_LOG_FORMAT="json", CLOUD_ENGINE_DEV_BROKER_RETENTION_S="0")
     pgdata = tmp_path / "pgdata"
     api, token, template = up.value("API"), up.value("admin token"), up.fabric_id("Template")
     until(

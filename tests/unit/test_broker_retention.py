@@ -141,5 +141,5 @@ def test_after_a_restart_every_group_has_a_full_window_to_come_back() -> None:
 
 def test_the_period_sets_how_often_a_pass_runs_and_zero_turns_it_off() -> None:
     assert not Policy(retention_s=0).enabled
-    assert Policy(retention_s=8).every_s == 2 and Policy().every_s == 30
+    assert Policy(retention_s=8).every_s == 2 and Policy(retention_s=600).every_s == 30
     assert Policy(retention_s=0.5).every_s == 1
