@@ -54,6 +54,7 @@ from cloud_engine.effectors.drift import (
 )
 from cloud_engine.effectors.hypervisor import Hypervisor, HypervisorError
 from cloud_engine.effectors.naming import Names
+from cloud_engine.effectors.own_acts import OwnActs
 from cloud_engine.effectors.storage.pools import PoolMissing
 from cloud_engine.effectors.storage.volumes import StorageDriver
 
@@ -130,7 +131,11 @@ class Reconciler:
         routers: Callable[[], Awaitable[list[EffectorResult]]] | None = None,
         retry_s: float = 0.5,
         connect_attempts: int = 3,
+        own_acts: OwnActs | None = None,
     ) -> None:
+        # Domains the effector is acting on: their events do not wake a round.
+        self.own_acts = own_acts
+        self.echoes_ignored = 0
         # The virtual routers' round (effectors/router_reconciler.py).
         self.routers = routers
         self.read_models = read_models
@@ -450,6 +455,14 @@ class Reconciler:
         self._wake_loop()
 
     def _on_lifecycle(self, _conn: Any, dom: Any, event: int, detail: int, uri: Any) -> None:
+        if self.own_acts is not None:
+            try:
+                domain = UUID(bytes=dom.UUID())
+            except (libvirt.libvirtError, ValueError, TypeError):
+                domain = None
+            if domain is not None and self.own_acts.recent(domain):
+                self.echoes_ignored += 1
+                return
         self._wake_loop()
         log.debug("lifecycle_event", uri=uri, lifecycle=event, detail=detail)
 

@@ -36,6 +36,7 @@ from cloud_engine.effectors.handlers import HANDLERS
 from cloud_engine.effectors.handlers.base import Reads
 from cloud_engine.effectors.mapping import Uplink
 from cloud_engine.effectors.naming import Names
+from cloud_engine.effectors.own_acts import OwnActs
 from cloud_engine.effectors.reconciler import Reconciler, start_libvirt_event_loop
 from cloud_engine.effectors.router_reconciler import reconcile_routers
 from cloud_engine.infra.database import DatabaseTarget
@@ -90,6 +91,7 @@ class EffectorService:
             uplink=uplink,
             domain_type=domain_type,
         )
+        self.own_acts = OwnActs()
         self.results = results_topic(config.topic_prefix)
         self.published: list[EffectorResult] = []  # this process's, for logs and tests
         self._reads: Reads | None = None
@@ -122,6 +124,7 @@ class EffectorService:
             names=self.executor.names,
             lifecycle_events=True,
             routers=lambda: reconcile_routers(self.executor, reads),
+            own_acts=self.own_acts,
         )
         consumer_task = asyncio.create_task(self.consumer.run())
         reconciler_stop = asyncio.Event()
@@ -155,7 +158,11 @@ class EffectorService:
         plan = await HANDLERS[item.kind].plan(self._require_reads(), item)
         if plan is None:
             return None
-        return await asyncio.to_thread(self.executor.run, item, plan)
+        self.own_acts.begin(item.aggregate_id)
+        try:
+            return await asyncio.to_thread(self.executor.run, item, plan)
+        finally:
+            self.own_acts.end(item.aggregate_id)
 
     async def publish(self, result: EffectorResult) -> None:
         producer = self._producer
