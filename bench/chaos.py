@@ -23,7 +23,7 @@ after 0.3-2 s the way a supervisor would (PostgreSQL on the same socket,
 the broker on the same port). Note: the test driver's hypervisors live in
 the effector process, so an effector kill is also a reboot of every host
 (its domains are gone); the engine's reconciler must bring the record in
-line.
+line. A supervisor thread restarts whatever else exits (chaos_parts.py).
 
 After --seconds (or --faults faults), the faults stop; once every
 operation the clients started has ended and no VM is unsettled (or --grace
@@ -36,14 +36,24 @@ runs out) the components stop and the checks run:
   (a volume in Error left out: it may hold space or not);
 - every address of a network is held by one IP at most, and a network's
   allocations are exactly its unreleased IPs;
+- every VLAN/VXLAN tag of a physical network is held by one network at
+  most, and its allocations are exactly the tags its networks hold;
 - each read model equals its rebuild from the log;
 - `cloud-engine audit verify` finds the hash chains intact;
 - an independent consumer (its own group, from the start) saw every
   event of every aggregate, each aggregate's in order, at least once.
-Not checked here: VLAN/VXLAN tags (the networks made are isolation none)
-and the domains on the hypervisors (reset by every effector kill).
+On the test driver the networks made are isolation none (no tags) and the
+hypervisors' domains are not checked (reset by every effector kill).
+
+--lab (bench/chaos_lab.py, root): the VMs on 3 lab hosts instead, idle
+TCG QEMUs, each with a NIC on a VXLAN network, half HA-enabled; one more
+fault kind, a lab host's power cut (`lab-host`), powered on with its disk
+a few seconds later; and two more checks: every lab host Up, and the
+domains running on every lab host's libvirtd exactly the VMs the log
+records Running there (none missing, none extra, none on two hosts).
 
     python bench/chaos.py [--seconds 120] [--every 8] [--faults N] [--seed N] [--clients 4]
+    python bench/chaos.py --lab [--lab-vms 3] ...
 
 Last line: chaos_faults=<n> chaos_violations=<n> seed=<n>
 """
@@ -52,11 +62,9 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import logging
 import os
 import random
-import signal
 import subprocess
 import sys
 import tempfile
@@ -67,12 +75,13 @@ import urllib.request
 import uuid
 from collections import defaultdict
 from pathlib import Path
-from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from chaos_checks import check_everything, unsettled_vms, wait_projected
-from deploy_fabric import create_fabric, host_uris, make_template_image, serve
+from chaos_checks import check_everything, wait_projected
+from chaos_load import Client
+from chaos_parts import WRITERS, Parts, Setting
+from deploy_fabric import make_template_image, serve
 
 from cloud_engine.bus.broker import DevBroker
 from cloud_engine.bus.broker_retention import Policy
@@ -84,271 +93,6 @@ from cloud_engine.infra.logs import configure_logging
 from cloud_engine.infra.settings import load_settings
 from cloud_engine.runner.components import broker_database
 from cloud_engine.runner.demo import admin_token
-
-ROOT = Path(__file__).resolve().parent.parent
-# The components that append to the log (commands, effector results, drift,
-# convergence); the relay and the projection worker only carry and derive.
-WRITERS = ("api", "engine", "effector", "automation")
-PROCESSES = {
-    "api": ("api", "--port", "{port}"),
-    "relay": ("relay",),
-    "projections": ("projections", "run"),
-    "engine": ("engine",),
-    "effector": ("effector", "--zone", "{zone}"),
-    # Convergence settles a VM whose start or stop timed out (unsettled)
-    # by what its domain shows; liveness and HA run too (the test driver's
-    # hosts always answer, so none goes Suspect).
-    "automation": ("automation",),
-}
-KINDS = (*PROCESSES, "broker", "postgresql")
-FINISHED = ("succeeded", "failed", "compensated")
-
-
-class Parts:
-    """The components as processes, PostgreSQL and the broker: killed and
-    started again as a supervisor would."""
-
-    def __init__(self, pg: EmbeddedPostgres, broker: DevBroker, tmp: Path, fmt: dict[str, str]):
-        self.pg, self.broker, self.tmp, self.fmt = pg, broker, tmp, fmt
-        self.processes: dict[str, subprocess.Popen[bytes]] = {}
-        self.due: dict[str, float] = {}
-        self.restarts = 0  # by the supervisor, beyond the injector's
-        self.env = {k: v for k, v in os.environ.items() if not k.startswith("CLOUD_ENGINE_")}
-        self.env.update(
-            CLOUD_ENGINE_DATABASE_URL=pg.target.url(),
-            CLOUD_ENGINE_KAFKA_BOOTSTRAP=broker.bootstrap,
-            CLOUD_ENGINE_DATA_DIR=str(tmp),
-            CLOUD_ENGINE_LOG_LEVEL="warning",
-            CLOUD_ENGINE_LOG_FORMAT="json",
-            # Short deadlines: an effector killed mid-step is noticed soon.
-            CLOUD_ENGINE_OPERATION_STEP_DEADLINE_S="30",
-            CLOUD_ENGINE_OPERATION_SWEEP_S="2",
-        )
-        # The supervisor's thread and the injector take turns.
-        self.lock = threading.RLock()
-        self._done = threading.Event()
-        self._thread = threading.Thread(target=self._supervise, name="supervisor", daemon=True)
-
-    def supervise(self) -> None:
-        """Watch from a thread of its own, living as long as the run (the
-        broker's processes die with the thread that started them)."""
-        self._thread.start()
-
-    def _supervise(self) -> None:
-        while not self._done.wait(0.2):
-            with self.lock:
-                self.watch()
-
-    def start(self, name: str) -> None:
-        args = [a.format(**self.fmt) for a in PROCESSES[name]]
-        with (self.tmp / "logs" / f"{name}.log").open("ab") as out:
-            self.processes[name] = subprocess.Popen(
-                [sys.executable, "-m", "cloud_engine.runner.cli", *args],
-                env=self.env,
-                cwd=str(ROOT),
-                stdout=out,
-                stderr=subprocess.STDOUT,
-            )
-
-    def watch(self) -> None:
-        """As systemd's Restart=on-failure: a process that exited (it
-        started while PostgreSQL or the broker was down, say) is started
-        again, at most once a second; so is the broker."""
-        now = time.monotonic()
-        # The broker's store gives up when PostgreSQL is gone long enough,
-        # and the broker with it (as `up` sees, runner/supervise.py).
-        if not self.broker.running() and now >= self.due.get("broker", 0.0):
-            self.due["broker"] = now + 1.0
-            self.restarts += 1
-            try:
-                self.broker.restart()
-            except Exception as error:  # tried again next time
-                print(f"  broker restart failed: {error!r}", flush=True)
-        for name, process in list(self.processes.items()):
-            if process.poll() is not None and now >= self.due.get(name, 0.0):
-                self.due[name] = now + 1.0
-                self.restarts += 1
-                self.start(name)
-
-    def kill(self, kind: str) -> None:
-        if kind in PROCESSES:
-            self.processes[kind].kill()
-            self.processes[kind].wait()
-        elif kind == "broker":
-            assert self.broker._process is not None
-            self.broker._process.kill()
-            self.broker._process.wait()
-        else:
-            pid = int((self.pg.pgdata / "postmaster.pid").read_text().split()[0])
-            os.kill(pid, signal.SIGKILL)
-
-    def restart(self, kind: str) -> None:
-        if kind in PROCESSES:
-            self.start(kind)
-        elif kind == "broker":
-            self.broker.restart()
-        else:
-            deadline = time.monotonic() + 60
-            while True:
-                try:
-                    self.pg.restart()
-                    return
-                except Exception:
-                    if time.monotonic() > deadline:
-                        raise
-                    time.sleep(0.3)
-
-    def stop(self, names: tuple[str, ...] | None = None) -> None:
-        """Stop the named components (all by default), the supervisor first."""
-        self._done.set()
-        if self._thread.is_alive():
-            self._thread.join()
-        chosen = [p for n, p in self.processes.items() if names is None or n in names]
-        for process in chosen:
-            if process.poll() is None:
-                process.send_signal(signal.SIGTERM)
-        for process in chosen:
-            try:
-                process.wait(20)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
-
-
-class Client(threading.Thread):
-    """Deploys VMs and drives them through their lifecycle over HTTP."""
-
-    def __init__(
-        self,
-        n: int,
-        api: str,
-        token: str,
-        fabric: Any,
-        hosts: list[str],
-        seed: int,
-        storage: bool = True,
-    ):
-        super().__init__(name=f"client-{n}", daemon=True)
-        self.storage = storage
-        self.n, self.api, self.token, self.fabric, self.hosts = n, api, token, fabric, hosts
-        self.rng = random.Random(seed)
-        self.stop = threading.Event()
-        self.operations: list[str] = []
-        self.vms: dict[str, str] = {}  # id -> the state this client last drove it to
-        self.volumes: list[str] = []
-        self.networks: list[str] = []
-        self.ips: list[str] = []
-        self.refused: dict[int, int] = defaultdict(int)
-        self.count = 0
-
-    def call(self, method: str, path: str, body: Any = None) -> tuple[int, Any]:
-        """One command, retried on 503 and lost connections with the same
-        Idempotency-Key until answered."""
-        key = str(uuid.uuid4())
-        while True:
-            request = urllib.request.Request(f"{self.api}{path}", method=method)
-            request.add_header("Authorization", f"Bearer {self.token}")
-            if method == "POST":
-                request.add_header("Idempotency-Key", key)
-            if body is not None:
-                request.data = json.dumps(body).encode()
-                request.add_header("Content-Type", "application/json")
-            try:
-                with urllib.request.urlopen(request, timeout=30) as reply:
-                    return reply.status, json.loads(reply.read() or b"{}")
-            except urllib.error.HTTPError as error:
-                if error.code not in (502, 503, 504):
-                    return error.code, json.loads(error.read() or b"{}")
-            except OSError:
-                pass  # the API is down: a supervisor starts it again
-            time.sleep(0.3)
-
-    def operation(self, method: str, path: str, body: Any = None) -> bool:
-        status, reply = self.call(method, path, body)
-        self.count += 1
-        if status == 202:
-            self.operations.append(reply["operation_id"])
-            return True
-        self.refused[status] += 1
-        return False
-
-    def command(self, path: str, body: Any = None) -> str | None:
-        """A command that completes once recorded: the resource's id."""
-        status, reply = self.call("POST", path, body if body is not None else {})
-        self.count += 1
-        if status == 202:
-            return str(reply["resource_id"])
-        self.refused[status] += 1
-        return None
-
-    def storage_or_network(self, live: list[str]) -> None:
-        """Volumes (create, attach to a VM, detach) and networks (create,
-        allocate and release an IP, destroy): refused ones (a VM not
-        stopped, a network still holding addresses) are part of the load."""
-        action = self.rng.choice(["volume", "attach", "detach", "network", "ip", "release", "drop"])
-        if action == "volume":
-            body = {"name": f"d{self.n}-{len(self.volumes)}", "zone_id": str(self.fabric.zone)}
-            made = self.command("/v1/volumes", {**body, "size_gb": 1, "account": "chaos"})
-            if made is not None:
-                self.volumes.append(made)
-        elif action in ("attach", "detach") and self.volumes and live:
-            volume = self.rng.choice(self.volumes)
-            body = {"vm_id": self.rng.choice(live)} if action == "attach" else {}
-            self.operation("POST", f"/v1/volumes/{volume}/{action}", body)
-        elif action == "network" and len(self.networks) < 40:
-            cidr = f"10.{100 + self.n}.{len(self.networks)}.0/24"
-            body = {"name": f"n{self.n}-{len(self.networks)}", "zone_id": str(self.fabric.zone)}
-            made = self.command("/v1/networks", {**body, "cidr": cidr, "isolation": "none"})
-            if made is not None:
-                self.networks.append(made)
-        elif action == "ip" and self.networks:
-            made = self.command("/v1/ip-addresses", {"network_id": self.rng.choice(self.networks)})
-            if made is not None:
-                self.ips.append(made)
-        elif action == "release" and self.ips:
-            ip = self.ips.pop(self.rng.randrange(len(self.ips)))
-            self.command(f"/v1/ip-addresses/{ip}/release")
-        elif action == "drop" and self.networks:
-            network = self.rng.choice(self.networks)
-            if self.command(f"/v1/networks/{network}/destroy") is not None:
-                self.networks.remove(network)
-
-    def run(self) -> None:
-        while not self.stop.is_set():
-            live = [v for v, s in self.vms.items() if s != "destroyed"]
-            choice = self.rng.random()
-            if self.storage and live and choice > 0.75:
-                self.storage_or_network(live)
-            elif not live or choice < 0.3:
-                body = {
-                    "account": "chaos",
-                    "name": f"c{self.n}-{len(self.vms)}",
-                    "zone_id": str(self.fabric.zone),
-                    "template_id": str(self.fabric.template),
-                    "spec": {"cpus": 1, "ram_mb": 64, "root_disk_gb": 1},
-                }
-                status, reply = self.call("POST", "/v1/vms", body)
-                self.count += 1
-                if status == 202:
-                    self.operations.append(reply["operation_id"])
-                    self.vms[reply["resource_id"]] = "running"
-                else:
-                    self.refused[status] += 1
-            else:
-                vm = self.rng.choice(live)
-                action = self.rng.choice(["stop", "start", "migrate", "destroy", "stop"])
-                body = {"host_id": self.rng.choice(self.hosts)} if action == "migrate" else {}
-                if self.operation("POST", f"/v1/vms/{vm}/{action}", body) and action == "destroy":
-                    self.vms[vm] = "destroyed"
-            time.sleep(self.rng.uniform(0.05, 0.4))
-
-    def unfinished(self) -> list[str]:
-        left = []
-        for op in self.operations:
-            status, reply = self.call("GET", f"/v1/operations/{op}")
-            if status != 200 or reply.get("state") not in FINISHED:
-                left.append(op)
-        return left
 
 
 def wait_ready(api: str, timeout: float = 120) -> None:
@@ -373,13 +117,13 @@ def inject(
     Runs on the main thread: the broker's processes die with the thread
     that started them."""
     faults: list[str] = []
-    first = rng.sample(KINDS, len(KINDS))
+    first = rng.sample(parts.kinds, len(parts.kinds))
     end = time.monotonic() + seconds
     while most is None or len(faults) < most:
         pause(parts, rng.uniform(0.5 * every, 1.5 * every))
         if time.monotonic() >= end:
             return faults
-        kind = first[len(faults)] if len(faults) < len(first) else rng.choice(KINDS)
+        kind = first[len(faults)] if len(faults) < len(first) else rng.choice(parts.kinds)
         with parts.lock:
             parts.kill(kind)
             faults.append(kind)
@@ -400,21 +144,45 @@ def main() -> None:
     parser.add_argument("--faults", type=int, default=None, help="stop the faults after this many")
     parser.add_argument("--grace", type=float, default=120.0, help="for operations to end")
     parser.add_argument("--clients", type=int, default=4)
-    parser.add_argument("--hosts", type=int, default=4)
+    parser.add_argument("--hosts", type=int, default=4, help="test-driver hosts (lab: 3)")
     parser.add_argument("--seed", type=int, default=None)
     parser.add_argument("--keep", action="store_true", help="keep the data directory")
     parser.add_argument(
         "--vms-only", action="store_true", help="no volume and network commands in the load"
     )
+    parser.add_argument(
+        "--lab", action="store_true", help="VMs on lab hosts (root), a lab host's power cut a fault"
+    )
+    parser.add_argument("--lab-vms", type=int, default=3, help="live VMs per client on the lab")
     args = parser.parse_args()
     seed = args.seed if args.seed is not None else random.randrange(1 << 31)
-    started = time.monotonic()
-    marks: dict[str, float] = {}
     print(f"seed={seed} load average {os.getloadavg()[0]:.2f}", flush=True)
     configure_logging("console", "error")
     # Its reconnection attempts while the broker is down, by the hundred.
     logging.getLogger("aiokafka").setLevel(logging.CRITICAL)
     rng = random.Random(seed)
+    if args.lab:
+        from chaos_lab import LabSetting
+
+        setting: Setting = LabSetting(args, random.Random(rng.randrange(1 << 31)))
+    else:
+        setting = Setting(args)
+    faults, violations, restarts = run(args, setting, rng)
+    by_kind = {k: faults.count(k) for k in setting.kinds}
+    print(f"faults by part: {by_kind}; processes restarted by the supervisor: {restarts}")
+    if setting.report():
+        print(setting.report())
+    for violation in violations:
+        print(f"VIOLATION: {violation}")
+    print(f"chaos_faults={len(faults)} chaos_violations={len(violations)} seed={seed}")
+
+
+def run(
+    args: argparse.Namespace, setting: Setting, rng: random.Random
+) -> tuple[list[str], list[str], int]:
+    """The run: faults made, violations found, restarts by the supervisor."""
+    started = time.monotonic()
+    marks: dict[str, float] = {}
     tmp = Path(tempfile.mkdtemp(prefix="cloud-engine-chaos-"))
     (tmp / "logs").mkdir()
     make_template_image(tmp / "www")
@@ -436,12 +204,11 @@ def main() -> None:
         store = EventStore(pg.target)
         with serve(tmp / "www") as base_url:
             service = CommandService(store)
-            uris = host_uris(args.hosts, tmp / "hosts", False)
-            fabric = create_fabric(service, "chaos", uris, tmp, f"{base_url}/tiny.qcow2")
+            fabric = setting.fabric(service, tmp, base_url)
             token = asyncio.run(admin_token(pg.target, tmp))
             port = free_port()
-            parts = Parts(pg, broker, tmp, {"port": str(port), "zone": str(fabric.zone)})
-            for name in PROCESSES:
+            parts = setting.parts(pg, broker, tmp, {"port": str(port), "zone": str(fabric.zone)})
+            for name in parts.commands:
                 parts.start(name)
             parts.supervise()
             api = f"http://127.0.0.1:{port}"
@@ -456,9 +223,12 @@ def main() -> None:
             wait_template(store, fabric.template)
             hosts = [str(h) for h in fabric.hosts]
             clients = [
-                Client(n, api, token, fabric, hosts, rng.randrange(1 << 31), not args.vms_only)
+                Client(
+                    n, api, token, fabric, hosts, rng.randrange(1 << 31), not args.vms_only,
+                    setting.shape,
+                )
                 for n in range(args.clients)
-            ]
+            ]  # fmt: skip
             consumer = Watcher(broker.bootstrap)
             consumer.start()
             began = marks["load"] = time.monotonic()
@@ -485,8 +255,7 @@ def main() -> None:
                 left = [op for c in clients for op in c.unfinished()]
             if left:
                 violations.append(f"{len(left)} operations did not end: {left[:5]}")
-            # Convergence settles them at the reconciler's next round.
-            while unsettled_vms(pg.target) and time.monotonic() < deadline:
+            while not setting.settled(pg.target) and time.monotonic() < deadline:
                 pause(parts, 2)
             marks["grace over"] = time.monotonic()
             # The writers first: the effector's reconciler and automation go on
@@ -500,7 +269,7 @@ def main() -> None:
             parts.stop()
             restarts = parts.restarts
             marks["checks"] = time.monotonic()
-            violations += check_everything(store, pg.target, parts.env, consumer)
+            violations += check_everything(store, pg.target, parts.env, consumer, setting.checks)
             consumer.stop()
             store.close()
     finally:
@@ -508,6 +277,7 @@ def main() -> None:
             parts.stop()
         broker.stop()
         pg.stop()
+        setting.close()
         if args.keep or violations:
             print(f"data and logs kept in {tmp}")
         else:
@@ -521,11 +291,7 @@ def main() -> None:
         f"run took {took:.0f} s ({', '.join(phases)}; checks {took - last:.0f} s);"
         f" load average now {os.getloadavg()[0]:.2f}"
     )
-    by_kind = {k: faults.count(k) for k in KINDS}
-    print(f"faults by part: {by_kind}; processes restarted by the supervisor: {restarts}")
-    for violation in violations:
-        print(f"VIOLATION: {violation}")
-    print(f"chaos_faults={len(faults)} chaos_violations={len(violations)} seed={seed}")
+    return faults, violations, restarts
 
 
 def free_port() -> int:

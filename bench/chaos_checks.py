@@ -7,6 +7,7 @@ import asyncio
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Protocol
 from uuid import UUID
@@ -16,6 +17,7 @@ import asyncpg
 from cloud_engine.engine.aggregate import Aggregate
 from cloud_engine.engine.catalog import AGGREGATES
 from cloud_engine.engine.fabric.host import Host
+from cloud_engine.engine.fabric.physical_network import PhysicalNetwork
 from cloud_engine.engine.fabric.storage_pool import StoragePool
 from cloud_engine.engine.operations.operation import FINISHED, Operation
 from cloud_engine.engine.store import EventStore
@@ -43,13 +45,21 @@ class Seen(Protocol):
 
 
 def check_everything(
-    store: EventStore, target: DatabaseTarget, env: dict[str, str], watcher: Seen
+    store: EventStore,
+    target: DatabaseTarget,
+    env: dict[str, str],
+    watcher: Seen,
+    extra: Callable[[list[Aggregate]], list[str]] | None = None,
 ) -> list[str]:
+    """Every check; `extra`, a setting's own (the lab's hypervisors), gets
+    the same aggregates."""
     aggregates = load_all(store, target)
     print(f"checking {len(aggregates)} aggregates, {store.max_position()} events")
     violations = operations_ended(aggregates) + nothing_transitional(aggregates)
     violations += capacity_matches(aggregates) + pools_match(aggregates)
-    violations += ips_allocated_once(aggregates)
+    violations += ips_allocated_once(aggregates) + tags_allocated_once(aggregates)
+    if extra is not None:
+        violations += extra(aggregates)
     violations += asyncio.run(read_models_equal_rebuild(target))
     violations += audit_verify(env)
     violations += consumer_saw_everything(target, watcher)
@@ -190,6 +200,39 @@ def ips_allocated_once(aggregates: list[Aggregate]) -> list[str]:
             found.append(
                 f"network {network.id}: allocations {len(allocated)} differ from its"
                 f" unreleased IPs {len(recorded)}:"
+                f" {sorted(set(allocated.items()) ^ set(recorded.items()))[:4]}"
+            )
+    return found
+
+
+def tags_allocated_once(aggregates: list[Aggregate]) -> list[str]:
+    """Every VLAN/VXLAN tag of a physical network is held by one network at
+    most, and the physical network's allocations are exactly the tags its
+    networks hold (a network gets one at its first VM's deploy and keeps it
+    until shut down; the API destroys only networks without one)."""
+    holders: dict[tuple[UUID, int], list[UUID]] = {}
+    found = []
+    for a in aggregates:
+        if not isinstance(a, Network) or a.tag is None:
+            continue
+        if a.state == "Destroyed" or a.physical_network_id is None:
+            found.append(f"network {a.id} ({a.state}) holds tag {a.tag}")
+            continue
+        holders.setdefault((a.physical_network_id, a.tag), []).append(a.id)
+    found += [
+        f"physical network {physical}: tag {tag} held by {len(ids)} networks {ids}"
+        for (physical, tag), ids in holders.items()
+        if len(ids) > 1
+    ]
+    for physical in aggregates:
+        if not isinstance(physical, PhysicalNetwork):
+            continue
+        allocated = dict(physical.allocated_tags)
+        recorded = {tag: ids[0] for (p, tag), ids in holders.items() if p == physical.id}
+        if allocated != recorded:
+            found.append(
+                f"physical network {physical.id}: tags allocated {len(allocated)} differ from"
+                f" those its networks hold {len(recorded)}:"
                 f" {sorted(set(allocated.items()) ^ set(recorded.items()))[:4]}"
             )
     return found

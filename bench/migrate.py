@@ -96,8 +96,16 @@ def lab_start(state: Path, warm: int) -> tuple[float, list[float]]:
 
 
 def fabric(
-    service: CommandService, hosts: list[LabHost], tmp: Path, base_url: str
+    service: CommandService,
+    hosts: list[LabHost],
+    tmp: Path,
+    base_url: str,
+    *,
+    account: str = "bench",
+    tags: int = 10,
 ) -> dict[str, uuid.UUID]:
+    """The ids by name: zone, template, network, physical_network and each
+    host's by its lab name."""
     run = service.execute
     zone = run(CreateZone(name="bench")).aggregate_id
     pod = run(
@@ -129,12 +137,13 @@ def fabric(
     physical = run(
         CreatePhysicalNetwork(
             zone_id=zone, name="underlay", isolation="VXLAN",
-            tag_range=TagRange(first=7000, last=7009),
+            tag_range=TagRange(first=7000, last=7000 + tags - 1),
         )
     ).aggregate_id  # fmt: skip
+    ids["physical_network"] = physical
     ids["network"] = run(
         CreateNetwork(
-            account="bench", name="overlay", zone_id=zone, cidr="10.70.0.0/24",
+            account=account, name="overlay", zone_id=zone, cidr="10.70.0.0/24",
             isolation="VXLAN", physical_network_id=physical,
         )
     ).aggregate_id  # fmt: skip
