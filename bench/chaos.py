@@ -73,7 +73,7 @@ import time
 import urllib.error
 import urllib.request
 import uuid
-from collections import defaultdict
+from collections import Counter, defaultdict
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -124,6 +124,11 @@ def inject(
         if time.monotonic() >= end:
             return faults
         kind = first[len(faults)] if len(faults) < len(first) else rng.choice(parts.kinds)
+        if not parts.ready(kind):
+            print(f"  {time.strftime('%H:%M:%S')} {kind}: nothing to kill yet, later", flush=True)
+            if len(faults) < len(first):  # later in the first round
+                first.append(first.pop(len(faults)))
+            continue
         with parts.lock:
             parts.kill(kind)
             faults.append(kind)
@@ -248,6 +253,8 @@ def run(
                 f"{sum(c.count for c in clients)} commands from {len(clients)} clients in"
                 f" {time.monotonic() - began:.0f} s; refused: {dict(refused)}"
             )
+            why = sum((c.why for c in clients), Counter[str]())
+            print("most refused: " + "; ".join(f"{n}x {w}" for w, n in why.most_common(4)))
             deadline = time.monotonic() + args.grace
             left = [op for c in clients for op in c.unfinished()]
             while left and time.monotonic() < deadline:

@@ -20,16 +20,21 @@ network (effectors/network/driver.py), which is what the lab's hosts
 have.
 
 One more fault kind, `lab-host`: the lab host running the most domains
-(a seeded draw among equals) loses its power (Lab.power_off: its libvirtd
-and every QEMU die at once) and is powered on with its disk: 15 s later
-at the first cut and every other one (automation has confirmed it Down
-and fenced it by then: HA restarts its HA-enabled VMs elsewhere, the
-others are recorded Stopped), 2-4 s later (drawn) at the others (it
-answers again before or while it is confirmed Down: convergence restarts
-its HA-enabled VMs and records the others Stopped, or the fence cuts it
-again). A host found off that the injector did not cut (fenced) is
-powered on 2 s later, as an operator would. The supervisor thread does
-the powering on.
+(a seeded draw among equals; among those writing their heartbeat, and
+deferred until one runs a domain) loses its power (Lab.power_off: its
+libvirtd and every QEMU die at once) and is powered on with its disk: at
+the first cut and every other one once automation has confirmed it Down
+and fenced it (the host's read model; at most 60 s): HA restarts its
+HA-enabled VMs elsewhere, the others are recorded Stopped; at the others
+2-4 s later (drawn): it answers again before or while it is confirmed
+Down (convergence restarts its HA-enabled VMs and records the others
+Stopped, or the fence cuts it again). A host found off that the injector
+did not cut (fenced) is powered on 2 s later, as an operator would. The
+supervisor thread does the powering on. A host where no VM ever ran is
+never cut: it has not defined the shared pool, writes no heartbeat and,
+once fenced, is never declared Up again (automation/liveness.py; two
+runs ended with such a host Down). Operation steps get 60 s instead of
+30 s: with 30 s most first deploys timed out at load 15.
 
 The grace also waits for every lab host to be on and Up, no operation in
 the log unfinished and the hypervisors to agree with the read models;
@@ -45,12 +50,14 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import random
 import shutil
 import tempfile
 import time
 from collections import Counter, defaultdict
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from uuid import UUID
 
@@ -60,6 +67,7 @@ from chaos_load import Shape
 from chaos_parts import KINDS, PROCESSES, Parts, Setting
 from migrate import fabric
 
+from cloud_engine.automation.heartbeat import HEARTBEAT_DIR
 from cloud_engine.bus.broker import DevBroker
 from cloud_engine.engine.aggregate import Aggregate
 from cloud_engine.engine.commands.hosts import UpdateHostOvercommit
@@ -98,24 +106,68 @@ class LabParts(Parts):
         tmp: Path,
         fmt: dict[str, str],
         lab: Lab,
-        names: list[str],
+        ids: dict[str, UUID],
         rng: random.Random,
+        pool: Path,
     ) -> None:
         automation = ("automation", "--lab-state", str(lab.state_dir), "--up-after", "2")
         super().__init__(pg, broker, tmp, fmt, {**PROCESSES, "automation": automation})
-        self.lab, self.names, self.rng = lab, names, rng
+        # A lab deploy (the root volume copied, a TCG QEMU started) under
+        # the faults on a loaded machine takes longer than the test
+        # driver's: with 30 s most first deploys timed out (load 15).
+        self.env["CLOUD_ENGINE_OPERATION_STEP_DEADLINE_S"] = "60"
+        self.lab, self.ids, self.rng, self.pool = lab, ids, rng, pool
+        self.names = sorted(ids)
+        self.fence_after: dict[str, datetime] = {}  # host name -> cut at
         self.power_due: dict[str, float] = {}  # host name -> when to power it on
         self.cuts: list[str] = []
         self.powered_on = 0
         self._looked = 0.0
 
+    def fenced(self, name: str) -> bool:
+        """Whether the log (its read model) has the host fenced since the
+        cut that waits for it."""
+        since = self.fence_after.get(name)
+        if since is None:
+            return False
+        try:
+            at = asyncio.run(fenced_at(self.pg.target, self.ids[name]))
+            return at is not None and at > since
+        except Exception:  # PostgreSQL killed, say: asked again next time
+            return False
+
+    def beating(self) -> list[LabHost]:
+        """The hosts that are on and write their heartbeat to the shared
+        pool. One where no VM ever ran has not defined the pool, so it
+        writes none and, once fenced, is never declared Up again
+        (automation/liveness.py): such a host is not cut."""
+        now = time.time()
+        found = []
+        for h in self.lab.hosts():
+            with contextlib.suppress(OSError):
+                if now - (self.pool / HEARTBEAT_DIR / h.name).stat().st_mtime < 3.0:
+                    found.append(h)
+        return found
+
+    def running(self) -> dict[str, int]:
+        """Domains running on each host that writes its heartbeat."""
+        found = {}
+        for h in self.beating():
+            with contextlib.suppress(libvirt.libvirtError):
+                found[h.name] = len(active_domains(h))
+        return found
+
+    def ready(self, kind: str) -> bool:
+        # A cut of a host running nothing shows little: later, once one runs
+        # a VM (the first deploys take a minute at load 15).
+        return kind != CUT or any(self.running().values())
+
     def kill(self, kind: str) -> None:
         if kind != CUT:
             super().kill(kind)
             return
-        # The host running the most domains (a seeded draw among equals):
-        # a cut of an idle host shows little.
-        running = {h.name: len(active_domains(h)) for h in self.lab.hosts()}
+        # The host running the most domains (a seeded draw among equals).
+        running = self.running()
         most = max(running.values(), default=0)
         victim = self.rng.choice(sorted(n for n, c in running.items() if c == most) or self.names)
         self.lab.power_off(victim)
@@ -130,12 +182,17 @@ class LabParts(Parts):
             super().restart(kind)
             return
         # Not now: watch() powers it on once due. The first cut, and every
-        # other one, keeps the host off 15 s: automation confirms it Down
-        # and fences it, and HA restarts its VMs elsewhere (fenced ~5 s
-        # after the cut, docs/performance.md). The others only 2-4 s: it
-        # answers again before, or while, it is confirmed Down.
-        off = 15.0 if len(self.cuts) % 2 else self.rng.uniform(2.0, 4.0)
-        self.power_due[self.cuts[-1]] = time.monotonic() + off
+        # other one, keeps the host off until automation has confirmed it
+        # Down and fenced it (HA then restarts its VMs elsewhere), at most
+        # 60 s: ~5 s on a quiet pipeline (docs/performance.md), over 18 s
+        # while it recovers from the faults before. The others only 2-4 s:
+        # it answers again before, or while, it is confirmed Down.
+        victim = self.cuts[-1]
+        if len(self.cuts) % 2:
+            self.power_due[victim] = time.monotonic() + 60.0
+            self.fence_after[victim] = datetime.now(UTC)
+        else:
+            self.power_due[victim] = time.monotonic() + self.rng.uniform(2.0, 4.0)
 
     def watch(self) -> None:
         super().watch()
@@ -148,7 +205,8 @@ class LabParts(Parts):
             if name in on:
                 continue
             # One the injector did not cut was fenced (automation cut it).
-            if now < self.power_due.setdefault(name, now + 2.0):
+            due = self.power_due.setdefault(name, now + 2.0)
+            if now < due and not self.fenced(name):
                 continue
             try:
                 self.lab.power_on(name, wipe=False)
@@ -157,6 +215,7 @@ class LabParts(Parts):
                 self.power_due[name] = now + 2.0
                 continue
             del self.power_due[name]
+            self.fence_after.pop(name, None)
             self.powered_on += 1
             print(f"  {time.strftime('%H:%M:%S')} powered {name} on", flush=True)
 
@@ -171,12 +230,14 @@ class LabSetting(Setting):
         self.state_dir = Path(tempfile.mkdtemp(prefix="cecl-", dir="/tmp"))
         self.lab = Lab(self.state_dir)
         self.lab_hosts: dict[UUID, LabHost] = {}
+        self.pool = self.state_dir
         self.made: LabParts | None = None
         self.figures = ""
 
     def fabric(self, service: CommandService, tmp: Path, base_url: str) -> LabFabric:
         hosts = self.lab.up(LAB_HOSTS)
         ids = fabric(service, hosts, tmp, base_url, account="chaos", tags=100)
+        self.pool = Path(hosts[0].shared_pool_path) / "bench"  # as fabric() made it
         for h in hosts:
             service.execute(
                 UpdateHostOvercommit(host_id=ids[h.name], cpu_overcommit=4.0, ram_overcommit=1.0)
@@ -194,8 +255,8 @@ class LabSetting(Setting):
     def parts(
         self, pg: EmbeddedPostgres, broker: DevBroker, tmp: Path, fmt: dict[str, str]
     ) -> Parts:
-        names = [h.name for h in self.lab_hosts.values()]
-        self.made = LabParts(pg, broker, tmp, fmt, self.lab, names, self.rng)
+        ids = {h.name: host_id for host_id, h in self.lab_hosts.items()}
+        self.made = LabParts(pg, broker, tmp, fmt, self.lab, ids, self.rng, self.pool)
         return self.made
 
     def settled(self, target: DatabaseTarget) -> bool:
@@ -246,6 +307,18 @@ class LabSetting(Setting):
             self.lab.down(wipe=True)
         finally:
             shutil.rmtree(self.state_dir, ignore_errors=True)
+
+
+async def fenced_at(target: DatabaseTarget, host_id: UUID) -> datetime | None:
+    conn = await connect(target)
+    try:
+        at = await conn.fetchval(
+            f"SELECT data->>'fenced_at' FROM {read_model(target.schema, 'host')} WHERE id = $1",
+            host_id,
+        )
+    finally:
+        await conn.close()
+    return datetime.fromisoformat(at) if at else None
 
 
 async def read_view(target: DatabaseTarget) -> tuple[dict[UUID, UUID | None], dict[UUID, str], int]:

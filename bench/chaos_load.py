@@ -6,12 +6,13 @@ from __future__ import annotations
 
 import json
 import random
+import re
 import threading
 import time
 import urllib.error
 import urllib.request
 import uuid
-from collections import defaultdict
+from collections import Counter, defaultdict
 from dataclasses import dataclass
 from typing import Any
 
@@ -59,6 +60,7 @@ class Client(threading.Thread):
         self.networks: list[str] = []
         self.ips: list[str] = []
         self.refused: dict[int, int] = defaultdict(int)
+        self.why: Counter[str] = Counter()
         self.count = 0
 
     def call(self, method: str, path: str, body: Any = None) -> tuple[int, Any]:
@@ -83,13 +85,20 @@ class Client(threading.Thread):
                 pass  # the API is down: a supervisor starts it again
             time.sleep(0.3)
 
+    def refuse(self, status: int, path: str, reply: Any) -> None:
+        """Counts a refusal, by status and by what and why (ids left out)."""
+        self.refused[status] += 1
+        what = re.sub(r"/[0-9a-f-]{36}", "/{id}", path)
+        why = re.sub(r"[0-9a-f-]{36}", "{id}", str(reply.get("detail", "")))[:80]
+        self.why[f"{what} {status} {why}"] += 1
+
     def operation(self, method: str, path: str, body: Any = None) -> bool:
         status, reply = self.call(method, path, body)
         self.count += 1
         if status == 202:
             self.operations.append(reply["operation_id"])
             return True
-        self.refused[status] += 1
+        self.refuse(status, path, reply)
         return False
 
     def command(self, path: str, body: Any = None) -> str | None:
@@ -98,7 +107,7 @@ class Client(threading.Thread):
         self.count += 1
         if status == 202:
             return str(reply["resource_id"])
-        self.refused[status] += 1
+        self.refuse(status, path, reply)
         return None
 
     def storage_or_network(self, live: list[str]) -> None:
@@ -149,7 +158,7 @@ class Client(threading.Thread):
                     self.operations.append(reply["operation_id"])
                     self.vms[reply["resource_id"]] = "running"
                 else:
-                    self.refused[status] += 1
+                    self.refuse(status, "/v1/vms", reply)
             else:
                 vm = self.rng.choice(live)
                 action = self.rng.choice(["stop", "start", "migrate", "destroy", "stop"])
@@ -159,7 +168,18 @@ class Client(threading.Thread):
             time.sleep(self.rng.uniform(0.05, 0.4))
 
     def room(self, live: list[str]) -> bool:
-        return self.shape.live_vms is None or len(live) < self.shape.live_vms
+        """Whether to deploy one more. At the cap, the client looks at its
+        VMs: those gone (a failed deploy compensates by expunging) free
+        their place, those in Error are destroyed, as an operator would."""
+        if self.shape.live_vms is None or len(live) < self.shape.live_vms:
+            return True
+        for vm in live:
+            status, reply = self.call("GET", f"/v1/vms/{vm}")
+            state = reply.get("state") if status == 200 else "Expunged"
+            gone = state in ("Destroyed", "Expunging", "Expunged")
+            if gone or (state == "Error" and self.operation("POST", f"/v1/vms/{vm}/destroy")):
+                self.vms[vm] = "destroyed"
+        return len([v for v, s in self.vms.items() if s != "destroyed"]) < self.shape.live_vms
 
     def deploy_body(self) -> dict[str, Any]:
         body: dict[str, Any] = {

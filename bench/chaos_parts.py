@@ -118,6 +118,10 @@ class Parts:
                 self.restarts += 1
                 self.start(name)
 
+    def ready(self, kind: str) -> bool:
+        """Whether a fault of this kind can be made now."""
+        return True
+
     def kill(self, kind: str) -> None:
         if kind in self.commands:
             self.processes[kind].kill()
