@@ -27,6 +27,7 @@ import functools
 import time
 from dataclasses import dataclass
 
+import asyncpg
 import msgspec
 import structlog
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
@@ -57,6 +58,7 @@ from cloud_engine.bus.command_topics import (
     gateway_group,
     results_topic,
 )
+from cloud_engine.bus.relay import DATABASE_ERRORS
 from cloud_engine.bus.topics import ensure_topics
 from cloud_engine.engine.service import CommandService
 from cloud_engine.engine.store import EventStore
@@ -70,6 +72,7 @@ _encoder = msgspec.json.Encoder()
 # trip the next fetch would wait for); a crash redelivers what was not
 # committed, and the ledger answers none of it twice.
 COMMIT_EVERY_S = 0.1
+OPEN_RETRY_S = 1.0  # between start-up attempts while the event store is down
 
 
 @dataclass
@@ -109,6 +112,7 @@ class CommandGateway:
         self._answering: dict[Key, asyncio.Task[None]] = {}
         # Set once it consumes (its tables made, its group joined).
         self.started = asyncio.Event()
+        self.database_waits = 0  # start-up attempts the event store refused
 
     async def run(self, stop: asyncio.Event) -> None:
         self._stop = stop
@@ -118,7 +122,9 @@ class CommandGateway:
             [commands_topic(config.topic_prefix), results_topic(config.topic_prefix)],
             config.partitions,
         )
-        pool = await create_pool(self.target, max_size=8, single_reads=True)
+        pool = await self._open_pool(stop)
+        if pool is None:
+            return  # stopped while the event store was unreachable
         consumer = AIOKafkaConsumer(
             commands_topic(config.topic_prefix),
             bootstrap_servers=config.bootstrap,
@@ -159,6 +165,20 @@ class CommandGateway:
                 with contextlib.suppress(Exception, asyncio.CancelledError):
                     await asyncio.wait_for(step, 10)
             log.info("command gateway stopped")
+
+    async def _open_pool(self, stop: asyncio.Event) -> asyncpg.Pool | None:
+        """The gateway's pool, once the event store answers. Started while
+        PostgreSQL is down (a crash, a restart), it waits instead of ending
+        the API process (which took the HTTP requests in flight with it)."""
+        while not stop.is_set():
+            try:
+                return await create_pool(self.target, max_size=8, single_reads=True)
+            except DATABASE_ERRORS as e:
+                self.database_waits += 1
+                log.warning("event store unreachable, waiting", error=repr(e))
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(), OPEN_RETRY_S)
+        return None
 
     async def _consume(
         self, ctx: ApiContext, consumer: AIOKafkaConsumer, producer: AIOKafkaProducer

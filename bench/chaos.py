@@ -256,6 +256,7 @@ def run(
             why = sum((c.why for c in clients), Counter[str]())
             print("most refused: " + "; ".join(f"{n}x {w}" for w, n in why.most_common(4)))
             deadline = time.monotonic() + args.grace
+            violations.extend(e for c in clients for e in c.errors)
             left = [op for c in clients for op in c.unfinished()]
             while left and time.monotonic() < deadline:
                 pause(parts, 2)

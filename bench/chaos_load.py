@@ -60,6 +60,7 @@ class Client(threading.Thread):
         self.networks: list[str] = []
         self.ips: list[str] = []
         self.refused: dict[int, int] = defaultdict(int)
+        self.errors: list[str] = []  # answers that are no answer (500s)
         self.why: Counter[str] = Counter()
         self.count = 0
 
@@ -79,8 +80,17 @@ class Client(threading.Thread):
                 with urllib.request.urlopen(request, timeout=30) as reply:
                     return reply.status, json.loads(reply.read() or b"{}")
             except urllib.error.HTTPError as error:
-                if error.code not in (502, 503, 504):
-                    return error.code, json.loads(error.read() or b"{}")
+                raw = error.read()
+                try:
+                    reply = json.loads(raw or b"{}")
+                except ValueError:
+                    reply = None
+                if reply is None or error.code == 500:
+                    # Never an answer: a 500 or a body that is no problem
+                    # document is a violation; the command is sent again.
+                    self.errors.append(f"{method} {path} answered {error.code}: {raw[:200]!r}")
+                elif error.code not in (502, 503, 504):
+                    return error.code, reply
             except OSError:
                 pass  # the API is down: a supervisor starts it again
             time.sleep(0.3)

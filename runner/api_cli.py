@@ -90,7 +90,12 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
                     tasks = [asyncio.create_task(c.run(stop)) for c in (server, gateway)]
                     await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
                     stop.set()
-                    await asyncio.gather(*tasks)
+                    # Both end before the error is raised: gather() would
+                    # raise at once and the loop's teardown cancel the HTTP
+                    # requests in flight (uvicorn answers those 500).
+                    await asyncio.wait(tasks)
+                    for task in tasks:
+                        task.result()
 
                 run_component(both, settings.event_loop)
     finally:

@@ -25,6 +25,7 @@ from cloud_engine.api.kafka_ledger import TABLE as LEDGER
 from cloud_engine.api.kafka_metrics import GatewayMetrics
 from cloud_engine.bus.command_topics import commands_topic, results_topic
 from cloud_engine.bus.naming import all_event_types
+from cloud_engine.infra.database import parse_database_url
 from cloud_engine.infra.pg import connect
 from cloud_engine.infra.tables import events_table
 
@@ -303,3 +304,24 @@ async def test_the_gateway_waits_out_a_database_outage(
         assert answers[0]["headers"]["ce_status"] == "202"
     finally:
         await conn.close()
+
+
+async def test_a_gateway_started_while_the_event_store_is_down_waits_for_it(
+    api: Api, broker: str, topic_prefix: str
+) -> None:
+    """It ended instead, and took the API process (and the HTTP requests in
+    flight, answered 500) with it: the chaos run's clients saw that when
+    PostgreSQL was killed just before the API restarted."""
+    nowhere = parse_database_url("postgresql://postgres@127.0.0.1:1/cloudengine")
+    metrics = GatewayMetrics(CollectorRegistry())
+    config = GatewayConfig(bootstrap=broker, topic_prefix=topic_prefix, partitions=2)
+    gateway = CommandGateway(api.service, api.store, nowhere, config, metrics)
+    stop = asyncio.Event()
+    task = asyncio.create_task(gateway.run(stop))
+    async with asyncio.timeout(60):
+        while gateway.database_waits < 2:
+            assert not task.done(), task.exception()
+            await asyncio.sleep(0.05)
+    stop.set()
+    await asyncio.wait_for(task, 30)  # ends cleanly once asked, not with the error
+    assert not gateway.started.is_set()
