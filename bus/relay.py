@@ -366,10 +366,19 @@ async def _abort(producer: AIOKafkaProducer) -> None:
     the earlier one (the 10-minute chaos run saw version 584 of a storage
     pool stored before 583, PostgreSQL down under the broker). aiokafka
     has no public abort: its sender task is cancelled, the rest of stop()
-    then only closes the connections."""
+    then only closes the connections. The dropped batches are failed, or
+    stop()'s flush would wait on them for good, holding their bytes."""
     sender = producer._sender
     with contextlib.suppress(Exception, asyncio.CancelledError):
         await asyncio.wait_for(sender.close(), BROKER_TIMEOUT)
+    accumulator = producer._message_accumulator
+    dropped = [b for queue in accumulator._batches.values() for b in queue]
+    dropped += list(accumulator._pending_batches)
+    accumulator._batches.clear()
+    for batch in dropped:
+        batch.failure(exception=KafkaError("relay session ended; republished by the next one"))
+        if batch.future.done():
+            batch.future.exception()  # retrieved: nobody waits for it any more
 
 
 async def _bounded(step: Awaitable[Any], seconds: float = BROKER_TIMEOUT) -> None:

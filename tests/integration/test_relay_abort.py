@@ -60,13 +60,15 @@ async def test_a_failed_session_drops_the_batches_queued_behind_the_failed_one(
         pid = broker._process.pid  # type: ignore[union-attr]
         os.kill(pid, signal.SIGSTOP)
         try:
-            await producer.send(TOPIC, b"in flight", partition=0)
+            in_flight = await producer.send(TOPIC, b"in flight", partition=0)
             async with asyncio.timeout(10):
                 while not producer._sender._in_flight:
                     await asyncio.sleep(0.01)
             # Queued: its partition is muted while the first is in flight.
-            await producer.send(TOPIC, b"queued", partition=0)
+            queued = await producer.send(TOPIC, b"queued", partition=0)
             await _abort(producer)
+            # Failed, not left pending: stop() would wait on them for good.
+            assert in_flight.done() and queued.done()
         finally:
             os.kill(pid, signal.SIGCONT)
         await asyncio.wait_for(producer.stop(), 30)
