@@ -62,6 +62,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import logging
 import os
 import random
@@ -78,13 +79,13 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from aiokafka.errors import KafkaError
 from chaos_checks import check_everything, wait_projected
 from chaos_load import Client
 from chaos_parts import WRITERS, Parts, Setting
 from deploy_fabric import make_template_image, serve
 
 from cloud_engine.bus.broker import DevBroker
-from cloud_engine.bus.broker_retention import Policy
 from cloud_engine.engine.commands.storage import RequestTemplateDownload
 from cloud_engine.engine.service import CommandService
 from cloud_engine.engine.store import EventStore
@@ -196,9 +197,11 @@ def run(
         log_file=tmp / "logs" / "broker.log",
         database=broker_database(pg.target),
         state_dir=tmp,
-        # Retention off: the watcher checks every event from the first one,
-        # and joins after the fabric's events were read by everyone else.
-        retention=Policy(retention_s=0),
+        # Retention on, as deployed: the watcher's group joins before any
+        # event is published and commits what it has read, so retention
+        # keeps every batch it has not seen (a ten-minute run with it off
+        # grew the history to the size at which fetches stall the read
+        # models: docs/performance.md).
     )
     broker.start()
     violations: list[str] = []
@@ -213,6 +216,10 @@ def run(
             token = asyncio.run(admin_token(pg.target, tmp))
             port = free_port()
             parts = setting.parts(pg, broker, tmp, {"port": str(port), "zone": str(fabric.zone)})
+            # Before the relay publishes the fabric's first event.
+            consumer = Watcher(broker.bootstrap)
+            consumer.start()
+            consumer.wait_joined()
             for name in parts.commands:
                 parts.start(name)
             parts.supervise()
@@ -234,8 +241,6 @@ def run(
                 )
                 for n in range(args.clients)
             ]  # fmt: skip
-            consumer = Watcher(broker.bootstrap)
-            consumer.start()
             began = marks["load"] = time.monotonic()
             for client in clients:
                 client.start()
@@ -320,16 +325,22 @@ def wait_template(store: EventStore, template: uuid.UUID, timeout: float = 120) 
 
 class Watcher:
     """The independent consumer: its own group, every events topic from the
-    start, recording each aggregate's versions in the order received."""
+    start, recording each aggregate's versions in the order received. It
+    commits what it has read, so the broker's retention keeps the rest."""
 
     def __init__(self, bootstrap: str) -> None:
         self.bootstrap = bootstrap
         self.seen: dict[str, list[int]] = defaultdict(list)
         self._stop = threading.Event()
+        self._joined = threading.Event()
         self._thread = threading.Thread(target=self._run, name="watcher", daemon=True)
 
     def start(self) -> None:
         self._thread.start()
+
+    def wait_joined(self, timeout: float = 60) -> None:
+        if not self._joined.wait(timeout):
+            raise TimeoutError("the chaos watcher did not start")
 
     def stop(self) -> None:
         self._stop.set()
@@ -354,6 +365,7 @@ class Watcher:
             metadata_max_age_ms=1000,
         )
         await consumer.start()
+        self._joined.set()
         try:
             while not self._stop.is_set():
                 batch = await consumer.getmany(timeout_ms=500)
@@ -361,6 +373,10 @@ class Watcher:
                     for record in records:
                         event = from_record(record.headers, record.value)
                         self.seen[event.subject].append(event.aggregate_version)
+                if batch:
+                    with contextlib.suppress(KafkaError):
+                        # Lost to a broker kill: the next batch commits again.
+                        await consumer.commit()
         finally:
             await consumer.stop()
 
