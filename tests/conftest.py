@@ -26,6 +26,11 @@ from cloud_engine.engine.store import EventStore
 from cloud_engine.infra.database import DatabaseTarget, EmbeddedPostgres, parse_database_url
 from cloud_engine.infra.settings import load_settings
 
+# Here, not in tests/unit/conftest.py: integration modules import the unit
+# helpers too and are collected first, and a module imported before its
+# registration is never rewritten (pytest warns so).
+pytest.register_assert_rewrite("tests.unit.support", "tests.unit.operation_world")
+
 
 @pytest.fixture(scope="session")
 def pg_server() -> Iterator[DatabaseTarget]:

@@ -1,9 +1,8 @@
-"""Unit-test setup: pytest rewrites the asserts of the shared helpers as well, so
-a failing check in tests.unit.support explains itself like one in a test module."""
+"""Unit-test fixtures. The shared helpers' asserts are rewritten as well (the
+registration is in tests/conftest.py), so a failing check in
+tests.unit.support explains itself like one in a test module."""
 
 import pytest
-
-pytest.register_assert_rewrite("tests.unit.support", "tests.unit.operation_world")
 
 
 @pytest.fixture
