@@ -4,9 +4,11 @@ stand-in for the read models (the real ReadModels is tested with PostgreSQL
 elsewhere); every libvirt object is named with the test's prefix."""
 
 import asyncio
+import contextlib
 import gc
 import uuid
 import weakref
+from collections.abc import AsyncIterator
 from typing import Any
 from uuid import UUID
 
@@ -259,9 +261,16 @@ async def test_attached_volumes_missing_or_of_another_size_are_volume_drift(
     assert (gone.kind, gone.observed) == ("drift.volume", "missing")
 
 
-async def test_a_lifecycle_event_wakes_the_loop_before_the_interval(
-    libvirt_uri, name_prefix, hypervisor
-):
+class Watching(msgspec.Struct):
+    rec: Reconciler
+    published: Published
+    vm_id: UUID
+
+
+@contextlib.asynccontextmanager
+async def watching(libvirt_uri: str, name_prefix: str, **options: Any) -> AsyncIterator[Watching]:
+    """A reconciler running its loop on lifecycle events (the periodic round
+    far away), one running domain it knows of, the callback registered."""
     # Events reach only connections opened after the event loop is installed.
     start_libvirt_event_loop()
     watched = Hypervisor(libvirt_uri)
@@ -272,7 +281,7 @@ async def test_a_lifecycle_event_wakes_the_loop_before_the_interval(
         fake.views["vm"].append(vm_view(vm_id, host))
         published = Published()
         rec = reconciler(
-            fake, published, lambda uri: watched, interval_s=120.0, lifecycle_events=True
+            fake, published, lambda uri: watched, interval_s=120.0, lifecycle_events=True, **options
         )
         stop = asyncio.Event()
         loop = asyncio.create_task(rec.run(stop))
@@ -282,21 +291,28 @@ async def test_a_lifecycle_event_wakes_the_loop_before_the_interval(
                 if rec._watched:
                     break
                 await asyncio.sleep(0.05)
-            assert about(published, vm_id) == []
-            await asyncio.to_thread(lambda: hypervisor.conn.lookupByUUID(vm_id.bytes).destroy())
-            async with asyncio.timeout(15):
-                while not about(published, vm_id):
-                    await asyncio.sleep(0.05)
-            # Each event wakes a round; rounds report the same operation.
-            drifts = about(published, vm_id)
-            assert {(d.kind, d.observed, d.work_id) for d in drifts} == {
-                ("drift.vm_state", "shutoff", drifts[0].work_id)
-            }
+            yield Watching(rec, published, vm_id)
         finally:
             stop.set()
             await asyncio.wait_for(loop, 10)
     finally:
         watched.close()
+
+
+async def test_a_lifecycle_event_wakes_the_loop_before_the_interval(
+    libvirt_uri, name_prefix, hypervisor
+):
+    async with watching(libvirt_uri, name_prefix) as w:
+        assert about(w.published, w.vm_id) == []
+        await asyncio.to_thread(lambda: hypervisor.conn.lookupByUUID(w.vm_id.bytes).destroy())
+        async with asyncio.timeout(15):
+            while not about(w.published, w.vm_id):
+                await asyncio.sleep(0.05)
+        # Each event wakes a round; rounds report the same operation.
+        drifts = about(w.published, w.vm_id)
+        assert {(d.kind, d.observed, d.work_id) for d in drifts} == {
+            ("drift.vm_state", "shutoff", drifts[0].work_id)
+        }
 
 
 async def test_the_echo_of_the_effectors_own_act_does_not_wake_a_round(
@@ -304,47 +320,20 @@ async def test_the_echo_of_the_effectors_own_act_does_not_wake_a_round(
 ):
     # Events of a domain the effector is acting on are its own work's echo:
     # during a burst of starts they kept rounds running back to back.
-    start_libvirt_event_loop()
-    watched = Hypervisor(libvirt_uri)
-    try:
-        host = host_view(libvirt_uri)
-        fake = FakeReadModels([host])
-        vm_id = running_domain(watched, name_prefix)
-        fake.views["vm"].append(vm_view(vm_id, host))
-        published = Published()
-        acts = OwnActs(window_s=3600.0)
-        rec = reconciler(
-            fake,
-            published,
-            lambda uri: watched,
-            interval_s=120.0,
-            lifecycle_events=True,
-            own_acts=acts,
-        )
-        stop = asyncio.Event()
-        loop = asyncio.create_task(rec.run(stop))
-        try:
-            for _ in range(100):
-                if rec._watched:
-                    break
+    acts = OwnActs(window_s=3600.0)
+    async with watching(libvirt_uri, name_prefix, own_acts=acts) as w:
+        acts.begin(w.vm_id)
+        await asyncio.to_thread(lambda: hypervisor.conn.lookupByUUID(w.vm_id.bytes).destroy())
+        acts.end(w.vm_id)
+        # libvirt's event names the domain (dom.UUID() on its thread):
+        # recognised as the echo. (Rounds woken by the domain's own define
+        # and start may still run: they are not the effector's.)
+        async with asyncio.timeout(15):
+            while w.rec.echoes_ignored == 0:
                 await asyncio.sleep(0.05)
-            acts.begin(vm_id)
-            await asyncio.to_thread(lambda: hypervisor.conn.lookupByUUID(vm_id.bytes).destroy())
-            acts.end(vm_id)
-            # libvirt's event names the domain (dom.UUID() on its thread):
-            # recognised as the echo. (Rounds woken by the domain's own
-            # define and start may still run: they are not the effector's.)
-            async with asyncio.timeout(15):
-                while rec.echoes_ignored == 0:
-                    await asyncio.sleep(0.05)
-            # A round (the periodic one, here asked for) still sees the drift.
-            await rec.reconcile_once()
-            assert {d.observed for d in about(published, vm_id)} == {"shutoff"}
-        finally:
-            stop.set()
-            await asyncio.wait_for(loop, 10)
-    finally:
-        watched.close()
+        # A round (the periodic one, here asked for) still sees the drift.
+        await w.rec.reconcile_once()
+        assert {d.observed for d in about(w.published, w.vm_id)} == {"shutoff"}
 
 
 async def test_a_reconnect_lets_go_of_the_old_connection_and_its_events(libvirt_uri):
