@@ -66,6 +66,7 @@ import contextlib
 import logging
 import os
 import random
+import signal
 import subprocess
 import sys
 import tempfile
@@ -161,6 +162,10 @@ def main() -> None:
     )
     parser.add_argument("--lab-vms", type=int, default=3, help="live VMs per client on the lab")
     args = parser.parse_args()
+    # A SIGTERM (a CI timeout, an operator's kill) unwinds like Ctrl-C: the
+    # run's finally stops every part, PostgreSQL and the broker (without it
+    # they were left running).
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
     seed = args.seed if args.seed is not None else random.randrange(1 << 31)
     print(f"seed={seed} load average {os.getloadavg()[0]:.2f}", flush=True)
     configure_logging("console", "error")

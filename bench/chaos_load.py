@@ -4,6 +4,7 @@ Shape says what they ask for (test-driver hosts or lab hosts)."""
 
 from __future__ import annotations
 
+import http.client
 import json
 import random
 import re
@@ -91,8 +92,10 @@ class Client(threading.Thread):
                     self.errors.append(f"{method} {path} answered {error.code}: {raw[:200]!r}")
                 elif error.code not in (502, 503, 504):
                     return error.code, reply
-            except OSError:
-                pass  # the API is down: a supervisor starts it again
+            except (OSError, http.client.HTTPException):
+                # The API is down, or was killed mid-answer (IncompleteRead):
+                # a supervisor starts it again, and the same key is sent.
+                pass
             time.sleep(0.3)
 
     def refuse(self, status: int, path: str, reply: Any) -> None:
@@ -157,25 +160,32 @@ class Client(threading.Thread):
 
     def run(self) -> None:
         while not self.stop.is_set():
-            live = [v for v, s in self.vms.items() if s != "destroyed"]
-            choice = self.rng.random()
-            if self.storage and live and choice > 0.75:
-                self.storage_or_network(live)
-            elif not live or (choice < 0.3 and self.room(live)):
-                status, reply = self.call("POST", "/v1/vms", self.deploy_body())
-                self.count += 1
-                if status == 202:
-                    self.operations.append(reply["operation_id"])
-                    self.vms[reply["resource_id"]] = "running"
-                else:
-                    self.refuse(status, "/v1/vms", reply)
+            try:
+                self.step()
+            except Exception as error:  # a client that dies would hide it
+                self.errors.append(f"client {self.n} failed: {error!r}")
+                time.sleep(0.3)
+
+    def step(self) -> None:
+        live = [v for v, s in self.vms.items() if s != "destroyed"]
+        choice = self.rng.random()
+        if self.storage and live and choice > 0.75:
+            self.storage_or_network(live)
+        elif not live or (choice < 0.3 and self.room(live)):
+            status, reply = self.call("POST", "/v1/vms", self.deploy_body())
+            self.count += 1
+            if status == 202:
+                self.operations.append(reply["operation_id"])
+                self.vms[reply["resource_id"]] = "running"
             else:
-                vm = self.rng.choice(live)
-                action = self.rng.choice(["stop", "start", "migrate", "destroy", "stop"])
-                body = {"host_id": self.rng.choice(self.hosts)} if action == "migrate" else {}
-                if self.operation("POST", f"/v1/vms/{vm}/{action}", body) and action == "destroy":
-                    self.vms[vm] = "destroyed"
-            time.sleep(self.rng.uniform(0.05, 0.4))
+                self.refuse(status, "/v1/vms", reply)
+        else:
+            vm = self.rng.choice(live)
+            action = self.rng.choice(["stop", "start", "migrate", "destroy", "stop"])
+            body = {"host_id": self.rng.choice(self.hosts)} if action == "migrate" else {}
+            if self.operation("POST", f"/v1/vms/{vm}/{action}", body) and action == "destroy":
+                self.vms[vm] = "destroyed"
+        time.sleep(self.rng.uniform(0.05, 0.4))
 
     def room(self, live: list[str]) -> bool:
         """Whether to deploy one more. At the cap, the client looks at its
