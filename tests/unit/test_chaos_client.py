@@ -9,7 +9,6 @@ from __future__ import annotations
 import socket
 import sys
 import threading
-from collections.abc import Iterator
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -65,9 +64,8 @@ def client(url: str) -> Client:
 
 
 @pytest.fixture
-def no_pause(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+def no_pause(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr("chaos_load.time.sleep", lambda _s: None)
-    yield
 
 
 def test_an_answer_cut_short_is_asked_again_with_the_same_key(no_pause: None) -> None:
