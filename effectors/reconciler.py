@@ -4,7 +4,10 @@ recorded, and reports the differences as drift results.
 It never repairs anything itself. A drift travels to the engine like any
 effector result (kind "drift.*"), and the engine decides what to do: only the
 engine may change a resource's state, so a reconciler acting on its own would
-race the effectors carrying out the engine's work.
+race the effectors carrying out the engine's work. What it does make sure
+of is the hosts' fabric, which no engine state follows: every answering
+host has its cluster's shared storage pools (effectors/host_pools.py), and
+the virtual routers their rules (effectors/router_reconciler.py).
 
 Which VMs belong to a host: a VM holds host_id only while placed, Starting,
 Running, Stopping or Migrating; on the way out (stop, destroy) the engine
@@ -43,7 +46,7 @@ import structlog
 from cloud_engine.bus.work_results import EffectorResult
 from cloud_engine.effectors.compute.driver import ComputeDriver
 from cloud_engine.effectors.compute.spec import DomainState
-from cloud_engine.effectors.desired import HostView, VmView, VolumeView
+from cloud_engine.effectors.desired import HostView, PoolView, VmView, VolumeView
 from cloud_engine.effectors.drift import (
     DRIFT_IDS,
     VOLUME_JUDGED,
@@ -52,6 +55,7 @@ from cloud_engine.effectors.drift import (
     drift_operation_id,
     volume_drift,
 )
+from cloud_engine.effectors.host_pools import HostPools
 from cloud_engine.effectors.hypervisor import Hypervisor, HypervisorError
 from cloud_engine.effectors.naming import Names
 from cloud_engine.effectors.own_acts import OwnActs
@@ -132,6 +136,7 @@ class Reconciler:
         retry_s: float = 0.5,
         connect_attempts: int = 3,
         own_acts: OwnActs | None = None,
+        ensure_pools: bool = True,
     ) -> None:
         # Domains the effector is acting on: their events do not wake a round.
         self.own_acts = own_acts
@@ -147,6 +152,9 @@ class Reconciler:
         self.down_after = max(1, down_after)
         self.names = names or Names()
         self.check_volumes = check_volumes
+        # Every answering host gets its cluster's shared pools (and so its
+        # heartbeat): effectors/host_pools.py.
+        self.host_pools = HostPools(self.names) if ensure_pools else None
         self.lifecycle_events = lifecycle_events
         self.event_settle_s = event_settle_s
         # Rounds woken by events take at most this share of the time: a
@@ -184,9 +192,11 @@ class Reconciler:
         """Compare every host of the zones once; publish and return the
         results (drift and unreachable hosts)."""
         results: list[EffectorResult] = []
-        for host in await self.read_models.hosts(self.zones):
+        hosts = await self.read_models.hosts(self.zones)
+        pools = await self._pools(hosts)
+        for host in hosts:
             try:
-                found = await self._reconcile_host(host)
+                found = await self._reconcile_host(host, pools)
             except Exception:
                 # One host failing half-way (its connection dropping while
                 # volumes are observed) must not hide the others' drift.
@@ -211,7 +221,16 @@ class Reconciler:
             log.info("reconcile_reported", results=len(results))
         return results
 
-    async def _reconcile_host(self, host: HostView) -> list[EffectorResult]:
+    async def _pools(self, hosts: list[HostView]) -> list[PoolView]:
+        """The storage pools of the hosts' zones, once a round."""
+        if self.host_pools is None:
+            return []
+        found: list[PoolView] = []
+        for zone in sorted({h.zone_id for h in hosts}):
+            found.extend(await self.read_models.where(PoolView, "storage_pool", "zone_id", zone))
+        return found
+
+    async def _reconcile_host(self, host: HostView, pools: list[PoolView]) -> list[EffectorResult]:
         hypervisor = self.hypervisor_for(host.libvirt_uri)
         before = await self._vms_of(host.id)
         try:
@@ -226,6 +245,7 @@ class Reconciler:
         unstable = {i for i in before.keys() | after.keys() if before.get(i) != after.get(i)}
         stable = [vm for i, vm in after.items() if i not in unstable]
         drifts = [d for d in compare(host.id, stable, domains) if d.aggregate_id not in unstable]
+        await self._ensure_pools(host, hypervisor, pools)
         if self.check_volumes:
             drifts.extend(await self.volume_drift(host, stable, hypervisor))
         for drift in drifts:
@@ -238,6 +258,17 @@ class Reconciler:
                 expected=drift.expected,
             )
         return [*answered, *(self._result(host.id, d) for d in drifts)]
+
+    async def _ensure_pools(
+        self, host: HostView, hypervisor: Hypervisor, pools: list[PoolView]
+    ) -> None:
+        if self.host_pools is None:
+            return
+        try:
+            await asyncio.to_thread(self.host_pools.ensure, hypervisor, host, pools)
+        except HypervisorError as e:
+            # It stopped answering since the listing: the next round sees it.
+            log.warning("host_pools_not_checked", host_id=str(host.id), error=str(e))
 
     async def _vms_of(self, host_id: UUID) -> dict[UUID, VmView]:
         found: dict[UUID, VmView] = {}
