@@ -9,6 +9,7 @@ import fcntl
 import hashlib
 import os
 import signal
+import time
 import uuid
 import xml.etree.ElementTree as ET
 from collections.abc import AsyncIterator
@@ -17,6 +18,7 @@ from pathlib import Path
 import libvirt
 import pytest
 
+from cloud_engine.automation.heartbeat import HEARTBEAT_DIR
 from cloud_engine.automation.service import Automation
 from cloud_engine.effectors.service import EffectorService, effector_config
 from cloud_engine.engine.commands.hosts import UpdateHostOvercommit
@@ -182,6 +184,55 @@ async def test_a_dead_hosts_ha_vms_run_elsewhere_once_and_the_others_are_stopped
         assert running_on([dead], vm_id) == []
     for vm_id in ha:
         assert len(running_on(hosts, vm_id)) == 1
+
+
+def _beat_since(cloud: Cloud, lab_host: LabHost, since: float) -> bool:
+    """Whether the host's agent wrote its heartbeat into the shared pool since."""
+    try:
+        beat = os.stat(cloud.fabric.dirs[0] / HEARTBEAT_DIR / lab_host.name).st_mtime
+    except FileNotFoundError:
+        return False
+    return beat > since
+
+
+def _pool_active(cloud: Cloud, lab_host: LabHost) -> bool:
+    conn = libvirt.open(lab_host.uri)
+    try:
+        pool = conn.storagePoolLookupByName(NAMES.pool(cloud.fabric.shared_pool))
+        return bool(pool.isActive() and pool.autostart())
+    except libvirt.libvirtError:
+        return False
+    finally:
+        conn.close()
+
+
+async def test_an_idle_host_has_the_shared_pool_beats_and_comes_back_from_a_fence(
+    ha_cloud: tuple[Cloud, Automation], lab: Lab, hosts: list[LabHost]
+):
+    # No VM ever ran here, so no work defined a pool on any host: before the
+    # reconciler made sure of the cluster's shared pools, an idle host wrote
+    # no heartbeat and, once fenced, stayed Down for good.
+    cloud, _ = ha_cloud
+    began = time.time()
+    await wait_for(
+        "every host beating in the shared pool",
+        lambda: all(_beat_since(cloud, h, began) for h in hosts),
+        cloud.pipeline,
+    )
+    assert all(_pool_active(cloud, h) for h in hosts)
+
+    idle_id = next(iter(cloud.fabric.hosts))
+    idle = cloud.fabric.hosts[idle_id]
+    lab.power_off(idle.name)
+    await wait_for("idle host fenced", lambda: _host(cloud, idle_id).fenced, cloud.pipeline)
+    assert _host(cloud, idle_id).liveness == "Down"
+    await _ha_run(cloud, idle_id)
+
+    # Back empty (its disk wiped: no pool defined), healthy: in service again.
+    back = time.time()
+    lab.power_on(idle.name)
+    await wait_for("host Up again", lambda: _host(cloud, idle_id).liveness == "Up", cloud.pipeline)
+    assert _pool_active(cloud, idle) and _beat_since(cloud, idle, back)
 
 
 async def test_a_second_qemu_on_a_running_vms_disk_is_refused_by_the_lock_manager(
