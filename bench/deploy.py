@@ -82,8 +82,15 @@ the closed loop's number in flight over the rate.
     python bench/deploy.py [--deploys N] [--concurrency C] [--hosts H] [--shared-default]
                            [--rate 25] [--paced-seconds 20] [--seed 1]
 
+Between the two, --idle-seconds with nothing arriving: each process's CPU
+(the dev broker's grows with the history the closed loop left when it keeps
+it all: --broker-memory-engine tansu).
+
+    python bench/deploy.py [--idle-seconds 10] [--broker-memory-engine store|tansu]
+
 Last line: deploys_per_s=<n, closed loop: the maximum> deploy_p50_ms=<n, paced>
-deploy_p99_ms=<n, paced> deploy_closed_p50_ms=<n> deploy_closed_p99_ms=<n> planner_p99_ms=<x>
+deploy_p99_ms=<n, paced> deploy_closed_p50_ms=<n> deploy_closed_p99_ms=<n>
+broker_idle_cores=<x, broker and its store> planner_p99_ms=<x>
 """
 
 from __future__ import annotations
@@ -110,7 +117,7 @@ from deploy_pipeline import STEPS, Results, pipeline_run
 from deploy_processes import Components, CpuMeter, postmaster_pid, wait_until
 from planner import planner_p99_ms
 
-from cloud_engine.bus.broker import DevBroker
+from cloud_engine.bus.broker import DEFAULT_MEMORY_ENGINE, DevBroker, MemoryEngine
 from cloud_engine.engine.commands.storage import MarkTemplateDownloaded, RequestTemplateDownload
 from cloud_engine.engine.service import CommandService
 from cloud_engine.engine.store import EventStore
@@ -134,6 +141,14 @@ def main() -> None:
         help="then deploys arriving at this rate (Poisson), each on its own; 0: skip",
     )  # fmt: skip
     parser.add_argument("--paced-seconds", type=float, default=20)
+    parser.add_argument(
+        "--idle-seconds", type=float, default=10,
+        help="before the paced phase: each process's CPU with nothing arriving",
+    )  # fmt: skip
+    parser.add_argument(
+        "--broker-memory-engine", choices=get_args(MemoryEngine), default=DEFAULT_MEMORY_ENGINE,
+        help="the dev broker's memory storage: bus.broker_store (retention) or Tansu's own",
+    )  # fmt: skip
     parser.add_argument("--seed", type=int, default=1, help="the paced arrivals' seed")
     parser.add_argument("--strategy", choices=["first-fit", "dispersing"], default="dispersing")
     parser.add_argument(
@@ -159,7 +174,8 @@ def main() -> None:
     tmp = Path(tempfile.mkdtemp(prefix="cloud-engine-deploy-"))
     make_template_image(tmp / "www")
     pg = EmbeddedPostgres(load_settings(environ={}, data_dir=str(tmp)))
-    broker = DevBroker(log_file=tmp / "broker.log")
+    broker = DevBroker(log_file=tmp / "broker.log", memory_engine=args.broker_memory_engine)
+    print(f"broker storage: {broker.storage}")
     bootstrap = broker.start()
     store = EventStore(pg.target)
     service = CommandService(store)
@@ -194,6 +210,7 @@ def main() -> None:
                     "bench (API, watcher)": os.getpid(),
                     **{n: p.pid for n, p in components.processes.items()},
                     "broker": broker._process.pid if broker._process else -1,
+                    **({"broker store": broker._store.pid} if broker._store else {}),
                     "postgres": postmaster_pid(tmp),
                 },
                 trees=frozenset({"postgres"}),
@@ -273,8 +290,10 @@ def report(
         f" p50 latency {statistics.median(running) / statistics.median(chain):.1f}x"
     )
     print(f"baseline (effector work alone): {effector_ms:.2f} ms per deploy")
+    broker_idle = results.idle.get("broker", 0.0) + results.idle.get("broker store", 0.0)
     closed = (
         f"deploy_closed_p50_ms={ms(running, 0.5):.0f} deploy_closed_p99_ms={ms(running, 0.99):.0f}"
+        + (f" broker_idle_cores={broker_idle:.2f}" if results.idle else "")
     )
     paced = results.paced
     if paced is None:

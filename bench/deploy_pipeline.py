@@ -301,6 +301,7 @@ class Results:
     paced_steps: list[list[float]] = field(default_factory=list)
     chain_rate: float = 0.0
     chain_latency: list[float] = field(default_factory=list)
+    idle: dict[str, float] = field(default_factory=dict)  # cores used with nothing arriving
 
 
 async def pipeline_run(
@@ -349,6 +350,7 @@ async def pipeline_run(
             # measure the closed loop's backlog instead of the paced rate.
             waited = await settle(meter)
             print(f"settled after the closed loop in {waited:.1f}s (pipeline CPU < 0.15 cores)")
+            idle = await idle_cores(meter, args.idle_seconds)
             first = args.warmup + args.single + args.deploys
             paced = await deploys(
                 service, watcher, components, fabric, 0, 0, args.strategy, first=first,
@@ -375,7 +377,23 @@ async def pipeline_run(
         paced_steps=[]
         if paced is None
         else await asyncio.to_thread(step_times, store, paced.samples),
+        idle=idle,
     )
+
+
+async def idle_cores(meter: CpuMeter, seconds: float) -> dict[str, float]:
+    """Each process's cores over `seconds` with nothing arriving (what the
+    history left by the closed loop costs by itself: the dev broker's
+    listings grow with it)."""
+    before = meter.sample()
+    await asyncio.sleep(seconds)
+    after = meter.sample()
+    used = {name: (after[name] - before.get(name, 0.0)) / seconds for name in after}
+    print(
+        f"idle for {seconds:g}s after it (cores): "
+        + ", ".join(f"{n} {c:.2f}" for n, c in used.items())
+    )
+    return used
 
 
 async def settle(meter: CpuMeter, idle_cores: float = 0.15, timeout: float = 30.0) -> float:

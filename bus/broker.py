@@ -12,8 +12,14 @@ Two kinds of storage:
   engine (postgres:// fails with FeatureNotEnabled), so it runs on its S3
   engine against bus.broker_store, a small S3 gateway that keeps the objects
   in a PostgreSQL database; `up` gives it the embedded server's database
-  "tansu". Its store deletes old record batches every live consumer group
-  has read (bus.broker_retention; `retention`).
+  "tansu".
+
+The store deletes old record batches every live consumer group has read
+(bus.broker_retention; `retention`). In memory, `memory_engine` says who
+keeps the objects: "store" runs Tansu's S3 engine against bus.broker_store
+keeping them in its memory, with that retention; "tansu" is Tansu's own
+memory:// engine, which keeps every batch and lists a partition's whole
+history on every fetch behind the end and every ListOffsets.
 
 With a state directory the broker records its processes and port there
 (dev-broker.json): a later start stops processes a killed predecessor left
@@ -33,7 +39,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, Literal
 
 import msgspec
 import structlog
@@ -45,6 +51,8 @@ log = structlog.get_logger("bus.broker")
 
 STATE_FILE = "dev-broker.json"
 BUCKET = "tansu"
+MemoryEngine = Literal["store", "tansu"]
+DEFAULT_MEMORY_ENGINE: MemoryEngine = "tansu"
 
 
 class BrokerError(RuntimeError):
@@ -171,24 +179,34 @@ class DevBroker:
         database: DatabaseTarget | None = None,
         state_dir: Path | None = None,
         retention: Policy | None = None,
+        memory_engine: MemoryEngine = DEFAULT_MEMORY_ENGINE,
     ) -> None:
         self.log_file = log_file
         self.database = database
+        self.memory_engine = memory_engine
         self.retention = retention or Policy()
         self.state_dir = state_dir
         self.port = port or 0  # 0: the last run's port (state_dir) or a free one
         self._process: subprocess.Popen[bytes] | None = None
         self._store: subprocess.Popen[bytes] | None = None
+        self.store_port: int | None = None  # bus.broker_store's, while it runs
 
     @property
     def durable(self) -> bool:
         return self.database is not None
 
     @property
+    def uses_store(self) -> bool:
+        """Whether Tansu keeps its objects in bus.broker_store (a process of its own)."""
+        return self.database is not None or self.memory_engine == "store"
+
+    @property
     def storage(self) -> str:
         """Where the records are kept, for people (no password)."""
         if self.database is None:
-            return "memory"
+            if self.memory_engine == "tansu":
+                return "memory (Tansu's memory:// engine, no retention)"
+            return "memory (via bus.broker_store)"
         return f"PostgreSQL database {self.database.dbname!r} (via bus.broker_store)"
 
     @property
@@ -211,8 +229,8 @@ class DevBroker:
         try:
             env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
             storage = "memory://tansu/"
-            if self.database is not None:
-                store_port = self._start_store(out, timeout)
+            if self.uses_store:
+                store_port = self.store_port = self._start_store(out, timeout)
                 # Tansu's S3 engine is the Rust object_store crate, configured
                 # from AWS_* (a developer's own AWS settings are left out).
                 env |= {
@@ -257,14 +275,13 @@ class DevBroker:
         return open(self.log_file, "ab")
 
     def _start_store(self, out: IO[bytes] | int, timeout: float) -> int:
-        assert self.database is not None
+        where = ["--memory"] if self.database is None else ["--database-url", self.database.url()]
         self._store = subprocess.Popen(
             [
                 sys.executable,
                 "-m",
                 "cloud_engine.bus.broker_store",
-                "--database-url",
-                self.database.url(),
+                *where,
                 "--retention-s",
                 str(self.retention.retention_s),
                 "--group-idle-s",
@@ -360,8 +377,8 @@ class DevBroker:
         return state
 
     def running(self) -> bool:
-        """Whether the broker (and its store, when durable) still run."""
-        processes = [self._process] + ([self._store] if self.durable else [])
+        """Whether the broker (and its store, when it has one) still run."""
+        processes = [self._process] + ([self._store] if self.uses_store else [])
         return all(p is not None and p.poll() is None for p in processes)
 
     def stop(self) -> None:
@@ -369,6 +386,7 @@ class DevBroker:
         it has stopped). The state file stays: it keeps the port."""
         process, self._process = self._process, None
         store, self._store = self._store, None
+        self.store_port = None
         if process is not None:
             _terminate(process)
         if store is not None:

@@ -1,4 +1,4 @@
-"""Retention for the durable dev broker: old record batches are deleted once
+"""Retention for the dev broker's object store: old record batches are deleted once
 every live consumer group has read past them.
 
 Why: Tansu's S3 engine (tansu-storage dynostore.rs, `fetch` and
@@ -7,7 +7,7 @@ behind the end and on every ListOffsets, without `start-after`, and keeps one
 object per produced batch forever; so a fetch costs the partition's whole
 history, and a soak stalls once that history reaches some thousands of
 batches. Kafka bounds a log by retention; this does the same here, in the
-store, where the objects are rows.
+store (PostgreSQL rows or this process's memory: bus.broker_backend).
 
 What is deleted, per partition (a contiguous run from the oldest batch, so
 the log never has holes): a batch older than the retention period whose
@@ -46,9 +46,10 @@ import time
 from collections import defaultdict
 from datetime import UTC, datetime, timedelta
 
-import asyncpg
 import msgspec
 import structlog
+
+from cloud_engine.bus.broker_backend import Backend
 
 log = structlog.get_logger("bus.broker_retention")
 
@@ -61,7 +62,6 @@ COMMIT = re.compile(
     r"clusters/(?P<cluster>[^/]+)/groups/consumers/(?P<group>.+)"
     r"/offsets/(?P<topic>[^/]+)/partitions/(?P<partition>[0-9]{10})\.json"
 )
-DELETE_CHUNK = 2000
 
 # (bucket, cluster, topic, partition); (bucket, cluster, topic); (bucket, cluster, group)
 Partition = tuple[str, str, str, int]
@@ -193,37 +193,26 @@ def plan(
     return Plan(delete, touched, passed)
 
 
-async def retention_pass(pool: asyncpg.Pool, table: str, policy: Policy, started: datetime) -> Plan:
+async def retention_pass(backend: Backend, policy: Policy, started: datetime) -> Plan:
     """Read the batch and commit objects' keys, delete what plan() chooses."""
     began = time.monotonic()
-    # The database's clock stamped `modified`, so it is the one to compare with.
-    rows = await pool.fetch(
-        "SELECT bucket, key, modified, now() AS now,"
-        " CASE WHEN key LIKE '%/groups/consumers/%' THEN body END AS body"
-        f" FROM {table} WHERE key LIKE 'clusters/%'"
-        " AND (key LIKE '%/records/%.batch' OR key LIKE '%/groups/consumers/%/offsets/%.json')"
-    )
+    now, rows = await backend.retention_rows()
     if not rows:
         return Plan([], 0, [])
     batches: list[Batch] = []
     commits: list[Commit] = []
     for r in rows:
-        if r["body"] is None:
-            if (b := parse_batch(r["bucket"], r["key"], r["modified"])) is not None:
+        if r.body is None:
+            if (b := parse_batch(r.bucket, r.key, r.modified)) is not None:
                 batches.append(b)
-        elif (c := parse_commit(r["bucket"], r["key"], r["modified"], r["body"])) is not None:
+        elif (c := parse_commit(r.bucket, r.key, r.modified, r.body)) is not None:
             commits.append(c)
-    chosen = plan(batches, commits, now=rows[0]["now"], started=started, policy=policy)
+    chosen = plan(batches, commits, now=now, started=started, policy=policy)
     by_bucket: dict[str, list[str]] = defaultdict(list)
     for b in chosen.delete:
         by_bucket[b.partition[0]].append(b.key)
     for bucket, bucket_keys in by_bucket.items():
-        for i in range(0, len(bucket_keys), DELETE_CHUNK):
-            await pool.execute(
-                f"DELETE FROM {table} WHERE bucket = $1 AND key = ANY($2::text[])",
-                bucket,
-                bucket_keys[i : i + DELETE_CHUNK],
-            )
+        await backend.delete(bucket, bucket_keys)
     for p in chosen.passed:
         log.warning(
             "broker_retention_passed_group",
@@ -246,8 +235,7 @@ async def retention_pass(pool: asyncpg.Pool, table: str, policy: Policy, started
 
 
 async def run_retention(
-    pool: asyncpg.Pool,
-    table: str,
+    backend: Backend,
     policy: Policy,
     stop: asyncio.Event,
     unavailable: tuple[type[BaseException], ...],
@@ -263,7 +251,7 @@ async def run_retention(
         if stop.is_set():
             return
         try:
-            await retention_pass(pool, table, policy, started)
+            await retention_pass(backend, policy, started)
         except unavailable as e:
             log.warning("broker_retention: database unavailable", error=str(e))
         except Exception:
