@@ -39,6 +39,7 @@ REPORT_KINDS = frozenset(
         "host.unreachable",  # the host's libvirt connection keeps failing
         "drift.network_rule",  # a rule missing on its router, put back
         "host.reachable",  # a host not recorded Up answers (again)
+        "drift.host_pool",  # a shared pool a host could not define or start
     }
 )
 

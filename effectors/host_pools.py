@@ -14,21 +14,25 @@ A host that does not answer gets nothing: liveness keeps its meaning (its
 agent writes no heartbeat unless it runs). One listing of the host's active
 pools per round; only a missing or stopped one goes through ensure_pool,
 under the same lock as the work's. A pool that cannot be made ready is
-logged once per outage (with its first error) and returned, so the
-reconciler reports it; the next good round logs its recovery.
+logged once per outage (with its first error) and returned; the
+reconciler publishes it once an outage as `drift.host_pool`, which the
+engine records on the host (host.shared_pool_unavailable). The next good
+round logs its recovery.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from datetime import UTC, datetime
-from uuid import UUID
+from uuid import UUID, uuid5
 
 import libvirt
 import msgspec
 import structlog
 
+from cloud_engine.bus.work_results import EffectorResult
 from cloud_engine.effectors.desired import HostView, PoolView
+from cloud_engine.effectors.drift import DRIFT_IDS
 from cloud_engine.effectors.handlers.base import shared
 from cloud_engine.effectors.hypervisor import Hypervisor, HypervisorError
 from cloud_engine.effectors.mapping import Unsupported, pool_spec
@@ -45,6 +49,27 @@ class PoolTrouble(msgspec.Struct, frozen=True, kw_only=True):
     pool_id: UUID
     error: str
     since: str  # when this outage began (ISO time): stable while it lasts
+
+
+def trouble_id(trouble: PoolTrouble) -> UUID:
+    # The outage's start makes it: one report while it lasts (the engine
+    # records it once), a new one for the next outage.
+    return uuid5(DRIFT_IDS, f"{trouble.host_id}:{trouble.pool_id}:drift.host_pool:{trouble.since}")
+
+
+def trouble_result(trouble: PoolTrouble, effector: str) -> EffectorResult:
+    """The report of it: recorded as host.shared_pool_unavailable."""
+    return EffectorResult(
+        work_id=trouble_id(trouble),
+        kind="drift.host_pool",
+        aggregate_id=trouble.pool_id,
+        version=0,
+        outcome="succeeded",
+        host_id=trouble.host_id,
+        observed=trouble.error,
+        expected="active",
+        effector=effector,
+    )
 
 
 def shared_pools_of(host: HostView, pools: Iterable[PoolView]) -> list[PoolView]:
@@ -92,7 +117,7 @@ class HostPools:
             del self._failing[key]  # no longer the host's (e.g. it moved cluster)
         if not wanted:
             return []
-        active = hv.call("list pools", _active_pools)
+        active = hv.call("list pools", _active_pools, attempts=1)
         troubles: list[PoolTrouble] = []
         for pool in wanted:
             name = self.names.pool(pool.id)
@@ -109,7 +134,9 @@ class HostPools:
         try:
             spec = pool_spec(self.names, pool)
             with shared(hv.uri, "pool", name):
-                state = ensure_pool(hv, spec)
+                # Once: the next round tries again, and a retry would cost
+                # the round seconds and the host's connection each time.
+                state = ensure_pool(hv, spec, attempts=1)
         except (Unsupported, StorageError, HypervisorError) as e:
             return str(e)
         if not state.active:

@@ -55,7 +55,7 @@ from cloud_engine.effectors.drift import (
     drift_operation_id,
     volume_drift,
 )
-from cloud_engine.effectors.host_pools import HostPools
+from cloud_engine.effectors.host_pools import HostPools, trouble_id, trouble_result
 from cloud_engine.effectors.hypervisor import Hypervisor, HypervisorError
 from cloud_engine.effectors.naming import Names
 from cloud_engine.effectors.own_acts import OwnActs
@@ -155,6 +155,8 @@ class Reconciler:
         # Every answering host gets its cluster's shared pools (and so its
         # heartbeat): effectors/host_pools.py.
         self.host_pools = HostPools(self.names) if ensure_pools else None
+        # The ids of the pool troubles published (once an outage each).
+        self._troubles_reported: set[UUID] = set()
         self.lifecycle_events = lifecycle_events
         self.event_settle_s = event_settle_s
         # Rounds woken by events take at most this share of the time: a
@@ -207,7 +209,11 @@ class Reconciler:
                 if result.kind == "host.unreachable":
                     # Once per outage, and only once it was published.
                     self._reported_down.add(host.id)
+                if result.kind == "drift.host_pool":
+                    self._troubles_reported.add(result.work_id)
             results.extend(found)
+        if self.host_pools is not None:  # outages that ended are forgotten
+            self._troubles_reported &= {trouble_id(t) for t in self.host_pools.failing()}
         if self.routers is not None:
             try:
                 found = await self.routers()
@@ -245,7 +251,7 @@ class Reconciler:
         unstable = {i for i in before.keys() | after.keys() if before.get(i) != after.get(i)}
         stable = [vm for i, vm in after.items() if i not in unstable]
         drifts = [d for d in compare(host.id, stable, domains) if d.aggregate_id not in unstable]
-        await self._ensure_pools(host, hypervisor, pools)
+        troubles = await self._ensure_pools(host, hypervisor, pools)
         if self.check_volumes:
             drifts.extend(await self.volume_drift(host, stable, hypervisor))
         for drift in drifts:
@@ -257,18 +263,23 @@ class Reconciler:
                 observed=drift.observed,
                 expected=drift.expected,
             )
-        return [*answered, *(self._result(host.id, d) for d in drifts)]
+        return [*answered, *troubles, *(self._result(host.id, d) for d in drifts)]
 
     async def _ensure_pools(
         self, host: HostView, hypervisor: Hypervisor, pools: list[PoolView]
-    ) -> None:
+    ) -> list[EffectorResult]:
+        """The host's shared pools made sure of; a report for each that
+        could not be, once an outage (recorded on the host)."""
         if self.host_pools is None:
-            return
+            return []
         try:
-            await asyncio.to_thread(self.host_pools.ensure, hypervisor, host, pools)
+            troubles = await asyncio.to_thread(self.host_pools.ensure, hypervisor, host, pools)
         except HypervisorError as e:
             # It stopped answering since the listing: the next round sees it.
             log.warning("host_pools_not_checked", host_id=str(host.id), error=str(e))
+            return []
+        results = [trouble_result(t, self.effector) for t in troubles]
+        return [r for r in results if r.work_id not in self._troubles_reported]
 
     async def _vms_of(self, host_id: UUID) -> dict[UUID, VmView]:
         found: dict[UUID, VmView] = {}

@@ -29,6 +29,7 @@ from cloud_engine.engine.commands.base import Command, CommandContext
 from cloud_engine.engine.commands.compute import RecordVmDrift
 from cloud_engine.engine.commands.liveness import (
     RecordHostAnswered,
+    RecordSharedPoolUnavailable,
     RecordUnknownDomain,
     RecordVolumeDrift,
     SuspectHost,
@@ -46,7 +47,8 @@ def command_for(result: EffectorResult) -> Command | None:
     """The command that records a result, or None when there is nothing to
     record (a domain destroyed, a volume deleted: kinds without commands).
     Drift is recorded on what it is about: a VM's state on the VM, a
-    volume's on the volume, an unknown domain on its host."""
+    volume's on the volume, an unknown domain and a shared pool the host
+    lacks on the host."""
     target = result.aggregate_id
     if result.kind == "drift.vm_state":
         return RecordVmDrift(
@@ -70,6 +72,12 @@ def command_for(result: EffectorResult) -> Command | None:
     if result.kind == "drift.unknown_domain" and result.host_id is not None:
         return RecordUnknownDomain(
             host_id=result.host_id, domain_id=target, observed=_text(result.observed, 200, "seen")
+        )
+    if result.kind == "drift.host_pool" and result.host_id is not None:
+        return RecordSharedPoolUnavailable(
+            host_id=result.host_id,
+            pool_id=target,
+            observed=_text(result.observed, REASON_MAX, "not ready"),
         )
     if result.kind == "host.reachable":
         return RecordHostAnswered(host_id=target)

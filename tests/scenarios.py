@@ -65,6 +65,7 @@ from cloud_engine.engine.commands.liveness import (
     DeclareHostAlive,
     RecordHostAnswered,
     RecordHostFenced,
+    RecordSharedPoolUnavailable,
     RecordUnknownDomain,
     RecordVolumeDrift,
     SuspectHost,
@@ -282,6 +283,7 @@ def run_every_command(do: Callable[[typing.Any], Done]) -> None:
     do(RecordHostAnswered(host_id=host))
     do(DeclareHostAlive(host_id=host))
     do(RecordUnknownDomain(host_id=host, domain_id=uuid4(), observed="running name=stray"))
+    do(RecordSharedPoolUnavailable(host_id=host, pool_id=pool, observed="permission denied"))
 
     do(DisableStoragePool(pool_id=pool))
     do(EnableStoragePool(pool_id=pool))

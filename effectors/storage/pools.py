@@ -102,7 +102,7 @@ def _lookup(conn: libvirt.virConnect, name: str) -> libvirt.virStoragePool | Non
         raise
 
 
-def observe_pool(hv: Hypervisor, name: str) -> PoolState:
+def observe_pool(hv: Hypervisor, name: str, *, attempts: int | None = None) -> PoolState:
     def look(conn: libvirt.virConnect) -> PoolState:
         pool = _lookup(conn, name)
         if pool is None:
@@ -110,12 +110,15 @@ def observe_pool(hv: Hypervisor, name: str) -> PoolState:
         path = ET.fromstring(pool.XMLDesc(0)).findtext("target/path")
         return PoolState(name=name, exists=True, active=bool(pool.isActive()), path=path)
 
-    return hv.call("observe pool", look)
+    return hv.call("observe pool", look, attempts=attempts)
 
 
-def ensure_pool(hv: Hypervisor, spec: PoolSpec) -> PoolState:
+def ensure_pool(hv: Hypervisor, spec: PoolSpec, *, attempts: int | None = None) -> PoolState:
     """Defined, built, started and autostarted; an existing pool that matches
-    the spec is left as it is, one that does not is refused (PoolMismatch)."""
+    the spec is left as it is, one that does not is refused (PoolMismatch).
+    attempts: as Hypervisor.call's (1 for a caller that comes back anyway:
+    a build failing on the host's file system is a system error, which
+    is retried, on a new connection, like a lost one)."""
     backend = backend_for(spec.kind)
     name = spec.name
 
@@ -140,7 +143,7 @@ def ensure_pool(hv: Hypervisor, spec: PoolSpec) -> PoolState:
             return False
         return True
 
-    if hv.call("define pool", define):
+    if hv.call("define pool", define, attempts=attempts):
         log.info("pool_defined", pool=name, kind=spec.kind, path=spec.path)
 
     def start(conn: libvirt.virConnect) -> bool:
@@ -159,7 +162,7 @@ def ensure_pool(hv: Hypervisor, spec: PoolSpec) -> PoolState:
             return False
         return True
 
-    if hv.call("start pool", start):
+    if hv.call("start pool", start, attempts=attempts):
         log.info("pool_started", pool=name)
 
     def autostart(conn: libvirt.virConnect) -> bool:
@@ -169,8 +172,8 @@ def ensure_pool(hv: Hypervisor, spec: PoolSpec) -> PoolState:
         pool.setAutostart(1)
         return True
 
-    hv.call("autostart pool", autostart)
-    return observe_pool(hv, name)
+    hv.call("autostart pool", autostart, attempts=attempts)
+    return observe_pool(hv, name, attempts=attempts)
 
 
 def remove_pool(hv: Hypervisor, name: str, *, purge: bool = False) -> bool:

@@ -17,6 +17,7 @@ import msgspec
 from cloud_engine.engine.commands.base import Command, Outcome, handles
 from cloud_engine.engine.errors import Conflict
 from cloud_engine.engine.fabric.host import Host
+from cloud_engine.engine.fabric.storage_pool import StoragePool
 from cloud_engine.engine.lookups import load_ref
 from cloud_engine.engine.operations.guard import ResourceGuard, guard_id
 from cloud_engine.engine.operations.release import release_on
@@ -82,6 +83,12 @@ class RecordUnknownDomain(Command, frozen=True, kw_only=True):
     observed: Annotated[str, msgspec.Meta(min_length=1, max_length=200)]
 
 
+class RecordSharedPoolUnavailable(Command, frozen=True, kw_only=True):
+    host_id: UUID
+    pool_id: UUID
+    observed: Reason
+
+
 @handles(RecordVolumeDrift)
 def record_volume_drift(uow: UnitOfWork, cmd: RecordVolumeDrift) -> Outcome:
     load_ref(uow, Volume, cmd.volume_id, "volume_id").observe_drift(cmd.observed, cmd.expected)
@@ -92,6 +99,14 @@ def record_volume_drift(uow: UnitOfWork, cmd: RecordVolumeDrift) -> Outcome:
 def record_unknown_domain(uow: UnitOfWork, cmd: RecordUnknownDomain) -> Outcome:
     host = load_ref(uow, Host, cmd.host_id, "host_id")
     host.unknown_domain_observed(cmd.domain_id, cmd.observed)
+    return Outcome(aggregate_id=cmd.host_id)
+
+
+@handles(RecordSharedPoolUnavailable)
+def record_shared_pool_unavailable(uow: UnitOfWork, cmd: RecordSharedPoolUnavailable) -> Outcome:
+    load_ref(uow, StoragePool, cmd.pool_id, "pool_id")
+    host = load_ref(uow, Host, cmd.host_id, "host_id")
+    host.shared_pool_unavailable(cmd.pool_id, cmd.observed)
     return Outcome(aggregate_id=cmd.host_id)
 
 

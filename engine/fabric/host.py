@@ -459,3 +459,16 @@ class Host(Switchable):
     @event("UnknownDomainObserved")
     def _unknown_domain_observed(self, domain_id: UUID, observed: str) -> None:
         pass
+
+    def shared_pool_unavailable(self, pool_id: UUID, observed: str) -> None:
+        """A shared pool of the host's cluster or zone that its libvirtd
+        could not define or start (the effector's reconciler, once an
+        outage): the host writes no heartbeat there and cannot serve that
+        pool's disks. Reported for an operator (a missing mount, a pool of
+        another name on the same path); nothing else changes."""
+        require(bool(observed.strip()), "observed must not be empty", field="observed")
+        self._shared_pool_unavailable(pool_id=pool_id, observed=observed)
+
+    @event("SharedPoolUnavailable")
+    def _shared_pool_unavailable(self, pool_id: UUID, observed: str) -> None:
+        pass

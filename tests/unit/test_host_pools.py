@@ -11,10 +11,12 @@ import libvirt
 import pytest
 from structlog.testing import capture_logs
 
+from cloud_engine.bus.work_results import EffectorResult
 from cloud_engine.effectors.desired import HostView, PoolView
 from cloud_engine.effectors.host_pools import HostPools, shared_pools_of
 from cloud_engine.effectors.hypervisor import Hypervisor
 from cloud_engine.effectors.naming import Names
+from cloud_engine.effectors.reconciler import Reconciler
 
 libvirt.registerErrorHandler(lambda _ctx, _err: None, None)
 
@@ -117,3 +119,63 @@ def test_a_pool_that_cannot_be_made_ready_is_reported_every_round_logged_once(
     # Gone from the hosts' needs (e.g. the host moved cluster): no outage left.
     assert pools.ensure(hv, me, [fine]) == []
     assert pools.failing() == []
+
+
+class Models:
+    """The read models a reconcile round reads: one host, some pools."""
+
+    def __init__(self, the_host: HostView, pools: list[PoolView]) -> None:
+        self.host, self.pools = the_host, pools
+
+    async def hosts(self, zones):
+        return [self.host]
+
+    async def where(self, cls, aggregate_type, field, value):
+        if aggregate_type != "storage_pool":
+            return []
+        return [p for p in self.pools if getattr(p, field) == value]
+
+    async def where_in(self, cls, aggregate_type, field, values):
+        return []
+
+
+async def test_the_reconciler_reports_a_pool_a_host_lacks_once_an_outage(
+    hv: Hypervisor, tmp_path: Path
+):
+    names = Names(prefix=f"ce-u{uuid.uuid4().hex[:6]}-")
+    me = host()
+    unserved = pool(url="rbd://ceph/volumes")
+    models = Models(me, [unserved, pool(url=str(tmp_path / "fine"))])
+    published: list[EffectorResult] = []
+
+    async def publish(result: EffectorResult) -> None:
+        published.append(result)
+
+    rec = Reconciler(
+        models,
+        publish,
+        zones=None,
+        effector="e1",
+        hypervisor_for=lambda _uri: hv,
+        names=names,
+        check_volumes=False,
+    )
+
+    def reports() -> list[EffectorResult]:
+        return [r for r in published if r.kind == "drift.host_pool"]
+
+    await rec.reconcile_once()
+    await rec.reconcile_once()
+    [report] = reports()
+    assert (report.aggregate_id, report.host_id) == (unserved.id, me.id)
+    assert report.observed is not None and "rbd" in report.observed
+    # Served now: the outage ends. Unserved again: a new outage, a new report.
+    models.pools[0] = pool(url=str(tmp_path / "now-fine"), id=unserved.id)
+    await rec.reconcile_once()
+    assert len(reports()) == 1
+    # Stopped behind its back while its URL is one no backend serves.
+    hv.conn.storagePoolLookupByName(names.pool(unserved.id)).destroy()
+    models.pools[0] = pool(url="rbd://ceph/other", id=unserved.id)
+    await rec.reconcile_once()
+    first, second = reports()
+    assert second.aggregate_id == unserved.id and second.work_id != first.work_id

@@ -7,7 +7,7 @@ from uuid import uuid4
 import msgspec
 import pytest
 
-from cloud_engine.engine.errors import InvalidTransition
+from cloud_engine.engine.errors import InvalidTransition, Validation
 from cloud_engine.engine.mapper import MsgspecMapper
 from cloud_engine.engine.virtual.vm import VirtualMachine, VmSpec
 from tests.unit.support import make_host, replayed
@@ -46,6 +46,21 @@ def test_a_suspect_host_that_answers_is_up_at_once_and_down_needs_suspect():
     host.suspect("libvirt unreachable")
     assert host.answered()
     assert host.liveness == "Up"
+
+
+def test_a_shared_pool_a_host_lacks_is_recorded_on_it_and_changes_nothing_else():
+    host = make_host()
+    pool = uuid4()
+    with pytest.raises(Validation):
+        host.shared_pool_unavailable(pool, " ")
+    host.shared_pool_unavailable(pool, "cannot open directory: permission denied")
+    assert (host.liveness, host.state) == ("Up", "Enabled")
+    event = host.collect_events()[-1]
+    assert type(event).__name__ == "SharedPoolUnavailable"
+    assert (event.pool_id, event.observed) == (  # type: ignore[attr-defined]
+        pool,
+        "cannot open directory: permission denied",
+    )
 
 
 def _running_vm() -> VirtualMachine:

@@ -21,6 +21,7 @@ from cloud_engine.engine.commands.compute import (
 )
 from cloud_engine.engine.commands.liveness import (
     RecordHostAnswered,
+    RecordSharedPoolUnavailable,
     RecordUnknownDomain,
     RecordVolumeDrift,
     SuspectHost,
@@ -122,6 +123,12 @@ def test_destroys_and_deletes_record_nothing_drift_goes_on_its_aggregate():
     )
     assert command_for(gone) == RecordVolumeDrift(
         volume_id=ID, observed="missing", expected="capacity=1"
+    )
+    unready = msgspec.structs.replace(
+        result("drift.host_pool"), host_id=HOST, observed="permission denied"
+    )
+    assert command_for(unready) == RecordSharedPoolUnavailable(
+        host_id=HOST, pool_id=ID, observed="permission denied"
     )
     assert command_for(result("volume.delete")) is None
 

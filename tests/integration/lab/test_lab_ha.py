@@ -22,6 +22,7 @@ from cloud_engine.automation.heartbeat import HEARTBEAT_DIR
 from cloud_engine.automation.service import Automation
 from cloud_engine.effectors.service import EffectorService, effector_config
 from cloud_engine.engine.commands.hosts import UpdateHostOvercommit
+from cloud_engine.engine.commands.storage_fabric import CreateStoragePool
 from cloud_engine.engine.fabric.host import Host
 from cloud_engine.engine.operations.host_ha import restart_id, run_id
 from cloud_engine.engine.operations.operation import Operation
@@ -206,6 +207,15 @@ def _pool_active(cloud: Cloud, lab_host: LabHost) -> bool:
         conn.close()
 
 
+def _unavailable(cloud: Cloud, host_id: uuid.UUID, pool_id: uuid.UUID) -> int:
+    """How often the pool was recorded unavailable on the host."""
+    return sum(
+        1
+        for e in cloud.store.events_of(host_id)
+        if type(e).__name__ == "SharedPoolUnavailable" and getattr(e, "pool_id", None) == pool_id
+    )
+
+
 async def test_an_idle_host_has_the_shared_pool_beats_and_comes_back_from_a_fence(
     ha_cloud: tuple[Cloud, Automation], lab: Lab, hosts: list[LabHost]
 ):
@@ -220,6 +230,28 @@ async def test_an_idle_host_has_the_shared_pool_beats_and_comes_back_from_a_fenc
         cloud.pipeline,
     )
     assert all(_pool_active(cloud, h) for h in hosts)
+    # A second shared pool no host can make (its path runs through a file):
+    # reported on every host, once for the whole test.
+    blocker = cloud.fabric.dirs[0] / "a-file"
+    blocker.write_text("")
+    cluster = _host(cloud, next(iter(cloud.fabric.hosts))).cluster_id
+    bad = (
+        await cloud.service.execute_async(
+            CreateStoragePool(
+                zone_id=cloud.fabric.zone,
+                cluster_id=cluster,
+                name="unreachable",
+                scope="cluster",
+                capacity_bytes=1 << 30,
+                url=str(blocker / "pool"),
+            )
+        )
+    ).aggregate_id
+    await wait_for(
+        "the unusable pool recorded on every host",
+        lambda: all(_unavailable(cloud, h, bad) for h in cloud.fabric.hosts),
+        cloud.pipeline,
+    )
 
     idle_id = next(iter(cloud.fabric.hosts))
     idle = cloud.fabric.hosts[idle_id]
@@ -233,6 +265,7 @@ async def test_an_idle_host_has_the_shared_pool_beats_and_comes_back_from_a_fenc
     lab.power_on(idle.name)
     await wait_for("host Up again", lambda: _host(cloud, idle_id).liveness == "Up", cloud.pipeline)
     assert _pool_active(cloud, idle) and _beat_since(cloud, idle, back)
+    assert all(_unavailable(cloud, h, bad) == 1 for h in cloud.fabric.hosts)
 
 
 async def test_a_second_qemu_on_a_running_vms_disk_is_refused_by_the_lock_manager(
