@@ -112,6 +112,10 @@ KINDS: dict[str, WorkKind] = _table(
     # The VM is recorded Destroyed before its domain goes: nothing to record.
     WorkKind("vm.destroy", "vm.destroyed"),
     WorkKind("vm.expunge", "vm.expunge_requested", done=MarkVmExpunged, failed=FailVmExpunge),
+    # A Destroyed VM's domain found running (an Expunged one's left
+    # defined) after its own work failed or was lost: asked again by
+    # convergence. Nothing to record: the next reconcile round tells.
+    WorkKind("vm.domain_stop", "vm.domain_stop_requested"),
     WorkKind(
         "vm.migrate", "vm.migration_requested", done=CompleteVmMigration, failed=FailVmMigration
     ),

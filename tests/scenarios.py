@@ -68,6 +68,7 @@ from cloud_engine.engine.commands.liveness import (
     RecordSharedPoolUnavailable,
     RecordUnknownDomain,
     RecordVolumeDrift,
+    RequestVmDomainStop,
     SuspectHost,
     UpdateVmHa,
 )
@@ -424,6 +425,7 @@ def run_every_command(do: Callable[[typing.Any], Done]) -> None:
         RequestVmStop(vm_id=vm, forced=True),
         MarkVmStopped(vm_id=vm),
         DestroyVm(vm_id=vm),
+        RequestVmDomainStop(vm_id=vm, reason="its domain was found running"),
         RecoverVm(vm_id=vm),
         # Reserved by hand above, given back by hand: the failed start
         # below finds nothing left to give back.

@@ -1,5 +1,6 @@
 """VM work: a domain started, stopped, rebooted, destroyed or undefined on
-the VM's host (the migration is vm_migrate.py's)."""
+the VM's host, and a leftover domain of a destroyed VM stopped again (the
+migration is vm_migrate.py's)."""
 
 from __future__ import annotations
 
@@ -85,6 +86,16 @@ def expunge(executor: Executor, item: WorkItem, plan: VmPlan) -> str:
     if seed is not None:
         seed.unlink(missing_ok=True)
     return undefined.state.state
+
+
+def stop_domain(executor: Executor, item: WorkItem, plan: VmPlan) -> str:
+    """A Destroyed VM's domain found running again (its destroy's work
+    failed or was lost): powered off, as the destroy does; an Expunged
+    VM's domain left behind: undefined, as the expunge does. Both are
+    no-ops on a domain already gone (a repeated request)."""
+    if plan.vm.state == "Expunged":
+        return expunge(executor, item, plan)
+    return destroy(executor, item, plan)
 
 
 def seed_path(executor: Executor, plan: VmPlan) -> Path | None:
@@ -186,4 +197,5 @@ HANDLERS: dict[str, Handler[VmPlan]] = {
     "vm.iso_eject": Handler(read_plan, change_media, ERRORS),
     "vm.destroy": Handler(read_plan, destroy, ERRORS),
     "vm.expunge": Handler(read_plan, expunge, ERRORS),
+    "vm.domain_stop": Handler(read_plan, stop_domain, ERRORS),
 }

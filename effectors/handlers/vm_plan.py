@@ -26,6 +26,8 @@ log = structlog.get_logger("effectors.handlers.vm")
 
 # The VM's states in which a vm.start work item asks for what no longer holds.
 NOT_TO_START = frozenset({"Stopping", "Stopped", "Destroyed", "Expunging", "Expunged", "Error"})
+# The states in which a vm.domain_stop work item (a leftover domain) still holds.
+LEFT_BEHIND = frozenset({"Destroyed", "Expunged"})
 
 
 class VmPlan(msgspec.Struct, frozen=True):
@@ -63,11 +65,15 @@ async def read_plan(reads: Reads, item: WorkItem) -> VmPlan | None:
     vm = models.vm()
     if vm is None or not reads.serves(vm.zone_id):
         return None
-    if item.kind == "vm.start" and vm.state in NOT_TO_START:
+    if (item.kind == "vm.start" and vm.state in NOT_TO_START) or (
+        item.kind == "vm.domain_stop" and vm.state not in LEFT_BEHIND
+    ):
         # The log moved on while the work waited (a backlog, the effector
         # down): the start failed or timed out and the VM was stopped,
         # destroyed or expunged since. Starting it now would run a domain
         # the log says is not running; its own result would be refused.
+        # Likewise a destroyed VM recovered (maybe started) since its
+        # leftover domain was to be stopped.
         log.warning(
             "vm_work_superseded", vm_id=str(vm.id), kind=item.kind, state=vm.state,
             version=item.version, now=vm.version,

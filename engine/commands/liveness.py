@@ -1,6 +1,7 @@
 """Commands automation records its decisions with: host liveness (Suspect,
-Down, fenced, Up again), a VM's HA settings, and a VM's record following
-what its hypervisor shows (convergence).
+Down, fenced, Up again), a VM's HA settings, a VM's record following
+what its hypervisor shows, and a leftover domain of a destroyed VM stopped
+again (convergence).
 
 Each is an ordinary command (an admin or any client may send it too), so
 every automatic step is an event with its actor and reason in the log.
@@ -68,6 +69,16 @@ class ConvergeVm(Command, frozen=True, kw_only=True):
     to: Literal["Stopped", "Running"]
     reason: Reason
     host_id: UUID | None = None  # to Running: where its domain runs
+    expected_version: int | None = None
+
+
+class RequestVmDomainStop(Command, frozen=True, kw_only=True):
+    """Ask the effector again to power off the domain of a Destroyed VM
+    that its host still runs (and to undefine it, of an Expunged VM whose
+    domain was left behind). expected_version: as ConvergeVm's."""
+
+    vm_id: UUID
+    reason: Reason
     expected_version: int | None = None
 
 
@@ -146,12 +157,13 @@ def update_vm_ha(uow: UnitOfWork, cmd: UpdateVmHa) -> Outcome:
     return Outcome(aggregate_id=cmd.vm_id)
 
 
-@handles(ConvergeVm)
-def converge_vm(uow: UnitOfWork, cmd: ConvergeVm) -> Outcome:
-    vm = load_ref(uow, VirtualMachine, cmd.vm_id, "vm_id")
-    if cmd.expected_version is not None and vm.version != cmd.expected_version:
+def _unchanged_vm(uow: UnitOfWork, vm_id: UUID, expected_version: int | None) -> VirtualMachine:
+    """The VM, if still at the version the observation was judged against
+    and held by no operation; refused (Conflict) otherwise."""
+    vm = load_ref(uow, VirtualMachine, vm_id, "vm_id")
+    if expected_version is not None and vm.version != expected_version:
         raise Conflict(
-            f"vm {vm.id} is at version {vm.version}, observed at {cmd.expected_version}",
+            f"vm {vm.id} is at version {vm.version}, observed at {expected_version}",
             owner=vm.id,
         )
     guard = uow.find(ResourceGuard, guard_id(vm.id))
@@ -161,6 +173,18 @@ def converge_vm(uow: UnitOfWork, cmd: ConvergeVm) -> Outcome:
             f"vm {vm.id} is held by operation {guard.operation_id} ({guard.operation_kind})",
             owner=vm.id,
         )
+    return vm
+
+
+@handles(RequestVmDomainStop)
+def request_vm_domain_stop(uow: UnitOfWork, cmd: RequestVmDomainStop) -> Outcome:
+    _unchanged_vm(uow, cmd.vm_id, cmd.expected_version).request_domain_stop(cmd.reason)
+    return Outcome(aggregate_id=cmd.vm_id)
+
+
+@handles(ConvergeVm)
+def converge_vm(uow: UnitOfWork, cmd: ConvergeVm) -> Outcome:
+    vm = _unchanged_vm(uow, cmd.vm_id, cmd.expected_version)
     # An unsettled VM (a stop that timed out) may still hold its last host.
     last = vm.last_host_id if vm.is_unsettled() else None
     if cmd.to == "Stopped":

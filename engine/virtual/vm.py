@@ -435,6 +435,17 @@ class VirtualMachine(Aggregate):
         require(bool(expected.strip()), "expected must not be empty", field="expected")
         self._drift_observed(observed=observed, expected=expected)
 
+    def request_domain_stop(self, reason: str) -> None:
+        """Its domain was found still there after the log said it went (a
+        destroy's or expunge's work failed or was lost): the effector is
+        asked again to power it off, and to undefine it too if the VM is
+        Expunged. The state stays; the request and its reason are in the
+        VM's history (automation/convergence.py asks)."""
+        require_reason(reason)
+        if self.state not in ("Destroyed", "Expunged"):
+            raise self._refuse("request the domain stopped of")
+        self._domain_stop_requested(reason=reason)
+
     def set_ha(self, enabled: bool, priority: int) -> None:
         require(0 <= priority <= 1000, "ha_priority must be 0-1000", field="ha_priority")
         if self.state in ("Expunging", "Expunged"):
@@ -580,6 +591,10 @@ class VirtualMachine(Aggregate):
     @event("DriftObserved")
     def _drift_observed(self, observed: str, expected: str) -> None:
         self.last_error = f"the hypervisor shows {observed}; the engine recorded {expected}"
+
+    @event("DomainStopRequested")
+    def _domain_stop_requested(self, reason: str) -> None:
+        self.last_error = reason
 
     @event("Scaled")
     def _scaled(self, cpus: int, ram_mb: int) -> None:

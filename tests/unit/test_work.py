@@ -35,6 +35,7 @@ def event(ce_type: str, version: int = 4, data: bytes = b"{}") -> CloudEvent:
         ("io.cloudengine.vm.rebooted.v1", "vm.reboot"),
         ("io.cloudengine.vm.destroyed.v1", "vm.destroy"),
         ("io.cloudengine.vm.expunge_requested.v1", "vm.expunge"),
+        ("io.cloudengine.vm.domain_stop_requested.v1", "vm.domain_stop"),
         ("io.cloudengine.volume.creation_requested.v1", "volume.create"),
         ("io.cloudengine.volume.resize_requested.v1", "volume.resize"),
         ("io.cloudengine.volume.revert_requested.v1", "volume.revert"),
