@@ -21,13 +21,25 @@ VMs of a host that is not are HA's, after the fence):
   Stopped if it is absent, shut off or crashed, with the reason. No VM
   stays in a transitional state: a step's deadline ends it in this Error,
   and the next reconcile round settles it.
-- anything else (Destroyed, Expunged with a domain left, unknown domains,
-  volumes): reported as events by the recorder, left alone.
+- recorded Destroyed, domain running (the destroy's work failed or was
+  lost: libvirt unreachable at that moment, a crash between attempts):
+  the effector is asked again to power it off (`vm.domain_stop_requested`
+  with the reason; its capacity was released with the destroy, so a guest
+  left running is an overcommit and a leaked server). Recorded Expunged,
+  domain still defined: asked again to undefine it. Not before the
+  request that should have done it (the destroy, the expunge, or the last
+  such ask) is `stop_grace_s` old: work merely queued in an effector's
+  backlog is not asked twice, and a domain that will not go is asked
+  again at most once a grace.
+- anything else (other Errors, unknown domains, volumes): reported as
+  events by the recorder, left alone.
 """
 
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
+from datetime import UTC, datetime
 from typing import Any, Literal
 from uuid import UUID
 
@@ -38,7 +50,7 @@ from cloud_engine.automation.sender import Sender
 from cloud_engine.bus.cloudevents import CloudEvent
 from cloud_engine.bus.consumer import ConsumerConfig, EventConsumer, MemoryDeduplicator
 from cloud_engine.bus.naming import parse_type, topic_for
-from cloud_engine.engine.commands.liveness import ConvergeVm
+from cloud_engine.engine.commands.liveness import ConvergeVm, RequestVmDomainStop
 from cloud_engine.engine.commands.operations import VmOperation
 from cloud_engine.engine.fabric.host import Host
 from cloud_engine.engine.service import CommandService
@@ -49,6 +61,12 @@ log = structlog.get_logger("automation.convergence")
 
 ACTOR = "automation:convergence"
 _STOPPED = frozenset({"absent", "shutoff", "crashed"})
+# How long the request that should have removed a domain (a destroy, an
+# expunge, a previous ask) is left to work before convergence asks again.
+STOP_GRACE_S = 30.0
+# The VM's events that asked an effector to power off or undefine its domain
+# (an expunge that failed had tried to).
+_ASKED = frozenset({"Destroyed", "Expunged", "ExpungeFailed", "DomainStopRequested"})
 
 
 class _Drift(msgspec.Struct):
@@ -68,9 +86,20 @@ def convergence_config(bootstrap: str, prefix: str) -> ConsumerConfig:
 
 
 class Converger:
-    def __init__(self, service: CommandService, store: EventStore, config: ConsumerConfig) -> None:
+    def __init__(
+        self,
+        service: CommandService,
+        store: EventStore,
+        config: ConsumerConfig,
+        *,
+        stop_grace_s: float = STOP_GRACE_S,
+        now: Callable[[], datetime] = lambda: datetime.now(UTC),
+    ) -> None:
         self.service = service
         self.store = store
+        self.stop_grace_s = stop_grace_s
+        self.now = now
+        self.domain_stops = 0  # leftover domains this converger asked to stop
         self.consumer = EventConsumer(config, self.handle, MemoryDeduplicator())
         self._send = Sender(service, ACTOR, log, refused="not_converged", recorded="converged")
 
@@ -127,6 +156,39 @@ class Converger:
                 ),
                 key,
             )
+        elif (vm.state == "Destroyed" and observed == "running") or (
+            vm.state == "Expunged" and observed != "absent"
+        ):
+            await self._stop_leftover(vm, host, observed, key)
+
+    async def _stop_leftover(self, vm: VirtualMachine, host: Host, observed: str, key: str) -> None:
+        """A domain still there after the log said it went: the effector is
+        asked again, once the request that should have done it had its grace."""
+        asked = await asyncio.to_thread(self._last_asked, vm.id)
+        age_s = None if asked is None else (self.now() - asked).total_seconds()
+        fields = dict(vm_id=str(vm.id), host=host.name, state=vm.state, observed=observed)
+        if age_s is not None and age_s < self.stop_grace_s:
+            # Its work may still wait in an effector's backlog.
+            log.info("domain_stop_deferred", asked_s_ago=round(age_s, 1), **fields)
+            return
+        action = "power it off" if vm.state == "Destroyed" else "power it off and undefine it"
+        reason = (
+            f"its domain was found {observed} on host {host.name} though the VM is"
+            f" {vm.state}: the effector is asked again to {action}"
+        )
+        if await self._send(
+            RequestVmDomainStop(vm_id=vm.id, reason=reason, expected_version=vm.version),
+            f"{key}/domain-stop",
+        ):
+            self.domain_stops += 1
+            log.warning("domain_stop_requested", reason=reason, **fields)
+
+    def _last_asked(self, vm_id: UUID) -> datetime | None:
+        """When the VM's domain was last asked to go (None: never)."""
+        for event in reversed(self.store.events_of(vm_id)):
+            if type(event).__name__ in _ASKED:
+                return event.timestamp  # type: ignore[attr-defined, no-any-return]
+        return None
 
     async def _settle(self, vm: VirtualMachine, host: Host, observed: str, key: str) -> None:
         """A start or stop that timed out: the record becomes what the

@@ -10,7 +10,7 @@ import contextlib
 import asyncpg
 import structlog
 
-from cloud_engine.automation.convergence import Converger, convergence_config
+from cloud_engine.automation.convergence import STOP_GRACE_S, Converger, convergence_config
 from cloud_engine.automation.fencing import Fencer
 from cloud_engine.automation.ha import HaRunner
 from cloud_engine.automation.heartbeat import HeartbeatSource, PoolHeartbeats
@@ -38,6 +38,7 @@ class Automation:
         check_s: float = 1.0,
         heartbeat_timeout_s: float = 4.0,
         up_after_s: float = 10.0,
+        stop_grace_s: float = STOP_GRACE_S,
     ) -> None:
         self.service = service
         self.store = store
@@ -47,7 +48,9 @@ class Automation:
         self.check_s = check_s
         self.heartbeat_timeout_s = heartbeat_timeout_s
         self.up_after_s = up_after_s
-        self.converger = Converger(service, store, convergence_config(bootstrap, prefix))
+        self.converger = Converger(
+            service, store, convergence_config(bootstrap, prefix), stop_grace_s=stop_grace_s
+        )
         self.ha: HaRunner | None = None
 
     async def run(self, stop: asyncio.Event) -> None:

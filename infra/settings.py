@@ -67,6 +67,9 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     # every operation_sweep_s.
     operation_step_deadline_s: Annotated[float, msgspec.Meta(gt=0)] = 600.0
     operation_sweep_s: Annotated[float, msgspec.Meta(gt=0, le=3600)] = 5.0
+    # Convergence asks an effector again to stop a destroyed VM's domain
+    # found running only once the destroy (or the last such ask) is this old.
+    convergence_stop_grace_s: Annotated[float, msgspec.Meta(ge=0)] = 30.0
     # Where `up` and `cloud-engine api` serve the HTTP API (flags override).
     api_host: str = "127.0.0.1"
     api_port: Annotated[int, msgspec.Meta(ge=0, le=65535)] = 8080

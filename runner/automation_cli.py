@@ -59,6 +59,7 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
                 fencer,
                 heartbeat_timeout_s=args.heartbeat_timeout,
                 up_after_s=args.up_after,
+                stop_grace_s=settings.convergence_stop_grace_s,
             )
             run_component(automation.run, settings.event_loop)
     finally:

@@ -208,7 +208,13 @@ def _up(settings: Settings, signals: StopSignals) -> int:
             actors["automation"] = Supervised(
                 "automation",
                 lambda: Automation(
-                    service, store, infra.target, infra.bootstrap, settings.topic_prefix, fencer
+                    service,
+                    store,
+                    infra.target,
+                    infra.bootstrap,
+                    settings.topic_prefix,
+                    fencer,
+                    stop_grace_s=settings.convergence_stop_grace_s,
                 ),
                 restarts,
             )
