@@ -102,6 +102,32 @@ def test_vm_start_stop_expunge_are_idempotent(executor, hypervisor, libvirt_uri,
     assert domains_with_uuid(hypervisor, vm_id) == []
 
 
+def test_vm_domain_stop_powers_off_a_destroyed_vm_and_undefines_an_expunged_one(
+    executor, hypervisor, libvirt_uri
+):
+    plan = vm_plan(libvirt_uri)
+    vm_id = plan.vm.id
+    assert executor.run(work("vm.start", vm_id, 3), plan).outcome == "succeeded"
+    destroyed = msgspec.structs.replace(
+        plan, vm=msgspec.structs.replace(plan.vm, state="Destroyed", version=6)
+    )
+    stop = work("vm.domain_stop", vm_id, 6)
+    results = [executor.run(stop, destroyed) for _ in range(2)]  # a repeat is a no-op
+    assert [(r.outcome, r.observed) for r in results] == [("succeeded", "shutoff")] * 2, [
+        r.error for r in results
+    ]
+    (domain,) = domains_with_uuid(hypervisor, vm_id)  # still defined: recoverable
+    assert domain.state()[0] == libvirt.VIR_DOMAIN_SHUTOFF
+
+    domain.create()  # running again, its VM expunged meanwhile
+    expunged = msgspec.structs.replace(
+        plan, vm=msgspec.structs.replace(plan.vm, state="Expunged", version=9)
+    )
+    gone = executor.run(work("vm.domain_stop", vm_id, 9), expunged)
+    assert (gone.outcome, gone.observed) == ("succeeded", "absent"), gone.error
+    assert domains_with_uuid(hypervisor, vm_id) == []
+
+
 def test_migrate_between_hosts_of_one_hypervisor_and_to_an_unreachable_one(
     executor, hypervisor, libvirt_uri
 ):
