@@ -12,7 +12,9 @@ Whatever the outcome, the hosts are observed before anything is reported
 (compute/migration.py): a migration asked again after the effector was
 killed, or one libvirt reported failed, is reported as where the guest
 runs: succeeded when on the destination (the engine moves the record and
-the capacity), failed with libvirt's error when on the source.
+the capacity), failed with libvirt's error when on the source. A VM whose
+migration step timed out in the engine (unsettled between the hosts) is
+only observed, never migrated again: the answer settles it.
 """
 
 from __future__ import annotations
@@ -69,7 +71,16 @@ def migrate(executor: Executor, item: WorkItem, plan: VmPlan) -> str:
         return observed.state
     source = executor.hypervisor(plan.host.libvirt_uri)
     destination = executor.hypervisor(target.libvirt_uri)
-    if settle(ComputeDriver(source), ComputeDriver(destination), plan.vm.id) == "source":
+    where = settle(ComputeDriver(source), ComputeDriver(destination), plan.vm.id)
+    if where == "source" and plan.vm.state != "Migrating":
+        # Asked again after the engine's deadline passed (the VM unsettled
+        # between the two hosts): the engine waits for where the guest
+        # runs, not for a migration nobody is waiting for any more.
+        raise Unsupported(
+            f"vm {plan.vm.id} stayed on host {plan.host.id}: its migration's deadline"
+            " passed before it moved"
+        )
+    if where == "source":
         # The destination's networks exist before the guest arrives; its
         # DHCP learns the guest's NICs only once it runs there.
         vm_network.realise(executor, there, dhcp=False)

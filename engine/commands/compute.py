@@ -16,6 +16,7 @@ from cloud_engine.engine.aggregate import require
 from cloud_engine.engine.commands.base import Command, Outcome, handles
 from cloud_engine.engine.lookups import load_ref, require_enabled_zone, require_new_id
 from cloud_engine.engine.operations import release
+from cloud_engine.engine.operations.vm_migrate import settle_late
 from cloud_engine.engine.unit_of_work import UnitOfWork
 from cloud_engine.engine.virtual.template import Template
 from cloud_engine.engine.virtual.vm import VirtualMachine, VmSpec
@@ -229,13 +230,22 @@ def request_vm_migration(uow: UnitOfWork, cmd: RequestVmMigration) -> Outcome:
 
 @handles(CompleteVmMigration)
 def complete_vm_migration(uow: UnitOfWork, cmd: CompleteVmMigration) -> Outcome:
-    _vm(uow, cmd.vm_id).migration_completed()
+    vm = _vm(uow, cmd.vm_id)
+    # After the step's deadline no operation holds it: the source is freed here.
+    late, source = vm.is_unsettled_migration(), vm.last_host_id
+    vm.migration_completed()
+    if late:
+        settle_late(uow, vm, free=source)
     return Outcome(aggregate_id=cmd.vm_id)
 
 
 @handles(FailVmMigration)
 def fail_vm_migration(uow: UnitOfWork, cmd: FailVmMigration) -> Outcome:
-    _vm(uow, cmd.vm_id).migration_failed(cmd.reason)
+    vm = _vm(uow, cmd.vm_id)
+    late, target = vm.is_unsettled_migration(), vm.migration_target_id
+    vm.migration_failed(cmd.reason)
+    if late:
+        settle_late(uow, vm, free=target)
     return Outcome(aggregate_id=cmd.vm_id)
 
 

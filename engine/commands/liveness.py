@@ -185,19 +185,23 @@ def request_vm_domain_stop(uow: UnitOfWork, cmd: RequestVmDomainStop) -> Outcome
 @handles(ConvergeVm)
 def converge_vm(uow: UnitOfWork, cmd: ConvergeVm) -> Outcome:
     vm = _unchanged_vm(uow, cmd.vm_id, cmd.expected_version)
-    # An unsettled VM (a stop that timed out) may still hold its last host.
+    # An unsettled VM (a stop that timed out) may still hold its last host,
+    # and one whose live migration timed out its destination too.
     last = vm.last_host_id if vm.is_unsettled() else None
+    target = vm.migration_target_id if vm.is_unsettled() else None
     if cmd.to == "Stopped":
         held = vm.host_id or last
         vm.converge("Stopped", cmd.reason)
         release_on(uow, held, vm)
+        release_on(uow, target, vm)
     else:
         if cmd.host_id is None:
             raise Conflict(f"converging vm {vm.id} to Running needs the host it runs on")
         host = load_ref(uow, Host, cmd.host_id, "host_id")
         if vm.id not in host.reservations:
             host.reserve(vm.id, vm.spec.cpus, vm.spec.ram_mb)
-        if last is not None and last != host.id:
-            release_on(uow, last, vm)
+        for held_before in (last, target):
+            if held_before is not None and held_before != host.id:
+                release_on(uow, held_before, vm)
         vm.converge("Running", cmd.reason, cmd.host_id)
     return Outcome(aggregate_id=vm.id)

@@ -109,9 +109,30 @@ class VmMigrate(PlacedVmKind):
         if not op.done("place"):
             failed(uow, op, reason)
             return
+        if timed_out and vm.state == "Migrating" and not vm.migrating_stopped:
+            # The effector may still be moving it, or have moved it with its
+            # answer on the way: guessing the source (as this did) left
+            # guests running on the destination with the record elsewhere.
+            # Both hosts stay reserved until the answer or the reconciler
+            # says where it runs (settle_late).
+            vm.timed_out(f"{reason}; where it runs is settled by what the hosts show")
+            failed(uow, op, reason)
+            return
         if timed_out and vm.state == "Migrating":
             vm.migration_failed(reason)
         _settle(uow, op, vm)
+
+
+def settle_late(uow: UnitOfWork, vm: VirtualMachine, *, free: UUID | None) -> None:
+    """A timed-out live migration settled (the effector's late answer, or
+    the destination seen running): the host it does not run on (free)
+    gives its reservation back, and its affinity group sees it where it
+    runs."""
+    release_on(uow, free, vm)
+    if vm.affinity_group is not None and vm.host_id is not None:
+        group = uow.find(affinity.AffinityGroup, affinity.group_id(vm.account, vm.affinity_group))
+        if group is not None:
+            group.restore(vm.id, vm.host_id)
 
 
 def _move(uow: UnitOfWork, volume: Volume, host: Host, pool_id: UUID | None) -> None:

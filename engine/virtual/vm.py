@@ -15,7 +15,11 @@ audited two-step operator decision rather than a silent state flip. One
 Error is not a broken VM but an unknown outcome: a start or stop whose step
 timed out (timed_out(), unsettled). That one converges to what the
 hypervisor shows (converge(), from automation's convergence), so no VM
-stays in a transitional state past its deadline.
+stays in a transitional state past its deadline. A live migration that
+timed out is unsettled too, between two hosts: it keeps its
+migration_target_id, and the effector's late answer (migration_completed
+or migration_failed, which say where the guest runs) or the destination
+seen running settles it.
 
 Refusals that depend on the lifecycle, including the sub-states "placed" and
 "unplaced" of Allocated, raise InvalidTransition; malformed values raise
@@ -69,7 +73,7 @@ VM_TRANSITIONS: Final[Mapping[str, tuple[VmState, ...]]] = MappingProxyType(
         "expunged": ("Expunging",),
         "expunge_failed": ("Expunging",),
         "fail": ("Allocated", "Starting", "Stopping", "Migrating"),
-        "timed_out": ("Starting", "Stopping"),
+        "timed_out": ("Starting", "Stopping", "Migrating"),
     }
 )
 
@@ -381,13 +385,20 @@ class VirtualMachine(Aggregate):
         self._migration_requested(target_host_id)
 
     def migration_completed(self) -> None:
+        if self.is_unsettled_migration():
+            # The effector's answer came after the step's deadline: it
+            # observed the guest on the destination before answering.
+            assert self.migration_target_id is not None
+            self._migration_completed(self.migration_target_id)
+            return
         self._require("migration_completed")
         if self.migration_target_id is None:  # unreachable: Migrating always has one
             raise self._refuse("migration_completed")
         self._migration_completed(self.migration_target_id)
 
     def migration_failed(self, reason: str) -> None:
-        self._require("migration_failed")
+        if not self.is_unsettled_migration():
+            self._require("migration_failed")
         require_reason(reason)
         self._migration_failed(reason)
 
@@ -420,10 +431,15 @@ class VirtualMachine(Aggregate):
         self._failed(reason)
 
     def timed_out(self, reason: str) -> None:
-        """A start or stop got no answer within its deadline: Error, but
-        unsettled (the domain may run or not; convergence records what the
-        hypervisor shows). The capacity stays reserved until it does."""
+        """A start, stop or live migration got no answer within its
+        deadline: Error, but unsettled (the domain may run or not, and a
+        migrating one on either host; convergence or the effector's late
+        answer records what the hypervisor shows). The capacity stays
+        reserved, on both hosts of a migration, until it does."""
         self._require("timed_out")
+        if self.state == "Migrating" and self._stopped_migration():
+            # Its disks are being copied: migration_failed puts it back.
+            raise self._refuse("timed_out")
         require_reason(reason)
         self._timed_out(reason)
 
@@ -476,6 +492,11 @@ class VirtualMachine(Aggregate):
     def is_unsettled(self) -> bool:
         # VMs recorded (and pickled) before timed-out steps were unsettled lack it.
         return self.state == "Error" and bool(getattr(self, "unsettled", False))
+
+    def is_unsettled_migration(self) -> bool:
+        """A live migration that timed out: the guest runs on its last host
+        (the source) or on migration_target_id, both still reserved."""
+        return self.is_unsettled() and self.migration_target_id is not None
 
     def _release_host(self) -> None:
         # A stopped VM that was migrating held its destination, not the
@@ -548,10 +569,12 @@ class VirtualMachine(Aggregate):
             self.host_id = None
         else:
             self.state = "Running"
-            self.last_host_id = self.host_id
+            if self.host_id is not None:  # None: settled after a timeout
+                self.last_host_id = self.host_id
             self.host_id = host_id
         self.migration_target_id = None
         self.migrating_stopped = False
+        self.unsettled = False
 
     @event("MigrationFailed")
     def _migration_failed(self, reason: str) -> None:
@@ -560,8 +583,11 @@ class VirtualMachine(Aggregate):
             self.host_id = None  # it stays on its last host
         else:
             self.state = "Running"
+            if self.host_id is None:  # settled after a timeout: the source
+                self.host_id = self.last_host_id
         self.migration_target_id = None
         self.migrating_stopped = False
+        self.unsettled = False
         self.last_error = reason
 
     @event("Destroyed")
@@ -617,6 +643,7 @@ class VirtualMachine(Aggregate):
         else:
             self.state = "Running"
             self.host_id = host_id
+            self.migration_target_id = None  # an unsettled migration's
 
     @event("RootPoolMoved")
     def _root_pool_moved(self, pool_id: UUID) -> None:
@@ -662,7 +689,10 @@ class VirtualMachine(Aggregate):
 
     @event("TimedOut")
     def _timed_out(self, reason: str) -> None:
+        # A live migration's destination stays: the guest may run there.
+        target = self.migration_target_id
         self.state = "Error"
         self.last_error = reason
         self.unsettled = True
         self._release_host()
+        self.migration_target_id = target
