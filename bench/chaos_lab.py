@@ -30,11 +30,13 @@ HA-enabled VMs elsewhere, the others are recorded Stopped; at the others
 Down (convergence restarts its HA-enabled VMs and records the others
 Stopped, or the fence cuts it again). A host found off that the injector
 did not cut (fenced) is powered on 2 s later, as an operator would. The
-supervisor thread does the powering on. A host where no VM ever ran is
-never cut: it has not defined the shared pool, writes no heartbeat and,
-once fenced, is never declared Up again (automation/liveness.py; two
-runs ended with such a host Down). Operation steps get 60 s instead of
-30 s: with 30 s most first deploys timed out at load 15.
+supervisor thread does the powering on. Only a host writing its heartbeat
+is cut: every host that answers has the cluster's shared pool (the
+effector's reconciler makes it, effectors/host_pools.py), so that is every
+host that is on; before that, a host where no VM ever ran had no pool,
+wrote no heartbeat and, once fenced, stayed Down (two runs ended so).
+Operation steps get 60 s instead of 30 s: with 30 s most first deploys
+timed out at load 15.
 
 The grace also waits for every lab host to be on and Up, no operation in
 the log unfinished and the hypervisors to agree with the read models;
@@ -138,9 +140,8 @@ class LabParts(Parts):
 
     def beating(self) -> list[LabHost]:
         """The hosts that are on and write their heartbeat to the shared
-        pool. One where no VM ever ran has not defined the pool, so it
-        writes none and, once fenced, is never declared Up again
-        (automation/liveness.py): such a host is not cut."""
+        pool (one that is on but has not had its pool made yet is not
+        cut: once fenced it could not be declared Up again)."""
         now = time.time()
         found = []
         for h in self.lab.hosts():
