@@ -124,11 +124,7 @@ class Converger:
         await self.decide(vm, drift.observed)
 
     async def decide(self, vm: VirtualMachine, observed: str) -> None:
-        # A timed-out live migration's drift comes from its destination only
-        # (effectors/drift.py): seen running there.
-        host_id = (
-            vm.migration_target_id if vm.is_unsettled_migration() else vm.host_id or vm.last_host_id
-        )
+        host_id = vm.host_id or vm.last_host_id
         host = await asyncio.to_thread(self.store.load, host_id) if host_id else None
         if not isinstance(host, Host) or host.liveness != "Up":
             return  # a host not Up: its VMs are HA's to deal with

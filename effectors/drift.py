@@ -80,12 +80,13 @@ def compare(host_id: UUID, vms: list[VmView], domains: list[DomainState]) -> lis
             # still holds a name and maybe a running guest.
             drifts.append(_vm_drift(vm, observed, "absent"))
         elif vm.state == "Error" and vm.unsettled and vm.migration_target_id is not None:
-            # A live migration that timed out: only its guest running on the
-            # destination settles it here. On the source, running may be a
-            # migration still under way (the effector answers once it
-            # ends), and absent on one host says nothing of the other.
-            if host_id == vm.migration_target_id and observed == "running":
-                drifts.append(_vm_drift(vm, observed, UNSETTLED))
+            # A live migration that timed out: its work's answer settles it
+            # (this effector's, asked again until it can tell). One host's
+            # view is no answer: running on the source may be a migration
+            # still under way, and a guest settled on the destination from
+            # here would leave the source's paused leftover (only the
+            # migration's settle removes it).
+            pass
         elif vm.state == "Error" and vm.unsettled:
             # A start or stop that timed out: whatever the domain shows is
             # reported, and convergence records it (automation/convergence.py).

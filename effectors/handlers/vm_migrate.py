@@ -24,13 +24,14 @@ from typing import TYPE_CHECKING
 
 from cloud_engine.bus.work import WorkItem
 from cloud_engine.effectors.compute.driver import ComputeDriver, DomainNotRunning
-from cloud_engine.effectors.compute.migration import live_migrate, settle
+from cloud_engine.effectors.compute.migration import RunsTwice, live_migrate, settle
 from cloud_engine.effectors.compute.spec import DomainState
 from cloud_engine.effectors.desired import HostView
 from cloud_engine.effectors.handlers import vm_network
 from cloud_engine.effectors.handlers.base import Handler, shared
 from cloud_engine.effectors.handlers.vm import ERRORS, compute
 from cloud_engine.effectors.handlers.vm_plan import VmPlan, read_migration_plan
+from cloud_engine.effectors.hypervisor import HypervisorError
 from cloud_engine.effectors.mapping import Unsupported, pool_spec
 from cloud_engine.effectors.storage.motion import move_volume
 from cloud_engine.effectors.storage.pools import ensure_pool
@@ -69,9 +70,16 @@ def migrate(executor: Executor, item: WorkItem, plan: VmPlan) -> str:
             raise DomainNotRunning(plan.vm.id, observed.state)
         vm_network.realise(executor, there)
         return observed.state
+    if plan.vm.state != "Migrating":
+        where = _where_it_runs(executor, plan, target)
+    else:
+        where = settle(
+            ComputeDriver(executor.hypervisor(plan.host.libvirt_uri)),
+            ComputeDriver(executor.hypervisor(target.libvirt_uri)),
+            plan.vm.id,
+        )
     source = executor.hypervisor(plan.host.libvirt_uri)
     destination = executor.hypervisor(target.libvirt_uri)
-    where = settle(ComputeDriver(source), ComputeDriver(destination), plan.vm.id)
     if where == "source" and plan.vm.state != "Migrating":
         # Asked again after the engine's deadline passed (the VM unsettled
         # between the two hosts): the engine waits for where the guest
@@ -111,6 +119,21 @@ def migrate(executor: Executor, item: WorkItem, plan: VmPlan) -> str:
     except ERRORS as e:
         raise NotSettled(f"vm {plan.vm.id} runs on host {target.id}; its networks: {e}") from e
     return ComputeDriver(destination).observe(plan.vm.id).state
+
+
+def _where_it_runs(executor: Executor, plan: VmPlan, target: HostView) -> str:
+    """Where the guest of a VM unsettled between its two hosts runs. A host
+    that cannot be asked, or a guest on both, is no answer: a failure would
+    record it on the source, wherever it runs; so it is asked again later
+    (NotSettled is retried), and the engine keeps both hosts reserved."""
+    try:
+        return settle(
+            ComputeDriver(executor.hypervisor(plan.host.libvirt_uri)),
+            ComputeDriver(executor.hypervisor(target.libvirt_uri)),
+            plan.vm.id,
+        )
+    except (HypervisorError, RunsTwice) as e:
+        raise NotSettled(f"vm {plan.vm.id}: where it runs cannot be told yet: {e}") from e
 
 
 def migrate_stopped(executor: Executor, plan: VmPlan, target: HostView) -> str:

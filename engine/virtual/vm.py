@@ -404,6 +404,14 @@ class VirtualMachine(Aggregate):
 
     def destroy(self) -> None:
         self._require("destroy")
+        if self.is_unsettled_migration():
+            # Its guest may run on the destination: a destroy would stop the
+            # source's domain only and free neither host rightly.
+            raise Conflict(
+                f"vm {self.id}: its live migration timed out and where its guest runs is"
+                " not known yet; the effector's answer settles it, then it can be destroyed",
+                field="vm_id",
+            )
         self._destroyed()
 
     def recover(self) -> None:

@@ -13,7 +13,7 @@ from cloud_engine.engine.commands.operations import (
     VmOperation,
 )
 from cloud_engine.engine.commands.storage_fabric import CreateStoragePool
-from cloud_engine.engine.errors import CapacityExceeded, InvalidTransition, Validation
+from cloud_engine.engine.errors import CapacityExceeded, Conflict, InvalidTransition, Validation
 from cloud_engine.engine.fabric.host import Host
 from cloud_engine.engine.fabric.storage_pool import StoragePool
 from cloud_engine.engine.operations.guard import ResourceGuard, guard_id
@@ -223,3 +223,19 @@ def test_resize_reservation_is_checked_against_the_pool(world: World):
         pool.resize_reservation(vm_id, 11 * GIB)
     pool.resize_reservation(vm_id, 2 * GIB)
     assert pool.used_bytes == 2 * GIB
+
+
+def test_an_unsettled_migration_is_not_destroyed_before_its_answer(world: World):
+    # A destroy would stop the source's domain only, free the source alone
+    # and forget the destination, where the guest may run.
+    _, vm_id, target = timed_out_migration(world)
+    with pytest.raises(Conflict, match="not known yet"):
+        world.run(VmOperation(kind="vm.destroy", vm_id=vm_id))
+    vm = world.get(VirtualMachine, vm_id)
+    assert vm.is_unsettled_migration()
+    assert vm_id in world.get(Host, world.host).reservations
+    assert vm_id in world.get(Host, target).reservations
+    world.run(CompleteVmMigration(vm_id=vm_id))
+    world.run(VmOperation(kind="vm.destroy", vm_id=vm_id))
+    assert world.get(VirtualMachine, vm_id).state == "Destroyed"
+    assert world.get(Host, target).reservations == {}

@@ -1,0 +1,86 @@
+"""A migrate work item of a VM whose migration step timed out in the engine
+(unsettled between its two hosts): the effector only tells where the guest
+runs. A host it cannot ask, or a guest on both, is no answer: a failure
+would record the VM on its source wherever its guest runs, so the item is
+retried (NotSettled) instead. Behind fakes: settle() is what the lab tests
+check on real libvirtds."""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+import pytest
+
+from cloud_engine.effectors.compute.migration import RunsTwice
+from cloud_engine.effectors.desired import HostView, VmSize, VmView
+from cloud_engine.effectors.handlers import vm_migrate
+from cloud_engine.effectors.handlers.vm_plan import VmPlan
+from cloud_engine.effectors.hypervisor import HypervisorError
+from cloud_engine.effectors.mapping import Unsupported
+
+
+def host(name: str) -> HostView:
+    return HostView(
+        id=uuid.uuid4(),
+        version=1,
+        name=name,
+        zone_id=uuid.uuid4(),
+        state="Enabled",
+        libvirt_uri=f"qemu+tcp://{name}/system",
+    )
+
+
+def plan(state: str) -> VmPlan:
+    source, target = host("h1"), host("h2")
+    vm = VmView(
+        id=uuid.uuid4(),
+        version=9,
+        name="web",
+        zone_id=source.zone_id,
+        state=state,
+        spec=VmSize(cpus=1, ram_mb=64, root_disk_gb=1),
+        host_id=None,
+        last_host_id=source.id,
+        migration_target_id=target.id,
+        unsettled=True,
+    )
+    return VmPlan(vm=vm, host=source, destination=target)
+
+
+class Executor:
+    def hypervisor(self, uri: str) -> Any:
+        return uri
+
+
+def settling_with(monkeypatch: pytest.MonkeyPatch, outcome: Any) -> None:
+    def settle(*_args: Any, **_kw: Any) -> str:
+        if isinstance(outcome, BaseException):
+            raise outcome
+        return str(outcome)
+
+    monkeypatch.setattr(vm_migrate, "settle", settle)
+
+
+@pytest.mark.parametrize(
+    "error",
+    [
+        HypervisorError("qemu+tcp://h2/system", "lookup", 38, "no route to host"),
+        RunsTwice(uuid.uuid4(), "qemu+tcp://h1/system", "qemu+tcp://h2/system"),
+    ],
+)
+def test_a_host_it_cannot_ask_is_asked_again_not_failed(
+    monkeypatch: pytest.MonkeyPatch, error: Exception
+) -> None:
+    settling_with(monkeypatch, error)
+    with pytest.raises(vm_migrate.NotSettled, match="cannot be told yet"):
+        vm_migrate.migrate(Executor(), None, plan("Error"))  # type: ignore[arg-type]
+
+
+def test_a_guest_that_stayed_on_the_source_is_not_migrated_again(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    settling_with(monkeypatch, "source")
+    monkeypatch.setattr(vm_migrate, "live_migrate", pytest.fail)
+    with pytest.raises(Unsupported, match="stayed on host"):
+        vm_migrate.migrate(Executor(), None, plan("Error"))  # type: ignore[arg-type]
