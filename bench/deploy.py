@@ -114,10 +114,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from deploy_baselines import command_chain, effector_alone
 from deploy_fabric import create_fabric, host_uris, make_template_image, serve
 from deploy_pipeline import STEPS, Results, pipeline_run
-from deploy_processes import Components, CpuMeter, postmaster_pid, wait_until
+from deploy_processes import PARTITIONS, Components, CpuMeter, postmaster_pid, wait_until
 from planner import planner_p99_ms
 
 from cloud_engine.bus.broker import DEFAULT_MEMORY_ENGINE, DevBroker, MemoryEngine
+from cloud_engine.bus.broker_retention import Policy
 from cloud_engine.engine.commands.storage import MarkTemplateDownloaded, RequestTemplateDownload
 from cloud_engine.engine.service import CommandService
 from cloud_engine.engine.store import EventStore
@@ -149,6 +150,14 @@ def main() -> None:
         "--broker-memory-engine", choices=get_args(MemoryEngine), default=DEFAULT_MEMORY_ENGINE,
         help="the dev broker's memory storage: bus.broker_store (retention) or Tansu's own",
     )  # fmt: skip
+    parser.add_argument(
+        "--partitions", type=int, default=PARTITIONS,
+        help="per topic (each consumer's fetch passes over all its partitions, idle or not)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--broker-retention-s", type=float, default=Policy().retention_s,
+        help="with --broker-memory-engine store: its retention period (0: keep all)",
+    )  # fmt: skip
     parser.add_argument("--seed", type=int, default=1, help="the paced arrivals' seed")
     parser.add_argument("--strategy", choices=["first-fit", "dispersing"], default="dispersing")
     parser.add_argument(
@@ -174,14 +183,19 @@ def main() -> None:
     tmp = Path(tempfile.mkdtemp(prefix="cloud-engine-deploy-"))
     make_template_image(tmp / "www")
     pg = EmbeddedPostgres(load_settings(environ={}, data_dir=str(tmp)))
-    broker = DevBroker(log_file=tmp / "broker.log", memory_engine=args.broker_memory_engine)
-    print(f"broker storage: {broker.storage}")
+    broker = DevBroker(
+        log_file=tmp / "broker.log",
+        memory_engine=args.broker_memory_engine,
+        retention=Policy(retention_s=args.broker_retention_s),
+    )
+    retention = f", retention {args.broker_retention_s:g}s" if broker.uses_store else ""
+    print(f"broker storage: {broker.storage}{retention}")
     bootstrap = broker.start()
     store = EventStore(pg.target)
     service = CommandService(store)
     logs = tmp / "logs"
     logs.mkdir()
-    components = Components(pg.target, bootstrap, logs, args.event_loop)
+    components = Components(pg.target, bootstrap, logs, args.event_loop, args.partitions)
     try:
         with serve(tmp / "www") as base_url:
             template_url = f"{base_url}/tiny.qcow2"

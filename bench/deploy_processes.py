@@ -28,9 +28,15 @@ class Components:
     their output goes to a log file each (printed if one fails)."""
 
     def __init__(
-        self, target: DatabaseTarget, bootstrap: str, logs: Path, event_loop: EventLoop = "uvloop"
+        self,
+        target: DatabaseTarget,
+        bootstrap: str,
+        logs: Path,
+        event_loop: EventLoop = "uvloop",
+        partitions: int = PARTITIONS,
     ) -> None:
         self.target = target
+        self.partitions = partitions
         self.event_loop = event_loop
         self.bootstrap = bootstrap
         self.logs = logs
@@ -43,7 +49,7 @@ class Components:
             CLOUD_ENGINE_DATABASE_SCHEMA=self.target.schema,
             CLOUD_ENGINE_KAFKA_BOOTSTRAP=self.bootstrap,
             CLOUD_ENGINE_TOPIC_PREFIX=TOPIC_PREFIX,
-            CLOUD_ENGINE_TOPIC_PARTITIONS=str(PARTITIONS),
+            CLOUD_ENGINE_TOPIC_PARTITIONS=str(self.partitions),
             CLOUD_ENGINE_LOG_LEVEL=level,
             CLOUD_ENGINE_EVENT_LOOP=self.event_loop,
             CLOUD_ENGINE_LOG_FORMAT="console",
