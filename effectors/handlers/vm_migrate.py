@@ -70,7 +70,9 @@ def migrate(executor: Executor, item: WorkItem, plan: VmPlan) -> str:
             raise DomainNotRunning(plan.vm.id, observed.state)
         vm_network.realise(executor, there)
         return observed.state
-    if plan.vm.state != "Migrating":
+    # The engine's step deadline passed (Error, unsettled between the hosts).
+    unsettled = plan.vm.state == "Error" and plan.vm.unsettled
+    if unsettled:
         where = _where_it_runs(executor, plan, target)
     else:
         where = settle(
@@ -80,7 +82,7 @@ def migrate(executor: Executor, item: WorkItem, plan: VmPlan) -> str:
         )
     source = executor.hypervisor(plan.host.libvirt_uri)
     destination = executor.hypervisor(target.libvirt_uri)
-    if where == "source" and plan.vm.state != "Migrating":
+    if where == "source" and unsettled:
         # Asked again after the engine's deadline passed (the VM unsettled
         # between the two hosts): the engine waits for where the guest
         # runs, not for a migration nobody is waiting for any more.
