@@ -27,24 +27,18 @@ import uuid
 import pytest
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from effector_pipeline import (
-    Pipeline,
     domains_with_uuid,
     finish,
     is_running,
     read_topic,
     wait_for,
 )
-from fabric_setup import effector_fabric
-from test_unsettled import Effector, held_by, vm_of
+from test_unsettled import deployed, held_by, vm_of
 
-from cloud_engine.automation.convergence import Converger, convergence_config
 from cloud_engine.bus.naming import topic_for
-from cloud_engine.effectors.naming import Names
 from cloud_engine.effectors.service import effector_config
-from cloud_engine.engine.commands.operations import DeployVm, VmOperation
-from cloud_engine.engine.commands.storage import RequestTemplateDownload
+from cloud_engine.engine.commands.operations import VmOperation
 from cloud_engine.engine.store import EventStore
-from cloud_engine.engine.virtual.vm import VmSpec
 
 pytestmark = [pytest.mark.postgres, pytest.mark.libvirt]
 
@@ -112,38 +106,14 @@ async def test_a_destroyed_vm_s_running_domain_is_stopped_again(
     pg_target, service, store, broker, topic_prefix, libvirt_uri, hypervisor, name_prefix,
     tmp_path, served,
 ):  # fmt: skip
-    pipeline = Pipeline(pg_target, broker, topic_prefix)
-    effector = Effector(pipeline, Names(prefix=name_prefix))
-    try:
-        pipeline.start_engine_side()
-        pipeline.start_recorder(service)
-        pipeline.start_manager(service, store, sweep_interval_s=0.5)
-        effector.start()
-        fabric = await asyncio.to_thread(effector_fabric, service, libvirt_uri, tmp_path, served)
-        await service.execute_async(RequestTemplateDownload(template_id=fabric.template))
-        await wait_for(
-            "template Ready",
-            lambda: getattr(store.load(fabric.template), "state", "") == "Ready",
-            pipeline,
-        )
-        deployed = await service.execute_async(
-            DeployVm(
-                account="acme",
-                name="leftover",
-                zone_id=fabric.zone,
-                template_id=fabric.template,
-                spec=VmSpec(cpus=1, ram_mb=64, root_disk_gb=1),
-                network_ids=(fabric.networks[0],),
-            )
-        )
-        assert (await finish(pipeline, store, deployed.aggregate_id)).status == "succeeded"
-        vm_id = uuid.UUID(str(deployed.value))
+    # The manager's usual step deadline: nothing here waits on a timeout.
+    async with deployed(
+        service, store, broker, topic_prefix, pg_target, libvirt_uri, name_prefix, tmp_path,
+        served, name="leftover", step_deadline_s=600.0, stop_grace_s=GRACE_S,
+    ) as w:  # fmt: skip
+        pipeline, effector, vm_id = w.pipeline, w.effector, w.vm_id
         host_id = vm_of(store, vm_id).host_id
         assert host_id is not None and is_running(hypervisor, vm_id)
-        converger = Converger(
-            service, store, convergence_config(broker, topic_prefix), stop_grace_s=GRACE_S
-        )
-        pipeline.tasks.append(asyncio.create_task(converger.run(pipeline.stop)))
 
         # Destroyed while the effector is away, and its work lost.
         await effector.stop()
@@ -186,10 +156,3 @@ async def test_a_destroyed_vm_s_running_domain_is_stopped_again(
         )
         assert "undefine" in stop_requests(store, vm_id)[-1][1]
         assert vm_of(store, vm_id).state == "Expunged"
-    finally:
-        pipeline.stop.set()
-        if effector.stop_event is not None:
-            effector.stop_event.set()
-        await asyncio.gather(*pipeline.tasks, return_exceptions=True)
-        if effector.task is not None:
-            await asyncio.gather(effector.task, return_exceptions=True)

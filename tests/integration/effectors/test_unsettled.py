@@ -88,6 +88,9 @@ class World(msgspec.Struct):
 async def deployed(
     service, store, broker, topic_prefix, pg_target, libvirt_uri, name_prefix, tmp_path, served,
     hosts: int = 1,
+    name: str = "unsettled",
+    step_deadline_s: float = DEADLINE_S,
+    **converger_options: Any,
 ) -> AsyncIterator[World]:  # fmt: skip
     """The engine side, the recorder, an operation manager with short step
     deadlines, an effector that can be stopped, convergence, and one VM
@@ -103,7 +106,7 @@ async def deployed(
             pg_target,
             manager_config(broker, topic_prefix),
             sweep_interval_s=0.5,
-            step_deadline_s=DEADLINE_S,
+            step_deadline_s=step_deadline_s,
         )
         pipeline.tasks.append(asyncio.create_task(manager.run(pipeline.stop)))
         effector.start()
@@ -119,7 +122,7 @@ async def deployed(
         deployed = await service.execute_async(
             DeployVm(
                 account="acme",
-                name="unsettled",
+                name=name,
                 zone_id=fabric.zone,
                 template_id=fabric.template,
                 spec=VmSpec(cpus=1, ram_mb=64, root_disk_gb=1),
@@ -130,7 +133,9 @@ async def deployed(
         vm_id = uuid.UUID(str(deployed.value))
         # Subscribed once the VM topic exists (a consumer of a topic not yet
         # made would wait for its next metadata refresh).
-        converger = Converger(service, store, convergence_config(broker, topic_prefix))
+        converger = Converger(
+            service, store, convergence_config(broker, topic_prefix), **converger_options
+        )
         pipeline.tasks.append(asyncio.create_task(converger.run(pipeline.stop)))
         yield World(pipeline, effector, vm_id, fabric)
     finally:
