@@ -3,6 +3,8 @@ and (for a migration) the host it moves to, from the read models."""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from types import MappingProxyType
 from uuid import UUID
 
 import msgspec
@@ -21,13 +23,31 @@ from cloud_engine.effectors.handlers import template
 from cloud_engine.effectors.handlers.base import Reads
 from cloud_engine.effectors.handlers.template import TemplateSource
 from cloud_engine.effectors.vm_rows import VmRows
+from cloud_engine.engine.virtual.vm import VM_STATES
 
 log = structlog.get_logger("effectors.handlers.vm")
 
-# The VM's states in which a vm.start work item asks for what no longer holds.
-NOT_TO_START = frozenset({"Stopping", "Stopped", "Destroyed", "Expunging", "Expunged", "Error"})
-# The states in which a vm.domain_stop work item (a leftover domain) still holds.
-LEFT_BEHIND = frozenset({"Destroyed", "Expunged"})
+# The VM's states, by work kind, in which a work item asks for what no
+# longer holds: the log moved on while it waited (a backlog, the effector
+# down), and acting now would change what runs behind the record.
+SUPERSEDED: Mapping[str, frozenset[str]] = MappingProxyType(
+    {
+        # The start failed or timed out, and the VM was stopped, destroyed
+        # or expunged since.
+        "vm.start": frozenset(
+            {"Stopping", "Stopped", "Destroyed", "Expunging", "Expunged", "Error"}
+        ),
+        # The stop failed or timed out, and the VM was recorded running
+        # since (convergence found its domain running) or started again:
+        # a late stop would power off a guest the log says runs.
+        "vm.stop": frozenset({"Allocated", "Starting", "Running", "Migrating", "Error"}),
+        # Recovered (maybe started) since its destroy.
+        "vm.destroy": frozenset({"Allocated", "Starting", "Running", "Stopping", "Stopped"}),
+        # A leftover domain to stop holds only while the VM is Destroyed or
+        # Expunged: recovered (maybe started) since.
+        "vm.domain_stop": frozenset(VM_STATES) - {"Destroyed", "Expunged"},
+    }
+)
 
 
 class VmPlan(msgspec.Struct, frozen=True):
@@ -65,15 +85,9 @@ async def read_plan(reads: Reads, item: WorkItem) -> VmPlan | None:
     vm = models.vm()
     if vm is None or not reads.serves(vm.zone_id):
         return None
-    if (item.kind == "vm.start" and vm.state in NOT_TO_START) or (
-        item.kind == "vm.domain_stop" and vm.state not in LEFT_BEHIND
-    ):
-        # The log moved on while the work waited (a backlog, the effector
-        # down): the start failed or timed out and the VM was stopped,
-        # destroyed or expunged since. Starting it now would run a domain
-        # the log says is not running; its own result would be refused.
-        # Likewise a destroyed VM recovered (maybe started) since its
-        # leftover domain was to be stopped.
+    if vm.state in SUPERSEDED.get(item.kind, ()):
+        # Its own result would be refused too: the engine stopped waiting
+        # for it at its step's deadline or failure.
         log.warning(
             "vm_work_superseded", vm_id=str(vm.id), kind=item.kind, state=vm.state,
             version=item.version, now=vm.version,

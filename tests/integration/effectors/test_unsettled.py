@@ -25,6 +25,7 @@ from fabric_setup import effector_fabric
 from cloud_engine.automation.convergence import Converger, convergence_config
 from cloud_engine.effectors.naming import Names
 from cloud_engine.effectors.service import EffectorService, effector_config
+from cloud_engine.engine.commands.liveness import ConvergeVm
 from cloud_engine.engine.commands.operations import DeployVm, VmOperation
 from cloud_engine.engine.commands.storage import RequestTemplateDownload
 from cloud_engine.engine.fabric.host import Host
@@ -201,6 +202,51 @@ async def test_timed_out_start_and_stop_converge_to_the_hypervisor(
         assert "found shutoff" in (vm.converged_reason or ""), vm.converged_reason
         assert not held_by(store, host_id, vm_id)
         assert not is_running(hypervisor, vm_id)
+
+
+async def test_a_stop_that_timed_out_is_not_carried_out_once_converged_to_running(
+    pg_target, service, store, broker, topic_prefix, libvirt_uri, hypervisor, name_prefix,
+    tmp_path, served,
+):  # fmt: skip
+    # A lab chaos run in CI ended with a VM recorded Running and no domain.
+    # One way there: a stop that waited in a restarted effector's backlog
+    # past its deadline, carried out after convergence had recorded the
+    # guest running. The reboot's step waits 5 s for the guest, then resets.
+    async with deployed(
+        service, store, broker, topic_prefix, pg_target, libvirt_uri, name_prefix, tmp_path,
+        served, step_deadline_s=20.0,
+    ) as w:  # fmt: skip
+        pipeline, effector, vm_id = w.pipeline, w.effector, w.vm_id
+        host_id = vm_of(store, vm_id).host_id
+        await effector.stop()
+        stopping = await service.execute_async(VmOperation(kind="vm.stop", vm_id=vm_id))
+        op = await finish(pipeline, store, stopping.aggregate_id)
+        assert op.status == "failed" and "no answer" in (op.error or ""), op.error
+        vm = vm_of(store, vm_id)
+        assert (vm.state, vm.unsettled) == ("Error", True)
+        # What convergence records on the reconciler's report, before the
+        # effector gets to its backlog: the domain runs.
+        await service.execute_async(
+            ConvergeVm(
+                vm_id=vm_id,
+                to="Running",
+                reason="its domain was found running",
+                host_id=host_id,
+                expected_version=vm.version,
+            )
+        )
+        assert vm_of(store, vm_id).state == "Running"
+
+        # The stop waits in the backlog; the reboot is answered after it (one
+        # VM's work in order), and finds the guest still running.
+        effector.start()
+        rebooted = await service.execute_async(VmOperation(kind="vm.reboot", vm_id=vm_id))
+        op = await finish(pipeline, store, rebooted.aggregate_id)
+        assert op.status == "succeeded", op.error
+        vm = vm_of(store, vm_id)
+        assert (vm.state, vm.host_id) == ("Running", host_id)
+        assert is_running(hypervisor, vm_id)
+        assert held_by(store, host_id, vm_id)
 
 
 async def test_a_timed_out_migration_is_settled_by_the_late_answer(
