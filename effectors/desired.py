@@ -71,6 +71,9 @@ class HostView(msgspec.Struct, frozen=True, kw_only=True):
     underlay_device: str | None = None
     # Up, Suspect or Down as the engine recorded it (automation decides).
     liveness: str = "Up"
+    # Down and fenced: its power was cut, so it runs no guest, whether its
+    # libvirtd answers or not.
+    fenced: bool = False
 
 
 class PoolView(msgspec.Struct, frozen=True, kw_only=True):

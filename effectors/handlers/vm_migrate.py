@@ -21,6 +21,7 @@ from __future__ import annotations
 
 from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING
+from uuid import UUID
 
 from cloud_engine.bus.work import WorkItem
 from cloud_engine.effectors.compute.driver import ComputeDriver, DomainNotRunning
@@ -127,15 +128,25 @@ def _where_it_runs(executor: Executor, plan: VmPlan, target: HostView) -> str:
     """Where the guest of a VM unsettled between its two hosts runs. A host
     that cannot be asked, or a guest on both, is no answer: a failure would
     record it on the source, wherever it runs; so it is asked again later
-    (NotSettled is retried), and the engine keeps both hosts reserved."""
+    (NotSettled is retried), and the engine keeps both hosts reserved. A
+    host Down and fenced runs nothing: only the other is asked, so a host
+    that stays off does not hold the VM unsettled until it is back."""
     try:
-        return settle(
-            ComputeDriver(executor.hypervisor(plan.host.libvirt_uri)),
-            ComputeDriver(executor.hypervisor(target.libvirt_uri)),
-            plan.vm.id,
-        )
+        return settle(_driver(executor, plan.host), _driver(executor, target), plan.vm.id)
     except (HypervisorError, RunsTwice) as e:
         raise NotSettled(f"vm {plan.vm.id}: where it runs cannot be told yet: {e}") from e
+
+
+class _PoweredOff(ComputeDriver):
+    """A fenced host, as settle() sees it: no domain (nothing is asked)."""
+
+    def observe(self, uuid: UUID) -> DomainState:
+        return DomainState(uuid=uuid, exists=False, state="absent")
+
+
+def _driver(executor: Executor, host: HostView) -> ComputeDriver:
+    made = _PoweredOff if host.liveness == "Down" and host.fenced else ComputeDriver
+    return made(executor.hypervisor(host.libvirt_uri))
 
 
 def migrate_stopped(executor: Executor, plan: VmPlan, target: HostView) -> str:

@@ -25,7 +25,13 @@ from fabric_setup import effector_fabric
 from cloud_engine.automation.convergence import Converger, convergence_config
 from cloud_engine.effectors.naming import Names
 from cloud_engine.effectors.service import EffectorService, effector_config
-from cloud_engine.engine.commands.liveness import ConvergeVm
+from cloud_engine.engine.commands.hosts import RegisterHost
+from cloud_engine.engine.commands.liveness import (
+    ConfirmHostDown,
+    ConvergeVm,
+    RecordHostFenced,
+    SuspectHost,
+)
 from cloud_engine.engine.commands.operations import DeployVm, VmOperation
 from cloud_engine.engine.commands.storage import RequestTemplateDownload
 from cloud_engine.engine.fabric.host import Host
@@ -282,4 +288,56 @@ async def test_a_timed_out_migration_is_settled_by_the_late_answer(
         vm = vm_of(store, w.vm_id)
         assert (vm.host_id, vm.migration_target_id, vm.unsettled) == (target, None, False)
         assert held_by(store, target, w.vm_id) and not held_by(store, source, w.vm_id)
+        assert is_running(hypervisor, w.vm_id)
+
+
+async def test_a_timed_out_migration_to_a_host_fenced_since_settles_on_the_source(
+    pg_target, service, store, broker, topic_prefix, libvirt_uri, hypervisor, name_prefix,
+    tmp_path, served,
+):  # fmt: skip
+    # The destination's libvirtd never answers (nothing listens there) and
+    # the host is then Down and fenced: its power was cut, so it runs
+    # nothing. The effector asks only the source; before, it waited for
+    # the fenced host to answer, and the VM stayed unsettled until then.
+    async with deployed(
+        service, store, broker, topic_prefix, pg_target, libvirt_uri, name_prefix, tmp_path,
+        served,
+    ) as w:  # fmt: skip
+        source = vm_of(store, w.vm_id).host_id
+        assert source is not None
+        gone = (
+            await service.execute_async(
+                RegisterHost(
+                    zone_id=w.fabric.zone,
+                    pod_id=w.fabric.pod,
+                    cluster_id=w.fabric.cluster,
+                    name="gone",
+                    cpu_cores=4,
+                    ram_mb=4096,
+                    libvirt_uri="qemu+tcp://127.0.0.1:1/system",
+                )
+            )
+        ).aggregate_id
+        await w.effector.stop()
+        moving = await service.execute_async(
+            VmOperation(kind="vm.migrate", vm_id=w.vm_id, host_id=gone)
+        )
+        op = await finish(w.pipeline, store, moving.aggregate_id)
+        assert op.status == "failed" and "no answer" in (op.error or ""), op.error
+        assert vm_of(store, w.vm_id).is_unsettled_migration()
+        assert held_by(store, source, w.vm_id) and held_by(store, gone, w.vm_id)
+        for command in (
+            SuspectHost(host_id=gone, reason="no heartbeat"),
+            ConfirmHostDown(host_id=gone, reason="no heartbeat"),
+            RecordHostFenced(host_id=gone, fencer="test"),
+        ):
+            await service.execute_async(command)
+
+        w.effector.start()
+        await wait_for(
+            "settled Running", lambda: vm_of(store, w.vm_id).state == "Running", w.pipeline
+        )
+        vm = vm_of(store, w.vm_id)
+        assert (vm.host_id, vm.migration_target_id, vm.unsettled) == (source, None, False)
+        assert held_by(store, source, w.vm_id) and not held_by(store, gone, w.vm_id)
         assert is_running(hypervisor, w.vm_id)

@@ -10,9 +10,12 @@ from __future__ import annotations
 import uuid
 from typing import Any
 
+import msgspec
 import pytest
 
+from cloud_engine.effectors.compute.driver import ComputeDriver
 from cloud_engine.effectors.compute.migration import RunsTwice
+from cloud_engine.effectors.compute.spec import DomainState
 from cloud_engine.effectors.desired import HostView, VmSize, VmView
 from cloud_engine.effectors.handlers import vm_migrate
 from cloud_engine.effectors.handlers.vm_plan import VmPlan
@@ -84,3 +87,59 @@ def test_a_guest_that_stayed_on_the_source_is_not_migrated_again(
     monkeypatch.setattr(vm_migrate, "live_migrate", pytest.fail)
     with pytest.raises(Unsupported, match="stayed on host"):
         vm_migrate.migrate(Executor(), None, plan("Error"))  # type: ignore[arg-type]
+
+
+def observing(monkeypatch: pytest.MonkeyPatch, running: str) -> list[str]:
+    """ComputeDriver.observe behind a fake: the guest runs on the host whose
+    URI names `running`; any other host's libvirtd does not answer. Returns
+    the URIs asked."""
+    asked: list[str] = []
+
+    def observe(self: ComputeDriver, vm_id: uuid.UUID) -> DomainState:
+        uri = str(self.hypervisor)
+        asked.append(uri)
+        if running not in uri:
+            raise HypervisorError(uri, "lookup", 38, "no route to host")
+        return DomainState(uuid=vm_id, exists=True, state="running")
+
+    monkeypatch.setattr(ComputeDriver, "observe", observe)
+    return asked
+
+
+def fenced(host: HostView) -> HostView:
+    return msgspec.structs.replace(host, liveness="Down", fenced=True)
+
+
+def test_a_fenced_destination_runs_nothing_and_is_not_asked(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Its power was cut: whether it ever answers again, the guest runs on
+    # the source or nowhere.
+    asked = observing(monkeypatch, "h1")
+    unsettled = plan("Error")
+    assert unsettled.destination is not None
+    unsettled = msgspec.structs.replace(unsettled, destination=fenced(unsettled.destination))
+    with pytest.raises(Unsupported, match="stayed on host"):
+        vm_migrate.migrate(Executor(), None, unsettled)  # type: ignore[arg-type]
+    assert asked and all("h1" in uri for uri in asked)
+
+
+def test_a_fenced_source_runs_nothing_and_is_not_asked(monkeypatch: pytest.MonkeyPatch) -> None:
+    asked = observing(monkeypatch, "h2")
+    unsettled = plan("Error")
+    assert unsettled.destination is not None
+    unsettled = msgspec.structs.replace(unsettled, host=fenced(unsettled.host))
+    where = vm_migrate._where_it_runs(Executor(), unsettled, unsettled.destination)  # type: ignore[arg-type]
+    assert where == "destination"
+    assert asked and all("h2" in uri for uri in asked)
+
+
+def test_a_host_down_but_not_fenced_is_still_asked(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Down without a fence is no proof its guests are gone: no answer yet.
+    observing(monkeypatch, "h1")
+    unsettled = plan("Error")
+    assert unsettled.destination is not None
+    down = msgspec.structs.replace(unsettled.destination, liveness="Down")
+    unsettled = msgspec.structs.replace(unsettled, destination=down)
+    with pytest.raises(vm_migrate.NotSettled, match="cannot be told yet"):
+        vm_migrate.migrate(Executor(), None, unsettled)  # type: ignore[arg-type]
