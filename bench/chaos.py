@@ -26,8 +26,9 @@ the effector process, so an effector kill is also a reboot of every host
 line. A supervisor thread restarts whatever else exits (chaos_parts.py).
 
 After --seconds (or --faults faults), the faults stop; once every
-operation the clients started has ended and no VM is unsettled (or --grace
-runs out) the components stop and the checks run:
+operation the clients started has ended and no VM is unsettled, at two
+looks 2 s apart with the read models at the log's end (or --grace runs
+out), the components stop and the checks run:
 - every operation in the log ended (succeeded, failed or compensated);
 - no VM or volume in a transitional state, no VM left unsettled (a start
   or stop that timed out, not yet converged to what its domain shows);
@@ -273,7 +274,17 @@ def run(
                 left = [op for c in clients for op in c.unfinished()]
             if left:
                 violations.append(f"{len(left)} operations did not end: {left[:5]}")
-            while not setting.settled(pg.target) and time.monotonic() < deadline:
+            # Settled at two looks in a row, 2 s apart, each with the read
+            # models at the log's end: one look can fall between two steps
+            # still in flight (a drift recorded, convergence's decision not
+            # yet; a read model behind the log).
+            steady = 0
+            while time.monotonic() < deadline:
+                end = store.max_position()
+                caught_up = asyncio.run(wait_projected(pg.target, end, timeout=10))
+                steady = steady + 1 if caught_up and setting.settled(pg.target) else 0
+                if steady == 2:
+                    break
                 pause(parts, 2)
             marks["grace over"] = time.monotonic()
             # The writers first: the effector's reconciler and automation go on
