@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING
 from uuid import UUID
 
 from cloud_engine.bus.work import WorkItem
-from cloud_engine.effectors.compute.driver import ComputeDriver, DomainNotRunning
+from cloud_engine.effectors.compute.driver import ComputeDriver, DomainMissing, DomainNotRunning
 from cloud_engine.effectors.compute.migration import RunsTwice, live_migrate, settle
 from cloud_engine.effectors.compute.spec import DomainState
 from cloud_engine.effectors.desired import HostView
@@ -116,7 +116,8 @@ def migrate(executor: Executor, item: WorkItem, plan: VmPlan) -> str:
                 raise
             forgetting.result()
     executor.fault("after-migrate")
-    vm_network.forget(executor, plan, plan.host, strict=False)  # done, unless redelivered
+    if not _fenced(plan.host):  # a fenced host is not asked (it may never answer)
+        vm_network.forget(executor, plan, plan.host, strict=False)  # done, unless redelivered
     try:
         vm_network.realise(executor, there)
     except ERRORS as e:
@@ -130,11 +131,21 @@ def _where_it_runs(executor: Executor, plan: VmPlan, target: HostView) -> str:
     record it on the source, wherever it runs; so it is asked again later
     (NotSettled is retried), and the engine keeps both hosts reserved. A
     host Down and fenced runs nothing: only the other is asked, so a host
-    that stays off does not hold the VM unsettled until it is back."""
+    that stays off does not hold the VM unsettled until it is back. Except
+    when the fenced one is the source and the destination does not run the
+    guest: a failure would record it Running on a host that is Down, so
+    that one is asked again once the source is back."""
     try:
         return settle(_driver(executor, plan.host), _driver(executor, target), plan.vm.id)
     except (HypervisorError, RunsTwice) as e:
         raise NotSettled(f"vm {plan.vm.id}: where it runs cannot be told yet: {e}") from e
+    except DomainMissing as e:
+        if _fenced(plan.host):
+            raise NotSettled(
+                f"vm {plan.vm.id}: its destination does not run it and its source"
+                f" {plan.host.id} is fenced: asked again once the source is back"
+            ) from e
+        raise
 
 
 class _PoweredOff(ComputeDriver):
@@ -144,8 +155,12 @@ class _PoweredOff(ComputeDriver):
         return DomainState(uuid=uuid, exists=False, state="absent")
 
 
+def _fenced(host: HostView) -> bool:
+    return host.liveness == "Down" and host.fenced
+
+
 def _driver(executor: Executor, host: HostView) -> ComputeDriver:
-    made = _PoweredOff if host.liveness == "Down" and host.fenced else ComputeDriver
+    made = _PoweredOff if _fenced(host) else ComputeDriver
     return made(executor.hypervisor(host.libvirt_uri))
 
 

@@ -23,10 +23,11 @@ from cloud_engine.effectors.handlers import template
 from cloud_engine.effectors.handlers.base import Reads
 from cloud_engine.effectors.handlers.template import TemplateSource
 from cloud_engine.effectors.vm_rows import VmRows
-from cloud_engine.engine.virtual.vm import VM_STATES
 
 log = structlog.get_logger("effectors.handlers.vm")
 
+# The states in which the log has a VM's guest run, or about to.
+_TO_RUN = frozenset({"Starting", "Running", "Stopping", "Migrating"})
 # The VM's states, by work kind, in which a work item asks for what no
 # longer holds: the log moved on while it waited (a backlog, the effector
 # down), and acting now would change what runs behind the record.
@@ -41,11 +42,11 @@ SUPERSEDED: Mapping[str, frozenset[str]] = MappingProxyType(
         # since (convergence found its domain running) or started again:
         # a late stop would power off a guest the log says runs.
         "vm.stop": frozenset({"Allocated", "Starting", "Running", "Migrating", "Error"}),
-        # Recovered (maybe started) since its destroy.
-        "vm.destroy": frozenset({"Allocated", "Starting", "Running", "Stopping", "Stopped"}),
-        # A leftover domain to stop holds only while the VM is Destroyed or
-        # Expunged: recovered (maybe started) since.
-        "vm.domain_stop": frozenset(VM_STATES) - {"Destroyed", "Expunged"},
+        # Recovered and started (or moving) since its destroy: its guest is
+        # to run. Recovered only (Stopped), powering off agrees with the log.
+        "vm.destroy": _TO_RUN,
+        # A leftover domain to stop: likewise.
+        "vm.domain_stop": _TO_RUN,
     }
 )
 
@@ -86,8 +87,8 @@ async def read_plan(reads: Reads, item: WorkItem) -> VmPlan | None:
     if vm is None or not reads.serves(vm.zone_id):
         return None
     if vm.state in SUPERSEDED.get(item.kind, ()):
-        # Its own result would be refused too: the engine stopped waiting
-        # for it at its step's deadline or failure.
+        # Nothing waits for it: a start or stop's operation ended at its
+        # step's deadline or failure; a destroy is done as it is recorded.
         log.warning(
             "vm_work_superseded", vm_id=str(vm.id), kind=item.kind, state=vm.state,
             version=item.version, now=vm.version,

@@ -143,3 +143,18 @@ def test_a_host_down_but_not_fenced_is_still_asked(monkeypatch: pytest.MonkeyPat
     unsettled = msgspec.structs.replace(unsettled, destination=down)
     with pytest.raises(vm_migrate.NotSettled, match="cannot be told yet"):
         vm_migrate.migrate(Executor(), None, unsettled)  # type: ignore[arg-type]
+
+
+def test_a_fenced_source_and_a_destination_without_the_guest_wait_for_the_source(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # A failure would record the VM Running on its source, a host Down:
+    # nothing there judges it (convergence waits for the host to be Up).
+    def observe(self: ComputeDriver, vm_id: uuid.UUID) -> DomainState:
+        return DomainState(uuid=vm_id, exists=False, state="absent")
+
+    monkeypatch.setattr(ComputeDriver, "observe", observe)
+    unsettled = plan("Error")
+    unsettled = msgspec.structs.replace(unsettled, host=fenced(unsettled.host))
+    with pytest.raises(vm_migrate.NotSettled, match=r"source .* is fenced"):
+        vm_migrate.migrate(Executor(), None, unsettled)  # type: ignore[arg-type]
