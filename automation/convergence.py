@@ -21,8 +21,9 @@ VMs of a host that is not are HA's, after the fence):
   Stopped if it is absent, shut off or crashed, with the reason. No VM
   stays in a transitional state: a step's deadline ends it in this Error,
   and the next reconcile round settles it.
-- recorded Destroyed, domain running (the destroy's work failed or was
-  lost: libvirt unreachable at that moment, a crash between attempts):
+- recorded Destroyed, domain running or paused (the destroy's work
+  failed or was lost: libvirt unreachable at that moment, a crash between
+  attempts):
   the effector is asked again to power it off (`vm.domain_stop_requested`
   with the reason; its capacity was released with the destroy, so a guest
   left running is an overcommit and a leaked server). Recorded Expunged,
@@ -61,6 +62,9 @@ log = structlog.get_logger("automation.convergence")
 
 ACTOR = "automation:convergence"
 _STOPPED = frozenset({"absent", "shutoff", "crashed"})
+# A destroyed VM's domain left on: running, or paused (it holds the memory
+# the destroy gave back all the same).
+_LEFT_ON = frozenset({"running", "paused"})
 # How long the request that should have removed a domain (a destroy, an
 # expunge, a previous ask) is left to work before convergence asks again.
 STOP_GRACE_S = 30.0
@@ -156,7 +160,7 @@ class Converger:
                 ),
                 key,
             )
-        elif (vm.state == "Destroyed" and observed == "running") or (
+        elif (vm.state == "Destroyed" and observed in _LEFT_ON) or (
             vm.state == "Expunged" and observed != "absent"
         ):
             await self._stop_leftover(vm, host, observed, key)

@@ -72,8 +72,9 @@ def compare(host_id: UUID, vms: list[VmView], domains: list[DomainState]) -> lis
             if observed in _NOT_RUNNING:
                 drifts.append(_vm_drift(vm, observed, "running"))
         elif vm.state in _MUST_NOT_RUN:
-            # An absent domain is fine: it is defined when the VM starts.
-            if observed == "running":
+            # An absent domain is fine: it is defined when the VM starts. A
+            # destroyed VM's paused one holds memory its host gave back.
+            if observed == "running" or (vm.state == "Destroyed" and observed == "paused"):
                 drifts.append(_vm_drift(vm, observed, "shutoff"))
         elif vm.state == "Expunged" and domain is not None:
             # Expunged means the definition was removed; one left behind

@@ -15,7 +15,7 @@ domain defined again by hand (a definition left behind): convergence asks
 again and the effector undefines it.
 
 Without convergence's rule the domain runs on (the wait for it to stop
-times out).
+times out). A destroyed VM's paused domain is powered off the same way.
 """
 
 from __future__ import annotations
@@ -24,6 +24,7 @@ import asyncio
 import time
 import uuid
 
+import libvirt
 import pytest
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from effector_pipeline import (
@@ -156,3 +157,33 @@ async def test_a_destroyed_vm_s_running_domain_is_stopped_again(
         )
         assert "undefine" in stop_requests(store, vm_id)[-1][1]
         assert vm_of(store, vm_id).state == "Expunged"
+
+
+async def test_a_destroyed_vm_s_paused_domain_is_powered_off(
+    pg_target, service, store, broker, topic_prefix, libvirt_uri, hypervisor, name_prefix,
+    tmp_path, served,
+):  # fmt: skip
+    # A paused leftover holds the memory the destroy gave back as a running
+    # one does. Before, convergence left it alone (reported nothing).
+    async with deployed(
+        service, store, broker, topic_prefix, pg_target, libvirt_uri, name_prefix, tmp_path,
+        served, name="paused", step_deadline_s=600.0, stop_grace_s=GRACE_S,
+    ) as w:  # fmt: skip
+        pipeline, vm_id = w.pipeline, w.vm_id
+        destroyed = await service.execute_async(VmOperation(kind="vm.destroy", vm_id=vm_id))
+        assert (await finish(pipeline, store, destroyed.aggregate_id)).status == "succeeded"
+        await wait_for("the domain stopped", lambda: not is_running(hypervisor, vm_id), pipeline)
+        assert stop_requests(store, vm_id) == []
+
+        # Started again by hand, paused at once.
+        (domain,) = domains_with_uuid(hypervisor, vm_id)
+        await asyncio.to_thread(domain.createWithFlags, libvirt.VIR_DOMAIN_START_PAUSED)
+        await wait_for(
+            "the paused domain powered off",
+            lambda: stop_requests(store, vm_id) != [] and not domain.isActive(),
+            pipeline,
+        )
+        assert ("paused", "shutoff") in drifts(store, vm_id)
+        actor, reason = stop_requests(store, vm_id)[0]
+        assert actor == "automation:convergence" and "found paused" in reason, reason
+        assert vm_of(store, vm_id).state == "Destroyed"

@@ -82,6 +82,15 @@ def test_a_vm_that_must_not_run_and_does_not_is_fine(state, observed):
     assert compare(HOST, [v], [domain(v, observed)]) == []
 
 
+def test_a_destroyed_vm_s_paused_domain_drifts_a_stopped_one_s_does_not():
+    # The destroy gave its memory back; a stopped VM's paused domain is
+    # someone's decision on the host (reported by nobody, as before).
+    gone, stopped = vm("Destroyed", host_id=None), vm("Stopped", host_id=None)
+    (drift,) = compare(HOST, [gone], [domain(gone, "paused")])
+    assert (drift.observed, drift.expected) == ("paused", "shutoff")
+    assert compare(HOST, [stopped], [domain(stopped, "paused")]) == []
+
+
 @pytest.mark.parametrize("state", ["Starting", "Stopping", "Migrating", "Expunging", "Error"])
 @pytest.mark.parametrize("observed", ["running", "shutoff", "crashed", "absent"])
 def test_transitional_and_error_states_are_not_judged(state, observed):
