@@ -39,6 +39,7 @@ from datetime import UTC, datetime
 from typing import Any, Protocol, TypeVar
 from uuid import UUID
 
+import asyncpg
 import libvirt
 import msgspec
 import structlog
@@ -426,6 +427,10 @@ class Reconciler:
             started = time.monotonic()
             try:
                 await self.reconcile_once()
+            except asyncpg.UndefinedTableError:
+                # The projection worker has not made the read models yet (a
+                # first start): not a failure worth a traceback.
+                log.info("read_models_not_ready")
             except Exception:
                 # The read models or the bus being down must not end the
                 # reconciler: the next round tries again.
