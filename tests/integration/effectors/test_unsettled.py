@@ -91,6 +91,16 @@ class World(msgspec.Struct):
     fabric: Any
 
 
+async def with_effector_away(
+    service: Any, store: EventStore, w: World, command: VmOperation
+) -> Any:
+    """The effector stopped, the command's operation once it has ended (at
+    its step's deadline: nothing answers)."""
+    await w.effector.stop()
+    sent = await service.execute_async(command)
+    return await finish(w.pipeline, store, sent.aggregate_id)
+
+
 @contextlib.asynccontextmanager
 async def deployed(
     service, store, broker, topic_prefix, pg_target, libvirt_uri, name_prefix, tmp_path, served,
@@ -169,9 +179,7 @@ async def test_timed_out_start_and_stop_converge_to_the_hypervisor(
         (domain,) = domains_with_uuid(hypervisor, vm_id)
 
         # A start nobody answers: Error at the deadline, unsettled, capacity back.
-        await effector.stop()
-        started = await service.execute_async(VmOperation(kind="vm.start", vm_id=vm_id))
-        op = await finish(pipeline, store, started.aggregate_id)
+        op = await with_effector_away(service, store, w, VmOperation(kind="vm.start", vm_id=vm_id))
         assert op.status == "compensated" and "no answer" in (op.error or ""), op.error
         vm = vm_of(store, vm_id)
         assert (vm.state, vm.unsettled) == ("Error", True)
@@ -191,9 +199,7 @@ async def test_timed_out_start_and_stop_converge_to_the_hypervisor(
 
         # A stop nobody answers: Error at the deadline, the capacity still held
         # (the guest may run); the domain is in fact off: recorded Stopped.
-        await effector.stop()
-        stopping = await service.execute_async(VmOperation(kind="vm.stop", vm_id=vm_id))
-        op = await finish(pipeline, store, stopping.aggregate_id)
+        op = await with_effector_away(service, store, w, VmOperation(kind="vm.stop", vm_id=vm_id))
         assert op.status == "failed" and "no answer" in (op.error or ""), op.error
         vm = vm_of(store, vm_id)
         assert (vm.state, vm.unsettled) == ("Error", True)
@@ -224,9 +230,7 @@ async def test_a_stop_that_timed_out_is_not_carried_out_once_converged_to_runnin
     ) as w:  # fmt: skip
         pipeline, effector, vm_id = w.pipeline, w.effector, w.vm_id
         host_id = vm_of(store, vm_id).host_id
-        await effector.stop()
-        stopping = await service.execute_async(VmOperation(kind="vm.stop", vm_id=vm_id))
-        op = await finish(pipeline, store, stopping.aggregate_id)
+        op = await with_effector_away(service, store, w, VmOperation(kind="vm.stop", vm_id=vm_id))
         assert op.status == "failed" and "no answer" in (op.error or ""), op.error
         vm = vm_of(store, vm_id)
         assert (vm.state, vm.unsettled) == ("Error", True)
@@ -269,11 +273,9 @@ async def test_a_timed_out_migration_is_settled_by_the_late_answer(
     ) as w:  # fmt: skip
         source = vm_of(store, w.vm_id).host_id
         target = next(h for h in w.fabric.hosts if h != source)
-        await w.effector.stop()
-        moving = await service.execute_async(
-            VmOperation(kind="vm.migrate", vm_id=w.vm_id, host_id=target)
+        op = await with_effector_away(
+            service, store, w, VmOperation(kind="vm.migrate", vm_id=w.vm_id, host_id=target)
         )
-        op = await finish(w.pipeline, store, moving.aggregate_id)
         assert op.status == "failed" and "no answer" in (op.error or ""), op.error
         vm = vm_of(store, w.vm_id)
         assert vm.is_unsettled_migration() and vm.migration_target_id == target
@@ -318,11 +320,9 @@ async def test_a_timed_out_migration_to_a_host_fenced_since_settles_on_the_sourc
                 )
             )
         ).aggregate_id
-        await w.effector.stop()
-        moving = await service.execute_async(
-            VmOperation(kind="vm.migrate", vm_id=w.vm_id, host_id=gone)
+        op = await with_effector_away(
+            service, store, w, VmOperation(kind="vm.migrate", vm_id=w.vm_id, host_id=gone)
         )
-        op = await finish(w.pipeline, store, moving.aggregate_id)
         assert op.status == "failed" and "no answer" in (op.error or ""), op.error
         assert vm_of(store, w.vm_id).is_unsettled_migration()
         assert held_by(store, source, w.vm_id) and held_by(store, gone, w.vm_id)
