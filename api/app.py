@@ -149,6 +149,7 @@ def create_app(
         # Single reads and DDL in transactions (transaction-scoped locks
         # only): no session state for a reset round trip to undo.
         pool = await create_pool(target, max_size=pool_size, single_reads=True)
+        unobserve = service.observe(metrics.writer)
         try:
             await _prepare(pool, target.schema)
             owners = Owners(pool, target.schema)
@@ -169,6 +170,7 @@ def create_app(
                 await feed.start()
             yield
         finally:
+            unobserve()
             if feed is not None:
                 await feed.close()
             await pool.close()

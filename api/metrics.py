@@ -20,10 +20,12 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, gene
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 from cloud_engine.engine.operations.operation import FINISHED, OPERATION_STATUSES
+from cloud_engine.engine.service import WriterBatch
 from cloud_engine.infra.tables import events_table, positions_table, table_name
 
 CONTENT_TYPE = CONTENT_TYPE_LATEST
 BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+BATCH_SIZES = (1, 2, 4, 8, 16, 32, 64, 128, 256)
 
 # Unfinished operations are few (the work in flight) and counted on every
 # scrape from the state index. Finished ones pile up for good: counting them
@@ -91,6 +93,41 @@ class ApiMetrics:
             ["relay"],
             registry=self.registry,
         )
+
+        # The command writer of this process (engine/service.py): an accept
+        # is its wait for a batch plus the batch (group commit).
+        self.writer_wait = Histogram(
+            "cloudengine_writer_wait_seconds",
+            "Time a command waited for the command writer to take it into a batch",
+            buckets=BUCKETS,
+            registry=self.registry,
+        )
+        self.writer_batch = Histogram(
+            "cloudengine_writer_batch_seconds",
+            "Time the command writer took for a batch, from its start to its last answer",
+            buckets=BUCKETS,
+            registry=self.registry,
+        )
+        self.writer_batch_commands = Histogram(
+            "cloudengine_writer_batch_commands",
+            "Commands per batch of the command writer",
+            buckets=BATCH_SIZES,
+            registry=self.registry,
+        )
+        self.writer_conflicts = Counter(
+            "cloudengine_writer_conflicts",
+            "Batches run again because another process changed what they read",
+            registry=self.registry,
+        )
+
+    def writer(self, batch: WriterBatch) -> None:
+        """One batch of the command writer (called on its thread)."""
+        self.writer_batch.observe(batch.seconds)
+        self.writer_batch_commands.observe(batch.commands)
+        for wait in batch.waits:
+            self.writer_wait.observe(wait)
+        if batch.conflicts:
+            self.writer_conflicts.inc(batch.conflicts)
 
     def observe(self, method: str, route: str, status: int, seconds: float) -> None:
         code = str(status)

@@ -100,7 +100,7 @@ from cloud_engine.api.resources import BY_TYPE
 from cloud_engine.api.server import ApiServer
 from cloud_engine.engine.commands import CommandContext
 from cloud_engine.engine.commands.operations import DeployVm
-from cloud_engine.engine.service import CommandService
+from cloud_engine.engine.service import CommandService, WriterBatch
 from cloud_engine.engine.store import EventStore
 from cloud_engine.engine.virtual.vm import VirtualMachine, VmSpec
 from cloud_engine.infra.database import DatabaseTarget, EmbeddedPostgres, parse_database_url
@@ -237,6 +237,9 @@ class Timings:
     seconds: float = 0.0  # wall time of the phase
     late: int = 0  # paced sends that waited for the previous response
     reconnects: int = 0  # connections reopened after idling past keep-alive
+    began: float = 0.0  # time.monotonic() (the same clock in every process)
+    ended: float = 0.0
+    writer: str = ""  # the command writer's batches meanwhile (WriterWatch)
 
     @property
     def per_second(self) -> float:
@@ -280,9 +283,37 @@ async def paced(clients: int, rate: float, seconds: float, call: Call, seed: int
             out.ms.append(await call(i))
             due += rng.expovariate(1 / mean)
 
+    out.began = time.monotonic()
     await asyncio.gather(*(client(i) for i in range(clients)))
+    out.ended = time.monotonic()
     out.seconds = seconds
     return out
+
+
+class WriterWatch:
+    """The command writer's batches (CommandService.observe), with when each
+    ended, so a phase's accept latency can be taken apart: the wait for a
+    batch, then the batch (its commit included)."""
+
+    def __init__(self) -> None:
+        self.batches: list[tuple[float, WriterBatch]] = []
+
+    def add(self, batch: WriterBatch) -> None:
+        self.batches.append((time.monotonic(), batch))
+
+    def during(self, t: Timings) -> str:
+        inside = [b for at, b in self.batches if t.began <= at <= t.ended]
+        if not inside:
+            return "no batches"
+        ms = [b.seconds * 1e3 for b in inside]
+        waits = [w * 1e3 for b in inside for w in b.waits]
+        sizes = [float(b.commands) for b in inside]
+        return (
+            f"{len(inside)} batches, {percentile(sizes, 50):.0f} commands (p50),"
+            f" {max(sizes):.0f} at most; batch p50 {percentile(ms, 50):.1f} p99"
+            f" {percentile(ms, 99):.1f} ms; a command's wait for its batch p50"
+            f" {percentile(waits, 50):.1f} p99 {percentile(waits, 99):.1f} ms"
+        )
 
 
 def percentile(values: list[float], p: float) -> float:
@@ -765,6 +796,8 @@ async def run(target: DatabaseTarget, args: argparse.Namespace) -> dict[str, Tim
         del refs, by_account
         settle_heap()  # as `cloud-engine api` does before serving
         pauses = GcPauses()
+        watch = WriterWatch()
+        unobserve = service.observe(watch.add)
 
         results = await asyncio.wait_for(
             service_baseline(
@@ -792,9 +825,12 @@ async def run(target: DatabaseTarget, args: argparse.Namespace) -> dict[str, Tim
             await serving
         print(f"  server: {pauses.take()}", flush=True)
         pauses.close()
+        unobserve()
         if isinstance(got, BaseException):
             raise RuntimeError("the client process failed") from got
         results.update(got)
+        for name in ("baseline accept paced", "accept paced"):
+            results[name].writer = watch.during(results[name])
         return results
     finally:
         service.close()
@@ -809,6 +845,8 @@ def report(results: dict[str, Timings], read_clients: list[int]) -> str:
             print(f"  {timings.late} sends waited for the previous response")
         if timings.reconnects:
             print(f"  {timings.reconnects} requests reconnected first (idle past keep-alive)")
+        if timings.writer:
+            print(f"  writer: {timings.writer}")
 
     def p99(name: str) -> float:
         return percentile(results[name].ms, 99)

@@ -19,11 +19,12 @@ import queue
 import random
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import Future
 from typing import Literal
 from uuid import UUID
 
+import msgspec
 import structlog
 from eventsourcing.persistence import IntegrityError
 
@@ -41,6 +42,20 @@ log = structlog.get_logger("engine.service")
 
 EVENTS_PER_BATCH = 1000
 BatchOutcome = Literal["committed", "conflict", "poisoned"]
+
+
+class WriterBatch(msgspec.Struct, frozen=True):
+    """What one batch of the writer took, for whoever watches it (the API's
+    /metrics): an accept's latency is the wait plus the batch."""
+
+    commands: int
+    seconds: float  # from the batch's start to its last answer
+    # Each command's time from submit() to the batch's start.
+    waits: tuple[float, ...]
+    conflicts: int  # whole-batch retries after a conflict
+
+
+BatchObserver = Callable[[WriterBatch], None]
 
 
 class CommandService:
@@ -66,6 +81,7 @@ class CommandService:
         self._thread = threading.Thread(target=self._run, name="command-writer", daemon=True)
         self._closed = False
         self.stats = {"batches": 0, "commands": 0, "conflicts": 0, "retries": 0}
+        self._observers: list[BatchObserver] = []
         self._thread.start()
 
     # Public API -----------------------------------------------------------
@@ -87,6 +103,16 @@ class CommandService:
         self, command: Command, context: CommandContext | None = None
     ) -> CommandResult:
         return await asyncio.wrap_future(self.submit(command, context))
+
+    def observe(self, observer: BatchObserver) -> Callable[[], None]:
+        """Call observer (on the writer thread) after every batch; returns
+        the call that stops it."""
+        self._observers = [*self._observers, observer]
+
+        def stop() -> None:
+            self._observers = [o for o in self._observers if o is not observer]
+
+        return stop
 
     def close(self) -> None:
         if not self._closed:
@@ -123,6 +149,8 @@ class CommandService:
                 self._process_safely([item])
 
     def _process_safely(self, batch: list[Submission]) -> None:
+        started = time.perf_counter()
+        conflicts = self.stats["conflicts"]
         try:
             self._process(batch)
         except BaseException as error:  # every caller must hear about it
@@ -130,6 +158,19 @@ class CommandService:
             for s in batch:
                 if not s.future.done():
                     s.future.set_exception(error)
+        observers = self._observers
+        if observers:
+            done = WriterBatch(
+                commands=len(batch),
+                seconds=time.perf_counter() - started,
+                waits=tuple(started - s.submitted for s in batch),
+                conflicts=self.stats["conflicts"] - conflicts,
+            )
+            for observer in observers:
+                try:
+                    observer(done)
+                except Exception:  # a watcher's bug must not stop the writer
+                    log.exception("writer_observer_failed")
 
     def _process(self, batch: list[Submission]) -> None:
         # A caller that gave up waiting (a cancelled execute_async) cancelled

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import time
 import uuid
 from collections.abc import Iterator
 from concurrent.futures import Future
@@ -23,11 +24,13 @@ _encoder = msgspec.json.Encoder()
 
 
 class Submission:
-    __slots__ = ("command", "context", "future", "hash", "meta")
+    __slots__ = ("command", "context", "future", "hash", "meta", "submitted")
 
     def __init__(self, command: Command, context: CommandContext) -> None:
         self.command = command
         self.context = context
+        # When it was handed to the writer: its wait for a batch is measured.
+        self.submitted = time.perf_counter()
         self.future: Future[CommandResult] = Future()
         self.hash = b""
         if context.idempotency_key is not None and context.request_digest is not None:

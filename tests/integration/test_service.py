@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 import uuid
 from collections.abc import Iterable
 from uuid import UUID
@@ -246,5 +247,38 @@ def test_deploys_of_new_vms_load_nothing_one_at_a_time(store: EventStore) -> Non
         ops = [store.load(r.aggregate_id) for r in one_by_one + batched]
         assert all(isinstance(op, Operation) and op.kind == "vm.deploy" for op in ops)
         assert len({op.resource_id for op in ops if isinstance(op, Operation)}) == 105
+    finally:
+        service.close()
+
+
+def test_observers_see_every_batch_and_a_failing_one_stops_nothing(store: EventStore) -> None:
+    from concurrent.futures import wait
+
+    from cloud_engine.engine.service import WriterBatch
+
+    seen: list[WriterBatch] = []
+
+    def broken(_batch: WriterBatch) -> None:
+        raise RuntimeError("a watcher's bug")
+
+    service = CommandService(store)
+    try:
+        service.observe(broken)
+        stop = service.observe(seen.append)
+        futures = [service.submit(CreateZone(name=f"o-{i}")) for i in range(20)]
+        wait(futures, timeout=30)
+        assert all(f.result() is not None for f in futures)  # the broken watcher stopped nothing
+        # Observers hear of a batch after its callers were answered.
+        deadline = time.monotonic() + 10
+        while sum(b.commands for b in seen) < 20 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert sum(b.commands for b in seen) == 20
+        assert all(len(b.waits) == b.commands and b.seconds > 0 for b in seen)
+        assert all(w >= 0 for b in seen for w in b.waits)
+        stop()
+        count = len(seen)
+        service.execute(CreateZone(name="after"))
+        service.close()  # the writer is done: any call to observers happened
+        assert len(seen) == count  # stopped: told nothing more
     finally:
         service.close()

@@ -86,6 +86,24 @@ async def test_made_up_methods_share_one_metric_series(api: Api) -> None:
     assert any('method="other"' in line and 'status="405"' in line for line in lines), lines
 
 
+async def test_metrics_show_the_command_writer(api: Api) -> None:
+    before = await _writer_count(api)
+    reply = await api.post("/v1/zones", {"name": "metered"})
+    assert reply.status == 202, reply.body
+    text = (await api.call("GET", "/metrics")).body.decode()
+    assert await _writer_count(api) >= before + 1
+    assert "cloudengine_writer_wait_seconds_count" in text
+    assert "cloudengine_writer_batch_seconds_count" in text
+
+
+async def _writer_count(api: Api) -> float:
+    text = (await api.call("GET", "/metrics")).body.decode()
+    for line in text.splitlines():
+        if line.startswith("cloudengine_writer_batch_commands_sum "):
+            return float(line.split()[1])
+    raise AssertionError("no cloudengine_writer_batch_commands_sum in /metrics")
+
+
 def _failing_submit(error: Exception) -> object:
     def submit(_command: object, _context: object = None) -> Future[object]:
         future: Future[object] = Future()
