@@ -13,10 +13,20 @@ Idempotent, so a killed automation resumes: the run's id is derived from
 the host and its fence, and it lists the VMs it restarts when it begins; a
 VM still recorded Running on the host is converged, and each restart is a
 vm.start whose id is derived from the run and the VM (asked again, it is
-the same operation, never a second start). The run ends once every
-restart has ended; until then the host is not declared up again. Even
-if everything else went wrong, a second QEMU on the same disk is refused
-by the hosts' lock manager (virtlockd, leases on the shared pool).
+the same operation, never a second start). Even if everything else went
+wrong, a second QEMU on the same disk is refused by the hosts' lock
+manager (virtlockd, leases on the shared pool).
+
+The list is fixed when the run begins, but a VM can be recorded Running
+on the host later: a live migration off it that was in flight (Migrating,
+so not listed) and failed puts the VM back on its source when the failure
+is answered, possibly after the run ended. The fence powered it off all
+the same, so every pass, for as long as the host is Down and fenced, looks
+for such late VMs: each is recorded Stopped with the fence as the reason
+and, if HA-enabled, started again, in one command (RecoverLateOnHa) whose
+vm.start id is derived from the run, the VM and the version it was found
+at, so it too is asked once. A pass is done (the host may be declared up
+again) only once the run has ended and no VM is recorded Running there.
 """
 
 from __future__ import annotations
@@ -29,7 +39,12 @@ import structlog
 from cloud_engine.automation.reads import Reads
 from cloud_engine.automation.sender import Sender
 from cloud_engine.engine.commands.base import CommandContext
-from cloud_engine.engine.commands.ha import BeginHaRun, ReportHaRun, RestartOnHa
+from cloud_engine.engine.commands.ha import (
+    BeginHaRun,
+    RecoverLateOnHa,
+    ReportHaRun,
+    RestartOnHa,
+)
 from cloud_engine.engine.commands.liveness import ConvergeVm
 from cloud_engine.engine.errors import DomainError
 from cloud_engine.engine.fabric.host import Host
@@ -61,7 +76,8 @@ class HaRunner:
 
     async def run(self, host: Host) -> bool:
         """One pass for a Down, fenced host (the host as loaded: its fence
-        names the run); True once its host.ha operation has ended."""
+        names the run); True once its host.ha operation has ended and no VM
+        is recorded Running on the host any more."""
         reason = fence_reason(host)
         at = host.fenced_at.isoformat() if host.fenced_at else "unknown"
         ha_id = run_id(host.id, at)
@@ -90,16 +106,28 @@ class HaRunner:
             run = await asyncio.to_thread(self.store.load, ha_id)
             assert isinstance(run, Operation)
             log.info("ha_run_begun", host=host.name, operation_id=str(ha_id), vms=len(ours))
-        if run.finished:
-            return True
-        for vm in vms:
-            if vm.state == "Running" and vm.host_id == host.id:
-                await self._converge(vm, reason)
-        await self._send(ReportHaRun(operation_id=ha_id, stage="recorded"), None)
+        here = [v for v in vms if v.state == "Running" and v.host_id == host.id]
+        # Recorded Running here, but the run restarts none of these: it has
+        # ended, or the VM is HA-enabled and came after the run listed its
+        # VMs. The others are the run's to record.
+        late = [v for v in here if run.finished or (v.ha and v.id not in run.params.vm_ids)]
+        settled = [await self._late(run.id, v, reason) for v in late]
+        if not run.finished:
+            listed = {v.id for v in late}
+            await self._drive(run, [v for v in here if v.id not in listed], reason)
+            run = await asyncio.to_thread(self.store.load, ha_id)
+        return isinstance(run, Operation) and run.finished and all(settled)
+
+    async def _drive(self, run: Operation, running: list[VirtualMachine], reason: str) -> None:
+        """The run's record and restart steps, as far as they go this pass
+        (running: its host's VMs still recorded Running there)."""
+        for vm in running:
+            await self._converge(vm, reason)
+        await self._send(ReportHaRun(operation_id=run.id, stage="recorded"), None)
         failed: list[str] = []
         remaining = 0
         for vm_id in run.params.vm_ids:
-            start = await self._start(ha_id, vm_id, failed)
+            start = await self._start(run.id, vm_id, failed)
             if start is None:
                 continue
             op = await asyncio.to_thread(self.store.load, start)
@@ -109,15 +137,44 @@ class HaRunner:
                 failed.append(f"vm {vm_id}: {op.error or op.status}")
         await self._send(
             ReportHaRun(
-                operation_id=ha_id,
+                operation_id=run.id,
                 stage="restarting",
                 remaining=remaining,
                 failed=tuple(f[:500] for f in failed),
             ),
             None,
         )
-        run = await asyncio.to_thread(self.store.load, ha_id)
-        return isinstance(run, Operation) and run.finished
+
+    async def _late(self, ha_id: UUID, vm: VirtualMachine, reason: str) -> bool:
+        """A VM recorded Running on the fenced host that the run does not
+        restart: recorded Stopped and, if HA-enabled, started again, in one
+        command keyed by the version it was found at (a resumed pass asks
+        nothing twice). True if recorded; refused (it moved on, or an
+        operation holds it), the next pass judges again."""
+        verdict = "restarted (HA)" if vm.ha else "recorded Stopped (not HA-enabled)"
+        why = f"{reason}; it was recorded Running there after its HA run began: {verdict}"
+        context = CommandContext(
+            actor=ACTOR,
+            request_id=f"ha-late-{vm.id}",
+            idempotency_key=f"ha/late/{ha_id}/{vm.id}/{vm.version}",
+        )
+        command = RecoverLateOnHa(
+            operation_id=ha_id, vm_id=vm.id, reason=why[:500], expected_version=vm.version
+        )
+        try:
+            result = await self.service.execute_async(command, context)
+        except DomainError as e:
+            log.warning("ha_late_not_recorded", vm_id=str(vm.id), reason=str(e))
+            return False
+        log.info(
+            "ha_late_vm_recorded_stopped", vm_id=str(vm.id), name=vm.name, ha=vm.ha, reason=why
+        )
+        if result.value is not None:
+            start = UUID(str(result.value))
+            if start not in self.started:
+                self.started.append(start)
+            log.info("ha_late_restart", vm_id=str(vm.id), operation_id=str(start))
+        return True
 
     async def _converge(self, vm: VirtualMachine, reason: str) -> None:
         context = CommandContext(

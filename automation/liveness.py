@@ -11,8 +11,10 @@
   HA touches anything it ran (automation/ha.py).
 - Up: a Suspect host that answers again is Up at once (the recorder); a
   fenced Down host that answers again (host.answered) and whose heartbeat
-  is fresh is declared Up after up_after_s (host.up). An admin may declare
-  any Suspect or Down host up (POST /v1/hosts/{id}/declare-up).
+  is fresh is declared Up after up_after_s (host.up), once its HA run has
+  ended and no VM is recorded Running on it (a late one is HA's first).
+  An admin may declare any Suspect or Down host up (POST
+  /v1/hosts/{id}/declare-up).
 """
 
 from __future__ import annotations
@@ -125,8 +127,9 @@ class LivenessMonitor:
             assert isinstance(host, Host)
         recovered = await self.ha.run(host)
         since = host.answering_since
-        # Up again only once the HA run has ended: its restarts are counted
-        # against the other hosts, and a run is one per fence.
+        # Up again only once the HA run has ended (its restarts are counted
+        # against the other hosts, and a run is one per fence) and no VM is
+        # recorded Running on the host: the fence powered everything off.
         if (
             recovered
             and since is not None

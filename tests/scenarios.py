@@ -47,7 +47,7 @@ from cloud_engine.engine.commands.compute import (
     RequestVmStart,
     RequestVmStop,
 )
-from cloud_engine.engine.commands.ha import BeginHaRun, ReportHaRun, RestartOnHa
+from cloud_engine.engine.commands.ha import BeginHaRun, RecoverLateOnHa, ReportHaRun, RestartOnHa
 from cloud_engine.engine.commands.hosts import (
     DeclareHostDown,
     DeclareHostUp,
@@ -592,6 +592,12 @@ def run_every_command(do: Callable[[typing.Any], Done]) -> None:
     do(ReportHaRun(operation_id=ha, stage="restarting", remaining=1))
     do(FailOperation(operation_id=restart, reason="no host fits"))
     do(ReportHaRun(operation_id=ha, stage="restarting", failed=(f"vm {deployed}: no host fits",)))
+    # Then recorded Running on the fenced host (in life a live migration's
+    # failure answered late): recorded Stopped and, HA-enabled, started again.
+    do(UpdateVmHa(vm_id=deployed, ha=True))
+    do(RequestVmStart(vm_id=deployed, host_id=host))
+    do(MarkVmRunning(vm_id=deployed))
+    do(RecoverLateOnHa(operation_id=ha, vm_id=deployed, reason="host down and fenced"))
 
 
 @functools.cache

@@ -1,7 +1,9 @@
 """Commands of an HA run as an operation (host.ha, engine/operations/
 host_ha.py), sent by automation (automation/ha.py): the run begins once
 the host is fenced (BeginHaRun), restarts each HA-enabled VM under an id
-of its own (RestartOnHa) and reports where it stands (ReportHaRun)."""
+of its own (RestartOnHa) and reports where it stands (ReportHaRun). A VM
+recorded Running on the host after the run listed its VMs is recorded
+Stopped and, if HA-enabled, started again in one step (RecoverLateOnHa)."""
 
 from __future__ import annotations
 
@@ -11,17 +13,19 @@ from uuid import UUID
 import msgspec
 
 from cloud_engine.engine.commands.base import Command, Outcome, handles
+from cloud_engine.engine.commands.liveness import ConvergeVm, converge_vm
 from cloud_engine.engine.commands.maintenance import start_fabric_operation
 from cloud_engine.engine.commands.operations import VmOperation, vm_operation
 from cloud_engine.engine.errors import Conflict, Validation
 from cloud_engine.engine.fabric.host import Host
 from cloud_engine.engine.lookups import load_ref
 from cloud_engine.engine.operations import guard
-from cloud_engine.engine.operations.host_ha import HostHa, restart_id
+from cloud_engine.engine.operations.host_ha import HostHa, late_restart_id, restart_id
 from cloud_engine.engine.operations.kind import Request
 from cloud_engine.engine.operations.operation import Operation
 from cloud_engine.engine.operations.registry import kind_of
 from cloud_engine.engine.unit_of_work import UnitOfWork
+from cloud_engine.engine.virtual.vm import VirtualMachine
 
 Finding = Annotated[str, msgspec.Meta(min_length=1, max_length=500)]
 
@@ -38,6 +42,22 @@ class RestartOnHa(Command, frozen=True, kw_only=True):
 
     operation_id: UUID
     vm_id: UUID
+
+
+class RecoverLateOnHa(Command, frozen=True, kw_only=True):
+    """A VM recorded Running on the run's host (Down and fenced) that the
+    run does not restart itself: recorded Stopped with the reason, its
+    capacity there given back, and, if HA-enabled, started again through
+    a vm.start whose id is derived from the run, the VM and its version
+    (late_restart_id), all in one transaction: sent as two commands, an
+    automation killed between them would leave the VM Stopped, with
+    nothing Running there for its next pass to find. expected_version: as
+    ConvergeVm's (refused if the VM moved on since it was found)."""
+
+    operation_id: UUID
+    vm_id: UUID
+    reason: Annotated[str, msgspec.Meta(min_length=1, max_length=500)]
+    expected_version: int | None = None
 
 
 class ReportHaRun(Command, frozen=True, kw_only=True):
@@ -73,6 +93,39 @@ def restart_on_ha(uow: UnitOfWork, cmd: RestartOnHa) -> Outcome:
     if uow.find(Operation, start) is not None:
         return Outcome(aggregate_id=start, value=str(cmd.vm_id))
     return vm_operation(uow, VmOperation(kind="vm.start", vm_id=cmd.vm_id, operation_id=start))
+
+
+@handles(RecoverLateOnHa)
+def recover_late_on_ha(uow: UnitOfWork, cmd: RecoverLateOnHa) -> Outcome:
+    """Outcome: the VM, and its vm.start's id as the value (None: not HA-enabled)."""
+    run = _run(uow, cmd.operation_id)
+    host = uow.get(Host, run.resource_id)
+    if host.liveness != "Down" or not host.fenced:
+        # Only the fence says nothing runs there any more.
+        raise Conflict(f"host {host.name} is {host.liveness}, fenced: {host.fenced}", owner=host.id)
+    if not run.finished and cmd.vm_id in run.params.vm_ids:
+        raise Validation(
+            f"vm {cmd.vm_id} is one HA run {run.id} restarts itself (RestartOnHa)", field="vm_id"
+        )
+    vm = load_ref(uow, VirtualMachine, cmd.vm_id, "vm_id")
+    if vm.state != "Running" or vm.host_id != host.id:
+        raise Conflict(
+            f"vm {vm.id} is {vm.state} on host {vm.host_id}, not Running on host {host.id}",
+            owner=vm.id,
+        )
+    # Derived before the converge moves the version on: the version it was
+    # found Running at names this start, so asking again never makes a second.
+    start = late_restart_id(run.id, vm.id, vm.version)
+    converge_vm(
+        uow,
+        ConvergeVm(
+            vm_id=vm.id, to="Stopped", reason=cmd.reason, expected_version=cmd.expected_version
+        ),
+    )
+    if not vm.ha:
+        return Outcome(aggregate_id=vm.id)
+    vm_operation(uow, VmOperation(kind="vm.start", vm_id=vm.id, operation_id=start))
+    return Outcome(aggregate_id=vm.id, value=str(start))
 
 
 @handles(ReportHaRun)

@@ -20,6 +20,15 @@ One run per fence: its id is derived from the host and the fence's time
 (automation/ha.py), and it holds the host's guard, so no maintenance
 starts on a host being recovered. Its steps wait on vm.start operations
 that have deadlines of their own, so it has none.
+
+Its list is fixed when it begins, but a VM can still come to be recorded
+Running on the host afterwards: a live migration off it that was in flight
+(Migrating, so not listed) and whose failure is answered late puts the VM
+back on its source. The fence powered it off all the same, so such a late
+VM is recorded Stopped and, if HA-enabled, started again under an id
+derived from the run, the VM and the version it was judged at
+(late_restart_id; RecoverLateOnHa, engine/commands/ha.py), for as long as
+the host is Down and fenced, whether or not the run has ended.
 """
 
 from __future__ import annotations
@@ -45,6 +54,13 @@ def run_id(host_id: UUID, fence: str) -> UUID:
 def restart_id(run: UUID, vm_id: UUID) -> UUID:
     """The one vm.start an HA run asks for a VM."""
     return uuid.uuid5(run, f"start:{vm_id}")
+
+
+def late_restart_id(run: UUID, vm_id: UUID, version: int) -> UUID:
+    """The one vm.start an HA run asks for a VM that was recorded Running on
+    its host after it began (version: the VM's, as it was found Running
+    there; a VM that comes back there later is found at another version)."""
+    return uuid.uuid5(run, f"late-start:{vm_id}/{version}")
 
 
 class HostHa(OperationKind[Host]):
