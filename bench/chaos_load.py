@@ -10,12 +10,12 @@ import random
 import re
 import threading
 import time
-import urllib.error
-import urllib.request
 import uuid
 from collections import Counter, defaultdict
 from dataclasses import dataclass
 from typing import Any
+
+from api_http import send
 
 FINISHED = ("succeeded", "failed", "compensated")
 
@@ -70,32 +70,32 @@ class Client(threading.Thread):
         Idempotency-Key until answered."""
         key = str(uuid.uuid4())
         while True:
-            request = urllib.request.Request(f"{self.api}{path}", method=method)
-            request.add_header("Authorization", f"Bearer {self.token}")
-            if method == "POST":
-                request.add_header("Idempotency-Key", key)
-            if body is not None:
-                request.data = json.dumps(body).encode()
-                request.add_header("Content-Type", "application/json")
             try:
-                with urllib.request.urlopen(request, timeout=30) as reply:
-                    return reply.status, json.loads(reply.read() or b"{}")
-            except urllib.error.HTTPError as error:
-                raw = error.read()
-                try:
-                    reply = json.loads(raw or b"{}")
-                except ValueError:
-                    reply = None
-                if reply is None or error.code == 500:
-                    # Never an answer: a 500 or a body that is no problem
-                    # document is a violation; the command is sent again.
-                    self.errors.append(f"{method} {path} answered {error.code}: {raw[:200]!r}")
-                elif error.code not in (502, 503, 504):
-                    return error.code, reply
+                status, raw = send(
+                    method,
+                    f"{self.api}{path}",
+                    self.token,
+                    body,
+                    key=key if method == "POST" else None,
+                    timeout=30,
+                )
             except (OSError, http.client.HTTPException):
                 # The API is down, or was killed mid-answer (IncompleteRead):
                 # a supervisor starts it again, and the same key is sent.
-                pass
+                time.sleep(0.3)
+                continue
+            if 200 <= status < 300:
+                return status, json.loads(raw or b"{}")
+            try:
+                reply = json.loads(raw or b"{}")
+            except ValueError:
+                reply = None
+            if reply is None or status == 500:
+                # Never an answer: a 500 or a body that is no problem
+                # document is a violation; the command is sent again.
+                self.errors.append(f"{method} {path} answered {status}: {raw[:200]!r}")
+            elif status not in (502, 503, 504):
+                return status, reply
             time.sleep(0.3)
 
     def refuse(self, status: int, path: str, reply: Any) -> None:

@@ -39,7 +39,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import math
 import os
 import statistics
@@ -48,7 +47,6 @@ import sys
 import tempfile
 import threading
 import time
-import urllib.error
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime
@@ -59,6 +57,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import psutil
+from api_http import call
 from deploy_fabric import create_fabric, host_uris, make_template_image, serve
 from deploy_processes import Components, postmaster_pid, wait_until
 
@@ -104,16 +103,7 @@ class Api:
         self.base, self.token, self.zone, self.template = base, token, zone, template
 
     def call(self, method: str, path: str, body: Any = None) -> tuple[int, Any]:
-        request = urllib.request.Request(f"{self.base}{path}", method=method)
-        request.add_header("Authorization", f"Bearer {self.token}")
-        if body is not None:
-            request.data = json.dumps(body).encode()
-            request.add_header("Content-Type", "application/json")
-        try:
-            with urllib.request.urlopen(request, timeout=60) as reply:
-                return reply.status, json.loads(reply.read() or b"{}")
-        except urllib.error.HTTPError as error:
-            return error.code, json.loads(error.read() or b"{}")
+        return call(method, f"{self.base}{path}", self.token, body, timeout=60)
 
     def operation(self, path: str, body: Any) -> tuple[str, float, dict[str, Any]]:
         """Submit; wait for the operation to end; (its state, seconds from

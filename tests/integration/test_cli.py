@@ -3,20 +3,23 @@
 from __future__ import annotations
 
 import asyncio
-import json
 import os
 import signal
 import subprocess
 import sys
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 from aiokafka import AIOKafkaConsumer
 
 from cloud_engine.bus.cloudevents import from_record
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "bench"))
+
+# A bench module (bench/ on the path); the other `up` tests import http from here.
+from api_http import call as http
 
 pytestmark = pytest.mark.postgres
 
@@ -145,19 +148,6 @@ async def _wait_hosts_projected(pgdata) -> int:
         return int(count)
     finally:
         await conn.close()
-
-
-def http(method: str, url: str, token: str, body: dict | None = None) -> tuple[int, dict]:
-    request = urllib.request.Request(url, method=method, data=None)
-    request.add_header("Authorization", f"Bearer {token}")
-    if body is not None:
-        request.data = json.dumps(body).encode()
-        request.add_header("Content-Type", "application/json")
-    try:
-        with urllib.request.urlopen(request, timeout=30) as reply:
-            return reply.status, json.loads(reply.read() or b"{}")
-    except urllib.error.HTTPError as error:
-        return error.code, json.loads(error.read() or b"{}")
 
 
 def until(what: str, check, timeout: float = 90.0):
