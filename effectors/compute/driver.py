@@ -54,6 +54,7 @@ from cloud_engine.effectors.compute.spec import (
     DomainState,
     Outcome,
     PowerState,
+    absent_domain,
 )
 from cloud_engine.effectors.hypervisor import Hypervisor, HypervisorError
 
@@ -116,10 +117,6 @@ class DomainNotRunning(Exception):
         self.state = state
 
 
-def _absent(uuid: UUID) -> DomainState:
-    return DomainState(uuid=uuid, exists=False, state="absent")
-
-
 def _read(uuid: UUID, dom: Any) -> DomainState:
     code, _reason = dom.state()
     return DomainState(
@@ -141,7 +138,7 @@ class ComputeDriver:
             except libvirt.libvirtError as e:
                 # Also covers the domain vanishing between lookup and state().
                 if e.get_error_code() == libvirt.VIR_ERR_NO_DOMAIN:
-                    return _absent(uuid)
+                    return absent_domain(uuid)
                 raise
 
         return self.hypervisor.call("observe", fn)

@@ -48,6 +48,11 @@ class DomainState(msgspec.Struct, frozen=True, kw_only=True):
     name: str | None = None
 
 
+def absent_domain(uuid: UUID) -> DomainState:
+    """What is observed of a domain its host does not have."""
+    return DomainState(uuid=uuid, exists=False, state="absent")
+
+
 class Outcome(msgspec.Struct, frozen=True, kw_only=True):
     changed: bool
     state: DomainState

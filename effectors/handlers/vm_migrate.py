@@ -26,7 +26,7 @@ from uuid import UUID
 from cloud_engine.bus.work import WorkItem
 from cloud_engine.effectors.compute.driver import ComputeDriver, DomainMissing, DomainNotRunning
 from cloud_engine.effectors.compute.migration import RunsTwice, live_migrate, settle
-from cloud_engine.effectors.compute.spec import DomainState
+from cloud_engine.effectors.compute.spec import DomainState, absent_domain
 from cloud_engine.effectors.desired import HostView
 from cloud_engine.effectors.handlers import vm_network
 from cloud_engine.effectors.handlers.base import Handler, shared
@@ -152,7 +152,7 @@ class _PoweredOff(ComputeDriver):
     """A fenced host, as settle() sees it: no domain (nothing is asked)."""
 
     def observe(self, uuid: UUID) -> DomainState:
-        return DomainState(uuid=uuid, exists=False, state="absent")
+        return absent_domain(uuid)
 
 
 def _fenced(host: HostView) -> bool:
