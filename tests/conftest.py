@@ -16,6 +16,7 @@ import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
+import msgspec
 import psycopg
 import pytest
 from psycopg import sql
@@ -74,6 +75,16 @@ def pg_target(pg_server: DatabaseTarget) -> Iterator[DatabaseTarget]:
 
 
 @pytest.fixture
+def broker_database(pg_server: DatabaseTarget) -> Iterator[DatabaseTarget]:
+    """A database of this test's own for the dev broker's objects (its store,
+    bus.broker_store, creates it on first start); dropped after the test."""
+    target = msgspec.structs.replace(pg_server, dbname=f"tansu_{uuid.uuid4().hex[:10]}")
+    yield target
+    with psycopg.connect(pg_server.conninfo(), autocommit=True) as conn:
+        conn.execute(sql.SQL("DROP DATABASE IF EXISTS {}").format(sql.Identifier(target.dbname)))
+
+
+@pytest.fixture
 def store(pg_target: DatabaseTarget) -> Iterator[EventStore]:
     event_store = EventStore(pg_target, pool_size=4)
     yield event_store
@@ -97,6 +108,15 @@ def broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         yield bootstrap
     finally:
         dev_broker.stop()
+
+
+@pytest.fixture
+def own_broker(tmp_path: Path) -> Iterator[DevBroker]:
+    """A dev broker of this test's own (memory only, its log in tmp_path),
+    started, for a test that restarts, empties or freezes it; stopped after
+    the test."""
+    with DevBroker(log_file=tmp_path / "broker.log") as started:
+        yield started
 
 
 @pytest.fixture

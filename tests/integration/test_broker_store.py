@@ -9,13 +9,10 @@ import http.client
 import re
 import subprocess
 import sys
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
-import psycopg
 import pytest
-from psycopg import sql
 
 from cloud_engine.infra.database import DatabaseTarget
 
@@ -148,19 +145,6 @@ class TestMemoryStore(StoreContract):
 @pytest.mark.postgres
 class TestPostgresStore(StoreContract):
     @pytest.fixture
-    def store(self, pg_server: DatabaseTarget) -> Iterator[Client]:
-        target = DatabaseTarget(
-            host=pg_server.host,
-            port=pg_server.port,
-            user=pg_server.user,
-            password=pg_server.password,
-            dbname=f"store_{uuid.uuid4().hex[:10]}",
-        )
-        try:
-            with _running("--database-url", target.url()) as client:
-                yield client
-        finally:
-            with psycopg.connect(pg_server.conninfo(), autocommit=True) as conn:
-                conn.execute(
-                    sql.SQL("DROP DATABASE IF EXISTS {}").format(sql.Identifier(target.dbname))
-                )
+    def store(self, broker_database: DatabaseTarget) -> Iterator[Client]:
+        with _running("--database-url", broker_database.url()) as client:
+            yield client

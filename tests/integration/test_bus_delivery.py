@@ -254,10 +254,9 @@ async def test_relay_killed_mid_batch_loses_nothing_and_consumers_dedupe(
 
 
 async def test_broker_restarted_empty_is_detected_and_consumers_converge(
-    pg_target: DatabaseTarget, store: EventStore, service: CommandService, tmp_path
+    pg_target: DatabaseTarget, store: EventStore, service: CommandService, own_broker: DevBroker
 ):
-    own = DevBroker(log_file=tmp_path / "broker.log")
-    bootstrap = own.start()
+    bootstrap = own_broker.bootstrap
     prefix = "restart"
     dedupe = MemoryDeduplicator()
     state: dict[str, str] = {}
@@ -293,7 +292,7 @@ async def test_broker_restarted_empty_is_detected_and_consumers_converge(
             "first delivery",
         )
 
-        own.restart_empty()  # the dev broker keeps nothing
+        own_broker.restart_empty()  # the dev broker keeps nothing
         for zone_id in zones[:10]:  # these become Enabled
             service.execute(EnableZone(zone_id=zone_id))
         await wait_until(lambda: relay.stats.republishes >= 1, 30, "the relay to notice")
@@ -317,4 +316,3 @@ async def test_broker_restarted_empty_is_detected_and_consumers_converge(
         consumer.stop()
         stop.set()
         await asyncio.gather(consumer_task, relay_task, return_exceptions=True)
-        own.stop()

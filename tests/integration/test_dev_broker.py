@@ -11,16 +11,12 @@ import socket
 import subprocess
 import sys
 import time
-import uuid
-from collections.abc import Iterator
 from pathlib import Path
 
 import asyncpg
 import msgspec
-import psycopg
 import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
-from psycopg import sql
 
 from cloud_engine.bus.broker import BrokerError, BrokerState, DevBroker, broker_binary
 from cloud_engine.bus.broker_retention import Policy
@@ -32,22 +28,6 @@ pytestmark = pytest.mark.postgres
 
 TOPIC = "durable.events"
 RECORDS = 300
-
-
-@pytest.fixture
-def broker_db(pg_server: DatabaseTarget) -> Iterator[DatabaseTarget]:
-    """A database of this test's own for the broker's objects (the store
-    creates it on first start)."""
-    target = DatabaseTarget(
-        host=pg_server.host,
-        port=pg_server.port,
-        user=pg_server.user,
-        password=pg_server.password,
-        dbname=f"tansu_{uuid.uuid4().hex[:10]}",
-    )
-    yield target
-    with psycopg.connect(pg_server.conninfo(), autocommit=True) as conn:
-        conn.execute(sql.SQL("DROP DATABASE IF EXISTS {}").format(sql.Identifier(target.dbname)))
 
 
 async def _produce(bootstrap: str, count: int) -> None:
@@ -110,13 +90,13 @@ async def _ends(bootstrap: str) -> dict[TopicPartition, int]:
 
 
 def test_durable_broker_keeps_topics_records_and_committed_offsets(
-    broker_db: DatabaseTarget, tmp_path: Path
+    broker_database: DatabaseTarget, tmp_path: Path
 ) -> None:
     # Retention off: everything is read back from the start at the end,
     # however long the group joins take (test_dev_broker_retention.py).
     broker = DevBroker(
         log_file=tmp_path / "broker.log",
-        database=broker_db,
+        database=broker_database,
         state_dir=tmp_path,
         retention=Policy(retention_s=0),
     )
@@ -145,17 +125,12 @@ def test_durable_broker_keeps_topics_records_and_committed_offsets(
         broker.stop()
 
 
-def test_memory_broker_still_forgets(tmp_path: Path) -> None:
+def test_memory_broker_still_forgets(own_broker: DevBroker) -> None:
     """The broker-loss tests' broker: a restart comes back empty."""
-    broker = DevBroker(log_file=tmp_path / "broker.log")
-    bootstrap = broker.start()
-    try:
-        asyncio.run(_produce(bootstrap, 10))
-        broker.restart_empty()
-        consumer_topics = asyncio.run(_topics(bootstrap))
-        assert TOPIC not in consumer_topics
-    finally:
-        broker.stop()
+    asyncio.run(_produce(own_broker.bootstrap, 10))
+    own_broker.restart_empty()
+    consumer_topics = asyncio.run(_topics(own_broker.bootstrap))
+    assert TOPIC not in consumer_topics
 
 
 async def _topics(bootstrap: str) -> set[str]:
@@ -238,12 +213,12 @@ def _starter(database: DatabaseTarget, state_dir: Path) -> tuple[subprocess.Pope
 
 
 def test_a_broker_another_live_process_runs_is_not_taken_over(
-    broker_db: DatabaseTarget, tmp_path: Path
+    broker_database: DatabaseTarget, tmp_path: Path
 ) -> None:
-    starter, pids = _starter(broker_db, tmp_path)
+    starter, pids = _starter(broker_database, tmp_path)
     try:
         with pytest.raises(BrokerError, match="another `up`"):
-            DevBroker(database=broker_db, state_dir=tmp_path).start()
+            DevBroker(database=broker_database, state_dir=tmp_path).start()
         assert all(_alive(p) for p in pids)
     finally:
         starter.kill()
@@ -252,9 +227,9 @@ def test_a_broker_another_live_process_runs_is_not_taken_over(
 
 
 def test_broker_and_store_end_with_a_starter_killed_outright(
-    broker_db: DatabaseTarget, tmp_path: Path
+    broker_database: DatabaseTarget, tmp_path: Path
 ) -> None:
-    starter, pids = _starter(broker_db, tmp_path)
+    starter, pids = _starter(broker_database, tmp_path)
     try:
         starter.send_signal(signal.SIGKILL)
         starter.wait(10)

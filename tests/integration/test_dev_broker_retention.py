@@ -8,14 +8,10 @@ import asyncio
 import http.client
 import re
 import time
-import uuid
-from collections.abc import Iterator
 from pathlib import Path
 
-import psycopg
 import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
-from psycopg import sql
 
 from cloud_engine.bus.broker import DevBroker
 from cloud_engine.bus.broker_retention import Policy
@@ -30,23 +26,13 @@ LATER = 5  # produced after the retention ran
 
 
 @pytest.fixture(params=["memory", pytest.param("postgres", marks=pytest.mark.postgres)])
-def broker_db(request: pytest.FixtureRequest) -> Iterator[DatabaseTarget | None]:
+def broker_db(request: pytest.FixtureRequest) -> DatabaseTarget | None:
     """Where the store keeps the objects: a database of this test's own, or
     its memory (None)."""
     if request.param == "memory":
-        yield None
-        return
-    pg_server: DatabaseTarget = request.getfixturevalue("pg_server")
-    target = DatabaseTarget(
-        host=pg_server.host,
-        port=pg_server.port,
-        user=pg_server.user,
-        password=pg_server.password,
-        dbname=f"tansu_{uuid.uuid4().hex[:10]}",
-    )
-    yield target
-    with psycopg.connect(pg_server.conninfo(), autocommit=True) as conn:
-        conn.execute(sql.SQL("DROP DATABASE IF EXISTS {}").format(sql.Identifier(target.dbname)))
+        return None
+    target: DatabaseTarget = request.getfixturevalue("broker_database")
+    return target
 
 
 def _batches_stored(broker: DevBroker) -> int:

@@ -13,7 +13,6 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
-from pathlib import Path
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
@@ -43,37 +42,33 @@ async def stored_values(bootstrap: str) -> list[bytes]:
 
 
 async def test_a_failed_session_drops_the_batches_queued_behind_the_failed_one(
-    tmp_path: Path,
+    own_broker: DevBroker,
 ) -> None:
-    broker = DevBroker(log_file=tmp_path / "broker.log")
-    bootstrap = broker.start()
+    bootstrap = own_broker.bootstrap
+    await ensure_topics(bootstrap, [TOPIC], 1)
+    producer = AIOKafkaProducer(
+        bootstrap_servers=bootstrap,
+        acks="all",
+        linger_ms=0,
+        request_timeout_ms=int(BATCH_TTL_S * 1000),
+    )
+    await producer.start()
+    await producer.send_and_wait(TOPIC, b"before", partition=0)
+    pid = own_broker._process.pid  # type: ignore[union-attr]
+    os.kill(pid, signal.SIGSTOP)
     try:
-        await ensure_topics(bootstrap, [TOPIC], 1)
-        producer = AIOKafkaProducer(
-            bootstrap_servers=bootstrap,
-            acks="all",
-            linger_ms=0,
-            request_timeout_ms=int(BATCH_TTL_S * 1000),
-        )
-        await producer.start()
-        await producer.send_and_wait(TOPIC, b"before", partition=0)
-        pid = broker._process.pid  # type: ignore[union-attr]
-        os.kill(pid, signal.SIGSTOP)
-        try:
-            in_flight = await producer.send(TOPIC, b"in flight", partition=0)
-            async with asyncio.timeout(10):
-                while not producer._sender._in_flight:
-                    await asyncio.sleep(0.01)
-            # Queued: its partition is muted while the first is in flight.
-            queued = await producer.send(TOPIC, b"queued", partition=0)
-            await _abort(producer)
-            # Failed, not left pending: stop() would wait on them for good.
-            assert in_flight.done() and queued.done()
-        finally:
-            os.kill(pid, signal.SIGCONT)
-        await asyncio.wait_for(producer.stop(), 30)
-        values = await stored_values(bootstrap)
-        assert values[0] == b"before"
-        assert b"queued" not in values, values
+        in_flight = await producer.send(TOPIC, b"in flight", partition=0)
+        async with asyncio.timeout(10):
+            while not producer._sender._in_flight:
+                await asyncio.sleep(0.01)
+        # Queued: its partition is muted while the first is in flight.
+        queued = await producer.send(TOPIC, b"queued", partition=0)
+        await _abort(producer)
+        # Failed, not left pending: stop() would wait on them for good.
+        assert in_flight.done() and queued.done()
     finally:
-        broker.stop()
+        os.kill(pid, signal.SIGCONT)
+    await asyncio.wait_for(producer.stop(), 30)
+    values = await stored_values(bootstrap)
+    assert values[0] == b"before"
+    assert b"queued" not in values, values
