@@ -77,6 +77,18 @@ def test_an_answer_cut_short_is_asked_again_with_the_same_key(no_pause: None) ->
     assert c.errors == []
 
 
+def test_an_error_answer_cut_short_is_asked_again_with_the_same_key(no_pause: None) -> None:
+    problem = b'{"title": "busy"}'
+    api = Api(
+        [answer("409 Conflict", problem[:3], length=len(problem)), answer("202 Accepted", BODY)]
+    )
+    c = client(api.url)
+    status, _ = c.call("POST", "/v1/vms", {"name": "x"})
+    assert status == 202
+    assert len(api.keys) == 2 and api.keys[0] == api.keys[1] != ""
+    assert c.errors == []
+
+
 def test_a_500_is_a_violation_and_the_command_is_sent_again(no_pause: None) -> None:
     api = Api([answer("500 Internal Server Error", b"boom"), answer("202 Accepted", BODY)])
     c = client(api.url)
