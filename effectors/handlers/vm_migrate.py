@@ -131,19 +131,20 @@ def _where_it_runs(executor: Executor, plan: VmPlan, target: HostView) -> str:
     record it on the source, wherever it runs; so it is asked again later
     (NotSettled is retried), and the engine keeps both hosts reserved. A
     host Down and fenced runs nothing: only the other is asked, so a host
-    that stays off does not hold the VM unsettled until it is back. Except
-    when the fenced one is the source and the destination does not run the
-    guest: a failure would record it Running on a host that is Down, so
-    that one is asked again once the source is back."""
+    that stays off does not hold the VM unsettled until it is back. When
+    the fenced one is the source and the destination does not run the
+    guest, it runs nowhere: the failure records it Running on its source,
+    where HA records it Stopped (and starts it again if HA-enabled), as
+    for any VM found on a fenced host after its HA run (automation/ha.py)."""
     try:
         return settle(_driver(executor, plan.host), _driver(executor, target), plan.vm.id)
     except (HypervisorError, RunsTwice) as e:
         raise NotSettled(f"vm {plan.vm.id}: where it runs cannot be told yet: {e}") from e
     except DomainMissing as e:
         if _fenced(plan.host):
-            raise NotSettled(
+            raise Unsupported(
                 f"vm {plan.vm.id}: its destination does not run it and its source"
-                f" {plan.host.id} is fenced: asked again once the source is back"
+                f" {plan.host.id} is fenced: it runs nowhere"
             ) from e
         raise
 

@@ -145,16 +145,18 @@ def test_a_host_down_but_not_fenced_is_still_asked(monkeypatch: pytest.MonkeyPat
         vm_migrate.migrate(Executor(), None, unsettled)  # type: ignore[arg-type]
 
 
-def test_a_fenced_source_and_a_destination_without_the_guest_wait_for_the_source(
+def test_a_fenced_source_and_a_destination_without_the_guest_is_a_failure(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    # A failure would record the VM Running on its source, a host Down:
-    # nothing there judges it (convergence waits for the host to be Up).
+    # The guest runs nowhere: the failure records the VM Running on its
+    # fenced source, where HA records it Stopped (tests/integration/
+    # test_ha_late.py), rather than holding it unsettled until the source
+    # is back, which may be never.
     def observe(self: ComputeDriver, vm_id: uuid.UUID) -> DomainState:
         return DomainState(uuid=vm_id, exists=False, state="absent")
 
     monkeypatch.setattr(ComputeDriver, "observe", observe)
     unsettled = plan("Error")
     unsettled = msgspec.structs.replace(unsettled, host=fenced(unsettled.host))
-    with pytest.raises(vm_migrate.NotSettled, match=r"source .* is fenced"):
+    with pytest.raises(Unsupported, match=r"source .* is fenced: it runs nowhere"):
         vm_migrate.migrate(Executor(), None, unsettled)  # type: ignore[arg-type]
