@@ -10,8 +10,13 @@ VMs of a host that is not are HA's, after the fence):
 - recorded Running, domain absent, shut off or crashed: HA-enabled ->
   recorded Stopped with the reason and started again (`vm.start`, the
   planner may pick another host); otherwise recorded Stopped with the
-  reason. A paused domain is left alone (reported only): paused is a
-  decision someone took on the host, not a failure.
+  reason. One command (ConvergeVm with restart_if_ha), one transaction:
+  as two, an automation killed between them would leave an HA VM Stopped
+  for good (the drift, delivered again, was judged at a version the VM
+  has left). The start's id is derived from the VM and the version it was
+  judged at, so asked again it is never a second start. A paused domain
+  is left alone (reported only): paused is a decision someone took on
+  the host, not a failure.
 - recorded Stopped (or Allocated), domain running on its host: recorded
   Running there, its capacity reserved (the guest serves users; stopping
   it would be the engine overruling the hypervisor). If the host has no
@@ -51,8 +56,11 @@ from cloud_engine.automation.sender import Sender
 from cloud_engine.bus.cloudevents import CloudEvent
 from cloud_engine.bus.consumer import ConsumerConfig, EventConsumer, MemoryDeduplicator
 from cloud_engine.bus.naming import parse_type, topic_for
-from cloud_engine.engine.commands.liveness import ConvergeVm, RequestVmDomainStop
-from cloud_engine.engine.commands.operations import VmOperation
+from cloud_engine.engine.commands.liveness import (
+    ConvergeVm,
+    RequestVmDomainStop,
+    converge_restart_id,
+)
 from cloud_engine.engine.fabric.host import Host
 from cloud_engine.engine.service import CommandService
 from cloud_engine.engine.store import EventStore
@@ -138,13 +146,16 @@ class Converger:
         elif vm.state == "Running" and observed in _STOPPED:
             verdict = "restarted (HA)" if vm.ha else "recorded Stopped (not HA-enabled)"
             reason = f"its domain was found {observed} on host {host.name}: {verdict}"
-            if not await self._send(
-                ConvergeVm(vm_id=vm.id, to="Stopped", reason=reason, expected_version=vm.version),
-                key,
-            ):
-                return
-            if vm.ha:
-                await self._send(VmOperation(kind="vm.start", vm_id=vm.id), f"{key}/start")
+            converge = ConvergeVm(
+                vm_id=vm.id,
+                to="Stopped",
+                reason=reason,
+                expected_version=vm.version,
+                restart_if_ha=True,
+            )
+            if await self._send(converge, key) and vm.ha:
+                start = converge_restart_id(vm.id, vm.version)
+                log.info("converge_restart", vm_id=str(vm.id), operation_id=str(start))
         elif vm.state == "Stopped" and observed == "running":
             reason = (
                 f"its domain was found running on host {host.name}: recorded Running"

@@ -597,7 +597,17 @@ def run_every_command(do: Callable[[typing.Any], Done]) -> None:
     do(UpdateVmHa(vm_id=deployed, ha=True))
     do(RequestVmStart(vm_id=deployed, host_id=host))
     do(MarkVmRunning(vm_id=deployed))
-    do(RecoverLateOnHa(operation_id=ha, vm_id=deployed, reason="host down and fenced"))
+    late = do(RecoverLateOnHa(operation_id=ha, vm_id=deployed, reason="host down and fenced"))
+    # That start finds no room; started by hand, the VM's domain is then
+    # found off: recorded Stopped and, HA-enabled, started again at once.
+    do(FailOperation(operation_id=UUID(str(late.value)), reason="no host fits"))
+    do(RequestVmStart(vm_id=deployed, host_id=host))
+    do(MarkVmRunning(vm_id=deployed))
+    do(
+        ConvergeVm(
+            vm_id=deployed, to="Stopped", reason="its domain was found shutoff", restart_if_ha=True
+        )
+    )
 
 
 @functools.cache

@@ -13,7 +13,7 @@ from uuid import UUID
 import msgspec
 
 from cloud_engine.engine.commands.base import Command, Outcome, handles
-from cloud_engine.engine.commands.liveness import ConvergeVm, converge_vm
+from cloud_engine.engine.commands.liveness import ConvergeVm, converge
 from cloud_engine.engine.commands.maintenance import start_fabric_operation
 from cloud_engine.engine.commands.operations import VmOperation, vm_operation
 from cloud_engine.engine.errors import Conflict, Validation
@@ -113,19 +113,15 @@ def recover_late_on_ha(uow: UnitOfWork, cmd: RecoverLateOnHa) -> Outcome:
             f"vm {vm.id} is {vm.state} on host {vm.host_id}, not Running on host {host.id}",
             owner=vm.id,
         )
-    # Derived before the converge moves the version on: the version it was
-    # found Running at names this start, so asking again never makes a second.
-    start = late_restart_id(run.id, vm.id, vm.version)
-    converge_vm(
+    # The version it was found Running at names the start (derived before
+    # the converge moves it on), so asking again never makes a second.
+    return converge(
         uow,
         ConvergeVm(
             vm_id=vm.id, to="Stopped", reason=cmd.reason, expected_version=cmd.expected_version
         ),
+        lambda found: late_restart_id(run.id, found.id, found.version),
     )
-    if not vm.ha:
-        return Outcome(aggregate_id=vm.id)
-    vm_operation(uow, VmOperation(kind="vm.start", vm_id=vm.id, operation_id=start))
-    return Outcome(aggregate_id=vm.id, value=str(start))
 
 
 @handles(ReportHaRun)

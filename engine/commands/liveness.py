@@ -1,6 +1,7 @@
 """Commands automation records its decisions with: host liveness (Suspect,
 Down, fenced, Up again), a VM's HA settings, a VM's record following
-what its hypervisor shows, and a leftover domain of a destroyed VM stopped
+what its hypervisor shows (and an HA-enabled VM found off started again,
+in the same command), and a leftover domain of a destroyed VM stopped
 again (convergence).
 
 Each is an ordinary command (an admin or any client may send it too), so
@@ -9,6 +10,8 @@ every automatic step is an event with its actor and reason in the log.
 
 from __future__ import annotations
 
+import uuid
+from collections.abc import Callable
 from datetime import datetime
 from typing import Annotated, Literal
 from uuid import UUID
@@ -16,7 +19,8 @@ from uuid import UUID
 import msgspec
 
 from cloud_engine.engine.commands.base import Command, Outcome, handles
-from cloud_engine.engine.errors import Conflict
+from cloud_engine.engine.commands.operations import VmOperation, vm_operation
+from cloud_engine.engine.errors import Conflict, Validation
 from cloud_engine.engine.fabric.host import Host
 from cloud_engine.engine.fabric.storage_pool import StoragePool
 from cloud_engine.engine.lookups import load_ref
@@ -63,13 +67,19 @@ class UpdateVmHa(Command, frozen=True, kw_only=True):
 
 class ConvergeVm(Command, frozen=True, kw_only=True):
     """Record the VM as the hypervisor shows it. expected_version: the VM
-    version the observation was judged against (refused if it moved on)."""
+    version the observation was judged against (refused if it moved on).
+    restart_if_ha (to Stopped only): an HA-enabled VM is also started
+    again, in the same transaction, through a vm.start whose id is derived
+    from the VM and the version it was judged at (converge_restart_id):
+    sent as two commands, an automation killed between them would leave
+    the VM Stopped, and asked again it is never a second start."""
 
     vm_id: UUID
     to: Literal["Stopped", "Running"]
     reason: Reason
     host_id: UUID | None = None  # to Running: where its domain runs
     expected_version: int | None = None
+    restart_if_ha: bool = False
 
 
 class RequestVmDomainStop(Command, frozen=True, kw_only=True):
@@ -182,9 +192,36 @@ def request_vm_domain_stop(uow: UnitOfWork, cmd: RequestVmDomainStop) -> Outcome
     return Outcome(aggregate_id=cmd.vm_id)
 
 
+def converge_restart_id(vm_id: UUID, version: int) -> UUID:
+    """The one vm.start convergence asks for an HA-enabled VM found off
+    (version: the VM's, as it was judged Running; found off again later,
+    it is judged at another version)."""
+    return uuid.uuid5(vm_id, f"converge-start:{version}")
+
+
 @handles(ConvergeVm)
 def converge_vm(uow: UnitOfWork, cmd: ConvergeVm) -> Outcome:
+    """Outcome: the VM, and (restart_if_ha) its vm.start's id as the value
+    (None: not HA-enabled)."""
+    restart = (lambda vm: converge_restart_id(vm.id, vm.version)) if cmd.restart_if_ha else None
+    return converge(uow, cmd, restart)
+
+
+def converge(
+    uow: UnitOfWork,
+    cmd: ConvergeVm,
+    restart: Callable[[VirtualMachine], UUID] | None = None,
+) -> Outcome:
+    """ConvergeVm's work, for its handler and for commands that record a VM
+    Stopped and restart it if HA-enabled (RecoverLateOnHa). restart: the
+    id of that vm.start, derived from the VM as judged (before this moves
+    its version on), so asking again never makes a second start; None: no
+    restart. Outcome: the VM, and the vm.start's id as the value if one
+    was asked."""
+    if restart is not None and cmd.to != "Stopped":
+        raise Validation("only a VM converged to Stopped is restarted", field="restart_if_ha")
     vm = _unchanged_vm(uow, cmd.vm_id, cmd.expected_version)
+    start = restart(vm) if restart is not None else None
     # An unsettled VM (a stop that timed out) may still hold its last host,
     # and one whose live migration timed out its destination too.
     last = vm.last_host_id if vm.is_unsettled() else None
@@ -204,4 +241,7 @@ def converge_vm(uow: UnitOfWork, cmd: ConvergeVm) -> Outcome:
             if held_before is not None and held_before != host.id:
                 release_on(uow, held_before, vm)
         vm.converge("Running", cmd.reason, cmd.host_id)
-    return Outcome(aggregate_id=vm.id)
+    if start is None or not vm.ha:
+        return Outcome(aggregate_id=vm.id)
+    vm_operation(uow, VmOperation(kind="vm.start", vm_id=vm.id, operation_id=start))
+    return Outcome(aggregate_id=vm.id, value=str(start))
