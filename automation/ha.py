@@ -72,6 +72,7 @@ class HaRunner:
         self.store = store
         self.reads = reads
         self.started: list[UUID] = []  # operations this process started
+        self._noted: set[tuple[str, UUID, int, str]] = set()  # refusals logged
         self._send = Sender(service, ACTOR, log, refused="ha_not_recorded")
 
     async def run(self, host: Host) -> bool:
@@ -116,7 +117,16 @@ class HaRunner:
             listed = {v.id for v in late}
             await self._drive(run, [v for v in here if v.id not in listed], reason)
             run = await asyncio.to_thread(self.store.load, ha_id)
-        return isinstance(run, Operation) and run.finished and all(settled)
+        if not (isinstance(run, Operation) and run.finished and all(settled)):
+            return False
+        # A VM this pass could not record Stopped (an operation held it) is
+        # still Running here, though the run may have just ended: judged
+        # on the log as it is now, not as the pass began.
+        now = await asyncio.to_thread(self.store.load_many, [v.id for v in vms])
+        return not any(
+            isinstance(v, VirtualMachine) and v.state == "Running" and v.host_id == host.id
+            for v in now.values()
+        )
 
     async def _drive(self, run: Operation, running: list[VirtualMachine], reason: str) -> None:
         """The run's record and restart steps, as far as they go this pass
@@ -164,7 +174,7 @@ class HaRunner:
         try:
             result = await self.service.execute_async(command, context)
         except DomainError as e:
-            log.warning("ha_late_not_recorded", vm_id=str(vm.id), reason=str(e))
+            self._refused("ha_late_not_recorded", vm, e)
             return False
         log.info(
             "ha_late_vm_recorded_stopped", vm_id=str(vm.id), name=vm.name, ha=vm.ha, reason=why
@@ -189,7 +199,19 @@ class HaRunner:
             )
             log.info("ha_recorded_stopped", vm_id=str(vm.id), name=vm.name, ha=vm.ha, reason=reason)
         except DomainError as e:
-            log.warning("ha_not_recorded_stopped", vm_id=str(vm.id), reason=str(e))
+            self._refused("ha_not_recorded_stopped", vm, e)
+
+    def _refused(self, event: str, vm: VirtualMachine, error: DomainError) -> None:
+        """Logged once per VM version and reason: an operation holding the VM
+        (until its step's deadline, 600 s by default) is refused every pass,
+        once a second."""
+        noted = (event, vm.id, vm.version, str(error))
+        if noted in self._noted:
+            return
+        if len(self._noted) > 10_000:
+            self._noted.clear()
+        self._noted.add(noted)
+        log.warning(event, vm_id=str(vm.id), reason=str(error))
 
     async def _start(self, ha_id: UUID, vm_id: UUID, failed: list[str]) -> UUID | None:
         """The run's vm.start of the VM (asked once: its id is derived); None

@@ -309,3 +309,48 @@ async def test_the_fenced_host_is_not_declared_up_while_a_vm_is_recorded_running
     assert len(await cloud.starts_of(cloud.ha_vm)) == 1
     dead = cloud.host(cloud.dead)
     assert (dead.liveness, dict(dead.reservations)) == ("Up", {})
+
+
+async def test_the_pass_that_ends_the_run_does_not_declare_up_a_host_with_a_held_vm(
+    cloud: Cloud,
+):
+    # Both migrations failed back onto the host before it died: the VMs are
+    # Running there, still held by their vm.migrate operations. The run
+    # lists the HA VM, cannot record either Stopped (held) nor restart the
+    # HA one (held): it fails, so it has ended in the very pass it began.
+    await cloud.answer_migrations_failed()
+    fencer = RecordingFencer()
+    monitor = LivenessMonitor(
+        cloud.service,
+        cloud.store,
+        cloud.reads,
+        PoolHeartbeats(),
+        fencer,
+        HaRunner(cloud.service, cloud.store, cloud.reads),
+        heartbeat_timeout_s=4.0,
+        up_after_s=0.0,
+    )
+    await cloud.do(SuspectHost(host_id=cloud.dead, reason="libvirt unreachable"))
+    await cloud.do(ConfirmHostDown(host_id=cloud.dead, reason="no heartbeat"))
+    await cloud.do(RecordHostFenced(host_id=cloud.dead, fencer="test-power"))
+    dead = cloud.host(cloud.dead)
+    (cloud.shared / HEARTBEAT_DIR / dead.name).touch()
+    await cloud.do(RecordHostAnswered(host_id=cloud.dead))
+    await cloud.project()
+    await monitor.check_once()
+    run = cloud.ha_run()
+    assert run.finished and run.params.vm_ids == (cloud.ha_vm,), run
+    for vm_id in (cloud.ha_vm, cloud.plain_vm):
+        assert (cloud.vm(vm_id).state, cloud.vm(vm_id).host_id) == ("Running", cloud.dead)
+    assert cloud.host(cloud.dead).liveness == "Down"
+
+    # Once the operations let go, a pass records them Stopped (the run has
+    # ended: as late VMs), and only then is the host Up.
+    await cloud.settle_migrations()
+    (cloud.shared / HEARTBEAT_DIR / dead.name).touch()
+    await cloud.project()
+    await monitor.check_once()
+    for vm_id in (cloud.ha_vm, cloud.plain_vm):
+        assert cloud.vm(vm_id).state == "Stopped"
+    assert len(await cloud.starts_of(cloud.ha_vm)) == 1
+    assert cloud.host(cloud.dead).liveness == "Up"
