@@ -23,6 +23,8 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING
 from uuid import UUID
 
+import structlog
+
 from cloud_engine.bus.work import WorkItem
 from cloud_engine.effectors.compute.driver import ComputeDriver, DomainMissing, DomainNotRunning
 from cloud_engine.effectors.compute.migration import RunsTwice, live_migrate, settle
@@ -40,6 +42,8 @@ from cloud_engine.effectors.storage.volumes import StorageDriver
 
 if TYPE_CHECKING:
     from cloud_engine.effectors.executor import Executor
+
+log = structlog.get_logger("effectors.vm_migrate")
 
 
 class NotSettled(TimeoutError):
@@ -76,11 +80,7 @@ def migrate(executor: Executor, item: WorkItem, plan: VmPlan) -> str:
     if unsettled:
         where = _where_it_runs(executor, plan, target)
     else:
-        where = settle(
-            ComputeDriver(executor.hypervisor(plan.host.libvirt_uri)),
-            ComputeDriver(executor.hypervisor(target.libvirt_uri)),
-            plan.vm.id,
-        )
+        where = _where_it_runs_now(executor, plan, target)
     source = executor.hypervisor(plan.host.libvirt_uri)
     destination = executor.hypervisor(target.libvirt_uri)
     if where == "source" and unsettled:
@@ -109,12 +109,21 @@ def migrate(executor: Executor, item: WorkItem, plan: VmPlan) -> str:
                     migration_uri=None if address is None else f"tcp://{address}",
                     unsafe=bool(plan.disks),
                 )
+            except HypervisorError as error:
+                forgetting.result()
+                # libvirt's error, or a host that stopped answering while
+                # the hosts were observed after it: they decide, as before.
+                if _where_it_runs_now(executor, plan, target) == "source":
+                    vm_network.realise(executor, plan)  # its DHCP knows it again
+                    raise
+                log.warning("migration_done_despite_error", vm_id=str(plan.vm.id), error=str(error))
             except BaseException:
                 forgetting.result()
                 # Still on the source: its DHCP knows it again.
                 vm_network.realise(executor, plan)
                 raise
-            forgetting.result()
+            else:
+                forgetting.result()
     executor.fault("after-migrate")
     if not _fenced(plan.host):  # a fenced host is not asked (it may never answer)
         vm_network.forget(executor, plan, plan.host, strict=False)  # done, unless redelivered
@@ -147,6 +156,40 @@ def _where_it_runs(executor: Executor, plan: VmPlan, target: HostView) -> str:
                 f" {plan.host.id} is fenced: it runs nowhere"
             ) from e
         raise
+
+
+def _where_it_runs_now(executor: Executor, plan: VmPlan, target: HostView) -> str:
+    """Where the guest of a VM still Migrating runs (its step's deadline
+    not passed), a fenced host counted as running nothing. A host that
+    cannot be asked is a failure only if the destination was seen not to
+    run the guest: the record stays on the source, where it runs or, the
+    source dead, where liveness and HA find it. If the destination may run
+    it, the answer waits (NotSettled, retried; past the deadline the VM is
+    unsettled and _where_it_runs takes over): a failure would put the
+    record on the source and free the destination the guest runs on."""
+    try:
+        return settle(_driver(executor, plan.host), _driver(executor, target), plan.vm.id)
+    except HypervisorError as e:
+        if _may_run(executor, target, plan.vm.id):
+            raise NotSettled(f"vm {plan.vm.id}: where it runs cannot be told yet: {e}") from e
+        raise
+    except DomainMissing as e:
+        if _fenced(plan.host):
+            raise Unsupported(
+                f"vm {plan.vm.id}: its destination does not run it and its source"
+                f" {plan.host.id} is fenced: it runs nowhere"
+            ) from e
+        raise
+
+
+def _may_run(executor: Executor, host: HostView, vm_id: UUID) -> bool:
+    """Whether the guest may run on host: unless it answers that it has no
+    such domain, or has it shut off."""
+    try:
+        seen = _driver(executor, host).observe(vm_id)
+    except HypervisorError:
+        return True
+    return seen.exists and seen.state != "shutoff"
 
 
 class _PoweredOff(ComputeDriver):

@@ -55,6 +55,9 @@ class Executor:
     def hypervisor(self, uri: str) -> Any:
         return uri
 
+    def fault(self, _point: str) -> None:
+        """No faults injected here."""
+
 
 def settling_with(monkeypatch: pytest.MonkeyPatch, outcome: Any) -> None:
     def settle(*_args: Any, **_kw: Any) -> str:
@@ -160,3 +163,70 @@ def test_a_fenced_source_and_a_destination_without_the_guest_is_a_failure(
     unsettled = msgspec.structs.replace(unsettled, host=fenced(unsettled.host))
     with pytest.raises(Unsupported, match=r"source .* is fenced: it runs nowhere"):
         vm_migrate.migrate(Executor(), None, unsettled)  # type: ignore[arg-type]
+
+
+# A VM still Migrating (its step's deadline not passed) --------------------------
+
+
+def test_on_time_a_fenced_source_counts_as_off_and_the_destination_wins(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Switch-over done, the effector killed before answering, the source's
+    # host dead and fenced: the guest runs on the destination, so the answer
+    # is success, not a failure that would free the destination.
+    asked = observing(monkeypatch, "h2")
+    realised: list[VmPlan] = []
+    monkeypatch.setattr(vm_migrate.vm_network, "realise", lambda _e, p, **_kw: realised.append(p))
+    migrating = plan("Migrating")
+    assert migrating.destination is not None
+    migrating = msgspec.structs.replace(migrating, host=fenced(migrating.host))
+    state = vm_migrate.migrate(Executor(), None, migrating)  # type: ignore[arg-type]
+    assert state == "running"
+    assert asked and all("h2" in uri for uri in asked)
+    # The destination's networks made; the fenced source not asked to forget.
+    assert [p.host.name for p in realised] == ["h2"]
+
+
+def test_on_time_a_silent_source_and_a_destination_running_it_is_no_answer(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    observing(monkeypatch, "h2")  # h1, the source, does not answer
+    migrating = plan("Migrating")
+    assert migrating.destination is not None
+    with pytest.raises(vm_migrate.NotSettled, match="cannot be told yet"):
+        vm_migrate.migrate(Executor(), None, migrating)  # type: ignore[arg-type]
+
+
+def test_on_time_a_silent_source_and_a_destination_without_it_is_a_failure(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # The record stays on the source, where the guest runs or, the source
+    # dead, where liveness and HA find it.
+    def observe(self: ComputeDriver, vm_id: uuid.UUID) -> DomainState:
+        uri = str(self.hypervisor)
+        if "h1" in uri:
+            raise HypervisorError(uri, "lookup", 38, "no route to host")
+        return DomainState(uuid=vm_id, exists=False, state="absent")
+
+    monkeypatch.setattr(ComputeDriver, "observe", observe)
+    with pytest.raises(HypervisorError, match="no route to host"):
+        vm_migrate.migrate(Executor(), None, plan("Migrating"))  # type: ignore[arg-type]
+
+
+def test_a_migration_error_with_the_guest_on_the_destination_is_a_success(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # libvirt's error came after the switch-over (or a host stopped answering
+    # while live_migrate looked): the hosts, observed again, decide.
+    answers = iter(["source", "destination"])
+    monkeypatch.setattr(vm_migrate, "settle", lambda *_a, **_kw: next(answers))
+
+    def fails(*_args: Any, **_kw: Any) -> None:
+        raise HypervisorError("qemu+tcp://h1/system", "migrate", 1, "connection reset")
+
+    monkeypatch.setattr(vm_migrate, "live_migrate", fails)
+    monkeypatch.setattr(vm_migrate.vm_network, "realise", lambda *_a, **_kw: None)
+    monkeypatch.setattr(vm_migrate.vm_network, "forget", lambda *_a, **_kw: None)
+    running = lambda _s, vm_id: DomainState(uuid=vm_id, exists=True, state="running")  # noqa: E731
+    monkeypatch.setattr(ComputeDriver, "observe", running)
+    assert vm_migrate.migrate(Executor(), None, plan("Migrating")) == "running"  # type: ignore[arg-type]
