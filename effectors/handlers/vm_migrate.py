@@ -19,6 +19,7 @@ only observed, never migrated again: the answer settles it.
 
 from __future__ import annotations
 
+import contextlib
 from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING
 from uuid import UUID
@@ -86,7 +87,9 @@ def migrate(executor: Executor, item: WorkItem, plan: VmPlan) -> str:
     if where == "source" and unsettled:
         # Asked again after the engine's deadline passed (the VM unsettled
         # between the two hosts): the engine waits for where the guest
-        # runs, not for a migration nobody is waiting for any more.
+        # runs, not for a migration nobody is waiting for any more. Its
+        # source's DHCP may have forgotten it when the migration began.
+        vm_network.realise(executor, plan)
         raise Unsupported(
             f"vm {plan.vm.id} stayed on host {plan.host.id}: its migration's deadline"
             " passed before it moved"
@@ -113,7 +116,17 @@ def migrate(executor: Executor, item: WorkItem, plan: VmPlan) -> str:
                 forgetting.result()
                 # libvirt's error, or a host that stopped answering while
                 # the hosts were observed after it: they decide, as before.
-                if _where_it_runs_now(executor, plan, target) == "source":
+                try:
+                    now = _where_it_runs_now(executor, plan, target)
+                except NotSettled:
+                    raise
+                except BaseException:
+                    # A failure all the same: the record stays on the source,
+                    # whose DHCP should know the guest again if it answers.
+                    with contextlib.suppress(*ERRORS):
+                        vm_network.realise(executor, plan)
+                    raise
+                if now == "source":
                     vm_network.realise(executor, plan)  # its DHCP knows it again
                     raise
                 log.warning("migration_done_despite_error", vm_id=str(plan.vm.id), error=str(error))
@@ -161,16 +174,16 @@ def _where_it_runs(executor: Executor, plan: VmPlan, target: HostView) -> str:
 def _where_it_runs_now(executor: Executor, plan: VmPlan, target: HostView) -> str:
     """Where the guest of a VM still Migrating runs (its step's deadline
     not passed), a fenced host counted as running nothing. A host that
-    cannot be asked is a failure only if the destination was seen not to
-    run the guest: the record stays on the source, where it runs or, the
-    source dead, where liveness and HA find it. If the destination may run
-    it, the answer waits (NotSettled, retried; past the deadline the VM is
-    unsettled and _where_it_runs takes over): a failure would put the
-    record on the source and free the destination the guest runs on."""
+    cannot be asked is a failure unless the destination answers that it
+    runs the guest: the record stays on the source, where it runs or, the
+    source dead, where liveness and HA find it. If the destination runs
+    it, the answer waits (NotSettled, retried until the source answers or
+    is fenced): a failure would put the record on the source and free the
+    destination the guest runs on."""
     try:
         return settle(_driver(executor, plan.host), _driver(executor, target), plan.vm.id)
     except HypervisorError as e:
-        if _may_run(executor, target, plan.vm.id):
+        if _runs_on(executor, target, plan.vm.id):
             raise NotSettled(f"vm {plan.vm.id}: where it runs cannot be told yet: {e}") from e
         raise
     except DomainMissing as e:
@@ -182,14 +195,17 @@ def _where_it_runs_now(executor: Executor, plan: VmPlan, target: HostView) -> st
         raise
 
 
-def _may_run(executor: Executor, host: HostView, vm_id: UUID) -> bool:
-    """Whether the guest may run on host: unless it answers that it has no
-    such domain, or has it shut off."""
+def _runs_on(executor: Executor, host: HostView, vm_id: UUID) -> bool:
+    """Whether host answers that it runs the guest. A host that does not
+    answer either counts as not: the failure, as before any deadline, so a
+    libvirtd that stays away (a Suspect host with a fresh heartbeat is
+    never fenced) does not hold the zone's effector, whose consumer
+    retries a NotSettled item in place. A paused incoming domain is a
+    migration that never finished there: the guest is on the source."""
     try:
-        seen = _driver(executor, host).observe(vm_id)
+        return _driver(executor, host).observe(vm_id).state == "running"
     except HypervisorError:
-        return True
-    return seen.exists and seen.state != "shutoff"
+        return False
 
 
 class _PoweredOff(ComputeDriver):

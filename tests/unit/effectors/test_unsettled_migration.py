@@ -88,8 +88,21 @@ def test_a_guest_that_stayed_on_the_source_is_not_migrated_again(
 ) -> None:
     settling_with(monkeypatch, "source")
     monkeypatch.setattr(vm_migrate, "live_migrate", pytest.fail)
+    realised = realising(monkeypatch)
     with pytest.raises(Unsupported, match="stayed on host"):
         vm_migrate.migrate(Executor(), None, plan("Error"))  # type: ignore[arg-type]
+    # Its source's DHCP forgot it when the migration began: it knows it again.
+    assert realised == ["h1"]
+
+
+def realising(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """vm_network.realise behind a fake: the names of the hosts whose
+    networks (and DHCP) were made to know the guest."""
+    realised: list[str] = []
+    monkeypatch.setattr(
+        vm_migrate.vm_network, "realise", lambda _e, p, **_kw: realised.append(p.host.name)
+    )
+    return realised
 
 
 def observing(monkeypatch: pytest.MonkeyPatch, running: str) -> list[str]:
@@ -122,9 +135,11 @@ def test_a_fenced_destination_runs_nothing_and_is_not_asked(
     unsettled = plan("Error")
     assert unsettled.destination is not None
     unsettled = msgspec.structs.replace(unsettled, destination=fenced(unsettled.destination))
+    realised = realising(monkeypatch)
     with pytest.raises(Unsupported, match="stayed on host"):
         vm_migrate.migrate(Executor(), None, unsettled)  # type: ignore[arg-type]
     assert asked and all("h1" in uri for uri in asked)
+    assert realised == ["h1"]
 
 
 def test_a_fenced_source_runs_nothing_and_is_not_asked(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -175,8 +190,7 @@ def test_on_time_a_fenced_source_counts_as_off_and_the_destination_wins(
     # host dead and fenced: the guest runs on the destination, so the answer
     # is success, not a failure that would free the destination.
     asked = observing(monkeypatch, "h2")
-    realised: list[VmPlan] = []
-    monkeypatch.setattr(vm_migrate.vm_network, "realise", lambda _e, p, **_kw: realised.append(p))
+    realised = realising(monkeypatch)
     migrating = plan("Migrating")
     assert migrating.destination is not None
     migrating = msgspec.structs.replace(migrating, host=fenced(migrating.host))
@@ -184,7 +198,7 @@ def test_on_time_a_fenced_source_counts_as_off_and_the_destination_wins(
     assert state == "running"
     assert asked and all("h2" in uri for uri in asked)
     # The destination's networks made; the fenced source not asked to forget.
-    assert [p.host.name for p in realised] == ["h2"]
+    assert realised == ["h2"]
 
 
 def test_on_time_a_silent_source_and_a_destination_running_it_is_no_answer(
@@ -230,3 +244,41 @@ def test_a_migration_error_with_the_guest_on_the_destination_is_a_success(
     running = lambda _s, vm_id: DomainState(uuid=vm_id, exists=True, state="running")  # noqa: E731
     monkeypatch.setattr(ComputeDriver, "observe", running)
     assert vm_migrate.migrate(Executor(), None, plan("Migrating")) == "running"  # type: ignore[arg-type]
+
+
+def test_on_time_a_silent_destination_is_a_failure_not_a_wait(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # A consumer retries a NotSettled item in place, holding the zone's other
+    # work: a destination that does not answer is the failure, as before.
+    observing(monkeypatch, "h1")  # h2, the destination, does not answer
+    with pytest.raises(HypervisorError, match="no route to host"):
+        vm_migrate._where_it_runs_now(Executor(), plan("Migrating"), plan("Migrating").destination)  # type: ignore[arg-type]
+
+
+def test_a_failure_whose_hosts_cannot_be_told_gives_the_source_its_dhcp_back(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # live_migrate fails, then the source stops answering and the destination
+    # has no such domain: the failure stands, and the source's DHCP, which
+    # forgot the guest as the migration began, is told of it again.
+    answers: list[Any] = ["source", HypervisorError("qemu+tcp://h1/system", "lookup", 38, "gone")]
+
+    def settle(*_a: Any, **_kw: Any) -> str:
+        answer = answers.pop(0)
+        if isinstance(answer, BaseException):
+            raise answer
+        return str(answer)
+
+    def fails(*_args: Any, **_kw: Any) -> None:
+        raise HypervisorError("qemu+tcp://h1/system", "migrate", 1, "connection reset")
+
+    monkeypatch.setattr(vm_migrate, "settle", settle)
+    monkeypatch.setattr(vm_migrate, "live_migrate", fails)
+    monkeypatch.setattr(vm_migrate.vm_network, "forget", lambda *_a, **_kw: None)
+    absent = lambda _s, vm_id: DomainState(uuid=vm_id, exists=False, state="absent")  # noqa: E731
+    monkeypatch.setattr(ComputeDriver, "observe", absent)
+    realised = realising(monkeypatch)
+    with pytest.raises(HypervisorError, match="gone"):
+        vm_migrate.migrate(Executor(), None, plan("Migrating"))  # type: ignore[arg-type]
+    assert realised == ["h2", "h1"]  # the destination's networks first (no DHCP), then the source
