@@ -84,6 +84,9 @@ class HaRunner:
         ha_id = run_id(host.id, at)
         ids = set(await self.reads.vm_ids("host_id", host.id))
         ids |= set(await self.reads.vm_ids("last_host_id", host.id))
+        # And what the host itself holds, by the log: a VM that came to it a
+        # moment ago may not be in the read models yet.
+        ids |= set(host.reservations)
         loaded = await asyncio.to_thread(self.store.load_many, list(ids))
         vms = [v for v in loaded.values() if isinstance(v, VirtualMachine)]
         run = await asyncio.to_thread(self.store.load, ha_id)
@@ -120,8 +123,8 @@ class HaRunner:
         if not (isinstance(run, Operation) and run.finished and all(settled)):
             return False
         # A VM this pass could not record Stopped (an operation held it) is
-        # still Running here, though the run may have just ended: judged
-        # on the log as it is now, not as the pass began.
+        # still Running here, though the run may have just ended: the VMs
+        # read again now, not as the pass began.
         now = await asyncio.to_thread(self.store.load_many, [v.id for v in vms])
         return not any(
             isinstance(v, VirtualMachine) and v.state == "Running" and v.host_id == host.id

@@ -354,3 +354,31 @@ async def test_the_pass_that_ends_the_run_does_not_declare_up_a_host_with_a_held
         assert cloud.vm(vm_id).state == "Stopped"
     assert len(await cloud.starts_of(cloud.ha_vm)) == 1
     assert cloud.host(cloud.dead).liveness == "Up"
+
+
+async def test_vms_the_read_models_do_not_show_yet_are_found_by_the_hosts_reservations(
+    cloud: Cloud,
+):
+    # The VMs are back on the host (their migrations failed and settled)
+    # when it dies, but the read models have not caught up with any of it:
+    # the host's reservations, in the log, still name them.
+    await cloud.answer_migrations_failed()
+    await cloud.settle_migrations()
+    for command in (
+        SuspectHost(host_id=cloud.dead, reason="libvirt unreachable"),
+        ConfirmHostDown(host_id=cloud.dead, reason="no heartbeat"),
+        RecordHostFenced(host_id=cloud.dead, fencer="test-power"),
+    ):
+        await cloud.do(command)
+    assert await cloud.reads.vm_ids("host_id", cloud.dead) == []  # nothing projected
+    runner = HaRunner(cloud.service, cloud.store, cloud.reads)
+    while not await runner.run(cloud.host(cloud.dead)):
+        # Its restart ends (as the operation manager would, once placed).
+        (start,) = runner.started
+        await cloud.do(PlaceOperation(operation_id=start, host_id=cloud.alive))
+        await cloud.do(MarkVmRunning(vm_id=cloud.ha_vm))
+        await cloud.do(AdvanceOperation(operation_id=start))
+    assert cloud.ha_run().params.vm_ids == (cloud.ha_vm,)
+    assert cloud.vm(cloud.plain_vm).state == "Stopped"
+    assert (cloud.vm(cloud.ha_vm).state, cloud.vm(cloud.ha_vm).host_id) == ("Running", cloud.alive)
+    assert dict(cloud.host(cloud.dead).reservations) == {}
