@@ -164,10 +164,7 @@ def _where_it_runs(executor: Executor, plan: VmPlan, target: HostView) -> str:
         raise NotSettled(f"vm {plan.vm.id}: where it runs cannot be told yet: {e}") from e
     except DomainMissing as e:
         if _fenced(plan.host):
-            raise Unsupported(
-                f"vm {plan.vm.id}: its destination does not run it and its source"
-                f" {plan.host.id} is fenced: it runs nowhere"
-            ) from e
+            raise _nowhere(plan) from e
         raise
 
 
@@ -188,11 +185,17 @@ def _where_it_runs_now(executor: Executor, plan: VmPlan, target: HostView) -> st
         raise
     except DomainMissing as e:
         if _fenced(plan.host):
-            raise Unsupported(
-                f"vm {plan.vm.id}: its destination does not run it and its source"
-                f" {plan.host.id} is fenced: it runs nowhere"
-            ) from e
+            raise _nowhere(plan) from e
         raise
+
+
+def _nowhere(plan: VmPlan) -> Unsupported:
+    """The answer when the source is fenced and the destination does not
+    run the guest: the failure (the record on the fenced source, for HA)."""
+    return Unsupported(
+        f"vm {plan.vm.id}: its destination does not run it and its source"
+        f" {plan.host.id} is fenced: it runs nowhere"
+    )
 
 
 def _runs_on(executor: Executor, host: HostView, vm_id: UUID) -> bool:

@@ -134,6 +134,21 @@ class Cloud:
             assert isinstance(op, Operation) and op.status == "failed", op
 
 
+def liveness(cloud: Cloud, fencer: RecordingFencer) -> LivenessMonitor:
+    """Automation's liveness monitor as it runs, declaring a fenced host Up
+    as soon as it answers with a fresh heartbeat (up_after_s=0)."""
+    return LivenessMonitor(
+        cloud.service,
+        cloud.store,
+        cloud.reads,
+        PoolHeartbeats(),
+        fencer,
+        HaRunner(cloud.service, cloud.store, cloud.reads),
+        heartbeat_timeout_s=4.0,
+        up_after_s=0.0,
+    )
+
+
 @pytest.fixture
 async def cloud(
     pg_target: DatabaseTarget, service: CommandService, store: EventStore, tmp_path: Path
@@ -269,16 +284,7 @@ async def test_the_fenced_host_is_not_declared_up_while_a_vm_is_recorded_running
     cloud: Cloud,
 ):
     fencer = RecordingFencer()
-    monitor = LivenessMonitor(
-        cloud.service,
-        cloud.store,
-        cloud.reads,
-        PoolHeartbeats(),
-        fencer,
-        HaRunner(cloud.service, cloud.store, cloud.reads),
-        heartbeat_timeout_s=4.0,
-        up_after_s=0.0,
-    )
+    monitor = liveness(cloud, fencer)
     # Suspect (the recorder), then no heartbeat: Down, fenced, its run ended.
     await cloud.do(SuspectHost(host_id=cloud.dead, reason="libvirt unreachable"))
     await cloud.project()
@@ -320,16 +326,7 @@ async def test_the_pass_that_ends_the_run_does_not_declare_up_a_host_with_a_held
     # HA one (held): it fails, so it has ended in the very pass it began.
     await cloud.answer_migrations_failed()
     fencer = RecordingFencer()
-    monitor = LivenessMonitor(
-        cloud.service,
-        cloud.store,
-        cloud.reads,
-        PoolHeartbeats(),
-        fencer,
-        HaRunner(cloud.service, cloud.store, cloud.reads),
-        heartbeat_timeout_s=4.0,
-        up_after_s=0.0,
-    )
+    monitor = liveness(cloud, fencer)
     await cloud.do(SuspectHost(host_id=cloud.dead, reason="libvirt unreachable"))
     await cloud.do(ConfirmHostDown(host_id=cloud.dead, reason="no heartbeat"))
     await cloud.do(RecordHostFenced(host_id=cloud.dead, fencer="test-power"))
