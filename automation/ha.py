@@ -111,6 +111,8 @@ class HaRunner:
             assert isinstance(run, Operation)
             log.info("ha_run_begun", host=host.name, operation_id=str(ha_id), vms=len(ours))
         here = [v for v in vms if v.state == "Running" and v.host_id == host.id]
+        if run.finished and not here:
+            return True  # as loaded this pass: nothing to send, nothing to read again
         # Recorded Running here, but the run restarts none of these: it has
         # ended, or the VM is HA-enabled and came after the run listed its
         # VMs. The others are the run's to record.
