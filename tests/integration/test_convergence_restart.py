@@ -30,21 +30,19 @@ from cloud_engine.engine.commands.compute import MarkVmRunning, RecordVmDrift
 from cloud_engine.engine.commands.liveness import ConvergeVm, converge_restart_id
 from cloud_engine.engine.commands.operations import (
     AdvanceOperation,
-    DeployVm,
     PlaceOperation,
     VmOperation,
 )
-from cloud_engine.engine.commands.storage import MarkVolumeCreated
 from cloud_engine.engine.errors import Conflict, Validation
-from cloud_engine.engine.operations import deploy_ids
 from cloud_engine.engine.operations.operation import Operation
 from cloud_engine.engine.service import CommandService
 from cloud_engine.engine.store import EventStore
-from cloud_engine.engine.virtual.vm import VirtualMachine, VmSpec
+from cloud_engine.engine.virtual.vm import VirtualMachine
 from cloud_engine.infra.database import DatabaseTarget
 from cloud_engine.infra.tables import read_model
 from cloud_engine.projections import readmodel
 from tests.fabric import FabricSpec, PoolSpec, TemplateSpec, build, hosts
+from tests.integration.running_vms import deploy_running
 from tests.integration.test_projections import _connect, apply_live
 
 pytestmark = pytest.mark.postgres
@@ -136,27 +134,7 @@ async def cloud(
     try:
         vms: list[uuid.UUID] = []
         for name, ha in (("web", True), ("batch", False)):
-            sent = await service.execute_async(
-                DeployVm(
-                    account="acme",
-                    name=name,
-                    zone_id=fabric.zone,
-                    template_id=fabric.template,
-                    spec=VmSpec(cpus=1, ram_mb=512, root_disk_gb=1),
-                    host_id=host,
-                    ha=ha,
-                )
-            )
-            deploy, vm_id = sent.aggregate_id, uuid.UUID(str(sent.value))
-            await service.execute_async(
-                PlaceOperation(operation_id=deploy, host_id=host, pool_ids=(fabric.pool,))
-            )
-            await service.execute_async(
-                MarkVolumeCreated(volume_id=deploy_ids.volume_id(deploy, 0))
-            )
-            await service.execute_async(AdvanceOperation(operation_id=deploy))
-            await service.execute_async(MarkVmRunning(vm_id=vm_id))
-            await service.execute_async(AdvanceOperation(operation_id=deploy))
+            vm_id = await deploy_running(service, fabric, host, name, ha=ha)
             vms.append(vm_id)
         cloud = Cloud(service, store, pg_target, conn, host, vms[0], vms[1])
         for vm_id in vms:
